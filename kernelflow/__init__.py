@@ -1,0 +1,22 @@
+"""kernelflow: a dataflow-graph deep-learning runtime built for Jupyter.
+
+Example:
+    >>> import kernelflow as kf
+    >>> rt = kf.connect("inproc")
+    >>> g = rt.graph("demo")
+    >>> x = g.placeholder((None, 3), "float32", name="x")
+    >>> y = kf.sum(x * 2.0, axis=1)
+"""
+
+__version__ = "0.1.0"
+
+from . import errors
+from .client import Runtime, connect
+from .graph import Graph, Tensor, Variable, gradients
+from .graph.ops import *  # builders: add, matmul, relu, softmax_cross_entropy, ...
+from .graph.ops import __all__ as _ops_all
+from .graph.shapes import canonical_dtype as as_dtype
+from .nn import init, optim
+
+__all__ = ["errors", "connect", "Runtime", "Graph", "Tensor", "Variable", "gradients", "init", "optim",
+           "as_dtype", "__version__"] + list(_ops_all)

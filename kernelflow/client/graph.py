@@ -1,0 +1,149 @@
+"""`RemoteGraph`: a graph built locally and run by a runtime (in-process or over TCP).
+
+Nodes are created locally; the ones the runtime has not seen ride along with the next run
+(one round trip per `run` in the common case). Fetches come back in the structure they
+were given: a tensor, a name, or any nesting of lists, tuples and dicts.
+
+Contents: RemoteGraph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import InvalidArgumentError
+from ..graph.ir import Graph, Tensor, Variable
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+
+def _flatten(fetches: Any, out: list[Tensor], graph: Graph) -> Callable[[list], Any]:
+    """Collect leaf tensors of ``fetches`` into ``out``; returns a function rebuilding the structure."""
+    if isinstance(fetches, str):
+        fetches = graph[fetches]
+    if isinstance(fetches, Tensor):
+        if fetches.graph is not graph:
+            raise InvalidArgumentError(f"run: tensor '{fetches.name}' belongs to graph '{fetches.graph.name}', "
+                                       f"not '{graph.name}'")
+        i = len(out)
+        out.append(fetches)
+        return lambda vals: vals[i]
+    if isinstance(fetches, dict):
+        parts = {k: _flatten(v, out, graph) for k, v in fetches.items()}
+        kind = type(fetches)
+        return lambda vals: kind((k, f(vals)) for k, f in parts.items())
+    if isinstance(fetches, (list, tuple)):
+        parts_l = [_flatten(v, out, graph) for v in fetches]
+        if isinstance(fetches, tuple) and hasattr(fetches, "_fields"):  # namedtuple
+            kind_t = type(fetches)
+            return lambda vals: kind_t(*[f(vals) for f in parts_l])
+        kind_s = type(fetches)
+        return lambda vals: kind_s(f(vals) for f in parts_l)
+    raise InvalidArgumentError(f"run: fetches must be tensors, node names, or lists/tuples/dicts of them; "
+                               f"got {type(fetches).__name__}")
+
+
+class RemoteGraph(Graph):
+    """A named graph of a `Runtime`. Made by ``rt.graph(name)``; not constructed directly."""
+
+    def __init__(self, runtime: Runtime, name: str, seed: int = 0):
+        super().__init__(name, seed=seed)
+        self.runtime = runtime
+        self._synced = 0
+
+    def __repr__(self) -> str:
+        return (f"<kf.Graph '{self.name}' nodes={len(self)} variables={len(self.variables())} "
+                f"runtime={self.runtime.url}>")
+
+    # ----------------------------------------------------------------- syncing
+    def _pending(self) -> tuple[int, list[dict]]:
+        return self._synced, (self.to_dicts(self._synced) if self._synced < self.version else [])
+
+    def sync(self) -> int:
+        """Send nodes the runtime has not seen yet; returns the synced version."""
+        since, nodes = self._pending()
+        if nodes:
+            self._synced = self.runtime._call("graph.extend", [self.name, since, nodes])
+        return self._synced
+
+    def _load(self, info: dict) -> None:
+        """Rebuild local tensors from the runtime's definition (re-attach)."""
+        self.extend_from_dicts(info["nodes"])
+        self._synced = self.version
+
+    # ----------------------------------------------------------------- running
+    def run(self, fetches: Any, feed: dict | None = None) -> Any:
+        """Run ``fetches`` with ``feed`` ({tensor or name: value}); numpy results in the same structure.
+
+        Example:
+            >>> out = g.run({"loss": loss, "acc": acc}, feed={x: xb, y: yb})
+        """
+        flat: list[Tensor] = []
+        rebuild = _flatten(fetches, flat, self)
+        feed_names, feed_values = self._feed(feed)
+        since, nodes = self._pending()
+        version = self.version
+        vals = self.runtime._call("graph.run", [self.name, since, nodes, [t.name for t in flat], feed_names,
+                                                feed_values])
+        self._synced = max(self._synced, version)
+        return rebuild(vals)
+
+    def _feed(self, feed: dict | None) -> tuple[list[str], list[Any]]:
+        if not feed:
+            return [], []
+        names, values = [], []
+        for k, v in feed.items():
+            if isinstance(k, Tensor):
+                if k.graph is not self:
+                    raise InvalidArgumentError(f"run: feed key '{k.name}' belongs to graph '{k.graph.name}'")
+                names.append(k.name)
+            elif isinstance(k, str):
+                self[k]
+                names.append(k)
+            else:
+                raise InvalidArgumentError(f"run: feed keys must be tensors or node names; got {type(k).__name__}")
+            values.append(v if isinstance(v, np.ndarray) else np.asarray(v))
+        return names, values
+
+    def make_callable(self, fetches: Any, feed_list: Sequence[Tensor | str] = ()) -> Callable[..., Any]:
+        """A function ``f(*feed_values)`` running ``fetches``, with names resolved once.
+
+        Example:
+            >>> step = g.make_callable([train, loss], feed_list=[x, y])
+            >>> _, l = step(xb, yb)
+        """
+        flat: list[Tensor] = []
+        rebuild = _flatten(fetches, flat, self)
+        fetch_names = [t.name for t in flat]
+        feed_names = [(t.name if isinstance(t, Tensor) else self[t].name) for t in feed_list]
+        call = self.runtime._call
+        name = self.name
+        n_feeds = len(feed_names)
+
+        def run_callable(*values: Any) -> Any:
+            if len(values) != n_feeds:
+                raise InvalidArgumentError(f"callable: expected {n_feeds} feed values {feed_names}; got {len(values)}")
+            since, nodes = self._pending()
+            version = self.version
+            vals = call("graph.run", [name, since, nodes, fetch_names, feed_names, list(values)])
+            if nodes:
+                self._synced = max(self._synced, version)
+            return rebuild(vals)
+
+        return run_callable
+
+    # ----------------------------------------------------------------- variables
+    def read_variable(self, v: Variable) -> np.ndarray:
+        self.sync()
+        return self.runtime._call("variable.read", [self.name, v.name])
+
+    def write_variable(self, v: Variable, value: Any) -> None:
+        self.sync()
+        arr = np.asarray(value)
+        if arr.dtype.name != v.dtype and not isinstance(value, np.ndarray):
+            arr = arr.astype(v.dtype)
+        self.runtime._call("variable.assign", [self.name, v.name, arr])

@@ -1,0 +1,97 @@
+"""`Runtime`, the client's handle on one runtime, and `connect`.
+
+Contents: Runtime, connect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import InvalidArgumentError
+from .graph import RemoteGraph
+from .transport import InprocTransport, Transport
+
+
+class Runtime:
+    """A connection to a kernelflow runtime (in-process or a server).
+
+    Use `connect` to make one. The same interface works wherever the runtime is.
+    """
+
+    def __init__(self, transport: Transport):
+        self._transport = transport
+        self._call = transport.call
+        self._graphs: dict[str, RemoteGraph] = {}
+
+    @property
+    def url(self) -> str:
+        return self._transport.url
+
+    def __repr__(self) -> str:
+        return f"<kf.Runtime {self.url}>"
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (the runtime's state stays where it is)."""
+        self._transport.close()
+
+    def info(self) -> dict:
+        """Runtime version, backend, devices, memory in use, graphs."""
+        return self._call("info", [])
+
+    def graph(self, name: str, seed: int = 0) -> RemoteGraph:
+        """Create the graph ``name``, or re-attach to it with its nodes and variables.
+
+        Args:
+            name: the graph's name in the runtime.
+            seed: graph-level seed for random ops (used when the graph is created).
+        """
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"graph: name must be a non-empty string; got {name!r}")
+        g = self._graphs.get(name)
+        if g is not None:
+            return g
+        info = self._call("graph.open", [name, int(seed)])
+        g = RemoteGraph(self, name, seed=info.get("seed", seed))
+        if info["version"]:
+            g._load(self._call("graph.get", [name, 0]))
+        self._graphs[name] = g
+        return g
+
+    def graphs(self) -> list[str]:
+        """Names of the graphs the runtime holds."""
+        return [d["name"] for d in self._call("graph.list", [])]
+
+    def delete_graph(self, name: str) -> None:
+        """Delete a graph and its variables from the runtime."""
+        self._call("graph.delete", [name])
+        self._graphs.pop(name, None)
+
+
+def connect(url: str | None = None, *, token: str | None = None, timeout: float | None = None,
+            device: str = "cpu", soft_placement: bool = False) -> Runtime:
+    """Connect to a kernelflow runtime.
+
+    Args:
+        url: ``"inproc"`` for a runtime inside this process. (Server URLs come with the
+            runtime server.)
+        token: the server's token (servers only).
+        timeout: seconds to wait for a server (servers only).
+        device: default device of an in-process runtime: "cpu", "gpu", "gpu:N" or "auto".
+        soft_placement: in-process runtime runs nodes asking for a missing GPU on the CPU.
+
+    Returns:
+        A `Runtime`.
+
+    Example:
+        >>> rt = kf.connect("inproc")
+        >>> g = rt.graph("mnist")
+    """
+    if url is None or url == "inproc":
+        return Runtime(InprocTransport(device=device, soft_placement=soft_placement))
+    raise InvalidArgumentError(f"connect: unsupported url {url!r}; expected 'inproc'")

@@ -1,0 +1,311 @@
+"""The executor: compiles (fetches, feeds) into a cached `Plan` and runs it.
+
+A plan is the subgraph the fetches need (pruned at fed nodes), in an order that respects
+data edges, control edges, and the variable rule of DESIGN.md: a plain read of a variable
+sees its value from before the run's updates. Updates work in place, so every consumer of
+a pre-update read (or of a view of it) is ordered before the update. Each intermediate
+buffer is dropped right after its last use. Later runs of the same signature reuse the plan.
+
+Contents: NodeContext, Plan.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import InternalError, InvalidArgumentError, KernelflowError, ResourceExhaustedError
+from ..graph.ir import Tensor
+from ..graph.ops.state import placeholder_op, read_variable_op, variable_op
+from ..graph.shapes import format_shape
+from ..kernels.registry import array_module, get_kernel
+from .devices import Placement, to_host
+
+if TYPE_CHECKING:
+    from .session import GraphSession
+
+log = logging.getLogger("kernelflow.executor")
+
+
+class NodeContext:
+    """What a stateful kernel may touch: its node, the variable storage, its RNG, the log."""
+
+    __slots__ = ("session", "node", "place", "xp", "_const")
+
+    def __init__(self, session: GraphSession, node: Tensor, place: Placement, xp: Any):
+        self.session = session
+        self.node = node
+        self.place = place
+        self.xp = xp
+        self._const: Any = None
+
+    def storage(self, var: Tensor) -> Any:
+        """The live storage array of variable node ``var`` (kernels update it in place)."""
+        return self.session.variables[var.name]
+
+    def device_constant(self, value: np.ndarray) -> Any:
+        """``value`` on this node's device, converted once."""
+        if self._const is None:
+            self._const = self.session.devices.to_device(value, self.place)
+        return self._const
+
+    def rng(self) -> Any:
+        """This node's random generator (seeded by graph seed and op seed; advances per run)."""
+        return self.session.rng_for(self.node, self.xp)
+
+    def log(self, message: str) -> None:
+        """Write to the runtime's log (the ``print`` op)."""
+        self.session.log_line(message)
+
+
+def _storage_alias(n: Tensor, memo: dict[int, bool]) -> bool:
+    """True when ``n``'s value may be (a view of) a variable's storage or a constant."""
+    key = id(n)
+    if key not in memo:
+        memo[key] = n.op.alias and (not n.inputs or _storage_alias(n.inputs[0], memo))
+    return memo[key]
+
+
+class Plan:
+    """An executable schedule for one (fetches, feeds) signature of one graph.
+
+    Args:
+        session: the graph's session (variables, devices, RNGs).
+        fetches: tensors to return, in order (duplicates allowed).
+        feeds: tensors whose values the caller supplies, in the order `run` receives them.
+
+    Raises:
+        InvalidArgumentError: naming a placeholder the fetches need that is not fed.
+        FailedPreconditionError: naming a node placed on a missing device.
+    """
+
+    def __init__(self, session: GraphSession, fetches: Sequence[Tensor], feeds: Sequence[Tensor]):
+        self.session = session
+        self.fetches = list(fetches)
+        self.feeds = list(feeds)
+        fed = {id(t) for t in feeds}
+        nodes = self._needed(fed)
+        for n in nodes:
+            if n.op is placeholder_op and id(n) not in fed:
+                raise InvalidArgumentError(
+                    f"placeholder '{n.name}' ({n.dtype}{format_shape(n.shape)}) must be fed: the fetches "
+                    f"depend on it", node=n.name, source=n.source)
+        order = self._schedule(nodes, fed)
+        self._compile(order, fed)
+
+    # ----------------------------------------------------------------- planning
+    def _needed(self, fed: set[int]) -> list[Tensor]:
+        seen: dict[int, Tensor] = {}
+        stack = list(self.fetches)
+        while stack:
+            t = stack.pop()
+            if id(t) in seen:
+                continue
+            seen[id(t)] = t
+            if id(t) not in fed:
+                stack.extend(t.inputs)
+            stack.extend(t.control_inputs)
+        return sorted(seen.values(), key=lambda t: t.index)
+
+    def _schedule(self, nodes: list[Tensor], fed: set[int]) -> list[Tensor]:
+        in_plan = {id(n) for n in nodes}
+        consumers: dict[int, list[Tensor]] = {id(n): [] for n in nodes}
+        for n in nodes:
+            if id(n) in fed:
+                continue
+            for i in n.inputs + n.control_inputs:
+                if id(i) in in_plan:
+                    consumers[id(i)].append(n)
+        extra = self._update_edges(nodes, consumers, fed)
+        order = _kahn(nodes, consumers, extra, fed)
+        if order is None:
+            # Conflicting update orders: fall back to copying variable reads (see NodeContext).
+            log.warning("variable updates in one run conflict in order; reads are copied instead")
+            self._copy_reads = True
+            order = _kahn(nodes, consumers, {}, fed)
+            if order is None:
+                raise InternalError("graph has a cycle")
+        else:
+            self._copy_reads = False
+        return order
+
+    def _update_edges(self, nodes: list[Tensor], consumers: dict[int, list[Tensor]],
+                      fed: set[int]) -> dict[int, list[Tensor]]:
+        """Extra edges reader -> update, so pre-update reads happen before in-place updates."""
+        updates: dict[int, list[Tensor]] = {}
+        for n in nodes:
+            if id(n) in fed:
+                continue
+            for pos in n.op.mutates:
+                updates.setdefault(id(n.inputs[pos]), []).append(n)
+        extra: dict[int, list[Tensor]] = {}
+        if not updates:
+            return extra
+        by_id = {id(n): n for n in nodes}
+        for var_id, ups in updates.items():
+            var = by_id[var_id]
+            # Values that are the pre-update read or views of it.
+            aliases = [var]
+            k = 0
+            while k < len(aliases):
+                for c in consumers[id(aliases[k])]:
+                    if c.op.alias and not c.op.mutates and c.op is not read_variable_op and c.inputs \
+                            and c.inputs[0] is aliases[k]:
+                        aliases.append(c)
+                k += 1
+            up_ids = {id(u) for u in ups}
+            for u in ups:
+                after_u = _descendants(u, consumers)
+                for a in aliases:
+                    for c in consumers[id(a)]:
+                        if id(c) in up_ids or id(c) in after_u or c in aliases:
+                            continue
+                        extra.setdefault(id(c), []).append(u)
+        return extra
+
+    def _compile(self, order: list[Tensor], fed: set[int]) -> None:
+        session = self.session
+        slot = {id(n): i for i, n in enumerate(order)}
+        self.nslots = len(order)
+        self.feed_slots = [slot[id(t)] for t in self.feeds]
+        self.fetch_slots = [slot[id(t)] for t in self.fetches]
+        self.places: list[Placement] = []
+        last_use: dict[int, int] = {}
+        steps_nodes = [n for n in order if id(n) not in fed]
+        for k, n in enumerate(steps_nodes):
+            for i in n.inputs:
+                last_use[slot[id(i)]] = k
+        keep = set(self.fetch_slots)
+        frees: dict[int, list[int]] = {}
+        for s, k in last_use.items():
+            if s not in keep:
+                frees.setdefault(k, []).append(s)
+        place_of: dict[int, Placement] = {}
+        for t in self.feeds:
+            place_of[id(t)] = session.placement(t)
+        self.steps: list[tuple] = []
+        self.step_nodes = steps_nodes
+        for k, n in enumerate(steps_nodes):
+            place = session.placement(n)
+            place_of[id(n)] = place
+            xp = array_module(place.backend)
+            entry = get_kernel(n.op, place.backend)
+            ctx = NodeContext(session, n, place, xp) if entry.needs_ctx else None
+            attrs = n.attrs
+            if n.op is variable_op:
+                attrs = {"initial": None, "trainable": attrs.get("trainable", True)}
+            fn = entry.bind(xp, attrs, ctx)
+            if n.op is variable_op and self._copy_reads:
+                fn = _copying(fn)
+            moves = [place_of[id(i)] != place for i in n.inputs]
+            if any(moves):
+                fn = _moving(fn, session.devices, place, moves)
+            ins = tuple(slot[id(i)] for i in n.inputs)
+            self.steps.append((fn, ins, slot[id(n)], tuple(frees.get(k, ()))))
+        self.gpu = any(p.backend != "numpy" for p in place_of.values())
+        memo: dict[int, bool] = {}
+        self.copy_fetch = [_storage_alias(t, memo) for t in self.fetches]
+
+    # ----------------------------------------------------------------- running
+    def run(self, feed_values: Sequence[Any]) -> list[Any]:
+        """Execute the plan; returns host numpy arrays (None for ops with no value)."""
+        vals: list[Any] = [None] * self.nslots
+        for s, v in zip(self.feed_slots, feed_values):
+            vals[s] = v
+        k = 0
+        try:
+            with np.errstate(all="ignore"):  # NaN and Inf are values, not crashes
+                for k, (fn, ins, out, free) in enumerate(self.steps):  # noqa: B007
+                    if len(ins) == 1:
+                        vals[out] = fn(vals[ins[0]])
+                    elif len(ins) == 2:
+                        vals[out] = fn(vals[ins[0]], vals[ins[1]])
+                    else:
+                        vals[out] = fn(*[vals[i] for i in ins])
+                    for f in free:
+                        vals[f] = None
+        except KernelflowError as e:
+            node = self.step_nodes[k]
+            e.node = e.node or node.name
+            e.source = e.source or node.source
+            raise
+        except MemoryError as e:
+            node = self.step_nodes[k]
+            raise ResourceExhaustedError(f"{node.name} ({node.op.name}): out of memory: {e}", node=node.name,
+                                         source=node.source) from e
+        except Exception as e:  # a kernel failed: name the node and the input shapes
+            node = self.step_nodes[k]
+            fn, ins, out, free = self.steps[k]
+            shapes = ", ".join(f"{i.name}: {_describe(vals[s])}" for i, s in zip(node.inputs, ins))
+            cls = InvalidArgumentError if isinstance(e, (ValueError, IndexError, TypeError)) else InternalError
+            if type(e).__name__ == "OutOfMemoryError":
+                cls = ResourceExhaustedError
+            raise cls(f"{node.name} ({node.op.name}) failed at run time: {type(e).__name__}: {e}; inputs: "
+                      f"{shapes or 'none'}", node=node.name, source=node.source) from e
+        out_vals = []
+        for s, copy in zip(self.fetch_slots, self.copy_fetch):
+            v = vals[s]
+            if v is not None:
+                v = to_host(v) if self.gpu else v
+                if not isinstance(v, np.ndarray):
+                    v = np.asarray(v)
+                elif copy:
+                    v = v.copy()
+            out_vals.append(v)
+        return out_vals
+
+
+def _describe(v: Any) -> str:
+    if v is None:
+        return "None"
+    return f"{getattr(v, 'dtype', type(v).__name__)}{tuple(getattr(v, 'shape', ()))}"
+
+
+def _copying(fn: Any) -> Any:
+    return lambda: fn().copy()
+
+
+def _moving(fn: Any, devices: Any, place: Placement, moves: list[bool]) -> Any:
+    def call(*args: Any) -> Any:
+        return fn(*[devices.to_device(a, place) if m else a for a, m in zip(args, moves)])
+
+    return call
+
+
+def _descendants(u: Tensor, consumers: dict[int, list[Tensor]]) -> set[int]:
+    out: set[int] = set()
+    stack = [u]
+    while stack:
+        t = stack.pop()
+        for c in consumers.get(id(t), ()):
+            if id(c) not in out:
+                out.add(id(c))
+                stack.append(c)
+    return out
+
+
+def _kahn(nodes: list[Tensor], consumers: dict[int, list[Tensor]], extra: dict[int, list[Tensor]],
+          fed: set[int]) -> list[Tensor] | None:
+    """Topological order by creation index among ready nodes; None on a cycle."""
+    indeg = {id(n): 0 for n in nodes}
+    succ: dict[int, list[Tensor]] = {id(n): list(consumers[id(n)]) for n in nodes}
+    for src, targets in extra.items():
+        succ[src].extend(targets)
+    for targets in succ.values():
+        for t in targets:
+            indeg[id(t)] += 1
+    heap = [(n.index, id(n), n) for n in nodes if indeg[id(n)] == 0]
+    heapq.heapify(heap)
+    order = []
+    while heap:
+        _, _, n = heapq.heappop(heap)
+        order.append(n)
+        for c in succ[id(n)]:
+            indeg[id(c)] -= 1
+            if indeg[id(c)] == 0:
+                heapq.heappush(heap, (c.index, id(c), c))
+    return order if len(order) == len(nodes) else None

@@ -1,0 +1,188 @@
+"""One graph held by the runtime: its IR, variable storage, RNG states and plan cache.
+
+Runs on one graph are serialised by the session's lock; runs on different graphs may
+overlap. Feeds are checked against the fed node's static shape and dtype before anything
+runs, so a bad feed changes no variable.
+
+Contents: GraphSession.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidArgumentError, NotFoundError
+from ..graph.ir import Graph, Tensor, Variable
+from ..graph.shapes import format_shape
+from .devices import DeviceManager, Placement, to_host
+from .executor import Plan
+
+log = logging.getLogger("kernelflow.session")
+
+
+class GraphSession:
+    """The server-side state of one named graph.
+
+    Args:
+        name: the graph's name.
+        devices: the runtime's device manager.
+        seed: graph-level seed for random ops.
+    """
+
+    def __init__(self, name: str, devices: DeviceManager, seed: int = 0):
+        self.graph = Graph(name, seed=seed)
+        self.devices = devices
+        self.variables: dict[str, Any] = {}
+        self.lock = threading.RLock()
+        self._plans: dict[tuple, Plan] = {}
+        self._placements: dict[int, Placement] = {}
+        self._rngs: dict[str, Any] = {}
+        self.log_lines: list[str] = []
+
+    @property
+    def name(self) -> str:
+        return self.graph.name
+
+    # ----------------------------------------------------------------- graph
+    def extend(self, node_dicts: Sequence[dict], since: int | None = None) -> int:
+        """Add client nodes (validated, all or none); returns the new version.
+
+        ``since`` is the version the client built on. Nodes the server has already (a resent
+        batch) are checked by name and skipped.
+
+        Raises:
+            FailedPreconditionError: when the client is ahead of the server, or another
+                client extended the graph meanwhile with different nodes.
+        """
+        from ..errors import FailedPreconditionError
+
+        with self.lock:
+            version = self.graph.version
+            if since is None:
+                since = version
+            if since > version:
+                raise FailedPreconditionError(
+                    f"graph '{self.name}': client built on version {since} but the runtime has {version}; "
+                    "re-attach with rt.graph(name)")
+            overlap = min(version - since, len(node_dicts))
+            for i in range(overlap):
+                d = node_dicts[i]
+                if not isinstance(d, dict) or d.get("name") != self.graph.nodes()[since + i].name:
+                    raise FailedPreconditionError(
+                        f"graph '{self.name}' changed since version {since} (another client added nodes); "
+                        "re-attach with rt.graph(name) to see them")
+            new = self.graph.extend_from_dicts(node_dicts[overlap:])
+            try:
+                for t in new:
+                    self.placement(t)
+                    if isinstance(t, Variable):
+                        self.variables[t.name] = self._fresh_storage(t, t.attrs["initial"])
+            except BaseException:
+                for t in new:
+                    self.variables.pop(t.name, None)
+                    self._placements.pop(id(t), None)
+                self.graph._truncate(version)
+                raise
+            return self.graph.version
+
+    def placement(self, t: Tensor) -> Placement:
+        """Where node ``t`` runs (resolved once)."""
+        p = self._placements.get(id(t))
+        if p is None:
+            p = self._placements[id(t)] = self.devices.resolve(t.device, t.name)
+        return p
+
+    def _fresh_storage(self, v: Tensor, value: np.ndarray) -> Any:
+        arr = np.array(value, dtype=v.dtype, copy=True, order="C")
+        return self.devices.to_device(arr, self.placement(v)) if self.placement(v).backend != "numpy" else arr
+
+    # ----------------------------------------------------------------- variables
+    def variable(self, name: str) -> Variable:
+        t = self.graph[name] if name in self.graph else None
+        if not isinstance(t, Variable):
+            raise NotFoundError(f"graph '{self.name}' has no variable named '{name}'")
+        return t
+
+    def read_variable(self, name: str) -> np.ndarray:
+        """A host copy of a variable's current value."""
+        with self.lock:
+            self.variable(name)
+            return np.array(to_host(self.variables[name]), copy=True)
+
+    def assign_variable(self, name: str, value: Any) -> None:
+        """Replace a variable's value; shape and dtype must match exactly."""
+        with self.lock:
+            v = self.variable(name)
+            arr = np.asarray(value)
+            if arr.dtype.name != v.dtype or arr.shape != v.shape:
+                raise InvalidArgumentError(
+                    f"variable.assign: '{name}' is {v.dtype}{format_shape(v.shape)}; got "
+                    f"{arr.dtype.name}{format_shape(arr.shape)}", node=name)
+            self.variables[name] = self._fresh_storage(v, arr)
+
+    # ----------------------------------------------------------------- running
+    def plan(self, fetch_names: Sequence[str], feed_names: Sequence[str]) -> Plan:
+        """The cached plan for this signature, compiled on first use."""
+        key = (tuple(fetch_names), tuple(feed_names))
+        plan = self._plans.get(key)
+        if plan is None:
+            fetches = [self._node(n, "fetch") for n in fetch_names]
+            feeds = [self._node(n, "feed") for n in feed_names]
+            if len(set(feed_names)) != len(feed_names):
+                raise InvalidArgumentError(f"graph.run: a node is fed twice in {list(feed_names)}")
+            plan = self._plans[key] = Plan(self, fetches, feeds)
+        return plan
+
+    def _node(self, name: Any, what: str) -> Tensor:
+        if not isinstance(name, str) or name not in self.graph:
+            raise NotFoundError(f"graph.run: {what} '{name}' is not a node of graph '{self.name}'")
+        return self.graph[name]
+
+    def run(self, fetch_names: Sequence[str], feed_names: Sequence[str], feed_values: Sequence[Any]) -> list:
+        """Run the plan for (fetches, feeds) with ``feed_values``; returns host arrays."""
+        with self.lock:
+            plan = self.plan(fetch_names, feed_names)
+            values = [self._check_feed(t, v) for t, v in zip(plan.feeds, feed_values)]
+            return plan.run(values)
+
+    def _check_feed(self, t: Tensor, value: Any) -> Any:
+        arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+        if not isinstance(value, np.ndarray) and arr.dtype.name != t.dtype and arr.dtype.kind in "biuf":
+            # Python scalars and lists take the placeholder's dtype when it holds them exactly.
+            cast = arr.astype(t.dtype)
+            if np.array_equal(cast, arr):
+                arr = cast
+        if arr.dtype.name != t.dtype:
+            raise InvalidArgumentError(
+                f"feed for '{t.name}': expected dtype {t.dtype}; got {arr.dtype.name} (shape "
+                f"{format_shape(arr.shape)}); convert it with .astype('{t.dtype}')", node=t.name, source=t.source)
+        shape = t.shape
+        if arr.ndim != len(shape) or any(d is not None and d != a for d, a in zip(shape, arr.shape)):
+            raise InvalidArgumentError(
+                f"feed for '{t.name}': expected shape {format_shape(shape)}; got {format_shape(arr.shape)}",
+                node=t.name, source=t.source)
+        place = self.placement(t)
+        return arr if place.backend == "numpy" else self.devices.to_device(arr, place)
+
+    def rng_for(self, node: Tensor, xp: Any) -> Any:
+        """The random generator of ``node``: seeded by (graph seed, op seed or node index)."""
+        rng = self._rngs.get(node.name)
+        if rng is None:
+            op_seed = node.attrs.get("seed")
+            seed = [int(self.graph.seed) & 0xFFFFFFFF, int(op_seed if op_seed is not None else node.index)]
+            if xp is np:
+                rng = np.random.Generator(np.random.PCG64(seed))
+            else:
+                rng = xp.random.default_rng(seed[0] * 1_000_003 + seed[1])
+            self._rngs[node.name] = rng
+        return rng
+
+    def log_line(self, message: str) -> None:
+        self.log_lines.append(message)
+        del self.log_lines[:-1000]
+        log.info("[%s] %s", self.name, message)
