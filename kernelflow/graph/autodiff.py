@@ -94,7 +94,8 @@ def _build(graph: Any, y_list: list[Tensor], x_list: list[Tensor], seeds: list[A
         if y.dtype not in FLOATING:
             raise InvalidArgumentError(f"gradients: y '{y.name}' has dtype {y.dtype}; only floating ys have gradients")
         if seed is None:
-            seed = graph.constant(1, dtype=y.dtype) if y.ndim == 0 else broadcast_like(graph.constant(1, dtype=y.dtype), y)
+            one = graph.constant(1, dtype=y.dtype)
+            seed = one if y.ndim == 0 else broadcast_like(one, y)
         pending.setdefault(id(y), []).append(seed)
 
     grads: dict[int, Tensor] = {}
@@ -110,8 +111,9 @@ def _build(graph: Any, y_list: list[Tensor], x_list: list[Tensor], seeds: list[A
             continue
         in_cts = node.op.vjp(ct, node, *node.inputs, **node.attrs)
         if not isinstance(in_cts, (tuple, list)) or len(in_cts) != len(node.inputs):
-            raise InternalError(f"vjp of {node.op.name} returned {len(in_cts) if isinstance(in_cts, (tuple, list)) else in_cts!r} "
-                                f"cotangents for {len(node.inputs)} inputs", node=node.name)
+            got = len(in_cts) if isinstance(in_cts, (tuple, list)) else repr(in_cts)
+            raise InternalError(f"vjp of {node.op.name} returned {got} cotangents for {len(node.inputs)} inputs",
+                                node=node.name)
         for x, c in zip(node.inputs, in_cts):
             if c is None or id(x) not in reaches_x or x.dtype not in FLOATING:
                 continue

@@ -5,7 +5,6 @@ from __future__ import annotations
 from ..graph.ops import elementwise as E
 from .registry import kernel, special, xp_kernel
 
-
 for _op, _attr in [
     (E.add_op, "add"), (E.subtract_op, "subtract"), (E.multiply_op, "multiply"), (E.divide_op, "true_divide"),
     (E.floor_divide_op, "floor_divide"), (E.mod_op, "mod"), (E.pow_op, "power"), (E.negative_op, "negative"),

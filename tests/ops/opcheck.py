@@ -73,7 +73,8 @@ def check_forward(case: OpCase, dtype: str, rng: np.random.Generator) -> None:
         np.testing.assert_array_equal(got, ref, err_msg=case.name)
 
 
-def numeric_grad(f: Callable[[list[np.ndarray]], float], args: list[np.ndarray], i: int, eps: float = 1e-6) -> np.ndarray:
+def numeric_grad(f: Callable[[list[np.ndarray]], float], args: list[np.ndarray], i: int,
+                 eps: float = 1e-6) -> np.ndarray:
     """Central finite differences of scalar ``f`` w.r.t. ``args[i]`` (float64)."""
     x = args[i]
     grad = np.zeros_like(x)

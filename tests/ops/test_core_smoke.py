@@ -54,4 +54,5 @@ def test_matmul_inner_dim_mismatch_raises(g):
                                                    r"w?.*\(32, 10\)") as info:
         x @ w
     assert info.value.node == "matmul"
-    assert info.value.source and info.value.source.endswith(f":{test_matmul_inner_dim_mismatch_raises.__code__.co_firstlineno + 5}")
+    line = test_matmul_inner_dim_mismatch_raises.__code__.co_firstlineno + 5
+    assert info.value.source and info.value.source.endswith(f"test_core_smoke.py:{line}")

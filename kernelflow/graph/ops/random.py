@@ -1,0 +1,5 @@
+"""Random ops (to be filled in)."""
+
+from __future__ import annotations
+
+__all__: list[str] = []
