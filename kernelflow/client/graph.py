@@ -47,6 +47,19 @@ def _flatten(fetches: Any, out: list[Tensor], graph: Graph) -> Callable[[list], 
                                f"got {type(fetches).__name__}")
 
 
+def _python_feed(value: Any, t: Tensor) -> np.ndarray:
+    """A Python scalar or list as an array of ``t``'s dtype when that holds it exactly.
+
+    numpy arrays are sent as they are: the runtime checks their dtype strictly.
+    """
+    arr = np.asarray(value)
+    if arr.dtype.name != t.dtype and arr.dtype.kind in "biuf" and t.dtype is not None:
+        cast = arr.astype(t.dtype)
+        if np.array_equal(cast, arr):
+            return cast
+    return arr
+
+
 class RemoteGraph(Graph):
     """A named graph of a `Runtime`. Made by ``rt.graph(name)``; not constructed directly."""
 
@@ -97,16 +110,14 @@ class RemoteGraph(Graph):
             return [], []
         names, values = [], []
         for k, v in feed.items():
-            if isinstance(k, Tensor):
-                if k.graph is not self:
-                    raise InvalidArgumentError(f"run: feed key '{k.name}' belongs to graph '{k.graph.name}'")
-                names.append(k.name)
-            elif isinstance(k, str):
-                self[k]
-                names.append(k)
-            else:
+            if isinstance(k, str):
+                k = self[k]
+            if not isinstance(k, Tensor):
                 raise InvalidArgumentError(f"run: feed keys must be tensors or node names; got {type(k).__name__}")
-            values.append(v if isinstance(v, np.ndarray) else np.asarray(v))
+            if k.graph is not self:
+                raise InvalidArgumentError(f"run: feed key '{k.name}' belongs to graph '{k.graph.name}'")
+            names.append(k.name)
+            values.append(v if isinstance(v, np.ndarray) else _python_feed(v, k))
         return names, values
 
     def make_callable(self, fetches: Any, feed_list: Sequence[Tensor | str] = ()) -> Callable[..., Any]:

@@ -581,7 +581,7 @@ def weak_dtype(value: Any, like: str | None) -> str | None:
     if isinstance(value, int):
         return like if like != "bool" else None
     if isinstance(value, float):
-        return like if like in ("float16", "float32", "float64") else "float32"
+        return like if like in ("float16", "float32", "float64") else "float64"  # numpy (NEP 50): int * 1.5 -> float64
     return None
 
 

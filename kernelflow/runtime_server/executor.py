@@ -143,8 +143,10 @@ class Plan:
             for pos in n.op.mutates:
                 updates.setdefault(id(n.inputs[pos]), []).append(n)
         extra: dict[int, list[Tensor]] = {}
+        self._copy_vars: set[int] = set()
         if not updates:
             return extra
+        fetched = {id(t) for t in self.fetches}
         by_id = {id(n): n for n in nodes}
         for var_id, ups in updates.items():
             var = by_id[var_id]
@@ -157,6 +159,8 @@ class Plan:
                             and c.inputs[0] is aliases[k]:
                         aliases.append(c)
                 k += 1
+            if any(id(a) in fetched for a in aliases):
+                self._copy_vars.add(var_id)  # the fetched pre-update value must survive the update
             up_ids = {id(u) for u in ups}
             for u in ups:
                 after_u = _descendants(u, consumers)
@@ -199,7 +203,7 @@ class Plan:
             if n.op is variable_op:
                 attrs = {"initial": None, "trainable": attrs.get("trainable", True)}
             fn = entry.bind(xp, attrs, ctx)
-            if n.op is variable_op and self._copy_reads:
+            if n.op is variable_op and (self._copy_reads or id(n) in self._copy_vars):
                 fn = _copying(fn)
             moves = [place_of[id(i)] != place for i in n.inputs]
             if any(moves):

@@ -152,11 +152,6 @@ class GraphSession:
 
     def _check_feed(self, t: Tensor, value: Any) -> Any:
         arr = value if isinstance(value, np.ndarray) else np.asarray(value)
-        if not isinstance(value, np.ndarray) and arr.dtype.name != t.dtype and arr.dtype.kind in "biuf":
-            # Python scalars and lists take the placeholder's dtype when it holds them exactly.
-            cast = arr.astype(t.dtype)
-            if np.array_equal(cast, arr):
-                arr = cast
         if arr.dtype.name != t.dtype:
             raise InvalidArgumentError(
                 f"feed for '{t.name}': expected dtype {t.dtype}; got {arr.dtype.name} (shape "
