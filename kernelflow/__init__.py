@@ -8,7 +8,7 @@ Example:
     >>> y = kf.sum(x * 2.0, axis=1)
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from . import errors
 from .client import Runtime, connect
@@ -16,7 +16,7 @@ from .graph import Graph, Tensor, Variable, gradients
 from .graph.ops import *  # builders: add, matmul, relu, softmax_cross_entropy, ...
 from .graph.ops import __all__ as _ops_all
 from .graph.shapes import canonical_dtype as as_dtype
-from .nn import init, optim
+from .nn import init, layers, optim
 
-__all__ = ["errors", "connect", "Runtime", "Graph", "Tensor", "Variable", "gradients", "init", "optim",
+__all__ = ["errors", "connect", "Runtime", "Graph", "Tensor", "Variable", "gradients", "init", "layers", "optim",
            "as_dtype", "__version__"] + list(_ops_all)

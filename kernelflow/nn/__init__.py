@@ -1,5 +1,5 @@
 """Graph builders: initialisers, layers, losses, optimisers. Imports graph only."""
 
-from . import init, optim
+from . import init, layers, optim
 
-__all__ = ["init", "optim"]
+__all__ = ["init", "layers", "optim"]

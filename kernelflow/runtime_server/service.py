@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import InvalidArgumentError, NotFoundError
 from .devices import DeviceManager
 from .session import GraphSession
