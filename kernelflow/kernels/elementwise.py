@@ -20,7 +20,10 @@ for _op, _attr in [
 
 @kernel(E.rsqrt_op)
 def rsqrt_kernel(xp, x):
-    out = xp.sqrt(x)
+    # One buffer for both steps; empty_like also makes it a real array for 0-d inputs, where
+    # xp.sqrt would return a numpy scalar that cannot be an ``out=`` target.
+    out = xp.empty_like(x)
+    xp.sqrt(x, out=out)
     return xp.reciprocal(out, out=out)
 
 

@@ -12,11 +12,17 @@ def _axis(axis):
 
 @kernel(R.sum_op)
 def sum_kernel(xp, x, axis, keepdims):
-    return xp.sum(x, axis=_axis(axis), keepdims=keepdims, dtype=x.dtype if x.dtype != bool else None)
+    if x.dtype == xp.float16:  # accumulate in float32: float16 partial sums lose digits fast
+        return xp.sum(x, axis=_axis(axis), keepdims=keepdims, dtype=xp.float32).astype(xp.float16)
+    # Integers keep their dtype (numpy would widen int8 to int64); bool counts the Trues.
+    dtype = xp.int64 if x.dtype == xp.bool_ else x.dtype
+    return xp.sum(x, axis=_axis(axis), keepdims=keepdims, dtype=dtype)
 
 
 @kernel(R.mean_op)
 def mean_kernel(xp, x, axis, keepdims):
+    if x.dtype == xp.float16:  # as in sum_kernel
+        return xp.mean(x, axis=_axis(axis), keepdims=keepdims, dtype=xp.float32).astype(xp.float16)
     return xp.mean(x, axis=_axis(axis), keepdims=keepdims, dtype=x.dtype)
 
 
@@ -57,7 +63,8 @@ def all_kernel(xp, x, axis, keepdims):
 
 @kernel(R.count_nonzero_op)
 def count_nonzero_kernel(xp, x, axis, keepdims):
-    return xp.asarray(xp.count_nonzero(x, axis=_axis(axis), keepdims=keepdims), dtype=xp.int64)
+    # A sum rather than xp.count_nonzero: cupy's count_nonzero has no keepdims.
+    return xp.sum(x != 0, axis=_axis(axis), keepdims=keepdims, dtype=xp.int64)
 
 
 @kernel(R.logsumexp_op)

@@ -142,12 +142,31 @@ logical_and, logical_or, logical_not, isfinite = map(_b, (logical_and_op, logica
 
 
 def where(condition: Any, x: Any, y: Any, name: str | None = None) -> Tensor:
-    """``x`` where ``condition`` else ``y`` (numpy broadcasting)."""
+    """``x`` where ``condition`` else ``y`` (numpy broadcasting).
+
+    Args:
+        condition: bool tensor.
+        x: values taken where ``condition`` is True.
+        y: values taken elsewhere.
+        name: optional node name.
+
+    Returns:
+        A tensor of the broadcast shape of all three and the promoted dtype of ``x`` and ``y``.
+    """
     return where_op.bind(condition, x, y, name=name)
 
 
 def cast(x: Tensor, dtype: Any, name: str | None = None) -> Tensor:
-    """``x`` converted to ``dtype``; returns ``x`` itself when it has that dtype already."""
+    """``x`` converted to ``dtype``; returns ``x`` itself when it has that dtype already.
+
+    Args:
+        x: tensor of any supported dtype.
+        dtype: target dtype (``"float32"``, ``np.int64``...).
+        name: optional node name.
+
+    Returns:
+        A tensor of ``x``'s shape; float to int truncates toward zero, as numpy's ``astype``.
+    """
     dtype = canonical_dtype(dtype, "cast")
     if isinstance(x, Tensor) and x.dtype == dtype:
         return x
@@ -155,32 +174,78 @@ def cast(x: Tensor, dtype: Any, name: str | None = None) -> Tensor:
 
 
 # --------------------------------------------------------------------------- composites
+def _require_floating(op: str, x: Any) -> None:
+    # Composites would otherwise fail deep inside (in exp) or silently promote ints to float.
+    if isinstance(x, Tensor) and x.dtype not in FLOATING:
+        raise InvalidArgumentError(f"{op}: expected a dtype in {FLOATING}; got {x.dtype} (tensor '{x.name}'); "
+                                   "cast it with kf.cast")
+
+
 def leaky_relu(x: Tensor, alpha: float = 0.2, name: str | None = None) -> Tensor:
-    """``x`` if ``x > 0`` else ``alpha * x`` (TF's default alpha 0.2)."""
+    """``x`` if ``x > 0`` else ``alpha * x`` (TF's default alpha 0.2).
+
+    Args:
+        x: floating tensor.
+        alpha: slope for negative inputs.
+        name: optional node name.
+
+    Returns:
+        A tensor of ``x``'s shape and dtype.
+    """
+    _require_floating("leaky_relu", x)
     return where(greater(x, 0), x, x * alpha, name=name)
 
 
 def elu(x: Tensor, alpha: float = 1.0, name: str | None = None) -> Tensor:
-    """``x`` if ``x > 0`` else ``alpha * (exp(x) - 1)``."""
+    """``x`` if ``x > 0`` else ``alpha * (exp(x) - 1)``.
+
+    Args:
+        x: floating tensor.
+        alpha: scale of the negative branch.
+        name: optional node name.
+
+    Returns:
+        A tensor of ``x``'s shape and dtype.
+    """
+    _require_floating("elu", x)
     # exp of the clamped value keeps the unused branch finite, so its gradient is not NaN.
     return where(greater(x, 0), x, (exp(minimum(x, 0)) - 1) * alpha, name=name)
 
 
 def softplus(x: Tensor, name: str | None = None) -> Tensor:
-    """``log(1 + exp(x))``, computed stably as ``max(x, 0) + log1p(exp(-|x|))``."""
+    """``log(1 + exp(x))``, computed stably as ``max(x, 0) + log1p(exp(-|x|))``.
+
+    Args:
+        x: floating tensor.
+        name: optional node name.
+
+    Returns:
+        A tensor of ``x``'s shape and dtype.
+    """
+    _require_floating("softplus", x)
     return add(maximum(x, 0), log1p(exp(-abs(x))), name=name)
 
 
 def clip(x: Tensor, min: Any = None, max: Any = None, name: str | None = None) -> Tensor:  # noqa: A002
-    """``x`` limited to ``[min, max]`` (either bound may be None)."""
+    """``x`` limited to ``[min, max]`` (either bound may be None); ``max`` wins if ``min > max``.
+
+    Args:
+        x: numeric tensor.
+        min: lower bound (scalar or tensor broadcasting against ``x``), or None.
+        max: upper bound, or None.
+        name: optional node name.
+
+    Returns:
+        A tensor of the broadcast shape; the dtype promotes with the bounds' dtypes.
+    """
     if min is not None:
         x = maximum(x, min)
     if max is not None:
         x = minimum(x, max)
-    return identity_named(x, name)
+    return _named(x, name)
 
 
-def identity_named(x: Tensor, name: str | None) -> Tensor:
+def _named(x: Tensor, name: str | None) -> Tensor:
     if name is None:
         return x
     from .state import identity
@@ -192,7 +257,17 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 def gelu(x: Tensor, approximate: bool = False, name: str | None = None) -> Tensor:
-    """Gaussian error linear unit: ``x * Phi(x)``, the exact erf form unless ``approximate``."""
+    """Gaussian error linear unit: ``x * Phi(x)``, the exact erf form unless ``approximate``.
+
+    Args:
+        x: floating tensor.
+        approximate: use the tanh approximation ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``.
+        name: optional node name.
+
+    Returns:
+        A tensor of ``x``'s shape and dtype.
+    """
+    _require_floating("gelu", x)
     if approximate:
         inner = (x + x * x * x * 0.044715) * _SQRT_2_OVER_PI
         return multiply(x * 0.5, tanh(inner) + 1, name=name)

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...errors import InvalidArgumentError
+import numpy as np
+
+from ...errors import InvalidArgumentError, ShapeError
 from ..ir import Tensor
 from ..registry import OpDef, define_op
-from ..shapes import ALL_DTYPES, FLOATING, NUMERIC, normalize_axes, normalize_axis
+from ..shapes import ALL_DTYPES, FLOATING, NUMERIC, format_shape, normalize_axes
 
 __all__ = ["sum", "mean", "max", "min", "prod", "var", "std", "argmax", "argmin", "logsumexp", "any", "all",
            "sum_to", "count_nonzero"]
@@ -33,9 +35,10 @@ def reduce_op(name: str, dtypes: tuple[str, ...] = NUMERIC, vjp: Any = None, out
 
     if vjp is None:
         kwargs.setdefault("differentiable", False)
+    kwargs.setdefault("dtype_rule", dtype_rule)
     return define_op(name, ("x",), attrs={"axis": None, "keepdims": False},
                      shape_rule=lambda x, axis, keepdims: _reduced_shape(name, x.shape, axis, keepdims),
-                     dtype_rule=dtype_rule, vjp=vjp, **kwargs)
+                     vjp=vjp, **kwargs)
 
 
 def _keep(g: Tensor, x: Tensor, axis: Any, keepdims: bool) -> Tensor:
@@ -49,13 +52,18 @@ def _keep(g: Tensor, x: Tensor, axis: Any, keepdims: bool) -> Tensor:
     return g
 
 
-def _count(x: Tensor, axis: Any) -> Tensor:
-    """Number of reduced elements, as a tensor of x's dtype (dims may be unknown statically)."""
+def _inv_count(x: Tensor, axis: Any) -> Tensor:
+    """1 / (number of reduced elements), as a tensor of x's dtype (dims may be unknown statically).
+
+    Computed in float32 (float64 for float64 x) and cast: in float16 the count itself overflows
+    past 65504 elements, though its reciprocal is representable.
+    """
+    from .elementwise import cast
     from .movement import size
 
-    total = size(x, dtype=x.dtype)
-    kept = size(sum(x, axis=axis, keepdims=True), dtype=x.dtype)
-    return total / kept
+    wide = "float64" if x.dtype == "float64" else "float32"
+    kept = size(sum(x, axis=axis, keepdims=True), dtype=wide)
+    return cast(kept / size(x, dtype=wide), x.dtype)
 
 
 def _extremum_vjp(g: Tensor, out: Tensor, x: Tensor, axis: Any, keepdims: bool) -> tuple:
@@ -72,19 +80,34 @@ def _spread(g: Tensor, x: Tensor) -> Tensor:
     return broadcast_like(g, x)
 
 
-sum_op = reduce_op("sum", vjp=lambda g, out, x, axis, keepdims: (_spread(_keep(g, x, axis, keepdims), x),))
+def _sum_dtype(x: Any, **attrs: Any) -> str:
+    if x.dtype not in ALL_DTYPES:
+        raise InvalidArgumentError(f"sum: expected a dtype in {ALL_DTYPES}; got {x.dtype}")
+    return "int64" if x.dtype == "bool" else x.dtype  # numpy counts the Trues
+
+
+sum_op = reduce_op("sum", dtype_rule=_sum_dtype, vjp=lambda g, out, x, axis, keepdims: (
+    _spread(_keep(g, x, axis, keepdims), x),))
 mean_op = reduce_op("mean", FLOATING, vjp=lambda g, out, x, axis, keepdims: (
-    _spread(_keep(g, x, axis, keepdims) / _count(x, axis), x),))
+    _spread(_keep(g, x, axis, keepdims) * _inv_count(x, axis), x),))
 max_op = reduce_op("max", vjp=_extremum_vjp)
 min_op = reduce_op("min", vjp=_extremum_vjp)
 prod_op = reduce_op("prod", vjp=lambda g, out, x, axis, keepdims: (
     _keep(g * out, x, axis, keepdims) / x,))  # undefined where x == 0, as in TF's simple rule
-argmax_op = define_op("argmax", ("x",), attrs={"axis": None, "keepdims": False},
-                      shape_rule=lambda x, axis, keepdims: _reduced_shape("argmax", x.shape, axis, keepdims),
-                      dtype_rule=lambda x, **a: "int64", differentiable=False)
-argmin_op = define_op("argmin", ("x",), attrs={"axis": None, "keepdims": False},
-                      shape_rule=lambda x, axis, keepdims: _reduced_shape("argmin", x.shape, axis, keepdims),
-                      dtype_rule=lambda x, **a: "int64", differentiable=False)
+
+
+def _arg_reduce(name: str) -> OpDef:
+    def shape_rule(x: Any, axis: Any, keepdims: bool) -> tuple:
+        if axis is not None and (not isinstance(axis, (int, np.integer)) or isinstance(axis, bool)):
+            raise InvalidArgumentError(f"{name}: axis must be an int or None; got {axis!r}")
+        return _reduced_shape(name, x.shape, axis, keepdims)
+
+    return define_op(name, ("x",), attrs={"axis": None, "keepdims": False}, shape_rule=shape_rule,
+                     dtype_rule=lambda x, **a: "int64", differentiable=False)
+
+
+argmax_op = _arg_reduce("argmax")
+argmin_op = _arg_reduce("argmin")
 any_op = reduce_op("any", ("bool",))
 all_op = reduce_op("all", ("bool",))
 count_nonzero_op = reduce_op("count_nonzero", ALL_DTYPES, out_dtype="int64")
@@ -101,8 +124,12 @@ logsumexp_op = reduce_op("logsumexp", FLOATING, vjp=_logsumexp_vjp)
 
 
 def _sum_to_shape(x: Any, like: Any) -> tuple:
-    if len(like.shape) > len(x.shape):
-        raise InvalidArgumentError(f"sum_to: target rank {len(like.shape)} exceeds input rank {len(x.shape)}")
+    lead = len(x.shape) - len(like.shape)
+    bad = lead < 0 or any(t is not None and t != 1 and d is not None and d != t
+                          for d, t in zip(x.shape[lead:], like.shape))
+    if bad:
+        raise ShapeError(f"sum_to: target shape must broadcast to the input shape; got "
+                         f"x.shape={format_shape(x.shape)}, like.shape={format_shape(like.shape)}")
     return like.shape
 
 
@@ -113,8 +140,9 @@ def _sum_to_vjp(g: Tensor, out: Tensor, x: Tensor, like: Tensor) -> tuple:
 
 
 # Sums ``x`` down to the runtime shape of ``like``: the un-broadcasting step of autodiff.
+# alias: the kernel returns x itself when the shapes already agree at run time.
 sum_to_op = define_op("sum_to", ("x", "like"), shape_rule=_sum_to_shape, dtype_rule=lambda x, like: x.dtype,
-                      vjp=_sum_to_vjp)
+                      vjp=_sum_to_vjp, alias=True)
 
 
 # --------------------------------------------------------------------------- builders
@@ -135,15 +163,11 @@ sum, mean, max, min, prod, logsumexp, any, all, count_nonzero = map(
 
 def argmax(x: Tensor, axis: int | None = None, keepdims: bool = False, name: str | None = None) -> Tensor:
     """Index of the largest value along ``axis`` (flattened when None), int64."""
-    if axis is not None:
-        normalize_axis("argmax", axis, x.ndim)
     return argmax_op.bind(x, axis=axis, keepdims=bool(keepdims), name=name)
 
 
 def argmin(x: Tensor, axis: int | None = None, keepdims: bool = False, name: str | None = None) -> Tensor:
     """Index of the smallest value along ``axis`` (flattened when None), int64."""
-    if axis is not None:
-        normalize_axis("argmin", axis, x.ndim)
     return argmin_op.bind(x, axis=axis, keepdims=bool(keepdims), name=name)
 
 
@@ -152,8 +176,13 @@ def var(x: Tensor, axis: Any = None, keepdims: bool = False, ddof: int = 0, name
     centered = x - mean(x, axis=axis, keepdims=True)
     sq = mean(centered * centered, axis=axis, keepdims=keepdims)
     if ddof:
-        n = _count(x, axis)
-        sq = sq * (n / (n - ddof))
+        from .elementwise import cast
+        from .movement import size
+
+        # n / (n - ddof) in a wide float: float16 counts overflow (see _inv_count).
+        wide = "float64" if sq.dtype == "float64" else "float32"
+        n = size(x, dtype=wide) / size(sum(x, axis=axis, keepdims=True), dtype=wide)
+        sq = sq * cast(n / (n - ddof), sq.dtype)
     if name:
         from .state import identity
 
