@@ -1,9 +1,13 @@
 """Reductions over axes with ``keepdims``: sum, mean, max, min, prod, var, std, argmax,
 argmin, logsumexp, any, all; and ``sum_to``, the un-broadcasting reduction of autodiff.
+
+The builders ``sum``, ``max``, ``min``, ``any`` and ``all`` shadow the Python builtins in this
+module; use ``builtins.<name>`` for those.
 """
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 import numpy as np
@@ -125,7 +129,7 @@ logsumexp_op = reduce_op("logsumexp", FLOATING, vjp=_logsumexp_vjp)
 
 def _sum_to_shape(x: Any, like: Any) -> tuple:
     lead = len(x.shape) - len(like.shape)
-    bad = lead < 0 or any(t is not None and t != 1 and d is not None and d != t
+    bad = lead < 0 or builtins.any(t is not None and t != 1 and d is not None and d != t
                           for d, t in zip(x.shape[lead:], like.shape))
     if bad:
         raise ShapeError(f"sum_to: target shape must broadcast to the input shape; got "
