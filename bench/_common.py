@@ -1,0 +1,141 @@
+"""Shared timing helpers for the benchmarks: interleaved rounds, medians, machine facts, tables.
+
+Contents: Contender, run_interleaved, median, machine_facts, blas_info, print_table.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Contender:
+    """One implementation under test: ``step()`` runs one unit of work (a training step)."""
+
+    name: str
+    step: Callable[[], Any]
+    rates: list[float] = field(default_factory=list)  # units per second, one per round
+    block: int = 1  # units per timed block, calibrated during warm-up
+
+
+def _time_block(step: Callable[[], Any], n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    return time.perf_counter() - t0
+
+
+def run_interleaved(contenders: Sequence[Contender], rounds: int = 10, block_s: float = 0.5,
+                    warmup_s: float = 1.0, log: Callable[[str], None] | None = None) -> None:
+    """Time every contender in rounds (A B C D, A B C D, ...), filling each one's ``rates``.
+
+    Each contender first warms up for about ``warmup_s`` seconds, which also calibrates its
+    block length to about ``block_s`` seconds, so slow and fast contenders get equal wall time
+    in each round and drift of the machine (frequency, other load) hits all of them alike.
+    """
+    for c in contenders:
+        n, spent = 1, 0.0
+        while spent < warmup_s:
+            dt = _time_block(c.step, n)
+            spent += dt
+            per = dt / n
+            n = max(1, min(int(0.25 / per) if per > 0 else n * 2, n * 4))
+        c.block = max(1, int(block_s / per))
+        if log:
+            log(f"  warm-up {c.name}: {1 / per:,.1f}/s, block of {c.block}")
+    for r in range(rounds):
+        for c in contenders:
+            dt = _time_block(c.step, c.block)
+            c.rates.append(c.block / dt)
+        if log:
+            log(f"  round {r + 1}/{rounds}: " + "  ".join(f"{c.name} {c.rates[-1]:,.1f}" for c in contenders))
+
+
+def median(xs: Sequence[float]) -> float:
+    """The median of ``xs`` (NaN when empty)."""
+    return statistics.median(xs) if xs else float("nan")
+
+
+def spread(xs: Sequence[float]) -> str:
+    """``min-max`` of ``xs`` as a short string, for the table's noise column."""
+    return f"{min(xs):,.1f}-{max(xs):,.1f}" if xs else "-"
+
+
+def blas_info() -> list[dict]:
+    """threadpoolctl's view of the loaded BLAS/OpenMP libraries (kernel, threads, version)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    return threadpool_info()
+
+
+def describe_blas(infos: list[dict] | None = None) -> str:
+    """One line per BLAS library: ``openblas 0.3.27 (Haswell, 2 threads)``."""
+    infos = blas_info() if infos is None else infos
+    parts = []
+    for i in infos:
+        if i.get("user_api") != "blas":
+            continue
+        parts.append(f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture') or '?'}, "
+                     f"{i.get('num_threads')} threads, {os.path.basename(i.get('filepath', ''))})")
+    return "; ".join(parts) or "unknown"
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or platform.processor())."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_facts() -> dict[str, str]:
+    """CPU, cores, Python, numpy and BLAS, OPENBLAS_* variables, date: the header of every report."""
+    import numpy as np
+
+    env = {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")}
+    return {
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "cpu": cpu_model(),
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": describe_blas(),
+        "OPENBLAS env": ", ".join(f"{k}={v}" for k, v in env.items()) or "not set",
+    }
+
+
+def print_facts(facts: dict[str, str]) -> None:
+    for k, v in facts.items():
+        print(f"{k:>13}: {v}")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> None:
+    """Print a Markdown table (so it can be pasted into docs/benchmarks.md as it is).
+
+    ``align`` holds one of ``l``/``r`` per column (default: first left, others right).
+    """
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    align = align or "l" + "r" * (len(headers) - 1)
+
+    def fmt(r: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(r, widths, align)) + " |"
+
+    print(fmt(cells[0]))
+    print("|" + "|".join(("-" * (w + 1) + ":") if a == "r" else (":" + "-" * (w + 1))
+                         for w, a in zip(widths, align)) + "|")
+    for r in cells[1:]:
+        print(fmt(r))
