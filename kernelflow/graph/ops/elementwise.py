@@ -242,10 +242,11 @@ def clip(x: Tensor, min: Any = None, max: Any = None, name: str | None = None) -
         x = maximum(x, min)
     if max is not None:
         x = minimum(x, max)
-    return _named(x, name)
+    return identity_named(x, name)
 
 
-def _named(x: Tensor, name: str | None) -> Tensor:
+def identity_named(x: Tensor, name: str | None) -> Tensor:
+    """``x`` itself when ``name`` is None, else an identity node called ``name`` (for composites)."""
     if name is None:
         return x
     from .state import identity
