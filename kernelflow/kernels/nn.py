@@ -1,8 +1,14 @@
-"""Kernels of the neural-network ops (same order as graph/ops/nn.py)."""
+"""Kernels of the neural-network ops (same order as graph/ops/nn.py).
+
+The conv and pool kernels live in `conv`; importing this module registers them too, as
+graph/ops/nn.py defines their ops.
+"""
 
 from __future__ import annotations
 
+from ..errors import InvalidArgumentError
 from ..graph.ops import nn as N
+from . import conv  # noqa: F401  (registers the conv/pool kernels with the rest of the family)
 from .registry import kernel
 
 
@@ -14,17 +20,20 @@ def _log_softmax(xp, logits):
     return shifted
 
 
-def _check_labels(xp, labels, n_classes):
-    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
-        from ..errors import InvalidArgumentError
+def _check_ids(op, ids, n, what):
+    # Explicit, because numpy would wrap negative ids and cupy clips or wraps silently.
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= n):
+        raise InvalidArgumentError(f"{op}: {what} must be in [0, {n}); got values in "
+                                   f"[{int(ids.min())}, {int(ids.max())}]")
 
-        raise InvalidArgumentError(f"softmax_cross_entropy: labels must be in [0, {n_classes}); got values in "
-                                   f"[{int(labels.min())}, {int(labels.max())}]")
+
+def _one_hot_like(xp, labels, n_classes, dtype):
+    return (labels[..., None] == xp.arange(n_classes)).astype(dtype)
 
 
 @kernel(N.softmax_cross_entropy_op)
 def softmax_cross_entropy_kernel(xp, logits, labels):
-    _check_labels(xp, labels, logits.shape[-1])
+    _check_ids("softmax_cross_entropy", labels, logits.shape[-1], "labels")
     logp = _log_softmax(xp, logits)
     picked = xp.take_along_axis(logp, labels[..., None].astype(xp.intp, copy=False), axis=-1)[..., 0]
     return -picked
@@ -32,8 +41,32 @@ def softmax_cross_entropy_kernel(xp, logits, labels):
 
 @kernel(N.softmax_cross_entropy_grad_op)
 def softmax_cross_entropy_grad_kernel(xp, g, logits, labels):
+    _check_ids("softmax_cross_entropy", labels, logits.shape[-1], "labels")
     p = xp.exp(_log_softmax(xp, logits))
-    idx = labels[..., None].astype(xp.intp, copy=False)
-    xp.put_along_axis(p, idx, xp.take_along_axis(p, idx, axis=-1) - 1, axis=-1)
+    p -= _one_hot_like(xp, labels, logits.shape[-1], p.dtype)
     p *= g
     return p
+
+
+@kernel(N.embedding_op)
+def embedding_kernel(xp, params, ids):
+    _check_ids("embedding", ids, params.shape[0], "ids")
+    return xp.take(params, ids.astype(xp.intp, copy=False), axis=0)
+
+
+@kernel(N.embedding_grad_op)
+def embedding_grad_kernel(xp, g, ids, params_like):
+    out = xp.zeros(params_like.shape, dtype=g.dtype)
+    rows = g.reshape((ids.size,) + params_like.shape[1:])
+    xp.add.at(out, ids.reshape(-1).astype(xp.intp, copy=False), rows)
+    return out
+
+
+@kernel(N.embedding_grad_op, backend="cupy")
+def embedding_grad_cupy(xp, g, ids, params_like):
+    import cupyx  # noqa: PLC0415  (GPU only)
+
+    out = xp.zeros(params_like.shape, dtype=g.dtype)
+    rows = g.reshape((ids.size,) + params_like.shape[1:])
+    cupyx.scatter_add(out, ids.reshape(-1).astype(xp.intp, copy=False), rows)
+    return out
