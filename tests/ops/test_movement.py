@@ -97,6 +97,7 @@ CASES = [
     _case("getitem_basic", lambda a: a[1:, ::-2, None], lambda a: a[1:, ::-2, None], (3, 5, 2)),
     _case("getitem_int_ellipsis", lambda a: a[..., 0, :], lambda a: a[..., 0, :], (2, 3, 4)),
     _case("getitem_negative_int", lambda a: a[-1], lambda a: a[-1], (3, 4)),
+    _case("getitem_numpy_scalar_ints", lambda a: a[np.int64(1), np.array(-1)], lambda a: a[1, -1], (3, 4, 2)),
     _case("getitem_all_ints", lambda a: a[1, -2], lambda a: np.asarray(a[1, -2]), (3, 4)),
     _case("getitem_dynamic_slice", lambda a: a[1:3, 1:], lambda a: a[1:3, 1:], (4, 3), static_shapes=False),
     _case("getitem_dynamic_reverse", lambda a: a[::-1, None, 2], lambda a: a[::-1, None, 2], (4, 3),
@@ -230,6 +231,7 @@ def test_view_ops_are_marked_alias():
 @pytest.mark.parametrize("build,pattern", [
     (lambda x: kf.reshape(x, (4,)), r"reshape: cannot reshape \(2, 3\) \(6 elements\) into \(4,\)"),
     (lambda x: kf.reshape(x, (-1, -1)), r"reshape: at most one -1"),
+    (lambda x: kf.reshape(x, (None, 3)), r"reshape: new shape dims must be >= 0 or a single -1; got \(None, 3\)"),
     (lambda x: kf.concat([x, kf.transpose(x)]), r"concat: dims other than axis 0 must match; "
                                                 r"got values\[0\].shape=\(2, 3\), values\[1\].shape=\(3, 2\)"),
     (lambda x: kf.concat([x, x[0]]), r"concat: all inputs must have the same rank"),

@@ -182,7 +182,7 @@ def _basic_index(x: Tensor, index: tuple, name: str | None = None) -> Tensor:
             entries.append(None)
         elif isinstance(e, builtins.slice):
             entries.append(tuple(_opt_int(v, "getitem") for v in (e.start, e.stop, e.step)))
-        elif _is_int(e):
+        elif _is_int(e) or (isinstance(e, np.ndarray) and e.ndim == 0 and e.dtype.kind in "iu"):
             entries.append(int(e))
         else:
             raise InvalidArgumentError(

@@ -292,7 +292,7 @@ def reshape(x: Tensor, shape: Any, name: str | None = None) -> Tensor:
     """``x`` with a new shape (one dim may be -1), numpy's semantics."""
     if isinstance(shape, (int, np.integer)):
         shape = (int(shape),)
-    return reshape_op.bind(x, shape=tuple(int(d) for d in shape), name=name)
+    return reshape_op.bind(x, shape=tuple(d if d is None else int(d) for d in shape), name=name)
 
 
 def reshape_like(x: Tensor, like: Tensor, name: str | None = None) -> Tensor:
