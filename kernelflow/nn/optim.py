@@ -333,8 +333,8 @@ def _bias_corrections(step: Tensor, beta1: float, beta2: float) -> tuple[Tensor,
     """``1 - beta1^t`` and ``1 - beta2^t`` with ``t = step + 1`` (the update's 1-based count), float64."""
     graph = step.graph
     t = cast(step, "float64") + 1.0
-    bc1 = 1.0 - graph.constant(np.float64(beta1)) ** t
-    bc2 = 1.0 - graph.constant(np.float64(beta2)) ** t
+    bc1 = 1.0 - graph.constant(beta1, dtype="float64") ** t
+    bc2 = 1.0 - graph.constant(beta2, dtype="float64") ** t
     return bc1, bc2
 
 

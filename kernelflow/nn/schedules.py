@@ -58,7 +58,7 @@ class Schedule:
         raise NotImplementedError
 
     def _const(self, step: Tensor, value: float) -> Tensor:
-        return step.graph.constant(np.float64(value))
+        return step.graph.constant(value, dtype="float64")
 
 
 class Constant(Schedule):
