@@ -125,6 +125,9 @@ CASES = [
     _un("clip_min_only", lambda a: kf.clip(a, min=0.25), lambda a: np.maximum(a, 0.25)),
     _un("dynamic_batch_tanh", kf.tanh, np.tanh, shape=(5, 3), static_shapes=False),
     _bin("dynamic_batch_mul", kf.multiply, np.multiply, shapes=((5, 3), (5, 3)), static_shapes=False),
+    # Both first dims unknown statically; the size-1 one is un-broadcast at run time.
+    _bin("dynamic_batch_sub_broadcast", kf.subtract, np.subtract, shapes=((5, 3), (1, 3)), static_shapes=False),
+    OpCase("dynamic_batch_where", kf.where, np.where, _where_args, static_shapes=False),
     OpCase("where", kf.where, np.where, _where_args, dtypes=NUMERIC),
     OpCase("cast_to_int32", lambda a: kf.cast(a, "int32"), lambda a: a.astype("int32"),
            _args("normal", (3, 4)), dtypes=NUMERIC + ("bool",), grad=False),
