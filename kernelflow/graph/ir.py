@@ -585,6 +585,17 @@ def weak_dtype(value: Any, like: str | None) -> str | None:
     return None
 
 
+def _fits_dtype(value: Any, dtype: str) -> bool:
+    """True when Python scalar ``value`` is representable in ``dtype`` (ints in range, floats finite)."""
+    kind = np.dtype(dtype).kind
+    if kind in "iu" and isinstance(value, int) and not isinstance(value, bool):
+        info = np.iinfo(dtype)
+        return info.min <= value <= info.max
+    if kind == "f" and isinstance(value, (int, float)) and np.isfinite(value):
+        return abs(value) <= np.finfo(dtype).max
+    return True
+
+
 def bind_op(op: OpDef, inputs: Sequence[Any], attrs: dict[str, Any], name: str | None) -> Tensor:
     """Add a node of ``op`` with ``inputs`` (tensors, scalars, arrays) to their graph."""
     graph = current_graph(inputs)
@@ -596,6 +607,9 @@ def bind_op(op: OpDef, inputs: Sequence[Any], attrs: dict[str, Any], name: str |
             tensors.append(v)
         else:
             dtype = weak_dtype(v, like) if np.ndim(v) == 0 and not isinstance(v, np.ndarray) else None
+            if dtype is not None and not _fits_dtype(v, dtype):
+                raise InvalidArgumentError(f"{op.name}: Python scalar {v!r} does not fit the dtype {dtype} of the "
+                                           "tensor it is combined with; cast the tensor first")
             tensors.append(graph.constant(v, dtype=dtype))
     return graph.add_node(op, tensors, attrs, name)
 

@@ -99,7 +99,7 @@ class Plan:
 
     # ----------------------------------------------------------------- planning
     def _needed(self, fed: set[int]) -> list[Tensor]:
-        seen: dict[int, Tensor] = {}
+        seen: dict[int, Tensor] = {id(t): t for t in self.feeds}  # unused feeds are allowed, as in TF
         stack = list(self.fetches)
         while stack:
             t = stack.pop()

@@ -225,3 +225,15 @@ def test_weak_typing_keeps_tensor_dtype(g):
     i = g.placeholder((2,), "int32", name="i")
     assert (i + 1).dtype == "int32"
     assert (i * 1.5).dtype == "float64"  # as numpy: int32 array * 1.5 -> float64
+
+
+def test_unused_feed_is_allowed_does_not_raise(g):
+    a = g.placeholder((2,), "float32", name="a")
+    b = g.placeholder((2,), "float32", name="b")
+    np.testing.assert_array_equal(g.run(a * 2.0, {a: np.ones(2, "float32"), b: np.zeros(2, "float32")}), [2, 2])
+
+
+def test_python_scalar_out_of_dtype_range_raises(g):
+    u = g.placeholder((2,), "uint8", name="u")
+    with pytest.raises(kf.errors.InvalidArgumentError, match=r"multiply: Python scalar -1 does not fit the dtype uint8"):
+        u * -1
