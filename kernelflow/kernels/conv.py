@@ -1,9 +1,9 @@
 """Kernels of the convolution and pooling ops (same order as graph/ops/conv.py).
 
-Convolutions build im2col as a strided view of the padded input, ``(n, oh, ow, kh, kw, c)``,
-and contract it with the filters in one ``tensordot`` (a single BLAS/cuBLAS matmul). The
-input gradient is the adjoint: one tensordot to columns, then a col2im that adds each
-filter tap's slice back (kh * kw vectorised adds). Pools loop over window offsets on
+Convolutions build im2col from a strided view of the padded input, ``(n, oh, ow, kh, kw, c)``,
+copied once into a matrix and multiplied with the filters in one matmul (BLAS/cuBLAS). The
+input gradient is the adjoint: one matmul to columns, then a col2im that adds each filter
+tap's slice back (kh * kw vectorised adds). Pools loop over window offsets on
 strided slices and never copy windows.
 """
 
@@ -65,17 +65,26 @@ def _col2im(xp, cols, x_shape, k_hw, strides, padding, dilations):
     return _crop(xp, dxp, geo, x_shape[1:3])
 
 
+def _im2col(xp, op, x, k_hw, strides, padding, dilations):
+    """The patches of ``x`` as one C-ordered (n * oh * ow, kh * kw * c) matrix, and (n, oh, ow)."""
+    geo = _geometry(op, x.shape[1:3], k_hw, strides, dilations, padding)
+    win = _windows(xp, _pad(xp, x, geo), k_hw, (geo[0][0], geo[1][0]), strides, dilations)
+    # One explicit copy: tensordot's own reshape of the strided view copies several times slower.
+    cols = xp.ascontiguousarray(win)
+    return cols.reshape(-1, k_hw[0] * k_hw[1] * x.shape[3]), win.shape[:3]
+
+
 def _backprop_input(xp, dy, filters, x_shape, strides, padding, dilations):
-    cols = xp.tensordot(dy, filters, axes=([3], [3]))  # (n, oh, ow, kh, kw, c)
-    return _col2im(xp, cols, x_shape, filters.shape[:2], strides, padding, dilations)
+    kh, kw, c, o = filters.shape
+    cols = xp.matmul(dy.reshape(-1, o), filters.reshape(-1, o).T)
+    return _col2im(xp, cols.reshape(dy.shape[:3] + (kh, kw, c)), x_shape, (kh, kw), strides, padding, dilations)
 
 
 @kernel(C.conv2d_op)
 def conv2d_kernel(xp, x, filters, strides, padding, dilations):
-    k_hw = filters.shape[:2]
-    geo = _geometry("conv2d", x.shape[1:3], k_hw, strides, dilations, padding)
-    win = _windows(xp, _pad(xp, x, geo), k_hw, (geo[0][0], geo[1][0]), strides, dilations)
-    return xp.tensordot(win, filters, axes=([3, 4, 5], [0, 1, 2]))
+    cols, nhw = _im2col(xp, "conv2d", x, filters.shape[:2], strides, padding, dilations)
+    o = filters.shape[3]
+    return xp.matmul(cols, filters.reshape(-1, o)).reshape(nhw + (o,))
 
 
 @kernel(C.conv2d_backprop_input_op)
@@ -95,9 +104,9 @@ def conv2d_transpose_kernel(xp, x, filters, output_hw, strides, padding, dilatio
 
 @kernel(C.conv2d_backprop_filter_op)
 def conv2d_backprop_filter_kernel(xp, x, dy, filter_hw, strides, padding, dilations):
-    geo = _geometry("conv2d_backprop_filter", x.shape[1:3], filter_hw, strides, dilations, padding)
-    win = _windows(xp, _pad(xp, x, geo), filter_hw, (geo[0][0], geo[1][0]), strides, dilations)
-    return xp.tensordot(win, dy, axes=([0, 1, 2], [0, 1, 2]))  # (kh, kw, c, o)
+    cols, _ = _im2col(xp, "conv2d_backprop_filter", x, filter_hw, strides, padding, dilations)
+    o = dy.shape[3]
+    return xp.matmul(cols.T, dy.reshape(-1, o)).reshape(tuple(filter_hw) + (x.shape[3], o))
 
 
 # --------------------------------------------------------------------------- pooling
