@@ -283,7 +283,8 @@ def conv2d(x: Tensor, filters: Any, strides: Any = 1, padding: str = "VALID", di
 
     Args:
         x: (batch, height, width, in_channels) float.
-        filters: (kh, kw, in_channels, out_channels), same dtype as ``x``.
+        filters: (kh, kw, in_channels, out_channels), same dtype as ``x``; kh and kw must be
+            known statically (the filter gradient op is built with them).
         strides: an int, ``(sh, sw)`` or TF's ``[1, sh, sw, 1]``.
         padding: ``"VALID"`` or ``"SAME"`` (case-insensitive), TF's rule.
         dilations: an int or ``(dh, dw)``: the step between filter taps.
@@ -293,8 +294,9 @@ def conv2d(x: Tensor, filters: Any, strides: Any = 1, padding: str = "VALID", di
         (batch, out_height, out_width, out_channels), the dtype of ``x``.
 
     Raises:
-        ShapeError: for ranks other than 4, or channels that differ.
-        InvalidArgumentError: for a bad padding, strides or dilations.
+        ShapeError: for ranks other than 4, channels that differ, unknown filter spatial dims,
+            or a VALID window larger than the input.
+        InvalidArgumentError: for a bad padding, strides or dilations, or differing dtypes.
     """
     return conv2d_op.bind(x, filters, strides=_pair("conv2d", "strides", strides),
                           padding=_padding("conv2d", padding), dilations=_pair("conv2d", "dilations", dilations),
