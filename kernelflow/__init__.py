@@ -8,9 +8,8 @@ Example:
     >>> y = kf.sum(x * 2.0, axis=1)
 """
 
-from ._version import __version__
-
 from . import errors
+from ._version import __version__
 from .client import Runtime, connect
 from .graph import Graph, Tensor, Variable, gradients
 from .graph.ops import *  # builders: add, matmul, relu, softmax_cross_entropy, ...

@@ -83,7 +83,7 @@ def test_subpackages_import_only_what_design_allows():
 def test_import_kernelflow_loads_no_optional_heavy_modules():
     code = ("import sys, kernelflow as kf; rt = kf.connect('inproc'); g = rt.graph('x'); "
             "g.run(g.constant(1.0) + 1.0); "
-            "print(','.join(m for m in ('tornado', 'cupy', 'IPython', 'ipywidgets', 'pickle_guard') if m in sys.modules))")
+            "print(','.join(m for m in ('tornado', 'cupy', 'IPython', 'ipywidgets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 

@@ -39,7 +39,8 @@ def dense(x: Tensor, units: int, activation: Callable[[Tensor], Tensor] | None =
         (batch, units) tensor of x's dtype.
     """
     if x.ndim != 2 or x.shape[-1] is None:
-        raise InvalidArgumentError(f"dense: expected a (batch, features) input with known features; got shape {x.shape}")
+        raise InvalidArgumentError(
+            f"dense: expected a (batch, features) input with known features; got shape {x.shape}")
     g = x.graph
     with g.name_scope(name):
         w = g.variable(kernel_init((x.shape[-1], units), seed=seed, dtype=x.dtype), name="w")

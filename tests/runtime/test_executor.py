@@ -70,7 +70,8 @@ def test_wrong_feed_dtype_and_shape_raise_and_change_nothing(g):
     upd = w.assign_add(kf.sum(x, axis=0))
     with pytest.raises(kf.errors.InvalidArgumentError, match=r"feed for 'x': expected dtype float32; got float64"):
         g.run(upd, {x: np.ones((3, 2))})
-    with pytest.raises(kf.errors.InvalidArgumentError, match=r"feed for 'x': expected shape \(None, 2\); got \(3, 5\)"):
+    with pytest.raises(kf.errors.InvalidArgumentError,
+                       match=r"feed for 'x': expected shape \(None, 2\); got \(3, 5\)"):
         g.run(upd, {x: np.ones((3, 5), "float32")})
     np.testing.assert_array_equal(w.value(), [1.0, 1.0])
 
@@ -108,7 +109,8 @@ def test_runtime_shape_error_names_node_and_source(g):
     a = g.placeholder((None, 3), "float32", name="a")
     b = g.placeholder((None, 3), "float32", name="b")
     c = a + b
-    with pytest.raises(kf.errors.InvalidArgumentError, match=r"add \(add\) failed at run time.*a: float32\(2, 3\)") as e:
+    pattern = r"add \(add\) failed at run time.*a: float32\(2, 3\)"
+    with pytest.raises(kf.errors.InvalidArgumentError, match=pattern) as e:
         g.run(c, {a: np.ones((2, 3), "float32"), b: np.ones((4, 3), "float32")})
     assert e.value.node == "add" and "test_executor.py" in e.value.source
 
@@ -235,5 +237,6 @@ def test_unused_feed_is_allowed_does_not_raise(g):
 
 def test_python_scalar_out_of_dtype_range_raises(g):
     u = g.placeholder((2,), "uint8", name="u")
-    with pytest.raises(kf.errors.InvalidArgumentError, match=r"multiply: Python scalar -1 does not fit the dtype uint8"):
+    with pytest.raises(kf.errors.InvalidArgumentError,
+                       match=r"multiply: Python scalar -1 does not fit the dtype uint8"):
         u * -1
