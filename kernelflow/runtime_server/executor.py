@@ -166,7 +166,11 @@ class Plan:
                 after_u = _descendants(u, consumers)
                 for a in aliases:
                     for c in consumers[id(a)]:
-                        if id(c) in up_ids or id(c) in after_u or c in aliases:
+                        if id(c) in up_ids or c in aliases:
+                            continue
+                        if id(c) in after_u:
+                            # c reads the pre-update value but must run after the update: copy the read.
+                            self._copy_vars.add(var_id)
                             continue
                         extra.setdefault(id(c), []).append(u)
         return extra

@@ -240,3 +240,10 @@ def test_python_scalar_out_of_dtype_range_raises(g):
     with pytest.raises(kf.errors.InvalidArgumentError,
                        match=r"multiply: Python scalar -1 does not fit the dtype uint8"):
         u * -1
+
+
+def test_op_using_update_and_pre_update_read_sees_both_values(g):
+    v = g.variable(np.array([1.0]), name="v")
+    out = g.run(v.assign_add(np.array([1.0])) + v)
+    np.testing.assert_array_equal(out, [3.0])  # new value 2 + value from before the run 1
+    np.testing.assert_array_equal(v.value(), [2.0])
