@@ -1,6 +1,6 @@
 """Shared timing helpers for the benchmarks: interleaved rounds, medians, machine facts, tables.
 
-Contents: Contender, run_interleaved, median, machine_facts, blas_info, print_table.
+Contents: Contender, run_interleaved, median, tune_malloc, machine_facts, blas_info, print_table.
 """
 
 from __future__ import annotations
@@ -14,6 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None  # type: ignore[assignment]
+
 
 @dataclass
 class Contender:
@@ -22,7 +27,12 @@ class Contender:
     name: str
     step: Callable[[], Any]
     rates: list[float] = field(default_factory=list)  # units per second, one per round
+    faults: list[float] = field(default_factory=list)  # minor page faults per unit, one per round
     block: int = 1  # units per timed block, calibrated during warm-up
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
 
 
 def _time_block(step: Callable[[], Any], n: int) -> float:
@@ -33,12 +43,14 @@ def _time_block(step: Callable[[], Any], n: int) -> float:
 
 
 def run_interleaved(contenders: Sequence[Contender], rounds: int = 10, block_s: float = 0.5,
-                    warmup_s: float = 1.0, log: Callable[[str], None] | None = None) -> None:
+                    warmup_s: float = 1.0, gap_s: float = 0.2, log: Callable[[str], None] | None = None) -> None:
     """Time every contender in rounds (A B C D, A B C D, ...), filling each one's ``rates``.
 
     Each contender first warms up for about ``warmup_s`` seconds, which also calibrates its
     block length to about ``block_s`` seconds, so slow and fast contenders get equal wall time
     in each round and drift of the machine (frequency, other load) hits all of them alike.
+    A pause of ``gap_s`` before each block lets the previous contender's idle BLAS/OpenMP
+    workers, which spin-wait for a while after their last job, go to sleep first.
     """
     for c in contenders:
         n, spent = 1, 0.0
@@ -52,7 +64,10 @@ def run_interleaved(contenders: Sequence[Contender], rounds: int = 10, block_s: 
             log(f"  warm-up {c.name}: {1 / per:,.1f}/s, block of {c.block}")
     for r in range(rounds):
         for c in contenders:
+            time.sleep(gap_s)
+            f0 = _minor_faults()
             dt = _time_block(c.step, c.block)
+            c.faults.append((_minor_faults() - f0) / c.block)
             c.rates.append(c.block / dt)
         if log:
             log(f"  round {r + 1}/{rounds}: " + "  ".join(f"{c.name} {c.rates[-1]:,.1f}" for c in contenders))
@@ -66,6 +81,27 @@ def median(xs: Sequence[float]) -> float:
 def spread(xs: Sequence[float]) -> str:
     """``min-max`` of ``xs`` as a short string, for the table's noise column."""
     return f"{min(xs):,.1f}-{max(xs):,.1f}" if xs else "-"
+
+
+def tune_malloc(trim_bytes: int = 256 << 20, mmap_bytes: int = 64 << 20) -> bool:
+    """Make glibc keep freed memory (``mallopt`` trim and mmap thresholds); False if not glibc.
+
+    By default glibc returns the top of the heap to the OS once more than twice the largest
+    freed block is free there, so a loop that frees several 1.6 MB temporaries per step gets
+    them back as fresh pages (page faults, zeroing) on the next step. Process-wide: it
+    applies to every implementation in the run alike.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt"):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_trim_threshold, trim_bytes)) and bool(libc.mallopt(m_mmap_threshold, mmap_bytes))
 
 
 def blas_info() -> list[dict]:
@@ -114,6 +150,7 @@ def machine_facts() -> dict[str, str]:
         "numpy": np.__version__,
         "blas": describe_blas(),
         "OPENBLAS env": ", ".join(f"{k}={v}" for k, v in env.items()) or "not set",
+        "load average": " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min; other work on the machine)",
     }
 
 

@@ -28,11 +28,12 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Contender, machine_facts, median, print_facts, print_table, run_interleaved, spread  # noqa: E402
+from _common import Contender, machine_facts, median, print_facts, print_table, run_interleaved, tune_malloc  # noqa: E402
 
 SIZES = (784, 512, 512, 10)
 LR, BETA1, BETA2, EPS = 1e-3, 0.9, 0.999, 1e-7
 IMPLS = ("kf", "numpy", "tf1", "torch")
+EXTRA_IMPLS = ("kf-unfused",)
 
 
 # --------------------------------------------------------------------------- data and weights
@@ -57,8 +58,12 @@ def make_weights(seed: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 # --------------------------------------------------------------------------- implementations
-def build_kf(weights: list, threads: int) -> Callable[[np.ndarray, np.ndarray], Any]:
-    """kernelflow in-process runtime: placeholders, autodiff, Adam, one callable per step."""
+def build_kf(weights: list, threads: int, fused_adam: bool = True) -> Callable[[np.ndarray, np.ndarray], Any]:
+    """kernelflow in-process runtime: placeholders, autodiff, kf.optim.Adam, one callable per step.
+
+    With ``fused_adam=False`` the update is built from kf.gradients and assign ops instead of
+    the optimiser's fused in-place kernel (the ``kf-unfused`` contender).
+    """
     import kernelflow as kf
 
     rt = kf.connect("inproc")
@@ -76,10 +81,9 @@ def build_kf(weights: list, threads: int) -> Callable[[np.ndarray, np.ndarray], 
             if i < len(weights) - 1:
                 h = kf.relu(h)
     loss = kf.mean(kf.softmax_cross_entropy(h, y))
-    adam = getattr(kf.optim, "Adam", None)
-    if adam is not None:
-        train = adam(lr=LR, beta1=BETA1, beta2=BETA2, epsilon=EPS).minimize(loss)
-    else:  # until kf.optim lands: the same update from kf.gradients and assign ops
+    if fused_adam:
+        train = kf.optim.Adam(lr=LR, beta1=BETA1, beta2=BETA2, epsilon=EPS).minimize(loss)
+    else:
         train = _kf_manual_adam(kf, g, loss, params, weights)
     step = g.make_callable([train, loss], feed_list=[x, y])
     build_kf.graph = g  # for --profile and node counts
@@ -201,7 +205,8 @@ def build_torch(weights: list, threads: int) -> Callable[[np.ndarray, np.ndarray
     return step
 
 
-BUILDERS = {"kf": build_kf, "numpy": build_numpy, "tf1": build_tf1, "torch": build_torch}
+BUILDERS = {"kf": build_kf, "numpy": build_numpy, "tf1": build_tf1, "torch": build_torch,
+            "kf-unfused": lambda w, t: build_kf(w, t, fused_adam=False)}
 
 
 def available(name: str) -> bool:
@@ -224,21 +229,27 @@ def bench_batch(batch: int, impls: list[str], args: argparse.Namespace) -> None:
     for name, step in steps.items():
         seq = [float(step(*batches[k % len(batches)])) for k in range(n)]
         losses[name] = (seq[0], seq[-1])
-    print(f"\n## batch {batch}  (threads={args.threads}, rounds={args.rounds}, block ~{args.block_s}s)")
+    print(f"\n## batch {batch}  (threads={args.threads}, rounds={args.rounds}, block ~{args.block_s}s, malloc "
+          f"{'tuned' if args.malloc_tuned else 'default'})")
     contenders = []
     for name, step in steps.items():
         cycle = itertools.cycle(batches)
         contenders.append(Contender(name, lambda s=step, c=cycle: s(*next(c))))
-    run_interleaved(contenders, rounds=args.rounds, block_s=args.block_s, warmup_s=args.warmup_s,
+    run_interleaved(contenders, rounds=args.rounds, block_s=args.block_s, warmup_s=args.warmup_s, gap_s=args.gap_s,
                     log=print if args.verbose else None)
-    base = median(next(c for c in contenders if c.name == "numpy").rates) if "numpy" in impls else None
+    ref = next((c for c in contenders if c.name == "numpy"), None)
+    base = median(ref.rates) if ref else None
+    base_best = max(ref.rates) if ref else None
     rows = []
     for c in contenders:
         med = median(c.rates)
         ratio = f"{med / base:.2f}x" if base else "-"
-        rows.append([c.name, f"{med:,.1f}", spread(c.rates), f"{1000 / med:.2f}", ratio,
-                     f"{losses[c.name][0]:.4f}", f"{losses[c.name][1]:.4f}"])
-    print_table(["impl", "steps/s (median)", "min-max", "ms/step", "vs numpy", "loss@1", f"loss@{n}"], rows)
+        best = max(c.rates)
+        best_ratio = f"{best / base_best:.2f}x" if base_best else "-"
+        rows.append([c.name, f"{med:,.1f}", f"{1000 / med:.2f}", ratio, f"{best:,.1f}", best_ratio,
+                     f"{median(c.faults):,.0f}", f"{losses[c.name][0]:.4f}", f"{losses[c.name][1]:.4f}"])
+    print_table(["impl", "steps/s (median)", "ms/step", "vs numpy", "steps/s (best)", "best vs numpy",
+                 "page faults/step", "loss@1", f"loss@{n}"], rows)
 
 
 def profile_kf(batch: int, args: argparse.Namespace) -> None:
@@ -262,16 +273,22 @@ def profile_kf(batch: int, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, nargs="+", default=[256, 32])
-    p.add_argument("--only", nargs="+", choices=IMPLS, default=list(IMPLS))
+    p.add_argument("--only", nargs="+", choices=IMPLS + EXTRA_IMPLS, default=list(IMPLS))
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--block-s", type=float, default=0.5, help="seconds per implementation per round")
     p.add_argument("--warmup-s", type=float, default=1.0)
+    p.add_argument("--gap-s", type=float, default=0.2, help="idle pause before each block")
     p.add_argument("--sanity-steps", type=int, default=50)
     p.add_argument("--profile", type=int, nargs="+", metavar="BATCH", help="profile the kf step; no peers")
     p.add_argument("--profile-steps", type=int, default=200)
+    p.add_argument("--malloc-tuned", action="store_true",
+                   help="keep freed memory in glibc's heap (mallopt), so big temporaries cause no page faults")
     p.add_argument("-v", "--verbose", action="store_true", help="print every round")
     args = p.parse_args(argv)
+
+    if args.malloc_tuned:
+        tune_malloc()
 
     from threadpoolctl import threadpool_limits
 
