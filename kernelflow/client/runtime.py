@@ -74,24 +74,40 @@ class Runtime:
 
 
 def connect(url: str | None = None, *, token: str | None = None, timeout: float | None = None,
-            device: str = "cpu", soft_placement: bool = False) -> Runtime:
+            device: str = "cpu", soft_placement: bool = False, ssl_context: Any = None) -> Runtime:
     """Connect to a kernelflow runtime.
 
     Args:
-        url: ``"inproc"`` for a runtime inside this process. (Server URLs come with the
-            runtime server.)
-        token: the server's token (servers only).
-        timeout: seconds to wait for a server (servers only).
+        url: ``"kf://host:port"`` for a runtime server (``"kfs://host:port"`` over TLS; the
+            token may come as ``?token=...``), or ``"inproc"`` for a runtime inside this
+            process. None: ``$KERNELFLOW_URL`` if set, else ``"inproc"``.
+        token: the server's token (wins over one in the URL). For a server on this machine
+            it defaults to the one in the server's runtime file.
+        timeout: seconds to reach a server, and the deadline of each request (None: wait).
         device: default device of an in-process runtime: "cpu", "gpu", "gpu:N" or "auto".
         soft_placement: in-process runtime runs nodes asking for a missing GPU on the CPU.
+        ssl_context: an ``ssl.SSLContext`` for ``kfs://`` (e.g. one trusting a self-signed cert).
 
     Returns:
         A `Runtime`.
 
+    Raises:
+        UnavailableError: the server cannot be reached.
+        UnauthenticatedError: no token, or a wrong one.
+
     Example:
-        >>> rt = kf.connect("inproc")
+        >>> rt = kf.connect("kf://127.0.0.1:7070/?token=...")
         >>> g = rt.graph("mnist")
     """
-    if url is None or url == "inproc":
+    if url is None:
+        import os
+
+        url = os.environ.get("KERNELFLOW_URL") or "inproc"
+    if url == "inproc":
         return Runtime(InprocTransport(device=device, soft_placement=soft_placement))
-    raise InvalidArgumentError(f"connect: unsupported url {url!r}; expected 'inproc'")
+    if isinstance(url, str) and url.startswith(("kf://", "kfs://")):
+        from .tcp import TcpTransport
+
+        return Runtime(TcpTransport.from_url(url, token=token, timeout=timeout, ssl_context=ssl_context))
+    raise InvalidArgumentError(f"connect: unsupported url {url!r}; expected 'inproc', 'kf://host:port' or "
+                               "'kfs://host:port'")

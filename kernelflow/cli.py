@@ -1,0 +1,245 @@
+"""The ``kernelflow`` command: ``serve`` runs a runtime server, ``status`` lists the local
+ones, ``stop`` shuts one down.
+
+Contents: runtime_dir, main (and the serve/status/stop commands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import signal
+import ssl
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import KernelflowError
+
+log = logging.getLogger("kernelflow.cli")
+
+RUNTIME_FILE_PREFIX = "kernelflow-"
+
+
+def runtime_dir() -> Path:
+    """Where servers write their runtime files: Jupyter's runtime dir, else ~/.kernelflow/runtime."""
+    try:
+        from jupyter_core.paths import jupyter_runtime_dir
+        return Path(jupyter_runtime_dir())
+    except ImportError:
+        return Path.home() / ".kernelflow" / "runtime"
+
+
+def runtime_files() -> list[Path]:
+    """Runtime files of local servers, newest first."""
+    d = runtime_dir()
+    if not d.is_dir():
+        return []
+    files = list(d.glob(f"{RUNTIME_FILE_PREFIX}*.json"))
+    return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def _write_runtime_file(info: dict) -> Path:
+    d = runtime_dir()
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = d / f"{RUNTIME_FILE_PREFIX}{info['pid']}.json"
+    tmp = path.with_suffix(".tmp")
+    # The file holds the token: create it 0600 from the start, never chmod after writing.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(info, f, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_token(args: argparse.Namespace) -> tuple[str, bool]:
+    """(token, whether the user chose it)."""
+    if args.token and args.token_file:
+        raise SystemExit("kernelflow serve: give --token or --token-file, not both")
+    if args.token:
+        return args.token, True
+    if args.token_file:
+        token = Path(args.token_file).read_text().strip()
+        if not token:
+            raise SystemExit(f"kernelflow serve: token file {args.token_file} is empty")
+        return token, True
+    return secrets.token_urlsafe(32), False
+
+
+def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not args.certfile and not args.keyfile:
+        return None
+    if not (args.certfile and args.keyfile):
+        raise SystemExit("kernelflow serve: TLS needs both --certfile and --keyfile")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(args.certfile, args.keyfile)
+    return ctx
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run a runtime server until ``server.shutdown``, SIGTERM or Ctrl-C."""
+    from .runtime_server.server import RuntimeServer
+    from .runtime_server.service import PROTOCOL_VERSION, RuntimeService
+
+    token, user_token = _read_token(args)
+    ctx = _ssl_context(args)
+    if not _is_loopback(args.host) and ctx is None and not args.allow_insecure:
+        print(f"kernelflow serve: refusing to listen on {args.host} without TLS: the token, your graphs and "
+              "every array would cross the network in clear text. Give --certfile/--keyfile, reach the server "
+              "through an ssh tunnel to 127.0.0.1, or pass --allow-insecure on a network you trust.",
+              file=sys.stderr)
+        return 2
+    service = RuntimeService(device=args.device)
+    server = RuntimeServer(service, token, max_message_bytes=args.max_message_bytes, ssl_context=ctx,
+                           workers=args.workers)
+    scheme = "kfs" if ctx else "kf"
+
+    async def main() -> None:
+        server.listen(args.port, args.host)
+        port = server.bound_port()
+        shown = args.host if ":" not in args.host else f"[{args.host}]"
+        url = f"{scheme}://{shown}:{port}"
+        path = _write_runtime_file({"url": url, "host": args.host, "port": port, "pid": os.getpid(),
+                                    "token": token, "tls": ctx is not None, "version": __version__,
+                                    "protocol": PROTOCOL_VERSION})
+        print(f"kernelflow {__version__} runtime server (protocol {PROTOCOL_VERSION}), device "
+              f"{service.devices.default}", flush=True)
+        print(f"    listening on {url}", flush=True)
+        if user_token:
+            print("    token: the one given with --token/--token-file", flush=True)
+        else:
+            print(f"    connect with kf.connect(\"{url}/?token={token}\")", flush=True)
+        print(f"    runtime file: {path}", flush=True)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, server.shutdown)
+        try:
+            await server.stopped.wait()
+        finally:
+            path.unlink(missing_ok=True)
+            print("kernelflow serve: stopped", flush=True)
+
+    asyncio.run(main())
+    return 0
+
+
+def _load_runtime_files() -> list[dict]:
+    out = []
+    for p in runtime_files():
+        try:
+            info = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and isinstance(info.get("url"), str):
+            info["file"] = str(p)
+            out.append(info)
+    return out
+
+
+def _pid_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the local runtime servers that answer."""
+    from .client.runtime import connect
+
+    found = 0
+    for info in _load_runtime_files():
+        if not _pid_alive(info.get("pid")):
+            continue
+        try:
+            with connect(info["url"], token=info.get("token"), timeout=args.timeout) as rt:
+                i = rt.info()
+        except (KernelflowError, OSError) as e:
+            print(f"{info['url']}  pid {info.get('pid')}  not answering: {e}")
+            continue
+        found += 1
+        print(f"{info['url']}  pid {info.get('pid')}  kernelflow {i['version']}  device {i['default_device']}  "
+              f"graphs {len(i['graphs'])}")
+    if not found:
+        print("no kernelflow runtime server is running")
+    return 0 if found else 1
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Shut down a local runtime server (the newest one, the one at --url, or --all)."""
+    from .client.runtime import connect
+
+    infos = [i for i in _load_runtime_files() if _pid_alive(i.get("pid"))]
+    if args.url:
+        infos = [i for i in infos if i["url"] == args.url.split("/?")[0].rstrip("/")]
+    elif not args.all:
+        infos = infos[:1]
+    if not infos:
+        print("kernelflow stop: no running server found", file=sys.stderr)
+        return 1
+    for info in infos:
+        try:
+            with connect(info["url"], token=info.get("token"), timeout=args.timeout) as rt:
+                rt._call("server.shutdown", [])
+            print(f"stopped {info['url']} (pid {info.get('pid')})")
+        except (KernelflowError, OSError) as e:
+            print(f"kernelflow stop: {info['url']}: {e}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``kernelflow`` command."""
+    p = argparse.ArgumentParser(prog="kernelflow", description="kernelflow runtime tools")
+    p.add_argument("--version", action="version", version=f"kernelflow {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run a runtime server")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=7070, help="TCP port; 0 picks a free one (default 7070)")
+    s.add_argument("--token", help="the secret clients must present (default: a fresh random one)")
+    s.add_argument("--token-file", help="read the token from this file")
+    s.add_argument("--max-message-bytes", type=int, default=4 << 30,
+                   help="largest request accepted, in bytes (default 4 GiB)")
+    s.add_argument("--device", default="cpu", help="default device: cpu, auto or gpu:N (default cpu)")
+    s.add_argument("--workers", type=int, default=4, help="threads running graph runs (default 4)")
+    s.add_argument("--certfile", help="TLS certificate (PEM); serve kfs:// with --keyfile")
+    s.add_argument("--keyfile", help="TLS private key (PEM)")
+    s.add_argument("--allow-insecure", action="store_true",
+                   help="allow a non-loopback --host without TLS")
+    s.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    s.set_defaults(fn=cmd_serve)
+
+    st = sub.add_parser("status", help="list the local runtime servers")
+    st.add_argument("--timeout", type=float, default=5.0)
+    st.set_defaults(fn=cmd_status)
+
+    sp = sub.add_parser("stop", help="shut down a local runtime server")
+    sp.add_argument("--url", help="the server to stop (default: the newest local one)")
+    sp.add_argument("--all", action="store_true", help="stop every local server")
+    sp.add_argument("--timeout", type=float, default=5.0)
+    sp.set_defaults(fn=cmd_stop)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kernelflow`` console script and ``python -m kernelflow``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "WARNING").upper(),
+                        format="[%(asctime)s %(name)s %(levelname)s] %(message)s")
+    return int(args.fn(args) or 0)

@@ -1,0 +1,300 @@
+"""The TCP transport: msgpack-RPC to a runtime server over a plain blocking socket.
+
+Requests are answered on the caller's thread (send, then read until the response with the
+same msgid arrives), which keeps the round trip of a small ``g.run`` close to a bare
+socket's. Notifications arriving in between are dispatched to the callbacks registered
+with `TcpTransport.on_notification`; once one is registered, a background thread also
+reads the socket while no call is in flight. A dropped connection raises UnavailableError;
+the next call reconnects and re-authenticates by itself.
+
+Contents: parse_url, TcpTransport.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from ..errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    KernelflowError,
+    ProtocolError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from ..protocol.codec import DEFAULT_MAX_MESSAGE_BYTES, MessageReader
+from ..protocol.rpc import MAX_MSGID, Notification, Response, error_from_map, parse_message, request
+from .transport import Transport
+
+log = logging.getLogger("kernelflow.client")
+
+RECV_CHUNK_BYTES = 256 << 10
+DEFAULT_PORT = 7070
+
+
+def parse_url(url: str) -> tuple[bool, str, int, str | None]:
+    """``(is_tls, host, port, token)`` of ``kf://host:port[/?token=T]`` or ``kfs://...``.
+
+    Raises:
+        InvalidArgumentError: for another scheme or a malformed address.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("kf", "kfs"):
+        raise InvalidArgumentError(f"connect: unsupported url {url!r}; expected 'inproc', 'kf://host:port' or "
+                                   "'kfs://host:port'")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError as e:
+        raise InvalidArgumentError(f"connect: bad port in {url!r}: {e}") from None
+    if not parts.hostname:
+        raise InvalidArgumentError(f"connect: no host in {url!r}")
+    token = (parse_qs(parts.query).get("token") or [None])[0]
+    return parts.scheme == "kfs", parts.hostname, port, token
+
+
+def _runtime_file_token(host: str, port: int) -> str | None:
+    """The token a local server on ``port`` wrote to its runtime file, if any."""
+    try:
+        if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        return None
+    try:
+        from jupyter_core.paths import jupyter_runtime_dir
+        d = Path(jupyter_runtime_dir())
+    except ImportError:
+        d = Path.home() / ".kernelflow" / "runtime"
+    for p in d.glob("kernelflow-*.json") if d.is_dir() else ():
+        try:
+            info = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and info.get("port") == port and isinstance(info.get("token"), str):
+            return info["token"]
+    return None
+
+
+class TcpTransport(Transport):
+    """A msgpack-RPC connection to a runtime server.
+
+    Args:
+        host: server address.
+        port: server port.
+        token: the server's token (``auth`` is the first request).
+        is_tls: wrap the socket in TLS (``kfs://``).
+        ssl_context: the TLS context (default: the system's trust store, hostname checked).
+        timeout: seconds to connect, and the deadline of each call (None: calls wait forever).
+        max_message_bytes: the largest response accepted.
+    """
+
+    def __init__(self, host: str, port: int, token: str | None, *, is_tls: bool = False,
+                 ssl_context: ssl.SSLContext | None = None, timeout: float | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+        self.host, self.port = host, int(port)
+        self.url = f"{'kfs' if is_tls else 'kf'}://{host if ':' not in host else f'[{host}]'}:{self.port}"
+        self._token = token if token is not None else _runtime_file_token(host, self.port)
+        if self._token is None:
+            raise UnauthenticatedError(f"connect: {self.url} needs a token; pass token=... or add ?token=... "
+                                       "(`kernelflow serve` prints the URL with it)")
+        self._ssl = (ssl_context or ssl.create_default_context()) if is_tls else None
+        self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
+        self.server_max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
+        self._lock = threading.RLock()
+        self._sock: socket.socket | None = None
+        self._reader = MessageReader(max_message_bytes)
+        self._chunk = bytearray(RECV_CHUNK_BYTES)
+        self._msgid = 0
+        self._responses: dict[int | None, Response] = {}
+        self._handlers: dict[str, list[Callable[[list], Any]]] = {}
+        self._closed = False
+        self._notifier: threading.Thread | None = None
+        self._connect()
+
+    @classmethod
+    def from_url(cls, url: str, *, token: str | None = None, timeout: float | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> TcpTransport:
+        """A transport for ``kf://host:port[/?token=T]`` (an explicit ``token`` wins)."""
+        is_tls, host, port, url_token = parse_url(url)
+        return cls(host, port, token or url_token, is_tls=is_tls, ssl_context=ssl_context, timeout=timeout)
+
+    # ----------------------------------------------------------------- connection
+    def _connect(self) -> None:
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout or 10.0)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if self._ssl is not None:
+                sock = self._ssl.wrap_socket(sock, server_hostname=self.host)
+            sock.settimeout(None)
+        except ssl.SSLError as e:
+            raise UnavailableError(f"connect: TLS handshake with {self.url} failed: {e}") from e
+        except OSError as e:
+            raise UnavailableError(f"connect: cannot reach {self.url}: {e}; is `kernelflow serve` running?") from e
+        self._sock = sock
+        self._reader = MessageReader(self.max_message_bytes)
+        self._responses.clear()
+        try:
+            info = self._request("auth", [self._token])
+        except KernelflowError:
+            self._drop()
+            raise
+        if isinstance(info, dict) and isinstance(info.get("max_message_bytes"), int):
+            self.server_max_message_bytes = info["max_message_bytes"]
+
+    def _drop(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._drop()
+
+    def _peer_closed(self) -> bool:
+        """Read whatever already arrived (notifications, or the server's EOF) without blocking."""
+        sock = self._sock
+        if sock is None:
+            return True
+        try:
+            while select.select([sock], [], [], 0)[0]:
+                if not self._receive(sock):
+                    return True
+        except (OSError, ValueError, KernelflowError):
+            return True
+        return False
+
+    # ----------------------------------------------------------------- calls
+    def call(self, method: str, params: list) -> Any:
+        with self._lock:
+            if self._closed:
+                raise UnavailableError(f"{method}: the connection to {self.url} is closed")
+            if self._peer_closed():
+                self._drop()
+                self._connect()
+            return self._request(method, params)
+
+    def _request(self, method: str, params: list) -> Any:
+        self._msgid = self._msgid + 1 if self._msgid < MAX_MSGID else 1
+        msgid = self._msgid
+        frames = request(msgid, method, params)
+        size = sum(len(f) for f in frames)
+        if size > self.server_max_message_bytes:
+            raise ResourceExhaustedError(f"{method}: request of {size} bytes is over the server's limit of "
+                                         f"{self.server_max_message_bytes} bytes (kernelflow serve "
+                                         "--max-message-bytes)")
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        sock = self._sock
+        assert sock is not None
+        try:
+            for f in frames:
+                sock.sendall(f)
+            while msgid not in self._responses and None not in self._responses:
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise DeadlineExceededError(f"{method}: no answer from {self.url} within {self.timeout} s")
+                    sock.settimeout(left)
+                if not self._receive(sock):
+                    raise UnavailableError(f"{method}: {self.url} closed the connection")
+        except TimeoutError:
+            raise DeadlineExceededError(f"{method}: no answer from {self.url} within {self.timeout} s") from None
+        except (ProtocolError, ResourceExhaustedError) as e:
+            self._drop()
+            raise UnavailableError(f"{method}: bad answer from {self.url}; connection dropped: {e}") from e
+        except OSError as e:
+            self._drop()
+            raise UnavailableError(f"{method}: connection to {self.url} lost: {e}") from e
+        except UnavailableError:
+            self._drop()
+            raise
+        finally:
+            if deadline is not None and self._sock is not None:
+                self._sock.settimeout(None)
+        resp = self._responses.pop(msgid, None) or self._responses.pop(None)
+        if resp.error is not None:
+            if resp.msgid is None:
+                self._drop()  # the server gave up on the stream
+            raise error_from_map(resp.error)
+        return resp.result
+
+    def _receive(self, sock: socket.socket) -> bool:
+        """One recv; decoded responses are stored, notifications dispatched. False on EOF."""
+        target = self._reader.want_into()
+        if target is not None:
+            n = sock.recv_into(target)
+            if n:
+                self._reader.filled(n)
+        else:
+            n = sock.recv_into(self._chunk)
+            if n:
+                self._reader.feed(memoryview(self._chunk)[:n])
+        if not n:
+            return False
+        for msg in self._reader.messages():
+            parsed = parse_message(msg)
+            if isinstance(parsed, Response):
+                if parsed.msgid is None or parsed.msgid == self._msgid:
+                    self._responses[parsed.msgid] = parsed
+                # else: the answer to a call that timed out; dropped
+            elif isinstance(parsed, Notification):
+                self._dispatch(parsed)
+            else:
+                raise ProtocolError(f"server sent a request ({parsed.method}); servers only answer and notify")
+        return True
+
+    # ----------------------------------------------------------------- notifications
+    def on_notification(self, method: str, callback: Callable[[list], Any]) -> None:
+        """Call ``callback(params)`` for every notification ``method`` from the server.
+
+        Starts a background thread reading the socket while no call is in flight.
+        """
+        with self._lock:
+            self._handlers.setdefault(method, []).append(callback)
+            if self._notifier is None:
+                self._notifier = threading.Thread(target=self._notify_loop, name="kf-notify", daemon=True)
+                self._notifier.start()
+
+    def _dispatch(self, note: Notification) -> None:
+        for cb in list(self._handlers.get(note.method, ())):
+            try:
+                cb(note.params)
+            except Exception:
+                log.error("notification handler for %s failed", note.method, exc_info=True)
+
+    def _notify_loop(self) -> None:
+        while not self._closed:
+            sock = self._sock
+            if sock is None:
+                time.sleep(0.2)  # reconnecting is the next call's job
+                continue
+            try:
+                ready = select.select([sock], [], [], 0.2)[0]
+            except (OSError, ValueError):
+                ready = []
+            if not ready or not self._lock.acquire(timeout=0.2):
+                continue
+            try:
+                if self._sock is sock and select.select([sock], [], [], 0)[0] and not self._receive(sock):
+                    self._drop()
+            except (KernelflowError, OSError) as e:
+                log.warning("notification reader: %s", e)
+                self._drop()
+            finally:
+                self._lock.release()
