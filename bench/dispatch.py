@@ -88,6 +88,7 @@ def bench_numpy(nodes: int, runs: int, x0: np.ndarray) -> list[str]:
 
 
 def bench_tf1(nodes: int, runs: int, x0: np.ndarray, threads: int) -> list[str] | None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up notices out of the table
     try:
         import tensorflow as tf
     except ImportError:

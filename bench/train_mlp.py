@@ -153,6 +153,7 @@ def build_numpy(weights: list, threads: int) -> Callable[[np.ndarray, np.ndarray
 
 def build_tf1(weights: list, threads: int) -> Callable[[np.ndarray, np.ndarray], Any]:
     """TensorFlow 1.x graph mode: placeholders, AdamOptimizer, Session.run with feed_dict."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up notices out of the table
     import tensorflow as tf
 
     v1 = tf.compat.v1
