@@ -302,6 +302,8 @@ class MessageReader:
                 yield obj
         except (ProtocolError, ResourceExhaustedError):
             raise
+        except msgpack.StackError:
+            raise ProtocolError("message nests deeper than msgpack's stack limit") from None
         except ValueError as e:
             # Every declared length is capped at the buffered size: a complete message cannot
             # exceed it, so this is an incomplete one (left to the incremental decoder).
