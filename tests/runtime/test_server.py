@@ -483,3 +483,35 @@ def test_response_error_map_becomes_typed_exception_with_node_and_source():
     assert info.value.node == "dense1/MatMul" and info.value.source == "nb.py:3"
     t.close()
     thread.join(timeout=10)
+
+
+def test_quick_run_waiting_for_busy_graph_does_not_block_info(server):
+    # A quick run on a graph is learned as "inline"; while a long run holds that graph, the
+    # quick one must wait in the thread pool, not on the IO loop.
+    with server.connect() as rt, server.connect() as rt2, server.connect() as rt3:
+        g = rt.graph("busy")
+        w = g.variable(np.random.default_rng(0).standard_normal((1000, 1000)).astype("float32") / 40, name="w")
+        y = w
+        for _ in range(40):
+            y = y @ w
+        slow, quick = kf.sum(y), kf.sum(w)
+        g.sync()
+        g2 = rt2.graph("busy")
+        for _ in range(5):
+            g2.run(g2[quick.name])
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (g.run(slow), done.set()), daemon=True)
+        worker.start()
+        quick_result: queue.Queue = queue.Queue()
+        t_quick = threading.Thread(target=lambda: quick_result.put(g2.run(g2[quick.name])), daemon=True)
+        t_quick.start()
+        lat = []
+        t0 = time.monotonic()
+        while not done.is_set() and time.monotonic() - t0 < 60:
+            t = time.perf_counter()
+            rt3.info()
+            lat.append(time.perf_counter() - t)
+        worker.join(timeout=60)
+        t_quick.join(timeout=60)
+        assert quick_result.get(timeout=1) == pytest.approx(float(g.run(quick)), rel=1e-5)
+        assert len(lat) >= 3 and np.median(lat) < 0.05, np.round(lat, 4)
