@@ -515,3 +515,21 @@ def test_quick_run_waiting_for_busy_graph_does_not_block_info(server):
         t_quick.join(timeout=60)
         assert quick_result.get(timeout=1) == pytest.approx(float(g.run(quick)), rel=1e-5)
         assert len(lat) >= 3 and np.median(lat) < 0.05, np.round(lat, 4)
+
+
+def test_cli_status_lists_server_and_stop_shuts_it_down(tmp_path):
+    srv = ServerProcess(tmp_path, token=None).wait_listening()
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(srv.runtime_dir)}
+    try:
+        st = subprocess.run([sys.executable, "-m", "kernelflow", "status"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+        assert st.returncode == 0 and f"{srv.url}  pid {srv.proc.pid}" in st.stdout
+        sp = subprocess.run([sys.executable, "-m", "kernelflow", "stop", "--url", srv.url], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+        assert sp.returncode == 0 and f"stopped {srv.url}" in sp.stdout
+        assert srv.proc.wait(timeout=30) == 0
+        st = subprocess.run([sys.executable, "-m", "kernelflow", "status"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+        assert st.returncode == 1 and "no kernelflow runtime server is running" in st.stdout
+    finally:
+        srv.stop()
