@@ -20,29 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .client.local import RUNTIME_FILE_PREFIX, runtime_dir, runtime_files
 from .errors import KernelflowError
 
 log = logging.getLogger("kernelflow.cli")
-
-RUNTIME_FILE_PREFIX = "kernelflow-"
-
-
-def runtime_dir() -> Path:
-    """Where servers write their runtime files: Jupyter's runtime dir, else ~/.kernelflow/runtime."""
-    try:
-        from jupyter_core.paths import jupyter_runtime_dir
-        return Path(jupyter_runtime_dir())
-    except ImportError:
-        return Path.home() / ".kernelflow" / "runtime"
-
-
-def runtime_files() -> list[Path]:
-    """Runtime files of local servers, newest first."""
-    d = runtime_dir()
-    if not d.is_dir():
-        return []
-    files = list(d.glob(f"{RUNTIME_FILE_PREFIX}*.json"))
-    return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 def _write_runtime_file(info: dict) -> Path:

@@ -80,7 +80,10 @@ def connect(url: str | None = None, *, token: str | None = None, timeout: float 
     Args:
         url: ``"kf://host:port"`` for a runtime server (``"kfs://host:port"`` over TLS; the
             token may come as ``?token=...``), or ``"inproc"`` for a runtime inside this
-            process. None: ``$KERNELFLOW_URL`` if set, else ``"inproc"``.
+            process. None: ``$KERNELFLOW_URL`` if set (token from ``$KERNELFLOW_TOKEN`` or the
+            file named by ``$KERNELFLOW_TOKEN_FILE``), else the user's local runtime server: the
+            one recorded in a runtime file if it answers, otherwise a new ``kernelflow serve``
+            started detached on 127.0.0.1 (it outlives this process and a kernel restart).
         token: the server's token (wins over one in the URL). For a server on this machine
             it defaults to the one in the server's runtime file.
         timeout: seconds to reach a server, and the deadline of each request (None: wait).
@@ -102,7 +105,12 @@ def connect(url: str | None = None, *, token: str | None = None, timeout: float 
     if url is None:
         import os
 
-        url = os.environ.get("KERNELFLOW_URL") or "inproc"
+        url = os.environ.get("KERNELFLOW_URL")
+        if not url:
+            from .local import connect_local
+
+            return Runtime(connect_local(timeout=timeout))
+        token = token or _env_token()
     if url == "inproc":
         return Runtime(InprocTransport(device=device, soft_placement=soft_placement))
     if isinstance(url, str) and url.startswith(("kf://", "kfs://")):
@@ -111,3 +119,19 @@ def connect(url: str | None = None, *, token: str | None = None, timeout: float 
         return Runtime(TcpTransport.from_url(url, token=token, timeout=timeout, ssl_context=ssl_context))
     raise InvalidArgumentError(f"connect: unsupported url {url!r}; expected 'inproc', 'kf://host:port' or "
                                "'kfs://host:port'")
+
+
+def _env_token() -> str | None:
+    """The token from ``$KERNELFLOW_TOKEN`` or the file ``$KERNELFLOW_TOKEN_FILE`` names."""
+    import os
+
+    if os.environ.get("KERNELFLOW_TOKEN"):
+        return os.environ["KERNELFLOW_TOKEN"]
+    path = os.environ.get("KERNELFLOW_TOKEN_FILE")
+    if path:
+        try:
+            with open(os.path.expanduser(path)) as f:
+                return f.read().strip() or None
+        except OSError as e:
+            raise InvalidArgumentError(f"connect: cannot read $KERNELFLOW_TOKEN_FILE {path!r}: {e}") from e
+    return None

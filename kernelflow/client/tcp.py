@@ -12,8 +12,6 @@ Contents: parse_url, TcpTransport.
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import logging
 import select
 import socket
@@ -21,7 +19,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -66,24 +63,9 @@ def parse_url(url: str) -> tuple[bool, str, int, str | None]:
 
 def _runtime_file_token(host: str, port: int) -> str | None:
     """The token a local server on ``port`` wrote to its runtime file, if any."""
-    try:
-        if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
-            return None
-    except ValueError:
-        return None
-    try:
-        from jupyter_core.paths import jupyter_runtime_dir
-        d = Path(jupyter_runtime_dir())
-    except ImportError:
-        d = Path.home() / ".kernelflow" / "runtime"
-    for p in d.glob("kernelflow-*.json") if d.is_dir() else ():
-        try:
-            info = json.loads(p.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(info, dict) and info.get("port") == port and isinstance(info.get("token"), str):
-            return info["token"]
-    return None
+    from .local import token_for
+
+    return token_for(host, port)
 
 
 class TcpTransport(Transport):

@@ -1,0 +1,149 @@
+"""The user's local runtime server: found through its runtime file, or started detached.
+
+``kf.connect()`` with no URL (and no ``$KERNELFLOW_URL``) re-uses the local server recorded
+in a runtime file if it answers, otherwise starts ``kernelflow serve`` on 127.0.0.1 with a
+fresh token, detached from this process (so it outlives a notebook kernel restart), and
+connects to it.
+
+Contents: runtime_dir, runtime_files, read_runtime_file, token_for, connect_local.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import KernelflowError, UnavailableError
+
+log = logging.getLogger("kernelflow.client")
+
+RUNTIME_FILE_PREFIX = "kernelflow-"
+
+
+def runtime_dir() -> Path:
+    """Where servers write their runtime files: Jupyter's runtime dir, else ~/.kernelflow/runtime."""
+    try:
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        return Path(jupyter_runtime_dir())
+    except ImportError:
+        return Path.home() / ".kernelflow" / "runtime"
+
+
+def runtime_files() -> list[Path]:
+    """Runtime files of local servers, newest first."""
+    d = runtime_dir()
+    if not d.is_dir():
+        return []
+    files = [p for p in d.glob(f"{RUNTIME_FILE_PREFIX}*.json")]
+    return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def read_runtime_file(path: Path) -> dict | None:
+    """A runtime file's contents (JSON only, never unpickled), or None if unreadable."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def token_for(host: str, port: int) -> str | None:
+    """The token a server on this machine listening on ``port`` wrote to its runtime file."""
+    if not _is_loopback(host):
+        return None
+    for path in runtime_files():
+        info = read_runtime_file(path)
+        if info and info.get("port") == port and isinstance(info.get("token"), str):
+            return info["token"]
+    return None
+
+
+def _pid_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+def connect_local(timeout: float | None = None, start: bool = True, start_timeout_s: float = 60.0) -> Any:
+    """A `TcpTransport` to the local runtime server, starting one if none answers.
+
+    Args:
+        timeout: per-call deadline of the transport.
+        start: start a server when none answers (else raise UnavailableError).
+        start_timeout_s: how long to wait for a started server to come up.
+
+    Raises:
+        UnavailableError: when no server answers and one could not be started.
+    """
+    from .tcp import TcpTransport
+
+    for path in runtime_files():
+        info = read_runtime_file(path)
+        if not info or info.get("tls") or not _is_loopback(str(info.get("host", ""))):
+            continue
+        if not _pid_alive(info.get("pid")):
+            continue
+        try:
+            return TcpTransport("127.0.0.1", int(info["port"]), info.get("token"), timeout=timeout)
+        except (KernelflowError, KeyError, ValueError) as e:
+            log.info("local runtime in %s does not answer: %s", path, e)
+    if not start:
+        raise UnavailableError("no local kernelflow runtime answers; start one with `kernelflow serve`")
+    return TcpTransport("127.0.0.1", *_start_server(start_timeout_s), timeout=timeout)
+
+
+def _start_server(start_timeout_s: float) -> tuple[int, str]:
+    """Start ``kernelflow serve`` detached on 127.0.0.1; returns (port, token)."""
+    d = runtime_dir()
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token = secrets.token_urlsafe(32)
+    # The token goes through a 0600 file, not argv, which other local users can read in `ps`.
+    token_path = d / f"{RUNTIME_FILE_PREFIX}token-{os.getpid()}-{secrets.token_hex(4)}"
+    fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    log_path = d / f"{RUNTIME_FILE_PREFIX}server.log"
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kernelflow", "serve", "--host", "127.0.0.1", "--port", "0",
+             "--token-file", str(token_path)],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            start_new_session=True,  # detached: survives the kernel that started it
+        )
+    expected = d / f"{RUNTIME_FILE_PREFIX}{proc.pid}.json"
+    deadline = time.monotonic() + start_timeout_s
+    try:
+        while time.monotonic() < deadline:
+            info = read_runtime_file(expected) if expected.exists() else None
+            if info and "port" in info:
+                print(f"kernelflow: started a local runtime at {info.get('url')} (pid {proc.pid}; "
+                      f"log {log_path})", file=sys.stderr)
+                return int(info["port"]), token
+            if proc.poll() is not None:
+                raise UnavailableError(f"the local runtime server exited at start with code {proc.returncode}; "
+                                       f"see {log_path}")
+            time.sleep(0.05)  # polling for a file another process writes, with a deadline
+    finally:
+        token_path.unlink(missing_ok=True)
+    proc.terminate()
+    raise UnavailableError(f"the local runtime server did not start within {start_timeout_s:.0f} s; see {log_path}")
