@@ -1,16 +1,55 @@
-"""Shared fixtures: a fresh runtime and graph per test."""
+"""Shared fixtures. The compute-core tests run twice: against an in-process runtime and
+against a real `kernelflow serve` subprocess on 127.0.0.1 (one per test session)."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
 
 import kernelflow as kf
+from tests.ops import opcheck
+
+RUNTIMES = ["inproc", "server"]
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """One real runtime server subprocess shared by the session's tests."""
+    from tests.runtime.test_server import ServerProcess
+
+    proc = ServerProcess(tmp_path_factory.mktemp("kf-server")).wait_listening()
+    yield proc
+    proc.stop()
+
+
+def _connect(kind: str, request) -> kf.Runtime:
+    if kind == "inproc":
+        return kf.connect("inproc")
+    srv = request.getfixturevalue("server")
+    return kf.connect(srv.url, token=srv.token, timeout=60)
+
+
+def _cleanup(runtime: kf.Runtime, kind: str) -> None:
+    if kind == "server":  # the server is shared: leave it empty for the next test
+        for name in runtime.graphs():
+            runtime.delete_graph(name)
+    runtime.close()
+
+
+@pytest.fixture(params=RUNTIMES)
+def rt(request):
+    """A runtime: in-process, or a connection to the session's real server."""
+    runtime = _connect(request.param, request)
+    yield runtime
+    _cleanup(runtime, request.param)
 
 
 @pytest.fixture
-def rt():
-    """An in-process runtime (the server-backed variant is added by the server tests)."""
+def inproc_rt():
+    """An in-process runtime, for tests that look at the service's internals."""
     runtime = kf.connect("inproc")
     yield runtime
     runtime.close()
@@ -24,3 +63,17 @@ def g(rt):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(params=RUNTIMES)
+def op_runtime(request):
+    """Points tests/ops/opcheck.py at an in-process runtime or the real server."""
+    runtime = _connect(request.param, request)
+    opcheck.RUNTIME = runtime
+    yield runtime
+    opcheck.RUNTIME = None
+    _cleanup(runtime, request.param)
+
+
+def new_graph_name(prefix: str) -> str:
+    return f"{prefix}_{next(_names)}"

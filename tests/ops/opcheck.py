@@ -7,6 +7,7 @@ Each op family's test module keeps a table of `OpCase` entries and runs them thr
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,17 @@ import numpy as np
 import kernelflow as kf
 
 TOL = {"float16": 2e-2, "float32": 2e-5, "float64": 1e-10}
+
+RUNTIME: kf.Runtime | None = None
+"""The runtime checks run on; tests/conftest.py points it at inproc or a real server."""
+
+_count = itertools.count()
+
+
+def new_graph(prefix: str = "check") -> kf.Graph:
+    """A fresh graph on the current test runtime (in-process when none is set)."""
+    runtime = RUNTIME if RUNTIME is not None else kf.connect("inproc")
+    return runtime.graph(f"{prefix}_{next(_count)}")
 
 
 @dataclass
@@ -56,8 +68,7 @@ def _placeholders(g, args, static: bool):
 def check_forward(case: OpCase, dtype: str, rng: np.random.Generator) -> None:
     """Kernel output equals the float64 reference, and matches the static shape/dtype."""
     args = [np.asarray(a) for a in case.make_args(rng, dtype)]
-    rt = kf.connect("inproc")
-    g = rt.graph("check")
+    g = new_graph("check")
     phs = _placeholders(g, args, case.static_shapes)
     out = case.build(*phs)
     got = g.run(out, dict(zip(phs, args)))
@@ -94,8 +105,7 @@ def numeric_grad(f: Callable[[list[np.ndarray]], float], args: list[np.ndarray],
 def check_gradient(case: OpCase, rng: np.random.Generator, rtol: float = 1e-5, atol: float = 1e-7) -> None:
     """kf.gradients of ``sum(out * cotangent)`` equals central differences, in float64."""
     args = [np.array(a, copy=True) for a in case.make_args(rng, "float64")]
-    rt = kf.connect("inproc")
-    g = rt.graph("grad")
+    g = new_graph("grad")
     phs = _placeholders(g, args, case.static_shapes)
     out = case.build(*phs)
     wrt = case.grad_args if case.grad_args is not None else tuple(i for i, a in enumerate(args) if a.dtype.kind == "f")

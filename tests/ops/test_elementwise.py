@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import kernelflow as kf
+from tests.ops import opcheck
 from tests.ops.opcheck import OpCase, check_forward, check_gradient
 
 FLOATS = ("float16", "float32", "float64")
@@ -221,8 +222,7 @@ def test_binary_broadcasting_matches_numpy(shapes, unknown, op):
     rng = np.random.default_rng(len(a_shape) * 10 + len(b_shape))
     a = rng.standard_normal(a_shape).astype("float32")
     b = rng.standard_normal(b_shape).astype("float32")
-    rt = kf.connect("inproc")
-    g = rt.graph("bcast")
+    g = opcheck.new_graph("bcast")
     # Some dims unknown statically: the rule must still describe the run-time shape.
     x = g.placeholder(tuple(None if u else d for d, u in zip(a_shape, unknown)), "float32")
     y = g.placeholder(tuple(None if u else d for d, u in zip(b_shape, unknown[4:])), "float32")
@@ -240,8 +240,7 @@ def test_binary_broadcasting_matches_numpy(shapes, unknown, op):
 @settings(max_examples=60, deadline=None)
 @given(dx=st.sampled_from(NUMERIC), dy=st.sampled_from(NUMERIC), op=st.sampled_from(["add", "multiply", "maximum"]))
 def test_binary_dtype_promotion_matches_numpy(dx, dy, op):
-    rt = kf.connect("inproc")
-    g = rt.graph("promote")
+    g = opcheck.new_graph("promote")
     x = g.placeholder((2,), dx)
     y = g.placeholder((), dy)
     out = getattr(kf, op)(x, y)

@@ -110,7 +110,9 @@ def test_identity_and_stop_gradient_gradients(g):
     np.testing.assert_array_equal(g.run(gx, {x: np.array([1.0, -2.0, 0.5])}), [3.0, 3.0, 3.0])
 
 
-def test_print_op_passes_gradient_through(rt, g):
+def test_print_op_passes_gradient_through(inproc_rt):
+    rt = inproc_rt
+    g = rt.graph("test")
     x = g.placeholder((2,), "float64", name="x")
     y = kf.sum(kf.print_tensor(x, message="x=") * x)
     gx = kf.gradients(y, x)
