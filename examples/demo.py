@@ -1,11 +1,14 @@
 """kernelflow demo: train a digits classifier (scikit-learn's 8x8 handwritten digits, no
-download) and print the loss per epoch and the final test accuracy.
+download) on the local runtime server and print the loss per epoch and the test accuracy.
 
-Run with `make demo`.
+`kf.connect()` re-uses the local runtime server if one runs, or starts one detached on
+127.0.0.1 (it keeps running afterwards: `kernelflow status` lists it, `kernelflow stop`
+stops it). Pass `--inproc` to train in this process instead. Run with `make demo`.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -21,8 +24,11 @@ def main() -> float:
     y = digits.target.astype("int64")
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
 
-    rt = kf.connect("inproc")
-    print(f"runtime: {rt.url}  devices: {rt.info()['devices']}")
+    rt = kf.connect("inproc" if "--inproc" in sys.argv else None)
+    info = rt.info()
+    print(f"runtime: {rt.url}  (kernelflow {info['version']}, devices {info['devices']})")
+    if "digits" in rt.graphs():  # a re-used server still holds the last demo's graph
+        rt.delete_graph("digits")
     g = rt.graph("digits")
     x = g.placeholder((None, 64), "float32", name="x")
     labels = g.placeholder((None,), "int64", name="y")
