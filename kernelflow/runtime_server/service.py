@@ -87,7 +87,9 @@ class RuntimeService:
     # ----------------------------------------------------------------- methods
     def info(self) -> dict:
         """Version, protocol, devices, memory in use, graphs and the method list."""
-        nbytes = sum(int(getattr(a, "nbytes", 0)) for s in self.graphs.values() for a in s.variables.values())
+        with self._lock:  # graph.open may add a graph meanwhile
+            sessions = list(self.graphs.values())
+        nbytes = sum(int(getattr(a, "nbytes", 0)) for s in sessions for a in list(s.variables.values()))
         return {
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
@@ -97,14 +99,15 @@ class RuntimeService:
             "default_device": self.devices.default,
             "devices": self.devices.devices(),
             "memory": {"variables_bytes": nbytes, **self.devices.memory_in_use()},
-            "graphs": sorted(self.graphs),
+            "graphs": sorted(s.name for s in sessions),
             "methods": sorted(self.methods),
         }
 
     def graph_list(self) -> list[dict]:
         """Every graph with its version and variable count."""
-        return [{"name": s.name, "version": s.graph.version, "variables": len(s.variables)}
-                for s in self.graphs.values()]
+        with self._lock:
+            sessions = list(self.graphs.values())
+        return [{"name": s.name, "version": s.graph.version, "variables": len(s.variables)} for s in sessions]
 
     def graph_open(self, name: str, seed: int = 0) -> dict:
         """Create the graph if needed; returns ``{"name", "version", "created"}``."""
