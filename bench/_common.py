@@ -78,11 +78,6 @@ def median(xs: Sequence[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def spread(xs: Sequence[float]) -> str:
-    """``min-max`` of ``xs`` as a short string, for the table's noise column."""
-    return f"{min(xs):,.1f}-{max(xs):,.1f}" if xs else "-"
-
-
 def tune_malloc(trim_bytes: int = 256 << 20, mmap_bytes: int = 64 << 20) -> bool:
     """Make glibc keep freed memory (``mallopt`` trim and mmap thresholds); False if not glibc.
 
