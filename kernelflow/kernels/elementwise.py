@@ -39,6 +39,11 @@ def relu_kernel(xp, x):
     return xp.maximum(x, 0)
 
 
+@kernel(E.relu_grad_op)
+def relu_grad_kernel(xp, g, out):
+    return xp.multiply(g, out > 0)
+
+
 @kernel(E.cast_op)
 def cast_kernel(xp, x, dtype):
     return x.astype(dtype)

@@ -36,6 +36,8 @@ CASES = [
            lambda r, d: _norm(r, d, (2, 6), (3, 4))),
     OpCase("sum_to_broadcast_axes", lambda a, b: kf.sum_to(a, b) * b, lambda a, b: a.sum(0).sum(0, keepdims=True) * b,
            lambda r, d: _norm(r, d, (2, 3, 4), (1, 4))),
+    OpCase("relu_grad", lambda g_, x: kf.graph.ops.elementwise.relu_grad(g_, kf.relu(x)),
+           lambda g_, x: g_ * (x > 0), lambda r, d: _norm(r, d, (4, 5), (4, 5))),
     OpCase("sum_to_unknown_batch", lambda a, b: kf.sum_to(a, b), lambda a, b: a.sum(0),
            lambda r, d: _norm(r, d, (5, 3), (3,)), static_shapes=False),
 ]
