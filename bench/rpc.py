@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mib", type=int, default=64, help="array size for (b), MiB (default 64)")
     p.add_argument("--latency-rounds", type=int, default=15)
     p.add_argument("--latency-block-s", type=float, default=0.2)
-    p.add_argument("--transfer-rounds", type=int, default=11)
+    p.add_argument("--transfer-rounds", type=int, default=15)
     p.add_argument("--mlp-rounds", type=int, default=8)
     p.add_argument("--mlp-batch", type=int, default=256)
     p.add_argument("--server-malloc-tuned", action="store_true",
