@@ -74,7 +74,7 @@ def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run a runtime server until ``server.shutdown``, SIGTERM or Ctrl-C."""
-    from .runtime_server.server import RuntimeServer
+    from .runtime_server.server import RuntimeServer, tune_malloc
     from .runtime_server.service import PROTOCOL_VERSION, RuntimeService
 
     token, user_token = _read_token(args)
@@ -85,6 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "through an ssh tunnel to 127.0.0.1, or pass --allow-insecure on a network you trust.",
               file=sys.stderr)
         return 2
+    tune_malloc()
     service = RuntimeService(device=args.device)
     server = RuntimeServer(service, token, max_message_bytes=args.max_message_bytes, ssl_context=ctx,
                            workers=args.workers)
