@@ -6,7 +6,13 @@ Contents: Transport, InprocTransport.
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
+from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger("kernelflow.client")
 
 
 class Transport:
@@ -20,6 +26,10 @@ class Transport:
 
     def close(self) -> None:
         """Release the channel."""
+
+    def on_notification(self, method: str, callback: Callable[[list], Any]) -> None:
+        """Call ``callback(params)`` for every notification ``method`` the runtime pushes."""
+        raise NotImplementedError
 
 
 class InprocTransport(Transport):
@@ -37,6 +47,39 @@ class InprocTransport(Transport):
 
         self.service = RuntimeService(device=device, soft_placement=soft_placement)
         self._call = self.service.call
+        self._handlers: dict[str, list[Callable[[list], Any]]] = {}
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._dispatcher: threading.Thread | None = None
+        self.closed = False
 
     def call(self, method: str, params: list) -> Any:
-        return self._call(method, params)
+        return self._call(method, params, self)
+
+    # The transport is its own peer: notifications from the runtime's threads are queued and
+    # handed to callbacks on one dispatcher thread, as the TCP client's reader thread does.
+    def notify(self, method: str, params: list) -> None:
+        self._queue.put((method, params))
+
+    def on_notification(self, method: str, callback: Callable[[list], Any]) -> None:
+        self._handlers.setdefault(method, []).append(callback)
+        if self._dispatcher is None:
+            self._dispatcher = threading.Thread(target=self._dispatch_loop, name="kf-inproc-notify", daemon=True)
+            self._dispatcher.start()
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            method, params = item
+            for cb in list(self._handlers.get(method, ())):
+                try:
+                    cb(params)
+                except Exception:
+                    log.error("notification handler for %s failed", method, exc_info=True)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.service.peer_closed(self)
+            self._queue.put(None)

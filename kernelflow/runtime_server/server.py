@@ -28,6 +28,7 @@ from tornado.tcpserver import TCPServer
 from ..errors import InvalidArgumentError, KernelflowError, UnauthenticatedError
 from ..protocol.codec import DEFAULT_MAX_MESSAGE_BYTES, MessageReader
 from ..protocol.rpc import Notification, Request, Response, error_to_map, parse_message, response
+from ..protocol.rpc import notification as notification_frames
 from .service import PROTOCOL_VERSION, RuntimeService
 
 log = logging.getLogger("kernelflow.server")
@@ -71,12 +72,32 @@ def _array_bytes(params: list) -> int:
 class ConnectionState:
     """What the server knows about one client connection."""
 
-    __slots__ = ("address", "is_authenticated", "stream")
+    __slots__ = ("address", "is_authenticated", "stream", "loop", "__weakref__")
 
     def __init__(self, stream: IOStream, address: Any):
         self.stream = stream
         self.address = address
         self.is_authenticated = False
+        self.loop = asyncio.get_running_loop()
+
+    @property
+    def closed(self) -> bool:
+        return self.stream.closed()
+
+    def notify(self, method: str, params: list) -> None:
+        """Send a msgpack-RPC notification; safe from any thread (the service's peer interface)."""
+        self.loop.call_soon_threadsafe(self._write_notification, method, params)
+
+    def _write_notification(self, method: str, params: list) -> None:
+        if self.stream.closed():
+            return
+        try:
+            for f in notification_frames(method, params):
+                self.stream.write(f)
+        except StreamClosedError:
+            pass
+        except KernelflowError as e:
+            log.error("cannot encode notification %s: %s", method, e)
 
 
 class RuntimeServer(TCPServer):
@@ -146,6 +167,7 @@ class RuntimeServer(TCPServer):
         finally:
             self._connections.discard(conn)
             stream.close()
+            self.service.peer_closed(conn)
             log.debug("connection from %s closed", address)
 
     async def _serve(self, conn: ConnectionState) -> None:
@@ -197,12 +219,12 @@ class RuntimeServer(TCPServer):
             return False
         try:
             if method in _INLINE_METHODS:
-                result = self.service.call(method, params)
+                result = self.service.call(method, params, conn)
             else:
-                result = self._call_inline(method, params)
+                result = self._call_inline(method, params, conn)
                 if result is _NOT_INLINE:
                     result = await asyncio.get_running_loop().run_in_executor(self._pool, self._timed_call, method,
-                                                                              params)
+                                                                              params, conn)
             if method == "info":
                 result = {**result, "methods": self.methods, "max_message_bytes": self.max_message_bytes}
         except Exception as e:
@@ -213,18 +235,18 @@ class RuntimeServer(TCPServer):
         await self._reply(conn, req.msgid, None, result)
         return True
 
-    def _timed_call(self, method: str, params: list) -> Any:
+    def _timed_call(self, method: str, params: list, peer: Any = None) -> Any:
         key = _timing_key(method, params)
         if key is None:
-            return self.service.call(method, params)
+            return self.service.call(method, params, peer)
         t0 = time.perf_counter()
-        result = self.service.call(method, params)
+        result = self.service.call(method, params, peer)
         if len(self._durations) > 10_000:  # many one-off signatures: forget them, relearn the hot ones
             self._durations.clear()
         self._durations[key] = (time.perf_counter() - t0, _array_bytes(params))
         return result
 
-    def _call_inline(self, method: str, params: list) -> Any:
+    def _call_inline(self, method: str, params: list, peer: Any = None) -> Any:
         """Run a call known to be quick on the IO loop if its graph is idle, else `_NOT_INLINE`."""
         key = _timing_key(method, params)
         last = self._durations.get(key) if key is not None else None
@@ -234,7 +256,7 @@ class RuntimeServer(TCPServer):
         if session is None or not session.lock.acquire(blocking=False):
             return _NOT_INLINE  # never wait for another run's lock on the IO loop
         try:
-            return self._timed_call(method, params)
+            return self._timed_call(method, params, peer)
         finally:
             session.lock.release()
 

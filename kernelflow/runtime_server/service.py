@@ -7,6 +7,7 @@ Contents: PROTOCOL_VERSION, RuntimeService.
 
 from __future__ import annotations
 
+import logging
 import platform
 import threading
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from .devices import DeviceManager
 from .session import GraphSession
 
 PROTOCOL_VERSION = 1
+
+log = logging.getLogger("kernelflow.service")
 
 
 def _str(v: Any, what: str) -> str:
@@ -46,6 +49,8 @@ class RuntimeService:
         self.devices = DeviceManager(device, soft_placement)
         self.graphs: dict[str, GraphSession] = {}
         self._lock = threading.Lock()
+        self._peer_methods: set[str] = set()
+        self._peer_listeners: list[Callable[[Any], None]] = []
         self.methods: dict[str, Callable[..., Any]] = {
             "info": self.info,
             "graph.list": self.graph_list,
@@ -58,8 +63,30 @@ class RuntimeService:
             "variable.assign": self.variable_assign,
         }
 
-    def call(self, method: str, params: list) -> Any:
-        """Dispatch one request.
+    def register(self, name: str, fn: Callable[..., Any], *, wants_peer: bool = False) -> None:
+        """Add an RPC method; with ``wants_peer`` it is called with ``peer=`` the caller's peer.
+
+        A peer is the caller's connection: ``peer.notify(method, params)`` (thread-safe,
+        never blocks) pushes a notification to it, ``peer.closed`` tells whether it is gone.
+        """
+        self.methods[name] = fn
+        if wants_peer:
+            self._peer_methods.add(name)
+
+    def on_peer_closed(self, listener: Callable[[Any], None]) -> None:
+        """Call ``listener(peer)`` when a peer disconnects (e.g. to drop its subscriptions)."""
+        self._peer_listeners.append(listener)
+
+    def peer_closed(self, peer: Any) -> None:
+        """Called by the transport when a peer is gone."""
+        for listener in list(self._peer_listeners):
+            try:
+                listener(peer)
+            except Exception:
+                log.error("peer-closed listener failed", exc_info=True)
+
+    def call(self, method: str, params: list, peer: Any = None) -> Any:
+        """Dispatch one request from ``peer`` (a connection; None when no notifications can go back).
 
         Raises:
             NotFoundError: for an unknown method.
@@ -71,6 +98,8 @@ class RuntimeService:
         if not isinstance(params, (list, tuple)):
             raise InvalidArgumentError(f"{method}: params must be an array; got {type(params).__name__}")
         try:
+            if method in self._peer_methods:
+                return fn(*params, peer=peer)
             return fn(*params)
         except TypeError as e:
             if "positional argument" in str(e) or "takes" in str(e):

@@ -251,3 +251,31 @@ def test_op_using_update_and_pre_update_read_sees_both_values(g):
     out = g.run(v.assign_add(np.array([1.0])) + v)
     np.testing.assert_array_equal(out, [3.0])  # new value 2 + value from before the run 1
     np.testing.assert_array_equal(v.value(), [2.0])
+
+
+def test_inproc_peer_notifications_reach_callbacks_in_order(inproc_rt):
+    import threading
+
+    service = inproc_rt._transport.service
+    got, done = [], threading.Event()
+
+    def ping(n, *, peer):
+        for i in range(n):
+            peer.notify("test.ping", [i])
+        return n
+
+    service.register("test.ping", ping, wants_peer=True)
+
+    def on_ping(params):
+        got.append(params[0])
+        if len(got) == 5:
+            done.set()
+
+    inproc_rt._transport.on_notification("test.ping", on_ping)
+    assert inproc_rt._call("test.ping", [5]) == 5
+    assert done.wait(5)
+    assert got == [0, 1, 2, 3, 4]
+    closed = []
+    service.on_peer_closed(closed.append)
+    inproc_rt.close()
+    assert closed == [inproc_rt._transport]
