@@ -158,3 +158,32 @@ class RemoteGraph(Graph):
         if arr.dtype.name != v.dtype and not isinstance(value, np.ndarray):
             arr = arr.astype(v.dtype)
         self.runtime._call("variable.assign", [self.name, v.name, arr])
+
+    # ----------------------------------------------------------------- checkpoints and jobs
+    def save(self, tag: str | None = None, keep_last: int | None = None) -> dict:
+        """Checkpoint every variable on the runtime; returns the checkpoint's manifest.
+
+        Args:
+            tag: a name for the checkpoint (default: the runtime numbers it).
+            keep_last: keep only this many newest checkpoints of the graph.
+        """
+        self.sync()
+        return self.runtime._call("graph.save", [self.name, tag, keep_last])
+
+    def checkpoints(self) -> list[dict]:
+        """Manifests of the graph's checkpoints (tag, step, time, job, metrics), oldest first."""
+        return self.runtime._call("graph.checkpoints", [self.name])
+
+    def restore(self, tag: str = "latest") -> dict:
+        """Set every variable from a checkpoint (``"latest"`` or a tag); returns its manifest."""
+        self.sync()
+        return self.runtime._call("graph.restore", [self.name, tag])
+
+    def fit(self, train_op: Any, **kwargs: Any) -> Any:
+        """Start a training job on the runtime; returns a `kernelflow.client.job.Job` at once.
+
+        See `kernelflow.client.job.fit` for the arguments.
+        """
+        from .job import fit
+
+        return fit(self, train_op, **kwargs)

@@ -67,6 +67,29 @@ class Runtime:
         """Names of the graphs the runtime holds."""
         return [d["name"] for d in self._call("graph.list", [])]
 
+    def dataset(self, name: str, arrays: dict | None = None, **kwargs: Any) -> Any:
+        """Upload ``arrays`` as dataset ``name``, or re-attach to it when ``arrays`` is None.
+
+        See `kernelflow.client.dataset.Dataset`.
+        """
+        from .dataset import open_dataset
+
+        return open_dataset(self, name, arrays, **kwargs)
+
+    def datasets(self) -> list[dict]:
+        """Info of every dataset the runtime holds."""
+        return self._call("dataset.list", [])
+
+    def job(self, job_id: str) -> Any:
+        """Re-attach to a job by id, with its full history."""
+        from .job import attach_job
+
+        return attach_job(self, job_id)
+
+    def jobs(self) -> list[dict]:
+        """Status of every job the runtime knows."""
+        return self._call("job.list", [])
+
     def delete_graph(self, name: str) -> None:
         """Delete a graph and its variables from the runtime."""
         self._call("graph.delete", [name])

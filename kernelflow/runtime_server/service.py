@@ -17,8 +17,11 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import InvalidArgumentError, NotFoundError
+from .datasets import DatasetStore
 from .devices import DeviceManager
+from .jobs import JobManager
 from .session import GraphSession
+from .state import StateDir
 
 PROTOCOL_VERSION = 1
 
@@ -43,10 +46,12 @@ class RuntimeService:
     Args:
         device: default device for nodes with none ("cpu", "gpu:N" or "auto").
         soft_placement: run nodes that ask for a missing GPU on the CPU instead of failing.
+        state_dir: where graphs, checkpoints, datasets and job histories persist (None: memory only).
     """
 
-    def __init__(self, device: str = "cpu", soft_placement: bool = False):
+    def __init__(self, device: str = "cpu", soft_placement: bool = False, state_dir: str | None = None):
         self.devices = DeviceManager(device, soft_placement)
+        self.state: StateDir | None = StateDir(state_dir) if state_dir else None
         self.graphs: dict[str, GraphSession] = {}
         self._lock = threading.Lock()
         self._peer_methods: set[str] = set()
@@ -62,6 +67,8 @@ class RuntimeService:
             "variable.read": self.variable_read,
             "variable.assign": self.variable_assign,
         }
+        self.datasets = DatasetStore(self)
+        self.jobs = JobManager(self)
 
     def register(self, name: str, fn: Callable[..., Any], *, wants_peer: bool = False) -> None:
         """Add an RPC method; with ``wants_peer`` it is called with ``peer=`` the caller's peer.
