@@ -7,7 +7,7 @@ malformed message get an error response and, when the stream cannot be trusted a
 (garbage, an oversized message), the connection is dropped; the server goes on serving
 everyone else.
 
-Contents: ConnectionState, RuntimeServer.
+Contents: RuntimeServer, tune_malloc (connections are served by connection.py).
 """
 
 from __future__ import annotations
@@ -22,18 +22,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from tornado.iostream import IOStream, StreamClosedError
+from tornado.iostream import IOStream, SSLIOStream
 from tornado.tcpserver import TCPServer
 
 from ..errors import InvalidArgumentError, KernelflowError, UnauthenticatedError
-from ..protocol.codec import DEFAULT_MAX_MESSAGE_BYTES, MessageReader
-from ..protocol.rpc import Notification, Request, Response, error_to_map, parse_message, response
-from ..protocol.rpc import notification as notification_frames
+from ..protocol.codec import DEFAULT_MAX_MESSAGE_BYTES
+from ..protocol.rpc import Request, error_to_map, parse_message, response
+from .connection import READ_CHUNK_BYTES, ConnectionState, SocketConnection, StreamConnection
 from .service import PROTOCOL_VERSION, RuntimeService
 
 log = logging.getLogger("kernelflow.server")
 
-READ_CHUNK_BYTES = 256 << 10
 _NOT_INLINE = object()
 # Methods cheap enough to answer on the IO loop itself (no session lock, no array work).
 _INLINE_METHODS = frozenset({"info", "graph.list", "graph.open"})
@@ -69,37 +68,6 @@ def _array_bytes(params: list) -> int:
     return n
 
 
-class ConnectionState:
-    """What the server knows about one client connection."""
-
-    __slots__ = ("address", "is_authenticated", "stream", "loop", "__weakref__")
-
-    def __init__(self, stream: IOStream, address: Any):
-        self.stream = stream
-        self.address = address
-        self.is_authenticated = False
-        self.loop = asyncio.get_running_loop()
-
-    @property
-    def closed(self) -> bool:
-        return self.stream.closed()
-
-    def notify(self, method: str, params: list) -> None:
-        """Send a msgpack-RPC notification; safe from any thread (the service's peer interface)."""
-        self.loop.call_soon_threadsafe(self._write_notification, method, params)
-
-    def _write_notification(self, method: str, params: list) -> None:
-        if self.stream.closed():
-            return
-        try:
-            for f in notification_frames(method, params):
-                self.stream.write(f)
-        except StreamClosedError:
-            pass
-        except KernelflowError as e:
-            log.error("cannot encode notification %s: %s", method, e)
-
-
 class RuntimeServer(TCPServer):
     """Serves one `RuntimeService` to msgpack-RPC clients.
 
@@ -130,6 +98,7 @@ class RuntimeServer(TCPServer):
         self._token = token.encode()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kf-compute")
         self._connections: set[ConnectionState] = set()
+        self._chunk = bytearray(READ_CHUNK_BYTES)  # SocketConnection's receive scratch buffer
         self._durations: dict[tuple, tuple[float, int]] = {}  # timing key -> (seconds, request array bytes)
         self.stopped = asyncio.Event()
         self.methods = sorted(set(service.methods) | {"auth", "server.shutdown"})
@@ -144,96 +113,95 @@ class RuntimeServer(TCPServer):
         """Stop accepting connections, close the open ones and set `stopped`."""
         self.stop()
         for conn in list(self._connections):
-            conn.stream.close()
+            conn.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.stopped.set()
 
     # ----------------------------------------------------------------- connections
-    async def handle_stream(self, stream: IOStream, address: Any) -> None:
-        conn = ConnectionState(stream, address)
-        self._connections.add(conn)
+    def handle_stream(self, stream: IOStream, address: Any) -> Any:
         try:
             stream.set_nodelay(True)
             stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         except OSError:  # the peer may already be gone
             pass
         log.debug("connection from %s", address)
-        try:
-            await self._serve(conn)
-        except StreamClosedError:
-            pass
-        except Exception:
-            log.error("connection %s failed", address, exc_info=True)
-        finally:
-            self._connections.discard(conn)
-            stream.close()
-            self.service.peer_closed(conn)
-            log.debug("connection from %s closed", address)
+        if isinstance(stream, SSLIOStream):
+            conn: ConnectionState = StreamConnection(self, stream, address)
+            self._connections.add(conn)
+            return conn.serve()
+        # Plain TCP: the IOStream never reads or writes (so it never registers with the
+        # loop); its socket is served from loop callbacks, which costs far less per message.
+        self._connections.add(SocketConnection(self, stream.socket, address, self._chunk))
+        return None
 
-    async def _serve(self, conn: ConnectionState) -> None:
-        stream = conn.stream
-        reader = MessageReader(self.max_message_bytes)
-        while not stream.closed():
-            target = reader.want_into()
-            if target is not None:
-                await stream.read_into(target)
-                reader.filled(len(target))
-            else:
-                reader.feed(await stream.read_bytes(READ_CHUNK_BYTES, partial=True))
-            try:
-                for msg in reader.messages():
-                    if not await self._handle(conn, msg):
-                        return
-            except KernelflowError as e:
-                # The byte stream cannot be resynchronised after bad framing: answer and drop.
-                log.warning("dropping connection %s: %s", conn.address, e)
-                await self._reply(conn, None, error_to_map(e), None)
-                return
+    def _connection_closed(self, conn: ConnectionState) -> None:
+        self._connections.discard(conn)
+        self.service.peer_closed(conn)
+        log.debug("connection from %s closed", conn.address)
 
-    async def _handle(self, conn: ConnectionState, msg: Any) -> bool:
-        """Answer one message; False ends the connection."""
+    def _handle(self, conn: ConnectionState, msg: Any) -> bool | asyncio.Future:
+        """Answer one message: True/False (answered; False ends the connection), or a future
+        resolving to that once a call running in the pool has been answered."""
         try:
             parsed = parse_message(msg)
         except KernelflowError as e:
             msgid = getattr(e, "msgid", None)
             log.warning("bad message from %s: %s", conn.address, e)
-            await self._reply(conn, msgid, error_to_map(e), None)
+            self._reply(conn, msgid, error_to_map(e), None)
             return msgid is not None  # a request we could answer keeps the connection
-        if isinstance(parsed, (Notification, Response)):
+        if type(parsed) is not Request:
             log.debug("ignoring %s from %s", type(parsed).__name__, conn.address)
             return True
-        return await self._request(conn, parsed)
-
-    async def _request(self, conn: ConnectionState, req: Request) -> bool:
-        method, params = req.method, req.params
+        method, params = parsed.method, parsed.params
         if method == "auth":
-            return await self._auth(conn, req)
+            return self._auth(conn, parsed)
         if not conn.is_authenticated:
             err = UnauthenticatedError(f"{method}: authenticate first: the first request must be auth [token]")
-            await self._reply(conn, req.msgid, error_to_map(err), None)
+            self._reply(conn, parsed.msgid, error_to_map(err), None)
             return True
         if method == "server.shutdown":
             log.info("shutdown requested by %s", conn.address)
-            await self._reply(conn, req.msgid, None, True)
-            asyncio.get_running_loop().call_soon(self.shutdown)
+            self._reply(conn, parsed.msgid, None, True)
+            conn.loop.call_soon(self.shutdown)
             return False
         try:
             if method in _INLINE_METHODS:
                 result = self.service.call(method, params, conn)
+                if method == "info":
+                    result = {**result, "methods": self.methods, "max_message_bytes": self.max_message_bytes}
             else:
                 result = self._call_inline(method, params, conn)
                 if result is _NOT_INLINE:
-                    result = await asyncio.get_running_loop().run_in_executor(self._pool, self._timed_call, method,
-                                                                              params, conn)
-            if method == "info":
-                result = {**result, "methods": self.methods, "max_message_bytes": self.max_message_bytes}
+                    return self._call_in_pool(conn, parsed)
         except Exception as e:
-            level = logging.ERROR if not isinstance(e, KernelflowError) else logging.DEBUG
-            log.log(level, "%s from %s failed: %s", method, conn.address, e, exc_info=level == logging.ERROR)
-            await self._reply(conn, req.msgid, error_to_map(e), None)
+            self._failed(conn, parsed, e)
             return True
-        await self._reply(conn, req.msgid, None, result)
+        self._reply(conn, parsed.msgid, None, result)
         return True
+
+    def _call_in_pool(self, conn: ConnectionState, req: Request) -> asyncio.Future:
+        loop = conn.loop
+        answered = loop.create_future()
+
+        def finish(fut: asyncio.Future) -> None:
+            if fut.cancelled():  # the server is shutting down
+                answered.set_result(False)
+                return
+            e = fut.exception()
+            if e is not None:
+                self._failed(conn, req, e)
+            else:
+                self._reply(conn, req.msgid, None, fut.result())
+            answered.set_result(True)
+
+        loop.run_in_executor(self._pool, self._timed_call, req.method, req.params, conn).add_done_callback(finish)
+        return answered
+
+    def _failed(self, conn: ConnectionState, req: Request, e: BaseException) -> None:
+        level = logging.ERROR if not isinstance(e, KernelflowError) else logging.DEBUG
+        log.log(level, "%s from %s failed: %s", req.method, conn.address, e,
+                exc_info=e if level == logging.ERROR else None)
+        self._reply(conn, req.msgid, error_to_map(e), None)
 
     def _timed_call(self, method: str, params: list, peer: Any = None) -> Any:
         key = _timing_key(method, params)
@@ -260,35 +228,26 @@ class RuntimeServer(TCPServer):
         finally:
             session.lock.release()
 
-    async def _auth(self, conn: ConnectionState, req: Request) -> bool:
+    def _auth(self, conn: ConnectionState, req: Request) -> bool:
         given = req.params[0] if len(req.params) == 1 else None
         ok = isinstance(given, str) and hmac.compare_digest(given.encode(), self._token)
         if not ok:
             log.warning("wrong token from %s; closing the connection", conn.address)
             err = UnauthenticatedError("auth: wrong token; find it in the URL `kernelflow serve` printed or in its "
                                        "runtime file")
-            await self._reply(conn, req.msgid, error_to_map(err), None)
+            self._reply(conn, req.msgid, error_to_map(err), None)
             return False
         conn.is_authenticated = True
-        await self._reply(conn, req.msgid, None, {"protocol": PROTOCOL_VERSION,
-                                                  "max_message_bytes": self.max_message_bytes})
+        self._reply(conn, req.msgid, None, {"protocol": PROTOCOL_VERSION, "max_message_bytes": self.max_message_bytes})
         return True
 
-    async def _reply(self, conn: ConnectionState, msgid: int | None, error: dict | None, result: Any) -> None:
+    def _reply(self, conn: ConnectionState, msgid: int | None, error: dict | None, result: Any) -> None:
         try:
             frames = response(msgid, error, result)
         except KernelflowError as e:
             log.error("cannot encode the result of request %s: %s", msgid, e)
             frames = response(msgid, error_to_map(e), None)
-        if conn.stream.closed():
-            return
-        try:
-            for f in frames[:-1]:
-                conn.stream.write(f)
-            # Awaiting the last write keeps big results from piling up in memory.
-            await conn.stream.write(frames[-1])
-        except StreamClosedError:
-            log.debug("client %s left before its answer was sent", conn.address)
+        conn.send(frames)
 
 
 def tune_malloc() -> bool:

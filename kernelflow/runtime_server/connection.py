@@ -1,0 +1,354 @@
+"""One client connection of the runtime server: read bytes, decode messages, hand them to the
+server, send its answers.
+
+A plain TCP connection is a non-blocking socket driven by the asyncio loop's ``add_reader``
+and ``add_writer`` callbacks: a small request is decoded, answered and its response sent
+within the one callback that read it (no coroutine, task or future per message), which is
+most of a scalar round trip's server time. A TLS connection goes through tornado's
+``SSLIOStream`` (it handles the handshake and the records TLS buffers outside the socket).
+Both decode with `MessageReader`, so big array payloads are received straight into numpy
+memory, and both send memoryviews of big results without copying them.
+
+Requests on one connection are answered in order: while a call runs in the thread pool, or
+while a response is still being sent, the connection reads nothing more.
+
+Contents: ConnectionState, SocketConnection, StreamConnection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from tornado.iostream import IOStream, StreamClosedError
+
+from ..errors import KernelflowError
+from ..protocol.codec import MessageReader
+from ..protocol.rpc import error_to_map
+from ..protocol.rpc import notification as notification_frames
+
+if TYPE_CHECKING:
+    from .server import RuntimeServer
+
+log = logging.getLogger("kernelflow.server")
+
+READ_CHUNK_BYTES = 256 << 10
+
+
+class ConnectionState:
+    """What the server knows about one client connection, and how answers reach it.
+
+    It is also the service's *peer*: ``notify(method, params)`` pushes a notification from
+    any thread, ``closed`` tells whether the client is gone.
+    """
+
+    __slots__ = ("address", "is_authenticated", "loop", "server", "reader", "__weakref__")
+
+    def __init__(self, server: RuntimeServer, address: Any):
+        self.server = server
+        self.address = address
+        self.is_authenticated = False
+        self.loop = asyncio.get_running_loop()
+        self.reader = MessageReader(server.max_message_bytes)
+
+    @property
+    def closed(self) -> bool:
+        raise NotImplementedError
+
+    def send(self, frames: list) -> None:
+        """Queue ``frames`` (bytes or memoryviews) for sending, in order; never blocks."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def notify(self, method: str, params: list) -> None:
+        """Send a msgpack-RPC notification; safe from any thread (the service's peer interface)."""
+        self.loop.call_soon_threadsafe(self._write_notification, method, params)
+
+    def _write_notification(self, method: str, params: list) -> None:
+        if self.closed:
+            return
+        try:
+            frames = notification_frames(method, params)
+        except KernelflowError as e:
+            log.error("cannot encode notification %s: %s", method, e)
+            return
+        self.send(frames)
+
+
+class SocketConnection(ConnectionState):
+    """A plain TCP connection served from loop callbacks.
+
+    Args:
+        server: the server whose ``_handle`` answers each message.
+        sock: the accepted socket (made non-blocking here).
+        address: the peer's address, for logs.
+        chunk: a scratch receive buffer; the server shares one among its connections (the
+            loop runs one callback at a time and the bytes are copied out at once).
+    """
+
+    __slots__ = ("sock", "_fd", "_chunk", "_view", "_out", "_reading", "_writing", "_busy", "_msgs", "_closing",
+                 "_is_closed")
+
+    def __init__(self, server: RuntimeServer, sock: socket.socket, address: Any, chunk: bytearray):
+        super().__init__(server, address)
+        sock.setblocking(False)
+        self.sock = sock
+        self._fd = sock.fileno()
+        self._chunk = chunk
+        self._view = memoryview(chunk)
+        self._out: deque = deque()  # bytes and memoryviews not yet sent
+        self._reading = self._writing = False
+        self._busy = False  # a call is in the thread pool: handle nothing more until it answers
+        self._msgs: Any = None  # the messages() iterator to resume after a pause
+        self._closing = False  # close once the output is sent
+        self._is_closed = False
+        self._start_reading()
+
+    @property
+    def closed(self) -> bool:
+        return self._is_closed
+
+    # ----------------------------------------------------------------- reading
+    def _start_reading(self) -> None:
+        if not self._reading and not self._is_closed:
+            self.loop.add_reader(self._fd, self._on_readable)
+            self._reading = True
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self.loop.remove_reader(self._fd)
+            self._reading = False
+
+    def _on_readable(self) -> None:
+        reader, sock = self.reader, self.sock
+        try:
+            while True:
+                target = reader.want_into()
+                if target is not None:
+                    n = sock.recv_into(target)
+                    if not n:
+                        return self._eof()
+                    reader.filled(n)
+                    if reader.want_into() is not None:
+                        continue  # more of a big payload: read on until the socket is drained
+                else:
+                    n = sock.recv_into(self._chunk)
+                    if not n:
+                        return self._eof()
+                    reader.feed(self._view[:n])
+                self._process()
+                if not self._reading or (target is None and n < len(self._chunk)):
+                    return  # paused, closed, or the socket is (very likely) drained
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as e:  # reset by the peer
+            log.debug("connection %s: %s", self.address, e)
+            self.close()
+        except Exception:
+            log.error("connection %s failed", self.address, exc_info=True)
+            self.close()
+
+    def _eof(self) -> None:
+        self.close()
+
+    def _process(self) -> None:
+        """Answer every complete message; pauses while a call is in the pool or output is pending."""
+        msgs, self._msgs = self._msgs, None
+        if msgs is None:
+            msgs = self.reader.messages()
+        handle = self.server._handle
+        try:
+            for msg in msgs:
+                r = handle(self, msg)
+                if r is True:
+                    if self._out:
+                        # Send a big answer before reading more, so results don't pile up in memory.
+                        self._msgs = msgs
+                        self._stop_reading()
+                        return
+                    continue
+                if r is False:
+                    self._close_when_sent()
+                    return
+                self._msgs = msgs
+                self._busy = True
+                self._stop_reading()
+                r.add_done_callback(self._call_done)
+                return
+        except KernelflowError as e:
+            # The byte stream cannot be resynchronised after bad framing: answer and drop.
+            log.warning("dropping connection %s: %s", self.address, e)
+            self.server._reply(self, None, error_to_map(e), None)
+            self._close_when_sent()
+            return
+        self._start_reading()
+
+    def _call_done(self, fut: asyncio.Future) -> None:
+        self._busy = False
+        if self._is_closed:
+            return
+        try:
+            keep = not fut.cancelled() and fut.result()
+            if not keep:
+                self._close_when_sent()
+            elif not self._out:
+                self._process()
+            # else: _on_writable resumes once the answer is out
+        except Exception:
+            log.error("connection %s failed", self.address, exc_info=True)
+            self.close()
+
+    # ----------------------------------------------------------------- writing
+    def send(self, frames: list) -> None:
+        if self._is_closed:
+            return
+        out = self._out
+        if not out:
+            sock = self.sock
+            try:
+                for i, f in enumerate(frames):
+                    n = sock.send(f)
+                    if n < len(f):
+                        out.append(memoryview(f)[n:])
+                        out.extend(frames[i + 1:])
+                        break
+            except (BlockingIOError, InterruptedError):
+                out.extend(frames[i:])
+            except OSError as e:
+                log.debug("client %s left before its answer was sent: %s", self.address, e)
+                self.close()
+                return
+            if not out:
+                return
+        else:
+            out.extend(frames)
+        if not self._writing:
+            self.loop.add_writer(self._fd, self._on_writable)
+            self._writing = True
+
+    def _on_writable(self) -> None:
+        out, sock = self._out, self.sock
+        try:
+            while out:
+                f = out[0]
+                n = sock.send(f)
+                if n < len(f):
+                    out[0] = memoryview(f)[n:]
+                    return
+                out.popleft()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            log.debug("client %s left before its answer was sent: %s", self.address, e)
+            self.close()
+            return
+        self.loop.remove_writer(self._fd)
+        self._writing = False
+        if self._closing:
+            self.close()
+        elif not self._busy and not self._reading:
+            try:
+                self._process()
+            except Exception:
+                log.error("connection %s failed", self.address, exc_info=True)
+                self.close()
+
+    # ----------------------------------------------------------------- closing
+    def _close_when_sent(self) -> None:
+        self._stop_reading()
+        if self._out:
+            self._closing = True
+        else:
+            self.close()
+
+    def close(self) -> None:
+        if self._is_closed:
+            return
+        self._is_closed = True
+        self._stop_reading()
+        if self._writing:
+            self.loop.remove_writer(self._fd)
+            self._writing = False
+        self._out.clear()
+        self._msgs = None
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.server._connection_closed(self)
+
+
+class StreamConnection(ConnectionState):
+    """A connection over a tornado IOStream (TLS), served by the `serve` coroutine."""
+
+    __slots__ = ("stream", "_last_write")
+
+    def __init__(self, server: RuntimeServer, stream: IOStream, address: Any):
+        super().__init__(server, address)
+        self.stream = stream
+        self._last_write: Any = None
+
+    @property
+    def closed(self) -> bool:
+        return self.stream.closed()
+
+    def send(self, frames: list) -> None:
+        if self.stream.closed():
+            return
+        try:
+            for f in frames:
+                self._last_write = self.stream.write(f)
+        except StreamClosedError:
+            log.debug("client %s left before its answer was sent", self.address)
+
+    async def _drain(self) -> None:
+        w, self._last_write = self._last_write, None
+        if w is not None:
+            try:
+                await w
+            except StreamClosedError:
+                log.debug("client %s left before its answer was sent", self.address)
+
+    def close(self) -> None:
+        self.stream.close()
+
+    async def serve(self) -> None:
+        """Read and answer messages until the stream closes or cannot be trusted any more."""
+        stream, reader, handle = self.stream, self.reader, self.server._handle
+        try:
+            while not stream.closed():
+                target = reader.want_into()
+                if target is not None:
+                    await stream.read_into(target)
+                    reader.filled(len(target))
+                else:
+                    reader.feed(await stream.read_bytes(READ_CHUNK_BYTES, partial=True))
+                try:
+                    for msg in reader.messages():
+                        keep = handle(self, msg)
+                        if keep is not True and keep is not False:
+                            try:
+                                keep = await keep
+                            except asyncio.CancelledError:  # the server is shutting down
+                                keep = False
+                        await self._drain()  # keeps big results from piling up in memory
+                        if not keep:
+                            return
+                except KernelflowError as e:
+                    # The byte stream cannot be resynchronised after bad framing: answer and drop.
+                    log.warning("dropping connection %s: %s", self.address, e)
+                    self.server._reply(self, None, error_to_map(e), None)
+                    await self._drain()
+                    return
+        except StreamClosedError:
+            pass
+        except Exception:
+            log.error("connection %s failed", self.address, exc_info=True)
+        finally:
+            stream.close()
+            self.server._connection_closed(self)
