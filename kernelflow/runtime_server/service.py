@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..errors import InvalidArgumentError, NotFoundError
+from ..errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError
 from .datasets import DatasetStore
 from .devices import DeviceManager
 from .jobs import JobManager
@@ -46,7 +46,12 @@ class RuntimeService:
     Args:
         device: default device for nodes with none ("cpu", "gpu:N" or "auto").
         soft_placement: run nodes that ask for a missing GPU on the CPU instead of failing.
-        state_dir: where graphs, checkpoints, datasets and job histories persist (None: memory only).
+        state_dir: where graphs, checkpoints, datasets and job histories persist (None: memory
+            only, and ``graph.save`` / ``graph.restore`` answer FailedPreconditionError). Given,
+            the dir is locked to this runtime and everything in it is loaded now.
+
+    Raises:
+        FailedPreconditionError: another live server holds ``state_dir``.
     """
 
     def __init__(self, device: str = "cpu", soft_placement: bool = False, state_dir: str | None = None):
@@ -66,9 +71,16 @@ class RuntimeService:
             "graph.run": self.graph_run,
             "variable.read": self.variable_read,
             "variable.assign": self.variable_assign,
+            "graph.save": self.graph_save,
+            "graph.checkpoints": self.graph_checkpoints,
+            "graph.restore": self.graph_restore,
         }
         self.datasets = DatasetStore(self)
         self.jobs = JobManager(self)
+        self._is_shut_down = False
+        if self.state is not None:
+            self.state.lock()
+            self._load_state()
 
     def register(self, name: str, fn: Callable[..., Any], *, wants_peer: bool = False) -> None:
         """Add an RPC method; with ``wants_peer`` it is called with ``peer=`` the caller's peer.
@@ -133,6 +145,7 @@ class RuntimeService:
             "numpy": np.__version__,
             "python": platform.python_version(),
             "default_device": self.devices.default,
+            "state_dir": str(self.state.root) if self.state is not None else None,
             "devices": self.devices.devices(),
             "memory": {"variables_bytes": nbytes, **self.devices.memory_in_use()},
             "graphs": sorted(s.name for s in sessions),
@@ -151,15 +164,22 @@ class RuntimeService:
         with self._lock:
             created = name not in self.graphs
             if created:
-                self.graphs[name] = GraphSession(name, self.devices, seed=int(seed))
+                s = self._new_session(name, int(seed))
+                if self.state is not None:  # the graph exists on disk before the client hears of it
+                    self.state.append_graph_nodes(name, s.graph.seed, 0, [])
+                self.graphs[name] = s
             s = self.graphs[name]
         return {"name": name, "version": s.graph.version, "created": created, "seed": s.graph.seed}
 
     def graph_delete(self, name: str) -> bool:
         """Delete a graph and its variables."""
         with self._lock:
-            self.session(name)
-            del self.graphs[name]
+            s = self.session(name)
+            with s.lock:  # waits for a run or extend in flight
+                if self.state is not None:
+                    self.state.delete_graph(name)
+                s.persist = _deleted_graph
+                del self.graphs[name]
         return True
 
     def graph_extend(self, name: str, since: int, nodes: list) -> int:
@@ -193,3 +213,148 @@ class RuntimeService:
         """Set a variable's value (same shape and dtype)."""
         self.session(name).assign_variable(var, value)
         return True
+
+    # ----------------------------------------------------------------- persistence
+    def _new_session(self, name: str, seed: int) -> GraphSession:
+        s = GraphSession(name, self.devices, seed=seed)
+        return self._adopt(s) if self.state is not None else s
+
+    def _require_state(self, method: str) -> StateDir:
+        if self.state is None:
+            raise FailedPreconditionError(f"{method}: this runtime has no state dir to keep checkpoints in; start the "
+                                          "server with `kernelflow serve --state-dir DIR` (kf.connect() with no URL "
+                                          "starts one that has)")
+        return self.state
+
+    def graph_save(self, name: str, tag: str | None = None, keep_last: int | None = None) -> dict:
+        """Checkpoint every variable of graph ``name``; returns the manifest."""
+        return self.checkpoint_graph(name, tag, None, keep_last)
+
+    def graph_checkpoints(self, name: str) -> list[dict]:
+        """Manifests of the graph's checkpoints, oldest first ([] without a state dir)."""
+        self.session(name)
+        return self.state.list_checkpoints(name) if self.state is not None else []
+
+    def graph_restore(self, name: str, tag: str = "latest") -> dict:
+        """Set the graph's variables from checkpoint ``tag`` ("latest": the newest intact one)."""
+        return self.restore_graph(name, tag)
+
+    def checkpoint_graph(self, name: str, tag: str | None = None, manifest: dict | None = None,
+                         keep_last: int | None = None, *, skip_if_unchanged: bool = False) -> dict:
+        """Write a checkpoint of graph ``name``'s variables to the state dir; returns its manifest.
+
+        The variables are copied together under the graph's lock (between two runs), then
+        written outside it. ``step`` is ``manifest["step"]`` if given, else the value of the
+        graph's ``global_step`` variable, else None.
+
+        Args:
+            name: the graph.
+            tag: the checkpoint's name (default ``ckpt-<seq>``); an existing tag is replaced.
+            manifest: extra fields (step, job, metrics, ...), JSON-able.
+            keep_last: keep only this many newest checkpoints of the graph.
+            skip_if_unchanged: write nothing when the newest checkpoint holds the same values.
+
+        Raises:
+            FailedPreconditionError: the runtime has no state dir.
+            NotFoundError: no such graph.
+            InvalidArgumentError: a bad tag or keep_last.
+        """
+        state = self._require_state("graph.save")
+        if manifest is not None and not isinstance(manifest, dict):
+            raise InvalidArgumentError(f"checkpoint manifest must be a map; got {type(manifest).__name__}")
+        s = self.session(name)
+        with s.lock:
+            arrays = s.snapshot_variables()
+            version = s.graph.version
+        m = dict(manifest or {})
+        if m.get("step") is None:
+            m["step"] = _global_step(arrays)
+        m["version"] = version
+        return state.write_checkpoint(name, tag, arrays, m, keep_last, skip_if_unchanged=skip_if_unchanged)
+
+    def restore_graph(self, name: str, tag: str = "latest") -> dict:
+        """Set graph ``name``'s variables from a checkpoint; returns its manifest plus
+        ``restored`` / ``missing`` / ``unknown`` variable names (and ``damaged`` tags skipped).
+
+        Raises:
+            FailedPreconditionError: no state dir, or the checkpoint is damaged.
+            NotFoundError: no such graph or checkpoint.
+            InvalidArgumentError: a checkpoint array's shape or dtype differs from its variable's.
+        """
+        state = self._require_state("graph.restore")
+        if not isinstance(tag, str) or not tag:
+            raise InvalidArgumentError(f"graph.restore: tag must be a non-empty string; got {tag!r}")
+        s = self.session(name)
+        arrays, manifest = state.read_checkpoint(name, tag)
+        return {**manifest, **s.load_variables(arrays, strict=True)}
+
+    def _load_state(self) -> None:
+        """Rebuild every graph of the state dir with its newest checkpoint, then datasets and jobs."""
+        assert self.state is not None
+        for name, seed, dicts in self.state.load_graphs():
+            s = GraphSession(name, self.devices, seed=seed)
+            try:
+                s.extend(dicts, 0)
+            except KernelflowError as e:
+                where = self.state.quarantine_graph(name)
+                log.error("state dir: graph '%s' cannot be rebuilt (%s); moved it to %s", name, e, where)
+                continue
+            s = self._adopt(s)
+            info = "no checkpoint"
+            try:
+                arrays, m = self.state.read_checkpoint(name, "latest")
+            except NotFoundError:
+                pass
+            except KernelflowError as e:
+                log.error("state dir: graph '%s': %s; its variables start from their initial values", name, e)
+            else:
+                r = s.load_variables(arrays, strict=False)
+                info = f"checkpoint {m['tag']} (step {m.get('step')}, {len(r['restored'])} variables)"
+            self.graphs[name] = s
+            log.info("state dir: graph '%s' back at version %d, %s", name, s.graph.version, info)
+        for store in (self.datasets, self.jobs):
+            if hasattr(store, "load_from_state"):  # DatasetStore / JobManager persistence (issue #4)
+                store.load_from_state()
+
+    def _adopt(self, s: GraphSession) -> GraphSession:
+        """A loaded session starts persisting from here on."""
+        state, name, seed = self.state, s.name, s.graph.seed
+        assert state is not None
+        s.persist = lambda since, dicts: state.append_graph_nodes(name, seed, since, dicts)
+        return s
+
+    def shutdown(self) -> None:
+        """Clean shutdown: stop jobs at a checkpoint, then checkpoint every graph (if a state dir).
+
+        Graphs whose variables equal their newest checkpoint get no new one. Idempotent.
+        """
+        if self._is_shut_down:
+            return
+        self._is_shut_down = True
+        try:
+            self.jobs.shutdown()
+        except Exception:
+            log.error("stopping jobs at shutdown failed", exc_info=True)
+        if self.state is None:
+            return
+        with self._lock:
+            names = [n for n, s in self.graphs.items() if s.variables]
+        for name in names:
+            try:
+                m = self.checkpoint_graph(name, manifest={"reason": "shutdown"}, skip_if_unchanged=True)
+                log.info("shutdown: graph '%s' checkpointed as %s", name, m["tag"])
+            except Exception:
+                log.error("shutdown: checkpoint of graph '%s' failed", name, exc_info=True)
+        self.state.close()
+
+
+def _deleted_graph(since: int, dicts: list[dict]) -> None:
+    raise NotFoundError("the graph was deleted meanwhile; open it again with rt.graph(name)")
+
+
+def _global_step(arrays: dict[str, np.ndarray]) -> int | None:
+    """The value of a 0-d integer ``global_step`` variable, else None."""
+    a = arrays.get("global_step")
+    if a is not None and a.ndim == 0 and a.dtype.kind in "iu":
+        return int(a)
+    return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,9 @@ class GraphSession:
         self._placements: dict[int, Placement] = {}
         self._rngs: dict[str, Any] = {}
         self.log_lines: list[str] = []
+        # Called as persist(since, node_dicts) under the lock after new nodes validate and
+        # before extend returns; if it raises, the nodes are taken back (the state dir hook).
+        self.persist: Callable[[int, list[dict]], None] | None = None
 
     @property
     def name(self) -> str:
@@ -50,7 +53,7 @@ class GraphSession:
 
     # ----------------------------------------------------------------- graph
     def extend(self, node_dicts: Sequence[dict], since: int | None = None) -> int:
-        """Add client nodes (validated, all or none); returns the new version.
+        """Add client nodes (validated, all or none; persisted when `persist` is set); returns the new version.
 
         ``since`` is the version the client built on. Nodes the server has already (a resent
         batch) are checked by name and skipped.
@@ -82,6 +85,8 @@ class GraphSession:
                     self.placement(t)
                     if isinstance(t, Variable):
                         self.variables[t.name] = self._fresh_storage(t, t.attrs["initial"])
+                if new and self.persist is not None:
+                    self.persist(version, self.graph.to_dicts(version))
             except BaseException:
                 for t in new:
                     self.variables.pop(t.name, None)
@@ -124,6 +129,45 @@ class GraphSession:
                     f"variable.assign: '{name}' is {v.dtype}{format_shape(v.shape)}; got "
                     f"{arr.dtype.name}{format_shape(arr.shape)}", node=name)
             self.variables[name] = self._fresh_storage(v, arr)
+
+    def snapshot_variables(self) -> dict[str, np.ndarray]:
+        """Host copies of every variable, taken together under the lock (a consistent checkpoint)."""
+        with self.lock:
+            out = {}
+            for name, value in self.variables.items():
+                host = to_host(value)
+                out[name] = host.copy() if host is value else host  # runs update numpy storage in place
+            return out
+
+    def load_variables(self, arrays: dict[str, np.ndarray], strict: bool = True) -> dict[str, list[str]]:
+        """Set variables from ``arrays`` (a checkpoint); returns ``{"restored", "missing", "unknown"}``.
+
+        Variables the checkpoint lacks keep their values ("missing"); arrays naming no
+        variable are ignored ("unknown"). With ``strict``, any shape or dtype mismatch raises
+        before anything changes; without, mismatched variables are skipped with a warning.
+
+        Raises:
+            InvalidArgumentError: (strict) a checkpoint array does not fit its variable.
+        """
+        with self.lock:
+            restored, unknown, bad = [], [], []
+            for name, arr in arrays.items():
+                t = self.graph[name] if name in self.graph else None
+                if not isinstance(t, Variable):
+                    unknown.append(name)
+                elif arr.dtype.name != t.dtype or arr.shape != t.shape:
+                    bad.append(f"'{name}' is {t.dtype}{format_shape(t.shape)}, the checkpoint has "
+                               f"{arr.dtype.name}{format_shape(arr.shape)}")
+                else:
+                    restored.append(name)
+            if bad and strict:
+                raise InvalidArgumentError(f"graph '{self.name}': checkpoint does not fit: {'; '.join(bad)}")
+            for msg in bad:
+                log.warning("graph '%s': not restoring %s", self.name, msg)
+            for name in restored:
+                self.variables[name] = self._fresh_storage(self.graph[name], arrays[name])
+            missing = [n for n in self.variables if n not in arrays]
+            return {"restored": restored, "missing": missing, "unknown": unknown}
 
     # ----------------------------------------------------------------- running
     def plan(self, fetch_names: Sequence[str], feed_names: Sequence[str]) -> Plan:
