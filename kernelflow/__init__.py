@@ -19,3 +19,17 @@ from .nn import init, layers, optim
 
 __all__ = ["errors", "connect", "Runtime", "Graph", "Tensor", "Variable", "gradients", "init", "layers", "optim",
            "as_dtype", "__version__"] + list(_ops_all)
+
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext kernelflow``: register the ``%kf`` magic."""
+    from .extension import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: object) -> None:
+    """``%unload_ext kernelflow``: remove the ``%kf`` magic."""
+    from .extension import unload_ipython_extension as unload
+
+    unload(ipython)

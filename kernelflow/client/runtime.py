@@ -1,6 +1,6 @@
 """`Runtime`, the client's handle on one runtime, and `connect`.
 
-Contents: Runtime, connect.
+Contents: Runtime, connect, set_default_runtime.
 """
 
 from __future__ import annotations
@@ -29,6 +29,38 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"<kf.Runtime {self.url}>"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rich display: server, devices, memory, graphs and jobs (one ``info`` call)."""
+        from html import escape
+
+        from ..errors import KernelflowError, NotFoundError
+        from ..graph.ir import _html_table, _human_bytes
+
+        try:
+            info = self.info()
+        except KernelflowError as e:
+            return _html_table(f"kf.Runtime {escape(self.url)}", [("error", escape(str(e)))])
+        devices = ", ".join(escape(str(d.get("name", d)) if isinstance(d, dict) else str(d))
+                            for d in info.get("devices", []))
+        mem = info.get("memory") or {}
+        rows = [("version", escape(f"{info.get('version')} (protocol {info.get('protocol')})")),
+                ("backend", escape(str(info.get("backend")))),
+                ("devices", devices + escape(f" (default {info.get('default_device')})")),
+                ("memory", ", ".join(f"{escape(k.removesuffix('_bytes'))} {_human_bytes(int(v))}"
+                                     for k, v in mem.items() if isinstance(v, (int, float))))]
+        graphs = info.get("graphs") or []
+        rows.append((f"graphs ({len(graphs)})", escape(", ".join(graphs)) or "<i>none</i>"))
+        try:
+            jobs = self.jobs()
+        except NotFoundError:  # a server without training jobs
+            jobs = None
+        except KernelflowError as e:
+            jobs = [{"id": "?", "status": str(e)}]
+        if jobs is not None:
+            text = ", ".join(f"{j.get('id', '?')} {j.get('status', '')}".strip() for j in jobs[:10])
+            rows.append((f"jobs ({len(jobs)})", escape(text + (" ..." if len(jobs) > 10 else "")) or "<i>none</i>"))
+        return _html_table(f"kf.Runtime {escape(self.url)}", rows)
 
     def __enter__(self) -> Runtime:
         return self
@@ -125,6 +157,8 @@ def connect(url: str | None = None, *, token: str | None = None, timeout: float 
         >>> rt = kf.connect("kf://127.0.0.1:7070/?token=...")
         >>> g = rt.graph("mnist")
     """
+    if url is None and _default_runtime is not None:
+        return _default_runtime
     if url is None:
         import os
 
@@ -142,6 +176,19 @@ def connect(url: str | None = None, *, token: str | None = None, timeout: float 
         return Runtime(TcpTransport.from_url(url, token=token, timeout=timeout, ssl_context=ssl_context))
     raise InvalidArgumentError(f"connect: unsupported url {url!r}; expected 'inproc', 'kf://host:port' or "
                                "'kfs://host:port'")
+
+
+_default_runtime: Runtime | None = None
+
+
+def set_default_runtime(runtime: Runtime | None) -> None:
+    """Make ``kf.connect()`` with no url return ``runtime`` in this process (``%kf connect``).
+
+    Args:
+        runtime: the runtime to hand out, or None to go back to ``$KERNELFLOW_URL`` / the local server.
+    """
+    global _default_runtime
+    _default_runtime = runtime
 
 
 def _env_token() -> str | None:

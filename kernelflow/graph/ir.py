@@ -6,7 +6,8 @@ like split, are built from single-output primitives), a static `Aval` inferred b
 rules when it is created, a device, control inputs, and the file:line of the user code that
 created it.
 
-Contents: Aval, Tensor, Variable, Graph, bind_op, current_graph, toposort, node_to_dict.
+Contents: Aval, Tensor, Variable, Graph, bind_op, current_graph, toposort, node_to_dict
+(and the HTML tables of their Jupyter displays).
 """
 
 from __future__ import annotations
@@ -103,6 +104,10 @@ class Tensor:
 
     def __repr__(self) -> str:
         return f"<kf.Tensor '{self.name}' op={self.op.name} shape={format_shape(self.shape)} dtype={self.dtype}>"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rich display: one compact table of the node."""
+        return _html_table(f"kf.{type(self).__name__} {_esc(self.name)}", _tensor_rows(self))
 
     def __hash__(self) -> int:
         return id(self)
@@ -286,6 +291,10 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"<kf.Graph '{self.name}' nodes={len(self._nodes)} variables={len(self.variables())}>"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rich display: nodes by top-level scope, then the variables and their sizes."""
+        return _graph_html(self)
 
     # ----------------------------------------------------------------- scopes
     @contextlib.contextmanager
@@ -630,6 +639,85 @@ def toposort(targets: Iterable[Tensor]) -> list[Tensor]:
         stack.extend(t.inputs)
         stack.extend(t.control_inputs)
     return sorted(seen.values(), key=lambda t: t.index)
+
+
+# --------------------------------------------------------------------------- HTML displays
+_TABLE_STYLE = "border-collapse:collapse;font-size:12px;text-align:left"
+_CELL_STYLE = "text-align:left;vertical-align:top;padding:0 6px"
+_MAX_HTML_ROWS = 40
+
+
+def _esc(text: Any) -> str:
+    from html import escape
+
+    return escape(str(text))
+
+
+def _human_bytes(n: int) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _html_table(title: str, rows: Sequence[tuple], header: Sequence[str] | None = None) -> str:
+    """A compact HTML table; ``title`` and cells must already be escaped HTML."""
+    parts = [f'<table style="{_TABLE_STYLE}"><caption style="text-align:left;font-weight:bold">{title}</caption>']
+    if header:
+        parts.append("<tr>" + "".join(f'<th style="{_CELL_STYLE}">{h}</th>' for h in header) + "</tr>")
+    for row in rows:
+        parts.append("<tr>" + "".join(f'<td style="{_CELL_STYLE}">{c}</td>' for c in row) + "</tr>")
+    parts.append("</table>")
+    return "".join(parts)
+
+
+def _tensor_rows(t: Tensor) -> list[tuple[str, str]]:
+    rows = [("op", _esc(t.op.name)), ("shape", _esc(format_shape(t.shape))), ("dtype", _esc(t.dtype)),
+            ("device", _esc(t.device or "default"))]
+    if isinstance(t, Variable):
+        size = int(np.prod(t.shape, dtype=np.int64))
+        rows.append(("size", f"{size:,} ({_human_bytes(size * np.dtype(t.dtype).itemsize)})"))
+        rows.append(("trainable", str(t.trainable)))
+    if t.inputs:
+        rows.append(("inputs", "<br>".join(f"{_esc(i.name)} <i>{_esc(i.aval)}</i>" for i in t.inputs)))
+    if t.control_inputs:
+        rows.append(("after", _esc(", ".join(c.name for c in t.control_inputs))))
+    if t.source:
+        rows.append(("source", _esc(t.source)))
+    return rows
+
+
+def _graph_html(g: Graph) -> str:
+    nodes = g.nodes()
+    scopes: dict[str, list[Tensor]] = {}
+    for n in nodes:
+        scopes.setdefault(n.name.split("/", 1)[0] if "/" in n.name else "", []).append(n)
+    variables = g.variables()
+    sizes = {v.name: int(np.prod(v.shape, dtype=np.int64)) for v in variables}
+    total = sum(sizes[v.name] * np.dtype(v.dtype).itemsize for v in variables)
+    rows = []
+    for scope, members in sorted(scopes.items(), key=lambda kv: (kv[0] == "", kv[0])):
+        ops: dict[str, int] = {}
+        for n in members:
+            ops[n.op.name] = ops.get(n.op.name, 0) + 1
+        top = ", ".join(f"{op}&times;{c}" if c > 1 else op for op, c in sorted(ops.items(), key=lambda kv: -kv[1])[:4])
+        more = " ..." if len(ops) > 4 else ""
+        params = sum(sizes.get(n.name, 0) for n in members)
+        rows.append((_esc(scope + "/") if scope else "<i>(top level)</i>", str(len(members)), top + more,
+                     f"{params:,}" if params else ""))
+    title = (f"kf.Graph {_esc(g.name)}: {len(nodes)} nodes, {len(variables)} variables, "
+             f"{sum(sizes.values()):,} parameters ({_human_bytes(total)})")
+    html = _html_table(title, rows[:_MAX_HTML_ROWS], ("scope", "nodes", "ops", "parameters"))
+    if variables:
+        vrows = [(_esc(v.name), _esc(format_shape(v.shape)), _esc(v.dtype), f"{sizes[v.name]:,}",
+                  "" if v.trainable else "frozen") for v in variables[:_MAX_HTML_ROWS]]
+        if len(variables) > _MAX_HTML_ROWS:
+            vrows.append((f"... {len(variables) - _MAX_HTML_ROWS} more", "", "", "", ""))
+        html += _html_table("variables", vrows, ("name", "shape", "dtype", "size", ""))
+    return html
 
 
 def as_dtype(dtype: Any) -> str:
