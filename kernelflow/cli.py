@@ -73,7 +73,8 @@ def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run a runtime server until ``server.shutdown``, SIGTERM or Ctrl-C."""
+    """Run a runtime server until ``server.shutdown``, SIGTERM or Ctrl-C, then shut the service down
+    cleanly (jobs stopped, every graph checkpointed when there is a state dir)."""
     from .runtime_server.server import RuntimeServer, tune_malloc
     from .runtime_server.service import PROTOCOL_VERSION, RuntimeService
 
@@ -86,7 +87,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     tune_malloc()
-    service = RuntimeService(device=args.device)
+    try:
+        service = RuntimeService(device=args.device, state_dir=args.state_dir)
+    except KernelflowError as e:  # the state dir is held by another server
+        print(f"kernelflow serve: {e}", file=sys.stderr)
+        return 1
     server = RuntimeServer(service, token, max_message_bytes=args.max_message_bytes, ssl_context=ctx,
                            workers=args.workers)
     scheme = "kfs" if ctx else "kf"
@@ -101,6 +106,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                     "protocol": PROTOCOL_VERSION})
         print(f"kernelflow {__version__} runtime server (protocol {PROTOCOL_VERSION}), device "
               f"{service.devices.default}", flush=True)
+        if service.state is not None:
+            print(f"    state dir: {service.state.root} ({len(service.graphs)} graphs loaded)", flush=True)
+        else:
+            print("    no state dir: graphs and variables live in memory only (--state-dir DIR keeps them)",
+                  flush=True)
         print(f"    listening on {url}", flush=True)
         if user_token:
             print("    token: the one given with --token/--token-file", flush=True)
@@ -113,10 +123,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             await server.stopped.wait()
         finally:
+            # Stop jobs and checkpoint every graph while the signal handlers still hold off a
+            # second SIGTERM, and before the runtime file goes (a successor waits for the state dir).
+            if service.state is not None:
+                print("kernelflow serve: checkpointing before exit", flush=True)
+            service.shutdown()
             path.unlink(missing_ok=True)
             print("kernelflow serve: stopped", flush=True)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        service.shutdown()  # idempotent; covers a loop that ended before serving (port in use)
     return 0
 
 
@@ -204,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keyfile", help="TLS private key (PEM)")
     s.add_argument("--allow-insecure", action="store_true",
                    help="allow a non-loopback --host without TLS")
+    s.add_argument("--state-dir", help="keep graphs, checkpoints, datasets and job histories in this dir; "
+                   "they are loaded again at start (default: memory only)")
     s.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     s.set_defaults(fn=cmd_serve)
 

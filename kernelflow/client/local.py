@@ -2,10 +2,10 @@
 
 ``kf.connect()`` with no URL (and no ``$KERNELFLOW_URL``) re-uses the local server recorded
 in a runtime file if it answers, otherwise starts ``kernelflow serve`` on 127.0.0.1 with a
-fresh token, detached from this process (so it outlives a notebook kernel restart), and
-connects to it.
+fresh token and the user's state dir (`default_state_dir`), detached from this process (so
+it outlives a notebook kernel restart), and connects to it.
 
-Contents: runtime_dir, runtime_files, read_runtime_file, token_for, connect_local.
+Contents: runtime_dir, default_state_dir, runtime_files, read_runtime_file, token_for, connect_local.
 """
 
 from __future__ import annotations
@@ -36,6 +36,20 @@ def runtime_dir() -> Path:
         return Path(jupyter_runtime_dir())
     except ImportError:
         return Path.home() / ".kernelflow" / "runtime"
+
+
+def default_state_dir() -> Path:
+    """The local server's state dir: ``$KERNELFLOW_STATE_DIR``, else ``<jupyter data dir>/kernelflow/state``
+    (``~/.kernelflow/state`` without jupyter_core)."""
+    env = os.environ.get("KERNELFLOW_STATE_DIR")
+    if env:
+        return Path(env).expanduser()
+    try:
+        from jupyter_core.paths import jupyter_data_dir
+
+        return Path(jupyter_data_dir()) / "kernelflow" / "state"
+    except ImportError:
+        return Path.home() / ".kernelflow" / "state"
 
 
 def runtime_files() -> list[Path]:
@@ -126,7 +140,7 @@ def _start_server(start_timeout_s: float) -> tuple[int, str]:
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "kernelflow", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--token-file", str(token_path)],
+             "--token-file", str(token_path), "--state-dir", str(default_state_dir())],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             start_new_session=True,  # detached: survives the kernel that started it
         )

@@ -190,12 +190,21 @@ class StateDir:
     thread-safe; writes to one graph, dataset or job are serialised.
 
     Args:
-        root: the state directory (created if missing).
+        root: the state directory (created 0700 if missing).
+
+    Example:
+        >>> state = StateDir("/var/lib/kernelflow"); state.lock()
+        >>> state.append_graph_nodes("mnist", 0, 0, node_dicts)
+        >>> m = state.write_checkpoint("mnist", None, {"w": w}, {"step": 100}, keep_last=5)
+        >>> arrays, m = state.read_checkpoint("mnist")   # "latest": newest intact one
     """
 
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().absolute()
-        _mkdirs(self.root)
+        if not self.root.is_dir():
+            _mkdirs(self.root.parent)
+            self.root.mkdir(mode=0o700, exist_ok=True)  # graphs and data are the user's alone
+            _fsync_dir(self.root.parent)
         self._guard = threading.Lock()
         self._locks: dict[tuple[str, str], threading.RLock] = {}
         self._log_ends: dict[Path, int] = {}  # end of the last good record of each log we append to
