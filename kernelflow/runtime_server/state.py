@@ -265,9 +265,23 @@ class StateDir:
             return lk
 
     def _clean_trash(self) -> None:
+        """Finish what a killed predecessor left half done: trash, temp files, unlisted checkpoint files."""
         trash = self.root / "trash"
         if trash.is_dir():
             shutil.rmtree(trash, ignore_errors=True)
+        for sub in ("graphs", "checkpoints", "datasets", "jobs"):
+            base = self.root / sub
+            for p in list(base.rglob(".*.tmp-*")) if base.is_dir() else ():
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+        base = self.root / "checkpoints"
+        for d in base.iterdir() if base.is_dir() else ():
+            listed = {m["file"] for m in self._manifests_in(d)}
+            for p in d.glob("*.safetensors"):
+                if p.name not in listed:  # renamed into place, but its manifest never written
+                    p.unlink(missing_ok=True)
 
     def _discard(self, path: Path) -> None:
         """Remove a dir durably: an atomic rename into trash/ (fsynced), then the slow delete."""
@@ -278,7 +292,8 @@ class StateDir:
         dest = trash / f"{path.name}-{time.time_ns()}-{secrets.token_hex(2)}"
         os.replace(path, dest)
         _fsync_dir(path.parent)
-        shutil.rmtree(dest, ignore_errors=True)
+        # Gone for every reader now; the files themselves may take a while (big checkpoints).
+        threading.Thread(target=shutil.rmtree, args=(dest, True), name="kf-state-trash", daemon=True).start()
 
     # ----------------------------------------------------------------- record logs
     def _create_log(self, path: Path, first: list[Any]) -> None:
@@ -460,7 +475,10 @@ class StateDir:
 
     def list_checkpoints(self, graph: str) -> list[dict[str, Any]]:
         """Manifests of ``graph``'s checkpoints, oldest first (unreadable manifests are skipped)."""
-        d = self._ckpt_dir(graph)
+        return self._manifests_in(self._ckpt_dir(graph))
+
+    @staticmethod
+    def _manifests_in(d: Path) -> list[dict[str, Any]]:
         out = []
         for p in d.glob("*.json") if d.is_dir() else ():
             if p.name.startswith("."):

@@ -81,6 +81,23 @@ def test_graph_delete_forgets_nodes_and_checkpoints(tmp_path):
         st.append_graph_nodes("g", 0, 1, _nodes("v1"))
 
 
+def test_graph_that_cannot_be_rebuilt_is_quarantined_and_others_load(tmp_path, caplog):
+    from kernelflow.runtime_server.service import RuntimeService
+
+    st = StateDir(tmp_path)
+    st.append_graph_nodes("ok", 0, 0, _nodes("v0"))
+    st.append_graph_nodes("bad", 0, 0, [{"name": "n", "op": "no_such_op", "inputs": [], "attrs": {}}])
+    with caplog.at_level(logging.ERROR, "kernelflow.service"):
+        svc = RuntimeService(state_dir=str(tmp_path))
+    try:
+        assert sorted(svc.graphs) == ["ok"]
+        assert "graph 'bad' cannot be rebuilt" in caplog.text
+        [q] = (tmp_path / "quarantine").iterdir()
+        assert (q / "graph" / "graph.log").is_file() and not (tmp_path / "graphs" / "bad").exists()
+    finally:
+        svc.shutdown()
+
+
 def test_state_dir_lock_refuses_second_holder(tmp_path):
     first = StateDir(tmp_path)
     first.lock()
@@ -89,6 +106,16 @@ def test_state_dir_lock_refuses_second_holder(tmp_path):
         StateDir(tmp_path).lock(timeout_s=0.2)
     first.close()
     StateDir(tmp_path).lock(timeout_s=0.2)  # released: the next server gets it
+
+
+def test_lock_sweeps_what_a_killed_server_left_half_written(tmp_path):
+    st = StateDir(tmp_path)
+    m = st.write_checkpoint("g", None, {"w": np.ones(2, "float32")}, {})
+    d = tmp_path / "checkpoints" / "g"
+    (d / ".000002-ckpt-000002.safetensors.tmp-1-ab").write_bytes(b"half")
+    (d / "000002-ckpt-000002.safetensors").write_bytes(b"renamed, manifest never written")
+    StateDir(tmp_path).lock()
+    assert sorted(p.name for p in d.iterdir()) == [m["file"], "ckpt-000001.json"]
 
 
 # ----------------------------------------------------------------- StateDir: checkpoints
@@ -365,3 +392,12 @@ def test_sigterm_checkpoints_everything_and_delete_is_durable(servers, tmp_path)
     manifests = sorted(p.name for p in (tmp_path / "state" / "checkpoints" / "g").glob("*.json"))
     assert manifests == ["ckpt-000001.json", "ckpt-000002.json"]
     assert json.loads((tmp_path / "state" / "checkpoints" / "g" / "ckpt-000002.json").read_text())["step"] is None
+
+    srv3 = servers()
+    with srv3.connect(timeout=WAIT_S) as rt:
+        g = rt.graph("g")
+        g.run(g["w"].assign(np.full(4, -1.0, "float32")))
+        rt._call("server.shutdown", [])  # the RPC stops the server as cleanly as SIGTERM
+    assert srv3.proc.wait(timeout=WAIT_S) == 0
+    with servers().connect(timeout=WAIT_S) as rt:
+        np.testing.assert_array_equal(rt.graph("g")["w"].value(), np.full(4, -1.0, "float32"))
