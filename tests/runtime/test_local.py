@@ -28,6 +28,7 @@ def isolated_env(tmp_path):
     for key in ("KERNELFLOW_URL", "KERNELFLOW_TOKEN", "KERNELFLOW_TOKEN_FILE"):
         env.pop(key, None)
     env["JUPYTER_RUNTIME_DIR"] = str(tmp_path / "runtime")
+    env["KERNELFLOW_STATE_DIR"] = str(tmp_path / "state")
     yield env
     # Stop whatever server the test started (its runtime file names the pid).
     for f in (tmp_path / "runtime").glob("kernelflow-*.json"):
@@ -70,4 +71,4 @@ def test_connect_without_url_replaces_a_dead_server(isolated_env, tmp_path):
         time.sleep(0.05)
     second, err = _client(isolated_env)
     assert "started a local runtime" in err
-    assert second["n"] == 1  # a new server: state of the killed one is gone (no state dir yet)
+    assert second["n"] == 1  # a new server on the same state dir: no checkpoint was written before kill -9
