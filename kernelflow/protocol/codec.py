@@ -45,8 +45,21 @@ _NONCE = secrets.token_bytes(16)
 _PLACEHOLDER = msgpack.packb(msgpack.ExtType(_PLACEHOLDER_CODE, _NONCE))
 
 
+# Packed [dtype_str, shape] headers by (dtype, shape): small results repeat the same few.
+_HEADERS_OUT: dict[tuple, bytes] = {}
+# Decoded headers by their bytes, for the common short form (see _short_header).
+_HEADERS_IN: dict[bytes, tuple[np.dtype, tuple, int, int]] = {}
+_HEADER_CACHE_SIZE = 4096
+
+
 def _array_header(arr: np.ndarray) -> bytes:
-    return msgpack.packb([arr.dtype.str, list(arr.shape)])
+    key = (arr.dtype, arr.shape)
+    head = _HEADERS_OUT.get(key)
+    if head is None:
+        head = msgpack.packb([arr.dtype.str, list(arr.shape)])
+        if len(_HEADERS_OUT) < _HEADER_CACHE_SIZE:
+            _HEADERS_OUT[key] = head
+    return head
 
 
 def _check_dtype(dt: np.dtype) -> None:
@@ -80,9 +93,8 @@ class _Packing(threading.local):
             self.big.append(arr)
             return msgpack.ExtType(_PLACEHOLDER_CODE, _NONCE)
         if isinstance(obj, np.generic):
-            arr = np.asarray(obj)
-            _check_dtype(arr.dtype)
-            return msgpack.ExtType(EXT_NPSCALAR, _array_header(arr) + arr.tobytes())
+            _check_dtype(obj.dtype)
+            return msgpack.ExtType(EXT_NPSCALAR, _array_header(obj) + obj.tobytes())
         if isinstance(obj, msgpack.ExtType):
             raise InvalidArgumentError(f"encode: raw msgpack ExtType({obj.code}) is not a kernelflow value")
         raise InvalidArgumentError(f"encode: cannot send a value of type {type(obj).__name__}; send numbers, "
@@ -134,8 +146,38 @@ def encode(obj: Any) -> list[bytes | memoryview]:
 
 
 # ----------------------------------------------------------------- decoding helpers
+def _short_header(head: bytes | memoryview) -> bytes | None:
+    """The header's bytes when it has the usual short form (a fixstr dtype and at most 15
+    dims below 128, each a one-byte int), else None."""
+    n = len(head)
+    if n < 4 or head[0] != 0x92 or not 0xA0 <= head[1] <= 0xBF:
+        return None
+    p = 2 + (head[1] & 0x1F)
+    if p >= n or not 0x90 <= head[p] <= 0x9F:
+        return None
+    end = p + 1 + (head[p] & 0x0F)
+    if end > n:
+        return None
+    for i in range(p + 1, end):
+        if head[i] >= 0x80:
+            return None
+    return bytes(head[:end])
+
+
 def _parse_array_header(head: bytes | memoryview, ext_len: int) -> tuple[np.dtype, tuple, int]:
     """(dtype, shape, header length) of an ext 1/2 payload, validated against ``ext_len``."""
+    key = _short_header(head)
+    if key is not None:
+        hit = _HEADERS_IN.get(key)
+        if hit is not None and hit[2] + hit[3] == ext_len:
+            return hit[0], hit[1], hit[2]
+    dt, shape, n = _parse_array_header_slow(head, ext_len)
+    if key is not None and len(_HEADERS_IN) < _HEADER_CACHE_SIZE:
+        _HEADERS_IN[key] = (dt, shape, n, ext_len - n)
+    return dt, shape, n
+
+
+def _parse_array_header_slow(head: bytes | memoryview, ext_len: int) -> tuple[np.dtype, tuple, int]:
     u = msgpack.Unpacker(raw=False, max_buffer_size=_MAX_HEADER_BYTES)
     u.feed(head[:_MAX_HEADER_BYTES])
     try:

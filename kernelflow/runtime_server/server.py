@@ -45,26 +45,35 @@ _TIMED_METHODS = frozenset({"graph.run", "variable.read", "variable.assign"})
 
 def _timing_key(method: str, params: list) -> tuple | None:
     """What identifies "the same call" for the inline decision, or None (always the pool)."""
-    if method not in _TIMED_METHODS or not params or not isinstance(params[0], str):
+    if method not in _TIMED_METHODS or not params or type(params[0]) is not str:
         return None
     if method == "graph.run":
         if len(params) != 6 or params[2]:  # piggy-backed nodes: validation and a new plan
             return None
         fetches, feeds = params[3], params[4]
-        if not (isinstance(fetches, list) and isinstance(feeds, list)
-                and all(isinstance(n, str) for n in fetches) and all(isinstance(n, str) for n in feeds)):
+        if type(fetches) is not list or type(feeds) is not list:
             return None
+        for n in fetches:
+            if type(n) is not str:
+                return None
+        for n in feeds:
+            if type(n) is not str:
+                return None
         return (method, params[0], tuple(fetches), tuple(feeds))
-    return (method, params[0], params[1]) if len(params) >= 2 and isinstance(params[1], str) else None
+    return (method, params[0], params[1]) if len(params) >= 2 and type(params[1]) is str else None
 
 
 def _array_bytes(params: list) -> int:
+    # The decoder makes plain lists and ndarrays, so exact type checks suffice.
     n = 0
     for p in params:
-        if isinstance(p, np.ndarray):
+        t = type(p)
+        if t is np.ndarray:
             n += p.nbytes
-        elif isinstance(p, list):
-            n += sum(x.nbytes for x in p if isinstance(x, np.ndarray))
+        elif t is list:
+            for x in p:
+                if type(x) is np.ndarray:
+                    n += x.nbytes
     return n
 
 
@@ -218,13 +227,19 @@ class RuntimeServer(TCPServer):
         """Run a call known to be quick on the IO loop if its graph is idle, else `_NOT_INLINE`."""
         key = _timing_key(method, params)
         last = self._durations.get(key) if key is not None else None
-        if last is None or last[0] > INLINE_BUDGET_S or _array_bytes(params) > 2 * last[1] + (64 << 10):
+        if last is None or last[0] > INLINE_BUDGET_S:
+            return _NOT_INLINE
+        nbytes = _array_bytes(params)
+        if nbytes > 2 * last[1] + (64 << 10):
             return _NOT_INLINE
         session = self.service.graphs.get(params[0])
         if session is None or not session.lock.acquire(blocking=False):
             return _NOT_INLINE  # never wait for another run's lock on the IO loop
         try:
-            return self._timed_call(method, params, peer)
+            t0 = time.perf_counter()
+            result = self.service.call(method, params, peer)
+            self._durations[key] = (time.perf_counter() - t0, nbytes)  # an existing key: the table doesn't grow
+            return result
         finally:
             session.lock.release()
 
