@@ -1,14 +1,293 @@
 """Server-side training jobs: the fit loop on a worker thread, metrics streamed to subscribers.
 
-Contents: JobManager.
+A job runs on its own thread (`fit_loop.FitLoop`); jobs on one graph run one at a time in
+the order they were started (the others wait as ``queued``), jobs on different graphs run
+at once. Logged records (scalars, histograms) are appended to the job's history; one
+flusher thread pushes them to subscribed connections as ``job.records`` notifications at
+most every 100 ms (records in between go together, none dropped) and appends them to the
+state dir. A subscriber gets the history in the answer to ``job.subscribe`` and the stream
+from there on: both are cut at the same record index under the job's lock, and every
+notification carries the index of its first record, so a client sees each record once.
+
+Contents: STATUSES, Job, JobManager.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+import secrets
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError
+from .fit_loop import Bound, FitLoop, Halt, JobSpec, bind
+from .tb_events import EventWriter
 
 if TYPE_CHECKING:
     from .service import RuntimeService
+
+log = logging.getLogger("kernelflow.jobs")
+
+STATUSES = ("queued", "running", "paused", "completed", "stopped", "failed", "interrupted")
+ACTIVE = frozenset({"queued", "running", "paused"})
+FLUSH_INTERVAL_S = 0.1
+SHUTDOWN_WAIT_S = 60.0
+
+
+@dataclass
+class _Subscription:
+    next: int      # index of the first record not yet sent
+    version: int   # job.version last sent
+    step: int      # job.step last sent
+
+
+class Job:
+    """One job's state; ``cond`` guards status, request, records and subscribers."""
+
+    def __init__(self, manager: JobManager, job_id: str, spec: JobSpec, created: float):
+        self.manager = manager
+        self.service = manager.service
+        self.id = job_id
+        self.spec = spec
+        self.created = created
+        self.cond = threading.Condition()
+        self.status = "queued"
+        self.error: dict | None = None
+        self.request: str | None = None       # "pause", "stop" or "interrupt", seen at the next step boundary
+        self.records: list[dict] = []
+        self.subscribers: dict[Any, _Subscription] = {}
+        self.version = 0
+        self.step = 0
+        self.failing_step = 0
+        self.total_steps: int | None = None
+        self.steps_per_epoch: int | None = None
+        self.steps_per_s: float | None = None
+        self.batch_size = spec.batch_size
+        self.elapsed_s = 0.0
+        self._run_t0: float | None = None
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.latest: dict[str, float] = {}
+        self.last_checkpoint: dict | None = None
+        self.tensorboard_dir: str | None = None
+        self.logged_upto = 0                   # records at or below this step exist already (resume)
+        self.persisted = 0
+        self._persist_lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.bound: Bound | None = None
+
+    # ----------------------------------------------------------------- status
+    def status_map(self) -> dict[str, Any]:
+        with self.cond:
+            return self._status_map_locked()
+
+    def _status_map_locked(self) -> dict[str, Any]:
+        spe, total, step = self.steps_per_epoch, self.total_steps, self.step
+        elapsed = self.elapsed_s + (time.monotonic() - self._run_t0 if self._run_t0 is not None else 0.0)
+        rate = self.steps_per_s
+        eta = (total - step) / rate if rate and total is not None and self.status in ACTIVE else None
+        return {"id": self.id, "name": self.spec.name or self.id, "graph": self.spec.graph, "status": self.status,
+                "error": self.error, "step": step, "epoch": step // spe if spe else 0,
+                "epochs": self.spec.epochs, "total_steps": total, "steps_per_epoch": spe,
+                "steps_per_s": rate, "examples_per_s": rate * self.batch_size if rate else None,
+                "elapsed_s": elapsed, "eta_s": eta, "metrics": dict(self.latest), "records": len(self.records),
+                "data": self.spec.data, "created": self.created, "started": self.started,
+                "finished": self.finished, "checkpoint": self.last_checkpoint,
+                "tensorboard_dir": self.tensorboard_dir}
+
+    def set_status(self, status: str, error: dict | None = None) -> None:
+        with self.cond:
+            self._set_locked(status, error)
+        self.persist_status()
+
+    def _set_locked(self, status: str, error: dict | None = None) -> None:
+        now = time.monotonic()
+        if status == "running" and self._run_t0 is None:
+            self._run_t0 = now
+            self.started = self.started or time.time()
+        elif status != "running" and self._run_t0 is not None:
+            self.elapsed_s += now - self._run_t0
+            self._run_t0 = None
+        if status not in ACTIVE:
+            self.finished = time.time()
+        self.status = status
+        self.error = error
+        self.version += 1
+        self.cond.notify_all()
+
+    def note_rate(self, steps_per_s: float | None, batch_size: int) -> None:
+        self.steps_per_s = steps_per_s
+
+    # ----------------------------------------------------------------- requests (RPC threads)
+    def request_pause(self) -> None:
+        with self.cond:
+            if self.status in ("running", "queued"):
+                self.request = "pause"
+            elif self.status != "paused":
+                raise FailedPreconditionError(f"job {self.id} is {self.status}; only a running job can pause")
+
+    def request_stop(self, how: str = "stop") -> None:
+        with self.cond:
+            if self.status in ACTIVE:
+                self.request = how
+                self.cond.notify_all()
+            elif self.status == "interrupted" and how == "stop":
+                self._set_locked("stopped")
+            else:
+                return
+        self.manager.wake()
+        if self.status == "stopped":
+            self.persist_status()
+
+    def boundary(self) -> None:
+        """Between two steps (job thread): pause while asked to, raise Halt when asked to stop."""
+        while True:
+            changed = done = False
+            with self.cond:
+                req = self.request
+                if req in ("stop", "interrupt"):
+                    raise Halt("stopped" if req == "stop" else "interrupted")
+                if req == "pause":
+                    if self.status != "paused":
+                        self._set_locked("paused")
+                        changed = True
+                    else:
+                        self.cond.wait()
+                else:
+                    if self.status == "paused":
+                        self._set_locked("running")
+                        changed = True
+                    done = True
+            if changed:
+                self.persist_status()
+            if done:
+                return
+
+    # ----------------------------------------------------------------- records
+    def add_record(self, rec: dict) -> bool:
+        """Append a logged record; False (dropped) for a step logged before a restart."""
+        with self.cond:
+            if rec["step"] <= self.logged_upto:
+                return False
+            self.records.append(rec)
+            if rec["kind"] == "scalars":
+                self.latest.update(rec["values"])
+            self.version += 1
+        if self.tensorboard_dir is not None:
+            self.manager.events.write(self.id, rec)
+        return True
+
+    def persist_records(self) -> None:
+        state = self.service.state
+        if state is None:
+            return
+        with self._persist_lock:
+            with self.cond:
+                n = len(self.records)
+                recs = self.records[self.persisted:n]
+            if recs:
+                state.append_job_records(self.id, recs)
+                self.persisted = n
+
+    def persist_status(self) -> None:
+        state = self.service.state
+        if state is None:
+            return
+        with self._persist_lock:
+            try:
+                state.write_job(self.id, self.spec.to_map(), self.status_map())
+            except Exception:
+                log.error("job %s: cannot write its status to the state dir", self.id, exc_info=True)
+
+    # ----------------------------------------------------------------- checkpoints
+    def can_checkpoint(self) -> bool:
+        return self.service.state is not None and hasattr(self.service, "checkpoint_graph")
+
+    def checkpoint(self, reason: str) -> None:
+        """Checkpoint the graph at this step boundary, after the history up to here is on disk."""
+        if not self.can_checkpoint() or (self.last_checkpoint and self.last_checkpoint["step"] == self.step):
+            return
+        self.persist_records()
+        m = self.service.checkpoint_graph(self.spec.graph, tag=f"{self.id}-s{self.step:09d}",
+                                          manifest={"step": self.step, "job": self.id, "metrics": dict(self.latest),
+                                                    "reason": reason}, keep_last=self.spec.keep_checkpoints)
+        with self.cond:
+            self.last_checkpoint = {"tag": m["tag"], "step": self.step, "time": m.get("time")}
+            self.version += 1
+        self.persist_status()
+
+    def restore_checkpoint(self) -> None:
+        """Set the graph's variables and the step from this job's newest intact checkpoint."""
+        state = self.service.state
+        mine = [m for m in (state.list_checkpoints(self.spec.graph) if state is not None else [])
+                if m.get("job") == self.id and isinstance(m.get("step"), int)]
+        for m in reversed(mine):
+            try:
+                self.service.restore_graph(self.spec.graph, m["tag"])
+            except KernelflowError as e:
+                log.warning("job %s: checkpoint %s cannot be restored (%s); trying the previous one", self.id,
+                            m["tag"], e)
+                continue
+            self.step = int(m["step"])
+            self.last_checkpoint = {"tag": m["tag"], "step": self.step, "time": m.get("time")}
+            return
+        log.warning("job %s: no checkpoint of it to resume from; it starts again at step 0 from the graph's "
+                    "current variables", self.id)
+        self.step = 0
+
+    # ----------------------------------------------------------------- the thread
+    def start(self, bound: Bound, resume: bool) -> None:
+        self.bound = bound
+        self.total_steps, self.steps_per_epoch = bound.total_steps, bound.steps_per_epoch
+        self.thread = threading.Thread(target=self._main, args=(resume,), name=f"kf-job-{self.id}", daemon=True)
+        self.thread.start()
+
+    def _main(self, resume: bool) -> None:
+        tb = False
+        final, error = "completed", None
+        b = self.bound
+        assert b is not None
+        try:
+            if not self.manager.wait_turn(self):
+                raise Halt("stopped" if self.request == "stop" else "interrupted")
+            if resume:
+                with b.session.lock:
+                    self.restore_checkpoint()
+                self.logged_upto = max((r["step"] for r in self.records), default=0)
+            tb = self.manager.open_tensorboard(self)
+            self.set_status("running")
+            self.checkpoint("start")
+            FitLoop(self, b).run()
+        except Halt as h:
+            final = h.status
+        except Exception as e:
+            final = "failed"
+            error = {"type": type(e).__name__ if isinstance(e, KernelflowError) else "InternalError",
+                     "message": str(e) if isinstance(e, KernelflowError) else f"{type(e).__name__}: {e}",
+                     "step": self.failing_step, "node": getattr(e, "node", None), "source": getattr(e, "source", None)}
+            level = logging.INFO if isinstance(e, KernelflowError) else logging.ERROR
+            log.log(level, "job %s failed at step %d: %s", self.id, self.failing_step, e,
+                    exc_info=level == logging.ERROR)
+        try:
+            if final != "failed" and self.status != "queued":
+                self.checkpoint(final)
+        except Exception:
+            log.error("job %s: final checkpoint failed", self.id, exc_info=True)
+        finally:
+            if tb:
+                self.manager.events.close(self.id)
+            self.manager.release_turn(self)
+            try:
+                self.persist_records()
+            except Exception:
+                log.error("job %s: cannot append its history to the state dir", self.id, exc_info=True)
+            with self.cond:
+                self.request = None
+            self.set_status(final, error)
+            log.info("job %s %s at step %d", self.id, final, self.step)
 
 
 class JobManager:
@@ -16,6 +295,262 @@ class JobManager:
 
     def __init__(self, service: RuntimeService):
         self.service = service
+        self.jobs: dict[str, Job] = {}
+        self._cond = threading.Condition()           # guards jobs, the per-graph queues and turns
+        self._queues: dict[str, list[Job]] = {}
+        self._active: dict[str, Job] = {}
+        self._closed = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self.events = EventWriter()
+        for name, fn, peer in [("job.start", self.start, False), ("job.list", self.list, False),
+                               ("job.status", self.status, False), ("job.records", self.records, False),
+                               ("job.pause", self.pause, False), ("job.resume", self.resume, False),
+                               ("job.stop", self.stop, False), ("job.subscribe", self.subscribe, True),
+                               ("job.unsubscribe", self.unsubscribe, True)]:
+            service.register(name, fn, wants_peer=peer)
+        service.on_peer_closed(self._peer_closed)
+
+    def get(self, job_id: Any) -> Job:
+        with self._cond:
+            job = self.jobs.get(job_id) if isinstance(job_id, str) else None
+            if job is None:
+                raise NotFoundError(f"no job {job_id!r}; jobs: {sorted(self.jobs)}")
+            return job
+
+    # ----------------------------------------------------------------- RPC methods
+    def start(self, spec: dict) -> dict:
+        """Start a job (``fit``); returns its status map at once."""
+        if self._closed.is_set():
+            raise FailedPreconditionError("job.start: the runtime is shutting down")
+        s = JobSpec.from_map(spec)
+        bound = bind(self.service, s)
+        job = Job(self, f"job-{secrets.token_hex(4)}", s, time.time())
+        job.total_steps, job.steps_per_epoch = bound.total_steps, bound.steps_per_epoch
+        with self._cond:
+            self.jobs[job.id] = job
+        job.persist_status()
+        self._ensure_flusher()
+        job.start(bound, resume=False)
+        log.info("job %s started on graph '%s': %d steps", job.id, s.graph, bound.total_steps)
+        return job.status_map()
+
+    def list(self) -> list[dict]:
+        """Status maps of every job, oldest first."""
+        with self._cond:
+            jobs = sorted(self.jobs.values(), key=lambda j: j.created)
+        return [j.status_map() for j in jobs]
+
+    def status(self, job_id: str) -> dict:
+        """A job's status map (status, error, step, epoch, rates, latest metrics...)."""
+        return self.get(job_id).status_map()
+
+    def records(self, job_id: str, since: int = 0) -> dict:
+        """``{"start": since, "records": history[since:], "status": ...}``."""
+        job = self.get(job_id)
+        if not isinstance(since, int) or since < 0:
+            raise InvalidArgumentError(f"job.records: since must be an integer >= 0; got {since!r}")
+        with job.cond:
+            return {"start": since, "records": job.records[since:], "status": job._status_map_locked()}
+
+    def pause(self, job_id: str) -> dict:
+        """Ask a running job to pause at its next step boundary."""
+        job = self.get(job_id)
+        job.request_pause()
+        return job.status_map()
+
+    def resume(self, job_id: str) -> dict:
+        """Resume a paused job, or an interrupted one from its newest checkpoint (same step, same data order)."""
+        job = self.get(job_id)
+        with job.cond:
+            status = job.status
+            if status in ("running", "queued", "paused"):
+                if job.request == "pause":
+                    job.request = None
+                    job.cond.notify_all()
+                return job._status_map_locked()
+            if status != "interrupted":
+                raise FailedPreconditionError(f"job {job.id} is {status}; only paused or interrupted jobs resume "
+                                              "(start a new one with g.fit)")
+        if self._closed.is_set():
+            raise FailedPreconditionError("job.resume: the runtime is shutting down")
+        bound = bind(self.service, job.spec)
+        with job.cond:
+            if job.status != "interrupted":  # another client resumed it meanwhile
+                return job._status_map_locked()
+            job.request = None
+            job._set_locked("queued")
+        job.persist_status()
+        self._ensure_flusher()
+        job.start(bound, resume=True)
+        return job.status_map()
+
+    def stop(self, job_id: str) -> dict:
+        """Ask a job to stop at its next step boundary (it checkpoints, then ends ``stopped``)."""
+        job = self.get(job_id)
+        job.request_stop("stop")
+        return job.status_map()
+
+    def subscribe(self, job_id: str, *, peer: Any = None) -> dict:
+        """Stream the job's records to the caller; returns the history so far (the stream starts after it)."""
+        job = self.get(job_id)
+        if peer is None or not hasattr(peer, "notify"):
+            raise FailedPreconditionError("job.subscribe: this connection cannot receive notifications")
+        with job.cond:
+            n = len(job.records)
+            job.subscribers[peer] = _Subscription(n, job.version, job.step)
+            out = {"start": 0, "records": job.records[:n], "status": job._status_map_locked()}
+        self._ensure_flusher()
+        return out
+
+    def unsubscribe(self, job_id: str, *, peer: Any = None) -> bool:
+        """Stop streaming the job to the caller."""
+        job = self.get(job_id)
+        with job.cond:
+            return job.subscribers.pop(peer, None) is not None
+
+    def _peer_closed(self, peer: Any) -> None:
+        with self._cond:
+            jobs = list(self.jobs.values())
+        for job in jobs:
+            with job.cond:
+                job.subscribers.pop(peer, None)
+
+    # ----------------------------------------------------------------- turns (one job per graph at a time)
+    def wait_turn(self, job: Job) -> bool:
+        """Block while other jobs on the graph run or wait ahead; False if stopped meanwhile."""
+        graph = job.spec.graph
+        with self._cond:
+            q = self._queues.setdefault(graph, [])
+            q.append(job)
+            while True:
+                if job.request in ("stop", "interrupt"):
+                    q.remove(job)
+                    self._cond.notify_all()
+                    return False
+                if q[0] is job and graph not in self._active:
+                    q.pop(0)
+                    self._active[graph] = job
+                    return True
+                self._cond.wait(0.5)
+
+    def release_turn(self, job: Job) -> None:
+        with self._cond:
+            if self._active.get(job.spec.graph) is job:
+                del self._active[job.spec.graph]
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    # ----------------------------------------------------------------- streaming and persistence
+    def _ensure_flusher(self) -> None:
+        with self._cond:
+            if self._flusher is None and not self._closed.is_set():
+                self._flusher = threading.Thread(target=self._flush_loop, name="kf-job-flusher", daemon=True)
+                self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while True:
+            t0 = time.monotonic()
+            self.flush()
+            if self._closed.wait(max(0.0, FLUSH_INTERVAL_S - (time.monotonic() - t0))):
+                return
+
+    def flush(self) -> None:
+        """Push new records and progress to subscribers, append new records to the state dir."""
+        with self._cond:
+            jobs = list(self.jobs.values())
+        for job in jobs:
+            try:
+                self._push(job)
+                job.persist_records()
+            except Exception:
+                log.error("job %s: streaming or persisting records failed", job.id, exc_info=True)
+
+    def _push(self, job: Job) -> None:
+        sends = []
+        with job.cond:
+            if not job.subscribers:
+                return
+            n, status = len(job.records), None
+            for peer, sub in list(job.subscribers.items()):
+                if getattr(peer, "closed", False):
+                    del job.subscribers[peer]
+                    continue
+                if sub.next < n or sub.version != job.version or sub.step != job.step:
+                    status = status or job._status_map_locked()
+                    sends.append((peer, sub.next, job.records[sub.next:n]))
+                    sub.next, sub.version, sub.step = n, job.version, job.step
+        for peer, start, recs in sends:
+            peer.notify("job.records", [job.id, start, recs, status])
+
+    def open_tensorboard(self, job: Job) -> bool:
+        """Start the job's TensorBoard event files (under the state dir, else in a temp dir)."""
+        state = self.service.state
+        logdir = str(state.tensorboard_dir(job.id)) if state is not None else tempfile.mkdtemp(prefix=f"kf-{job.id}-")
+        job.tensorboard_dir = logdir
+        self.events.open(job.id, logdir)
+        return True
+
+    # ----------------------------------------------------------------- state dir and shutdown
+    def load_from_state(self) -> None:
+        """Bring back the jobs of the state dir with their histories; those that were running
+        (or paused, or queued) come back ``interrupted``."""
+        state = self.service.state
+        if state is None:
+            return
+        for job_id, spec_map, st, records in state.load_jobs():
+            try:
+                job = Job(self, job_id, JobSpec.from_map(spec_map), float(st.get("created") or time.time()))
+            except KernelflowError as e:
+                log.error("state dir: job %s has a bad spec (%s); skipped", job_id, e)
+                continue
+            job.records = list(records)
+            job.persisted = len(records)
+            job.status = st.get("status") if st.get("status") in STATUSES else "interrupted"
+            job.error = st.get("error")
+            job.step = int(st.get("step") or 0)
+            job.total_steps, job.steps_per_epoch = st.get("total_steps"), st.get("steps_per_epoch")
+            job.elapsed_s = float(st.get("elapsed_s") or 0.0)
+            job.started, job.finished = st.get("started"), st.get("finished")
+            job.last_checkpoint = st.get("checkpoint")
+            job.tensorboard_dir = st.get("tensorboard_dir")
+            for r in records:
+                if r.get("kind") == "scalars":
+                    job.latest.update(r.get("values") or {})
+            with self._cond:
+                self.jobs[job_id] = job
+            if job.status in ACTIVE:
+                job.status = "interrupted"
+                ckpt = job.last_checkpoint
+                last = [m for m in state.list_checkpoints(job.spec.graph) if m.get("job") == job_id]
+                if last:
+                    ckpt = {"tag": last[-1]["tag"], "step": last[-1].get("step"), "time": last[-1].get("time")}
+                    job.step = int(ckpt["step"] or 0)
+                job.last_checkpoint = ckpt
+                job.persist_status()
+                log.info("state dir: job %s was running; it is back as interrupted (resume() continues from "
+                         "step %d)", job_id, job.step)
 
     def shutdown(self) -> None:
-        """Stop running jobs at a checkpoint (clean server shutdown)."""
+        """Stop running jobs at a step boundary with a checkpoint (they come back ``interrupted``)."""
+        self._closed.set()
+        with self._cond:
+            jobs = list(self.jobs.values())
+            self._cond.notify_all()
+        for job in jobs:
+            with job.cond:
+                if job.status in ACTIVE:
+                    job.request = "interrupt"
+                    job.cond.notify_all()
+        self.wake()
+        deadline = time.monotonic() + SHUTDOWN_WAIT_S
+        for job in jobs:
+            t = job.thread
+            if t is not None and t.is_alive():
+                t.join(max(0.0, deadline - time.monotonic()))
+                if t.is_alive():
+                    log.error("job %s did not reach a step boundary within %.0f s", job.id, SHUTDOWN_WAIT_S)
+        self.flush()
+        self.events.shutdown()

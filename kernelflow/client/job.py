@@ -1,0 +1,429 @@
+"""`Job`: a handle on a training job that runs on the runtime; `fit` starts one (``g.fit``),
+`attach_job` re-attaches to one by id (``rt.job``) from any client, with its full history.
+
+The client keeps one mirror of each job's history per connection, filled by ``job.records``
+calls and by ``job.records`` notifications once subscribed. Both carry the index of their
+first record, so the mirror takes each record once whatever order they arrive in.
+
+Contents: Job, fit, attach_job.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import DeadlineExceededError, InvalidArgumentError
+from ..graph.ir import Tensor
+
+if TYPE_CHECKING:
+    from .graph import RemoteGraph
+    from .runtime import Runtime
+
+ENDED = ("completed", "stopped", "failed", "interrupted")
+_PROGRESS_KEYS = ("step", "epoch", "epochs", "total_steps", "steps_per_epoch", "examples_per_s", "steps_per_s",
+                  "elapsed_s", "eta_s")
+
+
+class _Mirror:
+    """A job's records as this connection knows them, and the callbacks subscribed to them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.records: list[dict] = []
+        self.status: dict = {}
+        self.callbacks: list[Callable[[list[dict]], Any]] = []
+        self.subscribed = False
+        self._pending: dict[int, list[dict]] = {}
+
+    def apply(self, start: int, records: list[dict]) -> None:
+        """Take ``records`` that begin at history index ``start``; callbacks get the new ones, in order."""
+        with self.lock:
+            if len(records) >= len(self._pending.get(start, ())):
+                self._pending[start] = records
+            new: list[dict] = []
+            while True:
+                ready = [s for s in self._pending if s <= len(self.records)]
+                if not ready:
+                    break
+                for s in sorted(ready):
+                    recs = self._pending.pop(s)
+                    fresh = recs[len(self.records) - s:]
+                    self.records.extend(fresh)
+                    new.extend(fresh)
+            if new:
+                for cb in list(self.callbacks):
+                    cb(new)
+
+
+class _Streams:
+    """The mirrors of one connection, and its ``job.records`` notification handler."""
+
+    def __init__(self, runtime: Runtime):
+        self.transport = runtime._transport
+        self.mirrors: dict[str, _Mirror] = {}
+        self.lock = threading.Lock()
+        self.listening = False
+
+    def mirror(self, job_id: str) -> _Mirror:
+        with self.lock:
+            m = self.mirrors.get(job_id)
+            if m is None:
+                m = self.mirrors[job_id] = _Mirror()
+            return m
+
+    def listen(self) -> None:
+        with self.lock:
+            if self.listening:
+                return
+            self.listening = True
+        self.transport.on_notification("job.records", self._on_records)
+
+    def _on_records(self, params: list) -> None:
+        job_id, start, records, status = params
+        m = self.mirrors.get(job_id)
+        if m is not None:
+            if status:
+                m.status = status
+            m.apply(int(start), list(records))
+
+
+_STREAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_STREAMS_LOCK = threading.Lock()
+
+
+def _streams(runtime: Runtime) -> _Streams:
+    with _STREAMS_LOCK:
+        s = _STREAMS.get(runtime._transport)
+        if s is None:
+            s = _STREAMS[runtime._transport] = _Streams(runtime)
+        return s
+
+
+class Job:
+    """A training job on the runtime. Made by ``g.fit(...)`` or ``rt.job(id)``.
+
+    Attributes:
+        id: the job's id on the runtime.
+        runtime: the `Runtime` it was reached through.
+    """
+
+    def __init__(self, runtime: Runtime, status: dict):
+        self.runtime = runtime
+        self.id: str = status["id"]
+        self._streams = _streams(runtime)
+        self._m = self._streams.mirror(self.id)
+        self._m.status = status
+        self._mine: list[Callable] = []
+        self._hist_cache: tuple[int, dict, dict] | None = None
+
+    def __repr__(self) -> str:
+        st = self._m.status
+        return (f"<kf.Job {self.id} '{st.get('name')}' on graph '{st.get('graph')}': {st.get('status')}, step "
+                f"{st.get('step')}/{st.get('total_steps')}>")
+
+    # ----------------------------------------------------------------- status
+    def refresh(self) -> dict:
+        """The job's status map, fresh from the runtime."""
+        st = self.runtime._call("job.status", [self.id])
+        self._m.status = st
+        return st
+
+    @property
+    def name(self) -> str:
+        return self._m.status.get("name") or self.id
+
+    @property
+    def graph(self) -> str:
+        """Name of the graph the job trains."""
+        return self._m.status["graph"]
+
+    @property
+    def status(self) -> str:
+        """queued, running, paused, completed, stopped, failed or interrupted."""
+        return self.refresh()["status"]
+
+    @property
+    def error(self) -> dict | None:
+        """For a failed job: ``{"type", "message", "step", "node", "source"}``; else None."""
+        return self.refresh()["error"]
+
+    @property
+    def progress(self) -> dict:
+        """``{"step", "epoch", "epochs", "total_steps", "steps_per_epoch", "examples_per_s",
+        "steps_per_s", "elapsed_s", "eta_s"}`` (rates and eta None until measured)."""
+        st = self.refresh()
+        return {k: st.get(k) for k in _PROGRESS_KEYS}
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The latest value of every metric."""
+        return dict(self.refresh()["metrics"])
+
+    # ----------------------------------------------------------------- history
+    def _catch_up(self) -> list[dict]:
+        r = self.runtime._call("job.records", [self.id, len(self._m.records)])
+        self._m.status = r["status"]
+        self._m.apply(int(r["start"]), list(r["records"]))
+        return self._m.records
+
+    def _built(self) -> tuple[dict, dict]:
+        records = self._catch_up()
+        n = len(records)
+        if self._hist_cache is not None and self._hist_cache[0] == n:
+            return self._hist_cache[1], self._hist_cache[2]
+        cols: dict[str, tuple[list, list, list]] = {}
+        hists: dict[str, list] = {}
+        for r in records[:n]:
+            if r.get("kind") == "scalars":
+                for k, v in r["values"].items():
+                    c = cols.setdefault(k, ([], [], []))
+                    c[0].append(r["step"])
+                    c[1].append(r["wall_time"])
+                    c[2].append(v)
+            elif r.get("kind") == "histogram":
+                hists.setdefault(r["name"], []).append((r["step"], np.asarray(r["edges"]), np.asarray(r["counts"])))
+        history = {k: {"step": np.array(s, np.int64), "wall_time": np.array(w, np.float64),
+                       "value": np.array(v, np.float64)} for k, (s, w, v) in cols.items()}
+        self._hist_cache = (n, history, hists)
+        return history, hists
+
+    @property
+    def history(self) -> dict[str, dict[str, np.ndarray]]:
+        """Every logged metric: ``{name: {"step", "wall_time", "value"}}`` (numpy arrays, in step order)."""
+        return self._built()[0]
+
+    @property
+    def histograms(self) -> dict[str, list[tuple[int, np.ndarray, np.ndarray]]]:
+        """Histograms of the variables asked for: ``{name: [(step, bin_edges, counts), ...]}``."""
+        return self._built()[1]
+
+    def history_frame(self) -> Any:
+        """The history as a pandas DataFrame: one row per logged step (index ``step``), one column per
+        metric, plus ``wall_time``."""
+        import pandas as pd
+
+        rows: dict[int, dict[str, float]] = {}
+        for name, h in self.history.items():
+            for s, w, v in zip(h["step"].tolist(), h["wall_time"].tolist(), h["value"].tolist()):
+                row = rows.setdefault(s, {})
+                row[name] = v
+                row["wall_time"] = max(row.get("wall_time", w), w)
+        df = pd.DataFrame.from_dict(rows, orient="index").sort_index()
+        df.index.name = "step"
+        return df
+
+    # ----------------------------------------------------------------- control
+    def _wait_while(self, statuses: tuple[str, ...], timeout: float | None, bar: Any = None) -> str:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.01
+        while True:
+            st = self.refresh()
+            if bar is not None:
+                _update_bar(bar, st)
+            if st["status"] not in statuses:
+                return st["status"]
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceededError(f"job {self.id} is still {st['status']} (step {st['step']}/"
+                                            f"{st['total_steps']}) after {timeout} s")
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            time.sleep(interval if left is None else min(interval, left))
+            interval = min(interval * 1.5, 0.25)
+
+    def wait(self, timeout: float | None = None, progress: bool = False) -> str:
+        """Block until the job is no longer queued or running; returns its status.
+
+        Args:
+            timeout: seconds to wait at most (None: no limit).
+            progress: show a live progress bar (tqdm) with the latest metrics.
+
+        Raises:
+            DeadlineExceededError: the job still runs after ``timeout`` seconds.
+        """
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            st = self.refresh()
+            bar = tqdm(total=st.get("total_steps"), initial=st.get("step") or 0, unit="step", desc=self.name)
+        try:
+            return self._wait_while(("queued", "running"), timeout, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def pause(self, timeout: float | None = 60.0) -> str:
+        """Pause at the next step boundary (the job's variables stay as they are); returns the status
+        once the job has paused (a queued job pauses when its turn comes)."""
+        self.runtime._call("job.pause", [self.id])
+        return self._wait_while(("running",), timeout)
+
+    def resume(self) -> str:
+        """Resume a paused job, or an interrupted one (after a server restart) from its newest
+        checkpoint: the same step counter and the same data order. Returns the status."""
+        st = self.runtime._call("job.resume", [self.id])
+        self._m.status = st
+        return st["status"]
+
+    def stop(self, timeout: float | None = 60.0) -> str:
+        """Stop at the next step boundary (the job checkpoints when the runtime has a state dir);
+        returns the final status once it has stopped."""
+        self.runtime._call("job.stop", [self.id])
+        return self._wait_while(("queued", "running", "paused"), timeout)
+
+    # ----------------------------------------------------------------- streaming
+    def subscribe(self, callback: Callable[[list[dict]], Any]) -> None:
+        """Call ``callback(records)`` with the history so far, then with each batch of new records
+        (at most every 100 ms), each record once.
+
+        A record is ``{"kind": "scalars", "step", "epoch", "wall_time", "values": {name: float}}`` or
+        ``{"kind": "histogram", "step", "wall_time", "name", "edges", "counts"}``. Callbacks run on
+        the connection's notification thread: keep them short and do not call the runtime from them.
+        """
+        m = self._m
+        self._streams.listen()
+        with m.lock:
+            need = not m.subscribed
+            m.subscribed = True
+        if need:
+            try:
+                r = self.runtime._call("job.subscribe", [self.id])
+            except BaseException:
+                m.subscribed = False
+                raise
+            m.status = r["status"]
+            m.apply(0, list(r["records"]))
+        with m.lock:
+            if m.records:
+                callback(list(m.records))
+            m.callbacks.append(callback)
+            self._mine.append(callback)
+
+    def unsubscribe(self, callback: Callable[[list[dict]], Any] | None = None) -> None:
+        """Stop calling ``callback`` (None: every callback this handle subscribed)."""
+        m = self._m
+        with m.lock:
+            for cb in [callback] if callback is not None else list(self._mine):
+                if cb in m.callbacks:
+                    m.callbacks.remove(cb)
+                if cb in self._mine:
+                    self._mine.remove(cb)
+            last = m.subscribed and not m.callbacks
+            if last:
+                m.subscribed = False
+        if last:
+            self.runtime._call("job.unsubscribe", [self.id])
+
+
+def _update_bar(bar: Any, st: dict) -> None:
+    if st.get("total_steps") and bar.total != st["total_steps"]:
+        bar.total = st["total_steps"]
+    bar.n = st.get("step") or 0
+    metrics = {k: f"{v:.4g}" for k, v in (st.get("metrics") or {}).items()}
+    metrics["status"] = st["status"]
+    bar.set_postfix(metrics, refresh=False)
+    bar.refresh()
+
+
+def attach_job(runtime: Runtime, job_id: str) -> Job:
+    """``rt.job(id)``: a handle on an existing job, with its full history."""
+    return Job(runtime, runtime._call("job.status", [job_id]))
+
+
+def _node_name(graph: RemoteGraph, t: Any, what: str) -> str:
+    if isinstance(t, Tensor):
+        if t.graph is not graph:
+            raise InvalidArgumentError(f"fit: {what} '{t.name}' belongs to graph '{t.graph.name}', not '{graph.name}'")
+        return t.name
+    if isinstance(t, str):
+        return graph[t].name
+    raise InvalidArgumentError(f"fit: {what} must be a tensor or a node name; got {type(t).__name__}")
+
+
+def _dataset_name(d: Any, what: str) -> str:
+    name = getattr(d, "name", d)
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"fit: {what} must be a Dataset or a dataset name; got {type(d).__name__}")
+    return name
+
+
+def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, batch_size: int = 32,
+        epochs: int | None = None, steps: int | None = None, shuffle: bool = True, seed: int = 0,
+        metrics: dict | None = None, log_every: int = 10, validation: tuple | None = None,
+        validate_every: int | str | None = None, validation_batch_size: int | None = None,
+        histograms: list | None = None, histogram_every: int = 100, histogram_bins: int = 30,
+        checkpoint_every_s: float | None = 60.0, keep_checkpoints: int | None = None, stop_on_nan: bool = False,
+        drop_remainder: bool = False, name: str | None = None) -> Job:
+    """Start a training job on the runtime (``g.fit``); returns a `Job` at once.
+
+    The runtime runs the loop on its own thread: minibatches are cut (and shuffled, per epoch,
+    from ``seed``) from the resident dataset on its device, each step runs ``train_op``, and
+    metrics are fetched only every ``log_every`` steps.
+
+    Args:
+        graph: the graph to train.
+        train_op: the op one step runs (e.g. ``opt.minimize(loss)``).
+        data: the training `Dataset` (or its name).
+        feed: ``{placeholder: array name}``: which dataset array feeds which node.
+        batch_size: rows per step (the last batch of an epoch may be smaller unless
+            ``drop_remainder``).
+        epochs: passes over the data (default 1); or give ``steps`` instead.
+        steps: total steps.
+        shuffle: reshuffle rows every epoch.
+        seed: seed of the shuffles (the same seed gives the same batches, also on resume).
+        metrics: ``{name: scalar tensor}`` logged every ``log_every`` steps (on that step's batch).
+        log_every: steps between logged metrics (0: never).
+        validation: ``(dataset, {name: scalar tensor})``, evaluated over the whole dataset in batches
+            (the mean of batch values weighted by batch size).
+        validate_every: steps between validations, or ``"epoch"`` (the default with validation).
+        validation_batch_size: rows per validation batch (default ``max(batch_size, 256)``).
+        histograms: variables whose value histograms are recorded every ``histogram_every`` steps.
+        histogram_every: steps between histograms.
+        histogram_bins: bins per histogram.
+        checkpoint_every_s: seconds between checkpoints (the job also checkpoints when it starts
+            and ends); needs a runtime with a state dir.
+        keep_checkpoints: keep only this many newest checkpoints of the graph.
+        stop_on_nan: end the job as failed when a logged metric is NaN or infinite.
+        drop_remainder: skip an epoch's last, smaller batch.
+        name: a name to show (default: the job's id).
+
+    Returns:
+        A `Job`.
+
+    Raises:
+        NotFoundError: an unknown dataset or node.
+        InvalidArgumentError: a dataset array that cannot feed its node (dtype or shape,
+            naming both), a non-scalar metric, bad numbers.
+
+    Example:
+        >>> job = g.fit(train, data=train_ds, feed={x: "x", y: "y"}, batch_size=64, epochs=10,
+        ...             metrics={"loss": loss}, validation=(val_ds, {"val_accuracy": acc}))
+        >>> job.wait(progress=True)
+    """
+    if not isinstance(feed, dict) or not feed:
+        raise InvalidArgumentError("fit: feed must map placeholders to dataset array names, e.g. {x: 'x', y: 'y'}")
+    graph.sync()
+    spec: dict[str, Any] = {
+        "graph": graph.name, "train_op": _node_name(graph, train_op, "train_op"),
+        "data": _dataset_name(data, "data"),
+        "feed": {_node_name(graph, k, "feed key"): str(v) for k, v in feed.items()},
+        "batch_size": batch_size, "epochs": epochs, "steps": steps, "shuffle": shuffle, "seed": seed,
+        "metrics": {str(k): _node_name(graph, v, f"metric '{k}'") for k, v in (metrics or {}).items()},
+        "log_every": log_every, "validate_every": validate_every, "validation_batch_size": validation_batch_size,
+        "histograms": [_node_name(graph, v, "histogram") for v in (histograms or [])],
+        "histogram_every": histogram_every, "histogram_bins": histogram_bins,
+        "checkpoint_every_s": checkpoint_every_s, "keep_checkpoints": keep_checkpoints,
+        "stop_on_nan": stop_on_nan, "drop_remainder": drop_remainder, "name": name,
+    }
+    if validation is not None:
+        if not (isinstance(validation, (tuple, list)) and len(validation) == 2 and isinstance(validation[1], dict)):
+            raise InvalidArgumentError("fit: validation must be (dataset, {name: scalar tensor})")
+        spec["validation_data"] = _dataset_name(validation[0], "validation dataset")
+        spec["validation_metrics"] = {str(k): _node_name(graph, v, f"validation metric '{k}'")
+                                      for k, v in validation[1].items()}
+    return Job(graph.runtime, graph.runtime._call("job.start", [spec]))

@@ -1,0 +1,366 @@
+"""One training job: its spec, its binding to a graph and datasets, and the fit loop that runs
+on the job's worker thread.
+
+Each step takes the graph session's lock only for the step itself, so a ``graph.run`` from
+any client is served between two steps. Minibatches are cut on the device from the resident
+dataset; the row order of epoch ``e`` is a permutation drawn from ``(seed, e)``, so a job
+resumed at step ``s`` sees the same batches it would have seen. Metrics are fetched only on
+logging steps; the other steps run the plan for the train op alone (no host sync).
+
+Contents: JobSpec, Bound, bind, Halt, FitLoop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import InvalidArgumentError, NotFoundError
+from ..graph.ir import Tensor, Variable
+from ..graph.shapes import format_shape
+from .devices import to_host
+
+if TYPE_CHECKING:
+    from .datasets import StoredDataset
+    from .jobs import Job
+    from .session import GraphSession
+
+log = logging.getLogger("kernelflow.jobs")
+
+
+@dataclass
+class JobSpec:
+    """What ``job.start`` asks for (the wire map of docs/protocol.md, checked)."""
+
+    graph: str
+    train_op: str
+    data: str
+    feed: dict[str, str]
+    batch_size: int = 32
+    epochs: int | None = None
+    steps: int | None = None
+    shuffle: bool = True
+    seed: int = 0
+    metrics: dict[str, str] = field(default_factory=dict)
+    log_every: int = 10
+    validation_data: str | None = None
+    validation_metrics: dict[str, str] = field(default_factory=dict)
+    validate_every: int | str | None = None
+    validation_batch_size: int | None = None
+    histograms: list[str] = field(default_factory=list)
+    histogram_every: int = 100
+    histogram_bins: int = 30
+    checkpoint_every_s: float | None = 60.0
+    keep_checkpoints: int | None = None
+    stop_on_nan: bool = False
+    drop_remainder: bool = False
+    name: str | None = None
+
+    def to_map(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_map(cls, m: Any) -> JobSpec:
+        """Check a spec map's keys and types (values against the graph are checked by `bind`)."""
+        if not isinstance(m, dict):
+            raise InvalidArgumentError(f"job.start: spec must be a map; got {type(m).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(m) - known)
+        if unknown:
+            raise InvalidArgumentError(f"job.start: unknown spec field(s) {unknown}; known: {sorted(known)}")
+        for k in ("graph", "train_op", "data", "feed"):
+            if m.get(k) in (None, "", {}):
+                raise InvalidArgumentError(f"job.start: spec needs '{k}'")
+        s = cls(**m)
+        for k in ("graph", "train_op", "data"):
+            _want(isinstance(getattr(s, k), str), k, "a string", getattr(s, k))
+        for k in ("feed", "metrics", "validation_metrics"):
+            v = getattr(s, k)
+            _want(isinstance(v, dict) and all(isinstance(a, str) and isinstance(b, str) for a, b in v.items()),
+                  k, "a map of strings", v)
+        _want(isinstance(s.histograms, list) and all(isinstance(h, str) for h in s.histograms), "histograms",
+              "a list of variable names", s.histograms)
+        _want(_is_int(s.batch_size) and s.batch_size >= 1, "batch_size", "an integer >= 1", s.batch_size)
+        if s.epochs is not None and s.steps is not None:
+            raise InvalidArgumentError(f"job.start: give epochs or steps, not both; got epochs={s.epochs}, "
+                                       f"steps={s.steps}")
+        if s.epochs is None and s.steps is None:
+            s.epochs = 1
+        for k in ("epochs", "steps"):
+            v = getattr(s, k)
+            _want(v is None or (_is_int(v) and v >= 1), k, "an integer >= 1", v)
+        _want(_is_int(s.seed), "seed", "an integer", s.seed)
+        _want(_is_int(s.log_every) and s.log_every >= 0, "log_every", "an integer >= 0 (0: never)", s.log_every)
+        _want(_is_int(s.histogram_every) and s.histogram_every >= 1, "histogram_every", "an integer >= 1",
+              s.histogram_every)
+        _want(_is_int(s.histogram_bins) and 1 <= s.histogram_bins <= 10_000, "histogram_bins", "1..10000",
+              s.histogram_bins)
+        ve = s.validate_every
+        _want(ve is None or ve == "epoch" or (_is_int(ve) and ve >= 1), "validate_every",
+              "an integer >= 1 or 'epoch'", ve)
+        if s.validation_data is not None:
+            _want(isinstance(s.validation_data, str), "validation_data", "a dataset name", s.validation_data)
+            if not s.validation_metrics:
+                raise InvalidArgumentError("job.start: validation needs metrics: (dataset, {name: tensor})")
+            if s.validate_every is None:
+                s.validate_every = "epoch"
+        vbs = s.validation_batch_size
+        _want(vbs is None or (_is_int(vbs) and vbs >= 1), "validation_batch_size", "an integer >= 1", vbs)
+        c = s.checkpoint_every_s
+        _want(c is None or (isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0),
+              "checkpoint_every_s", "seconds > 0 or None", c)
+        k = s.keep_checkpoints
+        _want(k is None or (_is_int(k) and k >= 1), "keep_checkpoints", "an integer >= 1", k)
+        _want(s.name is None or isinstance(s.name, str), "name", "a string", s.name)
+        s.shuffle, s.stop_on_nan, s.drop_remainder = bool(s.shuffle), bool(s.stop_on_nan), bool(s.drop_remainder)
+        return s
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _want(ok: bool, key: str, what: str, got: Any) -> None:
+    if not ok:
+        raise InvalidArgumentError(f"job.start: {key} must be {what}; got {got!r}")
+
+
+@dataclass
+class Bound:
+    """A spec resolved against the runtime: the session, datasets and node names it runs."""
+
+    session: GraphSession
+    data: StoredDataset
+    columns: list[str]
+    feed_names: list[str]
+    feed_places: list[Any]              # a placement to move a batch array to, or None
+    train_fetch: list[str]
+    log_fetch: list[str]
+    metric_names: list[str]
+    val_data: StoredDataset | None
+    val_fetch: list[str]
+    val_names: list[str]
+    histograms: list[str]
+    steps_per_epoch: int
+    total_steps: int
+    drop_remainder: bool
+
+
+def bind(service: Any, spec: JobSpec) -> Bound:
+    """Resolve ``spec`` on the runtime and compile its plans, so that a bad spec fails at
+    ``job.start`` (naming what is wrong) rather than at the job's first step.
+
+    Raises:
+        NotFoundError: an unknown graph, dataset or node.
+        InvalidArgumentError: a feed whose dataset array does not fit the node (dtype, shape),
+            a non-scalar metric, a histogram of a non-variable, a placeholder left unfed.
+    """
+    session = service.session(spec.graph)
+    g = session.graph
+
+    def node(name: str, what: str) -> Tensor:
+        if name not in g:
+            raise NotFoundError(f"fit: {what} '{name}' is not a node of graph '{g.name}'")
+        return g[name]
+
+    train = node(spec.train_op, "train_op")
+    data = service.datasets.get(spec.data)
+    feed_nodes = [node(n, "feed key") for n in spec.feed]
+    drop = spec.drop_remainder
+    for t, col in zip(feed_nodes, spec.feed.values()):
+        drop = _check_feed(t, data, col, spec.batch_size) or drop
+    metrics = {k: node(v, f"metric '{k}'") for k, v in spec.metrics.items()}
+    val_metrics = {k: node(v, f"validation metric '{k}'") for k, v in spec.validation_metrics.items()}
+    for k, t in {**metrics, **val_metrics}.items():
+        if t.shape != ():
+            raise InvalidArgumentError(f"fit: metric '{k}' ({t.name}) must be a scalar; its shape is "
+                                       f"{format_shape(t.shape)} (reduce it, e.g. kf.mean)", node=t.name)
+    val_data = None
+    if spec.validation_data is not None:
+        val_data = service.datasets.get(spec.validation_data)
+        for t, col in zip(feed_nodes, spec.feed.values()):
+            _check_feed(t, val_data, col, None)
+    for h in spec.histograms:
+        if not isinstance(node(h, "histogram"), Variable):
+            raise InvalidArgumentError(f"fit: histograms are of variables; '{h}' is a {g[h].op.name} node")
+    n = data.length
+    spe = n // spec.batch_size if drop else math.ceil(n / spec.batch_size)
+    if spe == 0:
+        raise InvalidArgumentError(f"fit: dataset '{data.name}' has {n} rows, fewer than one batch of "
+                                   f"{spec.batch_size} (with drop_remainder)")
+    total = spec.steps if spec.steps is not None else spec.epochs * spe
+    feed_names = [t.name for t in feed_nodes]
+    places = [session.placement(t) for t in feed_nodes]
+    b = Bound(session, data, list(spec.feed.values()), feed_names,
+              [None if p == data.place else p for p in places], [train.name],
+              [train.name, *[t.name for t in metrics.values()]], list(metrics), val_data,
+              [t.name for t in val_metrics.values()], list(val_metrics), list(spec.histograms), spe, total, drop)
+    with session.lock:  # compile now: an unfed placeholder is an error of job.start
+        session.plan(b.train_fetch, feed_names)
+        if b.metric_names:
+            session.plan(b.log_fetch, feed_names)
+        if val_data is not None:
+            session.plan(b.val_fetch, feed_names)
+    return b
+
+
+def _check_feed(t: Tensor, data: StoredDataset, col: str, batch_size: int | None) -> bool:
+    """Check that array ``col`` of ``data`` can feed ``t``; True when batches must be full."""
+    if col not in data.columns:
+        raise InvalidArgumentError(f"fit: feed '{t.name}' <- '{col}': dataset '{data.name}' has no array '{col}'; "
+                                   f"arrays: {sorted(data.columns)}", node=t.name)
+    a = data.columns[col]
+    rows = (None, *a.shape[1:])
+    if a.dtype.name != t.dtype:
+        raise InvalidArgumentError(f"fit: feed '{t.name}' ({t.dtype}{format_shape(t.shape)}) <- array '{col}' of "
+                                   f"dataset '{data.name}' ({a.dtype.name}{format_shape(rows)}): dtypes differ; "
+                                   f"upload the array as {t.dtype}", node=t.name, source=t.source)
+    shape = t.shape
+    if len(shape) != len(rows) or any(d is not None and d != r for d, r in zip(shape[1:], rows[1:])):
+        raise InvalidArgumentError(f"fit: feed '{t.name}' ({t.dtype}{format_shape(shape)}) <- array '{col}' of "
+                                   f"dataset '{data.name}' (rows {format_shape(rows)}): shapes differ",
+                                   node=t.name, source=t.source)
+    if shape[0] is not None and batch_size is not None:
+        if shape[0] != batch_size:
+            raise InvalidArgumentError(f"fit: feed '{t.name}' has a fixed batch dimension {shape[0]} but "
+                                       f"batch_size={batch_size}", node=t.name, source=t.source)
+        return True
+    return False
+
+
+class Halt(Exception):
+    """Raised at a step boundary to end the loop with ``status`` (stopped or interrupted)."""
+
+    def __init__(self, status: str):
+        super().__init__(status)
+        self.status = status
+
+
+class FitLoop:
+    """The steps of one job on its worker thread; writes progress and records into ``job``."""
+
+    def __init__(self, job: Job, b: Bound):
+        self.job = job
+        self.b = b
+        self.devices = b.session.devices
+        spec = job.spec
+        self.log_every = spec.log_every
+        self.hist_every = spec.histogram_every if b.histograms else 0
+        ve = spec.validate_every if b.val_data is not None else None
+        self.val_every = b.steps_per_epoch if ve == "epoch" else (ve or 0)
+        self.ckpt_every_s = spec.checkpoint_every_s if job.can_checkpoint() else None
+        self._val_rows: Any = None
+
+    def run(self) -> None:
+        """Steps until the total, a stop (Halt) or an error; the caller sets the final status."""
+        job, b, spec = self.job, self.b, self.job.spec
+        data, session = b.data, b.session
+        spe, total, bs, n = b.steps_per_epoch, b.total_steps, spec.batch_size, data.length
+        last_ckpt = time.monotonic()
+        cached_epoch, rows = -1, None
+        mark_t, mark_step = time.monotonic(), job.step
+        while job.step < total:
+            if job.request is not None:
+                job.boundary()
+                mark_t, mark_step = time.monotonic(), job.step  # no pause in the rate
+            s = job.step
+            epoch, pos = divmod(s, spe)
+            if epoch != cached_epoch:
+                order = np.random.default_rng([spec.seed, epoch]).permutation(n) if spec.shuffle else None
+                rows, cached_epoch = data.epoch_rows(order, self.devices), epoch
+            lo = pos * bs
+            batch = data.gather(b.columns, rows, lo, min(lo + bs, n))
+            for i, place in enumerate(b.feed_places):
+                if place is not None:
+                    batch[i] = self.devices.to_device(batch[i], place)
+            step_no = s + 1
+            is_log = self.log_every and b.metric_names and (step_no % self.log_every == 0 or step_no == total)
+            fetch = b.log_fetch if is_log else b.train_fetch
+            job.failing_step = step_no
+            with session.lock:
+                out = session.plan(fetch, b.feed_names).run(batch)
+            job.step = step_no
+            now = time.monotonic()
+            if now - mark_t >= 0.5 or step_no == total:
+                job.note_rate((step_no - mark_step) / (now - mark_t) if now > mark_t else None, bs)
+                mark_t, mark_step = now, step_no
+            if is_log:
+                self._scalars(step_no, dict(zip(b.metric_names, (float(v) for v in out[1:]))))
+            if self.hist_every and (step_no % self.hist_every == 0 or step_no == total):
+                self._histograms(step_no)
+            if self.val_every and (step_no % self.val_every == 0 or step_no == total):
+                self._validate(step_no)
+            if self.ckpt_every_s is not None and time.monotonic() - last_ckpt >= self.ckpt_every_s:
+                job.checkpoint("periodic")
+                last_ckpt = time.monotonic()
+
+    # ----------------------------------------------------------------- records
+    def _scalars(self, step: int, values: dict[str, float]) -> None:
+        job = self.job
+        if job.spec.stop_on_nan:
+            bad = [k for k, v in values.items() if not math.isfinite(v)]
+            if bad:
+                raise InvalidArgumentError(f"metric '{bad[0]}' is {values[bad[0]]} at step {step}; the job stops "
+                                           "there (stop_on_nan=True)")
+        t = time.time()
+        rec = {"kind": "scalars", "step": step, "epoch": round(step / self.b.steps_per_epoch, 6), "wall_time": t,
+               "values": values}
+        job.add_record(rec)
+
+    def _histograms(self, step: int) -> None:
+        session, bins = self.b.session, self.job.spec.histogram_bins
+        stats = []
+        with session.lock:
+            for name in self.b.histograms:
+                stats.append((name, _histogram(session.variables[name], bins)))
+        t = time.time()
+        for name, st in stats:
+            if st is None:
+                continue
+            counts, edges, *stats = (to_host(v) for v in st)
+            self.job.add_record({"kind": "histogram", "step": step, "wall_time": t, "name": name,
+                                 "edges": np.asarray(edges, np.float64), "counts": np.asarray(counts, np.int64),
+                                 "stats": [float(v) for v in stats]})
+
+    def _validate(self, step: int) -> None:
+        b, job = self.b, self.job
+        vd = b.val_data
+        assert vd is not None
+        vbs = job.spec.validation_batch_size or max(job.spec.batch_size, 256)
+        if self._val_rows is None:
+            self._val_rows = vd.epoch_rows(None, self.devices)
+        sums = np.zeros(len(b.val_names))
+        for lo in range(0, vd.length, vbs):
+            if job.request in ("stop", "interrupt"):
+                return
+            hi = min(lo + vbs, vd.length)
+            batch = vd.gather(b.columns, self._val_rows, lo, hi)
+            for i, place in enumerate(b.feed_places):
+                if place is not None:
+                    batch[i] = self.devices.to_device(batch[i], place)
+            with b.session.lock:
+                out = b.session.plan(b.val_fetch, b.feed_names).run(batch)
+            sums += np.array([float(v) for v in out]) * (hi - lo)
+        values = dict(zip(b.val_names, (float(v) for v in sums / max(vd.length, 1))))
+        self._scalars(step, values)
+
+
+def _histogram(a: Any, bins: int) -> tuple | None:
+    """(counts, edges, min, max, sum, sum of squares, count) of ``a``'s finite values, on its device."""
+    if isinstance(a, np.ndarray):
+        xp: Any = np
+    else:
+        import cupy as xp
+    flat = a.ravel().astype(xp.float64)
+    finite = xp.isfinite(flat)
+    if not bool(finite.all()):
+        flat = flat[finite]
+    if flat.size == 0:
+        return None
+    counts, edges = xp.histogram(flat, bins=bins)
+    return counts, edges, flat.min(), flat.max(), flat.sum(), (flat * flat).sum(), flat.size

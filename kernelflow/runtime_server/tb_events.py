@@ -1,0 +1,96 @@
+"""TensorBoard event files of jobs, written by tensorboardX on a thread of their own.
+
+tensorboardX is imported on that thread, when the first job starts: importing it can take a
+second (it loads torch when torch is installed), and a runtime without it (a bare GPU box)
+logs that once and writes no event files. Jobs hand records over through a queue and never
+wait for the writer.
+
+Contents: EventWriter.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any
+
+log = logging.getLogger("kernelflow.jobs")
+
+
+class EventWriter:
+    """One writer thread for the event files of every job of a runtime."""
+
+    def __init__(self) -> None:
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _put(self, item: tuple) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="kf-tensorboard", daemon=True)
+                self._thread.start()
+        self._q.put(item)
+
+    def open(self, job_id: str, logdir: str) -> None:
+        """Start (or continue, after a resume) the event files of ``job_id`` in ``logdir``."""
+        self._put(("open", job_id, logdir))
+
+    def write(self, job_id: str, record: dict) -> None:
+        """Write one logged record (scalars or a histogram with its ``stats``)."""
+        self._put(("record", job_id, record))
+
+    def close(self, job_id: str) -> None:
+        """Flush and close the files of ``job_id``."""
+        self._put(("close", job_id, None))
+
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Write what is queued, close every file, end the thread."""
+        with self._lock:
+            t = self._thread
+        if t is None:
+            return
+        self._q.put(("stop", None, None))
+        t.join(timeout_s)
+
+    def _run(self) -> None:
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            log.warning("tensorboardX is not installed: jobs write no TensorBoard event files")
+            SummaryWriter = None  # noqa: N806
+        writers: dict[str, Any] = {}
+        while True:
+            kind, job_id, arg = self._q.get()
+            if kind == "stop":
+                break
+            if SummaryWriter is None:
+                continue
+            try:
+                if kind == "open":
+                    writers[job_id] = SummaryWriter(logdir=arg, flush_secs=5)
+                elif kind == "close":
+                    w = writers.pop(job_id, None)
+                    if w is not None:
+                        w.close()
+                elif job_id in writers:
+                    _write(writers[job_id], arg)
+            except Exception:
+                log.error("TensorBoard events of job %s: %s failed", job_id, kind, exc_info=True)
+        for w in writers.values():
+            try:
+                w.close()
+            except Exception:
+                log.error("closing a TensorBoard writer failed", exc_info=True)
+
+
+def _write(w: Any, r: dict) -> None:
+    step, t = r["step"], r["wall_time"]
+    if r["kind"] == "scalars":
+        for k, v in r["values"].items():
+            w.add_scalar(k, v, global_step=step, walltime=t)
+    elif r["kind"] == "histogram":
+        lo, hi, total, sq, count = r["stats"]
+        w.add_histogram_raw(r["name"], lo, hi, int(count), total, sq, r["edges"][1:].tolist(), r["counts"].tolist(),
+                            global_step=step, walltime=t)
