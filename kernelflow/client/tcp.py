@@ -98,6 +98,7 @@ class TcpTransport(Transport):
         self._sock: socket.socket | None = None
         self._reader = MessageReader(max_message_bytes)
         self._chunk = bytearray(RECV_CHUNK_BYTES)
+        self._chunk_view = memoryview(self._chunk)
         self._msgid = 0
         self._responses: dict[int | None, Response] = {}
         self._handlers: dict[str, list[Callable[[list], Any]]] = {}
@@ -126,6 +127,8 @@ class TcpTransport(Transport):
         except OSError as e:
             raise UnavailableError(f"connect: cannot reach {self.url}: {e}; is `kernelflow serve` running?") from e
         self._sock = sock
+        self._poll = select.poll()  # cheaper per call than select.select
+        self._poll.register(sock, select.POLLIN)
         self._reader = MessageReader(self.max_message_bytes)
         self._responses.clear()
         try:
@@ -155,7 +158,7 @@ class TcpTransport(Transport):
         if sock is None:
             return True
         try:
-            while select.select([sock], [], [], 0)[0]:
+            while self._poll.poll(0):
                 if not self._receive(sock):
                     return True
         except (OSError, ValueError, KernelflowError):
@@ -176,7 +179,7 @@ class TcpTransport(Transport):
         self._msgid = self._msgid + 1 if self._msgid < MAX_MSGID else 1
         msgid = self._msgid
         frames = request(msgid, method, params)
-        size = sum(len(f) for f in frames)
+        size = len(frames[0]) if len(frames) == 1 else sum(len(f) for f in frames)
         if size > self.server_max_message_bytes:
             raise ResourceExhaustedError(f"{method}: request of {size} bytes is over the server's limit of "
                                          f"{self.server_max_message_bytes} bytes (kernelflow serve "
@@ -226,7 +229,7 @@ class TcpTransport(Transport):
         else:
             n = sock.recv_into(self._chunk)
             if n:
-                self._reader.feed(memoryview(self._chunk)[:n])
+                self._reader.feed(self._chunk_view[:n])
         if not n:
             return False
         for msg in self._reader.messages():

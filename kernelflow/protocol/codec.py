@@ -210,12 +210,11 @@ def _ext_hook(code: int, data: bytes) -> Any:
         raise ProtocolError(f"unknown msgpack ext type {code}; known: {EXT_TYPES}")
     dt, shape, n = _parse_array_header(data, len(data))
     count = (len(data) - n) // dt.itemsize
-    arr = np.frombuffer(data, dtype=dt, count=count, offset=n).reshape(shape).copy()  # writable, like a local array
     if code == EXT_NPSCALAR:
         if shape:
             raise ProtocolError(f"numpy scalar ext: shape must be []; got {list(shape)}")
-        return arr[()]
-    return arr
+        return np.frombuffer(data, dtype=dt, count=1, offset=n)[0]  # a scalar owns a copy of its value
+    return np.frombuffer(data, dtype=dt, count=count, offset=n).reshape(shape).copy()  # writable, like a local array
 
 
 def check_nesting(obj: Any, max_depth: int = MAX_DEPTH) -> None:
@@ -308,7 +307,22 @@ class MessageReader:
         self._target = self._target[n:] if n < len(self._target) else None
 
     def messages(self) -> Iterator[Any]:
-        """Yield every message complete so far (raises ProtocolError / ResourceExhaustedError)."""
+        """An iterator over every message complete so far (iterating raises ProtocolError /
+        ResourceExhaustedError at a bad one, after the good ones before it)."""
+        buf = self._buf
+        if self._slow is None and 0 < len(buf) < _FAST_PARTIAL_BYTES and len(buf) <= self.max_message_bytes:
+            # The usual case, one whole small message, in one C call; anything else (several
+            # messages, a partial one, bad bytes) takes the general path, which reports it.
+            try:
+                obj = msgpack.unpackb(buf, raw=False, strict_map_key=True, ext_hook=_ext_hook)
+                check_nesting(obj, self.max_depth)
+            except Exception:
+                return self._messages()
+            buf.clear()
+            return iter((obj,))
+        return self._messages()
+
+    def _messages(self) -> Iterator[Any]:
         while True:
             if self._slow is None:
                 yield from self._fast()
