@@ -221,18 +221,20 @@ class TcpTransport(Transport):
 
     def _receive(self, sock: socket.socket) -> bool:
         """One recv; decoded responses are stored, notifications dispatched. False on EOF."""
-        target = self._reader.want_into()
+        reader = self._reader
+        target = reader.want_into()
         if target is not None:
             n = sock.recv_into(target)
-            if n:
-                self._reader.filled(n)
+            if not n:
+                return False
+            reader.filled(n)
+            msgs = reader.messages()
         else:
             n = sock.recv_into(self._chunk)
-            if n:
-                self._reader.feed(self._chunk_view[:n])
-        if not n:
-            return False
-        for msg in self._reader.messages():
+            if not n:
+                return False
+            msgs = reader.feed_messages(self._chunk_view[:n])
+        for msg in msgs:
             parsed = parse_message(msg)
             if isinstance(parsed, Response):
                 if parsed.msgid is None or parsed.msgid == self._msgid:

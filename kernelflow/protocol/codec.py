@@ -311,16 +311,32 @@ class MessageReader:
         ResourceExhaustedError at a bad one, after the good ones before it)."""
         buf = self._buf
         if self._slow is None and 0 < len(buf) < _FAST_PARTIAL_BYTES and len(buf) <= self.max_message_bytes:
-            # The usual case, one whole small message, in one C call; anything else (several
-            # messages, a partial one, bad bytes) takes the general path, which reports it.
-            try:
-                obj = msgpack.unpackb(buf, raw=False, strict_map_key=True, ext_hook=_ext_hook)
-                check_nesting(obj, self.max_depth)
-            except Exception:
-                return self._messages()
-            buf.clear()
-            return iter((obj,))
+            obj = self._whole(buf)
+            if obj is not _NEED:
+                buf.clear()
+                return iter((obj,))
         return self._messages()
+
+    def feed_messages(self, data: bytes | bytearray | memoryview) -> Iterator[Any]:
+        """`feed` then `messages`; when nothing is pending and ``data`` is one whole small
+        message (a request or a response, usually), it is decoded without being buffered."""
+        if not self._buf and self._slow is None and 0 < len(data) < _FAST_PARTIAL_BYTES and \
+                len(data) <= self.max_message_bytes:
+            obj = self._whole(data)
+            if obj is not _NEED:
+                return iter((obj,))
+        self.feed(data)
+        return self.messages()
+
+    def _whole(self, data: bytes | bytearray | memoryview) -> Any:
+        """``data`` decoded as exactly one message in one C call, or _NEED: anything else
+        (several messages, a partial one, bad bytes) takes the general path, which reports it."""
+        try:
+            obj = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_ext_hook)
+            check_nesting(obj, self.max_depth)
+        except Exception:
+            return _NEED
+        return obj
 
     def _messages(self) -> Iterator[Any]:
         while True:

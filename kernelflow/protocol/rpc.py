@@ -53,6 +53,13 @@ def parse_message(msg: Any) -> Request | Response | Notification:
         ProtocolError: when it is not one of the three msgpack-RPC shapes; ``.msgid`` is set
             when the message was a request whose msgid could be read, so it can be answered.
     """
+    if type(msg) is list and len(msg) == 4 and type(msg[0]) is int:  # the usual ones, checked fast
+        kind, msgid, a, b = msg
+        if type(msgid) is int and 0 <= msgid <= MAX_MSGID:
+            if kind == REQUEST and type(a) is str and type(b) is list:
+                return Request(msgid, a, b)
+            if kind == RESPONSE:
+                return Response(msgid, a, b)
     if not isinstance(msg, list) or not msg:
         raise ProtocolError(f"a msgpack-RPC message must be an array [type, ...]; got {type(msg).__name__}")
     kind = msg[0]

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import socket
 from collections import deque
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from tornado.iostream import IOStream, StreamClosedError
@@ -136,12 +137,12 @@ class SocketConnection(ConnectionState):
                     reader.filled(n)
                     if reader.want_into() is not None:
                         continue  # more of a big payload: read on until the socket is drained
+                    self._process(reader.messages())
                 else:
                     n = sock.recv_into(self._chunk)
                     if not n:
                         return self._eof()
-                    reader.feed(self._view[:n])
-                self._process()
+                    self._process(reader.feed_messages(self._view[:n]))
                 if not self._reading or (target is None and n < len(self._chunk)):
                     return  # paused, closed, or the socket is (very likely) drained
         except (BlockingIOError, InterruptedError):
@@ -156,11 +157,12 @@ class SocketConnection(ConnectionState):
     def _eof(self) -> None:
         self.close()
 
-    def _process(self) -> None:
-        """Answer every complete message; pauses while a call is in the pool or output is pending."""
+    def _resume(self) -> None:
         msgs, self._msgs = self._msgs, None
-        if msgs is None:
-            msgs = self.reader.messages()
+        self._process(msgs if msgs is not None else self.reader.messages())
+
+    def _process(self, msgs: Iterator[Any]) -> None:
+        """Answer the messages ``msgs`` yields; pauses while a call is in the pool or output is pending."""
         handle = self.server._handle
         try:
             for msg in msgs:
@@ -197,7 +199,7 @@ class SocketConnection(ConnectionState):
             if not keep:
                 self._close_when_sent()
             elif not self._out:
-                self._process()
+                self._resume()
             # else: _on_writable resumes once the answer is out
         except Exception:
             log.error("connection %s failed", self.address, exc_info=True)
@@ -253,7 +255,7 @@ class SocketConnection(ConnectionState):
             self.close()
         elif not self._busy and not self._reading:
             try:
-                self._process()
+                self._resume()
             except Exception:
                 log.error("connection %s failed", self.address, exc_info=True)
                 self.close()
