@@ -286,7 +286,7 @@ class FitLoop:
                 out = session.plan(fetch, b.feed_names).run(batch)
             job.step = step_no
             now = time.monotonic()
-            if now - mark_t >= 0.5 or step_no == total:
+            if now - mark_t >= (0.5 if job.steps_per_s else 0.05) or step_no == total:  # a first rate soon
                 job.note_rate((step_no - mark_step) / (now - mark_t) if now > mark_t else None, bs)
                 mark_t, mark_step = now, step_no
             if is_log:
