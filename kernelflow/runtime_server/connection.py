@@ -210,44 +210,51 @@ class SocketConnection(ConnectionState):
         if self._is_closed:
             return
         out = self._out
-        if not out:
-            sock = self.sock
+        if out:
+            out.extend(frames)  # behind earlier output; _on_writable sends it
+            return
+        sock = self.sock
+        if len(frames) == 1:  # the usual small answer: one send, nothing queued
+            f = frames[0]
             try:
-                for i, f in enumerate(frames):
-                    n = sock.send(f)
-                    if n < len(f):
-                        out.append(memoryview(f)[n:])
-                        out.extend(frames[i + 1:])
-                        break
+                n = sock.send(f)
             except (BlockingIOError, InterruptedError):
-                out.extend(frames[i:])
+                n = 0
             except OSError as e:
-                log.debug("client %s left before its answer was sent: %s", self.address, e)
-                self.close()
+                return self._send_failed(e)
+            if n == len(f):
                 return
-            if not out:
-                return
+            out.append(memoryview(f)[n:] if n else f)
         else:
             out.extend(frames)
-        if not self._writing:
+        if self._flush():
             self.loop.add_writer(self._fd, self._on_writable)
             self._writing = True
 
-    def _on_writable(self) -> None:
+    def _flush(self) -> bool:
+        """Send queued output until it is all sent or the socket is full; True if some is left."""
         out, sock = self._out, self.sock
         try:
             while out:
                 f = out[0]
                 n = sock.send(f)
                 if n < len(f):
-                    out[0] = memoryview(f)[n:]
-                    return
-                out.popleft()
+                    out[0] = memoryview(f)[n:]  # and try again: the peer may have drained some
+                else:
+                    out.popleft()
         except (BlockingIOError, InterruptedError):
-            return
+            return True
         except OSError as e:
-            log.debug("client %s left before its answer was sent: %s", self.address, e)
-            self.close()
+            self._send_failed(e)
+            return False
+        return False
+
+    def _send_failed(self, e: OSError) -> None:
+        log.debug("client %s left before its answer was sent: %s", self.address, e)
+        self.close()
+
+    def _on_writable(self) -> None:
+        if self._flush() or self._is_closed:
             return
         self.loop.remove_writer(self._fd)
         self._writing = False
