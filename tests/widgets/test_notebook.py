@@ -1,0 +1,60 @@
+"""examples/inspect_cnn.ipynb executed by nbclient on a real ipykernel against a real server."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+pytest.importorskip("anywidget")
+
+NOTEBOOK = pathlib.Path(__file__).resolve().parents[2] / "examples" / "inspect_cnn.ipynb"
+
+
+@pytest.fixture
+def jupyter_env(tmp_path, monkeypatch):
+    for var, sub in (("IPYTHONDIR", "ipython"), ("JUPYTER_RUNTIME_DIR", "runtime"), ("JUPYTER_DATA_DIR", "data"),
+                     ("JUPYTER_CONFIG_DIR", "config")):
+        (tmp_path / sub).mkdir()
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_inspect_cnn_notebook_runs_on_real_kernel(jupyter_env, monkeypatch):
+    from tests.runtime.test_server import ServerProcess
+
+    srv = ServerProcess(jupyter_env).wait_listening()
+    token_file = jupyter_env / "token"
+    token_file.write_text(srv.token)
+    monkeypatch.setenv("KERNELFLOW_URL", srv.url)  # the kernel inherits it, as from an installed kernelspec
+    monkeypatch.setenv("KERNELFLOW_TOKEN_FILE", str(token_file))
+    monkeypatch.delenv("KERNELFLOW_TOKEN", raising=False)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    try:
+        nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True,
+                                resources={"metadata": {"path": str(jupyter_env)}}).execute()
+        rt = srv.connect()
+        assert "inspect_cnn" in rt.graphs()
+        rt.close()
+    finally:
+        srv.stop()
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors, errors
+    assert f"connected to {srv.url}" in code[0].outputs[0]["text"]
+    assert "kf.Graph inspect_cnn" in code[2].outputs[0]["data"]["text/html"]
+    view = code[3].outputs[0]["data"]["application/vnd.jupyter.widget-view+json"]
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    widget = state[view["model_id"]]["state"]
+    assert widget["graph_name"] == "inspect_cnn"
+    # the state saved with the notebook is the last one: conv2/relu selected, its summary computed with a feed
+    assert widget["selected"] == "conv2/relu"
+    assert widget["details"]["summary"]["min"] == 0.0
+    assert "gradients" not in widget["expanded"] and "conv1" in widget["expanded"]
+    summary_out = code[4].outputs[-1]["text"]
+    assert "'shape': [3, 3, 1, 4]" in summary_out
+    assert "['conv1/relu', 'conv2/relu', 'gradients/relu_grad', 'gradients/relu_grad_1']" in code[5].outputs[0]["text"]
