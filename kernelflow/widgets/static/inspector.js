@@ -61,10 +61,12 @@ function render({ model, el: root }) {
   let vw = { x: 0, y: 0, k: 1 };
   let fitted = false;
   const applyView = () => scene.setAttribute("transform", `translate(${vw.x},${vw.y}) scale(${vw.k})`);
-  const fit = () => {
+  // Fit the whole drawing (the Fit button), or, at first, as much as stays readable.
+  const fit = (minScale = 0) => {
     const meta = model.get("meta") || {};
-    const w = canvas.clientWidth || 800;
-    const k = Math.min(1, w / Math.max(1, meta.width || 1));
+    const w = canvas.clientWidth || 800, h = canvas.clientHeight || 560;
+    const all = Math.min(1, w / Math.max(1, meta.width || 1), h / Math.max(1, meta.height || 1));
+    const k = Math.max(all, Math.min(minScale, w / Math.max(1, meta.width || 1)));
     vw = { x: Math.max(0, (w - (meta.width || 0) * k) / 2), y: 0, k };
     applyView();
   };
@@ -160,7 +162,7 @@ function render({ model, el: root }) {
     }
     info.textContent = `${model.get("graph_name")}: ${meta.nodes} nodes, ${meta.scopes} scopes, ` +
       `${meta.ids.length} boxes drawn`;
-    if (!fitted) { fit(); fitted = true; }
+    if (!fitted) { fit(0.4); fitted = true; }
     decorate();
   }
 
@@ -278,7 +280,7 @@ function render({ model, el: root }) {
     timer = setTimeout(() => { model.set("query", search.value); model.save_changes(); }, 200);
   });
   colorSel.addEventListener("change", () => { model.set("color_by", colorSel.value); model.save_changes(); });
-  btnFit.addEventListener("click", fit);
+  btnFit.addEventListener("click", () => fit(0));
   btnCollapse.addEventListener("click", () => model.send({ type: "collapse_all" }));
   btnRefresh.addEventListener("click", () => model.send({ type: "refresh" }));
   search.value = model.get("query") || "";

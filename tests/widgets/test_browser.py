@@ -1,0 +1,154 @@
+"""The inspector in a real browser: JupyterLab + Debian's chromium + Playwright (marker ``browser``).
+
+Runs examples/inspect_cnn.ipynb in JupyterLab against a real runtime server, then clicks the
+drawing: a closed scope opens, a variable shows its details and value summary. Saves
+docs/img/inspector.png. Skipped when chromium, playwright or jupyterlab is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+TOKEN = "kf-browser-test"
+SCREENSHOT = ROOT / "docs" / "img" / "inspector.png"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> list:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture
+def lab(tmp_path):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
+    pytest.importorskip("playwright")
+    pytest.importorskip("jupyterlab")
+    from tests.runtime.test_server import ServerProcess
+
+    srv = ServerProcess(tmp_path).wait_listening()
+    (tmp_path / "token").write_text(srv.token)
+    env = {**os.environ, "KERNELFLOW_URL": srv.url, "KERNELFLOW_TOKEN_FILE": str(tmp_path / "token")}
+    env.pop("KERNELFLOW_TOKEN", None)
+    for var in ("IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR",
+                "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR"):
+        d = tmp_path / var.lower()
+        d.mkdir()
+        env[var] = str(d)
+    settings = tmp_path / "jupyterlab_settings_dir" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text('{"autoStartDefaultKernel": true}')
+    news = tmp_path / "jupyterlab_settings_dir" / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')  # no news pop-up
+    nb_dir = tmp_path / "nb"
+    nb_dir.mkdir()
+    shutil.copy(ROOT / "examples" / "inspect_cnn.ipynb", nb_dir / "inspect_cnn.ipynb")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={nb_dir}",
+         "--ServerApp.allow_root=True", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            _get(f"{base}/api/kernels?token={TOKEN}")
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                srv.stop()
+                pytest.fail(f"jupyter lab did not start: {proc.stderr.read() if proc.stderr else ''}")
+            time.sleep(0.3)
+    yield base
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    srv.stop()
+
+
+def test_inspector_renders_and_reacts_to_clicks_in_jupyterlab(lab):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.goto(f"{lab}/lab/tree/inspect_cnn.ipynb?token={TOKEN}")
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+            deadline = time.monotonic() + 60
+            while True:  # "Run All" before the kernel is connected silently runs nothing
+                kernels = _get(f"{lab}/api/kernels?token={TOKEN}")
+                if kernels and kernels[0]["execution_state"] == "idle" and kernels[0]["connections"] >= 1:
+                    break
+                if page.locator(".jp-Dialog .jp-mod-accept").count():
+                    page.locator(".jp-Dialog .jp-mod-accept").first.click()
+                assert time.monotonic() < deadline, kernels
+                time.sleep(0.3)
+            page.locator(".lm-MenuBar-itemLabel:text-is('Run')").click()
+            page.locator(".lm-Menu-itemLabel:text-is('Run All Cells')").click()
+            root = page.locator(".jp-OutputArea .kf-inspector").first
+            root.wait_for(timeout=90_000)
+            # the last cell closes gradients/ and selects conv2/relu with a summary
+            page.wait_for_selector(".kf-inspector .kf-box[data-id='gradients/']", timeout=90_000)
+            page.wait_for_function("document.querySelector('.kf-inspector .kf-details-title')?.textContent"
+                                   " === 'conv2/relu'", timeout=90_000)
+            assert root.locator(".kf-box").count() > 20
+            assert root.locator(".kf-edge").count() > 20
+            # a click on the closed scope opens it: a group with a header appears
+            # dispatch_event: the box may lie outside the clipped canvas (the drawing is taller than it)
+            root.locator(".kf-box[data-id='gradients/']").dispatch_event("click")
+            root.locator(".kf-group[data-id='gradients/']").wait_for(timeout=30_000)
+            assert root.locator(".kf-box[data-id='gradients/relu_grad']").count() == 1
+            # close the two big scopes (header clicks) for a readable picture
+            for scope in ("gradients/", "Adam/"):
+                root.locator(f".kf-header[data-id='{scope}']").dispatch_event("click")
+                root.locator(f".kf-box.kf-scope[data-id='{scope}']").wait_for(timeout=30_000)
+            # a click on a variable shows its details and its value summary from the runtime
+            root.locator(".kf-box[data-id='conv1/w']").dispatch_event("click")
+            page.wait_for_function("document.querySelector('.kf-inspector .kf-details-title')?.textContent"
+                                   " === 'conv1/w'", timeout=30_000)
+            root.locator(".kf-summary").wait_for(timeout=30_000)
+            details = root.locator(".kf-details").inner_text()
+            assert "variable" in details and "min / max" in details and "NaN / Inf" in details
+            assert root.locator(".kf-hist-bar").count() == 20
+            assert root.locator(".kf-box.kf-sel[data-id='conv1/w']").count() == 1
+            # the notebook left a trace highlighted: clear it, then search
+            root.locator(".kf-clear").click()
+            page.wait_for_function("document.querySelectorAll('.kf-inspector .kf-hl').length === 0", timeout=30_000)
+            root.locator(".kf-search").fill("relu")
+            page.wait_for_selector(".kf-inspector .kf-box.kf-hl[data-id='conv1/relu']", timeout=30_000)
+            assert root.locator(".kf-box.kf-hl[data-id='conv2/relu']").count() == 1
+            assert root.locator(".kf-box.kf-hl[data-id='dense/matmul']").count() == 0
+            root.locator(".kf-fit").click()
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            root.screenshot(path=str(SCREENSHOT))
+            assert SCREENSHOT.stat().st_size > 10_000
+        finally:
+            browser.close()
