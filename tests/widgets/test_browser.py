@@ -1,8 +1,9 @@
 """The inspector in a real browser: JupyterLab + Debian's chromium + Playwright (marker ``browser``).
 
 Runs examples/inspect_cnn.ipynb in JupyterLab against a real runtime server, then clicks the
-drawing: a closed scope opens, a variable shows its details and value summary. Saves
-docs/img/inspector.png. Skipped when chromium, playwright or jupyterlab is missing.
+drawing: a closed scope opens, a variable shows its details and value summary. Saves a
+screenshot (to docs/img/inspector.png with KF_SAVE_SCREENSHOTS=1, else to the test's tmp dir, so a
+test run leaves the tree clean). Skipped when chromium, playwright or jupyterlab is missing.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def lab(tmp_path):
     srv.stop()
 
 
-def test_inspector_renders_and_reacts_to_clicks_in_jupyterlab(lab):
+def test_inspector_renders_and_reacts_to_clicks_in_jupyterlab(lab, tmp_path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -147,8 +148,9 @@ def test_inspector_renders_and_reacts_to_clicks_in_jupyterlab(lab):
             assert root.locator(".kf-box.kf-hl[data-id='conv2/relu']").count() == 1
             assert root.locator(".kf-box.kf-hl[data-id='dense/matmul']").count() == 0
             root.locator(".kf-fit").click()
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            root.screenshot(path=str(SCREENSHOT))
-            assert SCREENSHOT.stat().st_size > 10_000
+            shot = SCREENSHOT if os.environ.get("KF_SAVE_SCREENSHOTS") == "1" else tmp_path / "inspector.png"
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            root.screenshot(path=str(shot))
+            assert shot.stat().st_size > 10_000
         finally:
             browser.close()
