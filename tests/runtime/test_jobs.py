@@ -268,8 +268,8 @@ def test_stop_on_nan_fails_job_at_the_first_nan_metric(remote, shared_digits):
     job = m.g.fit(m.train, data="digits.train", feed={m.x: "x", m.y: "y"}, steps=10_000_000,
                   metrics={"loss": m.loss}, log_every=5, stop_on_nan=True)
     wait_for(lambda: job.progress["step"] > 20, "steps")
-    m.scale.set(np.float32(np.nan))
     s = job.progress["step"]
+    m.scale.set(np.float32(np.nan))
     assert job.wait(timeout=WAIT_S) == "failed"
     err = job.error
     assert err["step"] > s and err["step"] % 5 == 0
@@ -373,7 +373,7 @@ def test_clean_shutdown_interrupts_job_and_resume_finishes_with_same_batches(tmp
     rt = state_runtime(tmp_path / "state")
     train, _ = digits(rt)
     ref = mlp(rt, "reference")
-    total = 400
+    total = 2000  # long enough to pause it mid-way on a loaded machine
     kw = dict(data=train, feed={ref.x: "x", ref.y: "y"}, steps=total, metrics={"loss": ref.loss}, log_every=10,
               batch_size=32, checkpoint_every_s=3600)
     assert ref.g.fit(ref.train, **kw).wait(timeout=WAIT_S) == "completed"
