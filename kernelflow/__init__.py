@@ -33,3 +33,12 @@ def unload_ipython_extension(ipython: object) -> None:
     from .extension import unload_ipython_extension as unload
 
     unload(ipython)
+
+
+def __getattr__(name: str) -> object:
+    # kf.widgets imports ipywidgets/anywidget: load it on first use, not with `import kernelflow`.
+    if name == "widgets":
+        import importlib
+
+        return importlib.import_module(".widgets", __name__)
+    raise AttributeError(f"module 'kernelflow' has no attribute {name!r}")

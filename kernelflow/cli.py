@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--all", action="store_true", help="stop every local server")
     sp.add_argument("--timeout", type=float, default=5.0)
     sp.set_defaults(fn=cmd_stop)
+    from .extension.kernelspec import add_kernel_commands
+
+    add_kernel_commands(sub)
     return p
 
 

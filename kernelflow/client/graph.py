@@ -187,3 +187,9 @@ class RemoteGraph(Graph):
         from .job import fit
 
         return fit(self, train_op, **kwargs)
+
+    def inspect(self, **kwargs: Any) -> Any:
+        """A `kernelflow.widgets.GraphInspector` of this graph (in a notebook, it displays itself)."""
+        from ..widgets import GraphInspector  # lazily: the widget layer sits above the client
+
+        return GraphInspector(self, **kwargs)
