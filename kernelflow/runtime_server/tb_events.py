@@ -55,11 +55,7 @@ class EventWriter:
         t.join(timeout_s)
 
     def _run(self) -> None:
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError:
-            log.warning("tensorboardX is not installed: jobs write no TensorBoard event files")
-            SummaryWriter = None  # noqa: N806
+        SummaryWriter = _import_writer()  # noqa: N806
         writers: dict[str, Any] = {}
         while True:
             kind, job_id, arg = self._q.get()
@@ -83,6 +79,29 @@ class EventWriter:
                 w.close()
             except Exception:
                 log.error("closing a TensorBoard writer failed", exc_info=True)
+
+
+def _import_writer() -> Any:
+    """tensorboardX's SummaryWriter, or None (logged) when it is not installed.
+
+    tensorboardX imports torch, when installed, only to recognise torch tensors; this writer
+    hands it numpy and floats. Hiding torch for the import saves a second of CPU (holding the
+    GIL) that would slow the first job and every request meanwhile.
+    """
+    import sys
+
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        log.warning("tensorboardX is not installed: jobs write no TensorBoard event files")
+        return None
+    finally:
+        if hide and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return SummaryWriter
 
 
 def _write(w: Any, r: dict) -> None:

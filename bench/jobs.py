@@ -1,0 +1,194 @@
+"""Training-job benchmark (issue #4): the MLP of bench/train_mlp.py trained three ways.
+
+(a) ``client loop``: a Python loop in this process feeding every batch to a ``kernelflow
+    serve`` subprocess over TCP (``g.make_callable([train, loss], feed_list=[x, y])``);
+(b) ``server job``: ``g.fit`` on a dataset resident in that server, no metrics fetched
+    (``log_every=0``), and (b') the same job fetching the loss every 10 steps;
+(c) ``numpy loop``: bench/train_mlp.py's hand-written numpy step, in this process.
+
+Batches are shuffled rows of one synthetic dataset (8192 examples; train_mlp's teacher
+labels). The contenders run interleaved in rounds of about ``--block-s`` seconds each; a job
+round is one ``g.fit`` of as many steps as fill the block, and its rate is steps over the
+job's own running time (``elapsed_s``, measured by the server from its first step to its
+last). The table gives the median steps/s over the rounds and the ratios the issue sets
+targets for: job >= 1.5x client loop at batch 32, job >= 0.9x numpy at batch 256, logging
+every 10 steps costing <= 3% of the job's throughput.
+
+Usage:
+    python bench/jobs.py                      # batch 32 and 256
+    python bench/jobs.py --batch 32 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import machine_facts, median, print_facts, print_table  # noqa: E402
+from rpc import Child  # noqa: E402
+from train_mlp import BETA1, BETA2, EPS, LR, SIZES, NumpyMLP, make_batches, make_weights  # noqa: E402
+
+TOKEN = "bench-jobs-token"
+N_EXAMPLES = 8192
+TARGET_JOB_VS_CLIENT_32 = 1.5
+TARGET_JOB_VS_NUMPY_256 = 0.9
+TARGET_LOG_COST = 0.03
+
+
+def build_graph(rt: Any, name: str, weights: list) -> dict[str, Any]:
+    """train_mlp's kernelflow MLP on ``rt``: placeholders, dense layers, kf.optim.Adam."""
+    import kernelflow as kf
+
+    g = rt.graph(name)
+    x = g.placeholder((None, SIZES[0]), "float32", name="x")
+    y = g.placeholder((None,), "int64", name="y")
+    h = x
+    for i, (w0, b0) in enumerate(weights):
+        with g.name_scope(f"dense{i + 1}"):
+            h = h @ g.variable(w0, name="w") + g.variable(b0, name="b")
+            if i < len(weights) - 1:
+                h = kf.relu(h)
+    loss = kf.mean(kf.softmax_cross_entropy(h, y))
+    train = kf.optim.Adam(lr=LR, beta1=BETA1, beta2=BETA2, epsilon=EPS).minimize(loss)
+    g.sync()
+    return {"g": g, "x": x, "y": y, "loss": loss, "train": train}
+
+
+class Loop:
+    """A contender run as a Python loop over pre-cut shuffled batches: ``run(n)`` times n steps."""
+
+    def __init__(self, name: str, step: Any, batches: list[tuple[np.ndarray, np.ndarray]]):
+        self.name, self.step, self.batches = name, step, batches
+        self.rates: list[float] = []
+
+    def run(self, n: int) -> float:
+        bs, k = self.batches, len(self.batches)
+        t0 = time.perf_counter()
+        for i in range(n):
+            xb, yb = bs[i % k]
+            self.step(xb, yb)
+        return n / (time.perf_counter() - t0)
+
+
+class JobRunner:
+    """A contender run as server-side jobs: ``run(n)`` is one ``g.fit`` of n steps."""
+
+    def __init__(self, name: str, m: dict[str, Any], ds: Any, batch: int, log_every: int):
+        self.name, self.m, self.ds, self.batch, self.log_every = name, m, ds, batch, log_every
+        self.rates: list[float] = []
+
+    def run(self, n: int) -> float:
+        m = self.m
+        job = m["g"].fit(m["train"], data=self.ds, feed={m["x"]: "x", m["y"]: "y"}, batch_size=self.batch, steps=n,
+                         metrics={"loss": m["loss"]} if self.log_every else None, log_every=self.log_every,
+                         checkpoint_every_s=None)
+        status = job.wait(timeout=600)
+        if status != "completed":
+            raise RuntimeError(f"{self.name}: job ended {status}: {job.error}")
+        st = job.refresh()
+        logged = -(-n // self.log_every) if self.log_every else 0  # every log_every-th step and the last
+        if self.log_every and len(job.history["loss"]["step"]) != logged:
+            raise RuntimeError(f"{self.name}: expected {logged} logged losses")
+        return st["step"] / st["elapsed_s"]
+
+
+def bench_batch(batch: int, rt: Any, ds: Any, data: tuple[np.ndarray, np.ndarray], args: argparse.Namespace) -> dict:
+    weights = make_weights()
+    X, Y = data
+    rng = np.random.default_rng(1)
+    order = rng.permutation(len(X))
+    batches = [(X[order[i:i + batch]], Y[order[i:i + batch]]) for i in range(0, len(X) - batch + 1, batch)]
+    client = build_graph(rt, f"client-{batch}", weights)
+    client_step = client["g"].make_callable([client["train"], client["loss"]], feed_list=[client["x"], client["y"]])
+    contenders: list[Any] = [
+        Loop("client loop (TCP feed)", client_step, batches),
+        JobRunner("server job", build_graph(rt, f"job-{batch}", weights), ds, batch, 0),
+        JobRunner("server job, loss every 10", build_graph(rt, f"joblog-{batch}", weights), ds, batch, 10),
+        Loop("numpy loop", NumpyMLP(weights).step, batches),
+    ]
+    # Warm-up, which also sizes each contender's block to about block_s seconds.
+    sizes = {}
+    for c in contenders:
+        n = 20
+        rate = c.run(n)
+        n = max(20, int(rate * 0.5))
+        rate = c.run(n)
+        sizes[c.name] = max(20, int(rate * args.block_s) // 10 * 10)
+        print(f"  warm-up batch {batch} {c.name}: {rate:,.1f} steps/s, block of {sizes[c.name]}", flush=True)
+    for r in range(args.rounds):
+        for c in contenders:
+            time.sleep(args.gap_s)
+            c.rates.append(c.run(sizes[c.name]))
+        print(f"  round {r + 1}/{args.rounds}: " + "  ".join(f"{c.name} {c.rates[-1]:,.1f}" for c in contenders),
+              flush=True)
+    return {c.name: c.rates for c in contenders}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, nargs="+", default=[32, 256])
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--block-s", type=float, default=1.0)
+    p.add_argument("--gap-s", type=float, default=0.2)
+    args = p.parse_args(argv)
+
+    import kernelflow as kf
+
+    t_start = time.time()
+    logdir = Path(tempfile.mkdtemp(prefix="kf-bench-jobs-"))
+    server = Child("kf-server", [sys.executable, "-m", "kernelflow", "serve", "--port", "0", "--token", TOKEN],
+                   logdir, env={**os.environ, "JUPYTER_RUNTIME_DIR": str(logdir / "runtime")})
+    try:
+        url = server.ready(r"listening on (kf://127\.0\.0\.1:\d+)").group(1)
+        rt = kf.connect(url, token=TOKEN, timeout=600)
+        pieces = make_batches(N_EXAMPLES // 8, n_batches=8)
+        X = np.concatenate([b[0] for b in pieces])
+        Y = np.concatenate([b[1] for b in pieces])
+        ds = rt.dataset("bench", {"x": X, "y": Y})
+        results = {b: bench_batch(b, rt, ds, (X, Y), args) for b in args.batch}
+        rt.close()
+    finally:
+        server.stop()
+
+    print(f"\n## Training jobs: client loop over TCP vs server-side job vs numpy  ({time.time() - t_start:.0f} s)\n")
+    print_facts(machine_facts())
+    print(f"\nMLP {'-'.join(map(str, SIZES))}, Adam, float32; {N_EXAMPLES} examples resident on the server; "
+          f"median of {args.rounds} rounds of ~{args.block_s:g} s (min-max in brackets).\n")
+    rows = []
+    verdicts = []
+    for b, res in results.items():
+        med = {k: median(v) for k, v in res.items()}
+        job, job_log = med["server job"], med["server job, loss every 10"]
+        client, numpy = med["client loop (TCP feed)"], med["numpy loop"]
+        for k, v in res.items():
+            rows.append([b, k, f"{med[k]:,.1f}", f"{min(v):,.1f}-{max(v):,.1f}", f"{med[k] / client:.2f}x",
+                         f"{med[k] / numpy:.2f}x"])
+        cost = 1 - job_log / job
+        # Paired per round too: the logging cost varies less within a round than across.
+        paired = statistics.median(1 - a / b_ for a, b_ in zip(res["server job, loss every 10"], res["server job"]))
+        if b == 32:
+            verdicts.append(f"batch 32: job / client loop = {job / client:.2f}x (target >= {TARGET_JOB_VS_CLIENT_32}x): "
+                            f"{'met' if job / client >= TARGET_JOB_VS_CLIENT_32 else 'MISSED'}")
+        if b == 256:
+            verdicts.append(f"batch 256: job / numpy = {job / numpy:.2f}x (target >= {TARGET_JOB_VS_NUMPY_256}x): "
+                            f"{'met' if job / numpy >= TARGET_JOB_VS_NUMPY_256 else 'MISSED'}")
+        verdicts.append(f"batch {b}: logging every 10 steps costs {cost:.1%} of medians, {paired:.1%} paired by round "
+                        f"(target <= {TARGET_LOG_COST:.0%}): {'met' if max(cost, paired) <= TARGET_LOG_COST else 'MISSED'}")
+    print_table(["batch", "contender", "steps/s", "range", "vs client loop", "vs numpy"], rows, "rlrrrr")
+    print()
+    for v in verdicts:
+        print(f"- {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
