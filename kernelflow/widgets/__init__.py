@@ -1,8 +1,10 @@
-"""Notebook widgets: `GraphInspector` (the training monitor comes with issue #5).
+"""Notebook widgets: `GraphInspector` and the live `TrainingMonitor`.
 
-Contents: GraphInspector (inspector.py), the layered layout (layout.py), value summaries (summary.py).
+Contents: GraphInspector (inspector.py), the layered layout (layout.py), value summaries (summary.py),
+TrainingMonitor (monitor.py) with its charts (charts.py) and downsampling/smoothing (downsample.py).
 """
 
 from .inspector import GraphInspector
+from .monitor import TrainingMonitor
 
-__all__ = ["GraphInspector"]
+__all__ = ["GraphInspector", "TrainingMonitor"]
