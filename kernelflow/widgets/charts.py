@@ -77,7 +77,7 @@ class MetricChart:
         self.ys_lin, self.ys_log = bq.LinearScale(), bq.LogScale()
         ys = self.ys_log if log_y else self.ys_lin
         self.x_axis = bq.Axis(scale=self.xs, label=self._x_label(), grid_lines="dashed", num_ticks=6)
-        self.y_axis = bq.Axis(scale=ys, orientation="vertical", grid_lines="dashed", tick_format=".3g")
+        self.y_axis = bq.Axis(scale=ys, side="left", grid_lines="dashed", tick_format=".3g")
         self.raw_marks: list[bq.Lines] = []
         self.smooth_marks: list[bq.Lines] = []
         self.hover_marks: list[bq.Scatter] = []
@@ -102,7 +102,7 @@ class MetricChart:
         smooth = bq.Lines(x=np.zeros(0), y=np.zeros(0), scales=scales, colors=[color], stroke_width=2,
                           line_style=style, labels=[label], display_legend=True)
         hover = bq.Scatter(x=np.zeros(0), y=np.zeros(0), scales=scales, colors=[color], default_size=12,
-                           default_opacities=[0.05], marker="circle",
+                           opacities=[0.05], marker="circle",
                            tooltip=bq.Tooltip(fields=["x", "y"], labels=[self._x_label(), label],
                                               formats=[".6g", ".4g"]))
         self.series.append(series)
@@ -204,7 +204,7 @@ class HistogramPanel:
                             padding=0.05)
         self.latest = bq.Figure(title="latest", marks=[self.bars],
                                 axes=[bq.Axis(scale=bx, label="value", tick_format=".3g", num_ticks=5),
-                                      bq.Axis(scale=by, orientation="vertical", label="count")],
+                                      bq.Axis(scale=by, side="left", label="count")],
                                 fig_margin={"top": 40, "bottom": 40, "left": 60, "right": 20},
                                 layout=widgets.Layout(width="420px", height="260px"))
         sx, sy = bq.LinearScale(), bq.LinearScale()
@@ -216,7 +216,7 @@ class HistogramPanel:
                                stroke_width=2)
         self.over_time = bq.Figure(title="distribution over steps", marks=[*self.bands, self.median],
                                    axes=[bq.Axis(scale=sx, label="step", num_ticks=5),
-                                         bq.Axis(scale=sy, orientation="vertical", tick_format=".3g")],
+                                         bq.Axis(scale=sy, side="left", tick_format=".3g")],
                                    fig_margin={"top": 40, "bottom": 40, "left": 60, "right": 20},
                                    layout=widgets.Layout(width="420px", height="260px"),
                                    interaction=bq.PanZoom(scales={"x": [sx], "y": [sy]}))
