@@ -368,6 +368,23 @@ def test_job_without_metrics_or_logging_runs_train_op_only(local):
     assert job.history_frame().empty
 
 
+def test_job_wait_with_progress_shows_bar_with_latest_metrics(local, capsys):
+    rt, train, _ = local
+    m = mlp(rt, "bar")
+    job = m.g.fit(m.train, data=train, feed={m.x: "x", m.y: "y"}, steps=300, metrics={"loss": m.loss}, name="bar")
+    assert job.wait(timeout=WAIT_S, progress=True) == "completed"
+    err = capsys.readouterr().err
+    assert "bar: 100%" in err and "300/300" in err and "loss=" in err and "status=completed" in err
+
+
+def test_job_wait_timeout_raises_deadline_exceeded(local):
+    rt, train, _ = local
+    m = mlp(rt, "slow")
+    job = m.g.fit(m.train, data=train, feed={m.x: "x", m.y: "y"}, steps=10_000_000)
+    with pytest.raises(kf.errors.DeadlineExceededError, match=r"job job-\w+ is still (queued|running) .* after 0.05 s"):
+        job.wait(timeout=0.05)
+
+
 # ----------------------------------------------------------------- state dir: shutdown, kill -9, resume
 def test_clean_shutdown_interrupts_job_and_resume_finishes_with_same_batches(tmp_path):
     rt = state_runtime(tmp_path / "state")
