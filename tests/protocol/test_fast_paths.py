@@ -68,6 +68,19 @@ def test_feed_messages_deep_nesting_refused_on_fast_path():
         list(r.feed_messages(msgpack.packb(deep)))
 
 
+def test_feed_messages_short_deep_message_refused_with_small_max_depth():
+    r = MessageReader(max_depth=3)
+    with pytest.raises(ProtocolError, match="nests deeper than 3"):
+        list(r.feed_messages(msgpack.packb([[[[1]]]])))
+    assert list(MessageReader(max_depth=3).feed_messages(msgpack.packb([[[1]]]))) == [[[[1]]]]
+
+
+def test_feed_messages_short_message_with_timestamp_refused():
+    msg = msgpack.packb([0, 1, "x", [msgpack.Timestamp(1, 0)]], datetime=False)
+    with pytest.raises(ProtocolError, match="timestamp"):
+        list(MessageReader().feed_messages(msg))
+
+
 def test_feed_messages_over_limit_raises_resource_exhausted():
     r = MessageReader(max_message_bytes=100)
     with pytest.raises(ResourceExhaustedError, match="over the limit of 100"):
