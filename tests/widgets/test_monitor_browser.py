@@ -1,0 +1,153 @@
+"""The training monitor in a real browser: JupyterLab + Debian's chromium + Playwright (marker ``browser``).
+
+Runs examples/monitor.ipynb (with a long job) in JupyterLab against a real runtime server, waits
+for the monitor, checks that a chart line has several points and grows while the job runs, clicks
+Stop and sees the job stopped (badge and server). Saves a screenshot to docs/img/monitor.png with
+KF_SAVE_SCREENSHOTS=1 (else to the test's tmp dir). Skipped when chromium, playwright or jupyterlab
+is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+TOKEN = "kf-browser-test"
+SCREENSHOT = ROOT / "docs" / "img" / "monitor.png"
+# points of the first chart's smoothed loss line (a path "M x,y L x,y ..."): bqplot draws raw lines first
+POINTS_JS = """() => {
+  const paths = [...document.querySelectorAll('.kf-monitor .kf-monitor-chart path.line')]
+    .map(p => (p.getAttribute('d') || '').split(/[ML]/).filter(s => s.trim()).length);
+  return paths.length ? Math.max(...paths) : 0;
+}"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> list:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture
+def lab(tmp_path):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
+    pytest.importorskip("playwright")
+    pytest.importorskip("jupyterlab")
+    from tests.runtime.test_server import ServerProcess
+
+    srv = ServerProcess(tmp_path).wait_listening()
+    (tmp_path / "token").write_text(srv.token)
+    env = {**os.environ, "KERNELFLOW_URL": srv.url, "KERNELFLOW_TOKEN_FILE": str(tmp_path / "token")}
+    env.pop("KERNELFLOW_TOKEN", None)
+    for var in ("IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR",
+                "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR"):
+        d = tmp_path / var.lower()
+        d.mkdir()
+        env[var] = str(d)
+    settings = tmp_path / "jupyterlab_settings_dir" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text('{"autoStartDefaultKernel": true}')
+    news = tmp_path / "jupyterlab_settings_dir" / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')  # no news pop-up
+    nb_dir = tmp_path / "nb"
+    nb_dir.mkdir()
+    nb = json.loads((ROOT / "examples" / "monitor.ipynb").read_text())
+    # a job long enough to still run when Stop is clicked; and no last cell waiting for it: while a
+    # cell runs, the kernel holds widget messages (the Stop click) until the cell ends
+    assert "".join(nb["cells"][-1]["source"]).startswith("status = job.wait()")
+    nb["cells"] = nb["cells"][:-2]
+    epochs = [c for c in nb["cells"] if "".join(c["source"]) == "EPOCHS = 60"]
+    assert len(epochs) == 1
+    epochs[0]["source"] = "EPOCHS = 100000"
+    (nb_dir / "monitor.ipynb").write_text(json.dumps(nb))
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={nb_dir}",
+         "--ServerApp.allow_root=True", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            _get(f"{base}/api/kernels?token={TOKEN}")
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                srv.stop()
+                pytest.fail(f"jupyter lab did not start: {proc.stderr.read() if proc.stderr else ''}")
+            time.sleep(0.3)
+    yield base, srv
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    srv.stop()
+
+
+def test_monitor_live_chart_grows_and_stop_button_stops_job_in_jupyterlab(lab, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    base, srv = lab
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.goto(f"{base}/lab/tree/monitor.ipynb?token={TOKEN}")
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+            deadline = time.monotonic() + 60
+            while True:  # "Run All" before the kernel is connected silently runs nothing
+                kernels = _get(f"{base}/api/kernels?token={TOKEN}")
+                if kernels and kernels[0]["execution_state"] == "idle" and kernels[0]["connections"] >= 1:
+                    break
+                if page.locator(".jp-Dialog .jp-mod-accept").count():
+                    page.locator(".jp-Dialog .jp-mod-accept").first.click()
+                assert time.monotonic() < deadline, kernels
+                time.sleep(0.3)
+            page.locator(".lm-MenuBar-itemLabel:text-is('Run')").click()
+            page.locator(".lm-Menu-itemLabel:text-is('Run All Cells')").click()
+            root = page.locator(".jp-OutputArea .kf-monitor").first
+            root.wait_for(timeout=90_000)
+            root.locator(".kf-badge-running").wait_for(timeout=60_000)
+            page.wait_for_function(f"({POINTS_JS})() > 1", timeout=60_000)
+            first = page.evaluate(POINTS_JS)
+            page.wait_for_function(f"({POINTS_JS})() > {first}", timeout=60_000)  # grows while the job runs
+            assert root.locator(".kf-monitor-chart").count() >= 2  # loss and accuracy
+            assert root.locator(".kf-monitor-histograms .bqplot").count() == 2
+            shot = SCREENSHOT if os.environ.get("KF_SAVE_SCREENSHOTS") == "1" else tmp_path / "monitor.png"
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            time.sleep(2)  # a few more redraws for a fuller picture
+            root.screenshot(path=str(shot))
+            assert shot.stat().st_size > 10_000
+            root.locator("button.kf-stop").click()
+            root.locator(".kf-badge-stopped").wait_for(timeout=60_000)
+            assert root.locator("button.kf-stop").is_disabled()
+            with srv.connect() as rt:
+                jobs = [j for j in rt.jobs() if j["name"] == "digits-mlp"]
+                assert [j["status"] for j in jobs] == ["stopped"]
+                assert 0 < jobs[0]["step"] < jobs[0]["total_steps"]
+        finally:
+            browser.close()
