@@ -48,8 +48,8 @@ def test_pipelined_requests_in_one_send_answered_in_order(server):
     # method and graph.extend go through the thread pool.
     run = ["conn", server.graph_version, [], [server.doubled], [], []]
     msgs = [[0, 1, "info", []], [0, 2, "graph.run", run], [0, 3, "variable.read", ["conn", "s"]],
-            [0, 4, "graph.run", run], [0, 5, "no.such.method", []], [0, 6, "graph.extend", ["conn", server.graph_version, []]],
-            [0, 7, "graph.list", []]]
+            [0, 4, "graph.run", run], [0, 5, "no.such.method", []],
+            [0, 6, "graph.extend", ["conn", server.graph_version, []]], [0, 7, "graph.list", []]]
     with _authed(server) as s:
         replies, closed = raw_exchange(s, b"".join(_bytes(m) for m in msgs), n_replies=len(msgs))
     assert not closed
@@ -117,3 +117,22 @@ def test_many_small_calls_on_one_connection_stay_in_step(server):
             if i % 50 == 0:
                 assert rt.info()["protocol"] == 1
         assert s.value() == np.float32(1.5)
+
+
+def test_request_and_answer_with_several_big_arrays_round_trip(server):
+    # Several big arrays make several frames each way (gather writes, partial sends).
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal(300_000).astype("float32")
+    b = rng.integers(0, 1 << 40, size=(700, 300)).astype("int64")
+    c = np.arange(5, dtype="int16")
+    with server.connect() as rt:
+        g = rt.graph("frames")
+        xa = g.placeholder((None,), "float32", name="xa")
+        xb = g.placeholder((None, 300), "int64", name="xb")
+        xc = g.placeholder((None,), "int16", name="xc")
+        outs = g.run({"a": xa * 1.0, "b": xb, "c": xc, "a2": xa}, feed={xa: a, xb: b, xc: c})
+    np.testing.assert_array_equal(outs["a"], a)
+    np.testing.assert_array_equal(outs["a2"], a)
+    np.testing.assert_array_equal(outs["b"], b)
+    np.testing.assert_array_equal(outs["c"], c)
+    assert outs["b"].dtype == np.int64 and outs["c"].dtype == np.int16
