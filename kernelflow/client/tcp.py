@@ -2,7 +2,9 @@
 
 Requests are answered on the caller's thread (send, then read until the response with the
 same msgid arrives), which keeps the round trip of a small ``g.run`` close to a bare
-socket's. Notifications arriving in between are dispatched to the callbacks registered
+socket's. After a quick call, the next one polls for its answer for up to `SPIN_WAIT_S`
+before sleeping in ``recv``: waking a sleeping thread costs as much as the rest of a small
+call on small machines. Notifications arriving in between are dispatched to the callbacks registered
 with `TcpTransport.on_notification`; once one is registered, a background thread also
 reads the socket while no call is in flight. A dropped connection raises UnavailableError;
 the next call reconnects and re-authenticates by itself.

@@ -7,7 +7,11 @@ malformed message get an error response and, when the stream cannot be trusted a
 (garbage, an oversized message), the connection is dropped; the server goes on serving
 everyone else.
 
-Contents: RuntimeServer, tune_malloc (connections are served by connection.py).
+tornado's TCPServer accepts connections; connection.py serves them (plain TCP from the
+asyncio loop's reader/writer callbacks, TLS through tornado's SSLIOStream) and hands each
+message to `RuntimeServer._handle`.
+
+Contents: RuntimeServer, tune_malloc.
 """
 
 from __future__ import annotations
