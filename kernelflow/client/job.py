@@ -135,6 +135,12 @@ class Job:
         return st
 
     @property
+    def last_status(self) -> dict:
+        """The status map as this client last heard it (no request): from the last call, or from
+        the last ``job.records`` notification while subscribed. Safe inside subscribe callbacks."""
+        return dict(self._m.status)
+
+    @property
     def name(self) -> str:
         return self._m.status.get("name") or self.id
 
