@@ -284,7 +284,9 @@ def test_monitor_buttons_pause_resume_stop_the_job_and_badge_follows(live_job):
     wait_for(lambda: any(t != me for t in mon.delivery_threads), "records from the notification thread")
     h.pause.click()
     assert job.refresh()["status"] == "paused"
-    assert "kf-badge-paused" in h.title.value and h.pause.disabled and not h.resume.disabled
+    # a notification sent just before the click may show the old status for one more redraw
+    wait_for(lambda: "kf-badge-paused" in h.title.value and h.pause.disabled and not h.resume.disabled,
+             "badge paused", 10)
     h.resume.click()
     assert job.refresh()["status"] in ("running", "paused")
     wait_for(lambda: "kf-badge-running" in h.title.value, "badge running again")
@@ -292,7 +294,8 @@ def test_monitor_buttons_pause_resume_stop_the_job_and_badge_follows(live_job):
     wait_for(lambda: len(mon.series[(0, "loss")].value) > n, "records after resume")
     h.stop.click()
     assert job.refresh()["status"] == "stopped"
-    assert "kf-badge-stopped" in h.title.value and h.stop.disabled and h.pause.disabled and h.resume.disabled
+    wait_for(lambda: "kf-badge-stopped" in h.title.value and h.stop.disabled and h.pause.disabled
+             and h.resume.disabled, "badge stopped", 10)
     h.resume.click()  # a stopped job cannot resume: the message says so, nothing raises
     assert "only paused or interrupted jobs resume" in mon.message.value
     # re-attach: a fresh handle and monitor show the whole history
