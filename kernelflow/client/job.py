@@ -241,6 +241,28 @@ class Job:
             time.sleep(interval if left is None else min(interval, left))
             interval = min(interval * 1.5, 0.25)
 
+    def monitor(self, **kwargs: Any) -> Any:
+        """A live `kernelflow.widgets.TrainingMonitor` of this job in a notebook; outside one (no
+        running IPython kernel), the terminal progress bar of ``wait(progress=True)``.
+
+        Args:
+            **kwargs: passed to `TrainingMonitor` (``smoothing``, ``max_points``, ``redraw_interval_s``).
+
+        Returns:
+            The monitor widget, or the job's final status outside a notebook.
+        """
+        try:
+            from ipykernel.kernelbase import Kernel
+
+            in_kernel = Kernel.initialized()
+        except ImportError:
+            in_kernel = False
+        if not in_kernel:
+            return self.wait(progress=True)
+        from ..widgets import TrainingMonitor  # lazily: the widget layer sits above the client
+
+        return TrainingMonitor(self, **kwargs)
+
     def wait(self, timeout: float | None = None, progress: bool = False) -> str:
         """Block until the job is no longer queued or running; returns its status.
 
