@@ -117,6 +117,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else:
             print(f"    connect with kf.connect(\"{url}/?token={token}\")", flush=True)
         print(f"    runtime file: {path}", flush=True)
+        if args.http_port is None or args.http_port >= 0:  # TF Serving's REST API on this IO loop (issue #7)
+            from .runtime_server.rest import listen_rest
+
+            http_port = args.http_port if args.http_port is not None else (port + 1 if args.port else 0)
+            try:
+                _, http_bound = listen_rest(service.models, http_port, args.host, args.http_max_body_bytes)
+                print(f"    REST (TensorFlow Serving API) on http://{shown}:{http_bound}/v1/models", flush=True)
+            except OSError as e:
+                if args.http_port is not None:
+                    raise
+                print(f"    REST: port {http_port} unavailable ({e}); no REST API (give --http-port)", flush=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, server.shutdown)
@@ -135,6 +146,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(main())
     finally:
         service.shutdown()  # idempotent; covers a loop that ended before serving (port in use)
+    return 0
+
+
+def cmd_serve_models(args: argparse.Namespace) -> int:
+    """Serve the models under --model-base-path over REST until SIGTERM or Ctrl-C."""
+    from .runtime_server.models import ModelRegistry
+    from .runtime_server.rest import listen_rest
+
+    base = Path(args.model_base_path)
+    if not base.is_dir():
+        print(f"kernelflow serve-models: {base} is not a directory", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _, port = listen_rest(ModelRegistry(base), args.port, args.host, args.http_max_body_bytes)
+        print(f"kernelflow {__version__} model server: {base}", flush=True)
+        print(f"    REST (TensorFlow Serving API) on http://{args.host}:{port}/v1/models", flush=True)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+
+    asyncio.run(main())
     return 0
 
 
@@ -224,8 +259,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow a non-loopback --host without TLS")
     s.add_argument("--state-dir", help="keep graphs, checkpoints, datasets and job histories in this dir; "
                    "they are loaded again at start (default: memory only)")
+    s.add_argument("--http-port", type=int, default=None,
+                   help="port of the REST model API (default: --port + 1; 0 picks a free one; -1: none)")
+    s.add_argument("--http-max-body-bytes", type=int, default=64 << 20,
+                   help="largest REST predict body, in bytes (default 64 MiB)")
     s.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     s.set_defaults(fn=cmd_serve)
+
+    sm = sub.add_parser("serve-models", help="serve exported models over REST only (tensorflow_model_server's role)")
+    sm.add_argument("--model-base-path", required=True, help="dir holding <name>/<version>/ model dirs")
+    sm.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sm.add_argument("--port", type=int, default=8501, help="REST port; 0 picks a free one (default 8501)")
+    sm.add_argument("--http-max-body-bytes", type=int, default=64 << 20,
+                    help="largest predict body, in bytes (default 64 MiB)")
+    sm.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    sm.set_defaults(fn=cmd_serve_models)
 
     st = sub.add_parser("status", help="list the local runtime servers")
     st.add_argument("--timeout", type=float, default=5.0)

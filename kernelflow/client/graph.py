@@ -188,6 +188,12 @@ class RemoteGraph(Graph):
 
         return fit(self, train_op, **kwargs)
 
+    def export(self, name: str, inputs: dict, outputs: dict, version: int | None = None) -> int:
+        """Export the inference subgraph as a served model version; see `kernelflow.client.model.export`."""
+        from .model import export
+
+        return export(self, name, inputs, outputs, version)
+
     def inspect(self, **kwargs: Any) -> Any:
         """A `kernelflow.widgets.GraphInspector` of this graph (in a notebook, it displays itself)."""
         from ..widgets import GraphInspector  # lazily: the widget layer sits above the client

@@ -122,6 +122,18 @@ class Runtime:
         """Status of every job the runtime knows."""
         return self._call("job.list", [])
 
+    def model(self, name: str, version: int | None = None) -> Any:
+        """A `kernelflow.client.model.ModelHandle` on exported model ``name`` (latest version by default)."""
+        from .model import ModelHandle
+
+        return ModelHandle(self, name, version)
+
+    def models(self) -> list[dict]:
+        """Every exported model with its versions (TF Serving's model_version_status fields)."""
+        from .model import list_models
+
+        return list_models(self)
+
     def delete_graph(self, name: str) -> None:
         """Delete a graph and its variables from the runtime."""
         self._call("graph.delete", [name])

@@ -20,6 +20,7 @@ from ..errors import FailedPreconditionError, InvalidArgumentError, KernelflowEr
 from .datasets import DatasetStore
 from .devices import DeviceManager
 from .jobs import JobManager
+from .models import register as register_models
 from .session import GraphSession
 from .state import StateDir
 
@@ -77,6 +78,7 @@ class RuntimeService:
         }
         self.datasets = DatasetStore(self)
         self.jobs = JobManager(self)
+        self.models = register_models(self)  # model.* methods (issue #7)
         self._is_shut_down = False
         if self.state is not None:
             self.state.lock()

@@ -1,0 +1,156 @@
+"""Exported models from the client: `export` (behind ``g.export``), `ModelHandle` (``rt.model(name)``)
+and `load_model` (``kf.load_model(path)``: a model directory run by any runtime).
+
+Contents: export, ModelHandle, list_models, load_model, LocalModel.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from ..graph.ir import Tensor
+
+if TYPE_CHECKING:
+    from .graph import RemoteGraph
+    from .runtime import Runtime
+
+MARKER = "MODEL_COMPLETE"  # the runtime's models.py writes it last
+
+
+def _node_names(graph: RemoteGraph, m: Any, what: str) -> dict[str, str]:
+    if not isinstance(m, dict) or not m:
+        raise InvalidArgumentError(f"export: {what} must be a non-empty dict of name -> tensor")
+    out = {}
+    for k, t in m.items():
+        if isinstance(t, str):
+            t = graph[t]
+        if not isinstance(t, Tensor) or t.graph is not graph:
+            raise InvalidArgumentError(f"export: {what}['{k}'] must be a tensor of graph '{graph.name}'")
+        out[str(k)] = t.name
+    return out
+
+
+def export(graph: RemoteGraph, name: str, inputs: dict, outputs: dict, version: int | None = None) -> int:
+    """Export the inference subgraph from ``inputs`` to ``outputs`` as a new version of model ``name``.
+
+    The runtime writes ``<state dir>/models/<name>/<version>/``: the nodes the outputs need
+    (pruned at the inputs; control dependencies, optimiser slots and assign ops left out),
+    the current values of the variables they read, and the signature.
+
+    Args:
+        graph: the graph.
+        name: the model's name (letters, digits, ``_.-``).
+        inputs: {signature name: tensor}, e.g. ``{"image": x}``.
+        outputs: {signature name: tensor}, e.g. ``{"probabilities": p, "class": c}``.
+        version: the version number (None: one more than the highest).
+
+    Returns:
+        The version written.
+
+    Raises:
+        InvalidArgumentError: naming a placeholder the outputs need that is not among ``inputs``.
+        FailedPreconditionError: the runtime has no state dir.
+    """
+    ins, outs = _node_names(graph, inputs, "inputs"), _node_names(graph, outputs, "outputs")
+    graph.sync()
+    r = graph.runtime._call("model.export", [graph.name, name, ins, outs, version])
+    return int(r["version"])
+
+
+class ModelHandle:
+    """A model served by a runtime. Made by ``rt.model(name)``.
+
+    Args:
+        runtime: the runtime.
+        name: the model's name.
+        version: a fixed version, or None for the latest.
+    """
+
+    def __init__(self, runtime: Runtime, name: str, version: int | None = None):
+        self.runtime, self.name, self.version = runtime, name, version
+
+    def __repr__(self) -> str:
+        return f"<kf.Model '{self.name}' version={self.version or 'latest'} runtime={self.runtime.url}>"
+
+    def predict(self, inputs: dict[str, Any], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the model: ``inputs`` {input name: array} -> {output name: array}.
+
+        Example:
+            >>> rt.model("digits").predict({"image": batch})["class"]
+        """
+        feed = {k: np.asarray(v) for k, v in inputs.items()}
+        return self.runtime._call("model.predict", [self.name, self.version, feed, outputs])
+
+    def status(self) -> dict:
+        """Versions and their states (TF Serving's fields), the served version and its signature."""
+        return self.runtime._call("model.status", [self.name, self.version])
+
+
+def list_models(runtime: Runtime) -> list[dict]:
+    """Every model the runtime serves: ``[{"name", "model_version_status": [...]}]``."""
+    return runtime._call("model.list", [])
+
+
+class LocalModel:
+    """A model directory loaded into a runtime's graph (see `load_model`)."""
+
+    def __init__(self, graph: RemoteGraph, signature: dict, path: Path):
+        self.graph, self.signature, self.path = graph, signature, path
+        self.inputs: dict[str, dict] = signature["inputs"]
+        self.outputs: dict[str, dict] = signature["outputs"]
+
+    def __repr__(self) -> str:
+        return f"<kf.LocalModel {self.path} inputs={sorted(self.inputs)} outputs={sorted(self.outputs)}>"
+
+    def predict(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Run the model: ``inputs`` {input name: array} -> {output name: array}."""
+        if set(inputs) != set(self.inputs):
+            raise InvalidArgumentError(f"predict: the model takes inputs {sorted(self.inputs)}; got {sorted(inputs)}")
+        feed = {self.graph[self.inputs[k]["name"]]: v for k, v in inputs.items()}
+        return self.graph.run({k: self.graph[s["name"]] for k, s in self.outputs.items()}, feed=feed)
+
+
+def load_model(path: str | Path, runtime: Runtime | None = None) -> LocalModel:
+    """Load a model version directory (``.../<name>/<version>``, or ``.../<name>`` for its latest).
+
+    It needs nothing but the directory: the subgraph becomes a new graph of ``runtime``
+    (default: an in-process one) named ``<name>@<version>``, replacing one of that name.
+
+    Raises:
+        NotFoundError: no complete model version there.
+        FailedPreconditionError: damaged files.
+    """
+    from safetensors.numpy import load_file
+
+    from ..protocol.codec import decode
+    from .runtime import connect
+
+    p = Path(path)
+    if not (p / MARKER).is_file():
+        versions = sorted(int(d.name) for d in p.glob("*") if d.name.isdigit() and (d / MARKER).is_file()) \
+            if p.is_dir() else []
+        if not versions:
+            raise NotFoundError(f"load_model: {p} holds no complete model version (no {MARKER})")
+        p = p / str(versions[-1])
+    try:
+        signature = json.loads((p / "signature.json").read_text())
+        dicts = decode((p / "graph.msgpack").read_bytes())["nodes"]
+        arrays = load_file(str(p / "variables.safetensors"))
+        for d in dicts:
+            if d.get("op") == "variable":
+                d["attrs"] = {**(d.get("attrs") or {}), "initial": arrays[d["name"]]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise FailedPreconditionError(f"load_model: model at {p} is damaged: {e}") from e
+    rt = runtime if runtime is not None else connect("inproc")
+    gname = f"{p.parent.name}@{p.name}"
+    if gname in rt.graphs():
+        rt.delete_graph(gname)
+    g = rt.graph(gname)
+    g.extend_from_dicts(dicts)
+    g.sync()
+    return LocalModel(g, signature, p)

@@ -1,0 +1,371 @@
+"""Exported models: the on-disk format, loading, a registry of versions, predict, and the model.* RPC methods.
+
+A model directory (``<base>/<name>/<version>/``) holds::
+
+    graph.msgpack          the inference subgraph's node dicts (kernelflow's codec); variable
+                           nodes carry no ``initial`` attr: their values are in variables.safetensors
+    variables.safetensors  the values of the variables the subgraph reads
+    signature.json         {"signature_name", "method_name", "inputs", "outputs"}; each input and
+                           output is {"name": node, "dtype": numpy name, "shape": [int or null]}
+    MODEL_COMPLETE         written last: a version without it is never loaded
+
+Versions are increasing integers. A version is written into a hidden temp dir and renamed
+into place, so a reader sees it whole or not at all. Nothing read from a model dir is
+unpickled or evaluated.
+
+Contents: export_model, LoadedModel, ModelRegistry, register.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from ..errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError
+from ..graph.ir import Tensor, node_to_dict
+from ..graph.ops.state import placeholder_op, variable_op
+from ..graph.shapes import format_shape
+from ..protocol.codec import decode, encode
+from .devices import DeviceManager
+from .session import GraphSession
+
+log = logging.getLogger("kernelflow.models")
+
+MARKER = "MODEL_COMPLETE"
+SIGNATURE_NAME = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
+FORMAT = "kernelflow-model-1"
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}")
+
+
+def check_model_name(name: Any) -> str:
+    """``name`` if it is a safe model name (no path characters), else InvalidArgumentError."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
+        raise InvalidArgumentError(f"model name must match [A-Za-z0-9][A-Za-z0-9_.-]* (no '/', no '..'); "
+                                   f"got {name!r}")
+    return name
+
+
+def _versions_on_disk(model_dir: Path) -> list[int]:
+    """Complete versions (those with the marker), ascending."""
+    out = []
+    try:
+        entries = list(os.scandir(model_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for e in entries:
+        if e.name.isdigit() and e.is_dir() and (Path(e.path) / MARKER).is_file():
+            out.append(int(e.name))
+    return sorted(out)
+
+
+def _all_version_numbers(model_dir: Path) -> list[int]:
+    try:
+        return sorted(int(e.name) for e in os.scandir(model_dir) if e.name.isdigit())
+    except FileNotFoundError:
+        return []
+
+
+# ----------------------------------------------------------------- export
+def _prune(outputs: list[Tensor], inputs: dict[int, Tensor]) -> list[Tensor]:
+    """The nodes the outputs need by data edges, stopping at inputs; control edges are dropped
+    (they order training updates, which inference does not run)."""
+    seen: dict[int, Tensor] = {}
+    stack = list(outputs)
+    while stack:
+        t = stack.pop()
+        if id(t) in seen:
+            continue
+        seen[id(t)] = t
+        if id(t) not in inputs:
+            stack.extend(t.inputs)
+    return sorted(seen.values(), key=lambda t: t.index)
+
+
+def _tensor_spec(t: Tensor) -> dict:
+    return {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
+
+
+def export_model(session: GraphSession, base: Path, name: str, inputs: dict, outputs: dict,
+                 version: int | None = None) -> dict:
+    """Write the inference subgraph of ``session`` from ``inputs`` to ``outputs`` as a model version.
+
+    Args:
+        session: the graph's session.
+        base: the model base path (``<state dir>/models``).
+        name: the model's name.
+        inputs: {signature input name: node name}.
+        outputs: {signature output name: node name}.
+        version: the version number (None: one more than the highest there).
+
+    Returns:
+        ``{"name", "version", "path", "signature"}``.
+
+    Raises:
+        InvalidArgumentError: a bad name, an unknown node, a placeholder the outputs need that
+            is not among the inputs, or a node that updates a variable.
+        AlreadyExistsError: ``version`` exists already.
+    """
+    check_model_name(name)
+    for what, m in (("inputs", inputs), ("outputs", outputs)):
+        if not isinstance(m, dict) or not m:
+            raise InvalidArgumentError(f"model.export: {what} must be a non-empty map of name -> node")
+        for k, v in m.items():
+            if not isinstance(k, str) or not _KEY_RE.fullmatch(k):
+                raise InvalidArgumentError(f"model.export: {what} key {k!r} must match [A-Za-z_][A-Za-z0-9_.-]*")
+            if not isinstance(v, str) or v not in session.graph:
+                raise InvalidArgumentError(f"model.export: {what}['{k}'] = {v!r} is not a node of graph "
+                                           f"'{session.name}'")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+        raise InvalidArgumentError(f"model.export: version must be a positive integer; got {version!r}")
+    with session.lock:
+        g = session.graph
+        in_nodes = {k: g[v] for k, v in inputs.items()}
+        out_nodes = {k: g[v] for k, v in outputs.items()}
+        for k, t in out_nodes.items():
+            if t.dtype is None:
+                raise InvalidArgumentError(f"model.export: output '{k}' (node '{t.name}', op {t.op.name}) has no value")
+        fed = {id(t): t for t in in_nodes.values()}
+        nodes = _prune(list(out_nodes.values()), fed)
+        dicts, var_names = [], []
+        for n in nodes:
+            if id(n) in fed:
+                # An input that is not a placeholder (e.g. a hidden layer) becomes one.
+                dicts.append({"name": n.name, "op": "placeholder", "inputs": [],
+                              "attrs": {"shape": list(n.shape), "dtype": n.dtype}})
+                continue
+            if n.op is placeholder_op:
+                raise InvalidArgumentError(
+                    f"model.export: the outputs need placeholder '{n.name}' ({n.dtype}{format_shape(n.shape)}), "
+                    f"which is not among the inputs {sorted(inputs)}; add it to inputs",
+                    node=n.name, source=n.source)
+            if n.op.mutates:
+                raise InvalidArgumentError(f"model.export: node '{n.name}' ({n.op.name}) updates a variable; "
+                                           "an exported model only reads its variables", node=n.name)
+            d = node_to_dict(n)
+            d.pop("control_inputs", None)
+            d.pop("device", None)
+            if n.op is variable_op:
+                d["attrs"] = {k: v for k, v in d["attrs"].items() if k != "initial"}
+                var_names.append(n.name)
+            dicts.append(d)
+        values = session.snapshot_variables()
+        arrays = {v: np.ascontiguousarray(values[v]) for v in var_names}
+    signature = {"signature_name": SIGNATURE_NAME, "method_name": PREDICT_METHOD, "format": FORMAT,
+                 "graph": session.name,
+                 "inputs": {k: _tensor_spec(t) for k, t in in_nodes.items()},
+                 "outputs": {k: _tensor_spec(t) for k, t in out_nodes.items()}}
+    return _write_version(base, name, version, dicts, arrays, signature)
+
+
+_export_lock = threading.Lock()
+
+
+def _write_version(base: Path, name: str, version: int | None, dicts: list, arrays: dict, signature: dict) -> dict:
+    model_dir = base / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    with _export_lock:
+        existing = _all_version_numbers(model_dir)
+        if version is None:
+            version = (existing[-1] + 1) if existing else 1
+        elif version in existing:
+            raise AlreadyExistsError(f"model.export: model '{name}' has a version {version} already; "
+                                     f"versions: {existing}")
+        tmp = model_dir / f".tmp-{version}-{secrets.token_hex(4)}"
+        tmp.mkdir()
+        try:
+            with open(tmp / "graph.msgpack", "wb") as f:
+                for fr in encode({"format": FORMAT, "nodes": dicts}):
+                    f.write(fr)
+            save_file(arrays, str(tmp / "variables.safetensors"), metadata={"format": FORMAT})
+            (tmp / "signature.json").write_text(json.dumps(signature, indent=1))
+            for p in tmp.iterdir():
+                with open(p, "rb+") as f:
+                    os.fsync(f.fileno())
+            (tmp / MARKER).write_text(f"{FORMAT}\n")
+            os.replace(tmp, model_dir / str(version))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    log.info("exported model '%s' version %d (%d nodes, %d variables)", name, version, len(dicts), len(arrays))
+    return {"name": name, "version": version, "path": str(model_dir / str(version)), "signature": signature}
+
+
+# ----------------------------------------------------------------- loading and predict
+def read_model_dir(path: Path) -> tuple[list[dict], dict]:
+    """The node dicts (variables' ``initial`` filled in) and signature of a model version dir.
+
+    Raises:
+        NotFoundError: not a complete model version.
+        FailedPreconditionError: damaged files.
+    """
+    if not (path / MARKER).is_file():
+        raise NotFoundError(f"{path} is not a complete kernelflow model version (no {MARKER})")
+    try:
+        signature = json.loads((path / "signature.json").read_text())
+        body = decode((path / "graph.msgpack").read_bytes())
+        arrays = load_file(str(path / "variables.safetensors"))
+        dicts = body["nodes"]
+        for d in dicts:
+            if d.get("op") == "variable":
+                d["attrs"] = {**(d.get("attrs") or {}), "initial": arrays[d["name"]]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise FailedPreconditionError(f"model at {path} is damaged: {e}") from e
+    return dicts, signature
+
+
+class LoadedModel:
+    """One loaded model version: its own graph session, runnable without any other state.
+
+    Args:
+        name: the model's name.
+        version: its version number.
+        path: the version's directory.
+        devices: the device manager to place its nodes with.
+    """
+
+    def __init__(self, name: str, version: int, path: Path, devices: DeviceManager):
+        self.name, self.version, self.path = name, version, path
+        dicts, self.signature = read_model_dir(path)
+        self.session = GraphSession(f"model:{name}:{version}", devices)
+        self.session.extend(dicts, 0)
+        self.inputs: dict[str, dict] = self.signature["inputs"]
+        self.outputs: dict[str, dict] = self.signature["outputs"]
+
+    def predict(self, inputs: dict[str, Any], output_keys: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the model on ``inputs`` ({input name: array}); returns {output name: array}.
+
+        Raises:
+            InvalidArgumentError: missing or unknown input names, wrong dtype or shape.
+        """
+        if not isinstance(inputs, dict):
+            raise InvalidArgumentError(f"predict: inputs must be a map of input name -> array; "
+                                       f"got {type(inputs).__name__}")
+        unknown = sorted(set(inputs) - set(self.inputs))
+        missing = sorted(set(self.inputs) - set(inputs))
+        if unknown or missing:
+            raise InvalidArgumentError(f"predict: model '{self.name}' takes inputs {sorted(self.inputs)}; "
+                                       f"unknown: {unknown}, missing: {missing}")
+        keys = list(self.outputs) if output_keys is None else output_keys
+        for k in keys:
+            if k not in self.outputs:
+                raise InvalidArgumentError(f"predict: model '{self.name}' has no output '{k}'; "
+                                           f"outputs: {sorted(self.outputs)}")
+        feed_names = [self.inputs[k]["name"] for k in self.inputs]
+        feed_values = [inputs[k] for k in self.inputs]
+        vals = self.session.run([self.outputs[k]["name"] for k in keys], feed_names, feed_values)
+        return dict(zip(keys, vals))
+
+
+class ModelRegistry:
+    """The models under a base path: versions found on disk, loaded on first use and cached.
+
+    Any complete version may be asked for; "latest" is the highest complete one. A version
+    whose directory disappears is dropped from the cache on the next lookup.
+
+    Args:
+        base: the model base path (``<state dir>/models`` or ``--model-base-path``); None: no models.
+        devices: device manager for loaded models.
+    """
+
+    def __init__(self, base: Path | None, devices: DeviceManager | None = None):
+        self.base = Path(base) if base is not None else None
+        self.devices = devices or DeviceManager("cpu")
+        self._loaded: dict[tuple[str, int], LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def _require_base(self, what: str) -> Path:
+        if self.base is None:
+            raise FailedPreconditionError(f"{what}: this runtime has no state dir to keep models in; start the "
+                                          "server with `kernelflow serve --state-dir DIR`")
+        return self.base
+
+    def names(self) -> list[str]:
+        if self.base is None or not self.base.is_dir():
+            return []
+        return sorted(e.name for e in os.scandir(self.base)
+                      if e.is_dir() and _NAME_RE.fullmatch(e.name) and _versions_on_disk(Path(e.path)))
+
+    def versions(self, name: str) -> list[int]:
+        """Complete versions of model ``name``, ascending (NotFoundError if none)."""
+        check_model_name(name)
+        vs = _versions_on_disk(self.base / name) if self.base is not None else []
+        if not vs:
+            raise NotFoundError(f"no model named '{name}'; models: {self.names()}")
+        return vs
+
+    def resolve_version(self, name: str, version: int | None) -> int:
+        vs = self.versions(name)
+        if version is None:
+            return vs[-1]
+        if version not in vs:
+            raise NotFoundError(f"model '{name}' has no version {version}; versions: {vs}")
+        return version
+
+    def get(self, name: str, version: int | None = None) -> LoadedModel:
+        """The loaded model version (latest when None), loading it now if needed."""
+        v = self.resolve_version(name, version)
+        with self._lock:
+            for key in [k for k in self._loaded if k[0] == name and k[1] not in self.versions(name)]:
+                del self._loaded[key]  # its directory is gone: release it
+            m = self._loaded.get((name, v))
+            if m is None:
+                assert self.base is not None
+                m = self._loaded[(name, v)] = LoadedModel(name, v, self.base / name / str(v), self.devices)
+                log.info("loaded model '%s' version %d", name, v)
+            return m
+
+    def status(self, name: str, version: int | None = None) -> dict:
+        """TensorFlow Serving's GetModelStatus document."""
+        vs = self.versions(name)
+        if version is not None:
+            vs = [self.resolve_version(name, version)]
+        return {"model_version_status": [
+            {"version": str(v), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            for v in reversed(vs)]}
+
+    def list(self) -> list[dict]:
+        """Every model with its versions (newest first) and their states."""
+        out = []
+        for n in self.names():
+            out.append({"name": n, **self.status(n)})
+        return out
+
+
+# ----------------------------------------------------------------- RPC methods
+def register(service: Any) -> ModelRegistry:
+    """Add model.export / model.list / model.predict / model.status to ``service``; returns the registry."""
+    base = Path(service.state.root) / "models" if service.state is not None else None
+    reg = ModelRegistry(base, service.devices)
+    service.models = reg
+
+    def model_export(graph: str, name: str, inputs: dict, outputs: dict, version: int | None = None) -> dict:
+        base_path = reg._require_base("model.export")
+        return export_model(service.session(graph), base_path, name, inputs, outputs, version)
+
+    def model_list() -> list[dict]:
+        return reg.list()
+
+    def model_predict(name: str, version: int | None, inputs: dict, output_keys: list | None = None) -> dict:
+        return reg.get(name, version).predict(inputs, output_keys)
+
+    def model_status(name: str, version: int | None = None) -> dict:
+        m = reg.get(name, version)
+        return {**reg.status(name, version), "name": name, "version": m.version, "signature": m.signature}
+
+    service.register("model.export", model_export)
+    service.register("model.list", model_list)
+    service.register("model.predict", model_predict)
+    service.register("model.status", model_status)
+    return reg

@@ -1,0 +1,255 @@
+"""TensorFlow Serving's REST API over a `ModelRegistry`, as a tornado.web Application.
+
+Routes (TF Serving's documented JSON field names):
+``GET /v1/models`` (kernelflow's addition: every model and its versions),
+``GET /v1/models/{name}[/versions/{v}]`` (model status),
+``GET /v1/models/{name}[/versions/{v}]/metadata`` (signature),
+``POST /v1/models/{name}[/versions/{v}]:predict`` (row ``instances`` or columnar ``inputs``).
+Errors are ``{"error": "..."}`` with 400 (bad input), 404 (no such model or version) or 413.
+Predicts run in a thread pool, off the IO loop.
+
+Contents: make_app, listen_rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import unquote
+
+import numpy as np
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+from ..errors import InvalidArgumentError, KernelflowError, NotFoundError
+from .models import ModelRegistry, check_model_name
+
+log = logging.getLogger("kernelflow.rest")
+
+DEFAULT_MAX_BODY_BYTES = 64 << 20
+_PATH_RE = re.compile(r"^/v1/models/(?P<name>[^/:]*)(?:/versions/(?P<version>[^/:]*))?"
+                      r"(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?/?$")
+_DT = {"float16": "DT_HALF", "float32": "DT_FLOAT", "float64": "DT_DOUBLE", "int8": "DT_INT8", "int16": "DT_INT16",
+       "int32": "DT_INT32", "int64": "DT_INT64", "uint8": "DT_UINT8", "uint16": "DT_UINT16", "uint32": "DT_UINT32",
+       "uint64": "DT_UINT64", "bool": "DT_BOOL", "complex64": "DT_COMPLEX64", "complex128": "DT_COMPLEX128"}
+
+
+def _tensor_info(spec: dict) -> dict:
+    shape = spec.get("shape")
+    dims = [{"size": str(-1 if d is None else d), "name": ""} for d in (shape or [])]
+    return {"dtype": _DT.get(spec["dtype"], "DT_INVALID"),
+            "tensor_shape": {"dim": dims, "unknown_rank": shape is None}, "name": spec["name"]}
+
+
+def _to_json(a: np.ndarray) -> Any:
+    return a.tolist()
+
+
+def _decode_b64(v: Any) -> Any:
+    """Replace ``{"b64": s}`` leaves by lists of bytes (uint8), decoded strictly."""
+    if isinstance(v, dict):
+        if set(v) == {"b64"} and isinstance(v["b64"], str):
+            try:
+                return list(base64.b64decode(v["b64"], validate=True))
+            except ValueError as e:
+                raise InvalidArgumentError(f"bad base64 value: {e}") from e
+        raise InvalidArgumentError(f"a value may be a number, a list or {{\"b64\": ...}}; got a map with keys "
+                                   f"{sorted(v)}")
+    if isinstance(v, list):
+        return [_decode_b64(x) for x in v]
+    return v
+
+
+def _array(value: Any, spec: dict, what: str) -> np.ndarray:
+    """A JSON value as an array of the input's dtype; ragged or non-numeric values are errors."""
+    value = _decode_b64(value)
+    try:
+        arr = np.array(value)
+    except ValueError as e:  # numpy >= 1.24 refuses ragged nested lists
+        raise InvalidArgumentError(f"{what}: ragged or malformed values: {e}") from e
+    if arr.dtype == object:
+        raise InvalidArgumentError(f"{what}: ragged values (rows of different lengths)")
+    dtype = np.dtype(spec["dtype"])
+    if arr.size and arr.dtype.kind not in "biuf":
+        raise InvalidArgumentError(f"{what}: expected {spec['dtype']} numbers; got {arr.dtype.kind!r} values "
+                                   f"such as {arr.flat[0]!r}")
+    if arr.size and dtype.kind in "iub" and arr.dtype.kind == "f" and not np.all(arr == np.round(arr)):
+        raise InvalidArgumentError(f"{what}: expected {spec['dtype']} values; got fractional numbers")
+    shape = spec.get("shape")
+    if shape is not None and (arr.ndim != len(shape)
+                              or any(d is not None and d != a for d, a in zip(shape, arr.shape))):
+        shown = "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+        raise InvalidArgumentError(f"{what}: expected shape {shown}; got {arr.shape}")
+    return arr.astype(dtype)
+
+
+def parse_predict(body: dict, inputs: dict[str, dict]) -> tuple[dict[str, np.ndarray], bool]:
+    """A predict request's inputs as arrays; also whether it used the row (``instances``) format.
+
+    Raises:
+        InvalidArgumentError: neither or both formats, wrong input names, ragged, wrong dtype/shape.
+    """
+    if not isinstance(body, dict):
+        raise InvalidArgumentError("the request body must be a JSON object with \"instances\" or \"inputs\"")
+    has_rows, has_cols = "instances" in body, "inputs" in body
+    if has_rows == has_cols:
+        raise InvalidArgumentError("give exactly one of \"instances\" (row format) or \"inputs\" (columnar format)")
+    names = list(inputs)
+    if has_rows:
+        rows = body["instances"]
+        if not isinstance(rows, list) or not rows:
+            raise InvalidArgumentError("\"instances\" must be a non-empty list")
+        named = all(isinstance(r, dict) and "b64" not in r for r in rows)
+        if named:
+            cols: dict[str, list] = {}
+            for i, r in enumerate(rows):
+                if set(r) != set(names):
+                    raise InvalidArgumentError(f"instance {i} has inputs {sorted(r)}; the model takes {sorted(names)}")
+                for k in names:
+                    cols.setdefault(k, []).append(r[k])
+        elif len(names) == 1:
+            cols = {names[0]: rows}
+        else:
+            raise InvalidArgumentError(f"the model takes several inputs {sorted(names)}: each instance must be an "
+                                       "object naming them")
+    else:
+        cols = body["inputs"]
+        if not isinstance(cols, dict) or set(cols) == {"b64"}:  # one input's value, unnamed
+            if len(names) != 1:
+                raise InvalidArgumentError(f"\"inputs\" must be an object naming the inputs {sorted(names)}")
+            cols = {names[0]: cols}
+        if set(cols) != set(names):
+            raise InvalidArgumentError(f"\"inputs\" names {sorted(cols)}; the model takes {sorted(names)}")
+    return {k: _array(v, inputs[k], f"input '{k}'") for k, v in cols.items()}, has_rows
+
+
+def format_predict(out: dict[str, np.ndarray], rows: bool) -> dict:
+    """TF Serving's answer: ``predictions`` (row) or ``outputs`` (columnar); one output is unwrapped."""
+    if rows:
+        if len(out) == 1:
+            return {"predictions": _to_json(next(iter(out.values())))}
+        n = min(len(a) for a in out.values())
+        cols = {k: _to_json(a) for k, a in out.items()}
+        return {"predictions": [{k: cols[k][i] for k in cols} for i in range(n)]}
+    if len(out) == 1:
+        return {"outputs": _to_json(next(iter(out.values())))}
+    return {"outputs": {k: _to_json(a) for k, a in out.items()}}
+
+
+class _ModelsHandler(tornado.web.RequestHandler):
+    def initialize(self, registry: ModelRegistry, pool: ThreadPoolExecutor, max_body_bytes: int) -> None:
+        self.registry, self.pool, self.max_body_bytes = registry, pool, max_body_bytes
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+
+    def _send(self, doc: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(doc, separators=(",", ":")))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.finish(json.dumps({"error": self._reason}))
+
+    def _route(self) -> tuple[str | None, int | None, bool, str | None]:
+        m = _PATH_RE.match(unquote(self.request.path))
+        if self.request.path.rstrip("/") == "/v1/models":
+            return None, None, False, None
+        if m is None:
+            raise NotFoundError(f"no such route {self.request.path!r}; see /v1/models/<name>[/versions/<v>]"
+                                "[/metadata|:predict]")
+        name = check_model_name(m.group("name"))
+        v = m.group("version")
+        if v is not None and not v.isdigit():
+            raise InvalidArgumentError(f"version must be a positive integer; got {v!r}")
+        return name, (int(v) if v is not None else None), bool(m.group("metadata")), m.group("verb")
+
+    async def _guard(self, coro: Any) -> None:
+        try:
+            await coro
+        except NotFoundError as e:
+            self._send({"error": e.message if hasattr(e, "message") else str(e)}, 404)
+        except KernelflowError as e:
+            self._send({"error": e.message if hasattr(e, "message") else str(e)}, 400)
+        except Exception as e:  # the server goes on; the client hears what failed
+            log.error("REST %s %s failed", self.request.method, self.request.path, exc_info=True)
+            self._send({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
+
+    async def get(self, *_: Any) -> None:
+        await self._guard(self._get())
+
+    async def post(self, *_: Any) -> None:
+        await self._guard(self._post())
+
+    async def _get(self) -> None:
+        name, version, metadata, verb = self._route()
+        if name is None:
+            self._send({"models": self.registry.list()})
+            return
+        if verb is not None:
+            raise NotFoundError(f"use POST for :{verb}")
+        if not metadata:
+            self._send(self.registry.status(name, version))
+            return
+        loop = asyncio.get_running_loop()
+        m = await loop.run_in_executor(self.pool, self.registry.get, name, version)
+        sig = m.signature
+        self._send({"model_spec": {"name": name, "signature_name": "", "version": str(m.version)},
+                    "metadata": {"signature_def": {"signature_def": {sig["signature_name"]: {
+                        "inputs": {k: _tensor_info(s) for k, s in m.inputs.items()},
+                        "outputs": {k: _tensor_info(s) for k, s in m.outputs.items()},
+                        "method_name": sig["method_name"]}}}}})
+
+    async def _post(self) -> None:
+        name, version, metadata, verb = self._route()
+        if name is None or metadata or verb != "predict":
+            raise NotFoundError(f"no POST route {self.request.path!r}; use /v1/models/<name>[/versions/<v>]:predict")
+        if len(self.request.body) > self.max_body_bytes:
+            self._send({"error": f"request body of {len(self.request.body)} bytes is over the limit of "
+                                 f"{self.max_body_bytes}"}, 413)
+            return
+        try:
+            body = json.loads(self.request.body or b"null")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidArgumentError(f"malformed JSON: {e}") from e
+        loop = asyncio.get_running_loop()
+        m = await loop.run_in_executor(self.pool, self.registry.get, name, version)
+        sig_name = body.get("signature_name") if isinstance(body, dict) else None
+        if sig_name not in (None, "", m.signature["signature_name"]):
+            raise InvalidArgumentError(f"model '{name}' has no signature {sig_name!r}; it has "
+                                       f"'{m.signature['signature_name']}'")
+        inputs, rows = parse_predict(body, m.inputs)
+        out = await loop.run_in_executor(self.pool, m.predict, inputs)
+        self._send(format_predict(out, rows))
+
+
+def make_app(registry: ModelRegistry, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+             pool: ThreadPoolExecutor | None = None) -> tornado.web.Application:
+    """The REST Application serving ``registry``.
+
+    Args:
+        registry: the models to serve.
+        max_body_bytes: larger predict bodies get 413.
+        pool: threads that load models and run predicts (default: a pool of 4).
+    """
+    pool = pool or ThreadPoolExecutor(4, thread_name_prefix="kf-rest")
+    kw = {"registry": registry, "pool": pool, "max_body_bytes": max_body_bytes}
+    return tornado.web.Application([(r"/v1/models.*", _ModelsHandler, kw)])
+
+
+def listen_rest(registry: ModelRegistry, port: int, host: str = "127.0.0.1",
+                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> tuple[tornado.httpserver.HTTPServer, int]:
+    """Start serving REST on the running IO loop; returns (server, bound port).
+
+    Bodies up to twice the limit are read and answered 413 with a JSON error; larger ones are
+    refused by tornado while reading (400, empty body) so they are never held in memory.
+    """
+    server = tornado.httpserver.HTTPServer(make_app(registry, max_body_bytes), max_body_size=2 * max_body_bytes)
+    sockets = tornado.netutil.bind_sockets(port, host)
+    server.add_sockets(sockets)
+    return server, sockets[0].getsockname()[1]
