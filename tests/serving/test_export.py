@@ -1,0 +1,127 @@
+"""Model export (issue #7): directory layout, pruning, errors, and loading in a fresh runtime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import kernelflow as kf
+from kernelflow.runtime_server.models import MARKER
+
+from .conftest import build_digits
+
+
+def test_export_writes_version_dir_with_signature_and_marker(inproc_state, tmp_path):
+    d = build_digits(inproc_state, steps=3)
+    v = d.g.export("digits", inputs={"image": d.x}, outputs={"probabilities": d.probs, "class": d.cls})
+    assert v == 1
+    vdir = tmp_path / "state" / "models" / "digits" / "1"
+    assert sorted(p.name for p in vdir.iterdir()) == sorted(
+        [MARKER, "graph.msgpack", "signature.json", "variables.safetensors"])
+    sig = json.loads((vdir / "signature.json").read_text())
+    assert sig["inputs"] == {"image": {"name": "x", "dtype": "float32", "shape": [None, 64]}}
+    assert sig["outputs"]["probabilities"]["shape"] == [None, 10]
+    assert sig["outputs"]["class"]["dtype"] == "int64"
+    from safetensors.numpy import load_file
+
+    arrays = load_file(str(vdir / "variables.safetensors"))
+    assert sorted(arrays) == ["b1", "b2", "w1", "w2"]  # no optimiser slots
+    np.testing.assert_array_equal(arrays["w1"], d.g.run(d.g["w1"]))
+
+
+def test_export_prunes_training_nodes(inproc_state, tmp_path):
+    from kernelflow.protocol.codec import decode
+
+    d = build_digits(inproc_state, steps=1)
+    d.g.export("digits", inputs={"image": d.x}, outputs={"class": d.cls})
+    nodes = decode((tmp_path / "state" / "models" / "digits" / "1" / "graph.msgpack").read_bytes())["nodes"]
+    ops = {n["op"] for n in nodes}
+    assert not ops & {"assign", "assign_add", "assign_sub", "group"}
+    assert "y" not in {n["name"] for n in nodes}
+    assert all("control_inputs" not in n for n in nodes)
+
+
+def test_export_second_version_is_two(inproc_state):
+    d = build_digits(inproc_state, steps=1)
+    assert d.g.export("digits", inputs={"image": d.x}, outputs={"class": d.cls}) == 1
+    assert d.g.export("digits", inputs={"image": d.x}, outputs={"class": d.cls}) == 2
+    assert [s["version"] for s in inproc_state.models()[0]["model_version_status"]] == ["2", "1"]
+
+
+def test_export_existing_version_raises(inproc_state):
+    d = build_digits(inproc_state, steps=0)
+    d.g.export("digits", inputs={"image": d.x}, outputs={"class": d.cls}, version=5)
+    with pytest.raises(kf.errors.AlreadyExistsError, match="version 5"):
+        d.g.export("digits", inputs={"image": d.x}, outputs={"class": d.cls}, version=5)
+    assert d.g.export("digits", inputs={"image": d.x}, outputs={"class": d.cls}) == 6
+
+
+def test_export_missing_placeholder_raises_naming_it(inproc_state):
+    g = inproc_state.graph("two")
+    a = g.placeholder((None, 2), "float32", name="a")
+    b = g.placeholder((None, 2), "float32", name="b_extra")
+    with pytest.raises(kf.errors.InvalidArgumentError, match="placeholder 'b_extra'"):
+        g.export("two", inputs={"a": a}, outputs={"s": a + b})
+
+
+def test_export_bad_model_name_raises(inproc_state):
+    g = inproc_state.graph("g")
+    a = g.placeholder((None,), "float32", name="a")
+    for bad in ["../evil", "a/b", "", ".hidden"]:
+        with pytest.raises(kf.errors.InvalidArgumentError, match="model name"):
+            g.export(bad, inputs={"a": a}, outputs={"o": a * 2.0})
+
+
+def test_export_without_state_dir_raises():
+    rt = kf.connect("inproc")
+    g = rt.graph("g")
+    a = g.placeholder((None,), "float32", name="a")
+    with pytest.raises(kf.errors.FailedPreconditionError, match="state dir"):
+        g.export("m", inputs={"a": a}, outputs={"o": a * 2.0})
+
+
+def test_rpc_predict_matches_graph_run(inproc_state):
+    d = build_digits(inproc_state, steps=5)
+    d.g.export("digits", inputs={"image": d.x}, outputs={"probabilities": d.probs, "class": d.cls})
+    batch = d.X[:17]
+    out = inproc_state.model("digits").predict({"image": batch})
+    ref = d.g.run({"probabilities": d.probs, "class": d.cls}, feed={d.x: batch})
+    assert out["probabilities"].dtype == np.float32 and out["probabilities"].shape == (17, 10)
+    np.testing.assert_allclose(out["probabilities"], ref["probabilities"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(out["class"], ref["class"])
+
+
+def test_rpc_predict_wrong_input_name_raises(inproc_state):
+    d = build_digits(inproc_state, steps=0)
+    d.g.export("digits", inputs={"image": d.x}, outputs={"class": d.cls})
+    with pytest.raises(kf.errors.InvalidArgumentError, match="unknown: \\['img'\\]"):
+        inproc_state.model("digits").predict({"img": d.X[:2]})
+    with pytest.raises(kf.errors.NotFoundError, match="no model named 'nope'"):
+        inproc_state.model("nope").predict({"image": d.X[:2]})
+
+
+def test_export_snapshot_keeps_values_after_more_training(inproc_state):
+    d = build_digits(inproc_state, steps=2)
+    d.g.export("digits", inputs={"image": d.x}, outputs={"probabilities": d.probs})
+    before = d.g.run(d.probs, feed={d.x: d.X[:4]})
+    d.g.write_variable(d.g["b2"], np.full(10, 3.0, "float32"))
+    out = inproc_state.model("digits", version=1).predict({"image": d.X[:4]})
+    np.testing.assert_allclose(out["probabilities"], before, rtol=1e-6)
+
+
+def test_load_model_in_fresh_runtime_matches(inproc_state, tmp_path):
+    d = build_digits(inproc_state, steps=5)
+    d.g.export("digits", inputs={"image": d.x}, outputs={"probabilities": d.probs, "class": d.cls})
+    m = kf.load_model(tmp_path / "state" / "models" / "digits")  # its latest version, new inproc runtime
+    out = m.predict({"image": d.X[:9]})
+    ref = d.g.run({"probabilities": d.probs, "class": d.cls}, feed={d.x: d.X[:9]})
+    np.testing.assert_allclose(out["probabilities"], ref["probabilities"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(out["class"], ref["class"])
+
+
+def test_load_model_without_marker_raises(tmp_path):
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    with pytest.raises(kf.errors.NotFoundError, match="no complete model version"):
+        kf.load_model(tmp_path / "m")
