@@ -157,14 +157,14 @@ class _ModelsHandler(tornado.web.RequestHandler):
         self.finish(json.dumps({"error": self._reason}))
 
     def _route(self) -> tuple[str | None, int | None, bool, str | None]:
-        m = _PATH_RE.match(unquote(self.request.path))
+        m = _PATH_RE.match(self.request.path)  # match first, then unquote: an escaped '/' stays in the name
         if self.request.path.rstrip("/") == "/v1/models":
             return None, None, False, None
         if m is None:
             raise NotFoundError(f"no such route {self.request.path!r}; see /v1/models/<name>[/versions/<v>]"
                                 "[/metadata|:predict]")
-        name = check_model_name(m.group("name"))
-        v = m.group("version")
+        name = check_model_name(unquote(m.group("name")))
+        v = m.group("version") and unquote(m.group("version"))
         if v is not None and not v.isdigit():
             raise InvalidArgumentError(f"version must be a positive integer; got {v!r}")
         return name, (int(v) if v is not None else None), bool(m.group("metadata")), m.group("verb")
