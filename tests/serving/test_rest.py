@@ -194,3 +194,29 @@ def test_rest_second_export_is_version_2_and_served_as_latest(served):
     code, doc = http(port, "POST", "/v1/models/digits_v:predict", {"instances": d.X[:4].tolist()})
     assert code == 200 and doc["predictions"] == d.g.run(d.cls, feed={d.x: d.X[:4]}).tolist()
     assert http(port, "GET", "/v1/models/digits_v/metadata")[1]["model_spec"]["version"] == "2"
+
+
+def test_serve_models_serves_a_model_base_path(served, tmp_path):
+    import subprocess
+    import sys
+
+    srv, _, _, d = served
+    base = next(p for p in srv.runtime_dir.parent.rglob("models") if p.is_dir())
+    proc = subprocess.Popen([sys.executable, "-m", "kernelflow", "serve-models", "--model-base-path", str(base),
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        port = None
+        for line in proc.stdout:
+            m = re.search(r"on http://127\.0\.0\.1:(\d+)/v1/models", line)
+            if m:
+                port = int(m.group(1))
+                break
+        assert port, "serve-models printed no REST line"
+        code, doc = http(port, "POST", "/v1/models/digits/versions/1:predict", {"instances": d.X[:3].tolist()})
+        assert code == 200, doc
+        same = http(served[1], "POST", "/v1/models/digits/versions/1:predict", {"instances": d.X[:3].tolist()})[1]
+        assert doc == same and len(doc["predictions"]) == 3
+        assert http(port, "GET", "/v1/models/nope")[0] == 404
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
