@@ -250,7 +250,8 @@ def test_monitor_render_thread_coalesces_records_into_at_most_10_redraws_per_sec
     for i in range(200):  # 200 batches in ~1 s from another thread
         threading.Thread(target=job.push, args=(scalars([i], loss=[float(i)]),)).start()
         time.sleep(0.005)
-    wait_for(lambda: len(mon.charts.get("loss").smooth_marks[0].x) == 200 if "loss" in mon.charts else False,
+    wait_for(lambda: len(mon.charts["loss"].smooth_marks[0].x) == 200
+             if "loss" in mon.charts and mon.charts["loss"].smooth_marks else False,
              "all points drawn", 10)
     elapsed = time.monotonic() - t0
     assert mon.redraws <= 10 * elapsed + 2
@@ -277,7 +278,9 @@ def test_monitor_buttons_pause_resume_stop_the_job_and_badge_follows(live_job):
     rt, job = live_job
     mon = TrainingMonitor(job)
     h = mon.headers[0]
-    wait_for(lambda: "loss" in mon.charts and len(mon.charts["loss"].smooth_marks[0].x) > 5, "points drawn")
+    # The render thread creates the chart and its marks: look only once both exist.
+    wait_for(lambda: "loss" in mon.charts and mon.charts["loss"].smooth_marks
+             and len(mon.charts["loss"].smooth_marks[0].x) > 5, "points drawn")
     wait_for(lambda: h.status == "running", "badge running")
     assert "kf-badge-running" in h.title.value and not h.pause.disabled and h.resume.disabled
     me = threading.current_thread().name
