@@ -41,7 +41,6 @@ from .transport import Transport
 log = logging.getLogger("kernelflow.client")
 
 RECV_CHUNK_BYTES = 256 << 10
-_MAX_IOV = 64  # buffers per sendmsg (the OS takes up to IOV_MAX, 1024 on Linux)
 # After a call answered within this long, the next one polls for its answer this long
 # before sleeping in recv (see TcpTransport._spin_receive); 0 turns polling off.
 SPIN_WAIT_S = 200e-6
@@ -197,10 +196,8 @@ class TcpTransport(Transport):
         sock = self._sock
         assert sock is not None
         try:
-            if len(frames) == 1:
-                sock.sendall(frames[0])
-            else:
-                self._send_frames(sock, frames)
+            for f in frames:
+                sock.sendall(f)
             t_sent = time.perf_counter()
             if self._spin_ok and self._last_wait_s <= SPIN_WAIT_S:
                 self._spin_receive(sock, msgid, t_sent + SPIN_WAIT_S)
@@ -233,23 +230,6 @@ class TcpTransport(Transport):
                 self._drop()  # the server gave up on the stream
             raise error_from_map(resp.error)
         return resp.result
-
-    def _send_frames(self, sock: socket.socket, frames: list) -> None:
-        """Send a request of several frames (arrays as memoryviews) with gather writes."""
-        if self._ssl is not None:  # TLS sockets have no sendmsg
-            for f in frames:
-                sock.sendall(f)
-            return
-        views = [memoryview(f) for f in frames]
-        while views:
-            n = sock.sendmsg(views[:_MAX_IOV])
-            while views:  # drop what went (empty frames too)
-                size = len(views[0])
-                if n < size:
-                    views[0] = views[0][n:]
-                    break
-                n -= size
-                del views[0]
 
     def _spin_receive(self, sock: socket.socket, msgid: int, until: float) -> None:
         """Poll for the answer without sleeping until ``until`` (perf_counter seconds).

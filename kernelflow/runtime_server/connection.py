@@ -22,7 +22,6 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Iterator
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from tornado.iostream import IOStream, StreamClosedError
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("kernelflow.server")
 
 READ_CHUNK_BYTES = 256 << 10
-_MAX_IOV = 64  # buffers per sendmsg (the OS takes up to IOV_MAX, 1024 on Linux)
 
 
 class ConnectionState:
@@ -238,14 +236,11 @@ class SocketConnection(ConnectionState):
         out, sock = self._out, self.sock
         try:
             while out:
-                # One gather write for a header and the array after it (not a segment each).
-                n = sock.send(out[0]) if len(out) == 1 else sock.sendmsg(list(islice(out, _MAX_IOV)))
-                while out:  # drop what went (empty frames too); the peer may have drained more: go on
-                    size = len(out[0])
-                    if n < size:
-                        out[0] = memoryview(out[0])[n:]
-                        break
-                    n -= size
+                f = out[0]
+                n = sock.send(f)
+                if n < len(f):
+                    out[0] = memoryview(f)[n:]  # and try again: the peer may have drained some
+                else:
                     out.popleft()
         except (BlockingIOError, InterruptedError):
             return True
