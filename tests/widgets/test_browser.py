@@ -35,13 +35,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _get(url: str) -> list:
-    # Polled with a deadline by the caller: a busy JupyterLab may answer 500 or time out once.
+def _get(url: str) -> list | None:
+    """The JSON at ``url``, or None when the server is not up or answers an error (callers poll
+    with a deadline: a busy JupyterLab may answer 500 or time out once)."""
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             return json.loads(r.read())
     except (urllib.error.URLError, TimeoutError, ValueError):
-        return []
+        return None
 
 
 @pytest.fixture
@@ -79,15 +80,13 @@ def lab(tmp_path):
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
-        try:
-            _get(f"{base}/api/kernels?token={TOKEN}")
+        if _get(f"{base}/api/kernels?token={TOKEN}") is not None:
             break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                srv.stop()
-                pytest.fail(f"jupyter lab did not start: {proc.stderr.read() if proc.stderr else ''}")
-            time.sleep(0.3)
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            srv.stop()
+            pytest.fail(f"jupyter lab did not start: {proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(0.3)  # polling a server another process starts, with a deadline
     yield base
     proc.terminate()
     try:
@@ -110,7 +109,7 @@ def test_inspector_renders_and_reacts_to_clicks_in_jupyterlab(lab, tmp_path):
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
             deadline = time.monotonic() + 60
             while True:  # "Run All" before the kernel is connected silently runs nothing
-                kernels = _get(f"{lab}/api/kernels?token={TOKEN}")
+                kernels = _get(f"{lab}/api/kernels?token={TOKEN}") or []
                 if kernels and kernels[0]["execution_state"] == "idle" and kernels[0]["connections"] >= 1:
                     break
                 if page.locator(".jp-Dialog .jp-mod-accept").count():
