@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import logging
 import os
@@ -17,10 +16,9 @@ import signal
 import ssl
 import sys
 from pathlib import Path
-from typing import Any
 
 from . import __version__
-from .client.local import RUNTIME_FILE_PREFIX, runtime_dir, runtime_files
+from .client.local import RUNTIME_FILE_PREFIX, is_loopback, pid_alive, read_runtime_file, runtime_dir, runtime_files
 from .errors import KernelflowError
 
 log = logging.getLogger("kernelflow.cli")
@@ -37,15 +35,6 @@ def _write_runtime_file(info: dict) -> Path:
         json.dump(info, f, indent=1)
     os.replace(tmp, path)
     return path
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _read_token(args: argparse.Namespace) -> tuple[str, bool]:
@@ -80,7 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     token, user_token = _read_token(args)
     ctx = _ssl_context(args)
-    if not _is_loopback(args.host) and ctx is None and not args.allow_insecure:
+    if not is_loopback(args.host) and ctx is None and not args.allow_insecure:
         print(f"kernelflow serve: refusing to listen on {args.host} without TLS: the token, your graphs and "
               "every array would cross the network in clear text. Give --certfile/--keyfile, reach the server "
               "through an ssh tunnel to 127.0.0.1, or pass --allow-insecure on a network you trust.",
@@ -176,22 +165,11 @@ def cmd_serve_models(args: argparse.Namespace) -> int:
 def _load_runtime_files() -> list[dict]:
     out = []
     for p in runtime_files():
-        try:
-            info = json.loads(p.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(info, dict) and isinstance(info.get("url"), str):
+        info = read_runtime_file(p)
+        if info and isinstance(info.get("url"), str):
             info["file"] = str(p)
             out.append(info)
     return out
-
-
-def _pid_alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError, TypeError):
-        return False
-    return True
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -200,7 +178,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     found = 0
     for info in _load_runtime_files():
-        if not _pid_alive(info.get("pid")):
+        if not pid_alive(info.get("pid")):
             continue
         try:
             with connect(info["url"], token=info.get("token"), timeout=args.timeout) as rt:
@@ -220,7 +198,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     """Shut down a local runtime server (the newest one, the one at --url, or --all)."""
     from .client.runtime import connect
 
-    infos = [i for i in _load_runtime_files() if _pid_alive(i.get("pid"))]
+    infos = [i for i in _load_runtime_files() if pid_alive(i.get("pid"))]
     if args.url:
         infos = [i for i in infos if i["url"] == args.url.split("/?")[0].rstrip("/")]
     elif not args.all:

@@ -70,7 +70,8 @@ def read_runtime_file(path: Path) -> dict | None:
     return info if isinstance(info, dict) else None
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """True for "localhost" and loopback addresses."""
     if host == "localhost":
         return True
     try:
@@ -81,7 +82,7 @@ def _is_loopback(host: str) -> bool:
 
 def token_for(host: str, port: int) -> str | None:
     """The token a server on this machine listening on ``port`` wrote to its runtime file."""
-    if not _is_loopback(host):
+    if not is_loopback(host):
         return None
     for path in runtime_files():
         info = read_runtime_file(path)
@@ -90,7 +91,8 @@ def token_for(host: str, port: int) -> str | None:
     return None
 
 
-def _pid_alive(pid: Any) -> bool:
+def pid_alive(pid: Any) -> bool:
+    """True when a process with that pid exists."""
     try:
         os.kill(int(pid), 0)
     except (OSError, ValueError, TypeError):
@@ -113,9 +115,9 @@ def connect_local(timeout: float | None = None, start: bool = True, start_timeou
 
     for path in runtime_files():
         info = read_runtime_file(path)
-        if not info or info.get("tls") or not _is_loopback(str(info.get("host", ""))):
+        if not info or info.get("tls") or not is_loopback(str(info.get("host", ""))):
             continue
-        if not _pid_alive(info.get("pid")):
+        if not pid_alive(info.get("pid")):
             continue
         try:
             return TcpTransport("127.0.0.1", int(info["port"]), info.get("token"), timeout=timeout)
