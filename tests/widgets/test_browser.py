@@ -8,108 +8,43 @@ test run leaves the tree clean). Skipped when chromium, playwright or jupyterlab
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 
 import pytest
+
+from tests.widgets.jupyterlab import CHROMIUM, CHROMIUM_ARGS, TOKEN, get_json, jupyterlab, require_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-TOKEN = "kf-browser-test"
 SCREENSHOT = ROOT / "docs" / "img" / "inspector.png"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str) -> list | None:
-    """The JSON at ``url``, or None when the server is not up or answers an error (callers poll
-    with a deadline: a busy JupyterLab may answer 500 or time out once)."""
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return json.loads(r.read())
-    except (urllib.error.URLError, TimeoutError, ValueError):
-        return None
 
 
 @pytest.fixture
 def lab(tmp_path):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
-    pytest.importorskip("playwright")
-    pytest.importorskip("jupyterlab")
-    from tests.runtime.test_server import ServerProcess
-
-    srv = ServerProcess(tmp_path).wait_listening()
-    (tmp_path / "token").write_text(srv.token)
-    env = {**os.environ, "KERNELFLOW_URL": srv.url, "KERNELFLOW_TOKEN_FILE": str(tmp_path / "token")}
-    env.pop("KERNELFLOW_TOKEN", None)
-    for var in ("IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR",
-                "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR"):
-        d = tmp_path / var.lower()
-        d.mkdir()
-        env[var] = str(d)
-    settings = tmp_path / "jupyterlab_settings_dir" / "@jupyterlab" / "notebook-extension"
-    settings.mkdir(parents=True)
-    (settings / "tracker.jupyterlab-settings").write_text('{"autoStartDefaultKernel": true}')
-    news = tmp_path / "jupyterlab_settings_dir" / "@jupyterlab" / "apputils-extension"
-    news.mkdir(parents=True)
-    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')  # no news pop-up
+    require_browser()
     nb_dir = tmp_path / "nb"
     nb_dir.mkdir()
     shutil.copy(ROOT / "examples" / "inspect_cnn.ipynb", nb_dir / "inspect_cnn.ipynb")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={nb_dir}",
-         "--ServerApp.allow_root=True", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if _get(f"{base}/api/kernels?token={TOKEN}") is not None:
-            break
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            srv.stop()
-            pytest.fail(f"jupyter lab did not start: {proc.stderr.read() if proc.stderr else ''}")
-        time.sleep(0.3)  # polling a server another process starts, with a deadline
-    yield base
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    srv.stop()
+    with jupyterlab(tmp_path, nb_dir) as (base, srv):
+        yield base
 
 
 def test_inspector_renders_and_reacts_to_clicks_in_jupyterlab(lab, tmp_path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
             page.goto(f"{lab}/lab/tree/inspect_cnn.ipynb?token={TOKEN}")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
             deadline = time.monotonic() + 60
             while True:  # "Run All" before the kernel is connected silently runs nothing
-                kernels = _get(f"{lab}/api/kernels?token={TOKEN}") or []
+                kernels = get_json(f"{lab}/api/kernels?token={TOKEN}") or []
                 if kernels and kernels[0]["execution_state"] == "idle" and kernels[0]["connections"] >= 1:
                     break
                 if page.locator(".jp-Dialog .jp-mod-accept").count():

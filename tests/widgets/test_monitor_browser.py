@@ -12,20 +12,15 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 
 import pytest
+
+from tests.widgets.jupyterlab import CHROMIUM, CHROMIUM_ARGS, TOKEN, get_json, jupyterlab, require_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-TOKEN = "kf-browser-test"
 SCREENSHOT = ROOT / "docs" / "img" / "monitor.png"
 # points of the first chart's smoothed loss line (a path "M x,y L x,y ..."): bqplot draws raw lines first
 POINTS_JS = """() => {
@@ -35,45 +30,9 @@ POINTS_JS = """() => {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str) -> list | None:
-    """The JSON at ``url``, or None when the server is not up or answers an error (callers poll
-    with a deadline: a busy JupyterLab may answer 500 or time out once)."""
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return json.loads(r.read())
-    except (urllib.error.URLError, TimeoutError, ValueError):
-        return None
-
-
 @pytest.fixture
 def lab(tmp_path):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
-    pytest.importorskip("playwright")
-    pytest.importorskip("jupyterlab")
-    from tests.runtime.test_server import ServerProcess
-
-    srv = ServerProcess(tmp_path).wait_listening()
-    (tmp_path / "token").write_text(srv.token)
-    env = {**os.environ, "KERNELFLOW_URL": srv.url, "KERNELFLOW_TOKEN_FILE": str(tmp_path / "token")}
-    env.pop("KERNELFLOW_TOKEN", None)
-    for var in ("IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR",
-                "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR"):
-        d = tmp_path / var.lower()
-        d.mkdir()
-        env[var] = str(d)
-    settings = tmp_path / "jupyterlab_settings_dir" / "@jupyterlab" / "notebook-extension"
-    settings.mkdir(parents=True)
-    (settings / "tracker.jupyterlab-settings").write_text('{"autoStartDefaultKernel": true}')
-    news = tmp_path / "jupyterlab_settings_dir" / "@jupyterlab" / "apputils-extension"
-    news.mkdir(parents=True)
-    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')  # no news pop-up
+    require_browser()
     nb_dir = tmp_path / "nb"
     nb_dir.mkdir()
     nb = json.loads((ROOT / "examples" / "monitor.ipynb").read_text())
@@ -85,29 +44,8 @@ def lab(tmp_path):
     assert len(epochs) == 1
     epochs[0]["source"] = "EPOCHS = 100000"
     (nb_dir / "monitor.ipynb").write_text(json.dumps(nb))
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={nb_dir}",
-         "--ServerApp.allow_root=True", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if _get(f"{base}/api/kernels?token={TOKEN}") is not None:
-            break
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            srv.stop()
-            pytest.fail(f"jupyter lab did not start: {proc.stderr.read() if proc.stderr else ''}")
-        time.sleep(0.3)  # polling a server another process starts, with a deadline
-    yield base, srv
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    srv.stop()
+    with jupyterlab(tmp_path, nb_dir) as (base, srv):
+        yield base, srv
 
 
 def test_monitor_live_chart_grows_and_stop_button_stops_job_in_jupyterlab(lab, tmp_path):
@@ -115,16 +53,14 @@ def test_monitor_live_chart_grows_and_stop_button_stops_job_in_jupyterlab(lab, t
 
     base, srv = lab
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
             page.goto(f"{base}/lab/tree/monitor.ipynb?token={TOKEN}")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
             deadline = time.monotonic() + 60
             while True:  # "Run All" before the kernel is connected silently runs nothing
-                kernels = _get(f"{base}/api/kernels?token={TOKEN}")
+                kernels = get_json(f"{base}/api/kernels?token={TOKEN}")
                 if kernels and kernels[0]["execution_state"] == "idle" and kernels[0]["connections"] >= 1:
                     break
                 if page.locator(".jp-Dialog .jp-mod-accept").count():

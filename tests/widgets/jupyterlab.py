@@ -1,0 +1,91 @@
+"""Shared harness of the real-browser tests: a JupyterLab (with isolated Jupyter dirs) against a
+real runtime server subprocess, and the polling helper for its REST API."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+TOKEN = "kf-browser-test"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def require_browser() -> None:
+    """Skip unless Debian's chromium, playwright and jupyterlab are installed."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
+    pytest.importorskip("playwright")
+    pytest.importorskip("jupyterlab")
+
+
+def get_json(url: str) -> list | None:
+    """The JSON at ``url``, or None when the server is not up or answers an error (callers poll
+    with a deadline: a busy JupyterLab may answer 500 or time out once)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.loads(r.read())
+    except (urllib.error.URLError, TimeoutError, ValueError):
+        return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def jupyterlab(tmp_path: pathlib.Path, nb_dir: pathlib.Path) -> Iterator[tuple[str, object]]:
+    """JupyterLab serving ``nb_dir`` whose kernels reach a fresh runtime server; yields (base url, server)."""
+    from tests.runtime.test_server import ServerProcess
+
+    srv = ServerProcess(tmp_path).wait_listening()
+    (tmp_path / "token").write_text(srv.token)
+    env = {**os.environ, "KERNELFLOW_URL": srv.url, "KERNELFLOW_TOKEN_FILE": str(tmp_path / "token")}
+    env.pop("KERNELFLOW_TOKEN", None)
+    for var in ("IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR",
+                "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR"):
+        d = tmp_path / var.lower()
+        d.mkdir()
+        env[var] = str(d)
+    settings = tmp_path / "jupyterlab_settings_dir" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text('{"autoStartDefaultKernel": true}')
+    news = tmp_path / "jupyterlab_settings_dir" / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')  # no news pop-up
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={nb_dir}",
+         "--ServerApp.allow_root=True", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while get_json(f"{base}/api/kernels?token={TOKEN}") is None:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"jupyter lab did not start: {proc.stderr.read() if proc.stderr else ''}")
+            time.sleep(0.3)  # polling a server another process starts, with a deadline
+        yield base, srv
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        srv.stop()
