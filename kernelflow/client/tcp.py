@@ -7,7 +7,10 @@ before sleeping in ``recv``: waking a sleeping thread costs as much as the rest 
 call on small machines. Notifications arriving in between are dispatched to the callbacks registered
 with `TcpTransport.on_notification`; once one is registered, a background thread also
 reads the socket while no call is in flight. A dropped connection raises UnavailableError;
-the next call reconnects and re-authenticates by itself.
+the next call reconnects and re-authenticates by itself, and so does the background thread
+(with back-off) while notification handlers are registered, so a live stream resumes without
+a call. Callbacks registered with `TcpTransport.on_reconnect` then restore per-connection
+server state (job subscriptions live on the connection).
 
 Contents: parse_url, TcpTransport.
 """
@@ -45,6 +48,9 @@ RECV_CHUNK_BYTES = 256 << 10
 # before sleeping in recv (see TcpTransport._spin_receive); 0 turns polling off.
 SPIN_WAIT_S = 200e-6
 DEFAULT_PORT = 7070
+# The notification thread retries a dropped connection after this long, doubling to the max.
+RECONNECT_MIN_S = 0.2
+RECONNECT_MAX_S = 5.0
 
 
 def parse_url(url: str) -> tuple[bool, str, int, str | None]:
@@ -110,6 +116,8 @@ class TcpTransport(Transport):
         self._handlers: dict[str, list[Callable[[list], Any]]] = {}
         self._closed = False
         self._notifier: threading.Thread | None = None
+        self._reconnect_hooks: list[Callable[[], Any]] = []
+        self._connected_once = False
         self._connect()
 
     @classmethod
@@ -146,6 +154,14 @@ class TcpTransport(Transport):
             raise
         if isinstance(info, dict) and isinstance(info.get("max_message_bytes"), int):
             self.server_max_message_bytes = info["max_message_bytes"]
+        if self._connected_once:
+            log.info("reconnected to %s", self.url)
+            for hook in list(self._reconnect_hooks):
+                try:
+                    hook()
+                except Exception:
+                    log.error("reconnect hook failed", exc_info=True)
+        self._connected_once = True
 
     def _drop(self) -> None:
         sock, self._sock = self._sock, None
@@ -194,7 +210,8 @@ class TcpTransport(Transport):
                                          "--max-message-bytes)")
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         sock = self._sock
-        assert sock is not None
+        if sock is None:  # a reconnect hook's call lost the new connection again
+            raise UnavailableError(f"{method}: connection to {self.url} lost")
         try:
             for f in frames:
                 sock.sendall(f)
@@ -286,6 +303,14 @@ class TcpTransport(Transport):
                 self._notifier = threading.Thread(target=self._notify_loop, name="kf-notify", daemon=True)
                 self._notifier.start()
 
+    def on_reconnect(self, callback: Callable[[], Any]) -> None:
+        """Call ``callback()`` after each reconnection, authenticated, before any other call.
+
+        It runs on the reconnecting thread with the connection held, and may make calls.
+        """
+        with self._lock:
+            self._reconnect_hooks.append(callback)
+
     def _dispatch(self, note: Notification) -> None:
         for cb in list(self._handlers.get(note.method, ())):
             try:
@@ -294,10 +319,17 @@ class TcpTransport(Transport):
                 log.error("notification handler for %s failed", note.method, exc_info=True)
 
     def _notify_loop(self) -> None:
+        backoff = RECONNECT_MIN_S
         while not self._closed:
             sock = self._sock
             if sock is None:
-                time.sleep(0.2)  # reconnecting is the next call's job
+                # A stream is wanted (a handler is registered), so don't wait for a call to
+                # reconnect: a monitor would stay silent until the user ran something.
+                time.sleep(backoff)
+                if self._reconnect_in_background():
+                    backoff = RECONNECT_MIN_S
+                else:
+                    backoff = min(backoff * 2, RECONNECT_MAX_S)
                 continue
             try:
                 ready = select.select([sock], [], [], 0.2)[0]
@@ -313,3 +345,17 @@ class TcpTransport(Transport):
                 self._drop()
             finally:
                 self._lock.release()
+
+    def _reconnect_in_background(self) -> bool:
+        if not self._lock.acquire(timeout=0.2):
+            return False  # a call is in flight: it reconnects by itself
+        try:
+            if self._closed or self._sock is not None:
+                return True
+            self._connect()
+            return True
+        except KernelflowError as e:
+            log.debug("background reconnect to %s: %s", self.url, e)
+            return False
+        finally:
+            self._lock.release()

@@ -382,6 +382,28 @@ def test_server_restart_unavailable_then_reconnects(tmp_path):
         srv.stop()
 
 
+def test_dropped_connection_with_handlers_reconnects_in_background_and_runs_hooks(server):
+    rt = server.connect()
+    t = rt._transport
+    reconnected = threading.Event()
+    seen_graphs: list = []
+
+    def hook():
+        seen_graphs.append(t.call("graph.list", []))  # hooks may call: the connection is theirs
+        reconnected.set()
+
+    try:
+        rt.graph("bg-reconnect")
+        t.on_notification("nothing.ever", lambda params: None)  # starts the notification thread
+        t.on_reconnect(hook)
+        t._sock.shutdown(socket.SHUT_RDWR)  # the network drops the connection; no call follows
+        assert reconnected.wait(10), "the notification thread did not reconnect by itself"
+        assert any(g["name"] == "bg-reconnect" for g in seen_graphs[0])
+        assert rt.graphs().count("bg-reconnect") == 1
+    finally:
+        rt.close()
+
+
 def test_closed_runtime_raises_unavailable(server):
     rt = server.connect()
     rt.close()
