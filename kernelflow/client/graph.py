@@ -147,6 +147,41 @@ class RemoteGraph(Graph):
 
         return run_callable
 
+    def summary(self, t: Tensor | str, feed: dict | None = None, bins: int = 30,
+                allow_side_effects: bool = False) -> dict:
+        """Statistics of ``t``'s value computed on the runtime; the tensor itself is not transferred.
+
+        Args:
+            t: a tensor of this graph, or a node name.
+            feed: values for the placeholders ``t`` depends on, as for `run`.
+            bins: histogram bins between the finite min and max.
+            allow_side_effects: run ``t`` even when that runs ops that change variables.
+
+        Returns:
+            ``{"name", "shape", "dtype", "size", "min", "max", "mean", "std", "finite", "nan", "inf",
+            "hist": {"counts", "edges"}}``; min/max/mean/std (float64, finite values only) are None
+            when no value is finite.
+
+        Raises:
+            InvalidArgumentError: naming the placeholders ``t`` needs that ``feed`` lacks, or the
+                state-changing ops it would run.
+
+        Example:
+            >>> g.summary(w)["std"], g.summary(logits, feed={x: xb})["nan"]
+        """
+        if not isinstance(t, (Tensor, str)):
+            raise InvalidArgumentError(f"summary: expected a tensor or a node name; got {type(t).__name__}")
+        flat: list[Tensor] = []
+        _flatten(t, flat, self)  # resolves a name, checks the tensor is this graph's
+        name = flat[0].name
+        feed_names, feed_values = self._feed(feed)
+        since, nodes = self._pending()
+        version = self.version
+        out = self.runtime._call("tensor.summary", [self.name, since, nodes, name, feed_names, feed_values,
+                                                    int(bins), bool(allow_side_effects)])
+        self._synced = max(self._synced, version)
+        return out
+
     # ----------------------------------------------------------------- variables
     def read_variable(self, v: Variable) -> np.ndarray:
         self.sync()

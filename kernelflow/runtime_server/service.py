@@ -79,6 +79,7 @@ class RuntimeService:
         self.datasets = DatasetStore(self)
         self.jobs = JobManager(self)
         self.models = register_models(self)  # model.* methods (issue #7)
+        __import__("kernelflow.runtime_server.summaries", fromlist=["register"]).register(self)  # tensor.summary
         self._is_shut_down = False
         if self.state is not None:
             self.state.lock()
