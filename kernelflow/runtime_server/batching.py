@@ -132,6 +132,12 @@ class Batcher:
         self._worker = threading.Thread(target=self._loop, name=f"kf-batcher-{name}", daemon=True)
         self._worker.start()
 
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting in the queue (including a batch still collecting, not the one running)."""
+        with self._cond:
+            return self._queued_rows
+
     def _label(self) -> str:
         return f" of model '{self.name}'" if self.name else ""
 
@@ -239,13 +245,13 @@ class Batcher:
         try:
             out = self._run(feed)
             if not isinstance(out, dict):
-                raise InvalidArgumentError(f"batching: the model{self._label()} returned "
+                raise InvalidArgumentError(f"batching: the run{self._label()} returned "
                                            f"{type(out).__name__}, not a map of output name -> array")
             out = {k: np.asarray(v) for k, v in out.items()}
             for k, v in out.items():
                 if v.ndim == 0 or v.shape[0] != total:
                     raise InvalidArgumentError(
-                        f"batching: output '{k}' of model{self._label()} has shape {tuple(v.shape)}, whose "
+                        f"batching: output '{k}'{self._label()} has shape {tuple(v.shape)}, whose "
                         f"leading dimension is not the batch's {total} rows; batching needs batch-major "
                         "outputs (turn batching off for this model)")
         except BaseException as e:  # every caller of the batch hears it, the worker goes on
