@@ -4,8 +4,10 @@ The picture is a layered top-to-bottom drawing (`kernelflow.widgets.layout`) wit
 scopes as collapsible groups; a graph over ~150 nodes opens with its top-level scopes
 collapsed. Search and "trace inputs" highlight boxes; a click on a node fills a details
 panel (op, attrs, inputs/outputs, device, source line) and, for variables, a value summary
-computed on the runtime (`kernelflow.widgets.summary`). The front end is a small anywidget
-ES module shipped with the package (``static/inspector.js``): nothing is fetched at run time.
+computed on the runtime by its ``tensor.summary`` method (`kernelflow.widgets.summary`): no
+node is added to the graph, and the tensor itself is not transferred. The front end is a
+small anywidget ES module shipped with the package (``static/inspector.js``): nothing is
+fetched at run time.
 
 Everything the front end can do has a Python twin (`click`, `expand`, `collapse`, `search`,
 `trace_inputs`, `compute_summary`, `refresh`), which is how tests drive it.
@@ -26,7 +28,7 @@ from ..errors import KernelflowError
 from ..graph.ir import Graph, Tensor, Variable, toposort
 from ..graph.shapes import format_shape
 from .layout import COLLAPSE_ABOVE, Layout, LayoutNode, compute_layout, default_expanded, scope_chain, scope_sizes
-from .summary import INSPECT_SCOPE, summary_status, value_summary
+from .summary import summary_status, value_summary
 
 _STATIC = pathlib.Path(__file__).parent / "static"
 _KIND_CODES = {"node": 0, "scope": 1, "group": 2}
@@ -140,8 +142,7 @@ class GraphInspector(anywidget.AnyWidget):
             self.status = ""
         except KernelflowError as e:
             self.status = f"showing the local graph; the runtime could not be read: {e}"
-        prefix = INSPECT_SCOPE + "/"
-        self._nodes = [n for n in self.graph.nodes() if not n.name.startswith(prefix)]
+        self._nodes = list(self.graph.nodes())
         self._consumers = {}
         for n in self._nodes:
             for i in (*n.inputs, *n.control_inputs):
@@ -332,7 +333,7 @@ class GraphInspector(anywidget.AnyWidget):
     def trace_inputs(self, name: str) -> list[str]:
         """Highlight everything node ``name`` depends on (data and control inputs); returns those names."""
         t = self.graph[name]
-        names = [n.name for n in toposort([t]) if not n.name.startswith(INSPECT_SCOPE + "/")]
+        names = [n.name for n in toposort([t])]
         self._trace = names
         self._update_highlight()
         return names
