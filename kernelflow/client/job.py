@@ -3,7 +3,8 @@
 
 The client keeps one mirror of each job's history per connection, filled by ``job.records``
 calls and by ``job.records`` notifications once subscribed. Both carry the index of their
-first record, so the mirror takes each record once whatever order they arrive in.
+first record, so the mirror takes each record once whatever order they arrive in. Like the
+runtime, the mirror keeps the pixels of only the newest ``image_keep`` image records per name.
 
 Contents: Job, fit, attach_job.
 """
@@ -40,6 +41,7 @@ class _Mirror:
         self.callbacks: list[Callable[[list[dict]], Any]] = []
         self.subscribed = False
         self._pending: dict[int, list[dict]] = {}
+        self._image_idx: dict[str, list[int]] = {}
 
     def apply(self, start: int, records: list[dict]) -> None:
         """Take ``records`` that begin at history index ``start``; callbacks get the new ones, in order."""
@@ -54,11 +56,24 @@ class _Mirror:
                 for s in sorted(ready):
                     recs = self._pending.pop(s)
                     fresh = recs[len(self.records) - s:]
+                    first = len(self.records)
                     self.records.extend(fresh)
                     new.extend(fresh)
+                    for i, r in enumerate(fresh, first):
+                        if r.get("kind") == "images" and r.get("images") is not None:
+                            self._keep_image(i)
             if new:
                 for cb in list(self.callbacks):
                     cb(new)
+
+
+    def _keep_image(self, i: int) -> None:
+        idx = self._image_idx.setdefault(self.records[i]["name"], [])
+        idx.append(i)
+        keep = self.status.get("image_keep") or 100
+        while len(idx) > keep:
+            j = idx.pop(0)
+            self.records[j] = {**self.records[j], "images": None}
 
 
 class _Streams:
@@ -178,13 +193,14 @@ class Job:
         self._m.apply(int(r["start"]), list(r["records"]))
         return self._m.records
 
-    def _built(self) -> tuple[dict, dict]:
+    def _built(self) -> tuple[dict, dict, dict]:
         records = self._catch_up()
         n = len(records)
         if self._hist_cache is not None and self._hist_cache[0] == n:
-            return self._hist_cache[1], self._hist_cache[2]
+            return self._hist_cache[1:]
         cols: dict[str, tuple[list, list, list]] = {}
         hists: dict[str, list] = {}
+        images: dict[str, list] = {}
         for r in records[:n]:
             if r.get("kind") == "scalars":
                 for k, v in r["values"].items():
@@ -194,10 +210,12 @@ class Job:
                     c[2].append(v)
             elif r.get("kind") == "histogram":
                 hists.setdefault(r["name"], []).append((r["step"], np.asarray(r["edges"]), np.asarray(r["counts"])))
+            elif r.get("kind") == "images" and r.get("images") is not None:
+                images.setdefault(r["name"], []).append((r["step"], np.asarray(r["images"])))
         history = {k: {"step": np.array(s, np.int64), "wall_time": np.array(w, np.float64),
                        "value": np.array(v, np.float64)} for k, (s, w, v) in cols.items()}
-        self._hist_cache = (n, history, hists)
-        return history, hists
+        self._hist_cache = (n, history, hists, images)
+        return history, hists, images
 
     @property
     def history(self) -> dict[str, dict[str, np.ndarray]]:
@@ -208,6 +226,16 @@ class Job:
     def histograms(self) -> dict[str, list[tuple[int, np.ndarray, np.ndarray]]]:
         """Histograms of the variables asked for: ``{name: [(step, bin_edges, counts), ...]}``."""
         return self._built()[1]
+
+    @property
+    def images(self) -> dict[str, tuple[int, np.ndarray]]:
+        """The newest logged images of every name: ``{name: (step, uint8 array (N, H, W, C))}``."""
+        return {k: v[-1] for k, v in self._built()[2].items()}
+
+    @property
+    def image_history(self) -> dict[str, list[tuple[int, np.ndarray]]]:
+        """Every image record still kept (the newest ``image_keep`` per name): ``{name: [(step, images)]}``."""
+        return self._built()[2]
 
     def history_frame(self) -> Any:
         """The history as a pandas DataFrame: one row per logged step (index ``step``), one column per
@@ -310,7 +338,9 @@ class Job:
         (at most every 100 ms), each record once.
 
         A record is ``{"kind": "scalars", "step", "epoch", "wall_time", "values": {name: float}}`` or
-        ``{"kind": "histogram", "step", "wall_time", "name", "edges", "counts"}``. Callbacks run on
+        ``{"kind": "histogram", "step", "wall_time", "name", "edges", "counts"}`` or
+        ``{"kind": "images", "step", "wall_time", "name", "images": uint8 (N, H, W, C) or None}`` (None:
+        pixels not kept, or not sent since a newer record of the name came in the same batch). Callbacks run on
         the connection's notification thread: keep them short and do not call the runtime from them.
         """
         m = self._m
@@ -385,6 +415,7 @@ def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, batch_size:
         metrics: dict | None = None, log_every: int = 10, validation: tuple | None = None,
         validate_every: int | str | None = None, validation_batch_size: int | None = None,
         histograms: list | None = None, histogram_every: int = 100, histogram_bins: int = 30,
+        images: dict | None = None, image_every: int = 100, image_max: int = 16, image_keep: int = 100,
         checkpoint_every_s: float | None = 60.0, keep_checkpoints: int | None = None, stop_on_nan: bool = False,
         drop_remainder: bool = False, name: str | None = None) -> Job:
     """Start a training job on the runtime (``g.fit``); returns a `Job` at once.
@@ -413,6 +444,14 @@ def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, batch_size:
         histograms: variables whose value histograms are recorded every ``histogram_every`` steps.
         histogram_every: steps between histograms.
         histogram_bins: bins per histogram.
+        images: ``{name: image tensor}`` logged every ``image_every`` steps, in the same run as that
+            step: ``(N, H, W)``, ``(N, H, W, C)`` with C 1, 3 or 4, or ``(N, C, H, W)`` with C 1 or 3
+            (a last dim of 1, 3 or 4 means NHWC), float or uint8. Float images with every value in
+            [0, 1] are scaled by 255, others min-max normalised per image. See ``job.images``.
+        image_every: steps between logged images.
+        image_max: first images of each tensor kept per record.
+        image_keep: image records per name that keep their pixels (runtime memory, state dir,
+            client); older ones are dropped.
         checkpoint_every_s: seconds between checkpoints (the job also checkpoints when it starts
             and ends); needs a runtime with a state dir.
         keep_checkpoints: keep only this many newest checkpoints of the graph.
@@ -435,6 +474,9 @@ def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, batch_size:
     """
     if not isinstance(feed, dict) or not feed:
         raise InvalidArgumentError("fit: feed must map placeholders to dataset array names, e.g. {x: 'x', y: 'y'}")
+    if images is not None and not isinstance(images, dict):
+        raise InvalidArgumentError(f"fit: images must map names to image tensors, e.g. {{'samples': t}}; got "
+                                   f"{type(images).__name__}")
     graph.sync()
     spec: dict[str, Any] = {
         "graph": graph.name, "train_op": _node_name(graph, train_op, "train_op"),
@@ -445,6 +487,8 @@ def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, batch_size:
         "log_every": log_every, "validate_every": validate_every, "validation_batch_size": validation_batch_size,
         "histograms": [_node_name(graph, v, "histogram") for v in (histograms or [])],
         "histogram_every": histogram_every, "histogram_bins": histogram_bins,
+        "images": {str(k): _node_name(graph, v, f"image '{k}'") for k, v in (images or {}).items()},
+        "image_every": image_every, "image_max": image_max, "image_keep": image_keep,
         "checkpoint_every_s": checkpoint_every_s, "keep_checkpoints": keep_checkpoints,
         "stop_on_nan": stop_on_nan, "drop_remainder": drop_remainder, "name": name,
     }

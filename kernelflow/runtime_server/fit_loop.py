@@ -5,9 +5,10 @@ Each step takes the graph session's lock only for the step itself, so a ``graph.
 any client is served between two steps. Minibatches are cut on the device from the resident
 dataset; the row order of epoch ``e`` is a permutation drawn from ``(seed, e)``, so a job
 resumed at step ``s`` sees the same batches it would have seen. Metrics are fetched only on
-logging steps; the other steps run the plan for the train op alone (no host sync).
+logging steps, image tensors only on image steps, both in the same run as that step's train
+op; the other steps run the plan for the train op alone (no host sync).
 
-Contents: JobSpec, Bound, bind, Halt, FitLoop.
+Contents: JobSpec, Bound, bind, Halt, FitLoop, to_uint8_images.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class JobSpec:
     histograms: list[str] = field(default_factory=list)
     histogram_every: int = 100
     histogram_bins: int = 30
+    images: dict[str, str] = field(default_factory=dict)
+    image_every: int = 100
+    image_max: int = 16
+    image_keep: int = 100
     checkpoint_every_s: float | None = 60.0
     keep_checkpoints: int | None = None
     stop_on_nan: bool = False
@@ -79,7 +84,7 @@ class JobSpec:
         s = cls(**m)
         for k in ("graph", "train_op", "data"):
             _want(isinstance(getattr(s, k), str), k, "a string", getattr(s, k))
-        for k in ("feed", "metrics", "validation_metrics"):
+        for k in ("feed", "metrics", "validation_metrics", "images"):
             v = getattr(s, k)
             _want(isinstance(v, dict) and all(isinstance(a, str) and isinstance(b, str) for a, b in v.items()),
                   k, "a map of strings", v)
@@ -100,6 +105,9 @@ class JobSpec:
               s.histogram_every)
         _want(_is_int(s.histogram_bins) and 1 <= s.histogram_bins <= 10_000, "histogram_bins", "1..10000",
               s.histogram_bins)
+        _want(_is_int(s.image_every) and s.image_every >= 1, "image_every", "an integer >= 1", s.image_every)
+        _want(_is_int(s.image_max) and 1 <= s.image_max <= 1024, "image_max", "1..1024", s.image_max)
+        _want(_is_int(s.image_keep) and s.image_keep >= 1, "image_keep", "an integer >= 1", s.image_keep)
         ve = s.validate_every
         _want(ve is None or ve == "epoch" or (_is_int(ve) and ve >= 1), "validate_every",
               "an integer >= 1 or 'epoch'", ve)
@@ -146,6 +154,8 @@ class Bound:
     val_fetch: list[str]
     val_names: list[str]
     histograms: list[str]
+    image_names: list[str]               # the keys of spec.images, in fetch order
+    image_fetch: list[str]               # their nodes
     steps_per_epoch: int
     total_steps: int
     drop_remainder: bool
@@ -185,6 +195,9 @@ def bind(service: Any, spec: JobSpec) -> Bound:
         val_data = service.datasets.get(spec.validation_data)
         for t, col in zip(feed_nodes, spec.feed.values()):
             _check_feed(t, val_data, col, None)
+    image_nodes = {k: node(v, f"image '{k}'") for k, v in spec.images.items()}
+    for k, t in image_nodes.items():
+        _check_image(k, t)
     for h in spec.histograms:
         if not isinstance(node(h, "histogram"), Variable):
             raise InvalidArgumentError(f"fit: histograms are of variables; '{h}' is a {g[h].op.name} node")
@@ -199,11 +212,16 @@ def bind(service: Any, spec: JobSpec) -> Bound:
     b = Bound(session, data, list(spec.feed.values()), feed_names,
               [None if p == data.place else p for p in places], [train.name],
               [train.name, *[t.name for t in metrics.values()]], list(metrics), val_data,
-              [t.name for t in val_metrics.values()], list(val_metrics), list(spec.histograms), spe, total, drop)
+              [t.name for t in val_metrics.values()], list(val_metrics), list(spec.histograms),
+              list(image_nodes), [t.name for t in image_nodes.values()], spe, total, drop)
     with session.lock:  # compile now: an unfed placeholder is an error of job.start
         session.plan(b.train_fetch, feed_names)
         if b.metric_names:
             session.plan(b.log_fetch, feed_names)
+        if b.image_fetch:
+            session.plan(b.train_fetch + b.image_fetch, feed_names)
+            if b.metric_names:
+                session.plan(b.log_fetch + b.image_fetch, feed_names)
         if val_data is not None:
             session.plan(b.val_fetch, feed_names)
     return b
@@ -233,6 +251,74 @@ def _check_feed(t: Tensor, data: StoredDataset, col: str, batch_size: int | None
     return False
 
 
+IMAGE_DTYPES = ("uint8", "float16", "float32", "float64")
+_IMAGE_SHAPES = "(N, H, W), (N, H, W, C) with C in 1, 3, 4, or (N, C, H, W) with C in 1, 3"
+
+
+def _image_layout(shape: tuple | None) -> str | None:
+    """"NHW", "NHWC" or "NCHW" for a (possibly partly unknown) shape; "?" while unknown dims
+    leave it open; None when no image layout fits."""
+    if shape is None:
+        return "?"
+    if len(shape) == 3:
+        return "NHW"
+    if len(shape) != 4:
+        return None
+    last, c1 = shape[3], shape[1]
+    if last in (1, 3, 4):
+        return "NHWC"
+    if c1 in (1, 3) and last is not None:
+        return "NCHW"
+    if last is None or c1 is None:
+        return "?"
+    return None
+
+
+def _check_image(key: str, t: Tensor) -> None:
+    if t.dtype not in IMAGE_DTYPES:
+        raise InvalidArgumentError(f"fit: image '{key}' ({t.name}) must be float or uint8; its dtype is {t.dtype}",
+                                   node=t.name, source=t.source)
+    if _image_layout(t.shape) is None:
+        raise InvalidArgumentError(f"fit: image '{key}' ({t.name}) must be {_IMAGE_SHAPES}; its shape is "
+                                   f"{format_shape(t.shape)}", node=t.name, source=t.source)
+
+
+def to_uint8_images(key: str, a: Any, max_n: int) -> np.ndarray:
+    """The first ``max_n`` images of ``a`` as uint8 ``(N, H, W, C)``, C in 1, 3, 4.
+
+    uint8 is taken as it is. A float image whose finite values all lie in [0, 1] is scaled by
+    255; any other float image is min-max normalised on its own (a constant image is black).
+    NaN and infinities are black.
+
+    Raises:
+        InvalidArgumentError: a shape or dtype that is no image batch (naming ``key`` and it).
+    """
+    a = to_host(a[:max_n] if getattr(a, "ndim", 0) >= 1 else a)
+    a = np.asarray(a)
+    layout = _image_layout(a.shape)
+    if layout in (None, "?") or 0 in a.shape[1:]:
+        raise InvalidArgumentError(f"image '{key}' must be {_IMAGE_SHAPES}; its value has shape "
+                                   f"{format_shape(a.shape)}")
+    if layout == "NHW":
+        a = a[..., None]
+    elif layout == "NCHW":
+        a = a.transpose(0, 2, 3, 1)
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    if a.dtype.kind != "f":
+        raise InvalidArgumentError(f"image '{key}' must be float or uint8; its value is {a.dtype.name}")
+    x = a.astype(np.float32)
+    finite = np.isfinite(x)
+    lo = np.where(finite, x, np.inf).min(axis=(1, 2, 3), keepdims=True)
+    hi = np.where(finite, x, -np.inf).max(axis=(1, 2, 3), keepdims=True)
+    unit = (lo >= 0) & (hi <= 1)                # no finite value: lo = inf, so not "unit", scale < 0
+    base = np.where(unit, 0.0, lo)
+    scale = np.where(unit, 1.0, hi - lo)
+    ok = finite & (scale > 0)
+    y = np.where(ok, (np.where(ok, x, 0.0) - np.where(scale > 0, base, 0.0)) / np.where(scale > 0, scale, 1.0), 0.0)
+    return np.clip(np.rint(y * 255.0), 0, 255).astype(np.uint8)
+
+
 class Halt(Exception):
     """Raised at a step boundary to end the loop with ``status`` (stopped or interrupted)."""
 
@@ -251,6 +337,10 @@ class FitLoop:
         spec = job.spec
         self.log_every = spec.log_every
         self.hist_every = spec.histogram_every if b.histograms else 0
+        self.img_every = spec.image_every if b.image_fetch else 0
+        # fetch lists by (log step, image step): the train op, then metrics, then images
+        self.fetches = {(False, False): b.train_fetch, (True, False): b.log_fetch,
+                        (False, True): b.train_fetch + b.image_fetch, (True, True): b.log_fetch + b.image_fetch}
         ve = spec.validate_every if b.val_data is not None else None
         self.val_every = b.steps_per_epoch if ve == "epoch" else (ve or 0)
         self.ckpt_every_s = spec.checkpoint_every_s if job.can_checkpoint() else None
@@ -279,8 +369,9 @@ class FitLoop:
                 if place is not None:
                     batch[i] = self.devices.to_device(batch[i], place)
             step_no = s + 1
-            is_log = self.log_every and b.metric_names and (step_no % self.log_every == 0 or step_no == total)
-            fetch = b.log_fetch if is_log else b.train_fetch
+            is_log = bool(self.log_every and b.metric_names and (step_no % self.log_every == 0 or step_no == total))
+            is_img = bool(self.img_every and (step_no % self.img_every == 0 or step_no == total))
+            fetch = self.fetches[is_log, is_img]
             job.failing_step = step_no
             with session.lock:
                 out = session.plan(fetch, b.feed_names).run(batch)
@@ -290,7 +381,9 @@ class FitLoop:
                 job.note_rate((step_no - mark_step) / (now - mark_t) if now > mark_t else None, bs)
                 mark_t, mark_step = now, step_no
             if is_log:
-                self._scalars(step_no, dict(zip(b.metric_names, (float(v) for v in out[1:]))))
+                self._scalars(step_no, dict(zip(b.metric_names, (float(v) for v in out[1:len(b.log_fetch)]))))
+            if is_img:
+                self._images(step_no, out[len(fetch) - len(b.image_fetch):])
             if self.hist_every and (step_no % self.hist_every == 0 or step_no == total):
                 self._histograms(step_no)
             if self.val_every and (step_no % self.val_every == 0 or step_no == total):
@@ -311,6 +404,13 @@ class FitLoop:
         rec = {"kind": "scalars", "step": step, "epoch": round(step / self.b.steps_per_epoch, 6), "wall_time": t,
                "values": values}
         job.add_record(rec)
+
+    def _images(self, step: int, values: list) -> None:
+        n = self.job.spec.image_max
+        arrays = [to_uint8_images(k, v, n) for k, v in zip(self.b.image_names, values)]
+        t = time.time()
+        for k, a in zip(self.b.image_names, arrays):
+            self.job.add_record({"kind": "images", "step": step, "wall_time": t, "name": k, "images": a})
 
     def _histograms(self, step: int) -> None:
         session, bins = self.b.session, self.job.spec.histogram_bins

@@ -2,10 +2,13 @@
 
 A job runs on its own thread (`fit_loop.FitLoop`); jobs on one graph run one at a time in
 the order they were started (the others wait as ``queued``), jobs on different graphs run
-at once. Logged records (scalars, histograms) are appended to the job's history; one
+at once. Logged records (scalars, histograms, images) are appended to the job's history; one
 flusher thread pushes them to subscribed connections as ``job.records`` notifications at
-most every 100 ms (records in between go together, none dropped) and appends them to the
-state dir. A subscriber gets the history in the answer to ``job.subscribe`` and the stream
+most every 100 ms (records in between go together, none dropped; of the image records in one
+notification only the newest per name keeps its pixels) and appends them to the state dir.
+Only the newest ``image_keep`` image records per name keep their pixels, in memory and in the
+state dir; older ones stay in the history as stubs (``"images": None``) so indices hold.
+A subscriber gets the history in the answer to ``job.subscribe`` and the stream
 from there on: both are cut at the same record index under the job's lock, and every
 notification carries the index of its first record, so a client sees each record once.
 
@@ -58,6 +61,7 @@ class Job:
         self.error: dict | None = None
         self.request: str | None = None       # "pause", "stop" or "interrupt", seen at the next step boundary
         self.records: list[dict] = []
+        self._image_idx: dict[str, list[int]] = {}   # per image name: indices of records that keep pixels
         self.subscribers: dict[Any, _Subscription] = {}
         self.version = 0
         self.step = 0
@@ -96,7 +100,7 @@ class Job:
                 "elapsed_s": elapsed, "eta_s": eta, "metrics": dict(self.latest), "records": len(self.records),
                 "data": self.spec.data, "created": self.created, "started": self.started,
                 "finished": self.finished, "checkpoint": self.last_checkpoint,
-                "tensorboard_dir": self.tensorboard_dir}
+                "tensorboard_dir": self.tensorboard_dir, "image_keep": self.spec.image_keep}
 
     def set_status(self, status: str, error: dict | None = None) -> None:
         with self.cond:
@@ -175,10 +179,20 @@ class Job:
             self.records.append(rec)
             if rec["kind"] == "scalars":
                 self.latest.update(rec["values"])
+            elif rec["kind"] == "images":
+                self._keep_images(len(self.records) - 1)
             self.version += 1
         if self.tensorboard_dir is not None:
             self.manager.events.write(self.id, rec)
         return True
+
+    def _keep_images(self, i: int) -> None:
+        """Record ``i`` is an image record with pixels: stub out the oldest beyond ``image_keep``."""
+        idx = self._image_idx.setdefault(self.records[i]["name"], [])
+        idx.append(i)
+        while len(idx) > self.spec.image_keep:
+            j = idx.pop(0)
+            self.records[j] = image_stub(self.records[j])  # a new dict: readers of the old one keep theirs
 
     def persist_records(self) -> None:
         state = self.service.state
@@ -189,7 +203,7 @@ class Job:
                 n = len(self.records)
                 recs = self.records[self.persisted:n]
             if recs:
-                state.append_job_records(self.id, recs)
+                state.append_job_records(self.id, recs, keep_images=self.spec.image_keep)
                 self.persisted = n
 
     def persist_status(self) -> None:
@@ -288,6 +302,26 @@ class Job:
                 self.request = None
             self.set_status(final, error)
             log.info("job %s %s at step %d", self.id, final, self.step)
+
+
+def image_stub(rec: dict) -> dict:
+    """An image record without its pixels (it keeps its place in the history)."""
+    return {**rec, "images": None}
+
+
+def newest_images_only(recs: list[dict]) -> list[dict]:
+    """``recs`` with every image record but the newest per name stubbed (what one notification sends)."""
+    seen: set[str] = set()
+    out = None
+    for i in range(len(recs) - 1, -1, -1):
+        r = recs[i]
+        if r["kind"] == "images" and r["images"] is not None:
+            if r["name"] in seen:
+                if out is None:
+                    out = list(recs)
+                out[i] = image_stub(r)
+            seen.add(r["name"])
+    return recs if out is None else out
 
 
 class JobManager:
@@ -480,7 +514,7 @@ class JobManager:
                     continue
                 if sub.next < n or sub.version != job.version or sub.step != job.step:
                     status = status or job._status_map_locked()
-                    sends.append((peer, sub.next, job.records[sub.next:n]))
+                    sends.append((peer, sub.next, newest_images_only(job.records[sub.next:n])))
                     sub.next, sub.version, sub.step = n, job.version, job.step
         for peer, start, recs in sends:
             peer.notify("job.records", [job.id, start, recs, status])
@@ -508,6 +542,9 @@ class JobManager:
                 continue
             job.records = list(records)
             job.persisted = len(records)
+            for i, r in enumerate(job.records):
+                if r.get("kind") == "images" and r.get("images") is not None:
+                    job._keep_images(i)
             job.status = st.get("status") if st.get("status") in STATUSES else "interrupted"
             job.error = st.get("error")
             job.step = int(st.get("step") or 0)

@@ -9,7 +9,8 @@ Layout (all under the root given to ``kernelflow serve --state-dir DIR``)::
                                       file, bytes, sha256, variables); written after its file
     checkpoints/<graph>/<seq>-<tag>.safetensors   the variables (temp file, fsync, rename)
     datasets/<name>/meta.msgpack      {"name", "meta", "bytes"}; arrays.safetensors beside it
-    jobs/<id>/job.msgpack             {"id", "created", "spec"}; status.msgpack, history.log beside it
+    jobs/<id>/job.msgpack             {"id", "created", "spec"}; status.msgpack, history.log beside it,
+                                      and images.log (the pixels of image records, bounded)
     tensorboard/<job>/...             TensorBoard event files
     trash/, quarantine/               deleted dirs on their way out; graphs that failed to load
 
@@ -209,6 +210,7 @@ class StateDir:
         self._locks: dict[tuple[str, str], threading.RLock] = {}
         self._log_ends: dict[Path, int] = {}  # end of the last good record of each log we append to
         self._spec_digests: dict[str, str] = {}
+        self._image_counts: dict[Path, dict[str, int]] = {}  # image records per name in each images.log
         self._lock_fd: int | None = None
 
     def __repr__(self) -> str:
@@ -621,28 +623,70 @@ class StateDir:
                 self._spec_digests[job_id] = digest
             _write_atomic(d / "status.msgpack", encode(status))
 
-    def append_job_records(self, job_id: str, records: list[dict[str, Any]]) -> None:
-        """Append logged records (metrics, histograms) to a job's history (durable on return)."""
+    def append_job_records(self, job_id: str, records: list[dict[str, Any]], keep_images: int | None = None) -> None:
+        """Append logged records (metrics, histograms, images) to a job's history (durable on return).
+
+        The pixels of an image record go to ``images.log`` (``history.log`` gets the record with
+        ``"images": None``, so the history keeps its order); once a name has more than
+        ``2 * keep_images`` records there, images.log is rewritten with the newest ``keep_images``
+        per name, so it stays bounded.
+        """
         if not records:
             return
+        heads, pixels = [], []
+        for r in records:
+            if r.get("kind") == "images" and r.get("images") is not None:
+                pixels.append(r)
+                r = {**r, "images": None}
+            heads.append(r)
         with self._key_lock("job", job_id):
-            path = self._job_dir(job_id) / "history.log"
-            if not path.exists():
-                self._create_log(path, list(records))
-            else:
-                self._append(path, records)
+            d = self._job_dir(job_id)
+            self._append_or_create(d / "history.log", heads)
+            if pixels:
+                self._append_images(d / "images.log", pixels, keep_images)
+
+    def _append_or_create(self, path: Path, records: list[Any]) -> None:
+        if not path.exists():
+            self._create_log(path, list(records))
+        else:
+            self._append(path, records)
+
+    def _append_images(self, path: Path, records: list[dict[str, Any]], keep: int | None) -> None:
+        counts = self._image_counts.get(path)
+        if counts is None:
+            counts = {}
+            for r in self._load_log(path) if path.exists() else ():
+                counts[r.get("name")] = counts.get(r.get("name"), 0) + 1
+            self._image_counts[path] = counts
+        self._append_or_create(path, records)
+        for r in records:
+            counts[r["name"]] = counts.get(r["name"], 0) + 1
+        if keep is not None and max(counts.values()) > 2 * keep:
+            kept: list[Any] = []
+            per: dict[Any, int] = {}
+            for r in reversed(self._load_log(path)):  # newest first
+                per[r.get("name")] = per.get(r.get("name"), 0) + 1
+                if per[r.get("name")] <= keep:
+                    kept.append(r)
+            kept.reverse()
+            _write_atomic(path, [LOG_MAGIC, *(_frame(r) for r in kept)])
+            self._log_ends[path] = path.stat().st_size
+            self._image_counts[path] = {k: min(v, keep) for k, v in per.items()}
 
     def delete_job(self, job_id: str) -> None:
         """Forget a job: spec, status, history (durable on return)."""
         with self._key_lock("job", job_id):
             d = self._job_dir(job_id)
             self._log_ends.pop(d / "history.log", None)
+            self._log_ends.pop(d / "images.log", None)
+            self._image_counts.pop(d / "images.log", None)
             self._spec_digests.pop(job_id, None)
             self._discard(d)
 
     def load_jobs(self) -> list[tuple[str, dict[str, Any], dict[str, Any], list[dict[str, Any]]]]:
         """Every persisted job as (id, spec, status, records in order), torn last record dropped;
-        oldest job first."""
+        oldest job first. Image records get their pixels back from images.log where it still has
+        them (else they stay ``"images": None``)."""
         out = []
         base = self.root / "jobs"
         for d in base.iterdir() if base.is_dir() else ():
@@ -660,6 +704,13 @@ class StateDir:
             hist = d / "history.log"
             with self._key_lock("job", head["id"]):
                 records = self._load_log(hist) if hist.exists() else []
+                pix = d / "images.log"
+                if pix.exists():
+                    found = {(r.get("name"), r.get("step")): r.get("images") for r in self._load_log(pix)
+                             if isinstance(r, dict)}
+                    records = [{**r, "images": found[r.get("name"), r.get("step")]}
+                               if isinstance(r, dict) and r.get("kind") == "images" and r.get("images") is None
+                               and (r.get("name"), r.get("step")) in found else r for r in records]
             out.append((float(head.get("created") or 0.0), head["id"], head["spec"], status, records))
         return [(i, spec, status, records) for _, i, spec, status, records in sorted(out, key=lambda t: t[0])]
 
