@@ -106,7 +106,8 @@ class GraphInspector(anywidget.AnyWidget):
     edge_offsets = traitlets.Bytes(b"", help="int32 start of each edge's points in edge_points, plus the end")\
         .tag(sync=True)
     edge_points = traitlets.Bytes(b"", help="float32 (x, y) polyline points of all edges").tag(sync=True)
-    edge_flags = traitlets.Bytes(b"", help="uint8 per edge: 1 back edge (drawn upward), 2 control dependency")\
+    edge_flags = traitlets.Bytes(b"", help="uint8 per edge: 1 back edge (two stubs: points 0-1 and 2-3), "
+                                       "2 control dependency")\
         .tag(sync=True)
     expanded = traitlets.List(traitlets.Unicode(), help="scopes drawn open").tag(sync=True)
     selected = traitlets.Unicode("", help="id of the selected box ('' for none)").tag(sync=True)

@@ -7,8 +7,14 @@ TensorBoard lays out its metanodes), by igraph's Sugiyama layout: layers, then c
 reduction, then the layer order is placed left to right with the boxes' real widths.
 An edge between two nodes is routed in the innermost group holding both, through the
 dummy points igraph gives it, from the bottom of its source box to the top of its target
-box; so an edge goes downward whenever the boxes of that group form no cycle (a cycle,
-possible only between collapsed scopes or groups, is drawn as a back edge).
+box, so it goes downward.
+
+The graph itself has no cycle, but its boxes can: with scopes ``a`` and ``b`` collapsed,
+``a/p -> b/q -> a/r`` draws ``a/ -> b/`` and ``b/ -> a/`` (the same for open groups, which are
+laid out as one box in their parent). Such a cycle is broken by igraph's feedback arc set, and
+each edge in it (a *back edge*) is drawn as two short downward stubs instead of a line going
+up: one leaving the bottom of its source, one entering the top of its target (the front end
+labels them with the other end). So every drawn line goes downward.
 
 Ids: a node's id is its name, a scope's id is its path plus ``/`` (``dense1/``), so the two
 never clash (node names never end with ``/``).
@@ -29,6 +35,8 @@ GROUP_PAD = 10.0
 HGAP = 18.0
 DUMMY_GAP = 8.0
 VGAP = 34.0
+STUB = 10.0  # the drop of each of the two stubs standing for a back edge (less than GROUP_PAD and MARGIN)
+STUB_DX = 8.0
 MARGIN = 12.0
 CHAR_W = 6.6  # 11px sans-serif, average advance
 DUMMY_BUDGET_PER_BOX = 6  # dummy points per box of a group, at most (plus DUMMY_BUDGET_MIN)
@@ -84,7 +92,11 @@ class Box:
 
 @dataclass
 class Edge:
-    """One drawn edge between two boxes (parallel node edges merged, ``count`` of them)."""
+    """One drawn edge between two boxes (parallel node edges merged, ``count`` of them).
+
+    ``points`` is a polyline from the bottom of ``src`` to the top of ``dst``; for a back edge
+    (``is_back``, one that closes a cycle of boxes) it is four points, two stubs: see `polylines`.
+    """
 
     src: int
     dst: int
@@ -93,6 +105,10 @@ class Edge:
     count: int = 1
     is_control: bool = False
     is_back: bool = False
+
+    def polylines(self) -> list[list[tuple[float, float]]]:
+        """The lines drawn: ``[points]``, or for a back edge its out-stub and its in-stub."""
+        return [self.points[:2], self.points[2:]] if self.is_back else [self.points]
 
 
 @dataclass
@@ -242,6 +258,8 @@ class _Group:
         chains: list[list[int]] = [[] for _ in oriented]
         budget = DUMMY_BUDGET_PER_BOX * n + DUMMY_BUDGET_MIN
         for e in sorted(range(len(oriented)), key=lambda e: layer_of[oriented[e][1]] - layer_of[oriented[e][0]]):
+            if e in reversed_ids:  # drawn as two stubs: no route, no part in crossing reduction
+                continue
             a, b = oriented[e]
             span = layer_of[b] - layer_of[a] - 1
             if span > budget:
@@ -279,12 +297,8 @@ class _Group:
             self.rel[c] = (x, top[L] + (heights[L] - heights_v[i]) / 2)
             self.layer[c] = L
             self.w = max(self.w, x + widths[i])
-        self.routes = []
-        for e, chain in enumerate(chains):
-            points = [(centers[d] - left, top[ext_layers[d]] + heights[ext_layers[d]] / 2) for d in chain]
-            if e in reversed_ids:  # points run from the edge's own source
-                points.reverse()
-            self.routes.append(points)
+        self.routes = [[(centers[d] - left, top[ext_layers[d]] + heights[ext_layers[d]] / 2) for d in chain]
+                       for chain in chains]
         self.pair_list = list(self.pairs)
 
 
@@ -452,7 +466,11 @@ def compute_layout(nodes: Sequence[LayoutNode], expanded: Iterable[str] = ()) ->
         a, b = grp.pair_list[pair_id]
         e.src, e.dst = index[key[0]], index[key[1]]
         e.is_back = pair_id in grp.reversed
-        e.points = [(su.cx, su.bottom), *[(ox + x, oy + y) for x, y in grp.routes[pair_id]], (sv.cx, sv.y)]
+        if e.is_back:  # two stubs, both downward: out of the source, into the target
+            e.points = [(su.cx, su.bottom), (su.cx + STUB_DX, su.bottom + STUB),
+                        (sv.cx - STUB_DX, sv.y - STUB), (sv.cx, sv.y)]
+        else:
+            e.points = [(su.cx, su.bottom), *[(ox + x, oy + y) for x, y in grp.routes[pair_id]], (sv.cx, sv.y)]
         edges.append(e)
     width = max((b.x + b.w for b in order), default=0.0) + MARGIN
     height = max((b.bottom for b in order), default=0.0) + MARGIN

@@ -38,9 +38,12 @@ ALL_SCOPES = set(scope_sizes(n.name for n in CNN))
 
 
 def _assert_downward(lay: Layout) -> None:
+    """Every drawn line goes strictly down, from the bottom of its source to the top of its target."""
     for e in lay.edges:
-        ys = [p[1] for p in e.points]
-        assert all(b > a for a, b in zip(ys, ys[1:])), (lay.boxes[e.src].id, lay.boxes[e.dst].id, e.points)
+        for line in e.polylines():
+            ys = [p[1] for p in line]
+            assert len(ys) >= 2 and all(b > a for a, b in zip(ys, ys[1:])), \
+                (lay.boxes[e.src].id, lay.boxes[e.dst].id, e.points)
         src, dst = lay.boxes[e.src], lay.boxes[e.dst]
         assert e.points[0] == (src.cx, src.bottom) and e.points[-1] == (dst.cx, dst.y)
 
@@ -117,18 +120,36 @@ def test_layout_parallel_edges_merged_with_count():
 
 
 def test_layout_cycle_between_scopes_marks_back_edge():
-    # a/p -> q -> a/r: with scope a collapsed, a/ -> q -> a/ is a cycle: one edge must go up.
+    # a/p -> q -> a/r: with scope a collapsed, a/ -> q -> a/ is a cycle of boxes.
     nodes = [LayoutNode("a/p"), LayoutNode("q", ("a/p",)), LayoutNode("a/r", ("q",))]
     lay = compute_layout(nodes, set())
     back = [e for e in lay.edges if e.is_back]
     assert len(back) == 1 and len(lay.edges) == 2
-    forward = [e for e in lay.edges if not e.is_back]
-    assert all(b[1] > a[1] for e in forward for a, b in zip(e.points, e.points[1:]))
+    _assert_downward(lay)
     _assert_no_overlap(lay)
     # Open, the group a/ still forms a cycle with q: groups are laid out as one box in their
-    # parent (TensorBoard's way), so one edge stays a back edge (ELK's compound layout would not).
+    # parent (TensorBoard's way), so one edge stays a back edge, drawn as stubs.
     lay = compute_layout(nodes, {"a"})
     assert sum(e.is_back for e in lay.edges) == 1
+    _assert_downward(lay)
+    _assert_no_overlap(lay)
+
+
+@pytest.mark.parametrize("expanded", [set(), {"A"}, {"A", "B"}], ids=["collapsed", "A-open", "both-open"])
+def test_layout_scope_cycle_every_drawn_edge_goes_downward(expanded):
+    # A/p -> B/q -> A/r -> B/s: collapsed, A/ -> B/ and B/ -> A/ (one pair, both ways).
+    nodes = [LayoutNode("x"), LayoutNode("A/p", ("x",)), LayoutNode("B/q", ("A/p",)), LayoutNode("A/r", ("B/q",)),
+             LayoutNode("B/s", ("A/r",)), LayoutNode("y", ("B/s",))]
+    lay = compute_layout(nodes, expanded)
+    pairs = {(lay.boxes[e.src].id, lay.boxes[e.dst].id): e for e in lay.edges}
+    if not expanded:
+        assert set(pairs) == {("x", "A/"), ("A/", "B/"), ("B/", "A/"), ("B/", "y")}
+    back = [e for e in lay.edges if e.is_back]
+    assert len(back) == 1  # the one edge closing the cycle is marked...
+    stub_out, stub_in = back[0].polylines()  # ...and drawn as two stubs
+    assert stub_out[0] == (lay.boxes[back[0].src].cx, lay.boxes[back[0].src].bottom)
+    assert stub_in[-1] == (lay.boxes[back[0].dst].cx, lay.boxes[back[0].dst].y)
+    _assert_downward(lay)  # every drawn line, forward edges and both stubs, goes downward
     _assert_no_overlap(lay)
 
 
@@ -170,6 +191,4 @@ def test_layout_random_dag_2000_nodes_properties():
     for expanded in (set(), {s for s in scopes if s.count("/") == 0}):
         lay = compute_layout(nodes, expanded)
         _assert_no_overlap(lay)
-        for e in lay.edges:
-            if not e.is_back:
-                assert all(b[1] > a[1] for a, b in zip(e.points, e.points[1:]))
+        _assert_downward(lay)

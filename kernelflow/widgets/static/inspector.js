@@ -149,13 +149,27 @@ function render({ model, el: root }) {
     edgeEls = new Array(nEdges);
     const labels = nEdges <= MAX_EDGE_LABELS;
     for (let e = 0; e < nEdges; e++) {
+      // A back edge (it closes a cycle of boxes) is two downward stubs, points 0-1 out of its
+      // source and 2-3 into its target, each labelled with the box at its other end.
+      const back = (flags[e] & 1) !== 0;
       let d = "";
-      for (let p = offs[e]; p < offs[e + 1]; p++) d += (p === offs[e] ? "M" : "L") + pts[2 * p] + " " + pts[2 * p + 1];
-      const cls = "kf-edge" + (flags[e] & 1 ? " kf-back" : "") + (flags[e] & 2 ? " kf-control" : "");
+      for (let p = offs[e]; p < offs[e + 1]; p++) {
+        const move = p === offs[e] || (back && p === offs[e] + 2);
+        d += (move ? "M" : "L") + pts[2 * p] + " " + pts[2 * p + 1];
+      }
+      const cls = "kf-edge" + (back ? " kf-back" : "") + (flags[e] & 2 ? " kf-control" : "");
       const path = svg("path", { d, class: cls, "marker-end": "url(#kf-arrow)" }, gEdges);
+      svg("title", { text: `${meta.ids[ends[2 * e]]} \u2192 ${meta.ids[ends[2 * e + 1]]}` +
+        (back ? " (closes a cycle between boxes: drawn as two stubs)" : "") }, path);
       edgeEls[e] = path;
       const label = meta.edge_labels[e];
-      if (labels && label) {
+      if (back) {
+        const p = offs[e];
+        svg("text", { x: pts[2 * p + 2] + 3, y: pts[2 * p + 3] + 9, class: "kf-edge-label kf-back-label",
+          text: `\u2192 ${meta.ids[ends[2 * e + 1]]}` }, gEdges);
+        svg("text", { x: pts[2 * p + 4] + 3, y: pts[2 * p + 5] - 1, class: "kf-edge-label kf-back-label",
+          text: `${meta.ids[ends[2 * e]]} \u2192` }, gEdges);
+      } else if (labels && label) {
         const last = offs[e + 1] - 1;
         svg("text", { x: pts[2 * last] + 4, y: pts[2 * last + 1] - 6, class: "kf-edge-label", text: label }, gEdges);
       }
