@@ -1,7 +1,8 @@
 """The ``kernelflow`` command: ``serve`` runs a runtime server, ``status`` lists the local
-ones, ``stop`` shuts one down.
+ones, ``stop`` shuts one down, ``serve-models`` serves a model base path over REST,
+``export-model`` copies a model version out of a state dir or base path.
 
-Contents: runtime_dir, main (and the serve/status/stop commands).
+Contents: runtime_dir, main (and the serve/status/stop/serve-models/export-model commands).
 """
 
 from __future__ import annotations
@@ -61,6 +62,43 @@ def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     return ctx
 
 
+def _model_settings(args: argparse.Namespace, prog: str) -> tuple[dict, dict]:
+    """(per-model config, default batching options) from the serving flags; SystemExit(2) when bad."""
+    from .runtime_server.model_manager import load_model_config
+
+    if args.file_system_poll_wait_seconds <= 0:
+        raise SystemExit(f"kernelflow {prog}: --file-system-poll-wait-seconds must be > 0; "
+                         f"got {args.file_system_poll_wait_seconds}")
+    for flag in ("max_batch_size", "max_enqueued_batches"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"kernelflow {prog}: --{flag.replace('_', '-')} must be >= 1; got {getattr(args, flag)}")
+    if args.batch_timeout_micros < 0:
+        raise SystemExit(f"kernelflow {prog}: --batch-timeout-micros must be >= 0; got {args.batch_timeout_micros}")
+    config = {}
+    if args.model_config_file:
+        try:
+            config = load_model_config(args.model_config_file)
+        except KernelflowError as e:
+            raise SystemExit(f"kernelflow {prog}: {e}") from None
+    batching = {"enabled": args.batching == "on", "max_batch_size": args.max_batch_size,
+                "batch_timeout_micros": args.batch_timeout_micros, "max_enqueued_batches": args.max_enqueued_batches}
+    return config, batching
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-config-file", help="JSON {\"models\": {name: {\"version_policy\": \"latest\" | \"all\" | "
+                   "{\"specific\": [1, 3]}, \"batching\": {...}}}} (default: latest for every model)")
+    p.add_argument("--file-system-poll-wait-seconds", type=float, default=1.0,
+                   help="how often the model base path is looked at for new versions (default 1)")
+    p.add_argument("--batching", choices=("on", "off"), default="on",
+                   help="merge concurrent predicts of one model version into one run (default on)")
+    p.add_argument("--max-batch-size", type=int, default=64, help="most rows in one batched run (default 64)")
+    p.add_argument("--batch-timeout-micros", type=int, default=1000,
+                   help="how long a batch waits to fill, in microseconds (default 1000)")
+    p.add_argument("--max-enqueued-batches", type=int, default=100,
+                   help="queued batches before requests get 503 (default 100)")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run a runtime server until ``server.shutdown``, SIGTERM or Ctrl-C, then shut the service down
     cleanly (jobs stopped, every graph checkpointed when there is a state dir)."""
@@ -69,6 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     token, user_token = _read_token(args)
     ctx = _ssl_context(args)
+    model_config, batching = _model_settings(args, "serve")
     if not is_loopback(args.host) and ctx is None and not args.allow_insecure:
         print(f"kernelflow serve: refusing to listen on {args.host} without TLS: the token, your graphs and "
               "every array would cross the network in clear text. Give --certfile/--keyfile, reach the server "
@@ -83,6 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     server = RuntimeServer(service, token, max_message_bytes=args.max_message_bytes, ssl_context=ctx,
                            workers=args.workers)
+    service.models.configure(model_config, batching)
     scheme = "kfs" if ctx else "kf"
 
     async def main() -> None:
@@ -106,6 +146,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else:
             print(f"    connect with kf.connect(\"{url}/?token={token}\")", flush=True)
         print(f"    runtime file: {path}", flush=True)
+        if service.models.base is not None:  # load the models there now, then watch for new versions
+            service.models.start(args.file_system_poll_wait_seconds)
         if args.http_port is None or args.http_port >= 0:  # TF Serving's REST API on this IO loop (issue #7)
             from .runtime_server.rest import listen_rest
 
@@ -128,6 +170,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if service.state is not None:
                 print("kernelflow serve: checkpointing before exit", flush=True)
             service.shutdown()
+            service.models.close()
             path.unlink(missing_ok=True)
             print("kernelflow serve: stopped", flush=True)
 
@@ -135,30 +178,89 @@ def cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(main())
     finally:
         service.shutdown()  # idempotent; covers a loop that ended before serving (port in use)
+        service.models.close()
     return 0
 
 
 def cmd_serve_models(args: argparse.Namespace) -> int:
     """Serve the models under --model-base-path over REST until SIGTERM or Ctrl-C."""
-    from .runtime_server.models import ModelRegistry
+    from .runtime_server.model_manager import ModelManager
     from .runtime_server.rest import listen_rest
 
     base = Path(args.model_base_path)
     if not base.is_dir():
         print(f"kernelflow serve-models: {base} is not a directory", file=sys.stderr)
         return 2
+    config, batching = _model_settings(args, "serve-models")
+    manager = ModelManager(base, config=config, batching=batching)
 
     async def main() -> None:
         stop = asyncio.Event()
-        _, port = listen_rest(ModelRegistry(base), args.port, args.host, args.http_max_body_bytes)
-        print(f"kernelflow {__version__} model server: {base}", flush=True)
+        manager.start(args.file_system_poll_wait_seconds)
+        _, port = listen_rest(manager, args.port, args.host, args.http_max_body_bytes)
+        print(f"kernelflow {__version__} model server: {base} (batching {args.batching})", flush=True)
         print(f"    REST (TensorFlow Serving API) on http://{args.host}:{port}/v1/models", flush=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        manager.close()
+    return 0
+
+
+def cmd_export_model(args: argparse.Namespace) -> int:
+    """Copy a model version out of a state dir or model base path: a directory ``<to>/<name>/<version>/``
+    or a ``.tar.gz`` holding ``<name>/<version>/`` (``kf.load_model`` reads either)."""
+    import shutil
+    import tarfile
+
+    from .runtime_server.models import MARKER, _versions_on_disk, check_model_name
+
+    if bool(args.state_dir) == bool(args.model_base_path):
+        print("kernelflow export-model: give --state-dir or --model-base-path (one)", file=sys.stderr)
+        return 2
+    base = Path(args.state_dir) / "models" if args.state_dir else Path(args.model_base_path)
+    try:
+        check_model_name(args.name)
+    except KernelflowError as e:
+        print(f"kernelflow export-model: {e}", file=sys.stderr)
+        return 2
+    versions = _versions_on_disk(base / args.name)
+    if not versions:
+        print(f"kernelflow export-model: no complete model '{args.name}' under {base}", file=sys.stderr)
+        return 1
+    version = versions[-1] if args.version is None else args.version
+    src = base / args.name / str(version)
+    if not (src / MARKER).is_file():
+        print(f"kernelflow export-model: model '{args.name}' has no complete version {version}; versions: "
+              f"{versions}", file=sys.stderr)
+        return 1
+    to = Path(args.to)
+    if to.name.endswith((".tar.gz", ".tgz")):
+        if to.exists():
+            print(f"kernelflow export-model: {to} exists already", file=sys.stderr)
+            return 1
+        tmp = to.with_name(f".{to.name}.tmp")
+        with tarfile.open(tmp, "w:gz") as tar:
+            # The marker goes last, as when the version was written.
+            for p in sorted(src.iterdir(), key=lambda p: (p.name == MARKER, p.name)):
+                tar.add(p, arcname=f"{args.name}/{version}/{p.name}", recursive=False)
+        os.replace(tmp, to)
+    else:
+        dest = to / args.name / str(version)
+        if dest.exists():
+            print(f"kernelflow export-model: {dest} exists already", file=sys.stderr)
+            return 1
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".tmp-{version}-{secrets.token_hex(4)}"
+        shutil.copytree(src, tmp)
+        os.replace(tmp, dest)  # whole or not at all, for a watcher of that base path
+        to = dest
+    print(f"exported model '{args.name}' version {version} to {to}", flush=True)
     return 0
 
 
@@ -241,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="port of the REST model API (default: --port + 1; 0 picks a free one; -1: none)")
     s.add_argument("--http-max-body-bytes", type=int, default=64 << 20,
                    help="largest REST predict body, in bytes (default 64 MiB)")
+    _add_model_flags(s)
     s.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     s.set_defaults(fn=cmd_serve)
 
@@ -250,8 +353,17 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--port", type=int, default=8501, help="REST port; 0 picks a free one (default 8501)")
     sm.add_argument("--http-max-body-bytes", type=int, default=64 << 20,
                     help="largest predict body, in bytes (default 64 MiB)")
+    _add_model_flags(sm)
     sm.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     sm.set_defaults(fn=cmd_serve_models)
+
+    em = sub.add_parser("export-model", help="copy a model version to a dir or .tar.gz (kf.load_model reads it)")
+    em.add_argument("name", help="the model's name")
+    em.add_argument("--state-dir", help="the runtime's state dir (models are in <state dir>/models)")
+    em.add_argument("--model-base-path", help="a dir holding <name>/<version>/ model dirs")
+    em.add_argument("--version", type=int, default=None, help="the version (default: the highest complete one)")
+    em.add_argument("--to", required=True, help="a dir (gets <name>/<version>/) or a file ending in .tar.gz")
+    em.set_defaults(fn=cmd_export_model)
 
     st = sub.add_parser("status", help="list the local runtime servers")
     st.add_argument("--timeout", type=float, default=5.0)

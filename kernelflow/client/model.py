@@ -115,8 +115,27 @@ class LocalModel:
         return self.graph.run({k: self.graph[s["name"]] for k, s in self.outputs.items()}, feed=feed)
 
 
+def _load_archive(path: Path, runtime: Runtime | None) -> LocalModel:
+    """A ``.tar.gz`` written by ``kernelflow export-model``: ``<name>/<version>/`` files."""
+    import tarfile
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="kf-model-") as tmp:
+        try:
+            with tarfile.open(path, "r:gz") as tar:
+                tar.extractall(tmp, filter="data")  # refuses absolute paths, '..' and links out of tmp
+        except (OSError, tarfile.TarError) as e:
+            raise FailedPreconditionError(f"load_model: {path} is not a readable model archive: {e}") from e
+        names = [d for d in Path(tmp).iterdir() if d.is_dir()]
+        if len(names) != 1:
+            raise NotFoundError(f"load_model: {path} must hold one <name>/<version>/ model dir; got "
+                                f"{sorted(d.name for d in names)}")
+        return load_model(names[0], runtime)  # reads every file into memory: tmp can go
+
+
 def load_model(path: str | Path, runtime: Runtime | None = None) -> LocalModel:
-    """Load a model version directory (``.../<name>/<version>``, or ``.../<name>`` for its latest).
+    """Load a model version directory (``.../<name>/<version>``, or ``.../<name>`` for its latest),
+    or a ``.tar.gz`` made by ``kernelflow export-model``.
 
     It needs nothing but the directory: the subgraph becomes a new graph of ``runtime``
     (default: an in-process one) named ``<name>@<version>``, replacing one of that name.
@@ -131,6 +150,8 @@ def load_model(path: str | Path, runtime: Runtime | None = None) -> LocalModel:
     from .runtime import connect
 
     p = Path(path)
+    if p.is_file() and p.name.endswith((".tar.gz", ".tgz")):
+        return _load_archive(p, runtime)
     if not (p / MARKER).is_file():
         versions = sorted(int(d.name) for d in p.glob("*") if d.name.isdigit() and (d / MARKER).is_file()) \
             if p.is_dir() else []

@@ -13,7 +13,14 @@ Versions are increasing integers. A version is written into a hidden temp dir an
 into place, so a reader sees it whole or not at all. Nothing read from a model dir is
 unpickled or evaluated.
 
-Contents: export_model, LoadedModel, ModelRegistry, register.
+Export binds training-mode switches to inference: a bool scalar placeholder the outputs need
+that is not among the inputs (the ``training`` flag of dropout / batch norm) becomes the
+constant False, and a ``where`` on it keeps only its inference branch, so the random mask of
+dropout is not in the exported graph. A random op left on the path is InvalidArgumentError
+naming it (dropout built with ``training=True``).
+
+Contents: export_model, read_model_dir, LoadedModel, register (the version manager is in
+model_manager.py).
 """
 
 from __future__ import annotations
@@ -78,19 +85,35 @@ def _all_version_numbers(model_dir: Path) -> list[int]:
 
 
 # ----------------------------------------------------------------- export
-def _prune(outputs: list[Tensor], inputs: dict[int, Tensor]) -> list[Tensor]:
+def _is_training_flag(t: Tensor) -> bool:
+    return t.op is placeholder_op and t.dtype == "bool" and len(t.shape) == 0
+
+
+def _prune(outputs: list[Tensor], inputs: dict[int, Tensor]) -> tuple[list[Tensor], dict[int, Tensor]]:
     """The nodes the outputs need by data edges, stopping at inputs; control edges are dropped
-    (they order training updates, which inference does not run)."""
+    (they order training updates, which inference does not run).
+
+    A ``where(flag, a, b)`` whose condition is a training flag (see `_is_training_flag`) that is
+    not an input is walked into ``b`` only: with the flag bound to False it is ``b``. Returns
+    (nodes in graph order, {id(where node): its inference branch}).
+    """
     seen: dict[int, Tensor] = {}
+    folded: dict[int, Tensor] = {}
     stack = list(outputs)
     while stack:
         t = stack.pop()
         if id(t) in seen:
             continue
         seen[id(t)] = t
-        if id(t) not in inputs:
-            stack.extend(t.inputs)
-    return sorted(seen.values(), key=lambda t: t.index)
+        if id(t) in inputs:
+            continue
+        if t.op.name == "where" and _is_training_flag(t.inputs[0]) and id(t.inputs[0]) not in inputs \
+                and t.inputs[2].shape == t.shape and t.inputs[2].dtype == t.dtype:
+            folded[id(t)] = t.inputs[2]
+            stack.append(t.inputs[2])
+            continue
+        stack.extend(t.inputs)
+    return sorted(seen.values(), key=lambda t: t.index), folded
 
 
 def _tensor_spec(t: Tensor) -> dict:
@@ -137,13 +160,21 @@ def export_model(session: GraphSession, base: Path, name: str, inputs: dict, out
             if t.dtype is None:
                 raise InvalidArgumentError(f"model.export: output '{k}' (node '{t.name}', op {t.op.name}) has no value")
         fed = {id(t): t for t in in_nodes.values()}
-        nodes = _prune(list(out_nodes.values()), fed)
-        dicts, var_names = [], []
+        nodes, folded = _prune(list(out_nodes.values()), fed)
+        dicts, var_names, bound = [], [], {}
         for n in nodes:
             if id(n) in fed:
                 # An input that is not a placeholder (e.g. a hidden layer) becomes one.
                 dicts.append({"name": n.name, "op": "placeholder", "inputs": [],
                               "attrs": {"shape": list(n.shape), "dtype": n.dtype}})
+                continue
+            if id(n) in folded:  # where(training, train_branch, inference_branch) -> the inference branch
+                dicts.append({"name": n.name, "op": "identity", "inputs": [folded[id(n)].name], "attrs": {}})
+                continue
+            if n.op is placeholder_op and _is_training_flag(n):
+                # A training-mode switch (dropout, batch norm): served models run in inference mode.
+                dicts.append({"name": n.name, "op": "constant", "inputs": [], "attrs": {"value": np.array(False)}})
+                bound[n.name] = False
                 continue
             if n.op is placeholder_op:
                 raise InvalidArgumentError(
@@ -153,6 +184,12 @@ def export_model(session: GraphSession, base: Path, name: str, inputs: dict, out
             if n.op.mutates:
                 raise InvalidArgumentError(f"model.export: node '{n.name}' ({n.op.name}) updates a variable; "
                                            "an exported model only reads its variables", node=n.name)
+            if n.op.name.startswith("random_"):
+                raise InvalidArgumentError(
+                    f"model.export: the outputs need random node '{n.name}' ({n.op.name}), so the served model "
+                    "would answer differently each time (dropout built with training=True?); build the exported "
+                    "outputs with training=False, or pass a bool scalar placeholder as training (export binds "
+                    "it to False)", node=n.name, source=n.source)
             d = node_to_dict(n)
             d.pop("control_inputs", None)
             d.pop("device", None)
@@ -166,6 +203,8 @@ def export_model(session: GraphSession, base: Path, name: str, inputs: dict, out
                  "graph": session.name,
                  "inputs": {k: _tensor_spec(t) for k, t in in_nodes.items()},
                  "outputs": {k: _tensor_spec(t) for k, t in out_nodes.items()}}
+    if bound:
+        signature["bound"] = bound  # placeholders fixed at export (training flags -> False)
     return _write_version(base, name, version, dicts, arrays, signature)
 
 
@@ -238,16 +277,25 @@ class LoadedModel:
     def __init__(self, name: str, version: int, path: Path, devices: DeviceManager):
         self.name, self.version, self.path = name, version, path
         dicts, self.signature = read_model_dir(path)
-        self.session = GraphSession(f"model:{name}:{version}", devices)
+        self.session: GraphSession | None = GraphSession(f"model:{name}:{version}", devices)
         self.session.extend(dicts, 0)
         self.inputs: dict[str, dict] = self.signature["inputs"]
         self.outputs: dict[str, dict] = self.signature["outputs"]
 
-    def predict(self, inputs: dict[str, Any], output_keys: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Run the model on ``inputs`` ({input name: array}); returns {output name: array}.
+    @property
+    def batchable(self) -> bool:
+        """Whether requests can be stacked along axis 0: every input and output is batch-major
+        (leading dim None) and inputs have no other unknown dim (rows of requests must fit)."""
+        ins = [s.get("shape") for s in self.inputs.values()]
+        outs = [s.get("shape") for s in self.outputs.values()]
+        return (all(sh and sh[0] is None and None not in sh[1:] for sh in ins)
+                and all(sh and sh[0] is None for sh in outs))
+
+    def check_inputs(self, inputs: Any) -> dict[str, np.ndarray]:
+        """``inputs`` as arrays of the signature's dtypes and shapes, in signature order.
 
         Raises:
-            InvalidArgumentError: missing or unknown input names, wrong dtype or shape.
+            InvalidArgumentError: not a map, missing or unknown input names, wrong dtype or shape.
         """
         if not isinstance(inputs, dict):
             raise InvalidArgumentError(f"predict: inputs must be a map of input name -> array; "
@@ -257,115 +305,88 @@ class LoadedModel:
         if unknown or missing:
             raise InvalidArgumentError(f"predict: model '{self.name}' takes inputs {sorted(self.inputs)}; "
                                        f"unknown: {unknown}, missing: {missing}")
-        keys = list(self.outputs) if output_keys is None else output_keys
+        out = {}
+        for k, spec in self.inputs.items():
+            v = inputs[k]
+            arr = v if isinstance(v, np.ndarray) else np.asarray(v)
+            if arr.dtype.name != spec["dtype"]:
+                raise InvalidArgumentError(f"predict: input '{k}' of model '{self.name}' must be {spec['dtype']}; "
+                                           f"got {arr.dtype.name} (shape {format_shape(arr.shape)})")
+            shape = spec.get("shape")
+            if shape is not None and (arr.ndim != len(shape)
+                                      or any(d is not None and d != a for d, a in zip(shape, arr.shape))):
+                raise InvalidArgumentError(f"predict: input '{k}' of model '{self.name}' must have shape "
+                                           f"{format_shape(tuple(shape))}; got {format_shape(arr.shape)}")
+            out[k] = arr
+        return out
+
+    def check_output_keys(self, output_keys: list[str] | None) -> list[str]:
+        keys = list(self.outputs) if output_keys is None else list(output_keys)
         for k in keys:
             if k not in self.outputs:
                 raise InvalidArgumentError(f"predict: model '{self.name}' has no output '{k}'; "
                                            f"outputs: {sorted(self.outputs)}")
-        feed_names = [self.inputs[k]["name"] for k in self.inputs]
-        feed_values = [inputs[k] for k in self.inputs]
-        vals = self.session.run([self.outputs[k]["name"] for k in keys], feed_names, feed_values)
-        return dict(zip(keys, vals))
+        return keys
 
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output for checked ``inputs`` (see `check_inputs`); runs are serialised by the session lock."""
+        session = self.session
+        if session is None:
+            raise FailedPreconditionError(f"model '{self.name}' version {self.version} was unloaded")
+        vals = session.run([s["name"] for s in self.outputs.values()],
+                           [self.inputs[k]["name"] for k in self.inputs], [inputs[k] for k in self.inputs])
+        return dict(zip(self.outputs, vals))
 
-class ModelRegistry:
-    """The models under a base path: versions found on disk, loaded on first use and cached.
+    def warm_up(self) -> None:
+        """One run on zeros of the signature's shapes (unknown dims 1), so the first request pays no
+        plan-building or allocation cost."""
+        self.run({k: np.zeros(tuple(1 if d is None else d for d in (s.get("shape") or ())), s["dtype"])
+                  for k, s in self.inputs.items()})
 
-    Any complete version may be asked for; "latest" is the highest complete one. A version
-    whose directory disappears is dropped from the cache on the next lookup.
+    def predict(self, inputs: dict[str, Any], output_keys: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the model on ``inputs`` ({input name: array}); returns {output name: array}.
 
-    Args:
-        base: the model base path (``<state dir>/models`` or ``--model-base-path``); None: no models.
-        devices: device manager for loaded models.
-    """
+        Raises:
+            InvalidArgumentError: missing or unknown input names, wrong dtype or shape.
+        """
+        arrays = self.check_inputs(inputs)
+        keys = self.check_output_keys(output_keys)
+        out = self.run(arrays)
+        return {k: out[k] for k in keys}
 
-    def __init__(self, base: Path | None, devices: DeviceManager | None = None):
-        self.base = Path(base) if base is not None else None
-        self.devices = devices or DeviceManager("cpu")
-        self._loaded: dict[tuple[str, int], LoadedModel] = {}
-        self._lock = threading.Lock()
-
-    def _require_base(self, what: str) -> Path:
-        if self.base is None:
-            raise FailedPreconditionError(f"{what}: this runtime has no state dir to keep models in; start the "
-                                          "server with `kernelflow serve --state-dir DIR`")
-        return self.base
-
-    def names(self) -> list[str]:
-        if self.base is None or not self.base.is_dir():
-            return []
-        return sorted(e.name for e in os.scandir(self.base)
-                      if e.is_dir() and _NAME_RE.fullmatch(e.name) and _versions_on_disk(Path(e.path)))
-
-    def versions(self, name: str) -> list[int]:
-        """Complete versions of model ``name``, ascending (NotFoundError if none)."""
-        check_model_name(name)
-        vs = _versions_on_disk(self.base / name) if self.base is not None else []
-        if not vs:
-            raise NotFoundError(f"no model named '{name}'; models: {self.names()}")
-        return vs
-
-    def resolve_version(self, name: str, version: int | None) -> int:
-        vs = self.versions(name)
-        if version is None:
-            return vs[-1]
-        if version not in vs:
-            raise NotFoundError(f"model '{name}' has no version {version}; versions: {vs}")
-        return version
-
-    def get(self, name: str, version: int | None = None) -> LoadedModel:
-        """The loaded model version (latest when None), loading it now if needed."""
-        v = self.resolve_version(name, version)
-        with self._lock:
-            for key in [k for k in self._loaded if k[0] == name and k[1] not in self.versions(name)]:
-                del self._loaded[key]  # its directory is gone: release it
-            m = self._loaded.get((name, v))
-            if m is None:
-                assert self.base is not None
-                m = self._loaded[(name, v)] = LoadedModel(name, v, self.base / name / str(v), self.devices)
-                log.info("loaded model '%s' version %d", name, v)
-            return m
-
-    def status(self, name: str, version: int | None = None) -> dict:
-        """TensorFlow Serving's GetModelStatus document."""
-        vs = self.versions(name)
-        if version is not None:
-            vs = [self.resolve_version(name, version)]
-        return {"model_version_status": [
-            {"version": str(v), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
-            for v in reversed(vs)]}
-
-    def list(self) -> list[dict]:
-        """Every model with its versions (newest first) and their states."""
-        out = []
-        for n in self.names():
-            out.append({"name": n, **self.status(n)})
-        return out
+    def release(self) -> None:
+        """Drop the session (its variables and cached plans) so the memory can be freed."""
+        self.session = None
 
 
 # ----------------------------------------------------------------- RPC methods
-def register(service: Any) -> ModelRegistry:
-    """Add model.export / model.list / model.predict / model.status to ``service``; returns the registry."""
+def register(service: Any) -> Any:
+    """Add model.export / model.list / model.predict / model.status to ``service``; returns its
+    `ModelManager` (not watching: ``kernelflow serve`` starts the watcher)."""
+    from .model_manager import ModelManager
+
     base = Path(service.state.root) / "models" if service.state is not None else None
-    reg = ModelRegistry(base, service.devices)
-    service.models = reg
+    mgr = ModelManager(base, service.devices)
 
     def model_export(graph: str, name: str, inputs: dict, outputs: dict, version: int | None = None) -> dict:
-        base_path = reg._require_base("model.export")
-        return export_model(service.session(graph), base_path, name, inputs, outputs, version)
+        base_path = mgr.require_base("model.export")
+        out = export_model(service.session(graph), base_path, name, inputs, outputs, version)
+        mgr.poll(only=name, wait=True)  # served by the next request, not after the next watcher poll
+        return out
 
     def model_list() -> list[dict]:
-        return reg.list()
+        return mgr.list()
 
     def model_predict(name: str, version: int | None, inputs: dict, output_keys: list | None = None) -> dict:
-        return reg.get(name, version).predict(inputs, output_keys)
+        return mgr.predict(name, version, inputs, output_keys)
 
     def model_status(name: str, version: int | None = None) -> dict:
-        m = reg.get(name, version)
-        return {**reg.status(name, version), "name": name, "version": m.version, "signature": m.signature}
+        with mgr.use(name, version) as sv:
+            return {**mgr.status(name, version), "name": name, "version": sv.version,
+                    "signature": sv.model.signature}
 
     service.register("model.export", model_export)
     service.register("model.list", model_list)
     service.register("model.predict", model_predict)
     service.register("model.status", model_status)
-    return reg
+    return mgr

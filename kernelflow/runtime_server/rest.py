@@ -1,14 +1,16 @@
-"""TensorFlow Serving's REST API over a `ModelRegistry`, as a tornado.web Application.
+"""TensorFlow Serving's REST API over a `ModelManager`, as a tornado.web Application.
 
 Routes (TF Serving's documented JSON field names):
 ``GET /v1/models`` (kernelflow's addition: every model and its versions),
 ``GET /v1/models/{name}[/versions/{v}]`` (model status),
 ``GET /v1/models/{name}[/versions/{v}]/metadata`` (signature),
-``POST /v1/models/{name}[/versions/{v}]:predict`` (row ``instances`` or columnar ``inputs``).
-Errors are ``{"error": "..."}`` with 400 (bad input), 404 (no such model or version) or 413.
-Predicts run in a thread pool, off the IO loop.
+``POST /v1/models/{name}[/versions/{v}]:predict`` (row ``instances`` or columnar ``inputs``),
+``POST /v1/models/{name}[/versions/{v}]:classify`` (``examples``; see `class_outputs`).
+Errors are ``{"error": "..."}`` with 400 (bad input), 404 (no such model or version), 413
+(body too big) or 503 (version loading, batch queue full). Predicts are batched by the
+version's Batcher or run in a thread pool; the IO loop only awaits them.
 
-Contents: make_app, listen_rest.
+Contents: parse_predict, format_predict, class_outputs, parse_classify, make_app, listen_rest.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from ..errors import InvalidArgumentError, KernelflowError, NotFoundError
-from .models import ModelRegistry, check_model_name
+from ..errors import InvalidArgumentError, KernelflowError, NotFoundError, UnavailableError
+from .model_manager import ModelManager
+from .models import check_model_name
 
 log = logging.getLogger("kernelflow.rest")
 
@@ -142,9 +145,69 @@ def format_predict(out: dict[str, np.ndarray], rows: bool) -> dict:
     return {"outputs": {k: _to_json(a) for k, a in out.items()}}
 
 
+def class_outputs(outputs: dict[str, dict]) -> tuple[str, str | None] | None:
+    """The (scores output, classes output or None) a classify answer is built from, or None.
+
+    A signature has class outputs when it has a float output ``scores`` of shape (None, K)
+    (with ``classes``, an integer output of the same shape, as the labels: TensorFlow's
+    classification signature), or else a float output ``probabilities`` of shape (None, K)
+    (labels "0".."K-1").
+    """
+    def is_2d(spec: dict | None, kinds: str) -> bool:
+        return bool(spec and spec.get("shape") and len(spec["shape"]) == 2 and np.dtype(spec["dtype"]).kind in kinds)
+
+    for key in ("scores", "probabilities"):
+        if is_2d(outputs.get(key), "f"):
+            labels = outputs.get("classes")
+            if key == "scores" and is_2d(labels, "iu") and labels["shape"][1] == outputs[key]["shape"][1]:
+                return key, "classes"
+            return key, None
+    return None
+
+
+def parse_classify(body: Any, inputs: dict[str, dict]) -> dict[str, np.ndarray]:
+    """A classify request (``examples``, optional ``context``) as input arrays.
+
+    Each example maps input names to a value or a (flat or nested) list; a flat list is
+    reshaped to the input's per-example shape. ``context`` features are added to every example.
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("examples"), list) or not body["examples"]:
+        raise InvalidArgumentError("a classify body must be a JSON object with a non-empty list \"examples\"")
+    context = body.get("context", {})
+    if not isinstance(context, dict):
+        raise InvalidArgumentError("\"context\" must be an object of feature name -> value")
+    cols: dict[str, list] = {k: [] for k in inputs}
+    for i, ex in enumerate(body["examples"]):
+        if not isinstance(ex, dict):
+            raise InvalidArgumentError(f"example {i} must be an object of feature name -> value")
+        both = sorted(set(ex) & set(context))
+        if both:
+            raise InvalidArgumentError(f"example {i} repeats context features {both}")
+        ex = {**context, **ex}
+        if set(ex) != set(inputs):
+            raise InvalidArgumentError(f"example {i} has features {sorted(ex)}; the model takes {sorted(inputs)}")
+        for k, spec in inputs.items():
+            v = _decode_b64(ex[k])
+            row = (spec.get("shape") or [None])[1:]
+            if isinstance(v, list) and row and None not in row and not any(isinstance(x, list) for x in v):
+                if len(v) != int(np.prod(row)):
+                    raise InvalidArgumentError(f"example {i}, feature '{k}': expected {int(np.prod(row))} values "
+                                               f"(shape {tuple(row)}); got {len(v)}")
+                v = np.reshape(np.array(v), row).tolist()
+            cols[k].append(v)
+    return {k: _array(v, inputs[k], f"feature '{k}'") for k, v in cols.items()}
+
+
+def format_classify(out: dict[str, np.ndarray], scores: str, classes: str | None) -> dict:
+    """TF Serving's classify answer: ``{"result": [[[label, score], ...] per example]}``."""
+    s = out[scores]
+    labels = out[classes].astype(str).tolist() if classes else [[str(j) for j in range(s.shape[1])]] * len(s)
+    return {"result": [[[lab, float(sc)] for lab, sc in zip(ls, row)] for ls, row in zip(labels, s.tolist())]}
+
+
 class _ModelsHandler(tornado.web.RequestHandler):
-    def initialize(self, registry: ModelRegistry, pool: ThreadPoolExecutor, max_body_bytes: int) -> None:
-        self.registry, self.pool, self.max_body_bytes = registry, pool, max_body_bytes
+    def initialize(self, manager: ModelManager, pool: ThreadPoolExecutor, max_body_bytes: int) -> None:
+        self.manager, self.pool, self.max_body_bytes = manager, pool, max_body_bytes
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
@@ -173,7 +236,9 @@ class _ModelsHandler(tornado.web.RequestHandler):
         try:
             await coro
         except NotFoundError as e:
-            self._send({"error": e.message if hasattr(e, "message") else str(e)}, 404)
+            self._send({"error": e.message}, 404)
+        except UnavailableError as e:  # loading, or the batch queue is full: retry later
+            self._send({"error": e.message}, 503)
         except KernelflowError as e:
             self._send({"error": e.message if hasattr(e, "message") else str(e)}, 400)
         except Exception as e:  # the server goes on; the client hears what failed
@@ -186,29 +251,39 @@ class _ModelsHandler(tornado.web.RequestHandler):
     async def post(self, *_: Any) -> None:
         await self._guard(self._post())
 
+    async def _blocking(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` where it may touch the disk (a manager that does not watch loads on request)."""
+        if self.manager.watching:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
     async def _get(self) -> None:
         name, version, metadata, verb = self._route()
         if name is None:
-            self._send({"models": self.registry.list()})
+            self._send({"models": await self._blocking(self.manager.list)})
             return
         if verb is not None:
             raise NotFoundError(f"use POST for :{verb}")
         if not metadata:
-            self._send(self.registry.status(name, version))
+            self._send(await self._blocking(self.manager.status, name, version))
             return
-        loop = asyncio.get_running_loop()
-        m = await loop.run_in_executor(self.pool, self.registry.get, name, version)
-        sig = m.signature
-        self._send({"model_spec": {"name": name, "signature_name": "", "version": str(m.version)},
-                    "metadata": {"signature_def": {"signature_def": {sig["signature_name"]: {
-                        "inputs": {k: _tensor_info(s) for k, s in m.inputs.items()},
-                        "outputs": {k: _tensor_info(s) for k, s in m.outputs.items()},
-                        "method_name": sig["method_name"]}}}}})
+        if not self.manager.watching:
+            await self._blocking(self.manager.poll, name, True)
+        with self.manager.use(name, version) as sv:
+            m = sv.model
+            assert m is not None
+            sig = m.signature
+            self._send({"model_spec": {"name": name, "signature_name": "", "version": str(m.version)},
+                        "metadata": {"signature_def": {"signature_def": {sig["signature_name"]: {
+                            "inputs": {k: _tensor_info(s) for k, s in m.inputs.items()},
+                            "outputs": {k: _tensor_info(s) for k, s in m.outputs.items()},
+                            "method_name": sig["method_name"]}}}}})
 
     async def _post(self) -> None:
         name, version, metadata, verb = self._route()
-        if name is None or metadata or verb != "predict":
-            raise NotFoundError(f"no POST route {self.request.path!r}; use /v1/models/<name>[/versions/<v>]:predict")
+        if name is None or metadata or verb not in ("predict", "classify"):
+            raise NotFoundError(f"no POST route {self.request.path!r}; use /v1/models/<name>[/versions/<v>]"
+                                ":predict or :classify")
         if len(self.request.body) > self.max_body_bytes:
             self._send({"error": f"request body of {len(self.request.body)} bytes is over the limit of "
                                  f"{self.max_body_bytes}"}, 413)
@@ -217,39 +292,53 @@ class _ModelsHandler(tornado.web.RequestHandler):
             body = json.loads(self.request.body or b"null")
         except (ValueError, UnicodeDecodeError) as e:
             raise InvalidArgumentError(f"malformed JSON: {e}") from e
-        loop = asyncio.get_running_loop()
-        m = await loop.run_in_executor(self.pool, self.registry.get, name, version)
-        sig_name = body.get("signature_name") if isinstance(body, dict) else None
-        if sig_name not in (None, "", m.signature["signature_name"]):
-            raise InvalidArgumentError(f"model '{name}' has no signature {sig_name!r}; it has "
-                                       f"'{m.signature['signature_name']}'")
-        inputs, rows = parse_predict(body, m.inputs)
-        out = await loop.run_in_executor(self.pool, m.predict, inputs)
+        if not self.manager.watching:
+            await self._blocking(self.manager.poll, name, True)
+        with self.manager.use(name, version) as sv:
+            m = sv.model
+            assert m is not None
+            sig_name = body.get("signature_name") if isinstance(body, dict) else None
+            if sig_name not in (None, "", m.signature["signature_name"]):
+                raise InvalidArgumentError(f"model '{name}' has no signature {sig_name!r}; it has "
+                                           f"'{m.signature['signature_name']}'")
+            if verb == "classify":
+                cls = class_outputs(m.outputs)
+                if cls is None:
+                    raise InvalidArgumentError(
+                        f"model '{name}' has no class outputs: :classify needs a float output 'scores' or "
+                        f"'probabilities' of shape (None, K); its outputs are "
+                        f"{ {k: s.get('shape') for k, s in m.outputs.items()} }")
+                inputs = m.check_inputs(parse_classify(body, m.inputs))
+                out = await asyncio.wrap_future(self.manager.submit(sv, inputs))
+                self._send(format_classify(out, *cls))
+                return
+            inputs, rows = parse_predict(body, m.inputs)
+            out = await asyncio.wrap_future(self.manager.submit(sv, m.check_inputs(inputs)))
         self._send(format_predict(out, rows))
 
 
-def make_app(registry: ModelRegistry, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+def make_app(manager: ModelManager, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
              pool: ThreadPoolExecutor | None = None) -> tornado.web.Application:
-    """The REST Application serving ``registry``.
+    """The REST Application serving ``manager``'s models.
 
     Args:
-        registry: the models to serve.
+        manager: the models to serve.
         max_body_bytes: larger predict bodies get 413.
-        pool: threads that load models and run predicts (default: a pool of 4).
+        pool: threads for lookups that may load a model (a manager that does not watch; default 4).
     """
     pool = pool or ThreadPoolExecutor(4, thread_name_prefix="kf-rest")
-    kw = {"registry": registry, "pool": pool, "max_body_bytes": max_body_bytes}
+    kw = {"manager": manager, "pool": pool, "max_body_bytes": max_body_bytes}
     return tornado.web.Application([(r"/v1/models.*", _ModelsHandler, kw)])
 
 
-def listen_rest(registry: ModelRegistry, port: int, host: str = "127.0.0.1",
+def listen_rest(manager: ModelManager, port: int, host: str = "127.0.0.1",
                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> tuple[tornado.httpserver.HTTPServer, int]:
     """Start serving REST on the running IO loop; returns (server, bound port).
 
     Bodies up to twice the limit are read and answered 413 with a JSON error; larger ones are
     refused by tornado while reading (400, empty body) so they are never held in memory.
     """
-    server = tornado.httpserver.HTTPServer(make_app(registry, max_body_bytes), max_body_size=2 * max_body_bytes)
+    server = tornado.httpserver.HTTPServer(make_app(manager, max_body_bytes), max_body_size=2 * max_body_bytes)
     sockets = tornado.netutil.bind_sockets(port, host)
     server.add_sockets(sockets)
     return server, sockets[0].getsockname()[1]

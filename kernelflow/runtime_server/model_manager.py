@@ -1,0 +1,515 @@
+"""The served model versions: version policies, the base-path watcher, load / warm-up / unload, batching.
+
+Each version goes through TensorFlow Serving's states: START (found on disk and wanted by the
+policy), LOADING (files read, session built, one warm-up run), AVAILABLE (answers requests),
+UNLOADING (no new requests; waits for the ones in flight), END (released, or failed to load:
+then its status carries the error). Only AVAILABLE versions answer; a request for a version
+that is START or LOADING gets UnavailableError (HTTP 503).
+
+Policies (per model, from the config file; default ``latest``): ``latest`` serves the highest
+complete version (``{"latest": {"num_versions": N}}``: the N highest), ``all`` every complete
+version, ``{"specific": [1, 3]}`` those. A version the policy drops is unloaded once one the
+policy wants is AVAILABLE (or none is wanted), so a switch never leaves a gap; a new version
+that fails to load leaves the old one serving.
+
+A manager either watches (``start``: a thread polls the base path every ``poll_wait_s``, loads
+run on a loader thread) or, in an in-process runtime, looks at the disk on each request and
+loads there. Each AVAILABLE version whose inputs and outputs are batch-major gets a `Batcher`
+(batching.py) when batching is on.
+
+Contents: VersionPolicy, ModelConfig, parse_model_config, load_model_config, ModelManager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError, UnavailableError
+from .devices import DeviceManager
+from .models import _NAME_RE, LoadedModel, _versions_on_disk, check_model_name
+
+log = logging.getLogger("kernelflow.models")
+
+START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
+BATCHING_FIELDS = {"enabled": bool, "max_batch_size": int, "batch_timeout_micros": int, "max_enqueued_batches": int}
+KEEP_ENDED = 5  # END versions kept in a model's status (newest first), so it does not grow forever
+# Test hook: while <dir>/hold-<model name> exists, loads of that model wait in LOADING.
+LOAD_GATE_ENV = "KERNELFLOW_TEST_LOAD_GATE"
+_CODES = {"InvalidArgumentError": "INVALID_ARGUMENT", "ShapeError": "INVALID_ARGUMENT", "NotFoundError": "NOT_FOUND",
+          "FailedPreconditionError": "FAILED_PRECONDITION", "ResourceExhaustedError": "RESOURCE_EXHAUSTED",
+          "UnavailableError": "UNAVAILABLE", "InternalError": "INTERNAL"}
+
+
+# ----------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which complete versions of a model to serve: ``latest`` (the ``num_versions`` highest),
+    ``all``, or ``specific`` (``versions``)."""
+
+    kind: str = "latest"
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+    def choose(self, on_disk: list[int]) -> list[int]:
+        """The wanted versions among ``on_disk`` (ascending)."""
+        if self.kind == "all":
+            return list(on_disk)
+        if self.kind == "specific":
+            return [v for v in on_disk if v in self.versions]
+        return list(on_disk[-self.num_versions:])
+
+    def describe(self) -> str:
+        if self.kind == "specific":
+            return f"specific {list(self.versions)}"
+        return "latest" if self.kind == "latest" and self.num_versions == 1 else \
+            (f"latest {self.num_versions}" if self.kind == "latest" else self.kind)
+
+
+@dataclass
+class ModelConfig:
+    """A model's policy and batching overrides (keys of `BATCHING_FIELDS`)."""
+
+    policy: VersionPolicy = field(default_factory=VersionPolicy)
+    batching: dict[str, Any] = field(default_factory=dict)
+
+
+def _parse_policy(v: Any, where: str) -> VersionPolicy:
+    if v in ("latest", "all"):
+        return VersionPolicy(v)
+    if isinstance(v, dict) and len(v) == 1:
+        (kind, arg), = v.items()
+        if kind == "specific" and isinstance(arg, list) and arg and all(
+                isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in arg):
+            return VersionPolicy("specific", versions=tuple(sorted(set(arg))))
+        if kind == "latest" and isinstance(arg, dict) and set(arg) == {"num_versions"} and isinstance(
+                arg["num_versions"], int) and not isinstance(arg["num_versions"], bool) and arg["num_versions"] > 0:
+            return VersionPolicy("latest", num_versions=arg["num_versions"])
+    raise InvalidArgumentError(f"{where}: version_policy must be \"latest\", \"all\", {{\"specific\": [positive "
+                               f"ints]}} or {{\"latest\": {{\"num_versions\": N}}}}; got {json.dumps(v)}")
+
+
+def parse_batching(doc: Any, where: str) -> dict[str, Any]:
+    """Checked batching options: a map with keys of `BATCHING_FIELDS`."""
+    if not isinstance(doc, dict):
+        raise InvalidArgumentError(f"{where}: batching must be an object; got {json.dumps(doc)}")
+    out = {}
+    for k, v in doc.items():
+        want = BATCHING_FIELDS.get(k)
+        if want is None:
+            raise InvalidArgumentError(f"{where}: unknown batching option {k!r}; known: {sorted(BATCHING_FIELDS)}")
+        if want is bool and not isinstance(v, bool) or want is int and (
+                not isinstance(v, int) or isinstance(v, bool) or v < (0 if k == "batch_timeout_micros" else 1)):
+            raise InvalidArgumentError(f"{where}: batching option {k!r} must be "
+                                       f"{'true or false' if want is bool else 'a positive integer'}; got {v!r}")
+        out[k] = v
+    return out
+
+
+def parse_model_config(doc: Any) -> dict[str, ModelConfig]:
+    """``{"models": {name: {"version_policy": ..., "batching": {...}}}}`` -> {name: ModelConfig}.
+
+    Raises:
+        InvalidArgumentError: naming the key that is wrong.
+    """
+    if not isinstance(doc, dict) or set(doc) - {"models"}:
+        raise InvalidArgumentError(f"model config: expected {{\"models\": {{name: {{...}}}}}}; got keys "
+                                   f"{sorted(doc) if isinstance(doc, dict) else type(doc).__name__}")
+    models = doc.get("models", {})
+    if not isinstance(models, dict):
+        raise InvalidArgumentError("model config: \"models\" must be an object of model name -> settings")
+    out = {}
+    for name, m in models.items():
+        check_model_name(name)
+        where = f"model config, model '{name}'"
+        if not isinstance(m, dict) or set(m) - {"version_policy", "batching"}:
+            raise InvalidArgumentError(f"{where}: settings may have \"version_policy\" and \"batching\"; got "
+                                       f"{sorted(m) if isinstance(m, dict) else json.dumps(m)}")
+        out[name] = ModelConfig(_parse_policy(m.get("version_policy", "latest"), where),
+                                parse_batching(m.get("batching", {}), where))
+    return out
+
+
+def load_model_config(path: str | Path) -> dict[str, ModelConfig]:
+    """Read and check a JSON model config file (see `parse_model_config`)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise InvalidArgumentError(f"model config {path}: cannot read it: {e}") from e
+    except ValueError as e:
+        raise InvalidArgumentError(f"model config {path}: not valid JSON: {e}") from e
+    return parse_model_config(doc)
+
+
+def _malloc_trim() -> None:
+    """Hand freed heap pages back to the OS (glibc); server.tune_malloc otherwise keeps 512 MiB."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+# ----------------------------------------------------------------- served versions
+class ServedVersion:
+    """One version's state, its loaded model and batcher, and the requests using it."""
+
+    def __init__(self, name: str, version: int, path: Path):
+        self.name, self.version, self.path = name, version, path
+        self.state = START
+        self.model: LoadedModel | None = None
+        self.batcher: Any = None
+        self.error: BaseException | None = None
+        self.users = 0
+
+    def status(self) -> dict:
+        code, msg = "OK", ""
+        if self.error is not None:
+            code = _CODES.get(type(self.error).__name__, "UNKNOWN")
+            msg = getattr(self.error, "message", None) or str(self.error)
+        return {"version": str(self.version), "state": self.state,
+                "status": {"error_code": code, "error_message": msg}}
+
+
+class ModelManager:
+    """The models under a base path, loaded and unloaded by their version policies.
+
+    Args:
+        base: the model base path (``<state dir>/models`` or ``--model-base-path``); None: no models.
+        devices: device manager for loaded models.
+        config: per-model settings (`parse_model_config`); other models get ``latest``.
+        batching: default batching options (keys of `BATCHING_FIELDS`); None or enabled False: predicts
+            run directly.
+    """
+
+    def __init__(self, base: Path | str | None, devices: DeviceManager | None = None,
+                 config: dict[str, ModelConfig] | None = None, batching: dict[str, Any] | None = None):
+        self.base = Path(base) if base is not None else None
+        self.devices = devices or DeviceManager("cpu")
+        self.config = dict(config or {})
+        self.batching = dict(batching or {"enabled": False})
+        self._models: dict[str, dict[int, ServedVersion]] = {}
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._poll_lock = threading.Lock()
+        self._loader: ThreadPoolExecutor | None = None
+        self._direct: ThreadPoolExecutor | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.poll_wait_s = 1.0
+        self.polls = 0  # completed watcher passes (tests and the REST status can tell a pass happened)
+
+    # ------------------------------------------------------------- lifecycle
+    @property
+    def watching(self) -> bool:
+        return self._thread is not None
+
+    def configure(self, config: dict[str, ModelConfig] | None = None, batching: dict[str, Any] | None = None) -> None:
+        """Set policies and default batching; call before `start` (versions loaded already keep theirs)."""
+        if config is not None:
+            self.config = dict(config)
+        if batching is not None:
+            self.batching = dict(batching)
+
+    def start(self, poll_wait_s: float = 1.0) -> None:
+        """Load what the policies want now (waiting for it), then watch the base path every ``poll_wait_s``."""
+        if self._thread is not None:
+            return
+        self.poll_wait_s = float(poll_wait_s)
+        self._loader = ThreadPoolExecutor(2, thread_name_prefix="kf-model-load")
+        self._thread = threading.Thread(target=self._watch, name="kf-model-watch", daemon=True)
+        self.poll(wait=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop watching and unload every version (pending batched requests fail with UnavailableError)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        with self._lock:
+            versions = [sv for vs in self._models.values() for sv in vs.values() if sv.state == AVAILABLE]
+        for sv in versions:
+            self._unload(sv, wait_users_s=2.0)
+        for pool in (self._loader, self._direct):
+            if pool is not None:
+                pool.shutdown(wait=False)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_wait_s):
+            try:
+                self.poll()
+            except Exception:  # a bad pass must not end watching
+                log.error("model base path poll failed", exc_info=True)
+
+    def require_base(self, what: str) -> Path:
+        if self.base is None:
+            raise FailedPreconditionError(f"{what}: this runtime has no state dir to keep models in; start the "
+                                          "server with `kernelflow serve --state-dir DIR`")
+        return self.base
+
+    # ------------------------------------------------------------- disk and policy
+    def _names_on_disk(self) -> list[str]:
+        if self.base is None or not self.base.is_dir():
+            return []
+        return sorted(e.name for e in os.scandir(self.base)
+                      if e.is_dir() and _NAME_RE.fullmatch(e.name) and ".." not in e.name)
+
+    def _settings(self, name: str) -> ModelConfig:
+        return self.config.get(name) or ModelConfig()
+
+    def poll(self, only: str | None = None, wait: bool = False) -> None:
+        """One pass over the base path (or model ``only``): start loads of wanted versions, unload
+        dropped ones. With ``wait``, return once the loads it started have finished."""
+        with self._poll_lock:
+            names = [only] if only is not None else sorted(set(self._names_on_disk()) | set(self._models))
+            started: list[Future] = []
+            for name in names:
+                started += self._reconcile(name)
+            if only is None:
+                self.polls += 1
+        if wait:
+            for f in started:
+                f.result()
+
+    def _reconcile(self, name: str) -> list[Future]:
+        on_disk = _versions_on_disk(self.base / name) if self.base is not None else []
+        wanted = self._settings(name).policy.choose(on_disk)
+        loads, unloads = [], []
+        with self._lock:
+            vs = self._models.setdefault(name, {})
+            for v in wanted:
+                sv = vs.get(v)
+                if sv is None or (sv.state == END and sv.error is None):
+                    sv = vs[v] = ServedVersion(name, v, self.base / name / str(v))  # type: ignore[operator]
+                    loads.append(sv)
+            serving = any(vs[v].state == AVAILABLE for v in wanted if v in vs)
+            pending = any(vs[v].state in (START, LOADING) for v in wanted if v in vs)
+            for v, sv in vs.items():
+                # Keep a dropped version serving until a wanted one is AVAILABLE, unless nothing
+                # wanted is on its way (none wanted, or every wanted one failed).
+                if v not in wanted and sv.state == AVAILABLE and (serving or not pending or v not in on_disk):
+                    sv.state = UNLOADING
+                    unloads.append(sv)
+            ended = sorted((v for v, sv in vs.items() if sv.state == END), reverse=True)
+            for v in ended[KEEP_ENDED:]:
+                del vs[v]
+            if not vs:
+                del self._models[name]
+        return [self._schedule(self._load, sv) for sv in loads] + [self._schedule(self._unload, sv) for sv in unloads]
+
+    def _schedule(self, fn: Any, sv: ServedVersion) -> Future:
+        if self._loader is not None and not self._stop.is_set():
+            return self._loader.submit(fn, sv)
+        f: Future = Future()  # not watching: do it now, in the caller's thread
+        fn(sv)
+        f.set_result(None)
+        return f
+
+    # ------------------------------------------------------------- load and unload
+    def _wait_gate(self, name: str) -> None:
+        gate = os.environ.get(LOAD_GATE_ENV)
+        if gate:
+            hold = Path(gate) / f"hold-{name}"
+            deadline = time.monotonic() + 120
+            while hold.exists() and time.monotonic() < deadline and not self._stop.is_set():
+                time.sleep(0.02)
+
+    def _load(self, sv: ServedVersion) -> None:
+        with self._lock:
+            if sv.state != START:
+                return
+            sv.state = LOADING
+        batcher = model = None
+        try:
+            self._wait_gate(sv.name)
+            model = LoadedModel(sv.name, sv.version, sv.path, self.devices)
+            t0 = time.perf_counter()
+            try:
+                model.warm_up()
+            except KernelflowError as e:  # a model may need real values; it still serves
+                log.warning("model '%s' version %d: warm-up run failed (%s); serving without it",
+                            sv.name, sv.version, e)
+            batcher = self._make_batcher(model)
+            log.info("loaded model '%s' version %d (warm-up %.1f ms, batching %s)", sv.name, sv.version,
+                     (time.perf_counter() - t0) * 1e3, "on" if batcher is not None else "off")
+        except Exception as e:
+            log.error("model '%s' version %d failed to load: %s", sv.name, sv.version, e)
+            with self._lock:
+                sv.state, sv.error = END, e
+                self._changed.notify_all()
+            return
+        with self._lock:
+            if sv.state == LOADING:
+                sv.model, sv.batcher, sv.state = model, batcher, AVAILABLE
+                model = batcher = None
+            self._changed.notify_all()
+        if batcher is not None:  # closed meanwhile
+            batcher.close()
+        self._reconcile(sv.name)  # unload what the new version replaces now, not at the next poll
+
+    def _make_batcher(self, model: LoadedModel) -> Any:
+        opts = {**self.batching, **self._settings(model.name).batching}
+        if not opts.get("enabled", True) or not model.batchable:
+            return None
+        from .batching import Batcher, BatchingOptions
+
+        return Batcher(model.run, BatchingOptions(**opts), name=f"{model.name}:{model.version}")
+
+    def _unload(self, sv: ServedVersion, wait_users_s: float = 30.0) -> None:
+        with self._lock:
+            if sv.state not in (AVAILABLE, UNLOADING):
+                return
+            sv.state = UNLOADING
+            deadline = time.monotonic() + wait_users_s
+            while sv.users and time.monotonic() < deadline:  # requests in flight finish first
+                self._changed.wait(deadline - time.monotonic())
+            batcher, model = sv.batcher, sv.model
+            sv.batcher = sv.model = None
+        if batcher is not None:
+            batcher.close()
+        if model is not None:
+            model.release()
+        del batcher, model
+        with self._lock:
+            sv.state = END
+            self._changed.notify_all()
+        gc.collect()
+        _malloc_trim()
+        log.info("unloaded model '%s' version %d", sv.name, sv.version)
+
+    # ------------------------------------------------------------- requests
+    def _served(self, name: str, version: int | None) -> ServedVersion:
+        check_model_name(name)
+        if not self.watching:
+            self.poll(only=name, wait=True)
+        with self._lock:
+            vs = dict(self._models.get(name, {}))
+        on_disk = _versions_on_disk(self.base / name) if self.base is not None else []
+        if not vs and not on_disk:
+            raise NotFoundError(f"no model named '{name}'; models: {self.names()}")
+        policy = self._settings(name).policy
+        if version is None:
+            avail = [v for v, sv in vs.items() if sv.state == AVAILABLE]
+            if avail:
+                return vs[max(avail)]
+            loading = sorted(v for v, sv in vs.items() if sv.state in (START, LOADING))
+            if loading:
+                raise UnavailableError(f"model '{name}' has no AVAILABLE version yet: version {loading[-1]} is "
+                                       f"{vs[loading[-1]].state}; retry shortly")
+            failed = [sv for _, sv in sorted(vs.items()) if sv.error is not None]
+            why = f": version {failed[-1].version} failed to load: {failed[-1].error}" if failed else ""
+            raise NotFoundError(f"model '{name}' has no AVAILABLE version{why}")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise InvalidArgumentError(f"version must be a positive integer; got {version!r}")
+        sv = vs.get(version)
+        if sv is not None and sv.state == AVAILABLE:
+            return sv
+        if sv is not None and sv.state in (START, LOADING):
+            raise UnavailableError(f"model '{name}' version {version} is {sv.state}; retry shortly")
+        if version not in on_disk:
+            raise NotFoundError(f"model '{name}' has no version {version}; versions: {on_disk}")
+        why = f"failed to load: {sv.error}" if sv is not None and sv.error is not None else \
+            f"is {sv.state if sv is not None else 'not loaded'}"
+        raise NotFoundError(f"model '{name}' version {version} {why}; the version policy "
+                            f"'{policy.describe()}' serves {policy.choose(on_disk)}")
+
+    @contextlib.contextmanager
+    def use(self, name: str, version: int | None = None) -> Iterator[ServedVersion]:
+        """The AVAILABLE version (highest when ``version`` is None), kept loaded while the block runs.
+
+        Raises:
+            NotFoundError: no such model or version, or the policy does not serve it.
+            UnavailableError: it is still loading.
+        """
+        while True:
+            sv = self._served(name, version)
+            with self._lock:
+                if sv.state == AVAILABLE:  # not unloaded between the lookup and here
+                    sv.users += 1
+                    break
+        try:
+            yield sv
+        finally:
+            with self._lock:
+                sv.users -= 1
+                self._changed.notify_all()
+
+    def submit(self, sv: ServedVersion, inputs: dict[str, np.ndarray]) -> Future:
+        """Run checked ``inputs`` on a version held by `use`: a future of every output (batched when on).
+
+        Raises:
+            UnavailableError: the batch queue is full.
+        """
+        assert sv.model is not None
+        if sv.batcher is not None:
+            return sv.batcher.submit(inputs)
+        if self._direct is None:
+            with self._lock:
+                if self._direct is None:
+                    self._direct = ThreadPoolExecutor(4, thread_name_prefix="kf-predict")
+        return self._direct.submit(sv.model.run, inputs)
+
+    def predict(self, name: str, version: int | None, inputs: dict, output_keys: list | None = None) -> dict:
+        """Blocking predict (the RPC method): {output name: array}."""
+        with self.use(name, version) as sv:
+            assert sv.model is not None
+            arrays = sv.model.check_inputs(inputs)
+            keys = sv.model.check_output_keys(output_keys)
+            if sv.batcher is None:
+                out = sv.model.run(arrays)
+            else:
+                out = sv.batcher.submit(arrays).result()
+        return {k: out[k] for k in keys}
+
+    # ------------------------------------------------------------- status
+    def names(self) -> list[str]:
+        with self._lock:
+            tracked = {n for n, vs in self._models.items() if vs}
+        return sorted(tracked | {n for n in self._names_on_disk() if _versions_on_disk(self.base / n)})  # type: ignore[operator]
+
+    def status(self, name: str, version: int | None = None) -> dict:
+        """TensorFlow Serving's GetModelStatus document (newest version first).
+
+        Raises:
+            NotFoundError: no such model, or no such version.
+        """
+        check_model_name(name)
+        if not self.watching:
+            self.poll(only=name, wait=True)
+        on_disk = _versions_on_disk(self.base / name) if self.base is not None else []
+        with self._lock:
+            docs = {v: sv.status() for v, sv in self._models.get(name, {}).items()}
+        if not docs and not on_disk:
+            raise NotFoundError(f"no model named '{name}'; models: {self.names()}")
+        if version is not None:
+            if version not in docs:
+                if version in on_disk:  # on disk but the policy does not serve it
+                    return {"model_version_status": [{"version": str(version), "state": END,
+                                                      "status": {"error_code": "OK", "error_message": ""}}]}
+                raise NotFoundError(f"model '{name}' has no version {version}; versions: {on_disk}")
+            return {"model_version_status": [docs[version]]}
+        return {"model_version_status": [docs[v] for v in sorted(docs, reverse=True)]}
+
+    def list(self) -> list[dict]:
+        """Every model with its versions (newest first) and their states."""
+        out = []
+        for n in self.names():
+            with contextlib.suppress(NotFoundError):
+                out.append({"name": n, **self.status(n)})
+        return out
