@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import KernelflowError
 from .charts import HistogramPanel, MetricChart, Series, metric_group
 from .downsample import MAX_POINTS
+from .images import ImagePanel
 
 log = logging.getLogger("kernelflow.widgets.monitor")
 
@@ -127,7 +128,7 @@ class _JobHeader:
 
 class TrainingMonitor(widgets.VBox):
     """A live view of one or more training jobs: header and controls per job, one chart per metric
-    group, histograms, and a CSV download.
+    group, histograms, images, and a CSV download.
 
     Args:
         jobs: a `Job` or a list of jobs (their curves overlay, with a legend).
@@ -139,6 +140,7 @@ class TrainingMonitor(widgets.VBox):
     Attributes:
         charts: ``{group: MetricChart}``.
         histograms: the `HistogramPanel`.
+        images: the `ImagePanel` (hidden until an image record arrives).
         records_received: records handed to the monitor so far.
         redraws: redraws that sent data.
         delivery_threads: names of the threads records came on.
@@ -158,6 +160,7 @@ class TrainingMonitor(widgets.VBox):
         self.charts: dict[str, MetricChart] = {}
         self.series: dict[tuple[int, str], Series] = {}
         self.histograms = HistogramPanel()
+        self.images = ImagePanel()
         self.records_received = 0
         self.redraws = 0
         self.delivery_threads: set[str] = set()
@@ -196,7 +199,7 @@ class TrainingMonitor(widgets.VBox):
                                                                                         align_items="center"))
         self.chart_box = widgets.Box(layout=widgets.Layout(flex_flow="row wrap"))
         super().__init__([*[h.widget for h in self.headers], controls, self.message, self.chart_box,
-                          self.histograms.widget])
+                          self.histograms.widget, self.images.widget])
         self.add_class("kf-monitor")
         for h, j in zip(self.headers, self.jobs):
             h.show(_cached_status(j))
@@ -236,6 +239,9 @@ class TrainingMonitor(widgets.VBox):
                 elif kind == "histogram":
                     key = r["name"] if len(self.jobs) == 1 else f"{self._job_name(job_index)}: {r['name']}"
                     self.histograms.add(key, r["step"], r["edges"], r["counts"])
+                elif kind == "images" and r.get("images") is not None:
+                    key = r["name"] if len(self.jobs) == 1 else f"{self._job_name(job_index)}: {r['name']}"
+                    self.images.add(key, r["step"], r["images"])
             for metric, (s, w, v) in cols.items():
                 self._series(job_index, metric).extend(s, w, v)
         return bool(batches)
@@ -264,6 +270,7 @@ class TrainingMonitor(widgets.VBox):
             self._ingest()
             sent = sum(c.redraw(self._t0) for c in self.charts.values())
             self.histograms.redraw()
+            self.images.redraw()
             for h, j in zip(self.headers, self.jobs):
                 h.show(_cached_status(j))
             if sent:
