@@ -499,8 +499,10 @@ class ModelManager:
             raise NotFoundError(f"no model named '{name}'; models: {self.names()}")
         if version is not None:
             if version not in docs:
-                if version in on_disk:  # on disk but the policy does not serve it
-                    return {"model_version_status": [{"version": str(version), "state": END,
+                if version in on_disk:  # not seen by the watcher yet (START), or not served by the policy (END)
+                    wanted = self._settings(name).policy.choose(on_disk)
+                    return {"model_version_status": [{"version": str(version),
+                                                      "state": START if version in wanted else END,
                                                       "status": {"error_code": "OK", "error_message": ""}}]}
                 raise NotFoundError(f"model '{name}' has no version {version}; versions: {on_disk}")
             return {"model_version_status": [docs[version]]}

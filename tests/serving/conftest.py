@@ -56,3 +56,106 @@ def inproc_state(tmp_path):
     rt = kf.Runtime(tr)
     yield rt
     tr.service.shutdown()
+
+
+# ----------------------------------------------------------------- serve-models subprocesses
+def http(port: int, method: str, path: str, body: bytes | dict | None = None, timeout: float = 30) -> tuple[int, dict]:
+    """(status, JSON body) of one plain HTTP request to 127.0.0.1:port."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        return e.code, (json.loads(raw) if raw else {})
+
+
+def wait_for(check, what: str, timeout: float = 60.0, every: float = 0.05):
+    """Poll ``check()`` until it returns a truthy value (returned) or the deadline passes (AssertionError)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+class ModelServer:
+    """A ``python -m kernelflow serve-models`` subprocess on a free loopback port."""
+
+    def __init__(self, base, *args: str, env: dict | None = None):
+        import os
+        import queue
+        import re
+        import subprocess
+        import sys
+        import threading
+
+        cmd = [sys.executable, "-m", "kernelflow", "serve-models", "--model-base-path", str(base), "--port", "0",
+               "--file-system-poll-wait-seconds", "0.1", *args]
+        self.proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        found: queue.Queue = queue.Queue()
+
+        def pump() -> None:
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                m = re.search(r"on http://127\.0\.0\.1:(\d+)/v1/models", line)
+                if m:
+                    found.put(int(m.group(1)))
+            found.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        try:
+            self.port = found.get(timeout=120)
+        except queue.Empty:
+            self.port = None
+        if self.port is None:
+            self.stop()
+            raise RuntimeError(f"serve-models did not start: {''.join(self.lines)}")
+
+    def http(self, method: str, path: str, body: bytes | dict | None = None) -> tuple[int, dict]:
+        return http(self.port, method, path, body)
+
+    def states(self, name: str) -> dict[str, str]:
+        """{version: state} of model ``name`` ({} when it is unknown)."""
+        code, doc = self.http("GET", f"/v1/models/{name}")
+        return {s["version"]: s["state"] for s in doc.get("model_version_status", [])} if code == 200 else {}
+
+    def rss_kib(self) -> int:
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS line")
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def drop_version(src, base, name: str, version: int) -> None:
+    """Put a copy of version dir ``src`` in as ``base/name/version``, whole (renamed into place)."""
+    import os
+    import shutil
+
+    (base / name).mkdir(parents=True, exist_ok=True)
+    tmp = base / name / f".incoming-{version}"
+    shutil.copytree(src, tmp)
+    os.replace(tmp, base / name / str(version))
