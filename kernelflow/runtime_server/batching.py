@@ -40,6 +40,7 @@ import numpy as np
 from kernelflow.errors import InvalidArgumentError, UnavailableError
 
 RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+_IDLE, _COLLECTING, _WAKING, _RUNNING = range(4)  # the worker's states
 
 
 @dataclass
@@ -126,6 +127,11 @@ class Batcher:
         self._queued_rows = 0
         self._seq = itertools.count()
         self._closed = False
+        # What the worker does, so submit wakes it only when that changes something: when it
+        # waits for work, or when it collects a batch that the new request fills or ends.
+        self._state = _RUNNING
+        self._collect_key: tuple | None = None
+        self._collect_room = 0  # rows the collecting batch can still take
         self.batches_run = 0  # counters for tests and benchmarks
         self.requests_run = 0
         self.rows_run = 0
@@ -159,7 +165,17 @@ class Batcher:
                     f"would go over max_enqueued_batches * max_batch_size = {self._queue_limit} rows; retry later")
             self._queues.setdefault(key, collections.deque()).append(_Request(arrays, fut, rows, next(self._seq)))
             self._queued_rows += rows
-            self._cond.notify()
+            if self._state == _IDLE:
+                self._state = _WAKING
+                self._cond.notify()
+            elif self._state == _COLLECTING and key == self._collect_key:
+                # Waking the worker for every request would cost a GIL hand-over each; it
+                # takes them all at its deadline unless this one fills the batch or cannot fit.
+                if rows >= self._collect_room:
+                    self._state = _WAKING
+                    self._cond.notify()
+                else:
+                    self._collect_room -= rows
         return fut
 
     def close(self) -> None:
@@ -211,6 +227,7 @@ class Batcher:
                 key = self._oldest_key()
                 if key is not None:
                     break
+                self._state = _IDLE
                 self._cond.wait()
             batch: list[_Request] = []
             rows, full = self._take(key, batch, 0)
@@ -219,8 +236,10 @@ class Batcher:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._closed:
                     break
+                self._state, self._collect_key, self._collect_room = _COLLECTING, key, self._max_rows - rows
                 self._cond.wait(left)
                 rows, full = self._take(key, batch, rows)
+            self._state, self._collect_key = _RUNNING, None
             if not self._queues[key]:
                 del self._queues[key]
             self._queued_rows -= rows
