@@ -497,12 +497,13 @@ class ModelManager:
             docs = {v: sv.status() for v, sv in self._models.get(name, {}).items()}
         if not docs and not on_disk:
             raise NotFoundError(f"no model named '{name}'; models: {self.names()}")
+        wanted = self._settings(name).policy.choose(on_disk)
+        for v in wanted:  # on disk, not seen by the watcher yet
+            docs.setdefault(v, ServedVersion(name, v, Path()).status())
         if version is not None:
             if version not in docs:
-                if version in on_disk:  # not seen by the watcher yet (START), or not served by the policy (END)
-                    wanted = self._settings(name).policy.choose(on_disk)
-                    return {"model_version_status": [{"version": str(version),
-                                                      "state": START if version in wanted else END,
+                if version in on_disk:  # not served by the policy
+                    return {"model_version_status": [{"version": str(version), "state": END,
                                                       "status": {"error_code": "OK", "error_message": ""}}]}
                 raise NotFoundError(f"model '{name}' has no version {version}; versions: {on_disk}")
             return {"model_version_status": [docs[version]]}

@@ -170,6 +170,7 @@ def export_model(session: GraphSession, base: Path, name: str, inputs: dict, out
                 continue
             if id(n) in folded:  # where(training, train_branch, inference_branch) -> the inference branch
                 dicts.append({"name": n.name, "op": "identity", "inputs": [folded[id(n)].name], "attrs": {}})
+                bound[n.inputs[0].name] = False
                 continue
             if n.op is placeholder_op and _is_training_flag(n):
                 # A training-mode switch (dropout, batch norm): served models run in inference mode.

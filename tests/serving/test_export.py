@@ -125,3 +125,66 @@ def test_load_model_without_marker_raises(tmp_path):
     (tmp_path / "m" / "1").mkdir(parents=True)
     with pytest.raises(kf.errors.NotFoundError, match="no complete model version"):
         kf.load_model(tmp_path / "m")
+
+
+def _dropout_net(rt: kf.Runtime, training_flag: bool):
+    """x -> dense -> dropout(0.5) -> batch norm -> dense; training a bool placeholder (or True)."""
+    g = rt.graph("drop")
+    rng = np.random.default_rng(3)
+    x = g.placeholder((None, 8), "float32", name="x")
+    training = g.placeholder((), "bool", name="training") if training_flag else True
+    w1 = g.variable(rng.standard_normal((8, 16)).astype("float32"), name="w1")
+    w2 = g.variable(rng.standard_normal((16, 3)).astype("float32"), name="w2")
+    mm = g.variable(np.full(16, 0.5, "float32"), name="moving_mean", trainable=False)
+    mv = g.variable(np.full(16, 2.0, "float32"), name="moving_var", trainable=False)
+    h = kf.dropout(kf.relu(x @ w1), 0.5, training=training)
+    h = kf.batch_norm(h, None, None, mm, mv, training=training)
+    return g, x, training, h @ w2
+
+
+def test_export_binds_training_flag_to_inference_and_drops_dropout(inproc_state, tmp_path):
+    from kernelflow.protocol.codec import decode
+
+    g, x, training, y = _dropout_net(inproc_state, training_flag=True)
+    X = np.random.default_rng(4).standard_normal((6, 8)).astype("float32")
+    train_a, train_b = g.run(y, feed={x: X, training: True}), g.run(y, feed={x: X, training: True})
+    assert not np.allclose(train_a, train_b)  # dropout is live in training mode
+    g.export("drop", inputs={"x": x}, outputs={"y": y})
+    vdir = tmp_path / "state" / "models" / "drop" / "1"
+    nodes = decode((vdir / "graph.msgpack").read_bytes())["nodes"]
+    assert not [n["name"] for n in nodes if n["op"].startswith("random_")]
+    assert {n["name"]: n["op"] for n in nodes}.get("training", "constant") == "constant"
+    assert json.loads((vdir / "signature.json").read_text())["bound"] == {"training": False}
+    ref = g.run(y, feed={x: X, training: False})
+    out1 = inproc_state.model("drop").predict({"x": X})["y"]
+    out2 = kf.load_model(vdir).predict({"x": X})["y"]
+    np.testing.assert_allclose(out1, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out1, out2)
+    np.testing.assert_array_equal(out1, inproc_state.model("drop").predict({"x": X})["y"])  # deterministic
+
+
+def test_export_dropout_in_training_mode_raises_naming_random_node(inproc_state):
+    g, x, _, y = _dropout_net(inproc_state, training_flag=False)
+    with pytest.raises(kf.errors.InvalidArgumentError, match=r"random node 'dropout/uniform.*training=False"):
+        g.export("drop", inputs={"x": x}, outputs={"y": y})
+
+
+def test_export_is_predictable_as_soon_as_export_returns(inproc_state):
+    d = build_digits(inproc_state, steps=2)
+    for v in (1, 2, 3):
+        d.g.write_variable(d.g["b2"], np.eye(10, dtype="float32")[v] * 50.0)
+        assert d.g.export("digits", inputs={"image": d.x}, outputs={"class": d.cls}) == v
+        assert inproc_state.model("digits").predict({"image": d.X[:3]})["class"].tolist() == [v, v, v]
+    states = {s["version"]: s["state"] for s in inproc_state.models()[0]["model_version_status"]}
+    assert states == {"3": "AVAILABLE", "2": "END", "1": "END"}  # latest: the old ones unloaded
+
+
+def test_export_training_flag_used_as_value_becomes_constant_false(inproc_state):
+    g = inproc_state.graph("flag")
+    x = g.placeholder((None, 2), "float32", name="x")
+    training = g.placeholder((), "bool", name="is_training")
+    y = x + kf.cast(training, "float32") * 100.0
+    g.export("flag", inputs={"x": x}, outputs={"y": y})
+    X = np.ones((2, 2), "float32")
+    np.testing.assert_array_equal(inproc_state.model("flag").predict({"x": X})["y"], X)
+    assert inproc_state.model("flag").status()["signature"]["bound"] == {"is_training": False}

@@ -14,7 +14,7 @@ import pytest
 
 from tests.runtime.test_server import ServerProcess
 
-from .conftest import build_digits
+from .conftest import build_digits, drop_version, wait_for
 
 MAX_BODY = 200_000
 
@@ -46,7 +46,8 @@ def served(tmp_path_factory):
     """(server, REST port, runtime, digits model) with version 1 of model 'digits' exported."""
     tmp = tmp_path_factory.mktemp("serving")
     srv = ServerProcess(tmp, "--state-dir", str(tmp / "state"), "--http-port", "0",
-                        "--http-max-body-bytes", str(MAX_BODY)).wait_listening()
+                        "--http-max-body-bytes", str(MAX_BODY),
+                        "--file-system-poll-wait-seconds", "0.2").wait_listening()
     rt = srv.connect()
     try:
         d = build_digits(rt, steps=10)
@@ -220,3 +221,46 @@ def test_serve_models_serves_a_model_base_path(served, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_rest_version_dropped_into_state_dir_is_served_by_watcher(served):
+    srv, port, rt, d = served
+    models = next(p for p in srv.runtime_dir.parent.rglob("models") if p.is_dir())
+    drop_version(models / "digits" / "1", models, "dropped", 1)
+    wait_for(lambda: http(port, "GET", "/v1/models/dropped")[1].get("model_version_status", [{}])[0].get("state")
+             == "AVAILABLE", "the watcher loads the dropped version")
+    code, doc = http(port, "POST", "/v1/models/dropped:predict", {"instances": d.X[:3].tolist()})
+    assert code == 200 and doc == http(port, "POST", "/v1/models/digits/versions/1:predict",
+                                       {"instances": d.X[:3].tolist()})[1]
+    listed = {m["name"]: m["model_version_status"] for m in rt.models()}
+    assert listed["dropped"] == [{"version": "1", "state": "AVAILABLE",
+                                  "status": {"error_code": "OK", "error_message": ""}}]
+
+
+def test_rest_dropout_model_served_in_inference_mode(served):
+    import kernelflow as kf
+
+    _, port, rt, _ = served
+    g = rt.graph("dropnet")
+    x = g.placeholder((None, 4), "float32", name="x")
+    training = g.placeholder((), "bool", name="training")
+    w = g.variable(np.arange(12, dtype="float32").reshape(4, 3) / 10, name="w")
+    y = kf.dropout(x @ w, 0.5, training=training)
+    assert g.export("dropnet", inputs={"x": x}, outputs={"y": y}) == 1
+    X = np.ones((5, 4), "float32")
+    ref = g.run(y, feed={x: X, training: False})
+    answers = [http(port, "POST", "/v1/models/dropnet:predict", {"instances": X.tolist()}) for _ in range(3)]
+    assert all(code == 200 for code, _ in answers)
+    assert answers[0][1] == answers[1][1] == answers[2][1]  # no random mask
+    np.testing.assert_allclose(np.array(answers[0][1]["predictions"]), ref, rtol=1e-6)
+    np.testing.assert_allclose(rt.model("dropnet").predict({"x": X})["y"], ref, rtol=1e-6)
+
+
+def test_rest_predict_right_after_export_gets_the_new_version(served):
+    _, port, rt, d = served
+    for v in (1, 2):
+        d.g.write_variable(d.g["b2"], np.eye(10, dtype="float32")[v + 4] * 50.0)
+        assert d.g.export("fresh", inputs={"image": d.x}, outputs={"class": d.cls}) == v
+        code, doc = http(port, "POST", "/v1/models/fresh:predict", {"instances": d.X[:2].tolist()})
+        assert code == 200 and doc["predictions"] == [v + 4, v + 4]
+        assert rt.model("fresh").predict({"image": d.X[:2]})["class"].tolist() == [v + 4, v + 4]

@@ -317,3 +317,33 @@ def test_serve_models_bad_config_file_exits_2_naming_it(base, tmp_path):
     r = subprocess.run([sys.executable, "-m", "kernelflow", "serve-models", "--model-base-path", str(base),
                         "--port", "0", "--model-config-file", str(cfg)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "model 'digits'" in r.stderr and "sometimes" in r.stderr, r.stderr
+
+
+def test_batching_full_queue_gives_503_and_server_goes_on(inproc_state, tmp_path):
+    g = inproc_state.graph("slow")
+    x = g.placeholder((None, 1024), "float32", name="x")
+    w = g.variable(np.eye(1024, dtype="float32"), name="w")
+    y = x
+    for _ in range(40):  # ~40 passes over a 4 MiB matrix per run: runs far slower than requests arrive
+        y = y @ w
+    g.export("slow", inputs={"x": x}, outputs={"y": y})
+    srv = ModelServer(tmp_path / "state" / "models", "--max-batch-size", "1", "--max-enqueued-batches", "1",
+                      "--batch-timeout-micros", "0")
+    row = np.arange(1024, dtype="float32")[None] / 1024
+    try:
+        barrier = threading.Barrier(24)
+
+        def client(_: int) -> tuple[int, dict]:
+            barrier.wait(timeout=60)
+            return srv.http("POST", "/v1/models/slow:predict", {"instances": row.tolist()})
+
+        with ThreadPoolExecutor(24) as pool:
+            results = list(pool.map(client, range(24)))
+        codes = sorted(c for c, _ in results)
+        assert 503 in codes and 200 in codes and set(codes) == {200, 503}, codes
+        assert all("queue" in doc["error"] and "full" in doc["error"] for c, doc in results if c == 503)
+        assert all(np.allclose(doc["predictions"], row) for c, doc in results if c == 200)
+        code, doc = srv.http("POST", "/v1/models/slow:predict", {"instances": row.tolist()})
+        assert code == 200 and np.allclose(doc["predictions"], row)
+    finally:
+        srv.stop()
