@@ -299,11 +299,10 @@ class ModelManager:
                     sv = vs[v] = ServedVersion(name, v, self.base / name / str(v))  # type: ignore[operator]
                     loads.append(sv)
             serving = any(vs[v].state == AVAILABLE for v in wanted if v in vs)
-            pending = any(vs[v].state in (START, LOADING) for v in wanted if v in vs)
             for v, sv in vs.items():
-                # Keep a dropped version serving until a wanted one is AVAILABLE, unless nothing
-                # wanted is on its way (none wanted, or every wanted one failed).
-                if v not in wanted and sv.state == AVAILABLE and (serving or not pending or v not in on_disk):
+                # Keep a dropped version serving until a wanted one is AVAILABLE (a wanted one
+                # that failed to load leaves it serving), unless none is wanted or its dir is gone.
+                if v not in wanted and sv.state == AVAILABLE and (serving or not wanted or v not in on_disk):
                     sv.state = UNLOADING
                     unloads.append(sv)
             ended = sorted((v for v, sv in vs.items() if sv.state == END), reverse=True)

@@ -195,6 +195,8 @@ def test_versions_failed_load_shows_error_and_old_keeps_serving(sources, base):
                                 else None)(srv.http("GET", "/v1/models/digits/versions/2")), "v2 failed")
         st = doc[1]["model_version_status"][0]["status"]
         assert st["error_code"] == "FAILED_PRECONDITION" and "damaged" in st["error_message"], st
+        drop_version(sources.other, base, "other", 1)  # once it is served, the watcher has passed again
+        wait_for(lambda: srv.states("other") == {"1": "AVAILABLE"}, "model 'other' served")
         assert srv.states("digits") == {"2": "END", "1": "AVAILABLE"}
         code, out = _predict(srv, "/v1/models/digits:predict", sources.X)
         assert code == 200 and np.allclose(_probs(out), sources.expected[1], rtol=1e-6, atol=1e-7)
