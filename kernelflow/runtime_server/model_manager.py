@@ -395,18 +395,20 @@ class ModelManager:
     # ------------------------------------------------------------- requests
     def _served(self, name: str, version: int | None) -> ServedVersion:
         check_model_name(name)
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+            raise InvalidArgumentError(f"version must be a positive integer; got {version!r}")
         if not self.watching:
             self.poll(only=name, wait=True)
         with self._lock:
             vs = dict(self._models.get(name, {}))
+        avail = [v for v, sv in vs.items() if sv.state == AVAILABLE]
+        if avail and (version is None or version in avail):  # the hot path: no disk access
+            return vs[max(avail) if version is None else version]
         on_disk = _versions_on_disk(self.base / name) if self.base is not None else []
         if not vs and not on_disk:
             raise NotFoundError(f"no model named '{name}'; models: {self.names()}")
         policy = self._settings(name).policy
         if version is None:
-            avail = [v for v, sv in vs.items() if sv.state == AVAILABLE]
-            if avail:
-                return vs[max(avail)]
             loading = sorted(v for v, sv in vs.items() if sv.state in (START, LOADING))
             if loading:
                 raise UnavailableError(f"model '{name}' has no AVAILABLE version yet: version {loading[-1]} is "
@@ -414,11 +416,7 @@ class ModelManager:
             failed = [sv for _, sv in sorted(vs.items()) if sv.error is not None]
             why = f": version {failed[-1].version} failed to load: {failed[-1].error}" if failed else ""
             raise NotFoundError(f"model '{name}' has no AVAILABLE version{why}")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise InvalidArgumentError(f"version must be a positive integer; got {version!r}")
         sv = vs.get(version)
-        if sv is not None and sv.state == AVAILABLE:
-            return sv
         if sv is not None and sv.state in (START, LOADING):
             raise UnavailableError(f"model '{name}' version {version} is {sv.state}; retry shortly")
         if version not in on_disk:

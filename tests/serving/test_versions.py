@@ -349,3 +349,20 @@ def test_batching_full_queue_gives_503_and_server_goes_on(inproc_state, tmp_path
         assert code == 200 and np.allclose(doc["predictions"], row)
     finally:
         srv.stop()
+
+
+def test_manager_warms_up_before_available_and_unload_drops_session(sources, tmp_path):
+    from kernelflow.runtime_server.model_manager import ModelManager
+
+    drop_version(sources.digits / "1", tmp_path / "b", "digits", 1)
+    mgr = ModelManager(tmp_path / "b")
+    with mgr.use("digits") as sv:
+        assert sv.state == "AVAILABLE"
+        assert sv.model.session._plans  # the warm-up run built (and cached) the plan before any request
+        model = sv.model
+    drop_version(sources.digits / "2", tmp_path / "b", "digits", 2)
+    with mgr.use("digits") as sv2:
+        assert sv2.version == 2
+    assert sv.state == "END" and sv.model is None and model.session is None  # released
+    with pytest.raises(kf.errors.InvalidArgumentError, match="positive integer"):
+        mgr.predict("digits", True, {"image": sources.X})
