@@ -507,9 +507,17 @@ class ModelManager:
         return {"model_version_status": [docs[v] for v in sorted(docs, reverse=True)]}
 
     def list(self) -> list[dict]:
-        """Every model with its versions (newest first) and their states."""
+        """Every model with its versions (newest first) and their states; ``batching`` counts
+        batches, requests and rows run per AVAILABLE version that batches (kernelflow's addition)."""
         out = []
         for n in self.names():
             with contextlib.suppress(NotFoundError):
-                out.append({"name": n, **self.status(n)})
+                doc = {"name": n, **self.status(n)}
+                with self._lock:
+                    batchers = {str(v): sv.batcher for v, sv in self._models.get(n, {}).items()
+                                if sv.batcher is not None}
+                if batchers:
+                    doc["batching"] = {v: {"batches_run": b.batches_run, "requests_run": b.requests_run,
+                                           "rows_run": b.rows_run} for v, b in batchers.items()}
+                out.append(doc)
         return out

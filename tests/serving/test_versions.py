@@ -256,7 +256,9 @@ def test_batching_50_concurrent_clients_get_their_own_answers(sources, base):
             assert code == 200, doc
             np.testing.assert_allclose(_probs(doc), ref[rows], rtol=1e-6, atol=1e-7)
             assert [p["class"] for p in doc["predictions"]] == ref[rows].argmax(axis=1).tolist()
-        assert any("batching on" in line for line in srv.lines), srv.lines
+        stats = next(m for m in srv.http("GET", "/v1/models")[1]["models"] if m["name"] == "digits")["batching"]["3"]
+        assert stats["requests_run"] == 50 and stats["rows_run"] == sum(1 + i % 3 for i in range(50))
+        assert stats["batches_run"] < stats["requests_run"], stats  # requests were merged
     finally:
         srv.stop()
 
