@@ -308,7 +308,11 @@ class _ModelsHandler(tornado.web.RequestHandler):
                         f"model '{name}' has no class outputs: :classify needs a float output 'scores' or "
                         f"'probabilities' of shape (None, K); its outputs are "
                         f"{ {k: s.get('shape') for k, s in m.outputs.items()} }")
-                inputs = m.check_inputs(parse_classify(body, m.inputs))
+                if isinstance(body, dict) and "instances" in body and "examples" not in body:
+                    inputs = parse_predict(body, m.inputs)[0]  # predict's row format, as a convenience
+                else:
+                    inputs = parse_classify(body, m.inputs)
+                inputs = m.check_inputs(inputs)
                 out = await asyncio.wrap_future(self.manager.submit(sv, inputs))
                 self._send(format_classify(out, *cls))
                 return

@@ -271,6 +271,7 @@ def test_classify_gives_label_score_pairs(sources, base):
         code, doc = srv.http("POST", "/v1/models/digits:classify",
                              {"examples": [{"image": r} for r in sources.X[:2].tolist()]})
         assert code == 200, doc
+        first = doc
         assert len(doc["result"]) == 2 and [lab for lab, _ in doc["result"][0]] == [str(k) for k in range(10)]
         np.testing.assert_allclose(np.array([[s for _, s in r] for r in doc["result"]]), sources.expected[3][:2],
                                    rtol=1e-6, atol=1e-7)
@@ -280,8 +281,16 @@ def test_classify_gives_label_score_pairs(sources, base):
         assert code == 400 and "the model takes ['image']" in doc["error"], doc
         code, doc = srv.http("POST", "/v1/models/digits:classify", {"examples": [{"image": [0.0] * 63}]})
         assert code == 400 and "expected 64 values" in doc["error"], doc
-        code, doc = srv.http("POST", "/v1/models/digits:classify", {"instances": [[0.0] * 64]})
+        code, rows = srv.http("POST", "/v1/models/digits:classify", {"instances": sources.X[:2].tolist()})
+        assert code == 200 and rows == first, rows  # predict's row format is accepted too
+        code, doc = srv.http("POST", "/v1/models/digits:classify", {"examples": []})
         assert code == 400 and "\"examples\"" in doc["error"], doc
+        code, doc = srv.http("POST", "/v1/models/digits:classify",
+                             {"context": {"image": [0.0] * 64}, "examples": [{"image": [0.0] * 64}]})
+        assert code == 400 and "repeats context features ['image']" in doc["error"], doc
+        code, doc = srv.http("POST", "/v1/models/digits:classify", {"context": {"image": sources.X[0].tolist()},
+                                                                    "examples": [{}, {}]})
+        assert code == 200 and len(doc["result"]) == 2 and doc["result"][0] == first["result"][0]
     finally:
         srv.stop()
 
@@ -368,3 +377,17 @@ def test_manager_warms_up_before_available_and_unload_drops_session(sources, tmp
     assert sv.state == "END" and sv.model is None and model.session is None  # released
     with pytest.raises(kf.errors.InvalidArgumentError, match="positive integer"):
         mgr.predict("digits", True, {"image": sources.X})
+
+
+def test_class_outputs_rules_and_classify_labels_from_classes_output():
+    from kernelflow.runtime_server.rest import class_outputs, format_classify
+
+    f = {"dtype": "float32", "shape": [None, 3]}
+    assert class_outputs({"scores": f, "classes": {"dtype": "int64", "shape": [None, 3]}}) == ("scores", "classes")
+    assert class_outputs({"scores": f, "classes": {"dtype": "int64", "shape": [None, 2]}}) == ("scores", None)
+    assert class_outputs({"probabilities": f, "class": {"dtype": "int64", "shape": [None]}}) == ("probabilities", None)
+    assert class_outputs({"logits": f}) is None
+    assert class_outputs({"scores": {"dtype": "int32", "shape": [None, 3]}}) is None
+    out = {"scores": np.array([[0.5, 0.25]], "float32"), "classes": np.array([[7, 2]])}
+    assert format_classify(out, "scores", "classes") == {"result": [[["7", 0.5], ["2", 0.25]]]}
+    assert format_classify(out, "scores", None) == {"result": [[["0", 0.5], ["1", 0.25]]]}
