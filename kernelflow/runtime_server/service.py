@@ -338,6 +338,10 @@ class RuntimeService:
             self.jobs.shutdown()
         except Exception:
             log.error("stopping jobs at shutdown failed", exc_info=True)
+        try:
+            self.models.close()  # the base-path watcher and the batchers' threads
+        except Exception:
+            log.error("closing the model manager at shutdown failed", exc_info=True)
         if self.state is None:
             return
         with self._lock:
