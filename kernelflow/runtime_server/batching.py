@@ -16,7 +16,7 @@ every output back by row ranges, so each caller's future gets exactly its own ro
 - If ``run`` raises, every future of that batch gets the same exception. An output whose
   leading dimension is not the batch's row count cannot be split: those futures get
   InvalidArgumentError naming the output.
-- ``close()`` stops the worker: the batch being run finishes, queued requests fail with
+- ``close()`` stops the worker: the batch it has taken finishes, queued requests fail with
   UnavailableError, later submits too.
 
 Callers on an asyncio loop should ``await asyncio.wrap_future(batcher.submit(x))`` rather
@@ -179,7 +179,11 @@ class Batcher:
         return fut
 
     def close(self) -> None:
-        """Stop the worker (after the batch being run) and fail every queued request."""
+        """Stop the worker and fail every queued request; returns once the worker has stopped.
+
+        A batch already taken by the worker (running, or collecting: it stops waiting) still
+        runs and answers its requests.
+        """
         with self._cond:
             if self._closed:
                 pending = []
@@ -187,7 +191,7 @@ class Batcher:
                 self._closed = True
                 pending = [r for q in self._queues.values() for r in q]
                 self._queues.clear()
-                self._queued_rows = 0
+                self._queued_rows -= sum(r.rows for r in pending)  # a collecting batch counts itself down
                 self._cond.notify_all()
         err = UnavailableError(f"batching queue{self._label()} closed before the request ran")
         for r in pending:
@@ -276,8 +280,6 @@ class Batcher:
         except BaseException as e:  # every caller of the batch hears it, the worker goes on
             for r in batch:
                 r.future.set_exception(e)
-            if not isinstance(e, Exception):
-                raise
             return
         finally:
             self.batches_run += 1

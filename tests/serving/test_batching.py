@@ -16,7 +16,7 @@ import pytest
 
 import kernelflow as kf
 from kernelflow.errors import InvalidArgumentError, NotFoundError, UnavailableError
-from kernelflow.runtime_server.batching import Batcher, BatchingOptions
+from kernelflow.runtime_server.batching import _COLLECTING, Batcher, BatchingOptions
 
 from .conftest import build_digits
 
@@ -259,6 +259,17 @@ def test_batcher_close_fails_pending_requests(make_batcher):
     np.testing.assert_allclose(first.result(DEADLINE_S)["y"], expected(np.zeros((1, 3)))["y"])  # it finished
     with pytest.raises(UnavailableError, match="is closed"):
         b.submit({"x": rows(0)})
+
+
+def test_batcher_close_while_collecting_runs_that_batch_without_waiting_the_timeout(make_batcher):
+    b, run = make_batcher(max_batch_size=8, batch_timeout_micros=60_000_000)
+    f = b.submit({"x": rows(0)})
+    wait_until(lambda: b._state == _COLLECTING, "the worker to wait for company")
+    t0 = time.monotonic()
+    b.close()
+    assert time.monotonic() - t0 < DEADLINE_S  # not the 60 s timeout
+    np.testing.assert_allclose(f.result(0)["y"], expected(rows(0))["y"])
+    assert b.queued_rows == 0 and run.sizes() == [1]
 
 
 def test_batcher_disabled_runs_each_request_alone(make_batcher):
