@@ -210,7 +210,7 @@ class Batcher:
 
     def _take(self, key: tuple, batch: list[_Request], rows: int) -> tuple[int, bool]:
         """Move requests of ``key`` that fit into ``batch``; returns (rows, batch can take no more)."""
-        q = self._queues[key]
+        q = self._queues.get(key)  # None once close() cleared the queues
         while q:
             r = q[0]
             if batch and rows + r.rows > self._max_rows:
@@ -244,7 +244,7 @@ class Batcher:
                 self._cond.wait(left)
                 rows, full = self._take(key, batch, rows)
             self._state, self._collect_key = _RUNNING, None
-            if not self._queues[key]:
+            if key in self._queues and not self._queues[key]:  # (close() may have cleared them)
                 del self._queues[key]
             self._queued_rows -= rows
             return batch
