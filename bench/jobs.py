@@ -4,15 +4,19 @@
     serve`` subprocess over TCP (``g.make_callable([train, loss], feed_list=[x, y])``);
 (b) ``server job``: ``g.fit`` on a dataset resident in that server, no metrics fetched
     (``log_every=0``), and (b') the same job fetching the loss every 10 steps;
+(b'') the same logging job with a live `TrainingMonitor` attached in this process (its comm
+    messages are built and counted by bench/monitor.py's CountingComm instead of a kernel);
 (c) ``numpy loop``: bench/train_mlp.py's hand-written numpy step, in this process.
 
 Batches are shuffled rows of one synthetic dataset (8192 examples; train_mlp's teacher
 labels). The contenders run interleaved in rounds of about ``--block-s`` seconds each; a job
 round is one ``g.fit`` of as many steps as fill the block, and its rate is steps over the
 job's own running time (``elapsed_s``, measured by the server from its first step to its
-last). The table gives the median steps/s over the rounds and the ratios the issue sets
-targets for: job >= 1.5x client loop at batch 32, job >= 0.9x numpy at batch 256, logging
-every 10 steps costing <= 3% of the job's throughput.
+last); the order of the contenders alternates between rounds. The table gives the median
+steps/s over the rounds and the ratios the issue sets targets for: job >= 1.5x client loop
+at batch 32, job >= 0.9x numpy at batch 256, logging every 10 steps costing <= 3% of the
+job's throughput, and a monitor attached and updating keeping >= 0.97x of the throughput of
+the same job without one (paired by round: the two run next to each other in every round).
 
 Usage:
     python bench/jobs.py                      # batch 32 and 256
@@ -42,6 +46,9 @@ N_EXAMPLES = 8192
 TARGET_JOB_VS_CLIENT_32 = 1.5
 TARGET_JOB_VS_NUMPY_256 = 0.9
 TARGET_LOG_COST = 0.03
+TARGET_MONITOR = 0.97
+LOGGED = "server job, loss every 10"
+MONITORED = "server job, loss every 10, monitor"
 
 
 def build_graph(rt: Any, name: str, weights: list) -> dict[str, Any]:
@@ -82,16 +89,30 @@ class Loop:
 class JobRunner:
     """A contender run as server-side jobs: ``run(n)`` is one ``g.fit`` of n steps."""
 
-    def __init__(self, name: str, m: dict[str, Any], ds: Any, batch: int, log_every: int):
+    def __init__(self, name: str, m: dict[str, Any], ds: Any, batch: int, log_every: int, monitor: bool = False):
         self.name, self.m, self.ds, self.batch, self.log_every = name, m, ds, batch, log_every
+        self.monitor = monitor
         self.rates: list[float] = []
+        self.redraws: list[int] = []
 
     def run(self, n: int) -> float:
         m = self.m
         job = m["g"].fit(m["train"], data=self.ds, feed={m["x"]: "x", m["y"]: "y"}, batch_size=self.batch, steps=n,
                          metrics={"loss": m["loss"]} if self.log_every else None, log_every=self.log_every,
                          checkpoint_every_s=None)
+        mon = None
+        if self.monitor:
+            import comm
+            from monitor import CountingComm  # bench/monitor.py: a comm that counts instead of sending
+
+            from kernelflow.widgets import TrainingMonitor
+
+            comm.create_comm = CountingComm
+            mon = TrainingMonitor(job)  # subscribes; its render thread redraws at most 10 times a second
         status = job.wait(timeout=600)
+        if mon is not None:
+            self.redraws.append(mon.redraws)
+            mon.close()
         if status != "completed":
             raise RuntimeError(f"{self.name}: job ended {status}: {job.error}")
         st = job.refresh()
@@ -112,7 +133,8 @@ def bench_batch(batch: int, rt: Any, ds: Any, data: tuple[np.ndarray, np.ndarray
     contenders: list[Any] = [
         Loop("client loop (TCP feed)", client_step, batches),
         JobRunner("server job", build_graph(rt, f"job-{batch}", weights), ds, batch, 0),
-        JobRunner("server job, loss every 10", build_graph(rt, f"joblog-{batch}", weights), ds, batch, 10),
+        JobRunner(LOGGED, build_graph(rt, f"joblog-{batch}", weights), ds, batch, 10),
+        JobRunner(MONITORED, build_graph(rt, f"jobmon-{batch}", weights), ds, batch, 10, monitor=True),
         Loop("numpy loop", NumpyMLP(weights).step, batches),
     ]
     # Warm-up, which also sizes each contender's block to about block_s seconds.
@@ -125,11 +147,13 @@ def bench_batch(batch: int, rt: Any, ds: Any, data: tuple[np.ndarray, np.ndarray
         sizes[c.name] = max(20, int(rate * args.block_s) // 10 * 10)
         print(f"  warm-up batch {batch} {c.name}: {rate:,.1f} steps/s, block of {sizes[c.name]}", flush=True)
     for r in range(args.rounds):
-        for c in contenders:
+        for c in contenders if r % 2 == 0 else contenders[::-1]:  # alternate the order: no contender always first
             time.sleep(args.gap_s)
             c.rates.append(c.run(sizes[c.name]))
         print(f"  round {r + 1}/{args.rounds}: " + "  ".join(f"{c.name} {c.rates[-1]:,.1f}" for c in contenders),
               flush=True)
+    mon = next(c for c in contenders if c.name == MONITORED)
+    print(f"  monitor redraws per job round: {mon.redraws}", flush=True)
     return {c.name: c.rates for c in contenders}
 
 
@@ -186,12 +210,18 @@ def main(argv: list[str] | None = None) -> int:
             verdicts.append(f"batch 256: job / numpy = {ratio('server job', 'numpy loop')}, target >= "
                             f"{TARGET_JOB_VS_NUMPY_256}x: {'met' if ok else 'MISSED'}")
         # Paired per round too: the logging cost varies less within a round than across rounds.
-        paired = statistics.median(1 - a / j for a, j in zip(res["server job, loss every 10"], res["server job"]))
-        cost = 1 - med["server job, loss every 10"] / med["server job"]
-        cost_best = 1 - best["server job, loss every 10"] / best["server job"]
+        paired = statistics.median(1 - a / j for a, j in zip(res[LOGGED], res["server job"]))
+        cost = 1 - med[LOGGED] / med["server job"]
+        cost_best = 1 - best[LOGGED] / best["server job"]
         ok = paired <= TARGET_LOG_COST
         verdicts.append(f"batch {b}: logging every 10 steps costs {paired:.1%} paired by round ({cost:.1%} of medians, "
                         f"{cost_best:.1%} of bests), target <= {TARGET_LOG_COST:.0%}: {'met' if ok else 'MISSED'}")
+        mon_paired = statistics.median(a / j for a, j in zip(res[MONITORED], res[LOGGED]))
+        ok = mon_paired >= TARGET_MONITOR
+        verdicts.append(f"batch {b}: with a monitor attached and updating / without = {mon_paired:.3f}x paired by "
+                        f"round ({med[MONITORED] / med[LOGGED]:.3f}x of medians, "
+                        f"{best[MONITORED] / best[LOGGED]:.3f}x of bests), target >= {TARGET_MONITOR}x: "
+                        f"{'met' if ok else 'MISSED'}")
     print_table(["batch", "contender", "steps/s (median)", "steps/s (best)", "vs client loop (median / best)",
                  "vs numpy (median / best)"], rows, "rlrrrr")
     print()

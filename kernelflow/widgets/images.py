@@ -12,7 +12,9 @@ Contents: ImagePanel, png_bytes.
 from __future__ import annotations
 
 import io
+import math
 import threading
+import time
 from typing import Any
 
 import ipywidgets as widgets
@@ -20,6 +22,8 @@ import numpy as np
 
 KEEP = 100          # records per name kept for the slider
 SHOW_PX = 96        # small images are scaled up (by an integer factor) to about this size on screen
+MIN_INTERVAL_S = 1.0  # least time between two new records drawn by the render thread: each draw sends one
+#                       message per image, and a browser on a busy machine falls behind at the charts' 10/s
 _STYLE = "<style>.kf-monitor-images img { image-rendering: pixelated; }</style>"
 
 
@@ -42,12 +46,16 @@ class ImagePanel:
         grid: the `ipywidgets.GridBox` of `ipywidgets.Image` (PNG) widgets on screen.
     """
 
-    def __init__(self, keep: int = KEEP) -> None:
+    def __init__(self, keep: int = KEEP, min_interval_s: float = MIN_INTERVAL_S) -> None:
         self.keep = keep
+        self.min_interval_s = min_interval_s
+        self._drawn_at = -math.inf
         self.data: dict[str, list[tuple[int, np.ndarray]]] = {}
         self.choice = widgets.Dropdown(options=[], description="images", layout=widgets.Layout(width="320px"))
+        # continuous_update=False: with it on, the front end sends the value back on every change of
+        # max (noUiSlider's "update" event), and a stale value would stop the slider following
         self.slider = widgets.IntSlider(value=0, min=0, max=0, description="record", readout=False,
-                                        continuous_update=True, layout=widgets.Layout(width="320px"))
+                                        continuous_update=False, layout=widgets.Layout(width="320px"))
         self.label = widgets.HTML()
         self.grid = widgets.GridBox([], layout=widgets.Layout(grid_template_columns="repeat(8, max-content)",
                                                               grid_gap="4px"))
@@ -100,13 +108,17 @@ class ImagePanel:
             self.redraw(force=True, index=index % len(recs))
 
     # ----------------------------------------------------------------- drawing
-    def redraw(self, force: bool = False, index: int | None = None) -> None:
+    def redraw(self, force: bool = False, index: int | None = None, throttle: bool = False) -> None:
+        """Draw what changed (``force``: in any case); ``throttle`` (the render thread): not within
+        ``min_interval_s`` of the last draw."""
         with self._lock:
-            self._redraw(force, index)
+            self._redraw(force, index, throttle)
 
-    def _redraw(self, force: bool, index: int | None) -> None:
+    def _redraw(self, force: bool, index: int | None, throttle: bool) -> None:
         if not (self.dirty or force) or not self.data:
             return
+        if throttle and not force and time.monotonic() - self._drawn_at < self.min_interval_s:
+            return  # stays dirty: a later redraw takes it
         keys = sorted(self.data)
         self._setting = True
         try:
@@ -152,3 +164,4 @@ class ImagePanel:
             self.grid.children = kids[:n]
             self.grid.layout.grid_template_columns = f"repeat({min(n, 8)}, max-content)"
         self._shown = (key, step)
+        self._drawn_at = time.monotonic()

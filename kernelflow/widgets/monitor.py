@@ -266,11 +266,14 @@ class TrainingMonitor(widgets.VBox):
     # ----------------------------------------------------------------- drawing
     def flush(self) -> int:
         """Take the queued records and redraw what changed, now; returns the series sent."""
+        return self._draw(throttle=False)
+
+    def _draw(self, throttle: bool) -> int:
         with self._lock:
             self._ingest()
             sent = sum(c.redraw(self._t0) for c in self.charts.values())
             self.histograms.redraw()
-            self.images.redraw()
+            self.images.redraw(throttle=throttle)  # the render thread: new images at most once a second
             for h, j in zip(self.headers, self.jobs):
                 h.show(_cached_status(j))
             if sent:
@@ -312,7 +315,7 @@ class TrainingMonitor(widgets.VBox):
                 time.sleep(max(0.0, last_draw + self.redraw_interval_s - time.monotonic()))
                 self._wake.clear()
             try:
-                sent = self.flush()
+                sent = self._draw(throttle=True)
             except Exception:
                 log.error("training monitor: redraw failed", exc_info=True)
                 sent = 0

@@ -120,3 +120,16 @@ def test_monitor_on_a_real_job_shows_its_logged_images(inproc_rt):
     assert len(mon.images.grid.children) == 5
     np.testing.assert_array_equal(shown(mon), job.images["digits"][1])
     mon.close()
+
+
+def test_images_panel_throttled_redraw_draws_new_records_at_most_once_per_interval():
+    p = ImagePanel(min_interval_s=3600)
+    p.add("x", 1, batch(1, 2))
+    p.redraw(throttle=True)
+    assert "step <b>1</b>" in p.label.value
+    p.add("x", 2, batch(2, 2))
+    p.redraw(throttle=True)  # the render thread: too soon
+    assert "step <b>1</b>" in p.label.value and p.dirty
+    p.redraw()  # monitor.flush(): now
+    assert "step <b>2</b>" in p.label.value and not p.dirty
+    np.testing.assert_array_equal(np.stack([decode(im.value) for im in p.grid.children]), batch(2, 2))

@@ -54,11 +54,17 @@ def test_monitor_notebook_runs_on_real_kernel_and_updates_while_cells_are_free(j
     assert state[view["model_id"]]["model_name"] == "VBoxModel"
     assert "kf-monitor" in state[view["model_id"]]["state"]["_dom_classes"]
     assert "records so far, delivered on" in code[4].outputs[0]["text"]
-    assert "completed at step" in code[5].outputs[0]["text"]
+    text = code[5].outputs[0]["text"]
+    assert "completed at step" in text
+    assert "hidden-unit images at step" in text and "(16, 8, 8, 1) uint8" in text
     # the saved state holds the charts as the last cell left them: bqplot lines with many points
     lines = [m["state"] for m in state.values() if m["model_name"] == "LinesModel"]
     sizes = [m["x"]["shape"][0] for m in lines if isinstance(m.get("x"), dict) and "shape" in m["x"]]
     assert max(sizes) > 100, sizes
+    # and the images panel: a grid of 16 PNG image widgets (image_max) for the record on screen
+    grids = [m["state"] for m in state.values() if "kf-monitor-image-grid" in m["state"].get("_dom_classes", [])]
+    assert len(grids) == 1 and len(grids[0]["children"]) == 16
+    assert all(state[c.removeprefix("IPY_MODEL_")]["model_name"] == "ImageModel" for c in grids[0]["children"])
 
 
 def test_monitor_thread_messages_carry_a_cell_parent_header_while_idle(jupyter_env):
