@@ -77,7 +77,7 @@ def test_inspector_renders_and_reacts_to_clicks_in_jupyterlab(lab, tmp_path):
             root.locator(".kf-summary").wait_for(timeout=30_000)
             details = root.locator(".kf-details").inner_text()
             assert "variable" in details and "min / max" in details and "NaN / Inf" in details
-            assert root.locator(".kf-hist-bar").count() == 20
+            assert root.locator(".kf-hist-bar").count() == 30
             assert root.locator(".kf-box.kf-sel[data-id='conv1/w']").count() == 1
             # the notebook left a trace highlighted: clear it, then search
             root.locator(".kf-clear").click()
