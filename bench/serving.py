@@ -19,7 +19,10 @@ server more CPU still; the header says which one ran.
 Usage:
     python bench/serving.py                       # 3 rounds of 5 s per configuration
     python bench/serving.py --rounds 1 --duration 3 --clients 8 64
-    python bench/serving.py --profile             # also time the pieces of one predict in-process
+    python bench/serving.py --timeout0            # also batching on with --batch-timeout-micros 0
+    python bench/serving.py --profile             # also the pieces of a predict, and a no-op tornado server
+    python bench/serving.py --hidden 1024 1024    # a wider MLP instead of the digits one
+    python bench/serving.py --load threads        # Python client threads instead of wrk
 """
 
 from __future__ import annotations
