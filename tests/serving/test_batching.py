@@ -156,6 +156,18 @@ def test_batcher_full_batch_runs_without_waiting_the_timeout(make_batcher):
     assert run.sizes() == [4]
 
 
+def test_batcher_request_that_cannot_fit_ends_the_collecting_batch_at_once(make_batcher):
+    b, run = make_batcher(max_batch_size=4, batch_timeout_micros=60_000_000)
+    f3 = b.submit({"x": rows(0, n=3)})
+    wait_until(lambda: b._state == _COLLECTING, "the worker to wait for company")
+    f2a = b.submit({"x": rows(1, n=2)})  # 3 + 2 > 4: the 3-row batch runs now, not in 60 s
+    np.testing.assert_allclose(f3.result(DEADLINE_S)["y"], expected(rows(0, n=3))["y"])
+    f2b = b.submit({"x": rows(2, n=2)})  # fills the next batch: it runs now too
+    np.testing.assert_allclose(f2a.result(DEADLINE_S)["y"], expected(rows(1, n=2))["y"])
+    np.testing.assert_allclose(f2b.result(DEADLINE_S)["y"], expected(rows(2, n=2))["y"])
+    assert run.sizes() == [3, 4]
+
+
 def test_batcher_mismatched_shapes_and_dtypes_do_not_merge(make_batcher):
     b, run = make_batcher(max_batch_size=64, batch_timeout_micros=0)
     first = block_worker(b, run)
