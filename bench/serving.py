@@ -19,7 +19,7 @@ server more CPU still; the header says which one ran.
 Usage:
     python bench/serving.py                       # 3 rounds of 5 s per configuration
     python bench/serving.py --rounds 1 --duration 3 --clients 8 64
-    python bench/serving.py --timeout0            # also batching on with --batch-timeout-micros 0
+    python bench/serving.py --timeout-micros 1000 # also batching on with --batch-timeout-micros 1000
     python bench/serving.py --profile             # also the pieces of a predict, and a no-op tornado server
     python bench/serving.py --hidden 1024 1024    # a wider MLP instead of the digits one
     python bench/serving.py --load threads        # Python client threads instead of wrk
@@ -291,8 +291,9 @@ def main() -> int:
     ap.add_argument("--hidden", type=int, nargs="+", default=[32],
                     help="hidden layer widths (default 32: the digits MLP of the tests)")
     ap.add_argument("--load", choices=["auto", "wrk", "threads"], default="auto")
-    ap.add_argument("--timeout0", action="store_true",
-                    help="also run batching on with --batch-timeout-micros 0 (batch only what is queued)")
+    ap.add_argument("--timeout-micros", type=int, default=None,
+                    help="also run batching on with this --batch-timeout-micros (the default is 0: batch only what "
+                         "is queued)")
     ap.add_argument("--profile", action="store_true",
                     help="also time the pieces of a predict in-process, and a no-op tornado handler under load")
     ap.add_argument("--server-arg", action="append", default=[],
@@ -310,8 +311,9 @@ def main() -> int:
     print_facts(facts)
 
     modes = {"on": ["--batching", "on"], "off": ["--batching", "off"]}
-    if args.timeout0:
-        modes = {"on": modes["on"], "on t=0": ["--batching", "on", "--batch-timeout-micros", "0"], "off": modes["off"]}
+    if args.timeout_micros is not None:
+        t = str(args.timeout_micros)
+        modes = {"on": modes["on"], f"on t={t}": ["--batching", "on", "--batch-timeout-micros", t], "off": modes["off"]}
     with tempfile.TemporaryDirectory(prefix="kf-bench-serving-") as tmp:
         tmpd = Path(tmp)
         X, reference = export_digits(tmpd, args.steps, args.hidden)

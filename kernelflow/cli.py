@@ -98,10 +98,11 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batching", choices=("on", "off"), default="on",
                    help="merge concurrent predicts of one model version into one run (default on)")
     p.add_argument("--max-batch-size", type=int, default=64, help="most rows in one batched run (default 64)")
-    p.add_argument("--batch-timeout-micros", type=int, default=1000,
-                   help="how long a batch waits to fill, in microseconds (default 1000)")
+    p.add_argument("--batch-timeout-micros", type=int, default=0,
+                   help="how long a batch waits to fill after its first request, in microseconds (default 0: "
+                        "batch what queued while the previous batch ran, as TF Serving's guide advises to start)")
     p.add_argument("--max-enqueued-batches", type=int, default=100,
-                   help="queued batches before requests get 503 (default 100)")
+                   help="the queue holds N x max-batch-size rows; a request over that gets 503 (default 100)")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -57,7 +57,7 @@ class BatchingOptions:
 
     enabled: bool = True
     max_batch_size: int = 64
-    batch_timeout_micros: int = 1000
+    batch_timeout_micros: int = 0
     max_enqueued_batches: int = 100
 
     def validate(self) -> BatchingOptions:
