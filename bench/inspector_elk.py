@@ -174,7 +174,7 @@ def jupyterlab(tmp: pathlib.Path) -> Iterator[str]:
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={tmp / 'nb'}",
          "--ServerApp.allow_root=True", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env=env, stdout=subprocess.DEVNULL, stderr=(tmp / "lab.log").open("w"))  # kernels' stderr too
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -243,6 +243,7 @@ def run_case(browser, base: str, nb_dir: pathlib.Path, name: str, cells: list[st
             page.wait_for_function("window.__bench.done !== null", timeout=timeout_s * 1000, polling=50)
         except Exception:  # playwright's TimeoutError: report it as "did not finish"
             if os.environ.get("KF_BENCH_DEBUG"):
+                print((nb_dir.parent / "lab.log").read_text()[-3000:])
                 page.screenshot(path=f"/tmp/{name}.png")
                 print(page.evaluate("""() => { const c = {}; document.querySelectorAll('.jp-OutputArea *')
                     .forEach(e => { const k = e.tagName + '.' + (e.getAttribute('class') || '');
