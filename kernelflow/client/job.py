@@ -11,6 +11,7 @@ Contents: Job, fit, attach_job.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 import weakref
@@ -41,7 +42,8 @@ class _Mirror:
         self.callbacks: list[Callable[[list[dict]], Any]] = []
         self.subscribed = False
         self._pending: dict[int, list[dict]] = {}
-        self._image_idx: dict[str, list[int]] = {}
+        self._image_idx: dict[str, list[int]] = {}   # per name: records that keep pixels, in order
+        self._asked: set[int] = set()                  # image records whose pixels were asked for
 
     def apply(self, start: int, records: list[dict]) -> None:
         """Take ``records`` that begin at history index ``start``; callbacks get the new ones, in order."""
@@ -69,11 +71,38 @@ class _Mirror:
 
     def _keep_image(self, i: int) -> None:
         idx = self._image_idx.setdefault(self.records[i]["name"], [])
-        idx.append(i)
+        bisect.insort(idx, i)
         keep = self.status.get("image_keep") or 100
         while len(idx) > keep:
             j = idx.pop(0)
             self.records[j] = {**self.records[j], "images": None}
+
+    def missing_images(self) -> int | None:
+        """Index of the oldest image record among the newest ``image_keep`` per name that came
+        without pixels (a notification sends only the newest of a name) and was not asked for yet."""
+        keep = self.status.get("image_keep") or 100
+        with self.lock:
+            per: dict[str, int] = {}
+            first = None
+            for i in range(len(self.records) - 1, -1, -1):
+                r = self.records[i]
+                if r.get("kind") != "images":
+                    continue
+                per[r["name"]] = per.get(r["name"], 0) + 1
+                if per[r["name"]] <= keep and r.get("images") is None and i not in self._asked:
+                    first = i
+            return first
+
+    def fill_images(self, start: int, records: list[dict]) -> None:
+        """Put the pixels of ``records`` (history from ``start``) into image records that lack them."""
+        with self.lock:
+            for i, r in enumerate(records, start):
+                if i >= len(self.records):
+                    break
+                self._asked.add(i)
+                if r.get("kind") == "images" and r.get("images") is not None and self.records[i].get("images") is None:
+                    self.records[i] = r
+                    self._keep_image(i)
 
 
 class _Streams:
@@ -193,8 +222,16 @@ class Job:
         self._m.apply(int(r["start"]), list(r["records"]))
         return self._m.records
 
+    def _fill_images(self) -> None:
+        gap = self._m.missing_images()
+        if gap is not None:  # pixels the stream left out: the runtime still has them (image_keep)
+            r = self.runtime._call("job.records", [self.id, gap])
+            self._m.fill_images(int(r["start"]), list(r["records"]))
+            self._hist_cache = None
+
     def _built(self) -> tuple[dict, dict, dict]:
         records = self._catch_up()
+        self._fill_images()
         n = len(records)
         if self._hist_cache is not None and self._hist_cache[0] == n:
             return self._hist_cache[1:]
@@ -356,6 +393,7 @@ class Job:
                 raise
             m.status = r["status"]
             m.apply(0, list(r["records"]))
+        self._fill_images()  # the history handed over has the kept pixels, also on a live connection
         with m.lock:
             if m.records:
                 callback(list(m.records))

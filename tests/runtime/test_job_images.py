@@ -228,3 +228,22 @@ def test_image_history_back_after_server_subprocess_restart(tmp_path):
         rt.close()
     finally:
         srv.stop()
+
+
+def test_image_history_on_a_live_connection_fetches_pixels_the_stream_left_out(rt):
+    ds, g, x, train, loss, images = build(rt, "img_gaps")
+    job = g.fit(train, data=ds, feed={x: "x"}, batch_size=BATCH, steps=1_000_000, shuffle=False, log_every=0,
+                images={"gray": images["gray"]}, image_every=1, image_max=2, image_keep=50, checkpoint_every_s=None)
+    seen: list[dict] = []
+    job.subscribe(seen.extend)
+    try:
+        wait_for(lambda: any(r["kind"] == "images" and r["images"] is None for r in list(seen)),
+                 "a notification with several records of one name (older ones without pixels)")
+    finally:
+        assert job.stop() == "stopped"
+    job.unsubscribe()
+    hist = job.image_history["gray"]
+    last = job.refresh()["step"]
+    assert [s for s, _ in hist] == list(range(last - 49, last + 1))  # the newest image_keep, none missing
+    for s, a in hist:
+        np.testing.assert_array_equal(a, expected("gray", s, 2))

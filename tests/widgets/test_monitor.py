@@ -164,9 +164,10 @@ def test_monitor_after_100k_records_draws_downsampled_series_with_extremes():
     assert list(mon.charts) == ["loss"]                 # val_loss overlays loss
     raw, smooth = chart.raw_marks[0], chart.smooth_marks[0]
     assert len(raw.x) <= 2000 and len(raw.x) == len(raw.y) == len(smooth.y)
-    assert raw.y.max() == 1e4 and raw.y.min() == loss.min()
+    assert raw.y.dtype == np.float32  # what goes on the wire
+    assert raw.y.max() == 1e4 and raw.y.min() == np.float32(loss.min())
     assert raw.x[0] == 1 and raw.x[-1] == n
-    np.testing.assert_array_equal(raw.y, loss[raw.x.astype(int) - 1])
+    np.testing.assert_array_equal(raw.y, loss[raw.x.astype(int) - 1].astype(np.float32))
     np.testing.assert_array_equal(chart.smooth_marks[1].x, vals)  # small series: every point
     assert [m.labels for m in chart.smooth_marks] == [["loss"], ["val_loss"]]
     assert chart.smooth_marks[1].line_style == "dashed"
@@ -184,9 +185,9 @@ def test_monitor_smoothing_slider_shows_debiased_ema_of_the_series():
     mon = TrainingMonitor(job, live=False)
     sm = mon.charts["loss"].smooth_marks[0]
     idx = sm.x.astype(int)
-    np.testing.assert_allclose(sm.y, ema_reference(v, 0.6)[idx], rtol=1e-12)
+    np.testing.assert_allclose(sm.y, ema_reference(v, 0.6)[idx].astype(np.float32), rtol=2e-7)
     mon.smoothing.value = 0.95
-    np.testing.assert_allclose(sm.y, ema_reference(v, 0.95)[sm.x.astype(int)], rtol=1e-12)
+    np.testing.assert_allclose(sm.y, ema_reference(v, 0.95)[sm.x.astype(int)].astype(np.float32), rtol=2e-7)
     mon.smoothing.value = 0.0
     np.testing.assert_array_equal(sm.y, mon.charts["loss"].raw_marks[0].y)
     # new records continue the average where it stopped
@@ -195,7 +196,7 @@ def test_monitor_smoothing_slider_shows_debiased_ema_of_the_series():
     job.push(scalars(np.arange(5000, 5100), loss=more))
     mon.flush()
     full = np.concatenate([v, more])
-    np.testing.assert_allclose(sm.y, ema_reference(full, 0.8)[sm.x.astype(int)], rtol=1e-12)
+    np.testing.assert_allclose(sm.y, ema_reference(full, 0.8)[sm.x.astype(int)].astype(np.float32), rtol=2e-7)
     mon.close()
 
 
