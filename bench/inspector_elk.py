@@ -20,6 +20,9 @@ reason to consider it). The current inspector is timed as it opens (top-level sc
 closed, >150 nodes) and with every scope open (the drawing comparable to ELK's).
 
 Needs: ``pip install ipyelk`` (not a kernelflow dependency), /usr/bin/chromium, playwright.
+Careful: on the 2,000-node graph ipyelk's kernel side grew past 13 GB of memory within 10
+minutes without drawing anything (2026-11-29); each ELK case's kernel is shut down at its
+timeout (``--elk-timeout``, default 120 s).
 
     .venv/bin/python bench/inspector_elk.py [--repeat 3] [--elk-timeout 120]
 """
