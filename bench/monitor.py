@@ -8,6 +8,8 @@ widget's Python time per redraw at 2,000 points per series.
 2. Redraw: a monitor on 4 series (loss, val_loss, accuracy, val_accuracy) of 1,000,000 points
    each, 50 new records per series per redraw, every comm message built and serialised (a
    counting comm stands in for the kernel's). Target: < 5 ms per redraw.
+3. Images: one new image record drawn by the images panel (PNG encoding with Pillow and the
+   Image widgets' messages), 16 images of 8x8 grey and of 64x64 RGB.
 
     .venv/bin/python bench/monitor.py [--rounds 3] [--steps 3000]
 """
@@ -95,6 +97,22 @@ def bench_redraw(history: int, per_redraw: int, redraws: int) -> tuple[float, in
     return statistics.median(times) * 1e3, points, CountingComm.sent_bytes / redraws / 1e3
 
 
+def bench_images(shape: tuple[int, ...], draws: int = 50) -> tuple[float, float]:
+    from kernelflow.widgets.images import ImagePanel
+
+    comm.create_comm = CountingComm
+    rng = np.random.default_rng(0)
+    panel = ImagePanel()
+    times = []
+    CountingComm.sent_bytes = 0
+    for step in range(draws):
+        panel.add("x", step, rng.integers(0, 256, shape, dtype=np.uint8))
+        t0 = time.perf_counter()
+        panel.redraw()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3, CountingComm.sent_bytes / draws / 1e3
+
+
 def bench_throughput(rounds: int, steps: int) -> tuple[list[float], list[float], list[float], list[int]]:
     from tests.runtime.test_jobs import digits, mlp
     from tests.runtime.test_server import ServerProcess
@@ -143,6 +161,10 @@ def main() -> None:
         ms, pts, kb = bench_redraw(history, 50, 50)
         print(f"redraw, 4 series x {history:>9,} points ({pts} on screen each), 50 new per series: "
               f"{ms:.2f} ms median, {kb:.0f} kB sent per redraw")
+    for shape in ((16, 8, 8, 1), (16, 64, 64, 3)):
+        ms, kb = bench_images(shape)
+        print(f"images panel, a new record of {shape[0]} x {shape[1]}x{shape[2]}x{shape[3]}: {ms:.2f} ms median, "
+              f"{kb:.0f} kB sent")
     plain, subscribed, monitored, draws = bench_throughput(args.rounds, args.steps)
     p, m = statistics.median(plain), statistics.median(monitored)
     print(f"throughput without monitor: {p:,.0f} steps/s  {[round(x) for x in plain]}")
