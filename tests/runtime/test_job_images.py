@@ -247,3 +247,16 @@ def test_image_history_on_a_live_connection_fetches_pixels_the_stream_left_out(r
     assert [s for s, _ in hist] == list(range(last - 49, last + 1))  # the newest image_keep, none missing
     for s, a in hist:
         np.testing.assert_array_equal(a, expected("gray", s, 2))
+
+
+def test_image_whose_shape_is_known_only_at_run_time_fails_the_job_naming_key_and_shape(rt):
+    ds = rt.dataset("img-dyn-data", {"z": np.zeros((ROWS, 2, 4, 2), "float32")}, overwrite=True)
+    g = rt.graph("img_dyn")
+    z = g.placeholder((None, None, None, None), "float32", name="z")
+    w = g.variable(np.float32(1.0), name="w")
+    train = kf.optim.SGD(0.1).minimize(kf.mean(z) * w)
+    job = g.fit(train, data=ds, feed={z: "z"}, batch_size=BATCH, steps=10, images={"planes": z}, image_every=3)
+    assert job.wait(timeout=WAIT_S) == "failed"
+    err = job.error
+    assert err["type"] == "InvalidArgumentError" and err["step"] == 3
+    assert "image 'planes' must be" in err["message"] and "(8, 2, 4, 2)" in err["message"]
