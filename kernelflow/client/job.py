@@ -99,8 +99,10 @@ class _Mirror:
             for i, r in enumerate(records, start):
                 if i >= len(self.records):
                     break
+                if r.get("kind") != "images":
+                    continue
                 self._asked.add(i)
-                if r.get("kind") == "images" and r.get("images") is not None and self.records[i].get("images") is None:
+                if r.get("images") is not None and self.records[i].get("images") is None:
                     self.records[i] = r
                     self._keep_image(i)
 
