@@ -12,6 +12,7 @@ Contents: Job, fit, attach_job.
 from __future__ import annotations
 
 import bisect
+import logging
 import threading
 import time
 import weakref
@@ -20,12 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import DeadlineExceededError, InvalidArgumentError
+from ..errors import DeadlineExceededError, InvalidArgumentError, KernelflowError
 from ..graph.ir import Tensor
 
 if TYPE_CHECKING:
     from .graph import RemoteGraph
     from .runtime import Runtime
+
+log = logging.getLogger("kernelflow.client")
 
 ENDED = ("completed", "stopped", "failed", "interrupted")
 _PROGRESS_KEYS = ("step", "epoch", "epochs", "total_steps", "steps_per_epoch", "examples_per_s", "steps_per_s",
@@ -129,6 +132,24 @@ class _Streams:
                 return
             self.listening = True
         self.transport.on_notification("job.records", self._on_records)
+        if hasattr(self.transport, "on_reconnect"):
+            self.transport.on_reconnect(self._resubscribe)
+
+    def _resubscribe(self) -> None:
+        """Subscriptions live on a connection: after a reconnect, ask again for every subscribed job.
+
+        The answer carries the whole history; the mirror takes only the records it lacks.
+        """
+        with self.lock:
+            mirrors = [(job_id, m) for job_id, m in self.mirrors.items() if m.subscribed]
+        for job_id, m in mirrors:
+            try:
+                r = self.transport.call("job.subscribe", [job_id])
+            except KernelflowError as e:
+                log.warning("re-subscribing to job %s after a reconnect failed: %s", job_id, e)
+                continue
+            m.status = r["status"]
+            m.apply(0, list(r["records"]))
 
     def _on_records(self, params: list) -> None:
         job_id, start, records, status = params

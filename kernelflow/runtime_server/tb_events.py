@@ -113,3 +113,5 @@ def _write(w: Any, r: dict) -> None:
         lo, hi, total, sq, count = r["stats"]
         w.add_histogram_raw(r["name"], lo, hi, int(count), total, sq, r["edges"][1:].tolist(), r["counts"].tolist(),
                             global_step=step, walltime=t)
+    elif r["kind"] == "images" and r.get("images") is not None:
+        w.add_images(r["name"], r["images"], global_step=step, walltime=t, dataformats="NHWC")

@@ -10,7 +10,10 @@ expected at step ``s`` are known exactly: rows ``(s - 1) * batch ...`` of the da
 
 from __future__ import annotations
 
+import io
+import struct
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -260,3 +263,34 @@ def test_image_whose_shape_is_known_only_at_run_time_fails_the_job_naming_key_an
     err = job.error
     assert err["type"] == "InvalidArgumentError" and err["step"] == 3
     assert "image 'planes' must be" in err["message"] and "(8, 2, 4, 2)" in err["message"]
+
+
+def test_image_records_reach_the_tensorboard_event_files_as_image_summaries(tmp_path):
+    from tensorboardX.proto.event_pb2 import Event
+
+    rt = state_runtime(tmp_path / "state")
+    ds, g, x, train, loss, images = build(rt, "img_tb")
+    job = g.fit(train, data=ds, feed={x: "x"}, batch_size=BATCH, steps=6, shuffle=False, log_every=0,
+                images={"gray": images["gray"]}, image_every=3, image_max=2, checkpoint_every_s=None)
+    assert job.wait(timeout=WAIT_S) == "completed", job.error
+    logdir = job.refresh()["tensorboard_dir"]
+    rt._transport.service.shutdown()  # flushes and closes the event writers
+    rt.close()
+    found: dict[int, bytes] = {}
+    for f in sorted(Path(logdir).glob("events.out.tfevents.*")):
+        data, i = f.read_bytes(), 0
+        while i + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            ev = Event.FromString(data[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            for v in ev.summary.value:
+                if v.tag == "gray":
+                    found[ev.step] = v.image.encoded_image_string
+    assert sorted(found) == [3, 6]
+    from PIL import Image
+
+    grid = np.asarray(Image.open(io.BytesIO(found[6])))
+    # tensorboardX tiles the 2 images of step 6 into one grid; both 4x4 digits' pixels are in it.
+    for img in expected("gray", 6, 2)[..., 0]:
+        assert any(np.array_equal(grid[r:r + 4, c:c + 4, 0] if grid.ndim == 3 else grid[r:r + 4, c:c + 4], img)
+                   for r in range(grid.shape[0] - 3) for c in range(grid.shape[1] - 3))

@@ -192,6 +192,35 @@ def test_job_pause_resume_stop(remote, shared_digits):
         job.resume()
 
 
+def test_subscription_survives_a_silent_connection_drop_without_any_call(server, shared_digits):
+    import socket
+
+    rt = server.connect()
+    try:
+        m = mlp(rt, "dropped")
+        job = m.g.fit(m.train, data="digits.train", feed={m.x: "x", m.y: "y"}, batch_size=32, steps=10_000_000,
+                      metrics={"loss": m.loss}, log_every=5)
+        steps: list[int] = []
+        got = threading.Condition()
+
+        def on_records(records):
+            with got:
+                steps.extend(r["step"] for r in records if r["kind"] == "scalars")
+                got.notify_all()
+
+        job.subscribe(on_records)
+        with got:
+            assert got.wait_for(lambda: len(steps) >= 3, WAIT_S)
+            before = len(steps)
+        rt._transport._sock.shutdown(socket.SHUT_RDWR)  # the network drops it; this client calls nothing
+        with got:  # the notification thread reconnects and re-subscribes; records keep coming
+            assert got.wait_for(lambda: len(steps) >= before + 20, WAIT_S), steps[-3:]
+        assert steps == list(range(5, 5 * len(steps) + 1, 5))  # each record once, none lost
+        assert job.stop() == "stopped"
+    finally:
+        rt.close()
+
+
 def test_two_jobs_on_two_graphs_run_at_once(remote, shared_digits):
     jobs = []
     for name in ("left", "right"):
