@@ -33,6 +33,23 @@ def lab(tmp_path):
         yield base
 
 
+def _run_all(page, lab: str, notebook: str) -> None:
+    """Open ``notebook`` in JupyterLab and run all its cells once its kernel is connected."""
+    page.goto(f"{lab}/lab/tree/{notebook}?token={TOKEN}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    deadline = time.monotonic() + 60
+    while True:  # "Run All" before the kernel is connected silently runs nothing
+        kernels = get_json(f"{lab}/api/kernels?token={TOKEN}") or []
+        if kernels and kernels[0]["execution_state"] == "idle" and kernels[0]["connections"] >= 1:
+            break
+        if page.locator(".jp-Dialog .jp-mod-accept").count():
+            page.locator(".jp-Dialog .jp-mod-accept").first.click()
+        assert time.monotonic() < deadline, kernels
+        time.sleep(0.3)  # polling JupyterLab's REST API, with a deadline
+    page.locator(".lm-MenuBar-itemLabel:text-is('Run')").click()
+    page.locator(".lm-Menu-itemLabel:text-is('Run All Cells')").click()
+
+
 def test_inspector_renders_and_reacts_to_clicks_in_jupyterlab(lab, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -40,19 +57,7 @@ def test_inspector_renders_and_reacts_to_clicks_in_jupyterlab(lab, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            page.goto(f"{lab}/lab/tree/inspect_cnn.ipynb?token={TOKEN}")
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-            deadline = time.monotonic() + 60
-            while True:  # "Run All" before the kernel is connected silently runs nothing
-                kernels = get_json(f"{lab}/api/kernels?token={TOKEN}") or []
-                if kernels and kernels[0]["execution_state"] == "idle" and kernels[0]["connections"] >= 1:
-                    break
-                if page.locator(".jp-Dialog .jp-mod-accept").count():
-                    page.locator(".jp-Dialog .jp-mod-accept").first.click()
-                assert time.monotonic() < deadline, kernels
-                time.sleep(0.3)
-            page.locator(".lm-MenuBar-itemLabel:text-is('Run')").click()
-            page.locator(".lm-Menu-itemLabel:text-is('Run All Cells')").click()
+            _run_all(page, lab, "inspect_cnn.ipynb")
             root = page.locator(".jp-OutputArea .kf-inspector").first
             root.wait_for(timeout=90_000)
             # the last cell closes gradients/ and selects conv2/relu with a summary
@@ -91,5 +96,47 @@ def test_inspector_renders_and_reacts_to_clicks_in_jupyterlab(lab, tmp_path):
             shot.parent.mkdir(parents=True, exist_ok=True)
             root.screenshot(path=str(shot))
             assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()
+
+
+SCOPE_CYCLE_NB = {
+    "cells": [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": (
+        "import kernelflow as kf\n"
+        "from kernelflow.widgets import GraphInspector\n"
+        "g = kf.Graph('cycle')\n"
+        "x = g.placeholder((3,), name='x')\n"
+        "with g.name_scope('A'):\n    p = kf.relu(x)\n"
+        "with g.name_scope('B'):\n    q = kf.exp(p)\n"
+        "with g.name_scope('A'):\n    r = kf.tanh(q)\n"
+        "GraphInspector(g, expanded=[])  # A/ -> B/ -> A/: a cycle of closed scopes")}],
+    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    "nbformat": 4, "nbformat_minor": 5}
+
+
+def test_inspector_draws_scope_cycle_back_edge_as_two_downward_stubs(lab, tmp_path):
+    import json
+
+    from playwright.sync_api import sync_playwright
+
+    (tmp_path / "nb" / "cycle.ipynb").write_text(json.dumps(SCOPE_CYCLE_NB))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            _run_all(page, lab, "cycle.ipynb")
+            back = page.locator(".kf-inspector .kf-edge.kf-back")
+            back.first.wait_for(state="attached", timeout=90_000)
+            assert back.count() == 1
+            d = back.first.get_attribute("d")
+            pts = [tuple(map(float, seg[1:].split())) for seg in d.replace("M", "|M").replace("L", "|L").split("|")
+                   if seg]
+            assert [seg[0] for seg in d.replace("M", "|M").replace("L", "|L").split("|") if seg] == \
+                ["M", "L", "M", "L"]  # two separate stubs
+            assert pts[1][1] > pts[0][1] and pts[3][1] > pts[2][1]  # both go down
+            labels = page.locator(".kf-inspector .kf-back-label").all_text_contents()
+            # the out-stub names the target, the in-stub the source (which of A/->B/, B/->A/ is the back one
+            # is igraph's feedback-arc-set choice)
+            assert labels in (["\u2192 A/", "B/ \u2192"], ["\u2192 B/", "A/ \u2192"]), labels
         finally:
             browser.close()

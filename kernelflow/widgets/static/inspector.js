@@ -159,8 +159,10 @@ function render({ model, el: root }) {
       }
       const cls = "kf-edge" + (back ? " kf-back" : "") + (flags[e] & 2 ? " kf-control" : "");
       const path = svg("path", { d, class: cls, "marker-end": "url(#kf-arrow)" }, gEdges);
-      svg("title", { text: `${meta.ids[ends[2 * e]]} \u2192 ${meta.ids[ends[2 * e + 1]]}` +
-        (back ? " (closes a cycle between boxes: drawn as two stubs)" : "") }, path);
+      if (back) {
+        svg("title", { text: `${meta.ids[ends[2 * e]]} \u2192 ${meta.ids[ends[2 * e + 1]]} ` +
+          "(closes a cycle between boxes: drawn as two stubs)" }, path);
+      }
       edgeEls[e] = path;
       const label = meta.edge_labels[e];
       if (back) {
