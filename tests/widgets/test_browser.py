@@ -3,7 +3,9 @@
 Runs examples/inspect_cnn.ipynb in JupyterLab against a real runtime server, then clicks the
 drawing: a closed scope opens, a variable shows its details and value summary. Saves a
 screenshot (to docs/img/inspector.png with KF_SAVE_SCREENSHOTS=1, else to the test's tmp dir, so a
-test run leaves the tree clean). Skipped when chromium, playwright or jupyterlab is missing.
+test run leaves the tree clean). A second notebook draws closed scopes that form a cycle: the
+back edge must come out as two downward stubs. Skipped when chromium, playwright or jupyterlab
+is missing.
 """
 
 from __future__ import annotations
