@@ -392,6 +392,16 @@ class Job:
         self.runtime._call("job.stop", [self.id])
         return self._wait_while(("queued", "running", "paused"), timeout)
 
+    def delete(self) -> None:
+        """Forget this ended job on the runtime: its status and history (in the state dir too).
+
+        Its checkpoints and TensorBoard event files stay. A running, paused or queued job raises
+        FailedPreconditionError: stop it first.
+        """
+        self.runtime._call("job.delete", [self.id])
+        with self._streams.lock:
+            self._streams.mirrors.pop(self.id, None)
+
     # ----------------------------------------------------------------- streaming
     def subscribe(self, callback: Callable[[list[dict]], Any]) -> None:
         """Call ``callback(records)`` with the history so far, then with each batch of new records

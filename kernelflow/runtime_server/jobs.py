@@ -340,7 +340,7 @@ class JobManager:
                                ("job.status", self.status, False), ("job.records", self.records, False),
                                ("job.pause", self.pause, False), ("job.resume", self.resume, False),
                                ("job.stop", self.stop, False), ("job.subscribe", self.subscribe, True),
-                               ("job.unsubscribe", self.unsubscribe, True)]:
+                               ("job.unsubscribe", self.unsubscribe, True), ("job.delete", self.delete, False)]:
             service.register(name, fn, wants_peer=peer)
         service.on_peer_closed(self._peer_closed)
 
@@ -423,6 +423,24 @@ class JobManager:
         job = self.get(job_id)
         job.request_stop("stop")
         return job.status_map()
+
+    def delete(self, job_id: str) -> bool:
+        """Forget an ended job: its status and history, in memory and in the state dir.
+
+        Its checkpoints (graph checkpoints tagged with the job id) and TensorBoard event files stay.
+        """
+        job = self.get(job_id)
+        with job.cond:
+            if job.status in ("queued", "running", "paused"):
+                raise FailedPreconditionError(f"job.delete: job {job_id} is {job.status}; stop it first "
+                                              "(job.stop), then delete it")
+            job.subscribers.clear()
+        with self._cond:
+            self.jobs.pop(job_id, None)
+        if self.service.state is not None:
+            self.service.state.delete_job(job_id)
+        log.info("job %s deleted", job_id)
+        return True
 
     def subscribe(self, job_id: str, *, peer: Any = None) -> dict:
         """Stream the job's records to the caller; returns the history so far (the stream starts after it)."""

@@ -415,6 +415,37 @@ def test_job_wait_timeout_raises_deadline_exceeded(local):
 
 
 # ----------------------------------------------------------------- state dir: shutdown, kill -9, resume
+def test_delete_refuses_a_running_job_then_forgets_it_in_memory_and_state_dir(tmp_path):
+    from kernelflow.runtime_server.state import fs_name
+
+    state = tmp_path / "state"
+    rt = state_runtime(state)
+    train, _ = digits(rt)
+    m = mlp(rt, "deleting")
+    job = m.g.fit(m.train, data=train, feed={m.x: "x", m.y: "y"}, steps=10_000_000, metrics={"loss": m.loss},
+                  log_every=5)
+    wait_for(lambda: job.progress["step"] > 10, "steps")
+    with pytest.raises(FailedPreconditionError, match=rf"job {job.id} is running; stop it first"):
+        job.delete()
+    assert job.stop() == "stopped"
+    kept = rt.job(job.id).history["loss"]["value"]
+    assert len(kept) >= 2 and (state / "jobs" / fs_name(job.id)).is_dir()
+    job.delete()
+    assert job.id not in [j["id"] for j in rt.jobs()]
+    with pytest.raises(NotFoundError, match=rf"no job '{job.id}'"):
+        rt.job(job.id)
+    assert not (state / "jobs" / fs_name(job.id)).exists()
+    assert m.g.checkpoints()  # the job's checkpoints stay with the graph
+    rt._transport.service.shutdown()
+    rt.close()
+    rt2 = state_runtime(state)  # and it stays forgotten after a restart
+    try:
+        assert job.id not in [j["id"] for j in rt2.jobs()]
+    finally:
+        rt2._transport.service.shutdown()
+        rt2.close()
+
+
 def test_clean_shutdown_interrupts_job_and_resume_finishes_with_same_batches(tmp_path):
     rt = state_runtime(tmp_path / "state")
     train, _ = digits(rt)
