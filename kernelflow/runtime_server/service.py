@@ -23,6 +23,7 @@ from .jobs import JobManager
 from .models import register as register_models
 from .session import GraphSession
 from .state import StateDir
+from .summaries import register as register_summaries
 
 PROTOCOL_VERSION = 1
 
@@ -79,7 +80,7 @@ class RuntimeService:
         self.datasets = DatasetStore(self)
         self.jobs = JobManager(self)
         self.models = register_models(self)  # model.* methods (issue #7)
-        __import__("kernelflow.runtime_server.summaries", fromlist=["register"]).register(self)  # tensor.summary
+        register_summaries(self)  # tensor.summary (issue #6)
         self._is_shut_down = False
         if self.state is not None:
             self.state.lock()
