@@ -136,12 +136,8 @@ class KernelflowMagics(Magics):
         return _table(f"jobs on {rt.url}: {len(rows)}", present, rows)
 
     def _cmd_monitor(self, args: list[str]) -> Any:
-        try:
-            from ..widgets.monitor import TrainingMonitor  # issue #5
-        except ImportError:
-            print("%kf monitor: the training monitor (issue #5) is not part of this kernelflow version; "
-                  "follow a job with rt.job(JOB_ID) and its status/history meanwhile")
-            return None
+        from ..widgets.monitor import TrainingMonitor  # ipywidgets and bqplot: only when asked for
+
         rt = self._runtime()
         job_id = args[0] if args else None
         if job_id is None:

@@ -73,15 +73,26 @@ def test_kf_jobs_lists_jobs_or_says_there_are_none(ip, capsys):
         assert "does not run training jobs" in capsys.readouterr().out
 
 
-def test_kf_monitor_without_monitor_prints_message(ip, capsys):
-    pytest.importorskip("anywidget")
-    try:
-        import kernelflow.widgets.monitor  # noqa: F401
-        pytest.skip("the monitor exists")
-    except ImportError:
-        pass
+def test_kf_monitor_without_jobs_says_so_then_monitors_the_newest_job(ip, capsys):
+    ip.run_line_magic("kf", "connect inproc")
     assert ip.run_line_magic("kf", "monitor") is None
-    assert "issue #5" in capsys.readouterr().out
+    assert "%kf monitor: the runtime has no jobs" in capsys.readouterr().out
+    rt = kf.connect()
+    g = rt.graph("magic-monitor")
+    x = g.placeholder((None, 2), "float32", name="x")
+    w = g.variable(np.array([0.5, -1.5], "float32"), name="w")
+    loss = kf.mean(kf.square(x * w))
+    train = kf.optim.SGD(0.1).minimize(loss)
+    ds = rt.dataset("magic-monitor-data", {"x": np.arange(8, dtype="float32").reshape(4, 2)})
+    first = g.fit(train, data=ds, feed={x: "x"}, batch_size=2, steps=2)
+    newest = g.fit(train, data=ds, feed={x: "x"}, batch_size=2, steps=4, metrics={"loss": loss}, log_every=1)
+    assert first.wait(timeout=60) == "completed" and newest.wait(timeout=60) == "completed"
+    mon = ip.run_line_magic("kf", "monitor")
+    try:
+        assert type(mon).__name__ == "TrainingMonitor"
+        assert [j.id for j in mon.jobs] == [newest.id]
+    finally:
+        mon.close()
 
 
 def test_kf_inspect_unknown_graph_reports_not_found(ip, capsys):
