@@ -39,6 +39,10 @@ BADGE_COLORS = {"queued": "#757575", "running": "#1565c0", "paused": "#ef6c00", 
                 "stopped": "#546e7a", "failed": "#c62828", "interrupted": "#6a1b9a"}
 STATUS_POLL_S = 0.25   # the render thread reads the cached job status this often when no records come
 IDLE_EXIT_S = 2.0      # once every job has ended, the render thread stops after this long without news
+# Redraws may take at most this share of one core: a slow redraw (many series, a busy kernel)
+# stretches the interval. The kernel shares the machine with the training job on a laptop,
+# where every percent of a core taken from the job's BLAS threads slows its steps.
+REDRAW_CPU_SHARE = 0.01
 
 
 def status_badge(status: str) -> str:
@@ -134,7 +138,8 @@ class TrainingMonitor(widgets.VBox):
         jobs: a `Job` or a list of jobs (their curves overlay, with a legend).
         smoothing: initial weight of the debiased EMA (0 = raw values; TensorBoard's default 0.6).
         max_points: points per series on screen at most.
-        redraw_interval_s: least time between two redraws.
+        redraw_interval_s: least time between two redraws (longer when a redraw costs more than
+            `REDRAW_CPU_SHARE` of a core at that rate).
         live: start the render thread (False: only `flush` draws; for tests).
 
     Attributes:
@@ -305,6 +310,7 @@ class TrainingMonitor(widgets.VBox):
     def _run(self) -> None:
         _adopt_parent(self._parent)
         last_draw = 0.0
+        interval = self.redraw_interval_s
         quiet_since = time.monotonic()
         while not self._closed:
             woke = self._wake.wait(STATUS_POLL_S)
@@ -312,13 +318,16 @@ class TrainingMonitor(widgets.VBox):
                 return
             if woke:
                 # coalesce: whatever arrives until the interval is up goes into the same redraw
-                time.sleep(max(0.0, last_draw + self.redraw_interval_s - time.monotonic()))
+                time.sleep(max(0.0, last_draw + interval - time.monotonic()))
                 self._wake.clear()
+            t_draw = time.thread_time()
             try:
                 sent = self._draw(throttle=True)
             except Exception:
                 log.error("training monitor: redraw failed", exc_info=True)
                 sent = 0
+            if sent:
+                interval = max(self.redraw_interval_s, (time.thread_time() - t_draw) / REDRAW_CPU_SHARE)
             now = time.monotonic()
             if woke or sent:
                 last_draw = quiet_since = now
