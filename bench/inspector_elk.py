@@ -34,21 +34,18 @@ import contextlib
 import json
 import os
 import pathlib
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-TOKEN = "kf-bench"
+# One JupyterLab launcher and browser settings with the browser tests (run from the repo root).
+sys.path.insert(0, str(ROOT))
+from tests.widgets.jupyterlab import CHROMIUM, CHROMIUM_ARGS, TOKEN, lab_process  # noqa: E402
+from tests.widgets.jupyterlab import get_json as _get_json  # noqa: E402
 
 SETUP = """
 import sys, time
@@ -143,55 +140,6 @@ OBSERVER = """
   new MutationObserver(check).observe(document.body, {childList: true, subtree: true});
 }
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get_json(url: str) -> list | None:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return json.loads(r.read())
-    except (urllib.error.URLError, TimeoutError, ValueError):
-        return None
-
-
-@contextlib.contextmanager
-def jupyterlab(tmp: pathlib.Path) -> Iterator[str]:
-    """JupyterLab with isolated Jupyter dirs serving ``tmp/nb``; yields its base URL."""
-    env = dict(os.environ)
-    for var in ("IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR",
-                "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR"):
-        (tmp / var.lower()).mkdir()
-        env[var] = str(tmp / var.lower())
-    for ext, name, body in (("notebook-extension", "tracker", '{"autoStartDefaultKernel": true}'),
-                            ("apputils-extension", "notification", '{"fetchNews": "false"}')):
-        d = tmp / "jupyterlab_settings_dir" / "@jupyterlab" / ext
-        d.mkdir(parents=True)
-        (d / f"{name}.jupyterlab-settings").write_text(body)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={tmp / 'nb'}",
-         "--ServerApp.allow_root=True", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        env=env, stdout=subprocess.DEVNULL, stderr=(tmp / "lab.log").open("w"))  # kernels' stderr too
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while _get_json(f"{base}/api/kernels?token={TOKEN}") is None:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("jupyter lab did not start")
-            time.sleep(0.3)  # polling a server another process starts, with a deadline
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _notebook(cells: list[str]) -> dict:
@@ -303,7 +251,7 @@ def main() -> None:
         (tmp / "nb").mkdir()
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            with jupyterlab(tmp) as base:
+            with lab_process(tmp, tmp / "nb") as base:
                 for rep in range(args.repeat):
                     for name, cells, timeout_s, warm, then_open in cases:
                         if warm is not None:

@@ -48,44 +48,59 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def jupyterlab(tmp_path: pathlib.Path, nb_dir: pathlib.Path) -> Iterator[tuple[str, object]]:
-    """JupyterLab serving ``nb_dir`` whose kernels reach a fresh runtime server; yields (base url, server)."""
-    from tests.runtime.test_server import ServerProcess
+def lab_process(tmp: pathlib.Path, root_dir: pathlib.Path, env: dict | None = None,
+                start_timeout_s: float = 90.0) -> Iterator[str]:
+    """JupyterLab on 127.0.0.1 serving ``root_dir``, with Jupyter dirs isolated under ``tmp``
+    (no news pop-up, notebooks start their default kernel); yields its base URL.
 
-    srv = ServerProcess(tmp_path).wait_listening()
-    (tmp_path / "token").write_text(srv.token)
-    env = {**os.environ, "KERNELFLOW_URL": srv.url, "KERNELFLOW_TOKEN_FILE": str(tmp_path / "token")}
-    env.pop("KERNELFLOW_TOKEN", None)
+    Its log (the kernels' stderr too) goes to ``tmp/lab.log``. Also used by bench/inspector_elk.py.
+    """
+    env = {**(env if env is not None else os.environ)}
     for var in ("IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR",
                 "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR"):
-        d = tmp_path / var.lower()
+        d = tmp / var.lower()
         d.mkdir()
         env[var] = str(d)
-    settings = tmp_path / "jupyterlab_settings_dir" / "@jupyterlab" / "notebook-extension"
-    settings.mkdir(parents=True)
-    (settings / "tracker.jupyterlab-settings").write_text('{"autoStartDefaultKernel": true}')
-    news = tmp_path / "jupyterlab_settings_dir" / "@jupyterlab" / "apputils-extension"
-    news.mkdir(parents=True)
-    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')  # no news pop-up
+    for ext, name, body in (("notebook-extension", "tracker", '{"autoStartDefaultKernel": true}'),
+                            ("apputils-extension", "notification", '{"fetchNews": "false"}')):
+        d = tmp / "jupyterlab_settings_dir" / "@jupyterlab" / ext
+        d.mkdir(parents=True)
+        (d / f"{name}.jupyterlab-settings").write_text(body)
     port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={nb_dir}",
-         "--ServerApp.allow_root=True", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log_path = tmp / "lab.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+             "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root_dir}",
+             "--ServerApp.allow_root=True", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+            env=env, stdout=subprocess.DEVNULL, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + start_timeout_s
         while get_json(f"{base}/api/kernels?token={TOKEN}") is None:
             if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail(f"jupyter lab did not start: {proc.stderr.read() if proc.stderr else ''}")
+                raise RuntimeError(f"jupyter lab did not start: {log_path.read_text()[-4000:]}")
             time.sleep(0.3)  # polling a server another process starts, with a deadline
-        yield base, srv
+        yield base
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextlib.contextmanager
+def jupyterlab(tmp_path: pathlib.Path, nb_dir: pathlib.Path) -> Iterator[tuple[str, object]]:
+    """JupyterLab serving ``nb_dir`` whose kernels reach a fresh runtime server; yields (base url, server)."""
+    from tests.runtime.test_server import ServerProcess
+
+    srv = ServerProcess(tmp_path).wait_listening()
+    try:
+        (tmp_path / "token").write_text(srv.token)
+        env = {**os.environ, "KERNELFLOW_URL": srv.url, "KERNELFLOW_TOKEN_FILE": str(tmp_path / "token")}
+        env.pop("KERNELFLOW_TOKEN", None)
+        with lab_process(tmp_path, nb_dir, env, start_timeout_s=60) as base:
+            yield base, srv
+    finally:
         srv.stop()
