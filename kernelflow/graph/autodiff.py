@@ -6,6 +6,7 @@ ops: un-broadcasting (``sum_to``), dtype matching, accumulation, and arity check
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,25 +104,30 @@ def _build(graph: Any, y_list: list[Tensor], x_list: list[Tensor], seeds: list[A
         cts = pending.pop(id(node), None)
         if not cts:
             continue
-        ct = cts[0]
-        for c in cts[1:]:
-            ct = ct + c
-        grads[id(node)] = ct
-        if not node.inputs or not node.op.differentiable or not any(id(i) in reaches_x for i in node.inputs):
-            continue
-        in_cts = node.op.vjp(ct, node, *node.inputs, **node.attrs)
-        if not isinstance(in_cts, (tuple, list)) or len(in_cts) != len(node.inputs):
-            got = len(in_cts) if isinstance(in_cts, (tuple, list)) else repr(in_cts)
-            raise InternalError(f"vjp of {node.op.name} returned {got} cotangents for {len(node.inputs)} inputs",
-                                node=node.name)
-        for x, c in zip(node.inputs, in_cts):
-            if c is None or id(x) not in reaches_x or x.dtype not in FLOATING:
+        # The backward nodes of a node go in its forward scope under gradients/ (TensorFlow's
+        # naming): the inspector then shows gradients/dense1/... as small groups, not one flat
+        # scope of thousands of nodes.
+        scope = node.name.rpartition("/")[0]
+        with graph.name_scope(scope) if scope else contextlib.nullcontext():
+            ct = cts[0]
+            for c in cts[1:]:
+                ct = ct + c
+            grads[id(node)] = ct
+            if not node.inputs or not node.op.differentiable or not any(id(i) in reaches_x for i in node.inputs):
                 continue
-            if not _fits(c, x):
-                c = sum_to(c, x)
-            if c.dtype != x.dtype:
-                c = cast(c, x.dtype)
-            pending.setdefault(id(x), []).append(c)
+            in_cts = node.op.vjp(ct, node, *node.inputs, **node.attrs)
+            if not isinstance(in_cts, (tuple, list)) or len(in_cts) != len(node.inputs):
+                got = len(in_cts) if isinstance(in_cts, (tuple, list)) else repr(in_cts)
+                raise InternalError(f"vjp of {node.op.name} returned {got} cotangents for {len(node.inputs)} inputs",
+                                    node=node.name)
+            for x, c in zip(node.inputs, in_cts):
+                if c is None or id(x) not in reaches_x or x.dtype not in FLOATING:
+                    continue
+                if not _fits(c, x):
+                    c = sum_to(c, x)
+                if c.dtype != x.dtype:
+                    c = cast(c, x.dtype)
+                pending.setdefault(id(x), []).append(c)
 
     out: list[Any] = []
     for x in x_list:

@@ -84,7 +84,7 @@ def test_layout_collapsed_scope_hides_members_and_keeps_outside_edges():
     # x -> conv1/conv2d becomes x -> conv1/; conv1/relu -> conv2/conv2d leaves from the scope box
     assert ("x", "conv1/") in pairs
     assert ("conv1/", "conv2/conv2d") in pairs
-    assert ("conv1/", "gradients/conv2d_backprop_input") in pairs  # reads conv1/relu
+    assert ("conv1/", "gradients/conv2/conv2d_backprop_filter") in pairs  # reads conv1/relu, conv2's input
     assert ("conv1/", "Adam/update_conv1/w") in pairs
     # every node edge is still drawn, between the boxes standing for its ends
     lay_open = compute_layout(CNN, ALL_SCOPES)
