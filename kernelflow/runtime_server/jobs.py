@@ -80,6 +80,7 @@ class Job:
         self.logged_upto = 0                   # records at or below this step exist already (resume)
         self.persisted = 0
         self._persist_lock = threading.Lock()
+        self.deleted = False                   # set under _persist_lock: nothing is written for it again
         self.thread: threading.Thread | None = None
         self.bound: Bound | None = None
 
@@ -199,6 +200,8 @@ class Job:
         if state is None:
             return
         with self._persist_lock:
+            if self.deleted:
+                return
             with self.cond:
                 n = len(self.records)
                 recs = self.records[self.persisted:n]
@@ -211,6 +214,8 @@ class Job:
         if state is None:
             return
         with self._persist_lock:
+            if self.deleted:
+                return  # a status write racing job.delete must not bring the job back
             try:
                 state.write_job(self.id, self.spec.to_map(), self.status_map())
             except Exception:
@@ -437,8 +442,10 @@ class JobManager:
             job.subscribers.clear()
         with self._cond:
             self.jobs.pop(job_id, None)
-        if self.service.state is not None:
-            self.service.state.delete_job(job_id)
+        with job._persist_lock:  # waits for a status or history write in flight, then forbids more
+            job.deleted = True
+            if self.service.state is not None:
+                self.service.state.delete_job(job_id)
         log.info("job %s deleted", job_id)
         return True
 
