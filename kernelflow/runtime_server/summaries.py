@@ -120,12 +120,15 @@ def summarize(s: GraphSession, tensor: str, feed_names: Sequence[str], feed_valu
                                        f"{effects[:5]}; pass allow_side_effects=True to run them anyway",
                                        node=t.name)
         if isinstance(t, Variable) and t.name not in feed_names and t.name in s.variables:
-            value = s.variables[t.name]  # where it lives: no copy, no transfer
+            # A copy on the variable's device (no transfer): a job's steps update the storage in
+            # place, and the statistics below must not hold the graph's lock.
+            value = s.variables[t.name].copy()
         else:
             # A plan of its own, not s.run's cached one: inspector clicks must not grow the cache.
             plan = Plan(s, [t], feeds)
+            # (a fetch that aliases a variable's storage comes back copied: Plan.copy_fetch)
             value = plan.run([s._check_feed(f, v) for f, v in zip(plan.feeds, feed_values)])[0]
-        summary = _stats(value, bins)
+    summary = _stats(value, bins)
     return {"name": t.name, "shape": [int(d) for d in value.shape], "dtype": t.dtype, **summary}
 
 
