@@ -411,7 +411,8 @@ class Job:
         ``{"kind": "histogram", "step", "wall_time", "name", "edges", "counts"}`` or
         ``{"kind": "images", "step", "wall_time", "name", "images": uint8 (N, H, W, C) or None}`` (None:
         pixels not kept, or not sent since a newer record of the name came in the same batch). Callbacks run on
-        the connection's notification thread: keep them short and do not call the runtime from them.
+        the connection's notification thread (right after a reconnect, on the thread that reconnected):
+        keep them short and do not call the runtime from them.
         """
         m = self._m
         self._streams.listen()

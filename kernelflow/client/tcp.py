@@ -51,6 +51,7 @@ DEFAULT_PORT = 7070
 # The notification thread retries a dropped connection after this long, doubling to the max.
 RECONNECT_MIN_S = 0.2
 RECONNECT_MAX_S = 5.0
+BACKGROUND_CONNECT_TIMEOUT_S = 1.0
 
 
 def parse_url(url: str) -> tuple[bool, str, int, str | None]:
@@ -128,17 +129,21 @@ class TcpTransport(Transport):
         return cls(host, port, token or url_token, is_tls=is_tls, ssl_context=ssl_context, timeout=timeout)
 
     # ----------------------------------------------------------------- connection
-    def _connect(self) -> None:
+    def _connect(self, connect_timeout: float | None = None) -> None:
+        raw = None
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout or 10.0)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            if self._ssl is not None:
-                sock = self._ssl.wrap_socket(sock, server_hostname=self.host)
+            raw = socket.create_connection((self.host, self.port),
+                                           timeout=connect_timeout or self.timeout or 10.0)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock = self._ssl.wrap_socket(raw, server_hostname=self.host) if self._ssl is not None else raw
             sock.settimeout(None)
         except ssl.SSLError as e:
+            raw.close()
             raise UnavailableError(f"connect: TLS handshake with {self.url} failed: {e}") from e
         except OSError as e:
+            if raw is not None:
+                raw.close()
             raise UnavailableError(f"connect: cannot reach {self.url}: {e}; is `kernelflow serve` running?") from e
         self._sock = sock
         self._spin_ok = self._ssl is None and SPIN_WAIT_S > 0  # TLS sockets take no recv flags
@@ -306,7 +311,8 @@ class TcpTransport(Transport):
     def on_reconnect(self, callback: Callable[[], Any]) -> None:
         """Call ``callback()`` after each reconnection, authenticated, before any other call.
 
-        It runs on the reconnecting thread with the connection held, and may make calls.
+        It runs on the reconnecting thread (the notification thread, or the thread of the call
+        that found the connection gone) with the connection held, and may make calls.
         """
         with self._lock:
             self._reconnect_hooks.append(callback)
@@ -352,7 +358,8 @@ class TcpTransport(Transport):
         try:
             if self._closed or self._sock is not None:
                 return True
-            self._connect()
+            # A short connect timeout: user calls wait for this lock while it tries.
+            self._connect(connect_timeout=BACKGROUND_CONNECT_TIMEOUT_S)
             return True
         except KernelflowError as e:
             log.debug("background reconnect to %s: %s", self.url, e)
