@@ -162,6 +162,8 @@ class ImagePanel:
                 im.value = png
                 im.layout.width, im.layout.height = size["width"], size["height"]
             self.grid.children = kids[:n]
+            for im in kids[n:]:
+                im.close()  # its comm too: fewer images this step must not leak widgets
             self.grid.layout.grid_template_columns = f"repeat({min(n, 8)}, max-content)"
         self._shown = (key, step)
         self._drawn_at = time.monotonic()

@@ -66,9 +66,11 @@ def test_images_panel_shows_the_newest_record_as_pngs_of_its_pixels():
     assert "step <b>10</b>" in p.label.value and "6 images 5×7" in p.label.value
     w = p.grid.children[0].layout.width
     assert w == f"{7 * (96 // 7)}px"  # small images scaled up by an integer factor
+    six = list(p.grid.children)
     job.push([image_record(20, "samples", batch(20, 4)), {**image_record(30, "samples", None)}])
     mon.flush()
     assert len(p.grid.children) == 4 and "step <b>20</b>" in p.label.value  # a stub (None) is skipped
+    assert [im.comm is None for im in six] == [False] * 4 + [True] * 2  # the two left over are closed
     np.testing.assert_array_equal(shown(mon), batch(20, 4))
     p.choice.value = "filters"
     np.testing.assert_array_equal(shown(mon), batch(99, 3, 8, 8, 3))
