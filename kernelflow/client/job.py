@@ -46,7 +46,8 @@ class _Mirror:
         self.subscribed = False
         self._pending: dict[int, list[dict]] = {}
         self._image_idx: dict[str, list[int]] = {}   # per name: records that keep pixels, in order
-        self._asked: set[int] = set()                  # image records whose pixels were asked for
+        self._names_idx: dict[str, list[int]] = {}     # per name: every image record, in order
+        self._stubs: set[int] = set()                  # image records that came without pixels, not asked for
 
     def apply(self, start: int, records: list[dict]) -> None:
         """Take ``records`` that begin at history index ``start``; callbacks get the new ones, in order."""
@@ -65,12 +66,15 @@ class _Mirror:
                     self.records.extend(fresh)
                     new.extend(fresh)
                     for i, r in enumerate(fresh, first):
-                        if r.get("kind") == "images" and r.get("images") is not None:
-                            self._keep_image(i)
+                        if r.get("kind") == "images":
+                            self._names_idx.setdefault(r["name"], []).append(i)
+                            if r.get("images") is not None:
+                                self._keep_image(i)
+                            else:
+                                self._stubs.add(i)
             if new:
                 for cb in list(self.callbacks):
                     cb(new)
-
 
     def _keep_image(self, i: int) -> None:
         idx = self._image_idx.setdefault(self.records[i]["name"], [])
@@ -85,16 +89,16 @@ class _Mirror:
         without pixels (a notification sends only the newest of a name) and was not asked for yet."""
         keep = self.status.get("image_keep") or 100
         with self.lock:
-            per: dict[str, int] = {}
-            first = None
-            for i in range(len(self.records) - 1, -1, -1):
-                r = self.records[i]
-                if r.get("kind") != "images":
-                    continue
-                per[r["name"]] = per.get(r["name"], 0) + 1
-                if per[r["name"]] <= keep and r.get("images") is None and i not in self._asked:
-                    first = i
-            return first
+            if not self._stubs:  # the usual case, checked on every history access: no scan
+                return None
+            wanted = []
+            for i in self._stubs:
+                idx = self._names_idx[self.records[i]["name"]]
+                newer = len(idx) - bisect.bisect_right(idx, i)
+                if newer < keep:  # the runtime still keeps its pixels
+                    wanted.append(i)
+            self._stubs = set(wanted)  # the others' pixels are gone on the runtime too
+            return min(wanted) if wanted else None
 
     def fill_images(self, start: int, records: list[dict]) -> None:
         """Put the pixels of ``records`` (history from ``start``) into image records that lack them."""
@@ -104,7 +108,7 @@ class _Mirror:
                     break
                 if r.get("kind") != "images":
                     continue
-                self._asked.add(i)
+                self._stubs.discard(i)  # asked for once: the runtime had the pixels or dropped them
                 if r.get("images") is not None and self.records[i].get("images") is None:
                     self.records[i] = r
                     self._keep_image(i)

@@ -294,3 +294,21 @@ def test_image_records_reach_the_tensorboard_event_files_as_image_summaries(tmp_
     for img in expected("gray", 6, 2)[..., 0]:
         assert any(np.array_equal(grid[r:r + 4, c:c + 4, 0] if grid.ndim == 3 else grid[r:r + 4, c:c + 4], img)
                    for r in range(grid.shape[0] - 3) for c in range(grid.shape[1] - 3))
+
+
+def test_mirror_asks_only_for_stubs_the_runtime_still_keeps_each_once():
+    from kernelflow.client.job import _Mirror
+
+    m = _Mirror()
+    m.status = {"image_keep": 2}
+    px = np.zeros((1, 2, 2, 1), np.uint8)
+    recs = [{"kind": "scalars", "step": s, "wall_time": 0.0, "values": {"loss": 1.0}} for s in range(1000)]
+    m.apply(0, recs)
+    assert m.missing_images() is None
+    # a notification sends pixels only for the newest record of a name: 1000 and 1001 come as stubs
+    m.apply(1000, [{"kind": "images", "step": s, "wall_time": 0.0, "name": "a", "images": None} for s in (0, 1)]
+            + [{"kind": "images", "step": 2, "wall_time": 0.0, "name": "a", "images": px}])
+    assert m.missing_images() == 1001  # 1000 is older than the newest 2 of "a": the runtime dropped it
+    m.fill_images(1001, [{"kind": "images", "step": 1, "wall_time": 0.0, "name": "a", "images": px + 1}])
+    assert m.records[1001]["images"] is not None and m.records[1001]["images"][0, 0, 0, 0] == 1
+    assert m.missing_images() is None  # asked once; nothing else is missing
