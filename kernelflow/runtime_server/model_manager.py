@@ -238,17 +238,27 @@ class ModelManager:
         self._thread.start()
 
     def close(self) -> None:
-        """Stop watching and unload every version (pending batched requests fail with UnavailableError)."""
+        """Stop watching and unload every version (pending batched requests fail with UnavailableError).
+
+        Versions not loaded yet end (END): a load still running releases what it built instead
+        of serving it, and nothing is loaded after this."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
         with self._lock:
-            versions = [sv for vs in self._models.values() for sv in vs.values() if sv.state == AVAILABLE]
+            versions = []
+            for vs in self._models.values():
+                for sv in vs.values():
+                    if sv.state in (START, LOADING):
+                        sv.state = END
+                    elif sv.state == AVAILABLE:
+                        versions.append(sv)
+            self._changed.notify_all()
         for sv in versions:
             self._unload(sv, wait_users_s=2.0)
         for pool in (self._loader, self._direct):
             if pool is not None:
-                pool.shutdown(wait=False)
+                pool.shutdown(wait=False, cancel_futures=True)
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_wait_s):
@@ -275,7 +285,9 @@ class ModelManager:
 
     def poll(self, only: str | None = None, wait: bool = False) -> None:
         """One pass over the base path (or model ``only``): start loads of wanted versions, unload
-        dropped ones. With ``wait``, return once the loads it started have finished."""
+        dropped ones. With ``wait``, return once the loads it started have finished. After `close`: nothing."""
+        if self._stop.is_set():
+            return
         with self._poll_lock:
             names = [only] if only is not None else sorted(set(self._names_on_disk()) | set(self._models))
             started: list[Future] = []
@@ -313,10 +325,16 @@ class ModelManager:
         return [self._schedule(self._load, sv) for sv in loads] + [self._schedule(self._unload, sv) for sv in unloads]
 
     def _schedule(self, fn: Any, sv: ServedVersion) -> Future:
-        if self._loader is not None and not self._stop.is_set():
-            return self._loader.submit(fn, sv)
-        f: Future = Future()  # not watching: do it now, in the caller's thread
-        fn(sv)
+        f: Future = Future()
+        if self._stop.is_set():  # closed: load nothing more (close unloads what is loaded)
+            f.set_result(None)
+            return f
+        if self._loader is not None:
+            with contextlib.suppress(RuntimeError):  # a pool shut down by a close that began meanwhile
+                return self._loader.submit(fn, sv)
+            f.set_result(None)
+            return f
+        fn(sv)  # not watching: do it now, in the caller's thread
         f.set_result(None)
         return f
 
@@ -331,7 +349,7 @@ class ModelManager:
 
     def _load(self, sv: ServedVersion) -> None:
         with self._lock:
-            if sv.state != START:
+            if sv.state != START or self._stop.is_set():
                 return
             sv.state = LOADING
         batcher = model = None
@@ -354,12 +372,17 @@ class ModelManager:
                 self._changed.notify_all()
             return
         with self._lock:
-            if sv.state == LOADING:
+            if sv.state == LOADING and not self._stop.is_set():
                 sv.model, sv.batcher, sv.state = model, batcher, AVAILABLE
                 model = batcher = None
+            else:  # the manager closed meanwhile: serve nothing, keep no batcher thread
+                sv.state = END
             self._changed.notify_all()
-        if batcher is not None:  # closed meanwhile
+        if batcher is not None:
             batcher.close()
+        if model is not None:
+            model.release()
+            return
         self._reconcile(sv.name)  # unload what the new version replaces now, not at the next poll
 
     def _make_batcher(self, model: LoadedModel) -> Any:
@@ -397,6 +420,8 @@ class ModelManager:
         check_model_name(name)
         if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
             raise InvalidArgumentError(f"version must be a positive integer; got {version!r}")
+        if self._stop.is_set():
+            raise UnavailableError(f"model '{name}': the model server is shutting down")
         if not self.watching:
             self.poll(only=name, wait=True)
         with self._lock:

@@ -1,0 +1,78 @@
+"""ModelManager internals, in process: close while a version loads.
+
+Model versions are real exports (a small model written by an in-process runtime), copied into
+the manager's base path as an exporter would.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kernelflow as kf
+from kernelflow.runtime_server.model_manager import LOAD_GATE_ENV, ModelManager
+
+from .conftest import drop_version, wait_for
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    """A version dir of model 'small': y = 2a + w, batch-major (so it gets a batcher)."""
+    from kernelflow.client.transport import InprocTransport
+    from kernelflow.runtime_server.service import RuntimeService
+
+    tmp = tmp_path_factory.mktemp("small")
+    tr = InprocTransport()
+    tr.service = RuntimeService(state_dir=str(tmp / "state"))
+    tr._call = tr.service.call
+    rt = kf.Runtime(tr)
+    try:
+        g = rt.graph("small")
+        a = g.placeholder((None, 3), "float32", name="a")
+        w = g.variable(np.array([1.0, 2.0, 3.0], "float32"), name="w")
+        assert g.export("small", inputs={"a": a}, outputs={"y": a * 2.0 + w}) == 1
+        yield tmp / "state" / "models" / "small" / "1"
+    finally:
+        tr.service.shutdown()
+
+
+def _batcher_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("kf-batcher-small")]
+
+
+def test_manager_close_while_loading_releases_the_version_without_batcher(small, tmp_path, monkeypatch):
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "hold-small").touch()  # loads of 'small' wait in LOADING while this exists
+    monkeypatch.setenv(LOAD_GATE_ENV, str(gate))
+    mgr = ModelManager(tmp_path / "base", batching={"enabled": True})
+    (tmp_path / "base").mkdir()
+    mgr.start(poll_wait_s=0.02)
+    try:
+        drop_version(small, tmp_path / "base", "small", 1)
+        wait_for(lambda: mgr.status("small")["model_version_status"][0]["state"] == "LOADING", "v1 LOADING")
+        sv = mgr._models["small"][1]
+    finally:
+        mgr.close()
+    # close() ended the gate's wait; the load then builds the model and must not serve it.
+    assert sv.state == "END"
+    wait_for(lambda: sv.model is None and not _batcher_threads(), "the load to give up what it built", timeout=30)
+    (gate / "hold-small").unlink()
+    with pytest.raises(kf.errors.UnavailableError, match="shutting down"):
+        mgr.predict("small", None, {"a": np.ones((1, 3), "float32")})
+    assert sv.state == "END" and sv.model is None and not _batcher_threads()
+
+
+def test_manager_after_close_loads_nothing(small, tmp_path):
+    mgr = ModelManager(tmp_path / "base", batching={"enabled": True})  # not watching: loads on request
+    mgr.close()
+    drop_version(small, tmp_path / "base", "small", 1)
+    mgr.poll(only="small", wait=True)
+    mgr._reconcile("small")  # what a load finishing after close calls
+    assert all(sv.state != "AVAILABLE" for vs in mgr._models.values() for sv in vs.values())
+    assert not _batcher_threads()
+    with pytest.raises(kf.errors.UnavailableError, match="shutting down"):
+        mgr.predict("small", None, {"a": np.ones((1, 3), "float32")})
