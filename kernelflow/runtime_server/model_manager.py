@@ -10,7 +10,8 @@ Policies (per model, from the config file; default ``latest``): ``latest`` serve
 complete version (``{"latest": {"num_versions": N}}``: the N highest), ``all`` every complete
 version, ``{"specific": [1, 3]}`` those. A version the policy drops is unloaded once one the
 policy wants is AVAILABLE (or none is wanted), so a switch never leaves a gap; a new version
-that fails to load leaves the old one serving.
+that fails to load leaves the old one serving. A version that failed is not loaded again while
+its directory stays (remove it and put a fixed copy back to retry).
 
 A manager either watches (``start``: a thread polls the base path every ``poll_wait_s``, loads
 run on a loader thread) or, in an in-process runtime, looks at the disk on each request and
@@ -317,7 +318,11 @@ class ModelManager:
                 if v not in wanted and sv.state == AVAILABLE and (serving or not wanted or v not in on_disk):
                     sv.state = UNLOADING
                     unloads.append(sv)
-            ended = sorted((v for v, sv in vs.items() if sv.state == END), reverse=True)
+            for v in [v for v, sv in vs.items() if sv.error is not None and v not in on_disk]:
+                del vs[v]  # a failed version whose dir went: a copy put back is tried afresh
+            # A failed version stays while its dir is there, however many END versions there are:
+            # pruned, it would look new to the next pass and be loaded again (failed loads are not retried).
+            ended = sorted((v for v, sv in vs.items() if sv.state == END and sv.error is None), reverse=True)
             for v in ended[KEEP_ENDED:]:
                 del vs[v]
             if not vs:

@@ -1,4 +1,4 @@
-"""ModelManager internals, in process: close while a version loads.
+"""ModelManager internals, in process: close while a version loads, failed versions not retried.
 
 Model versions are real exports (a small model written by an in-process runtime), copied into
 the manager's base path as an exporter would.
@@ -6,6 +6,7 @@ the manager's base path as an exporter would.
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 import kernelflow as kf
-from kernelflow.runtime_server.model_manager import LOAD_GATE_ENV, ModelManager
+from kernelflow.runtime_server.model_manager import LOAD_GATE_ENV, ModelManager, parse_model_config
 
 from .conftest import drop_version, wait_for
 
@@ -76,3 +77,38 @@ def test_manager_after_close_loads_nothing(small, tmp_path):
     assert not _batcher_threads()
     with pytest.raises(kf.errors.UnavailableError, match="shutting down"):
         mgr.predict("small", None, {"a": np.ones((1, 3), "float32")})
+
+
+def _damage(base: Path, version: int) -> None:
+    d = base / "small" / str(version)
+    d.mkdir(parents=True)
+    (d / "signature.json").write_text("{}")
+    (d / "graph.msgpack").write_bytes(b"\x00 not msgpack")
+    (d / "MODEL_COMPLETE").write_text("x\n")
+
+
+def test_manager_failed_versions_are_attempted_once_across_polls(small, tmp_path, caplog):
+    base = tmp_path / "base"
+    for v in range(1, 8):  # more failed versions than the END versions a status keeps
+        _damage(base, v)
+    mgr = ModelManager(base, config=parse_model_config({"models": {"small": {"version_policy": "all"}}}))
+    try:
+        with caplog.at_level(logging.ERROR, "kernelflow.models"):
+            for _ in range(4):
+                mgr.poll(wait=True)
+        attempts = [r.getMessage() for r in caplog.records if "failed to load" in r.getMessage()]
+        assert all("is damaged" in m for m in attempts), attempts
+        assert sorted(int(m.split("version ")[1].split()[0]) for m in attempts) == list(range(1, 8))
+        st = mgr.status("small")["model_version_status"]
+        assert [(s["version"], s["state"], s["status"]["error_code"]) for s in st] == \
+            [(str(v), "END", "FAILED_PRECONDITION") for v in range(7, 0, -1)]
+        # A failed version whose dir is replaced by a good copy is tried afresh once the dir was gone.
+        import shutil
+
+        shutil.rmtree(base / "small" / "1")
+        mgr.poll(wait=True)
+        drop_version(small, base, "small", 1)
+        with mgr.use("small", 1) as sv:
+            assert sv.state == "AVAILABLE"
+    finally:
+        mgr.close()
