@@ -456,52 +456,77 @@ class ModelManager:
         raise NotFoundError(f"model '{name}' version {version} {why}; the version policy "
                             f"'{policy.describe()}' serves {policy.choose(on_disk)}")
 
-    @contextlib.contextmanager
-    def use(self, name: str, version: int | None = None) -> Iterator[ServedVersion]:
-        """The AVAILABLE version (highest when ``version`` is None), kept loaded while the block runs.
+    def acquire(self, name: str, version: int | None = None) -> ServedVersion:
+        """The AVAILABLE version (highest when ``version`` is None), kept loaded until `release`.
+        A manager that does not watch looks at the disk (and may load) first: call it off an IO loop.
 
         Raises:
             NotFoundError: no such model or version, or the policy does not serve it.
-            UnavailableError: it is still loading.
+            UnavailableError: it is still loading, or the manager is closed.
         """
         while True:
             sv = self._served(name, version)
             with self._lock:
                 if sv.state == AVAILABLE:  # not unloaded between the lookup and here
                     sv.users += 1
-                    break
+                    return sv
+
+    def release(self, sv: ServedVersion) -> None:
+        """End a use begun by `acquire`."""
+        with self._lock:
+            sv.users -= 1
+            self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def use(self, name: str, version: int | None = None) -> Iterator[ServedVersion]:
+        """`acquire` ... `release` around a block."""
+        sv = self.acquire(name, version)
         try:
             yield sv
         finally:
-            with self._lock:
-                sv.users -= 1
-                self._changed.notify_all()
+            self.release(sv)
 
-    def submit(self, sv: ServedVersion, inputs: dict[str, np.ndarray]) -> Future:
-        """Run checked ``inputs`` on a version held by `use`: a future of every output (batched when on).
+    def loaded(self, sv: ServedVersion) -> tuple[LoadedModel, Any]:
+        """(model, batcher or None) of a version held by `use`.
 
         Raises:
-            UnavailableError: the batch queue is full.
+            UnavailableError: it was unloaded anyway (an unload gives up waiting for requests after
+                30 s), so the request can be retried on the version serving now.
         """
-        assert sv.model is not None
-        if sv.batcher is not None:
-            return sv.batcher.submit(inputs)
+        with self._lock:
+            model, batcher = sv.model, sv.batcher
+        if model is None:
+            raise UnavailableError(f"model '{sv.name}' version {sv.version} was unloaded while this request "
+                                   "used it; retry")
+        return model, batcher
+
+    def submit(self, sv: ServedVersion, inputs: dict[str, np.ndarray]) -> Future:
+        """Run checked ``inputs`` on a version held by `use`: a future of every output (batched when on;
+        else run in a pool of 4 threads).
+
+        Raises:
+            UnavailableError: the batch queue is full, or the version was unloaded.
+        """
+        model, batcher = self.loaded(sv)
+        if batcher is not None:
+            return batcher.submit(inputs)
         if self._direct is None:
             with self._lock:
                 if self._direct is None:
                     self._direct = ThreadPoolExecutor(4, thread_name_prefix="kf-predict")
-        return self._direct.submit(sv.model.run, inputs)
+        try:
+            return self._direct.submit(model.run, inputs)
+        except RuntimeError as e:  # the pool was shut down by close()
+            raise UnavailableError(f"model '{sv.name}': the model server is shutting down") from e
 
     def predict(self, name: str, version: int | None, inputs: dict, output_keys: list | None = None) -> dict:
-        """Blocking predict (the RPC method): {output name: array}."""
+        """Blocking predict (the RPC method): {output name: array}. Without a batcher it runs in the
+        caller's thread."""
         with self.use(name, version) as sv:
-            assert sv.model is not None
-            arrays = sv.model.check_inputs(inputs)
-            keys = sv.model.check_output_keys(output_keys)
-            if sv.batcher is None:
-                out = sv.model.run(arrays)
-            else:
-                out = sv.batcher.submit(arrays).result()
+            model, batcher = self.loaded(sv)
+            arrays = model.check_inputs(inputs)
+            keys = model.check_output_keys(output_keys)
+            out = model.run(arrays) if batcher is None else batcher.submit(arrays).result()
         return {k: out[k] for k in keys}
 
     # ------------------------------------------------------------- status

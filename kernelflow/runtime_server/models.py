@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from ..errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError
+from ..errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError
 from ..graph.ir import Tensor, node_to_dict
 from ..graph.ops.state import placeholder_op, variable_op
 from ..graph.shapes import format_shape
@@ -332,8 +332,8 @@ class LoadedModel:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every output for checked ``inputs`` (see `check_inputs`); runs are serialised by the session lock."""
         session = self.session
-        if session is None:
-            raise FailedPreconditionError(f"model '{self.name}' version {self.version} was unloaded")
+        if session is None:  # a served version unloaded under a request that outlived the unload's wait
+            raise UnavailableError(f"model '{self.name}' version {self.version} was unloaded; retry")
         vals = session.run([s["name"] for s in self.outputs.values()],
                            [self.inputs[k]["name"] for k in self.inputs], [inputs[k] for k in self.inputs])
         return dict(zip(self.outputs, vals))
@@ -384,7 +384,7 @@ def register(service: Any) -> Any:
     def model_status(name: str, version: int | None = None) -> dict:
         with mgr.use(name, version) as sv:
             return {**mgr.status(name, version), "name": name, "version": sv.version,
-                    "signature": sv.model.signature}
+                    "signature": mgr.loaded(sv)[0].signature}
 
     service.register("model.export", model_export)
     service.register("model.list", model_list)

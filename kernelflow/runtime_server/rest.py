@@ -257,6 +257,10 @@ class _ModelsHandler(tornado.web.RequestHandler):
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
+    async def _acquire(self, name: str, version: int | None) -> Any:
+        """The served version, held until ``manager.release``; looked up (and polled) in the pool."""
+        return await self._blocking(self.manager.acquire, name, version)
+
     async def _get(self) -> None:
         name, version, metadata, verb = self._route()
         if name is None:
@@ -267,17 +271,17 @@ class _ModelsHandler(tornado.web.RequestHandler):
         if not metadata:
             self._send(await self._blocking(self.manager.status, name, version))
             return
-        if not self.manager.watching:
-            await self._blocking(self.manager.poll, name, True)
-        with self.manager.use(name, version) as sv:
-            m = sv.model
-            assert m is not None
+        sv = await self._acquire(name, version)
+        try:
+            m = self.manager.loaded(sv)[0]
             sig = m.signature
             self._send({"model_spec": {"name": name, "signature_name": "", "version": str(m.version)},
                         "metadata": {"signature_def": {"signature_def": {sig["signature_name"]: {
                             "inputs": {k: _tensor_info(s) for k, s in m.inputs.items()},
                             "outputs": {k: _tensor_info(s) for k, s in m.outputs.items()},
                             "method_name": sig["method_name"]}}}}})
+        finally:
+            self.manager.release(sv)
 
     async def _post(self) -> None:
         name, version, metadata, verb = self._route()
@@ -292,11 +296,9 @@ class _ModelsHandler(tornado.web.RequestHandler):
             body = json.loads(self.request.body or b"null")
         except (ValueError, UnicodeDecodeError) as e:
             raise InvalidArgumentError(f"malformed JSON: {e}") from e
-        if not self.manager.watching:
-            await self._blocking(self.manager.poll, name, True)
-        with self.manager.use(name, version) as sv:
-            m = sv.model
-            assert m is not None
+        sv = await self._acquire(name, version)
+        try:
+            m = self.manager.loaded(sv)[0]
             sig_name = body.get("signature_name") if isinstance(body, dict) else None
             if sig_name not in (None, "", m.signature["signature_name"]):
                 raise InvalidArgumentError(f"model '{name}' has no signature {sig_name!r}; it has "
@@ -318,6 +320,8 @@ class _ModelsHandler(tornado.web.RequestHandler):
                 return
             inputs, rows = parse_predict(body, m.inputs)
             out = await asyncio.wrap_future(self.manager.submit(sv, m.check_inputs(inputs)))
+        finally:
+            self.manager.release(sv)
         self._send(format_predict(out, rows))
 
 

@@ -1,4 +1,5 @@
-"""ModelManager internals, in process: close while a version loads, failed versions not retried.
+"""ModelManager internals, in process: close while a version loads, failed versions not retried,
+a request that outlives an unload.
 
 Model versions are real exports (a small model written by an in-process runtime), copied into
 the manager's base path as an exporter would.
@@ -112,3 +113,23 @@ def test_manager_failed_versions_are_attempted_once_across_polls(small, tmp_path
             assert sv.state == "AVAILABLE"
     finally:
         mgr.close()
+
+
+def test_manager_request_outliving_unload_gets_unavailable(small, tmp_path):
+    drop_version(small, tmp_path / "base", "small", 1)
+    x = np.ones((2, 3), "float32")
+    for batching in ({"enabled": True}, {"enabled": False}):
+        mgr = ModelManager(tmp_path / "base", batching=batching)
+        try:
+            with mgr.use("small") as sv:
+                # An unload that gives up waiting for this request (30 s in the server) frees the model.
+                t = threading.Thread(target=mgr._unload, args=(sv,), kwargs={"wait_users_s": 0.05})
+                t.start()
+                t.join(timeout=30)
+                assert sv.state == "END"
+                with pytest.raises(kf.errors.UnavailableError, match="was unloaded"):
+                    mgr.submit(sv, {"a": x})  # not an AssertionError or AttributeError (500)
+                with pytest.raises(kf.errors.UnavailableError, match="was unloaded"):
+                    mgr.loaded(sv)  # what the REST handler reads the model with
+        finally:
+            mgr.close()
