@@ -6,9 +6,12 @@ Routes (TF Serving's documented JSON field names):
 ``GET /v1/models/{name}[/versions/{v}]/metadata`` (signature),
 ``POST /v1/models/{name}[/versions/{v}]:predict`` (row ``instances`` or columnar ``inputs``),
 ``POST /v1/models/{name}[/versions/{v}]:classify`` (``examples``; see `class_outputs`).
-Errors are ``{"error": "..."}`` with 400 (bad input), 404 (no such model or version), 413
-(body too big) or 503 (version loading, batch queue full). Predicts are batched by the
-version's Batcher or run in a thread pool; the IO loop only awaits them.
+Errors are ``{"error": "..."}`` with TF Serving's status for the error's code (`HTTP_STATUS`):
+400 (bad input; also FAILED_PRECONDITION, as TF Serving), 404 (no such model or version), 413
+(body too big), 500 (internal) or 503 (version loading or unloaded, batch queue full).
+Predicts are batched by the version's Batcher or run in a thread pool; the IO loop only
+awaits them. A manager that does not watch looks at the disk (and may load) on each lookup:
+those lookups run in a thread pool too.
 
 Contents: parse_predict, format_predict, class_outputs, parse_classify, make_app, listen_rest.
 """
@@ -29,7 +32,8 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from ..errors import InvalidArgumentError, KernelflowError, NotFoundError, UnavailableError
+from .. import errors
+from ..errors import InvalidArgumentError, KernelflowError, NotFoundError
 from .model_manager import ModelManager
 from .models import check_model_name
 
@@ -38,6 +42,19 @@ log = logging.getLogger("kernelflow.rest")
 DEFAULT_MAX_BODY_BYTES = 64 << 20
 _PATH_RE = re.compile(r"^/v1/models/(?P<name>[^/:]*)(?:/versions/(?P<version>[^/:]*))?"
                       r"(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?/?$")
+# TensorFlow Serving's HTTP status per error code (model_servers/http_server.cc, ToHTTPStatusCode);
+# looked up along the exception's class hierarchy, so ShapeError is InvalidArgumentError's 400.
+HTTP_STATUS = {errors.InvalidArgumentError: 400, errors.FailedPreconditionError: 400, errors.NotFoundError: 404,
+               errors.AlreadyExistsError: 409, errors.PermissionDeniedError: 403, errors.UnauthenticatedError: 401,
+               errors.ResourceExhaustedError: 429, errors.CancelledError: 499, errors.DeadlineExceededError: 504,
+               errors.UnavailableError: 503, errors.InternalError: 500}
+
+
+def http_status(e: KernelflowError) -> int:
+    """TF Serving's HTTP status for ``e`` (`HTTP_STATUS`; 500 for a code it does not list)."""
+    return next((HTTP_STATUS[c] for c in type(e).__mro__ if c in HTTP_STATUS), 500)
+
+
 _DT = {"float16": "DT_HALF", "float32": "DT_FLOAT", "float64": "DT_DOUBLE", "int8": "DT_INT8", "int16": "DT_INT16",
        "int32": "DT_INT32", "int64": "DT_INT64", "uint8": "DT_UINT8", "uint16": "DT_UINT16", "uint32": "DT_UINT32",
        "uint64": "DT_UINT64", "bool": "DT_BOOL", "complex64": "DT_COMPLEX64", "complex128": "DT_COMPLEX128"}
@@ -235,12 +252,11 @@ class _ModelsHandler(tornado.web.RequestHandler):
     async def _guard(self, coro: Any) -> None:
         try:
             await coro
-        except NotFoundError as e:
-            self._send({"error": e.message}, 404)
-        except UnavailableError as e:  # loading, or the batch queue is full: retry later
-            self._send({"error": e.message}, 503)
-        except KernelflowError as e:
-            self._send({"error": e.message if hasattr(e, "message") else str(e)}, 400)
+        except KernelflowError as e:  # 503: loading, or the batch queue is full: retry later
+            status = http_status(e)
+            if status >= 500 and status != 503:
+                log.error("REST %s %s failed", self.request.method, self.request.path, exc_info=True)
+            self._send({"error": getattr(e, "message", None) or str(e)}, status)
         except Exception as e:  # the server goes on; the client hears what failed
             log.error("REST %s %s failed", self.request.method, self.request.path, exc_info=True)
             self._send({"error": f"internal error: {type(e).__name__}: {e}"}, 500)

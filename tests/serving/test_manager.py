@@ -1,5 +1,5 @@
 """ModelManager internals, in process: close while a version loads, failed versions not retried,
-a request that outlives an unload.
+a request that outlives an unload, REST's status codes per error.
 
 Model versions are real exports (a small model written by an in-process runtime), copied into
 the manager's base path as an exporter would.
@@ -133,3 +133,14 @@ def test_manager_request_outliving_unload_gets_unavailable(small, tmp_path):
                     mgr.loaded(sv)  # what the REST handler reads the model with
         finally:
             mgr.close()
+
+
+@pytest.mark.parametrize("error,status", [
+    (kf.errors.InvalidArgumentError, 400), (kf.errors.ShapeError, 400), (kf.errors.NotFoundError, 404),
+    (kf.errors.FailedPreconditionError, 400),  # TF Serving answers FAILED_PRECONDITION with 400
+    (kf.errors.UnavailableError, 503), (kf.errors.InternalError, 500), (kf.errors.ResourceExhaustedError, 429),
+])
+def test_rest_error_status_follows_tf_serving(error, status):
+    from kernelflow.runtime_server.rest import http_status
+
+    assert http_status(error("x")) == status
