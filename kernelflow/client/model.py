@@ -97,7 +97,8 @@ def list_models(runtime: Runtime) -> list[dict]:
 
 
 class LocalModel:
-    """A model directory loaded into a runtime's graph (see `load_model`)."""
+    """A model directory loaded into a runtime's graph (see `load_model`); ``path`` is what was
+    loaded: the version directory, or the ``.tar.gz`` it came in."""
 
     def __init__(self, graph: RemoteGraph, signature: dict, path: Path):
         self.graph, self.signature, self.path = graph, signature, path
@@ -117,9 +118,15 @@ class LocalModel:
 
 def _load_archive(path: Path, runtime: Runtime | None) -> LocalModel:
     """A ``.tar.gz`` written by ``kernelflow export-model``: ``<name>/<version>/`` files."""
+    import platform
     import tarfile
     import tempfile
 
+    if not hasattr(tarfile, "data_filter"):  # the "data" extraction filter came in 3.10.12 / 3.11.4 / 3.12
+        raise FailedPreconditionError(
+            f"load_model: unpacking {path} safely needs tarfile's 'data' filter, which needs Python >= 3.10.12 "
+            f"(3.10.x), >= 3.11.4 (3.11.x) or >= 3.12; this is Python {platform.python_version()}. Upgrade "
+            "Python, or unpack the archive yourself and load its <name>/<version> directory")
     with tempfile.TemporaryDirectory(prefix="kf-model-") as tmp:
         try:
             with tarfile.open(path, "r:gz") as tar:
@@ -130,7 +137,9 @@ def _load_archive(path: Path, runtime: Runtime | None) -> LocalModel:
         if len(names) != 1:
             raise NotFoundError(f"load_model: {path} must hold one <name>/<version>/ model dir; got "
                                 f"{sorted(d.name for d in names)}")
-        return load_model(names[0], runtime)  # reads every file into memory: tmp can go
+        model = load_model(names[0], runtime)  # reads every file into memory: tmp can go
+    model.path = path  # not the temp dir, which is gone now
+    return model
 
 
 def load_model(path: str | Path, runtime: Runtime | None = None) -> LocalModel:

@@ -52,6 +52,7 @@ def test_export_model_to_tar_gz_of_a_chosen_version(exported, tmp_path):
                                    ["graph.msgpack", "signature.json", "variables.safetensors", "MODEL_COMPLETE"])
     assert names[-1] == "digits/1/MODEL_COMPLETE"  # written last, as in the model dir
     m = kf.load_model(to)
+    assert m.path == to and m.path.is_file()  # the archive, not the temp dir it was unpacked into
     out = m.predict({"image": d.X[:5]})
     ref = kf.load_model(state / "models" / "digits" / "1").predict({"image": d.X[:5]})
     np.testing.assert_array_equal(out["probabilities"], ref["probabilities"])
@@ -89,3 +90,12 @@ def test_load_model_archive_with_path_traversal_is_refused(tmp_path):
     with pytest.raises(kf.errors.FailedPreconditionError, match="not a readable model archive"):
         kf.load_model(evil)
     assert not (tmp_path / "escaped").exists()
+
+
+def test_load_model_archive_without_tarfile_data_filter_names_python_needed(exported, tmp_path, monkeypatch):
+    _, state = exported
+    to = tmp_path / "d.tar.gz"
+    assert run_cli("--state-dir", str(state), "digits", "--to", str(to)).returncode == 0
+    monkeypatch.delattr(tarfile, "data_filter")  # as on Python 3.10.0-3.10.11 / 3.11.0-3.11.3
+    with pytest.raises(kf.errors.FailedPreconditionError, match=r"needs Python >= 3\.10\.12"):
+        kf.load_model(to)
