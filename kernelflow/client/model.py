@@ -6,20 +6,17 @@ Contents: export, ModelHandle, list_models, load_model, LocalModel.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from ..errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError
 from ..graph.ir import Tensor
 
 if TYPE_CHECKING:
     from .graph import RemoteGraph
     from .runtime import Runtime
-
-MARKER = "MODEL_COMPLETE"  # the runtime's models.py writes it last
 
 
 def _node_names(graph: RemoteGraph, m: Any, what: str) -> dict[str, str]:
@@ -153,29 +150,22 @@ def load_model(path: str | Path, runtime: Runtime | None = None) -> LocalModel:
         NotFoundError: no complete model version there.
         FailedPreconditionError: damaged files.
     """
-    from safetensors.numpy import load_file
-
-    from ..protocol.codec import decode
+    # The on-disk format is the runtime's (lazily: a client machine may lack its kernels).
+    from ..runtime_server.models import MARKER, _versions_on_disk, read_model_dir
     from .runtime import connect
 
     p = Path(path)
     if p.is_file() and p.name.endswith((".tar.gz", ".tgz")):
         return _load_archive(p, runtime)
     if not (p / MARKER).is_file():
-        versions = sorted(int(d.name) for d in p.glob("*") if d.name.isdigit() and (d / MARKER).is_file()) \
-            if p.is_dir() else []
+        versions = _versions_on_disk(p)
         if not versions:
             raise NotFoundError(f"load_model: {p} holds no complete model version (no {MARKER})")
         p = p / str(versions[-1])
     try:
-        signature = json.loads((p / "signature.json").read_text())
-        dicts = decode((p / "graph.msgpack").read_bytes())["nodes"]
-        arrays = load_file(str(p / "variables.safetensors"))
-        for d in dicts:
-            if d.get("op") == "variable":
-                d["attrs"] = {**(d.get("attrs") or {}), "initial": arrays[d["name"]]}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise FailedPreconditionError(f"load_model: model at {p} is damaged: {e}") from e
+        dicts, signature = read_model_dir(p)
+    except KernelflowError as e:
+        raise type(e)(f"load_model: {e.message}") from e
     rt = runtime if runtime is not None else connect("inproc")
     gname = f"{p.parent.name}@{p.name}"
     if gname in rt.graphs():

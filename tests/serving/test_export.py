@@ -127,6 +127,16 @@ def test_load_model_without_marker_raises(tmp_path):
         kf.load_model(tmp_path / "m")
 
 
+def test_load_model_damaged_files_raise_naming_the_dir(tmp_path):
+    d = tmp_path / "m" / "1"
+    d.mkdir(parents=True)
+    (d / "signature.json").write_text("{}")
+    (d / "graph.msgpack").write_bytes(b"\x00 not msgpack")
+    (d / "MODEL_COMPLETE").write_text("x\n")
+    with pytest.raises(kf.errors.FailedPreconditionError, match=f"load_model: model at {d} is damaged"):
+        kf.load_model(tmp_path / "m")
+
+
 def _dropout_net(rt: kf.Runtime, training_flag: bool):
     """x -> dense -> dropout(0.5) -> batch norm -> dense; training a bool placeholder (or True)."""
     g = rt.graph("drop")
