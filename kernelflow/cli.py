@@ -246,27 +246,32 @@ def cmd_export_model(args: argparse.Namespace) -> int:
               f"{versions}", file=sys.stderr)
         return 1
     to = Path(args.to)
-    if to.name.endswith((".tar.gz", ".tgz")):
-        if to.exists():
-            print(f"kernelflow export-model: {to} exists already", file=sys.stderr)
-            return 1
-        tmp = to.with_name(f".{to.name}.tmp")
-        with tarfile.open(tmp, "w:gz") as tar:
-            # The marker goes last, as when the version was written.
-            for p in sorted(src.iterdir(), key=lambda p: (p.name == MARKER, p.name)):
-                tar.add(p, arcname=f"{args.name}/{version}/{p.name}", recursive=False)
-        os.replace(tmp, to)
-    else:
-        dest = to / args.name / str(version)
-        if dest.exists():
-            print(f"kernelflow export-model: {dest} exists already", file=sys.stderr)
-            return 1
+    archive = to.name.endswith((".tar.gz", ".tgz"))
+    dest = to if archive else to / args.name / str(version)
+    if dest.exists():
+        print(f"kernelflow export-model: {dest} exists already", file=sys.stderr)
+        return 1
+    # A temp name of its own (concurrent exports must not share one), removed whatever happens.
+    tmp = dest.parent / f".{dest.name}.tmp-{secrets.token_hex(4)}"
+    try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".tmp-{version}-{secrets.token_hex(4)}"
-        shutil.copytree(src, tmp)
+        if archive:
+            with tarfile.open(tmp, "x:gz") as tar:
+                # The marker goes last, as when the version was written.
+                for p in sorted(src.iterdir(), key=lambda p: (p.name == MARKER, p.name)):
+                    tar.add(p, arcname=f"{args.name}/{version}/{p.name}", recursive=False)
+        else:
+            shutil.copytree(src, tmp)
         os.replace(tmp, dest)  # whole or not at all, for a watcher of that base path
-        to = dest
-    print(f"exported model '{args.name}' version {version} to {to}", flush=True)
+    except (OSError, shutil.Error, tarfile.TarError) as e:
+        print(f"kernelflow export-model: cannot write {dest}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+    print(f"exported model '{args.name}' version {version} to {dest}", flush=True)
     return 0
 
 

@@ -99,3 +99,24 @@ def test_load_model_archive_without_tarfile_data_filter_names_python_needed(expo
     monkeypatch.delattr(tarfile, "data_filter")  # as on Python 3.10.0-3.10.11 / 3.11.0-3.11.3
     with pytest.raises(kf.errors.FailedPreconditionError, match=r"needs Python >= 3\.10\.12"):
         kf.load_model(to)
+
+
+def test_export_model_failed_copy_leaves_no_temp_dir(exported, tmp_path):
+    _, state = exported
+    src = tmp_path / "base" / "digits" / "1"
+    import shutil
+
+    shutil.copytree(state / "models" / "digits" / "1", src)
+    (src / "dangling").symlink_to(tmp_path / "nowhere")  # copytree fails on it after copying the rest
+    r = run_cli("--model-base-path", str(tmp_path / "base"), "digits", "--to", str(tmp_path / "out"))
+    assert r.returncode == 1 and "cannot write" in r.stderr, (r.returncode, r.stderr)
+    assert list((tmp_path / "out" / "digits").iterdir()) == []  # neither the version nor a temp dir
+
+
+def test_export_model_tar_gz_does_not_collide_with_a_leftover_temp(exported, tmp_path):
+    _, state = exported
+    (tmp_path / ".d.tar.gz.tmp").mkdir()  # what a crashed (or a concurrent) export of the old fixed name left
+    r = run_cli("--state-dir", str(state), "digits", "--to", str(tmp_path / "d.tar.gz"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".d.tar.gz")) == [".d.tar.gz.tmp"]
+    assert kf.load_model(tmp_path / "d.tar.gz").path == tmp_path / "d.tar.gz"
