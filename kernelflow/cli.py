@@ -69,24 +69,23 @@ def _usage_error(message: str) -> None:
 
 def _model_settings(args: argparse.Namespace, prog: str) -> tuple[dict, dict]:
     """(per-model config, default batching options) from the serving flags; SystemExit(2) when bad."""
-    from .runtime_server.model_manager import load_model_config
+    from .runtime_server.model_manager import load_model_config, parse_batching
 
     if args.file_system_poll_wait_seconds <= 0:
         _usage_error(f"kernelflow {prog}: --file-system-poll-wait-seconds must be > 0; "
                      f"got {args.file_system_poll_wait_seconds}")
-    for flag in ("max_batch_size", "max_enqueued_batches"):
-        if getattr(args, flag) < 1:
-            _usage_error(f"kernelflow {prog}: --{flag.replace('_', '-')} must be >= 1; got {getattr(args, flag)}")
-    if args.batch_timeout_micros < 0:
-        _usage_error(f"kernelflow {prog}: --batch-timeout-micros must be >= 0; got {args.batch_timeout_micros}")
+    batching = {"enabled": args.batching == "on", "max_batch_size": args.max_batch_size,
+                "batch_timeout_micros": args.batch_timeout_micros, "max_enqueued_batches": args.max_enqueued_batches}
+    try:  # the config file's checks, with the flags' names in the message
+        parse_batching(batching, f"kernelflow {prog}", {k: "--" + k.replace("_", "-") for k in batching})
+    except KernelflowError as e:
+        _usage_error(str(e))
     config = {}
     if args.model_config_file:
         try:
             config = load_model_config(args.model_config_file)
         except KernelflowError as e:
             _usage_error(f"kernelflow {prog}: {e}")
-    batching = {"enabled": args.batching == "on", "max_batch_size": args.max_batch_size,
-                "batch_timeout_micros": args.batch_timeout_micros, "max_enqueued_batches": args.max_enqueued_batches}
     return config, batching
 
 

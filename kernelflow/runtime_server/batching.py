@@ -22,7 +22,7 @@ every output back by row ranges, so each caller's future gets exactly its own ro
 Callers on an asyncio loop should ``await asyncio.wrap_future(batcher.submit(x))`` rather
 than block a pool thread on ``.result()``: a pool of N threads would cap batches at N requests.
 
-Contents: BatchingOptions, Batcher.
+Contents: check_option, BatchingOptions, Batcher.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +42,20 @@ from kernelflow.errors import InvalidArgumentError, UnavailableError
 
 RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 _IDLE, _COLLECTING, _WAKING, _RUNNING = range(4)  # the worker's states
+
+
+def check_option(name: str, value: Any, label: str | None = None) -> None:
+    """Raise InvalidArgumentError unless ``value`` suits batching option ``name`` (a field of
+    `BatchingOptions`); the message names it as ``label`` (default ``batching option NAME``)."""
+    label = label or f"batching option {name}"
+    if name == "enabled":
+        if not isinstance(value, bool):
+            raise InvalidArgumentError(f"{label} must be true or false (a bool); got {value!r}")
+        return
+    positive = name != "batch_timeout_micros"  # a timeout of 0 means "never wait"
+    if not isinstance(value, int) or isinstance(value, bool) or value < (1 if positive else 0):
+        want = "a positive integer" if positive else "a non-negative integer"
+        raise InvalidArgumentError(f"{label} must be {want}; got {value!r}")
 
 
 @dataclass
@@ -62,16 +77,8 @@ class BatchingOptions:
 
     def validate(self) -> BatchingOptions:
         """Check every field; returns self. Raises InvalidArgumentError naming the bad option."""
-        if not isinstance(self.enabled, bool):
-            raise InvalidArgumentError(f"batching option enabled must be a bool; got {self.enabled!r}")
         for f in fields(self):
-            if f.name == "enabled":
-                continue
-            v = getattr(self, f.name)
-            positive = f.name != "batch_timeout_micros"  # a timeout of 0 means "never wait"
-            if not isinstance(v, int) or isinstance(v, bool) or v < (1 if positive else 0):
-                want = "a positive integer" if positive else "a non-negative integer"
-                raise InvalidArgumentError(f"batching option {f.name} must be {want}; got {v!r}")
+            check_option(f.name, getattr(self, f.name))
         return self
 
 

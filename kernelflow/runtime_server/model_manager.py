@@ -32,20 +32,21 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError, UnavailableError
+from .batching import BatchingOptions, check_option
 from .devices import DeviceManager
 from .models import _NAME_RE, LoadedModel, _versions_on_disk, check_model_name
 
 log = logging.getLogger("kernelflow.models")
 
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
-BATCHING_FIELDS = {"enabled": bool, "max_batch_size": int, "batch_timeout_micros": int, "max_enqueued_batches": int}
+BATCHING_FIELDS = tuple(f.name for f in fields(BatchingOptions))
 KEEP_ENDED = 5  # END versions kept in a model's status (newest first), so it does not grow forever
 # Test hook: while <dir>/hold-<model name> exists, loads of that model wait in LOADING.
 LOAD_GATE_ENV = "KERNELFLOW_TEST_LOAD_GATE"
@@ -102,21 +103,20 @@ def _parse_policy(v: Any, where: str) -> VersionPolicy:
                                f"ints]}} or {{\"latest\": {{\"num_versions\": N}}}}; got {json.dumps(v)}")
 
 
-def parse_batching(doc: Any, where: str) -> dict[str, Any]:
-    """Checked batching options: a map with keys of `BATCHING_FIELDS`."""
+def parse_batching(doc: Any, where: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """Checked batching options: a map with keys of `BATCHING_FIELDS` (values checked by
+    batching.check_option). ``labels`` names options in messages (the CLI: its flags).
+
+    Raises:
+        InvalidArgumentError: ``where: <option> must be ...; got ...``.
+    """
     if not isinstance(doc, dict):
         raise InvalidArgumentError(f"{where}: batching must be an object; got {json.dumps(doc)}")
-    out = {}
     for k, v in doc.items():
-        want = BATCHING_FIELDS.get(k)
-        if want is None:
+        if k not in BATCHING_FIELDS:
             raise InvalidArgumentError(f"{where}: unknown batching option {k!r}; known: {sorted(BATCHING_FIELDS)}")
-        if want is bool and not isinstance(v, bool) or want is int and (
-                not isinstance(v, int) or isinstance(v, bool) or v < (0 if k == "batch_timeout_micros" else 1)):
-            raise InvalidArgumentError(f"{where}: batching option {k!r} must be "
-                                       f"{'true or false' if want is bool else 'a positive integer'}; got {v!r}")
-        out[k] = v
-    return out
+        check_option(k, v, f"{where}: " + (labels or {}).get(k, f"batching option {k!r}"))
+    return dict(doc)
 
 
 def parse_model_config(doc: Any) -> dict[str, ModelConfig]:
@@ -394,7 +394,7 @@ class ModelManager:
         opts = {**self.batching, **self._settings(model.name).batching}
         if not opts.get("enabled", True) or not model.batchable:
             return None
-        from .batching import Batcher, BatchingOptions
+        from .batching import Batcher
 
         return Batcher(model.run, BatchingOptions(**opts), name=f"{model.name}:{model.version}")
 

@@ -332,6 +332,20 @@ def test_serve_models_bad_config_file_exits_2_naming_it(base, tmp_path):
     assert r.returncode == 2 and "model 'digits'" in r.stderr and "sometimes" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--max-batch-size", "0"], "kernelflow serve-models: --max-batch-size must be a positive integer; got 0"),
+    (["--max-enqueued-batches", "-2"], "--max-enqueued-batches must be a positive integer; got -2"),
+    (["--batch-timeout-micros", "-1"], "--batch-timeout-micros must be a non-negative integer; got -1"),
+])
+def test_serve_models_bad_batching_flag_exits_2_naming_the_flag(base, flags, message):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "kernelflow", "serve-models", "--model-base-path", str(base),
+                        "--port", "0", *flags], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
 def test_batching_full_queue_gives_503_and_server_goes_on(inproc_state, tmp_path):
     g = inproc_state.graph("slow")
     x = g.placeholder((None, 1024), "float32", name="x")
