@@ -31,7 +31,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -229,8 +229,9 @@ class ModelManager:
             self.batching = dict(batching)
 
     def start(self, poll_wait_s: float = 1.0) -> None:
-        """Load what the policies want now (waiting for it), then watch the base path every ``poll_wait_s``."""
-        if self._thread is not None:
+        """Load what the policies want now (waiting for it), then watch the base path every ``poll_wait_s``.
+        Requests meanwhile see the versions START or LOADING (UnavailableError)."""
+        if self._thread is not None or self._stop.is_set():
             return
         self.poll_wait_s = float(poll_wait_s)
         self._loader = ThreadPoolExecutor(2, thread_name_prefix="kf-model-load")
@@ -244,8 +245,9 @@ class ModelManager:
         Versions not loaded yet end (END): a load still running releases what it built instead
         of serving it, and nothing is loaded after this."""
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout=10)  # (not started yet: a `start` still loading; it will not watch)
         with self._lock:
             versions = []
             for vs in self._models.values():
@@ -298,7 +300,8 @@ class ModelManager:
                 self.polls += 1
         if wait:
             for f in started:
-                f.result()
+                with contextlib.suppress(CancelledError):  # a close() dropped the queued load
+                    f.result()
 
     def _reconcile(self, name: str) -> list[Future]:
         on_disk = _versions_on_disk(self.base / name) if self.base is not None else []
