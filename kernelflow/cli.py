@@ -16,9 +16,7 @@ import secrets
 import signal
 import ssl
 import sys
-import threading
 from pathlib import Path
-from typing import Any
 
 from . import __version__
 from .client.local import RUNTIME_FILE_PREFIX, is_loopback, pid_alive, read_runtime_file, runtime_dir, runtime_files
@@ -106,13 +104,6 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="the queue holds N x max-batch-size rows; a request over that gets 503 (default 100)")
 
 
-def _start_models(manager: Any, poll_wait_s: float) -> None:
-    try:
-        manager.start(poll_wait_s)
-    except Exception:  # the server goes on without them; the log says why
-        log.error("starting the model manager failed", exc_info=True)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run a runtime server until ``server.shutdown``, SIGTERM or Ctrl-C, then shut the service down
     cleanly (jobs stopped, every graph checkpointed when there is a state dir)."""
@@ -161,11 +152,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"    connect with kf.connect(\"{url}/?token={token}\")", flush=True)
         print(f"    runtime file: {path}", flush=True)
         if service.models.base is not None:
-            # Load the models there, then watch for new versions: in a thread of its own, as
-            # loading takes as long as the models need and RPC clients must not wait for it
-            # (a model request meanwhile gets UnavailableError: its version is LOADING).
-            threading.Thread(target=_start_models, args=(service.models, args.file_system_poll_wait_seconds),
-                             name="kf-model-start", daemon=True).start()
+            # Load the models there on the manager's loader threads, then watch for new versions.
+            # Not waiting for the loads: they take as long as the models need, and RPC clients
+            # must not wait for them (a model request meanwhile gets UnavailableError: START/LOADING).
+            service.models.start(args.file_system_poll_wait_seconds, wait=False)
         if args.http_port is None or args.http_port >= 0:  # TF Serving's REST API on this IO loop (issue #7)
             from .runtime_server.rest import listen_rest
 

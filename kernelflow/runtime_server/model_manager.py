@@ -228,15 +228,16 @@ class ModelManager:
         if batching is not None:
             self.batching = dict(batching)
 
-    def start(self, poll_wait_s: float = 1.0) -> None:
-        """Load what the policies want now (waiting for it), then watch the base path every ``poll_wait_s``.
-        Requests meanwhile see the versions START or LOADING (UnavailableError)."""
+    def start(self, poll_wait_s: float = 1.0, wait: bool = True) -> None:
+        """Load what the policies want now, then watch the base path every ``poll_wait_s``. With
+        ``wait``, return once those loads finished; else once they are scheduled (a look at the
+        disk): requests meanwhile see the versions START or LOADING (UnavailableError)."""
         if self._thread is not None or self._stop.is_set():
             return
         self.poll_wait_s = float(poll_wait_s)
         self._loader = ThreadPoolExecutor(2, thread_name_prefix="kf-model-load")
         self._thread = threading.Thread(target=self._watch, name="kf-model-watch", daemon=True)
-        self.poll(wait=True)
+        self.poll(wait=wait)
         self._thread.start()
 
     def close(self) -> None:
@@ -247,7 +248,7 @@ class ModelManager:
         self._stop.set()
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            thread.join(timeout=10)  # (not started yet: a `start` still loading; it will not watch)
+            thread.join(timeout=10)  # (not started yet: a `start` still waiting for loads; it will not watch)
         with self._lock:
             versions = []
             for vs in self._models.values():
