@@ -18,34 +18,12 @@ NOTEBOOK = pathlib.Path(__file__).resolve().parents[2] / "examples" / "monitor.i
 ROOT = NOTEBOOK.parents[1]
 
 
-@pytest.fixture
-def jupyter_env(tmp_path, monkeypatch):
-    for var, sub in (("IPYTHONDIR", "ipython"), ("JUPYTER_RUNTIME_DIR", "runtime"), ("JUPYTER_DATA_DIR", "data"),
-                     ("JUPYTER_CONFIG_DIR", "config")):
-        (tmp_path / sub).mkdir()
-        monkeypatch.setenv(var, str(tmp_path / sub))
-    return tmp_path
-
-
 @pytest.mark.slow
-def test_monitor_notebook_runs_on_real_kernel_and_updates_while_cells_are_free(jupyter_env, monkeypatch):
-    from tests.runtime.test_server import ServerProcess
-
-    srv = ServerProcess(jupyter_env).wait_listening()
-    token_file = jupyter_env / "token"
-    token_file.write_text(srv.token)
-    monkeypatch.setenv("KERNELFLOW_URL", srv.url)
-    monkeypatch.setenv("KERNELFLOW_TOKEN_FILE", str(token_file))
-    monkeypatch.delenv("KERNELFLOW_TOKEN", raising=False)
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    try:
-        nbclient.NotebookClient(nb, timeout=180, kernel_name="python3", store_widget_state=True,
-                                resources={"metadata": {"path": str(jupyter_env)}}).execute()
-        with srv.connect() as rt:
-            jobs = [j for j in rt.jobs() if j["name"] == "digits-mlp"]
-            assert [j["status"] for j in jobs] == ["completed"]
-    finally:
-        srv.stop()
+def test_monitor_notebook_runs_on_real_kernel_and_updates_while_cells_are_free(notebook_server, run_notebook):
+    nb = run_notebook(NOTEBOOK, timeout=180)
+    with notebook_server.connect() as rt:
+        jobs = [j for j in rt.jobs() if j["name"] == "digits-mlp"]
+        assert [j["status"] for j in jobs] == ["completed"]
     code = [c for c in nb.cells if c.cell_type == "code"]
     errors = [o for c in code for o in c.outputs if o.output_type == "error"]
     assert not errors, errors

@@ -14,34 +14,12 @@ pytest.importorskip("anywidget")
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[2] / "examples" / "inspect_cnn.ipynb"
 
 
-@pytest.fixture
-def jupyter_env(tmp_path, monkeypatch):
-    for var, sub in (("IPYTHONDIR", "ipython"), ("JUPYTER_RUNTIME_DIR", "runtime"), ("JUPYTER_DATA_DIR", "data"),
-                     ("JUPYTER_CONFIG_DIR", "config")):
-        (tmp_path / sub).mkdir()
-        monkeypatch.setenv(var, str(tmp_path / sub))
-    return tmp_path
-
-
 @pytest.mark.slow
-def test_inspect_cnn_notebook_runs_on_real_kernel(jupyter_env, monkeypatch):
-    from tests.runtime.test_server import ServerProcess
-
-    srv = ServerProcess(jupyter_env).wait_listening()
-    token_file = jupyter_env / "token"
-    token_file.write_text(srv.token)
-    monkeypatch.setenv("KERNELFLOW_URL", srv.url)  # the kernel inherits it, as from an installed kernelspec
-    monkeypatch.setenv("KERNELFLOW_TOKEN_FILE", str(token_file))
-    monkeypatch.delenv("KERNELFLOW_TOKEN", raising=False)
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    try:
-        nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True,
-                                resources={"metadata": {"path": str(jupyter_env)}}).execute()
-        rt = srv.connect()
+def test_inspect_cnn_notebook_runs_on_real_kernel(notebook_server, run_notebook):
+    srv = notebook_server
+    nb = run_notebook(NOTEBOOK, timeout=120)
+    with srv.connect() as rt:
         assert "inspect_cnn" in rt.graphs()
-        rt.close()
-    finally:
-        srv.stop()
     code = [c for c in nb.cells if c.cell_type == "code"]
     errors = [o for c in code for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
