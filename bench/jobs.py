@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import machine_facts, median, print_facts, print_table  # noqa: E402
 from rpc import Child  # noqa: E402
-from train_mlp import BETA1, BETA2, EPS, LR, SIZES, NumpyMLP, make_batches, make_weights  # noqa: E402
+from train_mlp import SIZES, NumpyMLP, build_kf_graph, make_batches, make_weights  # noqa: E402
 
 TOKEN = "bench-jobs-token"
 N_EXAMPLES = 8192
@@ -52,22 +52,10 @@ MONITORED = "server job, loss every 10, monitor"
 
 
 def build_graph(rt: Any, name: str, weights: list) -> dict[str, Any]:
-    """train_mlp's kernelflow MLP on ``rt``: placeholders, dense layers, kf.optim.Adam."""
-    import kernelflow as kf
-
-    g = rt.graph(name)
-    x = g.placeholder((None, SIZES[0]), "float32", name="x")
-    y = g.placeholder((None,), "int64", name="y")
-    h = x
-    for i, (w0, b0) in enumerate(weights):
-        with g.name_scope(f"dense{i + 1}"):
-            h = h @ g.variable(w0, name="w") + g.variable(b0, name="b")
-            if i < len(weights) - 1:
-                h = kf.relu(h)
-    loss = kf.mean(kf.softmax_cross_entropy(h, y))
-    train = kf.optim.Adam(lr=LR, beta1=BETA1, beta2=BETA2, epsilon=EPS).minimize(loss)
-    g.sync()
-    return {"g": g, "x": x, "y": y, "loss": loss, "train": train}
+    """train_mlp's kernelflow MLP on ``rt``, synced to the runtime."""
+    m = build_kf_graph(rt, name, weights)
+    m["g"].sync()
+    return m
 
 
 class Loop:

@@ -48,7 +48,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from _common import Contender, machine_facts, median, print_facts, print_table, run_interleaved  # noqa: E402
 from _rpc_peers import RAW_ACK, RAW_HEADER  # noqa: E402
-from train_mlp import BETA1, BETA2, EPS, LR, SIZES, make_batches, make_weights  # noqa: E402
+from train_mlp import build_kf_graph, make_batches, make_weights  # noqa: E402
 
 TOKEN = "bench-rpc-token"
 START_TIMEOUT_S = 90.0
@@ -216,25 +216,9 @@ def tf_graph(target: str, n_floats: int) -> TfGraph:
 
 
 def build_mlp(rt: Any, name: str, weights: list) -> Callable[[np.ndarray, np.ndarray], float]:
-    """bench/train_mlp.py's kernelflow MLP step (kf.optim.Adam, one callable), on any runtime.
-
-    train_mlp.build_kf always uses the in-process runtime, so the graph is built here the
-    same way on the runtime given.
-    """
-    import kernelflow as kf
-
-    g = rt.graph(name)
-    x = g.placeholder((None, SIZES[0]), "float32", name="x")
-    y = g.placeholder((None,), "int64", name="y")
-    h = x
-    for i, (w0, b0) in enumerate(weights):
-        with g.name_scope(f"dense{i + 1}"):
-            h = h @ g.variable(w0, name="w") + g.variable(b0, name="b")
-            if i < len(weights) - 1:
-                h = kf.relu(h)
-    loss = kf.mean(kf.softmax_cross_entropy(h, y))
-    train = kf.optim.Adam(lr=LR, beta1=BETA1, beta2=BETA2, epsilon=EPS).minimize(loss)
-    step = g.make_callable([train, loss], feed_list=[x, y])
+    """bench/train_mlp.py's kernelflow MLP step (kf.optim.Adam, one callable), on any runtime."""
+    m = build_kf_graph(rt, name, weights)
+    step = m["g"].make_callable([m["train"], m["loss"]], feed_list=[m["x"], m["y"]])
     return lambda xb, yb: float(step(xb, yb)[1])
 
 

@@ -58,16 +58,13 @@ def make_weights(seed: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 # --------------------------------------------------------------------------- implementations
-def build_kf(weights: list, threads: int, fused_adam: bool = True) -> Callable[[np.ndarray, np.ndarray], Any]:
-    """kernelflow in-process runtime: placeholders, autodiff, kf.optim.Adam, one callable per step.
-
-    With ``fused_adam=False`` the update is built from kf.gradients and assign ops instead of
-    the optimiser's fused in-place kernel (the ``kf-unfused`` contender).
-    """
+def build_kf_graph(rt: Any, name: str, weights: list, fused_adam: bool = True) -> dict[str, Any]:
+    """The MLP on runtime ``rt``: placeholders, dense layers, kf.optim.Adam (or, with
+    ``fused_adam=False``, kf.gradients and assign ops); returns {g, x, y, loss, train}.
+    Shared by bench/rpc.py and bench/jobs.py, which build it on other runtimes."""
     import kernelflow as kf
 
-    rt = kf.connect("inproc")
-    g = rt.graph(f"mlp_{id(weights)}")
+    g = rt.graph(name)
     x = g.placeholder((None, SIZES[0]), "float32", name="x")
     y = g.placeholder((None,), "int64", name="y")
     h = x
@@ -85,6 +82,19 @@ def build_kf(weights: list, threads: int, fused_adam: bool = True) -> Callable[[
         train = kf.optim.Adam(lr=LR, beta1=BETA1, beta2=BETA2, epsilon=EPS).minimize(loss)
     else:
         train = _kf_manual_adam(kf, g, loss, params, weights)
+    return {"g": g, "x": x, "y": y, "loss": loss, "train": train}
+
+
+def build_kf(weights: list, threads: int, fused_adam: bool = True) -> Callable[[np.ndarray, np.ndarray], Any]:
+    """kernelflow in-process runtime: placeholders, autodiff, kf.optim.Adam, one callable per step.
+
+    With ``fused_adam=False`` the update is built from kf.gradients and assign ops instead of
+    the optimiser's fused in-place kernel (the ``kf-unfused`` contender).
+    """
+    import kernelflow as kf
+
+    m = build_kf_graph(kf.connect("inproc"), f"mlp_{id(weights)}", weights, fused_adam)
+    g, x, y, loss, train = m["g"], m["x"], m["y"], m["loss"], m["train"]
     step = g.make_callable([train, loss], feed_list=[x, y])
     build_kf.graph = g  # for --profile and node counts
     return lambda xb, yb: step(xb, yb)[1]
