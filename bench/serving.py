@@ -92,15 +92,10 @@ def export_digits(base_dir: Path, steps: int, hidden: list[int]) -> tuple[np.nda
     from sklearn.datasets import load_digits
 
     import kernelflow as kf
-    from kernelflow.client.transport import InprocTransport
-    from kernelflow.runtime_server.service import RuntimeService
 
     X, y = load_digits(return_X_y=True)
     X = (X / 16.0).astype("float32")
-    tr = InprocTransport()
-    tr.service = RuntimeService(state_dir=str(base_dir / "state"))
-    tr._call = tr.service.call
-    g = kf.Runtime(tr).graph(MODEL)
+    g = kf.connect("inproc", state_dir=base_dir / "state").graph(MODEL)
     x = g.placeholder((None, 64), "float32", name="x")
     labels = g.placeholder((None,), "int64", name="y")
     rng = np.random.default_rng(0)

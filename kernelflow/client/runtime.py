@@ -141,7 +141,8 @@ class Runtime:
 
 
 def connect(url: str | None = None, *, token: str | None = None, timeout: float | None = None,
-            device: str = "cpu", soft_placement: bool = False, ssl_context: Any = None) -> Runtime:
+            device: str = "cpu", soft_placement: bool = False, ssl_context: Any = None,
+            state_dir: str | None = None) -> Runtime:
     """Connect to a kernelflow runtime.
 
     Args:
@@ -157,6 +158,9 @@ def connect(url: str | None = None, *, token: str | None = None, timeout: float 
         device: default device of an in-process runtime: "cpu", "gpu", "gpu:N" or "auto".
         soft_placement: in-process runtime runs nodes asking for a missing GPU on the CPU.
         ssl_context: an ``ssl.SSLContext`` for ``kfs://`` (e.g. one trusting a self-signed cert).
+        state_dir: for ``"inproc"``: keep graphs, checkpoints, datasets, job histories and
+            exported models in this dir (`kernelflow serve --state-dir` does the same for a server);
+            ``close()`` then checkpoints and releases it.
 
     Returns:
         A `Runtime`.
@@ -169,6 +173,9 @@ def connect(url: str | None = None, *, token: str | None = None, timeout: float 
         >>> rt = kf.connect("kf://127.0.0.1:7070/?token=...")
         >>> g = rt.graph("mnist")
     """
+    if state_dir is not None and url != "inproc":
+        raise InvalidArgumentError(f"connect: state_dir is for url='inproc'; a server keeps its own "
+                                   f"(`kernelflow serve --state-dir`); got url {url!r}")
     if url is None and _default_runtime is not None:
         return _default_runtime
     if url is None:
@@ -181,7 +188,7 @@ def connect(url: str | None = None, *, token: str | None = None, timeout: float 
             return Runtime(connect_local(timeout=timeout))
         token = token or _env_token()
     if url == "inproc":
-        return Runtime(InprocTransport(device=device, soft_placement=soft_placement))
+        return Runtime(InprocTransport(device=device, soft_placement=soft_placement, state_dir=state_dir))
     if isinstance(url, str) and url.startswith(("kf://", "kfs://")):
         from .tcp import TcpTransport
 

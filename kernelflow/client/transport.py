@@ -38,14 +38,17 @@ class InprocTransport(Transport):
     Args:
         device: the runtime's default device ("cpu", "gpu:N", "auto").
         soft_placement: run nodes asking for a missing GPU on the CPU.
+        state_dir: keep graphs, checkpoints, datasets, job histories and models in this dir,
+            as `kernelflow serve --state-dir` does (None: memory only).
     """
 
     url = "inproc"
 
-    def __init__(self, device: str = "cpu", soft_placement: bool = False):
+    def __init__(self, device: str = "cpu", soft_placement: bool = False, state_dir: str | None = None):
         from ..runtime_server.service import RuntimeService  # lazily: a client machine may lack kernels
 
-        self.service = RuntimeService(device=device, soft_placement=soft_placement)
+        self.service = RuntimeService(device=device, soft_placement=soft_placement,
+                                      state_dir=str(state_dir) if state_dir is not None else None)
         self._call = self.service.call
         self._handlers: dict[str, list[Callable[[list], Any]]] = {}
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -83,3 +86,7 @@ class InprocTransport(Transport):
             self.closed = True
             self.service.peer_closed(self)
             self._queue.put(None)
+            if self.service.state is not None:
+                # This process owns the runtime: like a server's clean exit, stop jobs at a
+                # checkpoint, checkpoint the graphs and release the state dir's lock.
+                self.service.shutdown()

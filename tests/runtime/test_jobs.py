@@ -19,9 +19,7 @@ import numpy as np
 import pytest
 
 import kernelflow as kf
-from kernelflow.client.transport import InprocTransport
 from kernelflow.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from kernelflow.runtime_server.service import RuntimeService
 
 from .test_server import ServerProcess
 
@@ -82,10 +80,7 @@ def mlp(rt: kf.Runtime, name: str, hidden: int = 32, lr: float = 1e-2, width=64)
 
 def state_runtime(state_dir: Path) -> kf.Runtime:
     """An in-process runtime with a state dir."""
-    tr = InprocTransport()
-    tr.service = RuntimeService(state_dir=str(state_dir))
-    tr._call = tr.service.call
-    return kf.Runtime(tr)
+    return kf.connect("inproc", state_dir=state_dir)
 
 
 def read_events(logdir: str) -> dict[str, list[int]]:

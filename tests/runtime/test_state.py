@@ -401,3 +401,22 @@ def test_sigterm_checkpoints_everything_and_delete_is_durable(servers, tmp_path)
     assert srv3.proc.wait(timeout=WAIT_S) == 0
     with servers().connect(timeout=WAIT_S) as rt:
         np.testing.assert_array_equal(rt.graph("g")["w"].value(), np.full(4, -1.0, "float32"))
+
+
+def test_inproc_runtime_with_state_dir_keeps_graph_and_values_across_close(tmp_path):
+    rt = kf.connect("inproc", state_dir=tmp_path / "state")
+    g = rt.graph("kept")
+    v = g.variable(np.array([1.5, -2.0], "float32"), name="v")
+    g.run(kf.assign_add(v, np.array([0.25, 0.5], "float32")))
+    rt.close()  # checkpoints and releases the dir's lock, as a server's clean exit does
+    rt2 = kf.connect("inproc", state_dir=tmp_path / "state")
+    try:
+        assert rt2.graphs() == ["kept"]
+        np.testing.assert_array_equal(rt2.graph("kept").run(rt2.graph("kept")["v"]), [1.75, -1.5])
+    finally:
+        rt2.close()
+
+
+def test_connect_state_dir_with_a_server_url_raises_invalid_argument(tmp_path):
+    with pytest.raises(kf.errors.InvalidArgumentError, match=r"state_dir is for url='inproc'"):
+        kf.connect("kf://127.0.0.1:7070", token="t", state_dir=tmp_path)

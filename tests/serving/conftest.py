@@ -47,15 +47,9 @@ def build_digits(rt: kf.Runtime, name: str = "digits", steps: int = 20) -> Digit
 @pytest.fixture
 def inproc_state(tmp_path):
     """An in-process runtime with a state dir (so it can export)."""
-    from kernelflow.client.transport import InprocTransport
-    from kernelflow.runtime_server.service import RuntimeService
-
-    tr = InprocTransport()
-    tr.service = RuntimeService(state_dir=str(tmp_path / "state"))
-    tr._call = tr.service.call
-    rt = kf.Runtime(tr)
+    rt = kf.connect("inproc", state_dir=tmp_path / "state")
     yield rt
-    tr.service.shutdown()
+    rt.close()
 
 
 # ----------------------------------------------------------------- serve-models subprocesses

@@ -23,14 +23,8 @@ from .conftest import drop_version, wait_for
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> Path:
     """A version dir of model 'small': y = 2a + w, batch-major (so it gets a batcher)."""
-    from kernelflow.client.transport import InprocTransport
-    from kernelflow.runtime_server.service import RuntimeService
-
     tmp = tmp_path_factory.mktemp("small")
-    tr = InprocTransport()
-    tr.service = RuntimeService(state_dir=str(tmp / "state"))
-    tr._call = tr.service.call
-    rt = kf.Runtime(tr)
+    rt = kf.connect("inproc", state_dir=tmp / "state")
     try:
         g = rt.graph("small")
         a = g.placeholder((None, 3), "float32", name="a")
@@ -38,7 +32,7 @@ def small(tmp_path_factory) -> Path:
         assert g.export("small", inputs={"a": a}, outputs={"y": a * 2.0 + w}) == 1
         yield tmp / "state" / "models" / "small" / "1"
     finally:
-        tr.service.shutdown()
+        rt.close()
 
 
 def _batcher_threads() -> list[str]:

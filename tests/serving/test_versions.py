@@ -35,14 +35,8 @@ class Sources:
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-    from kernelflow.client.transport import InprocTransport
-    from kernelflow.runtime_server.service import RuntimeService
-
     tmp = tmp_path_factory.mktemp("sources")
-    tr = InprocTransport()
-    tr.service = RuntimeService(state_dir=str(tmp / "state"))
-    tr._call = tr.service.call
-    rt = kf.Runtime(tr)
+    rt = kf.connect("inproc", state_dir=tmp / "state")
     try:
         d = build_digits(rt, steps=5)
         X = d.X[:4]
@@ -66,7 +60,7 @@ def sources(tmp_path_factory):
         models = tmp / "state" / "models"
         yield Sources(models / "digits", models / "big" / "1", models / "other" / "1", X, expected, classes)
     finally:
-        tr.service.shutdown()
+        rt.close()
 
 
 def _predict(srv: ModelServer, path: str, X: np.ndarray) -> tuple[int, dict]:
