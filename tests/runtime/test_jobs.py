@@ -103,20 +103,6 @@ def read_events(logdir: str) -> dict[str, list[int]]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("jobs")).wait_listening()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def remote(server):
-    rt = server.connect()
-    yield rt
-    rt.close()
-
-
-@pytest.fixture(scope="module")
 def shared_digits(server):
     with server.connect() as rt:
         digits(rt, "digits")

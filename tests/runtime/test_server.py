@@ -129,20 +129,6 @@ def raw_exchange(sock: socket.socket, *messages, until_closed: bool = False, n_r
     return replies, closed
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("srv")).wait_listening()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def remote(server):
-    rt = server.connect()
-    yield rt
-    rt.close()
-
-
 # ----------------------------------------------------------------- one body, two runtimes
 def _train_mlp(rt: kf.Runtime, name: str) -> list[float]:
     g = rt.graph(name)
