@@ -191,7 +191,6 @@ def test_image_history_back_after_inproc_restart_bounded_on_disk(tmp_path):
     job = g.fit(train, data=ds, feed={x: "x"}, batch_size=BATCH, steps=60, shuffle=False, log_every=0,
                 images={"gray": images["gray"]}, image_every=2, image_keep=4, checkpoint_every_s=None)
     assert job.wait(timeout=WAIT_S) == "completed", job.error
-    rt._transport.service.shutdown()
     rt.close()
     on_disk = StateDir(state)._load_log(state / "jobs" / fs_name(job.id) / "images.log")
     assert 4 <= len(on_disk) <= 8  # compacted to the newest 4 whenever it passed 2 x 4
@@ -201,7 +200,6 @@ def test_image_history_back_after_inproc_restart_bounded_on_disk(tmp_path):
     _check_reloaded(j, 4, 60)
     recs = [r for r in rt2._transport.service.jobs.get(job.id).records if r["kind"] == "images"]
     assert len(recs) == 30 and sum(r["images"] is not None for r in recs) == 4
-    rt2._transport.service.shutdown()
     rt2.close()
 
 
@@ -274,8 +272,7 @@ def test_image_records_reach_the_tensorboard_event_files_as_image_summaries(tmp_
                 images={"gray": images["gray"]}, image_every=3, image_max=2, checkpoint_every_s=None)
     assert job.wait(timeout=WAIT_S) == "completed", job.error
     logdir = job.refresh()["tensorboard_dir"]
-    rt._transport.service.shutdown()  # flushes and closes the event writers
-    rt.close()
+    rt.close()  # an in-process runtime with a state dir shuts down: event writers flushed and closed
     found: dict[int, bytes] = {}
     for f in sorted(Path(logdir).glob("events.out.tfevents.*")):
         data, i = f.read_bytes(), 0

@@ -421,13 +421,11 @@ def test_delete_refuses_a_running_job_then_forgets_it_in_memory_and_state_dir(tm
         rt.job(job.id)
     assert not (state / "jobs" / fs_name(job.id)).exists()
     assert m.g.checkpoints()  # the job's checkpoints stay with the graph
-    rt._transport.service.shutdown()
     rt.close()
     rt2 = state_runtime(state)  # and it stays forgotten after a restart
     try:
         assert job.id not in [j["id"] for j in rt2.jobs()]
     finally:
-        rt2._transport.service.shutdown()
         rt2.close()
 
 
@@ -464,7 +462,7 @@ def test_clean_shutdown_interrupts_job_and_resume_finishes_with_same_batches(tmp
     g2 = rt2.graph("interrupted")
     np.testing.assert_allclose(g2.run(g2["w1"]), w_ref, rtol=1e-5, atol=1e-6)  # same batches, same order
     assert g2.checkpoints()[-1]["step"] == total
-    rt2._transport.service.shutdown()
+    rt2.close()
 
 
 def test_kill9_mid_job_restart_finds_graphs_checkpoint_history_and_resume_finishes(tmp_path):
