@@ -69,7 +69,7 @@ def _usage_error(message: str) -> None:
 
 def _model_settings(args: argparse.Namespace, prog: str) -> tuple[dict, dict]:
     """(per-model config, default batching options) from the serving flags; SystemExit(2) when bad."""
-    from .runtime_server.model_manager import load_model_config, parse_batching
+    from .runtime_server.serving.manager import load_model_config, parse_batching
 
     if args.file_system_poll_wait_seconds <= 0:
         _usage_error(f"kernelflow {prog}: --file-system-poll-wait-seconds must be > 0; "
@@ -107,7 +107,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run a runtime server until ``server.shutdown``, SIGTERM or Ctrl-C, then shut the service down
     cleanly (jobs stopped, every graph checkpointed when there is a state dir)."""
-    from .runtime_server.server import RuntimeServer, tune_malloc
+    from .runtime_server.net.server import RuntimeServer, tune_malloc
     from .runtime_server.service import PROTOCOL_VERSION, RuntimeService
 
     token, user_token = _read_token(args)
@@ -157,7 +157,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # must not wait for them (a model request meanwhile gets UnavailableError: START/LOADING).
             service.models.start(args.file_system_poll_wait_seconds, wait=False)
         if args.http_port is None or args.http_port >= 0:  # TF Serving's REST API on this IO loop (issue #7)
-            from .runtime_server.rest import listen_rest
+            from .runtime_server.serving.rest import listen_rest
 
             http_port = args.http_port if args.http_port is not None else (port + 1 if args.port else 0)
             try:
@@ -192,8 +192,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_serve_models(args: argparse.Namespace) -> int:
     """Serve the models under --model-base-path over REST until SIGTERM or Ctrl-C."""
-    from .runtime_server.model_manager import ModelManager
-    from .runtime_server.rest import listen_rest
+    from .runtime_server.serving.manager import ModelManager
+    from .runtime_server.serving.rest import listen_rest
 
     base = Path(args.model_base_path)
     if not base.is_dir():
@@ -226,7 +226,7 @@ def cmd_export_model(args: argparse.Namespace) -> int:
     import shutil
     import tarfile
 
-    from .runtime_server.models import MARKER, _versions_on_disk, check_model_name
+    from .runtime_server.serving.models import MARKER, _versions_on_disk, check_model_name
 
     if bool(args.state_dir) == bool(args.model_base_path):
         print("kernelflow export-model: give --state-dir or --model-base-path (one)", file=sys.stderr)

@@ -151,7 +151,7 @@ def load_model(path: str | Path, runtime: Runtime | None = None) -> LocalModel:
         FailedPreconditionError: damaged files.
     """
     # The on-disk format is the runtime's (lazily: a client machine may lack its kernels).
-    from ..runtime_server.models import MARKER, _versions_on_disk, read_model_dir
+    from ..runtime_server.serving.models import MARKER, _versions_on_disk, read_model_dir
     from .runtime import connect
 
     p = Path(path)

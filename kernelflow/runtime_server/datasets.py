@@ -29,7 +29,7 @@ from ..errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
-from .devices import Placement, to_host
+from .engine.devices import Placement, to_host
 
 if TYPE_CHECKING:
     from .service import RuntimeService

@@ -18,12 +18,12 @@ import numpy as np
 from .._version import __version__
 from ..errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError
 from .datasets import DatasetStore
-from .devices import DeviceManager
-from .jobs import JobManager
-from .models import register as register_models
-from .session import GraphSession
-from .state import StateDir
-from .summaries import register as register_summaries
+from .engine.devices import DeviceManager
+from .engine.session import GraphSession
+from .engine.summaries import register as register_summaries
+from .persist.state import StateDir
+from .serving.models import register as register_models
+from .training.jobs import JobManager
 
 PROTOCOL_VERSION = 1
 

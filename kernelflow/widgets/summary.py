@@ -2,7 +2,7 @@
 
 The runtime evaluates the tensor (or reads the variable where it lives) and sends back only
 the numbers: shape, dtype, min/max/mean/std over the finite values, NaN and Inf counts, a
-histogram (`kernelflow.runtime_server.summaries`). Nothing is added to the user's graph.
+histogram (`kernelflow.runtime_server.engine.summaries`). Nothing is added to the user's graph.
 Before asking, the inspector checks locally which placeholders the tensor needs and whether
 running it would change variables, so the details panel can say so without a round trip.
 

@@ -20,7 +20,7 @@ import pytest
 
 import kernelflow as kf
 from kernelflow.errors import InvalidArgumentError
-from kernelflow.runtime_server.fit_loop import to_uint8_images
+from kernelflow.runtime_server.training.fit_loop import to_uint8_images
 
 from .test_jobs import WAIT_S, state_runtime, wait_for
 from .test_server import ServerProcess
@@ -137,7 +137,7 @@ def test_image_records_beyond_image_keep_lose_pixels_but_keep_their_place(inproc
 
 
 def test_newest_images_only_stubs_older_records_of_a_name_in_one_notification():
-    from kernelflow.runtime_server.jobs import newest_images_only
+    from kernelflow.runtime_server.training.jobs import newest_images_only
 
     a = np.zeros((1, 2, 2, 1), np.uint8)
     recs = [{"kind": "images", "step": s, "name": n, "images": a} for s in (1, 2, 3) for n in ("p", "q")]
@@ -183,7 +183,7 @@ def _check_reloaded(job: kf.Job, keep: int, last: int) -> None:
 
 
 def test_image_history_back_after_inproc_restart_bounded_on_disk(tmp_path):
-    from kernelflow.runtime_server.state import StateDir, fs_name
+    from kernelflow.runtime_server.persist.state import StateDir, fs_name
 
     state = tmp_path / "state"
     rt = state_runtime(state)

@@ -17,7 +17,7 @@ import pytest
 
 import kernelflow as kf
 from kernelflow.client.local import default_state_dir
-from kernelflow.runtime_server.state import LOG_MAGIC, StateDir, fs_name, read_records
+from kernelflow.runtime_server.persist.state import LOG_MAGIC, StateDir, fs_name, read_records
 from tests.runtime.test_server import ServerProcess
 
 WAIT_S = 10.0

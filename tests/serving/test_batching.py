@@ -16,7 +16,7 @@ import pytest
 
 import kernelflow as kf
 from kernelflow.errors import InvalidArgumentError, NotFoundError, UnavailableError
-from kernelflow.runtime_server.batching import _COLLECTING, Batcher, BatchingOptions
+from kernelflow.runtime_server.serving.batching import _COLLECTING, Batcher, BatchingOptions
 
 from .conftest import build_digits
 

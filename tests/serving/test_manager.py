@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import kernelflow as kf
-from kernelflow.runtime_server.model_manager import LOAD_GATE_ENV, ModelManager, parse_model_config
+from kernelflow.runtime_server.serving.manager import LOAD_GATE_ENV, ModelManager, parse_model_config
 
 from .conftest import drop_version, wait_for
 
@@ -135,6 +135,6 @@ def test_manager_request_outliving_unload_gets_unavailable(small, tmp_path):
     (kf.errors.UnavailableError, 503), (kf.errors.InternalError, 500), (kf.errors.ResourceExhaustedError, 429),
 ])
 def test_rest_error_status_follows_tf_serving(error, status):
-    from kernelflow.runtime_server.rest import http_status
+    from kernelflow.runtime_server.serving.rest import http_status
 
     assert http_status(error("x")) == status

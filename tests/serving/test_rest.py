@@ -269,7 +269,7 @@ def test_rest_predict_right_after_export_gets_the_new_version(served):
 def test_serve_answers_rpc_while_its_models_load(inproc_state, tmp_path, monkeypatch):
     """`kernelflow serve` loads the state dir's models off its IO loop: RPC answers meanwhile."""
     import kernelflow as kf
-    from kernelflow.runtime_server.model_manager import LOAD_GATE_ENV
+    from kernelflow.runtime_server.serving.manager import LOAD_GATE_ENV
 
     g = inproc_state.graph("small")
     a = g.placeholder((None, 3), "float32", name="a")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import kernelflow as kf
-from kernelflow.runtime_server.model_manager import parse_model_config
+from kernelflow.runtime_server.serving.manager import parse_model_config
 
 from .conftest import ModelServer, build_digits, drop_version, wait_for
 
@@ -371,7 +371,7 @@ def test_batching_full_queue_gives_503_and_server_goes_on(inproc_state, tmp_path
 
 
 def test_manager_warms_up_before_available_and_unload_drops_session(sources, tmp_path):
-    from kernelflow.runtime_server.model_manager import ModelManager
+    from kernelflow.runtime_server.serving.manager import ModelManager
 
     drop_version(sources.digits / "1", tmp_path / "b", "digits", 1)
     mgr = ModelManager(tmp_path / "b")
@@ -388,7 +388,7 @@ def test_manager_warms_up_before_available_and_unload_drops_session(sources, tmp
 
 
 def test_class_outputs_rules_and_classify_labels_from_classes_output():
-    from kernelflow.runtime_server.rest import class_outputs, format_classify
+    from kernelflow.runtime_server.serving.rest import class_outputs, format_classify
 
     f = {"dtype": "float32", "shape": [None, 3]}
     assert class_outputs({"scores": f, "classes": {"dtype": "int64", "shape": [None, 3]}}) == ("scores", "classes")

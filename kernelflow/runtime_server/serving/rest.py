@@ -32,9 +32,9 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from .. import errors
-from ..errors import InvalidArgumentError, KernelflowError, NotFoundError
-from .model_manager import ModelManager
+from ...errors import InvalidArgumentError, KernelflowError, NotFoundError
+from ... import errors
+from .manager import ModelManager
 from .models import check_model_name
 
 log = logging.getLogger("kernelflow.rest")

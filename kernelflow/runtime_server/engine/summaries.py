@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidArgumentError, NotFoundError
-from ..graph.ir import Tensor, Variable
-from ..graph.ops.state import placeholder_op
+from ...errors import InvalidArgumentError, NotFoundError
+from ...graph.ir import Tensor, Variable
+from ...graph.ops.state import placeholder_op
 from .executor import Plan
 from .session import GraphSession
 

@@ -29,11 +29,11 @@ import numpy as np
 from tornado.iostream import IOStream, SSLIOStream
 from tornado.tcpserver import TCPServer
 
-from ..errors import InvalidArgumentError, KernelflowError, UnauthenticatedError
-from ..protocol.codec import DEFAULT_MAX_MESSAGE_BYTES
-from ..protocol.rpc import Request, error_to_map, parse_message, response
+from ...errors import InvalidArgumentError, KernelflowError, UnauthenticatedError
+from ...protocol.codec import DEFAULT_MAX_MESSAGE_BYTES
+from ...protocol.rpc import Request, error_to_map, parse_message, response
+from ..service import PROTOCOL_VERSION, RuntimeService
 from .connection import READ_CHUNK_BYTES, ConnectionState, SocketConnection, StreamConnection
-from .service import PROTOCOL_VERSION, RuntimeService
 
 log = logging.getLogger("kernelflow.server")
 

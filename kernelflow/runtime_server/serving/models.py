@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from ..errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError
-from ..graph.ir import Tensor, node_to_dict
-from ..graph.ops.state import placeholder_op, variable_op
-from ..graph.shapes import format_shape
-from ..protocol.codec import decode, encode
-from .devices import DeviceManager
-from .session import GraphSession
+from ...errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError
+from ...graph.ir import Tensor, node_to_dict
+from ...graph.ops.state import placeholder_op, variable_op
+from ...graph.shapes import format_shape
+from ...protocol.codec import decode, encode
+from ..engine.devices import DeviceManager
+from ..engine.session import GraphSession
 
 log = logging.getLogger("kernelflow.models")
 
@@ -364,7 +364,7 @@ class LoadedModel:
 def register(service: Any) -> Any:
     """Add model.export / model.list / model.predict / model.status to ``service``; returns its
     `ModelManager` (not watching: ``kernelflow serve`` starts the watcher)."""
-    from .model_manager import ModelManager
+    from .manager import ModelManager
 
     base = Path(service.state.root) / "models" if service.state is not None else None
     mgr = ModelManager(base, service.devices)

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.iostream import IOStream, StreamClosedError
 
-from ..errors import KernelflowError
-from ..protocol.codec import MessageReader
-from ..protocol.rpc import error_to_map
-from ..protocol.rpc import notification as notification_frames
+from ...errors import KernelflowError
+from ...protocol.codec import MessageReader
+from ...protocol.rpc import error_to_map
+from ...protocol.rpc import notification as notification_frames
 
 if TYPE_CHECKING:
     from .server import RuntimeServer

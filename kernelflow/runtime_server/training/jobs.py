@@ -25,12 +25,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError
+from ...errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError
 from .fit_loop import Bound, FitLoop, Halt, JobSpec, bind
 from .tb_events import EventWriter
 
 if TYPE_CHECKING:
-    from .service import RuntimeService
+    from ..service import RuntimeService
 
 log = logging.getLogger("kernelflow.jobs")
 

@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError, UnavailableError
+from ...errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError, UnavailableError
+from ..engine.devices import DeviceManager
 from .batching import BatchingOptions, check_option
-from .devices import DeviceManager
 from .models import _NAME_RE, LoadedModel, _versions_on_disk, check_model_name
 
 log = logging.getLogger("kernelflow.models")

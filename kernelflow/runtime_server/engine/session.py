@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidArgumentError, NotFoundError
-from ..graph.ir import Graph, Tensor, Variable
-from ..graph.shapes import format_shape
+from ...errors import InvalidArgumentError, NotFoundError
+from ...graph.ir import Graph, Tensor, Variable
+from ...graph.shapes import format_shape
 from .devices import DeviceManager, Placement, to_host
 from .executor import Plan
 
@@ -62,7 +62,7 @@ class GraphSession:
             FailedPreconditionError: when the client is ahead of the server, or another
                 client extended the graph meanwhile with different nodes.
         """
-        from ..errors import FailedPreconditionError
+        from ...errors import FailedPreconditionError
 
         with self.lock:
             version = self.graph.version

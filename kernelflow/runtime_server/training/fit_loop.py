@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InvalidArgumentError, NotFoundError
-from ..graph.ir import Tensor, Variable
-from ..graph.shapes import format_shape
-from .devices import to_host
+from ...errors import InvalidArgumentError, NotFoundError
+from ...graph.ir import Tensor, Variable
+from ...graph.shapes import format_shape
+from ..engine.devices import to_host
 
 if TYPE_CHECKING:
-    from .datasets import StoredDataset
+    from ..datasets import StoredDataset
+    from ..engine.session import GraphSession
     from .jobs import Job
-    from .session import GraphSession
 
 log = logging.getLogger("kernelflow.jobs")
 

@@ -50,8 +50,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from ..errors import FailedPreconditionError, InternalError, InvalidArgumentError, KernelflowError, NotFoundError
-from ..protocol.codec import decode, encode
+from ...errors import FailedPreconditionError, InternalError, InvalidArgumentError, KernelflowError, NotFoundError
+from ...protocol.codec import decode, encode
 
 log = logging.getLogger("kernelflow.state")
 

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InternalError, InvalidArgumentError, KernelflowError, ResourceExhaustedError
-from ..graph.ir import Tensor
-from ..graph.ops.state import placeholder_op, read_variable_op, variable_op
-from ..graph.shapes import format_shape
-from ..kernels.registry import array_module, get_kernel
+from ...errors import InternalError, InvalidArgumentError, KernelflowError, ResourceExhaustedError
+from ...graph.ir import Tensor
+from ...graph.ops.state import placeholder_op, read_variable_op, variable_op
+from ...graph.shapes import format_shape
+from ...kernels.registry import array_module, get_kernel
 from .devices import Placement, to_host
 
 if TYPE_CHECKING:

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FailedPreconditionError
-from ..graph.ir import normalize_device
+from ...errors import FailedPreconditionError
+from ...graph.ir import normalize_device
 
 log = logging.getLogger("kernelflow.devices")
 

@@ -1,0 +1,1 @@
+"""The runtime server's engine layer: devices, graph sessions, the executor and its plan cache, value summaries."""

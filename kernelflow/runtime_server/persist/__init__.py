@@ -1,0 +1,1 @@
+"""The runtime server's persist layer: the state dir: record logs, atomic writes, layout, lock."""
