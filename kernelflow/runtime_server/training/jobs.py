@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError
-from .fit_loop import Bound, FitLoop, Halt, JobSpec, bind
+from ...protocol.jobspec import JobSpec, KeptImages
+from .fit_loop import Bound, FitLoop, Halt, bind
 from .tb_events import EventWriter
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class Job:
         self.error: dict | None = None
         self.request: str | None = None       # "pause", "stop" or "interrupt", seen at the next step boundary
         self.records: list[dict] = []
-        self._image_idx: dict[str, list[int]] = {}   # per image name: indices of records that keep pixels
+        self._kept = KeptImages(spec.image_keep)      # which image records keep their pixels
         self.subscribers: dict[Any, _Subscription] = {}
         self.version = 0
         self.step = 0
@@ -189,10 +190,7 @@ class Job:
 
     def _keep_images(self, i: int) -> None:
         """Record ``i`` is an image record with pixels: stub out the oldest beyond ``image_keep``."""
-        idx = self._image_idx.setdefault(self.records[i]["name"], [])
-        idx.append(i)
-        while len(idx) > self.spec.image_keep:
-            j = idx.pop(0)
+        for j in self._kept.add(self.records[i]["name"], i):
             self.records[j] = image_stub(self.records[j])  # a new dict: readers of the old one keep theirs
 
     def persist_records(self) -> None:
