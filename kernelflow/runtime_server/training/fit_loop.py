@@ -28,8 +28,9 @@ from ...protocol.jobspec import JobSpec
 from ..engine.devices import to_host
 
 if TYPE_CHECKING:
-    from ..datasets import StoredDataset
+    from ..datasets import DatasetStore, StoredDataset
     from ..engine.session import GraphSession
+    from ..graphs import GraphStore
     from .jobs import Job
 
 log = logging.getLogger("kernelflow.jobs")
@@ -58,7 +59,7 @@ class Bound:
     drop_remainder: bool
 
 
-def bind(service: Any, spec: JobSpec) -> Bound:
+def bind(graphs: GraphStore, datasets: DatasetStore, spec: JobSpec) -> Bound:
     """Resolve ``spec`` on the runtime and compile its plans, so that a bad spec fails at
     ``job.start`` (naming what is wrong) rather than at the job's first step.
 
@@ -67,7 +68,7 @@ def bind(service: Any, spec: JobSpec) -> Bound:
         InvalidArgumentError: a feed whose dataset array does not fit the node (dtype, shape),
             a non-scalar metric, a histogram of a non-variable, a placeholder left unfed.
     """
-    session = service.session(spec.graph)
+    session = graphs.session(spec.graph)
     g = session.graph
 
     def node(name: str, what: str) -> Tensor:
@@ -76,7 +77,7 @@ def bind(service: Any, spec: JobSpec) -> Bound:
         return g[name]
 
     train = node(spec.train_op, "train_op")
-    data = service.datasets.get(spec.data)
+    data = datasets.get(spec.data)
     feed_nodes = [node(n, "feed key") for n in spec.feed]
     drop = spec.drop_remainder
     for t, col in zip(feed_nodes, spec.feed.values()):
@@ -89,7 +90,7 @@ def bind(service: Any, spec: JobSpec) -> Bound:
                                        f"{format_shape(t.shape)} (reduce it, e.g. kf.mean)", node=t.name)
     val_data = None
     if spec.validation_data is not None:
-        val_data = service.datasets.get(spec.validation_data)
+        val_data = datasets.get(spec.validation_data)
         for t, col in zip(feed_nodes, spec.feed.values()):
             _check_feed(t, val_data, col, None)
     image_nodes = {k: node(v, f"image '{k}'") for k, v in spec.images.items()}
