@@ -1,6 +1,7 @@
 """msgpack-RPC messages: Request ``[0, msgid, method, params]``, Response
 ``[1, msgid, error, result]``, Notification ``[2, method, params]``, and the error maps
-``{"type", "message", "node", "source", "traceback"?}`` that carry kernelflow's exceptions.
+``{"type", "message", "node", "source", "error_id"?, "traceback"?}`` that carry kernelflow's
+exceptions.
 
 Contents: REQUEST, RESPONSE, NOTIFICATION, Request, Response, Notification, parse_message,
 request, response, notification, error_to_map, error_from_map.
@@ -112,7 +113,10 @@ def error_to_map(e: BaseException, *, with_traceback: bool | None = None) -> dic
 
     A KernelflowError keeps its type name, node and source. Other exceptions are mapped:
     MemoryError to ResourceExhaustedError, RecursionError to InvalidArgumentError (a too
-    deeply nested value), anything else to InternalError with the server's traceback.
+    deeply nested value), anything else to InternalError. An ``error_id`` attribute (set for
+    unexpected exceptions, whose traceback the server logs under it) travels as ``error_id``; the
+    traceback travels only when ``with_traceback`` asks for it (never by default: a client must
+    not learn the server's code paths).
     """
     if isinstance(e, KernelflowError):
         name, message = type(e).__name__, e.message
@@ -124,7 +128,10 @@ def error_to_map(e: BaseException, *, with_traceback: bool | None = None) -> dic
         name, message = InternalError.__name__, f"{type(e).__name__}: {e}"
     out: dict[str, Any] = {"type": name, "message": message, "node": getattr(e, "node", None),
                            "source": getattr(e, "source", None)}
-    if with_traceback if with_traceback is not None else name == InternalError.__name__:
+    error_id = getattr(e, "error_id", None)
+    if isinstance(error_id, str):
+        out["error_id"] = error_id
+    if with_traceback:
         out["traceback"] = "".join(_traceback.format_exception(type(e), e, e.__traceback__))
     return out
 
@@ -141,6 +148,9 @@ def error_from_map(err: Any) -> KernelflowError:
         message = f"{name}: {message}"
     node, source = err.get("node"), err.get("source")
     exc = cls(message, node=node if isinstance(node, str) else None, source=source if isinstance(source, str) else None)
+    error_id = err.get("error_id")
+    if isinstance(error_id, str):
+        exc.error_id = error_id  # type: ignore[attr-defined]
     tb = err.get("traceback")
     if isinstance(tb, str):
         exc.remote_traceback = tb  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ Contents: StoredDataset, DatasetStore.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -161,8 +162,8 @@ class DatasetStore:
         xp = np if place.backend == "numpy" else _cupy(place)
         try:
             arrays = {c: xp.empty(shape, dtype=dt) for c, (dt, shape) in specs.items()}
-        except MemoryError as e:
-            total = sum(int(np.prod(s, dtype=np.int64)) * dt.itemsize for dt, s in specs.values())
+        except (MemoryError, ValueError) as e:  # ValueError: numpy's "array is too big" (issue #15)
+            total = sum(math.prod(s) * dt.itemsize for dt, s in specs.values())
             raise ResourceExhaustedError(f"dataset '{name}': cannot allocate {total} bytes on {place.name}: "
                                          f"{e}") from e
         up = _Upload(uuid.uuid4().hex, name, arrays, next(iter(lengths.values())), place,

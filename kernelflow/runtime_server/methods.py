@@ -4,32 +4,109 @@ An entry says which function answers, whether it gets the caller's peer (to push
 notifications), and where the TCP server may run it: on the IO loop itself (``loop``: cheap,
 no lock, no array work), on the IO loop when its last call of the same shape was quick and
 its graph is idle (``timed``), or in the compute pool (``pool``). The parameters a method
-takes are checked by binding them to the function's signature, so a wrong count answers
-InvalidArgumentError naming the method and what it takes, while a TypeError raised inside a
-method stays an internal error.
+takes are checked against the function's signature and its declared types (the annotations,
+or an entry's ``types`` where a list's elements matter): a wrong count or a wrong type answers
+InvalidArgumentError naming the method, the parameter, what it takes and what came. An
+unexpected exception inside a method is a bug of the runtime: it answers InternalError with an
+error id and no traceback, and the traceback is logged with that id.
 
 ``auth`` and ``server.shutdown`` belong to a connection rather than to the runtime: the TCP
 server answers them itself; they are listed here (`TRANSPORT_METHODS`) so that this file names
 every method of docs/protocol.md.
 
-Contents: Method, MethodTable, TRANSPORT_METHODS, build_method_table.
+Contents: Method, MethodTable, TRANSPORT_METHODS, ParamType, build_method_table.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
+import secrets
 import threading
+import types as _types
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import InvalidArgumentError, NotFoundError
+import numpy as np
+
+from ..errors import InternalError, InvalidArgumentError, KernelflowError, NotFoundError, ResourceExhaustedError
 
 if TYPE_CHECKING:
     from .service import RuntimeService
 
 TRANSPORT_METHODS = ("auth", "server.shutdown")
 Policy = Literal["loop", "timed", "pool"]
+
+log = logging.getLogger("kernelflow.server")
+
+
+class ParamType:
+    """A declared parameter type, compiled from an annotation: ``str``, ``int``, ``float``,
+    ``bool``, ``list``, ``list[str]``, ``dict``, ``np.ndarray``, ``Any`` and ``X | None``.
+
+    ``int`` takes no bool, ``float`` takes ints too; ``list[X]`` checks every element.
+    """
+
+    __slots__ = ("check", "text")
+
+    def __init__(self, annotation: Any):
+        self.check, self.text = _compile(annotation)
+
+    def __repr__(self) -> str:
+        return f"ParamType({self.text})"
+
+
+def _compile(a: Any) -> tuple[Callable[[Any], bool] | None, str]:
+    """(check or None for anything, the type as docs write it)."""
+    if a is Any or a is inspect.Parameter.empty or a is object:
+        return None, "any"
+    origin = typing.get_origin(a)
+    if origin in (typing.Union, _types.UnionType):
+        parts = [_compile(x) for x in typing.get_args(a) if x is not type(None)]
+        nullable = type(None) in typing.get_args(a)
+        checks = [c for c, _ in parts]
+        text = " | ".join(t for _, t in parts) + (" | nil" if nullable else "")
+        if any(c is None for c in checks):
+            return None, text
+        return (lambda v: (nullable and v is None) or any(c(v) for c in checks)), text  # type: ignore[misc]
+    if origin is list:
+        (elem,) = typing.get_args(a) or (Any,)
+        ec, et = _compile(elem)
+        if ec is None:
+            return (lambda v: type(v) is list), "array"
+        return (lambda v: type(v) is list and all(ec(x) for x in v)), f"array of {et}"
+    if origin is dict or a is dict:
+        return (lambda v: type(v) is dict), "map"
+    if a is list:
+        return (lambda v: type(v) is list), "array"
+    if a is str:
+        return (lambda v: type(v) is str), "string"
+    if a is bool:
+        return (lambda v: type(v) is bool), "bool"
+    if a is int:
+        return (lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))), "int"
+    if a is float:
+        return (lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                ), "float"
+    if a is np.ndarray:
+        return (lambda v: type(v) is np.ndarray), "ndarray"
+    raise TypeError(f"method table: no wire type for annotation {a!r}")
+
+
+def describe_value(v: Any) -> str:
+    """What came, for an error message: the wire type and a short repr."""
+    t = type(v)
+    kind = {str: "string", bytes: "bin", list: "array", dict: "map", bool: "bool", int: "int", float: "float",
+            type(None): "nil"}.get(t)
+    if kind is None:
+        kind = f"ndarray {v.dtype}{list(v.shape)}" if t is np.ndarray else t.__name__
+        return kind
+    if t in (list, dict):
+        return f"{kind} of {len(v)}"
+    r = repr(v)
+    return f"{kind} {r if len(r) <= 40 else r[:37] + '...'}"
 
 
 @dataclass(frozen=True)
@@ -44,6 +121,8 @@ class Method:
         policy: where the TCP server may run it: "loop", "timed" or "pool" (see the module doc).
         timing_key: for "timed": what identifies calls of the same shape (None: not timeable).
         graph_lock: for "timed": the lock the call would wait for (None: run it in the pool).
+        types: declared types by parameter name, overriding the annotations (e.g. ``list[str]``
+            where the annotation says ``list``).
     """
 
     name: str
@@ -52,13 +131,26 @@ class Method:
     policy: Policy = "pool"
     timing_key: Callable[[list], tuple | None] | None = None
     graph_lock: Callable[[list], threading.Lock | None] | None = None
+    types: dict[str, Any] | None = None
     signature: inspect.Signature = field(init=False, repr=False, compare=False)
+    param_types: tuple[tuple[str, ParamType], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         sig = inspect.signature(self.fn)
         if self.needs_peer:
             sig = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "peer"])
         object.__setattr__(self, "signature", sig)
+        try:
+            hints = typing.get_type_hints(self.fn)
+        except Exception:  # unresolvable annotations: the explicit types (if any) only
+            hints = {}
+        hints.update(self.types or {})
+        unknown = set(self.types or ()) - set(sig.parameters)
+        if unknown:
+            raise ValueError(f"method table: {self.name}: types for unknown params {sorted(unknown)}")
+        object.__setattr__(self, "param_types", tuple(
+            (p.name, ParamType(hints.get(p.name, Any))) for p in sig.parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)))
 
     def call(self, params: list, peer: Any = None) -> Any:
         """Run the method on ``params`` (a list) for ``peer``.
@@ -73,9 +165,26 @@ class Method:
         except TypeError:
             raise InvalidArgumentError(f"{self.name}: wrong number of params: it takes {self.describe()}; got "
                                        f"{len(params)}") from None
-        if self.needs_peer:
-            return self.fn(*params, peer=peer)
-        return self.fn(*params)
+        self.check_types(params)
+        try:
+            if self.needs_peer:
+                return self.fn(*params, peer=peer)
+            return self.fn(*params)
+        except KernelflowError:
+            raise
+        except MemoryError as e:
+            raise ResourceExhaustedError(f"{self.name}: out of memory: {e}") from e
+        except RecursionError as e:
+            raise InvalidArgumentError(f"{self.name}: a value nests too deeply: {e}") from e
+        except Exception as e:
+            raise internal_error(self.name, e) from e
+
+    def check_types(self, params: list | tuple) -> None:
+        """InvalidArgumentError naming the first param whose value is not of its declared type."""
+        for (pname, ptype), v in zip(self.param_types, params):
+            if ptype.check is not None and not ptype.check(v):
+                raise InvalidArgumentError(f"{self.name}: param '{pname}' must be {ptype.text}; got "
+                                           f"{describe_value(v)}")
 
     def describe(self) -> str:
         """The parameters as docs/protocol.md writes them: ``[name, since, nodes=...]``."""
@@ -83,6 +192,17 @@ class Method:
         for p in self.signature.parameters.values():
             parts.append(p.name if p.default is inspect.Parameter.empty else f"{p.name}?")
         return "[" + ", ".join(parts) + "]"
+
+
+def internal_error(where: str, e: BaseException) -> InternalError:
+    """An InternalError for an unexpected exception: the client sees an error id and no
+    traceback; the log has the traceback under that id."""
+    error_id = secrets.token_hex(6)
+    log.error("%s: internal error %s: %s: %s", where, error_id, type(e).__name__, e, exc_info=e)
+    err = InternalError(f"{where}: internal error (id {error_id}, {type(e).__name__}); the server's log has "
+                        f"the details under this id; please report it")
+    err.error_id = error_id  # type: ignore[attr-defined]
+    return err
 
 
 class MethodTable:
@@ -167,15 +287,16 @@ def build_method_table(service: RuntimeService) -> MethodTable:
         Method("graph.list", g.graph_list, policy="loop"),
         Method("graph.open", g.graph_open, policy="loop"),
         Method("graph.delete", g.graph_delete),
-        Method("graph.extend", g.graph_extend),
+        Method("graph.extend", g.graph_extend, types={"nodes": list[dict]}),
         Method("graph.get", g.graph_get),
-        timed("graph.run", g.graph_run, _run_key),
+        Method("graph.run", g.graph_run, policy="timed", timing_key=_run_key, graph_lock=graph_lock,
+               types={"nodes": list[dict], "fetches": list[str], "feed_names": list[str]}),
         timed("variable.read", g.variable_read, _variable_key("variable.read")),
         timed("variable.assign", g.variable_assign, _variable_key("variable.assign")),
         Method("graph.save", g.graph_save),
         Method("graph.checkpoints", g.graph_checkpoints),
         Method("graph.restore", g.graph_restore),
-        Method("tensor.summary", su.tensor_summary),
+        Method("tensor.summary", su.tensor_summary, types={"nodes": list[dict], "feed_names": list[str]}),
         Method("dataset.begin", d.begin, needs_peer=True),
         Method("dataset.put", d.put),
         Method("dataset.commit", d.commit),
@@ -183,7 +304,7 @@ def build_method_table(service: RuntimeService) -> MethodTable:
         Method("dataset.info", d.info),
         Method("dataset.list", d.list),
         Method("dataset.delete", d.delete),
-        Method("dataset.split", d.split),
+        Method("dataset.split", d.split, types={"names": list[str] | None}),
         Method("dataset.read", d.read),
         Method("job.start", j.start),
         Method("job.list", j.list),
@@ -197,6 +318,6 @@ def build_method_table(service: RuntimeService) -> MethodTable:
         Method("job.unsubscribe", j.unsubscribe, needs_peer=True),
         Method("model.export", mo.export),
         Method("model.list", mo.list),
-        Method("model.predict", mo.predict),
+        Method("model.predict", mo.predict, types={"output_keys": list[str] | None}),
         Method("model.status", mo.status),
     ])

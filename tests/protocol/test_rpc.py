@@ -65,15 +65,26 @@ def test_error_map_round_trip_rebuilds_class_node_source(cls):
     assert (back.message, back.node, back.source) == (e.message, e.node, e.source)
 
 
-def test_error_map_of_unexpected_exception_is_internal_with_traceback():
+def test_error_map_of_unexpected_exception_is_internal_without_traceback():
+    # Issue #15: the server's traceback never goes to a client unless asked for explicitly.
     try:
         {}["missing"]
     except KeyError as e:
         m = error_to_map(e)
+        explicit = error_to_map(e, with_traceback=True)
     assert m["type"] == "InternalError" and m["message"] == "KeyError: 'missing'"
-    assert "Traceback" in m["traceback"]
-    back = error_from_map(m)
+    assert "traceback" not in m
+    assert "Traceback" in explicit["traceback"]
+    back = error_from_map(explicit)
     assert type(back) is errors.InternalError and "Traceback" in back.remote_traceback
+
+
+def test_error_map_carries_error_id():
+    e = errors.InternalError("graph.get: internal error (id 0123456789ab)")
+    e.error_id = "0123456789ab"
+    m = error_to_map(e)
+    assert m["error_id"] == "0123456789ab" and "traceback" not in m
+    assert error_from_map(m).error_id == "0123456789ab"
 
 
 def test_error_map_memory_error_is_resource_exhausted():

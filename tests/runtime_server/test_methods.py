@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import re
 
 import pytest
 
 import kernelflow as kf
+from kernelflow.protocol.rpc import error_to_map
 from kernelflow.runtime_server.methods import TRANSPORT_METHODS, Method, MethodTable
 from kernelflow.runtime_server.service import RuntimeService
 
@@ -42,13 +44,21 @@ def test_method_wrong_param_count_names_method_and_params():
         svc.shutdown()
 
 
-def test_method_type_error_inside_method_is_not_an_argument_error():
+def test_method_type_error_inside_method_is_internal_with_id_and_no_traceback(caplog):
     def buggy(a):
         return None + a  # a bug in the method itself, not in the caller's params
 
     table = MethodTable([Method("test.buggy", buggy)])
-    with pytest.raises(TypeError):
-        table.call("test.buggy", [1])
+    with caplog.at_level(logging.ERROR, logger="kernelflow.server"):
+        with pytest.raises(kf.errors.InternalError, match=r"test.buggy: internal error \(id [0-9a-f]{12}, "
+                                                          r"TypeError\)") as info:
+            table.call("test.buggy", [1])
+    err = info.value
+    assert isinstance(err.__cause__, TypeError)
+    wire = error_to_map(err)
+    assert wire["error_id"] == err.error_id and "traceback" not in wire and "NoneType" not in wire["message"]
+    logged = [r for r in caplog.records if err.error_id in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info[0] is TypeError  # the log keeps the traceback, under the id
     with pytest.raises(kf.errors.InvalidArgumentError, match="test.buggy: wrong number of params"):
         table.call("test.buggy", [1, 2])
 

@@ -32,7 +32,7 @@ from tornado.tcpserver import TCPServer
 from ...errors import InvalidArgumentError, KernelflowError, UnauthenticatedError
 from ...protocol.codec import DEFAULT_MAX_MESSAGE_BYTES
 from ...protocol.rpc import Request, error_to_map, parse_message, response
-from ..methods import Method
+from ..methods import Method, internal_error
 from ..service import PROTOCOL_VERSION, RuntimeService
 from .connection import READ_CHUNK_BYTES, ConnectionState, SocketConnection, StreamConnection
 
@@ -189,9 +189,9 @@ class RuntimeServer(TCPServer):
         return answered
 
     def _failed(self, conn: ConnectionState, req: Request, e: BaseException) -> None:
-        level = logging.ERROR if not isinstance(e, KernelflowError) else logging.DEBUG
-        log.log(level, "%s from %s failed: %s", req.method, conn.address, e,
-                exc_info=e if level == logging.ERROR else None)
+        if not isinstance(e, (KernelflowError, MemoryError, RecursionError)):
+            e = internal_error(f"{req.method!r} from {conn.address}", e)  # logs the traceback under an id
+        log.debug("%r from %s failed: %s", req.method, conn.address, e)
         self.reply(conn, req.msgid, error_to_map(e), None)
 
     def _timed_call(self, entry: Method, params: list, peer: Any = None) -> Any:
