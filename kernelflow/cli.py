@@ -121,7 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     tune_malloc()
     try:
-        service = RuntimeService(device=args.device, state_dir=args.state_dir)
+        service = RuntimeService(device=args.device, state_dir=args.state_dir, max_run_seconds=args.max_run_seconds)
     except KernelflowError as e:  # the state dir is held by another server
         print(f"kernelflow serve: {e}", file=sys.stderr)
         return 1
@@ -187,6 +187,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         service.shutdown()  # idempotent; covers a loop that ended before serving (port in use)
         service.models.close()
+    if service.busy_runs():
+        # Everything is saved; a kernel cannot be interrupted and its pool thread would keep the
+        # process alive (issue #15): leave without waiting for it.
+        print(f"kernelflow serve: abandoning {service.busy_runs()} runs still inside a kernel", flush=True)
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 
@@ -346,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest request accepted, in bytes (default 4 GiB)")
     s.add_argument("--device", default="cpu", help="default device: cpu, auto or gpu:N (default cpu)")
     s.add_argument("--workers", type=int, default=4, help="threads running graph runs (default 4)")
+    s.add_argument("--max-run-seconds", type=float, default=None,
+                   help="cancel a run that takes longer, at its next kernel; kernels certain to outlast it are "
+                   "refused up front (default: no limit)")
     s.add_argument("--certfile", help="TLS certificate (PEM); serve kfs:// with --keyfile")
     s.add_argument("--keyfile", help="TLS private key (PEM)")
     s.add_argument("--allow-insecure", action="store_true",

@@ -134,6 +134,25 @@ class Runtime:
 
         return list_models(self)
 
+    def runs(self) -> list[dict]:
+        """The runs in flight on the runtime: ``{"id", "method", "graph", "seconds", "kernel", "cancelled"}``."""
+        return self._call_aside("run.list", [])
+
+    def cancel(self, graph: str | None = None, run_id: int | None = None) -> int:
+        """Cancel runs in flight: those on ``graph``, the run ``run_id`` (see `runs`), or every run.
+
+        Each stops before its next kernel and its caller gets CancelledError. Works from another
+        thread while this runtime's own call waits (it then uses a second connection).
+
+        Returns:
+            How many runs were cancelled.
+        """
+        return self._call_aside("run.cancel", [graph, run_id])
+
+    def _call_aside(self, method: str, params: list) -> Any:
+        aside = getattr(self._transport, "call_aside", None)
+        return aside(method, params) if aside is not None else self._call(method, params)
+
     def delete_graph(self, name: str) -> None:
         """Delete a graph and its variables from the runtime."""
         self._call("graph.delete", [name])

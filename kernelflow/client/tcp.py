@@ -204,6 +204,21 @@ class TcpTransport(Transport):
                 self._connect()
             return self._request(method, params)
 
+    def call_aside(self, method: str, params: list) -> Any:
+        """`call`, or, while another thread's call holds this connection, the same call on a
+        short-lived second connection (``run.cancel`` must not wait for the run it cancels)."""
+        if self._lock.acquire(blocking=False):
+            try:
+                return self.call(method, params)
+            finally:
+                self._lock.release()
+        other = TcpTransport(self.host, self.port, self._token, is_tls=self._ssl is not None,
+                             ssl_context=self._ssl, timeout=self.timeout or 10.0)
+        try:
+            return other.call(method, params)
+        finally:
+            other.close()
+
     def _request(self, method: str, params: list) -> Any:
         self._msgid = self._msgid + 1 if self._msgid < MAX_MSGID else 1
         msgid = self._msgid
@@ -232,7 +247,13 @@ class TcpTransport(Transport):
                 if not self._receive(sock):
                     raise UnavailableError(f"{method}: {self.url} closed the connection")
         except TimeoutError:
+            # Hang up: the server cancels the run this call waits for (issue #15); the next call
+            # reconnects.
+            self._drop()
             raise DeadlineExceededError(f"{method}: no answer from {self.url} within {self.timeout} s") from None
+        except KeyboardInterrupt:
+            self._drop()  # an interrupted cell cancels the server-side run it waits on
+            raise
         except (ProtocolError, ResourceExhaustedError) as e:
             self._drop()
             raise UnavailableError(f"{method}: bad answer from {self.url}; connection dropped: {e}") from e

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from ..errors import FailedPreconditionError, InvalidArgumentError, KernelflowEr
 from .engine.devices import DeviceManager
 from .engine.session import GraphSession
 from .persist.state import StateDir
+
+if TYPE_CHECKING:
+    from .engine.runs import RunRegistry
 
 log = logging.getLogger("kernelflow.service")
 
@@ -45,6 +49,7 @@ class GraphStore:
         self.state = state
         self.graphs: dict[str, GraphSession] = {}
         self.lock = threading.Lock()  # guards ``graphs``
+        self.max_kernel_elements = GraphSession.max_kernel_elements  # the runtime lowers it (--max-run-seconds)
 
     def __len__(self) -> int:
         return len(self.graphs)
@@ -125,8 +130,13 @@ class GraphStore:
         return True
 
     # ----------------------------------------------------------------- persistence
-    def _new_session(self, name: str, seed: int) -> GraphSession:
+    def _session_for(self, name: str, seed: int) -> GraphSession:
         s = GraphSession(name, self.devices, seed=seed)
+        s.max_kernel_elements = self.max_kernel_elements
+        return s
+
+    def _new_session(self, name: str, seed: int) -> GraphSession:
+        s = self._session_for(name, seed)
         return self._adopt(s) if self.state is not None else s
 
     def _require_state(self, method: str) -> StateDir:
@@ -169,13 +179,19 @@ class GraphStore:
             NotFoundError: no such graph.
             InvalidArgumentError: a bad tag or keep_last.
         """
-        state = self._require_state("graph.save")
+        self._require_state("graph.save")
         if manifest is not None and not isinstance(manifest, dict):
             raise InvalidArgumentError(f"checkpoint manifest must be a map; got {type(manifest).__name__}")
         s = self.session(name)
         with s.lock:
             arrays = s.snapshot_variables()
             version = s.graph.version
+        return self._write_snapshot(name, arrays, version, manifest, tag, keep_last,
+                                    skip_if_unchanged=skip_if_unchanged)
+
+    def _write_snapshot(self, name: str, arrays: dict[str, np.ndarray], version: int, manifest: dict | None,
+                        tag: str | None = None, keep_last: int | None = None, *, skip_if_unchanged: bool) -> dict:
+        state = self._require_state("graph.save")
         m = dict(manifest or {})
         if m.get("step") is None:
             m["step"] = _global_step(arrays)
@@ -198,22 +214,46 @@ class GraphStore:
         arrays, manifest = state.read_checkpoint(name, tag)
         return {**manifest, **s.load_variables(arrays, strict=True)}
 
-    def checkpoint_all(self, reason: str) -> None:
-        """Checkpoint every graph that has variables and changed since its newest checkpoint."""
+    def checkpoint_all(self, reason: str, runs: RunRegistry | None = None, lock_wait_s: float | None = None) -> None:
+        """Checkpoint every graph that has variables and changed since its newest checkpoint.
+
+        With ``lock_wait_s``, a graph whose lock stays taken that long (a run stuck in a kernel)
+        is checkpointed without the lock when its run (found in ``runs``) has not updated a
+        variable yet: its variables are then the state before that run. Otherwise it keeps its
+        newest checkpoint.
+        """
         with self.lock:
             names = [n for n, s in self.graphs.items() if s.variables]
+        deadline = None if lock_wait_s is None else time.monotonic() + lock_wait_s
         for name in names:
             try:
-                m = self.checkpoint_graph(name, manifest={"reason": reason}, skip_if_unchanged=True)
-                log.info("%s: graph '%s' checkpointed as %s", reason, name, m["tag"])
+                s = self.graphs.get(name)
+                if s is None:
+                    continue
+                got = s.lock.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic()))
+                if got:
+                    try:
+                        m = self.checkpoint_graph(name, manifest={"reason": reason}, skip_if_unchanged=True)
+                    finally:
+                        s.lock.release()
+                else:
+                    ctl = runs.busy(name) if runs is not None else None
+                    if ctl is None or ctl.has_mutated:
+                        log.error("%s: graph %r is busy in a run that may have updated variables; it keeps its "
+                                  "newest checkpoint", reason, name)
+                        continue
+                    # The run only read variables so far: they hold the state from before it.
+                    m = self._write_snapshot(name, s.snapshot_variables(locked=False), s.graph.version,
+                                             {"reason": reason, "busy": True}, skip_if_unchanged=True)
+                log.info("%s: graph %r checkpointed as %s", reason, name, m["tag"])
             except Exception:
-                log.error("%s: checkpoint of graph '%s' failed", reason, name, exc_info=True)
+                log.error("%s: checkpoint of graph %r failed", reason, name, exc_info=True)
 
     def load_from_state(self) -> None:
         """Rebuild every graph of the state dir with its newest checkpoint."""
         assert self.state is not None
         for name, seed, dicts in self.state.load_graphs():
-            s = GraphSession(name, self.devices, seed=seed)
+            s = self._session_for(name, seed)
             try:
                 s.extend(dicts, 0)
             except KernelflowError as e:

@@ -34,6 +34,7 @@ import numpy as np
 from ..errors import InternalError, InvalidArgumentError, KernelflowError, NotFoundError, ResourceExhaustedError
 
 if TYPE_CHECKING:
+    from .engine.runs import RunRegistry
     from .service import RuntimeService
 
 TRANSPORT_METHODS = ("auth", "server.shutdown")
@@ -123,6 +124,8 @@ class Method:
         graph_lock: for "timed": the lock the call would wait for (None: run it in the pool).
         types: declared types by parameter name, overriding the annotations (e.g. ``list[str]``
             where the annotation says ``list``).
+        runs: track each call as a run in this registry (cancellable; its first param names
+            the graph).
     """
 
     name: str
@@ -132,6 +135,7 @@ class Method:
     timing_key: Callable[[list], tuple | None] | None = None
     graph_lock: Callable[[list], threading.Lock | None] | None = None
     types: dict[str, Any] | None = None
+    runs: RunRegistry | None = None
     signature: inspect.Signature = field(init=False, repr=False, compare=False)
     param_types: tuple[tuple[str, ParamType], ...] = field(init=False, repr=False, compare=False)
 
@@ -167,6 +171,9 @@ class Method:
                                        f"{len(params)}") from None
         self.check_types(params)
         try:
+            if self.runs is not None:
+                with self.runs.track(self.name, params[0] if params and type(params[0]) is str else None, peer):
+                    return self.fn(*params, peer=peer) if self.needs_peer else self.fn(*params)
             if self.needs_peer:
                 return self.fn(*params, peer=peer)
             return self.fn(*params)
@@ -290,13 +297,16 @@ def build_method_table(service: RuntimeService) -> MethodTable:
         Method("graph.extend", g.graph_extend, types={"nodes": list[dict]}),
         Method("graph.get", g.graph_get),
         Method("graph.run", g.graph_run, policy="timed", timing_key=_run_key, graph_lock=graph_lock,
-               types={"nodes": list[dict], "fetches": list[str], "feed_names": list[str]}),
+               types={"nodes": list[dict], "fetches": list[str], "feed_names": list[str]}, runs=service.runs),
         timed("variable.read", g.variable_read, _variable_key("variable.read")),
         timed("variable.assign", g.variable_assign, _variable_key("variable.assign")),
         Method("graph.save", g.graph_save),
         Method("graph.checkpoints", g.graph_checkpoints),
         Method("graph.restore", g.graph_restore),
-        Method("tensor.summary", su.tensor_summary, types={"nodes": list[dict], "feed_names": list[str]}),
+        Method("tensor.summary", su.tensor_summary, types={"nodes": list[dict], "feed_names": list[str]},
+               runs=service.runs),
+        Method("run.list", service.run_list, policy="loop"),
+        Method("run.cancel", service.run_cancel, policy="loop"),
         Method("dataset.begin", d.begin, needs_peer=True),
         Method("dataset.put", d.put),
         Method("dataset.commit", d.commit),

@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
+from ..errors import InvalidArgumentError
 from .datasets import DatasetStore
 from .engine.devices import DeviceManager
+from .engine.runs import RunRegistry, kernel_element_limit
 from .engine.summaries import SummaryMethods
 from .graphs import GraphStore
 from .methods import MethodTable, build_method_table
@@ -29,6 +31,12 @@ PROTOCOL_VERSION = 1
 
 log = logging.getLogger("kernelflow.service")
 
+# At shutdown: how long jobs get to reach a step boundary, and busy graphs to finish their run
+# (after being cancelled) before a graph is checkpointed without its lock; the whole shutdown
+# stays well inside 10 s whatever runs.
+SHUTDOWN_JOB_WAIT_S = 4.0
+SHUTDOWN_LOCK_WAIT_S = 2.0
+
 
 class RuntimeService:
     """Graphs, variables, datasets, jobs and models, behind one table of named methods.
@@ -39,15 +47,23 @@ class RuntimeService:
         state_dir: where graphs, checkpoints, datasets, job histories and models persist (None:
             memory only, and ``graph.save`` / ``graph.restore`` answer FailedPreconditionError).
             Given, the dir is locked to this runtime and everything in it is loaded now.
+        max_run_seconds: cancel a run (``graph.run``, ``tensor.summary``) that takes longer, at
+            its next kernel; kernels certain to outlast it are refused before they start (None:
+            no limit; kernels over `engine.runs.MAX_KERNEL_ELEMENTS` are refused all the same).
 
     Raises:
         FailedPreconditionError: another live server holds ``state_dir``.
     """
 
-    def __init__(self, device: str = "cpu", soft_placement: bool = False, state_dir: str | None = None):
+    def __init__(self, device: str = "cpu", soft_placement: bool = False, state_dir: str | None = None,
+                 max_run_seconds: float | None = None):
+        if max_run_seconds is not None and not max_run_seconds > 0:
+            raise InvalidArgumentError(f"RuntimeService: max_run_seconds must be > 0 or None; got {max_run_seconds}")
         self.devices = DeviceManager(device, soft_placement)
         self.state: StateDir | None = StateDir(state_dir) if state_dir else None
+        self.runs = RunRegistry(max_run_seconds)
         self.graphs = GraphStore(self.devices, self.state)
+        self.graphs.max_kernel_elements = kernel_element_limit(max_run_seconds)
         self.datasets = DatasetStore(self.devices, self.state)
         self.jobs = JobManager(self.graphs, self.datasets, self.state)
         self.models = ModelManager(self.state.models_dir() if self.state is not None else None, self.devices)
@@ -71,7 +87,9 @@ class RuntimeService:
         return self.methods.call(method, params, peer)
 
     def peer_closed(self, peer: Any) -> None:
-        """Called by the transport when a peer is gone: its uploads and subscriptions end."""
+        """Called by the transport when a peer is gone: its runs are cancelled, its uploads and
+        subscriptions end."""
+        self.runs.cancel("the client closed its connection", peer=peer)
         for store in (self.datasets, self.jobs):
             try:
                 store.peer_closed(peer)
@@ -96,20 +114,42 @@ class RuntimeService:
             "methods": self.methods.names(),
         }
 
-    def shutdown(self) -> None:
-        """Clean shutdown: stop jobs at a checkpoint, then checkpoint every graph (if a state dir).
+    def run_list(self) -> list[dict]:
+        """The runs in flight: ``{"id", "method", "graph", "seconds", "kernel", "cancelled"}`` each."""
+        return [c.describe() for c in self.runs.runs()]
 
-        Graphs whose variables equal their newest checkpoint get no new one. Idempotent.
+    def run_cancel(self, graph: str | None = None, run_id: int | None = None) -> int:
+        """Cancel the runs in flight on ``graph`` (or the run ``run_id``; neither: every run);
+        returns how many. Each stops before its next kernel and answers CancelledError."""
+        n = self.runs.cancel("cancelled by run.cancel", graph=graph, run_id=run_id)
+        if n:
+            log.info("run.cancel: %d runs cancelled (graph %r, run %r)", n, graph, run_id)
+        return n
+
+    def shutdown(self) -> None:
+        """Clean shutdown: cancel runs, stop jobs at a checkpoint, then checkpoint every graph (if
+        a state dir), all within a few seconds whatever runs.
+
+        A graph still busy after `SHUTDOWN_LOCK_WAIT_S` (a kernel that cannot be interrupted) is
+        checkpointed at its state before that run when the run has not updated a variable yet.
+        Graphs whose variables equal their newest checkpoint get no new one. Idempotent; runs
+        still inside a kernel are left behind (`busy_runs`), for the caller to abandon.
         """
         if self._is_shut_down:
             return
         self._is_shut_down = True
-        for what, close in (("stopping jobs", self.jobs.shutdown), ("closing the model manager", self.models.close)):
+        self.runs.cancel("the server is shutting down")
+        stop_jobs = lambda: self.jobs.shutdown(wait_s=SHUTDOWN_JOB_WAIT_S)  # noqa: E731
+        for what, close in (("stopping jobs", stop_jobs), ("closing the model manager", self.models.close)):
             try:
                 close()
             except Exception:
                 log.error("%s at shutdown failed", what, exc_info=True)
         if self.state is None:
             return
-        self.graphs.checkpoint_all("shutdown")
+        self.graphs.checkpoint_all("shutdown", runs=self.runs, lock_wait_s=SHUTDOWN_LOCK_WAIT_S)
         self.state.close()
+
+    def busy_runs(self) -> int:
+        """Runs still in flight (after `shutdown`: runs stuck in a kernel)."""
+        return len(self.runs.runs())

@@ -221,7 +221,7 @@ def test_wrong_variable_assign_shape(server, unchanged):
      "dangling input or cycle"),
     ({"name": "bad", "op": "matmul", "inputs": ["w", "w"], "attrs": {}}, kf.errors.ShapeError,
      "matmul: inner dimensions"),
-    ("not a map", kf.errors.InvalidArgumentError, "must be a map"),
+    ("not a map", kf.errors.InvalidArgumentError, "graph.extend: param .nodes. must be array of map"),
 ], ids=["unknown_op", "dangling", "cycle", "shape", "not_a_map"])
 def test_graph_extend_bad_node_rejects_batch(server, unchanged, node, err, match):
     with server.connect() as rt:

@@ -219,8 +219,12 @@ class Plan:
         self.copy_fetch = [_storage_alias(t, memo) for t in self.fetches]
 
     # ----------------------------------------------------------------- running
-    def run(self, feed_values: Sequence[Any]) -> list[Any]:
-        """Execute the plan; returns host numpy arrays (None for ops with no value)."""
+    def run(self, feed_values: Sequence[Any], control: Any = None) -> list[Any]:
+        """Execute the plan; returns host numpy arrays (None for ops with no value).
+
+        ``control`` (an engine.runs.RunControl) is told each kernel before it runs and raises
+        to stop a cancelled run between kernels.
+        """
         vals: list[Any] = [None] * self.nslots
         for s, v in zip(self.feed_slots, feed_values):
             vals[s] = v
@@ -228,6 +232,8 @@ class Plan:
         try:
             with np.errstate(all="ignore"):  # NaN and Inf are values, not crashes
                 for k, (fn, ins, out, free) in enumerate(self.steps):  # noqa: B007
+                    if control is not None:
+                        control.at(k)  # cancellation point (issue #15)
                     if len(ins) == 1:
                         vals[out] = fn(vals[ins[0]])
                     elif len(ins) == 2:

@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import InvalidArgumentError, NotFoundError
+from ...errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from ...graph.ir import Graph, Tensor, Variable
 from ...graph.shapes import format_shape
 from .devices import DeviceManager, Placement, to_host
 from .executor import Plan
+from .runs import MAX_KERNEL_ELEMENTS, current_run
 
 log = logging.getLogger("kernelflow.session")
 
@@ -33,6 +34,10 @@ class GraphSession:
         devices: the runtime's device manager.
         seed: graph-level seed for random ops.
     """
+
+    # The most elements one kernel may touch (static shapes); the runtime lowers it under a per-run
+    # time limit. A kernel cannot be interrupted once it runs, so this is checked before the run.
+    max_kernel_elements = MAX_KERNEL_ELEMENTS
 
     def __init__(self, name: str, devices: DeviceManager, seed: int = 0):
         self.graph = Graph(name, seed=seed)
@@ -130,14 +135,23 @@ class GraphSession:
                     f"{arr.dtype.name}{format_shape(arr.shape)}", node=name)
             self.variables[name] = self._fresh_storage(v, arr)
 
-    def snapshot_variables(self) -> dict[str, np.ndarray]:
-        """Host copies of every variable, taken together under the lock (a consistent checkpoint)."""
+    def snapshot_variables(self, locked: bool = True) -> dict[str, np.ndarray]:
+        """Host copies of every variable, taken together under the lock (a consistent checkpoint).
+
+        ``locked=False`` copies without the lock: only for a run known not to have updated any
+        variable yet (shutdown with a run stuck in a kernel).
+        """
+        if not locked:
+            return self._copy_variables()
         with self.lock:
-            out = {}
-            for name, value in self.variables.items():
-                host = to_host(value)
-                out[name] = host.copy() if host is value else host  # runs update numpy storage in place
-            return out
+            return self._copy_variables()
+
+    def _copy_variables(self) -> dict[str, np.ndarray]:
+        out = {}
+        for name, value in list(self.variables.items()):
+            host = to_host(value)
+            out[name] = host.copy() if host is value else host  # runs update numpy storage in place
+        return out
 
     def load_variables(self, arrays: dict[str, np.ndarray], strict: bool = True) -> dict[str, list[str]]:
         """Set variables from ``arrays`` (a checkpoint); returns ``{"restored", "missing", "unknown"}``.
@@ -179,8 +193,21 @@ class GraphSession:
             feeds = [self._node(n, "feed") for n in feed_names]
             if len(set(feed_names)) != len(feed_names):
                 raise InvalidArgumentError(f"graph.run: a node is fed twice in {list(feed_names)}")
-            plan = self._plans[key] = Plan(self, fetches, feeds)
+            plan = Plan(self, fetches, feeds)
+            self._check_costs(plan)
+            self._plans[key] = plan
         return plan
+
+    def _check_costs(self, plan: Plan) -> None:
+        """ResourceExhaustedError for a kernel whose statically known size is over the limit."""
+        limit = self.max_kernel_elements
+        for n in plan.step_nodes:
+            cost = max([_static_size(n)] + [_static_size(i) for i in n.inputs])
+            if cost > limit:
+                raise ResourceExhaustedError(
+                    f"graph.run: '{n.name}' ({n.op.name}) would touch {cost} elements, over the limit of {limit} "
+                    "per kernel (a kernel cannot be cancelled once it runs; the limit follows kernelflow serve "
+                    "--max-run-seconds); split the work into smaller pieces", node=n.name, source=n.source)
 
     def _node(self, name: Any, what: str) -> Tensor:
         if not isinstance(name, str) or name not in self.graph:
@@ -192,7 +219,10 @@ class GraphSession:
         with self.lock:
             plan = self.plan(fetch_names, feed_names)
             values = [self._check_feed(t, v) for t, v in zip(plan.feeds, feed_values)]
-            return plan.run(values)
+            ctl = current_run()
+            if ctl is not None:
+                ctl.attach(plan)
+            return plan.run(values, ctl)
 
     def _check_feed(self, t: Tensor, value: Any) -> Any:
         arr = value if isinstance(value, np.ndarray) else np.asarray(value)
@@ -225,3 +255,16 @@ class GraphSession:
         self.log_lines.append(message)
         del self.log_lines[:-1000]
         log.info("[%s] %s", self.name, message)
+
+
+def _static_size(t: Tensor) -> int:
+    """Elements of ``t``'s static shape (0 when a dim is unknown)."""
+    shape = getattr(t, "shape", None)
+    if not isinstance(shape, tuple):
+        return 0
+    n = 1
+    for d in shape:
+        if d is None:
+            return 0
+        n *= d
+    return n

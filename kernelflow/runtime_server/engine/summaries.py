@@ -23,6 +23,7 @@ from ...errors import InvalidArgumentError, NotFoundError
 from ...graph.ir import Tensor, Variable
 from ...graph.ops.state import placeholder_op
 from .executor import Plan
+from .runs import current_run
 from .session import GraphSession
 
 DEFAULT_BINS = 30
@@ -127,7 +128,10 @@ def summarize(s: GraphSession, tensor: str, feed_names: Sequence[str], feed_valu
             # A plan of its own, not s.run's cached one: inspector clicks must not grow the cache.
             plan = Plan(s, [t], feeds)
             # (a fetch that aliases a variable's storage comes back copied: Plan.copy_fetch)
-            value = plan.run([s._check_feed(f, v) for f, v in zip(plan.feeds, feed_values)])[0]
+            ctl = current_run()
+            if ctl is not None:
+                ctl.attach(plan)
+            value = plan.run([s._check_feed(f, v) for f, v in zip(plan.feeds, feed_values)], ctl)[0]
     summary = _stats(value, bins)
     return {"name": t.name, "shape": [int(d) for d in value.shape], "dtype": t.dtype, **summary}
 

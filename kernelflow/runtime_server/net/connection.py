@@ -106,7 +106,7 @@ class SocketConnection(ConnectionState):
     """
 
     __slots__ = ("sock", "_fd", "_chunk", "_view", "_out", "_reading", "_writing", "_busy", "_msgs", "_closing",
-                 "_is_closed")
+                 "_is_closed", "_watching")
 
     def __init__(self, server: ConnectionDelegate, sock: socket.socket, address: Any, chunk: bytearray):
         super().__init__(server, address)
@@ -121,6 +121,7 @@ class SocketConnection(ConnectionState):
         self._msgs: Any = None  # the messages() iterator to resume after a pause
         self._closing = False  # close once the output is sent
         self._is_closed = False
+        self._watching = False  # watching for the peer's EOF while a call runs
         self._start_reading()
 
     @property
@@ -130,8 +131,33 @@ class SocketConnection(ConnectionState):
     # ----------------------------------------------------------------- reading
     def _start_reading(self) -> None:
         if not self._reading and not self._is_closed:
-            self.loop.add_reader(self._fd, self._on_readable)
+            self.loop.add_reader(self._fd, self._on_readable)  # replaces an EOF watch
             self._reading = True
+            self._watching = False
+
+    def _watch_eof(self) -> None:
+        """While a call runs, notice a client that hangs up (it gave up at its deadline or was
+        interrupted), so its run is cancelled; pipelined bytes end the watch unread."""
+        if not self._is_closed and not self._reading:
+            self.loop.add_reader(self._fd, self._on_readable_busy)
+            self._watching = True
+
+    def _unwatch(self) -> None:
+        if self._watching:
+            self.loop.remove_reader(self._fd)
+            self._watching = False
+
+    def _on_readable_busy(self) -> None:
+        try:
+            data = self.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        self._unwatch()
+        if not data:
+            log.debug("connection %s closed by the peer while its call runs; cancelling it", self.address)
+            self.close()  # connection_closed -> the service cancels the peer's runs
 
     def _stop_reading(self) -> None:
         if self._reading:
@@ -193,6 +219,7 @@ class SocketConnection(ConnectionState):
                 self._msgs = msgs
                 self._busy = True
                 self._stop_reading()
+                self._watch_eof()
                 r.add_done_callback(self._call_done)
                 return
         except KernelflowError as e:
@@ -207,6 +234,7 @@ class SocketConnection(ConnectionState):
         self._busy = False
         if self._is_closed:
             return
+        self._unwatch()
         try:
             keep = not fut.cancelled() and fut.result()
             if not keep:
@@ -293,6 +321,7 @@ class SocketConnection(ConnectionState):
             return
         self._is_closed = True
         self._stop_reading()
+        self._unwatch()
         if self._writing:
             self.loop.remove_writer(self._fd)
             self._writing = False

@@ -591,8 +591,9 @@ class JobManager:
                 log.info("state dir: job %s was running; it is back as interrupted (resume() continues from "
                          "step %d)", job_id, job.step)
 
-    def shutdown(self) -> None:
-        """Stop running jobs at a step boundary with a checkpoint (they come back ``interrupted``)."""
+    def shutdown(self, wait_s: float = SHUTDOWN_WAIT_S) -> None:
+        """Stop running jobs at a step boundary with a checkpoint (they come back ``interrupted``);
+        waits up to ``wait_s`` for them."""
         self._closed.set()
         with self._cond:
             jobs = list(self.jobs.values())
@@ -603,12 +604,12 @@ class JobManager:
                     job.request = "interrupt"
                     job.cond.notify_all()
         self.wake()
-        deadline = time.monotonic() + SHUTDOWN_WAIT_S
+        deadline = time.monotonic() + wait_s
         for job in jobs:
             t = job.thread
             if t is not None and t.is_alive():
                 t.join(max(0.0, deadline - time.monotonic()))
                 if t.is_alive():
-                    log.error("job %s did not reach a step boundary within %.0f s", job.id, SHUTDOWN_WAIT_S)
+                    log.error("job %s did not reach a step boundary within %.0f s", job.id, wait_s)
         self.flush()
         self.events.shutdown()
