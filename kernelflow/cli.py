@@ -126,7 +126,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"kernelflow serve: {e}", file=sys.stderr)
         return 1
     server = RuntimeServer(service, token, max_message_bytes=args.max_message_bytes, ssl_context=ctx,
-                           workers=args.workers)
+                           workers=args.workers, unauth_message_bytes=args.unauth_message_bytes,
+                           auth_timeout_s=args.auth_timeout_s, max_buffered_input_bytes=args.max_buffered_input_bytes,
+                           max_message_elements=args.max_message_elements)
     service.models.configure(model_config, batching)
     scheme = "kfs" if ctx else "kf"
 
@@ -350,6 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--token-file", help="read the token from this file")
     s.add_argument("--max-message-bytes", type=int, default=4 << 30,
                    help="largest request accepted, in bytes (default 4 GiB)")
+    s.add_argument("--unauth-message-bytes", type=int, default=64 << 10,
+                   help="largest message a connection may send before auth, in bytes (default 64 KiB)")
+    s.add_argument("--auth-timeout-s", type=float, default=10.0,
+                   help="close a connection that has not authenticated after this long (default 10 s)")
+    s.add_argument("--max-buffered-input-bytes", type=int, default=8 << 30,
+                   help="input held for incomplete messages over all connections; beyond it the connection "
+                   "that asks for more is closed with ResourceExhaustedError (default 8 GiB)")
+    s.add_argument("--max-message-elements", type=int, default=1 << 22,
+                   help="most values (array items, map entries, scalars) in one message (default 4194304)")
     s.add_argument("--device", default="cpu", help="default device: cpu, auto or gpu:N (default cpu)")
     s.add_argument("--workers", type=int, default=4, help="threads running graph runs (default 4)")
     s.add_argument("--max-run-seconds", type=float, default=None,

@@ -36,6 +36,7 @@ MAX_NDIM = 32
 DEFAULT_MAX_MESSAGE_BYTES = 4 << 30
 INLINE_ARRAY_BYTES = 64 << 10  # smaller arrays are copied into the message; bigger ones are frames
 _FAST_PARTIAL_BYTES = 64 << 10  # a partial message above this is decoded incrementally
+DEFAULT_MAX_MESSAGE_ELEMENTS = 1 << 22  # values in one incrementally decoded message (a cost bound)
 _MAX_HEADER_BYTES = 512
 _DTYPE_RE = re.compile(r"[<>|=]?(b1|[iu][1248]|f[248]|c(8|16))")
 # Stands in for a big array while msgpack's C packer packs the rest; the per-process nonce
@@ -257,6 +258,7 @@ def decode(data: bytes | bytearray | memoryview, max_message_bytes: int = DEFAUL
 
 # ----------------------------------------------------------------- incremental reader
 _NEED = object()  # yielded by the slow decoder: more bytes are needed
+_PAUSE = object()  # yielded by the slow decoder: a slice of values is done (see slice_values)
 
 
 class MessageReader:
@@ -270,6 +272,12 @@ class MessageReader:
         max_message_bytes: the largest message accepted; a bigger one raises
             ResourceExhaustedError before its payload is read.
         max_depth: the deepest nesting accepted (ProtocolError beyond).
+        slice_values: decode at most this many values of an incremental message per call of
+            `messages`, then stop with `paused` set (None: never pause). A server sets it so one
+            peer's message of millions of tiny values cannot hold its IO loop: it calls
+            `messages` again on the next loop iteration.
+        max_message_elements: the most values one incrementally decoded message may hold
+            (ResourceExhaustedError beyond); smaller messages are bounded by their bytes.
 
     Example:
         >>> r = MessageReader()
@@ -282,9 +290,15 @@ class MessageReader:
         ...     for msg in r.messages(): handle(msg)
     """
 
-    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_depth: int = MAX_DEPTH):
+    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_depth: int = MAX_DEPTH,
+                 slice_values: int | None = None, max_message_elements: int = DEFAULT_MAX_MESSAGE_ELEMENTS):
         self.max_message_bytes = int(max_message_bytes)
         self.max_depth = int(max_depth)
+        self.slice_values = slice_values
+        self.max_message_elements = int(max_message_elements)
+        self.paused = False  # stopped after slice_values values; call messages() again
+        self._budget = slice_values if slice_values is not None else -1
+        self._elements = 0  # values of the current incremental message
         self._buf = bytearray()
         self._pos = 0  # slow decoder's read position in _buf
         self._slow: Generator[Any, None, Any] | None = None
@@ -295,6 +309,12 @@ class MessageReader:
     def pending_bytes(self) -> int:
         """Bytes received but not yet part of a decoded message."""
         return len(self._buf)
+
+    @property
+    def held_bytes(self) -> int:
+        """Memory held for messages not yet complete: buffered bytes plus the part of the current
+        message already consumed (arrays allocated for direct reads included)."""
+        return len(self._buf) + self._msg_start
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes (not while `want_into` offers a buffer)."""
@@ -348,6 +368,9 @@ class MessageReader:
         return obj
 
     def _messages(self) -> Iterator[Any]:
+        self.paused = False
+        if self.slice_values is not None:
+            self._budget = self.slice_values
         while True:
             if self._slow is None:
                 yield from self._fast()
@@ -357,6 +380,7 @@ class MessageReader:
                     return
                 self._pos = 0
                 self._msg_start = 0
+                self._elements = 0
                 self._slow = self._decode_message()
             if self._target is not None:
                 return
@@ -366,8 +390,12 @@ class MessageReader:
                 self._slow = None
                 del self._buf[:self._pos]
                 self._pos = 0
+                self._msg_start = 0
                 yield stop.value
                 continue
+            if step is _PAUSE:
+                self.paused = True
+                return
             if step is _NEED:
                 return
 
@@ -426,6 +454,14 @@ class MessageReader:
             raise ProtocolError(f"malformed msgpack: {type(e).__name__}: {e}") from None
 
     def _decode(self, depth: int) -> Generator[Any, None, Any]:
+        self._elements += 1
+        if self._elements > self.max_message_elements:
+            raise ResourceExhaustedError(f"message of more than {self.max_message_elements} values is over the "
+                                         "limit (--max-message-elements)")
+        self._budget -= 1
+        if self._budget == 0:  # a slice is done: let the caller serve others first
+            yield _PAUSE
+            self._budget = self.slice_values if self.slice_values is not None else -1
         b = (yield from self._take(1))[0]
         if b <= 0x7F:
             return b

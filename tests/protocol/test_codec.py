@@ -224,3 +224,38 @@ def test_reader_huge_declared_array_length_waits_without_allocating():
     r.feed(b"\xdd\xff\xff\xff\xff")  # array32 of 4 billion elements, no elements sent
     assert list(r.messages()) == []
     assert r.pending_bytes == 5
+
+
+# ----------------------------------------------------------------- issue #15: decoding cost bounds
+def test_reader_slices_a_message_of_many_values_and_resumes_to_the_same_value():
+    msg = [0, 1, "graph.list", [None, 1, "a", [2.5, {"k": b"v"}]] * 30_000]
+    data = msgpack.packb(msg)
+    r = MessageReader(slice_values=1000)
+    got, pauses = [], 0
+    for i in range(0, len(data), 1 << 16):  # arrives in 64 KiB pieces, as from a socket
+        r.feed(data[i:i + (1 << 16)])
+        got += list(r.messages())
+        while r.paused:
+            pauses += 1
+            got += list(r.messages())
+    assert got == [msg] and r.pending_bytes == 0
+    assert pauses >= len(msg[3]) * 3 // 1000 // 2  # several slices, not one long call
+
+
+def test_reader_without_slicing_never_pauses():
+    data = msgpack.packb([None] * 200_000)
+    r = MessageReader()
+    r.feed(data[:100_000])
+    assert list(r.messages()) == [] and not r.paused
+    r.feed(data[100_000:])
+    assert list(r.messages()) == [[None] * 200_000]
+
+
+def test_reader_refuses_a_message_over_the_value_limit():
+    r = MessageReader(max_message_elements=50_000)
+    data = msgpack.packb([None] * 100_000)
+    r.feed(data[:70_000])
+    assert list(r.messages()) == []  # a partial message over 64 KiB: decoded incrementally, values counted
+    r.feed(data[70_000:])
+    with pytest.raises(ResourceExhaustedError, match="more than 50000 values"):
+        list(r.messages())

@@ -34,12 +34,24 @@ from ...protocol.rpc import notification as notification_frames
 log = logging.getLogger("kernelflow.server")
 
 READ_CHUNK_BYTES = 256 << 10
+# Values of an incrementally decoded message decoded per loop callback (~5 ms of Python): a
+# message of millions of tiny values is decoded in slices, other clients served in between.
+DECODE_SLICE_VALUES = 8192
 
 
 class ConnectionDelegate(Protocol):
     """What a connection needs from the server that owns it."""
 
     max_message_bytes: int
+    unauth_message_bytes: int
+    max_message_elements: int
+
+    def buffered_changed(self, conn: ConnectionState, delta: int) -> None:
+        """``conn`` holds ``delta`` more bytes of input not yet decoded into messages.
+
+        Raises:
+            ResourceExhaustedError: the server's budget for buffered input is spent.
+        """
 
     def handle_message(self, conn: ConnectionState, msg: Any) -> bool | asyncio.Future:
         """Answer one decoded message: True/False (answered; False ends the connection), or a
@@ -59,14 +71,29 @@ class ConnectionState:
     any thread, ``closed`` tells whether the client is gone.
     """
 
-    __slots__ = ("address", "is_authenticated", "loop", "server", "reader", "__weakref__")
+    __slots__ = ("address", "is_authenticated", "loop", "server", "reader", "_held", "__weakref__")
 
     def __init__(self, server: ConnectionDelegate, address: Any):
         self.server = server
         self.address = address
         self.is_authenticated = False
         self.loop = asyncio.get_running_loop()
-        self.reader = MessageReader(server.max_message_bytes)
+        # Until auth, only small messages (the server raises the limit on a good auth).
+        self.reader = MessageReader(server.unauth_message_bytes, slice_values=DECODE_SLICE_VALUES,
+                                    max_message_elements=server.max_message_elements)
+        self._held = 0  # input bytes accounted to the server's budget
+
+    def _account(self) -> None:
+        """Tell the server how much undecoded input this connection holds (raises over budget)."""
+        held = self.reader.held_bytes
+        if held != self._held:
+            delta, self._held = held - self._held, held
+            self.server.buffered_changed(self, delta)
+
+    def _release(self) -> None:
+        if self._held:
+            delta, self._held = -self._held, 0
+            self.server.buffered_changed(self, delta)
 
     @property
     def closed(self) -> bool:
@@ -182,10 +209,16 @@ class SocketConnection(ConnectionState):
                     if not n:
                         return self._eof()
                     self._process(reader.feed_messages(self._view[:n]))
+                if reader.held_bytes or self._held:
+                    self._account()
                 if not self._reading or (target is None and n < len(self._chunk)):
                     return  # paused, closed, or the socket is (very likely) drained
         except (BlockingIOError, InterruptedError):
             pass
+        except KernelflowError as e:  # over the server's input budget
+            log.warning("dropping connection %s: %s", self.address, e)
+            self.server.reply(self, None, error_to_map(e), None)
+            self._close_when_sent()
         except OSError as e:  # reset by the peer
             log.debug("connection %s: %s", self.address, e)
             self.close()
@@ -228,7 +261,26 @@ class SocketConnection(ConnectionState):
             self.server.reply(self, None, error_to_map(e), None)
             self._close_when_sent()
             return
+        if self.reader.paused:
+            # A slice of a big message is decoded: serve the other connections, then go on.
+            self._stop_reading()
+            self.loop.call_soon(self._continue_decoding)
+            return
         self._start_reading()
+
+    def _continue_decoding(self) -> None:
+        if self._is_closed or self._busy or self._msgs is not None or self._out:
+            return  # resumed by the call's or the send's completion instead
+        try:
+            self._process(self.reader.messages())
+            self._account()
+        except KernelflowError as e:
+            log.warning("dropping connection %s: %s", self.address, e)
+            self.server.reply(self, None, error_to_map(e), None)
+            self._close_when_sent()
+        except Exception:
+            log.error("connection %s failed", self.address, exc_info=True)
+            self.close()
 
     def _call_done(self, fut: asyncio.Future) -> None:
         self._busy = False
@@ -327,6 +379,7 @@ class SocketConnection(ConnectionState):
             self._writing = False
         self._out.clear()
         self._msgs = None
+        self._release()
         try:
             self.sock.close()
         except OSError:
@@ -374,12 +427,15 @@ class StreamConnection(ConnectionState):
         try:
             while not stream.closed():
                 target = reader.want_into()
-                if target is not None:
+                if reader.paused:
+                    await asyncio.sleep(0)  # a slice of a big message is decoded: serve the others
+                elif target is not None:
                     await stream.read_into(target)
                     reader.filled(len(target))
                 else:
                     reader.feed(await stream.read_bytes(READ_CHUNK_BYTES, partial=True))
                 try:
+                    self._account()
                     for msg in reader.messages():
                         keep = handle(self, msg)
                         if keep is not True and keep is not False:
@@ -402,4 +458,5 @@ class StreamConnection(ConnectionState):
             log.error("connection %s failed", self.address, exc_info=True)
         finally:
             stream.close()
+            self._release()
             self.server.connection_closed(self)

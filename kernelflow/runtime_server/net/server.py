@@ -29,8 +29,8 @@ import numpy as np
 from tornado.iostream import IOStream, SSLIOStream
 from tornado.tcpserver import TCPServer
 
-from ...errors import InvalidArgumentError, KernelflowError, UnauthenticatedError
-from ...protocol.codec import DEFAULT_MAX_MESSAGE_BYTES
+from ...errors import InvalidArgumentError, KernelflowError, ResourceExhaustedError, UnauthenticatedError
+from ...protocol.codec import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGE_ELEMENTS
 from ...protocol.rpc import Request, error_to_map, parse_message, response
 from ..methods import Method, internal_error
 from ..service import PROTOCOL_VERSION, RuntimeService
@@ -43,6 +43,12 @@ _NOT_INLINE = object()
 # runs on the IO loop when its graph is idle: a hop through the thread pool costs ~150 us on a
 # small machine, more than a small run itself; 2 ms keeps `info` far inside its 50 ms.
 INLINE_BUDGET_S = 0.002
+# Limits that hold before a connection has authenticated (issue #15): anyone who can connect
+# gets this far, so an unauthenticated peer may send only small messages and must auth soon.
+DEFAULT_UNAUTH_MESSAGE_BYTES = 64 << 10
+DEFAULT_AUTH_TIMEOUT_S = 10.0
+# Input held for messages not yet complete, summed over every connection.
+DEFAULT_MAX_BUFFERED_INPUT_BYTES = 8 << 30
 
 
 def _array_bytes(params: list) -> int:
@@ -69,6 +75,11 @@ class RuntimeServer(TCPServer):
             the connection is dropped).
         ssl_context: serve TLS with this context.
         workers: threads running service calls.
+        unauth_message_bytes: the largest message a connection may send before ``auth``.
+        auth_timeout_s: close a connection that has not authenticated after this long.
+        max_buffered_input_bytes: input held for incomplete messages over all connections; a
+            connection that pushes the total over it gets ResourceExhaustedError and is closed.
+        max_message_elements: the most values in one message (a decoding cost bound).
 
     Example:
         >>> server = RuntimeServer(RuntimeService(), token="s3cret")
@@ -77,11 +88,25 @@ class RuntimeServer(TCPServer):
     """
 
     def __init__(self, service: RuntimeService, token: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 ssl_context: ssl.SSLContext | None = None, workers: int = 4):
+                 ssl_context: ssl.SSLContext | None = None, workers: int = 4,
+                 unauth_message_bytes: int = DEFAULT_UNAUTH_MESSAGE_BYTES,
+                 auth_timeout_s: float = DEFAULT_AUTH_TIMEOUT_S,
+                 max_buffered_input_bytes: int = DEFAULT_MAX_BUFFERED_INPUT_BYTES,
+                 max_message_elements: int = DEFAULT_MAX_MESSAGE_ELEMENTS):
         if not isinstance(token, str) or not token:
             raise InvalidArgumentError("RuntimeServer: token must be a non-empty string")
         if max_message_bytes < 1024:
             raise InvalidArgumentError(f"RuntimeServer: max_message_bytes must be >= 1024; got {max_message_bytes}")
+        for what, v, low in (("unauth_message_bytes", unauth_message_bytes, 256), ("auth_timeout_s", auth_timeout_s, 0),
+                             ("max_buffered_input_bytes", max_buffered_input_bytes, 1024),
+                             ("max_message_elements", max_message_elements, 16)):
+            if not v > low:
+                raise InvalidArgumentError(f"RuntimeServer: {what} must be > {low}; got {v}")
+        self.unauth_message_bytes = int(min(unauth_message_bytes, max_message_bytes))
+        self.auth_timeout_s = float(auth_timeout_s)
+        self.max_buffered_input_bytes = int(max_buffered_input_bytes)
+        self.max_message_elements = int(max_message_elements)
+        self.buffered_input_bytes = 0
         # The stream's own limit must fit a whole array read straight into numpy memory.
         super().__init__(ssl_options=ssl_context, max_buffer_size=max_message_bytes + (1 << 20))
         self.service = service
@@ -118,11 +143,30 @@ class RuntimeServer(TCPServer):
         if isinstance(stream, SSLIOStream):
             conn: ConnectionState = StreamConnection(self, stream, address)
             self._connections.add(conn)
+            conn.loop.call_later(self.auth_timeout_s, self._auth_deadline, conn)
             return conn.serve()
         # Plain TCP: the IOStream never reads or writes (so it never registers with the
         # loop); its socket is served from loop callbacks, which costs far less per message.
-        self._connections.add(SocketConnection(self, stream.socket, address, self._chunk))
+        conn = SocketConnection(self, stream.socket, address, self._chunk)
+        self._connections.add(conn)
+        conn.loop.call_later(self.auth_timeout_s, self._auth_deadline, conn)
         return None
+
+    def _auth_deadline(self, conn: ConnectionState) -> None:
+        if conn.is_authenticated or conn not in self._connections:
+            return
+        log.warning("closing connection %s: no auth within %g s", conn.address, self.auth_timeout_s)
+        err = UnauthenticatedError(f"no auth within {self.auth_timeout_s:g} s of connecting (kernelflow serve "
+                                   "--auth-timeout-s); closing")
+        self.reply(conn, None, error_to_map(err), None)
+        conn.close()
+
+    def buffered_changed(self, conn: ConnectionState, delta: int) -> None:
+        self.buffered_input_bytes += delta
+        if delta > 0 and self.buffered_input_bytes > self.max_buffered_input_bytes:
+            raise ResourceExhaustedError(f"the server holds {self.buffered_input_bytes} bytes of incomplete messages, "
+                                         f"over its budget of {self.max_buffered_input_bytes} "
+                                         "(kernelflow serve --max-buffered-input-bytes); try again later")
 
     def connection_closed(self, conn: ConnectionState) -> None:
         self._connections.discard(conn)
@@ -235,6 +279,7 @@ class RuntimeServer(TCPServer):
             self.reply(conn, req.msgid, error_to_map(err), None)
             return False
         conn.is_authenticated = True
+        conn.reader.max_message_bytes = self.max_message_bytes
         self.reply(conn, req.msgid, None, {"protocol": PROTOCOL_VERSION, "max_message_bytes": self.max_message_bytes})
         return True
 
