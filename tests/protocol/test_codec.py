@@ -254,8 +254,6 @@ def test_reader_without_slicing_never_pauses():
 def test_reader_refuses_a_message_over_the_value_limit():
     r = MessageReader(max_message_elements=50_000)
     data = msgpack.packb([None] * 100_000)
-    r.feed(data[:70_000])
-    assert list(r.messages()) == []  # a partial message over 64 KiB: decoded incrementally, values counted
-    r.feed(data[70_000:])
+    r.feed(data[:70_000])  # a partial message over 64 KiB: decoded incrementally, values counted
     with pytest.raises(ResourceExhaustedError, match="more than 50000 values"):
         list(r.messages())
