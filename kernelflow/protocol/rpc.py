@@ -68,6 +68,8 @@ def parse_message(msg: Any) -> Request | Response | Notification:
         _, msgid, method, params = msg
         if not _is_msgid(msgid):
             raise ProtocolError(f"request msgid must be an unsigned 32-bit int; got {msgid!r:.40}")
+        if isinstance(method, bytes):
+            method = _bin_name(method, msgid)
         if not isinstance(method, str):
             raise _with_msgid(ProtocolError(f"request method must be a string; got {type(method).__name__}"), msgid)
         if not isinstance(params, list):
@@ -81,11 +83,22 @@ def parse_message(msg: Any) -> Request | Response | Notification:
         return Response(msgid, error, result)
     if kind == NOTIFICATION and len(msg) == 3 and not isinstance(kind, bool):
         _, method, params = msg
+        if isinstance(method, bytes):
+            method = _bin_name(method, None)
         if not isinstance(method, str) or not isinstance(params, list):
             raise ProtocolError("a notification must be [2, method: str, params: array]")
         return Notification(method, params)
     raise ProtocolError(f"not a msgpack-RPC message: type code {kind!r:.20} with {len(msg)} elements; expected "
                         "[0, msgid, method, params], [1, msgid, error, result] or [2, method, params]")
+
+
+def _bin_name(name: bytes, msgid: int | None) -> str:
+    """A method name sent as msgpack bin (older msgpack-RPC implementations, pynvim), as UTF-8."""
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        e = ProtocolError(f"method name must be UTF-8; got bin {name!r:.40}")
+        raise (_with_msgid(e, msgid) if msgid is not None else e) from None
 
 
 def _with_msgid(e: KernelflowError, msgid: int) -> KernelflowError:

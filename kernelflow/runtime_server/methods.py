@@ -292,7 +292,7 @@ def build_method_table(service: RuntimeService) -> MethodTable:
     return MethodTable([
         Method("info", service.info, policy="loop"),
         Method("graph.list", g.graph_list, policy="loop"),
-        Method("graph.open", g.graph_open, policy="loop"),
+        Method("graph.open", g.graph_open),  # syncs the state dir: off the IO loop (issue #15)
         Method("graph.delete", g.graph_delete),
         Method("graph.extend", g.graph_extend, types={"nodes": list[dict]}),
         Method("graph.get", g.graph_get),

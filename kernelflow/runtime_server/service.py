@@ -16,6 +16,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import InvalidArgumentError
+from . import logsafe
 from .datasets import DatasetStore
 from .engine.devices import DeviceManager
 from .engine.runs import RunRegistry, kernel_element_limit
@@ -59,6 +60,7 @@ class RuntimeService:
                  max_run_seconds: float | None = None):
         if max_run_seconds is not None and not max_run_seconds > 0:
             raise InvalidArgumentError(f"RuntimeService: max_run_seconds must be > 0 or None; got {max_run_seconds}")
+        logsafe.install()  # names from clients are logged escaped (issue #15)
         self.devices = DeviceManager(device, soft_placement)
         self.state: StateDir | None = StateDir(state_dir) if state_dir else None
         self.runs = RunRegistry(max_run_seconds)
