@@ -28,6 +28,9 @@ log = logging.getLogger("kernelflow.cli")
 def _write_runtime_file(info: dict) -> Path:
     d = runtime_dir()
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for old in runtime_files():  # left behind by servers that were killed (issue #15)
+        if not pid_alive((read_runtime_file(old) or {}).get("pid")):
+            old.unlink(missing_ok=True)
     path = d / f"{RUNTIME_FILE_PREFIX}{info['pid']}.json"
     tmp = path.with_suffix(".tmp")
     # The file holds the token: create it 0600 from the start, never chmod after writing.

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import kernelflow as kf
-
 from tests.runtime.test_server import TOKEN, raw_exchange
 
 WAIT_S = 60.0

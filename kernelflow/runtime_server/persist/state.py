@@ -203,6 +203,10 @@ class StateDir:
                     shutil.rmtree(p, ignore_errors=True)
                 else:
                     p.unlink(missing_ok=True)
+        models = self.root / "models"
+        for d in models.iterdir() if models.is_dir() else ():
+            for p in d.glob(".tmp-*") if d.is_dir() else ():  # an export killed mid-write (issue #15)
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         base = self.root / "checkpoints"
         for d in base.iterdir() if base.is_dir() else ():
             listed = {m["file"] for m in self._manifests_in(d)}
