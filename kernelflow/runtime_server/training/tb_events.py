@@ -3,7 +3,9 @@
 tensorboardX is imported on that thread, when the first job starts: importing it can take a
 second (it loads torch when torch is installed), and a runtime without it (a bare GPU box)
 logs that once and writes no event files. Jobs hand records over through a queue and never
-wait for the writer.
+wait for the writer. Encoding images as PNG can be slower than a job logs them, so the pixels
+waiting in the queue are bounded (`MAX_QUEUED_IMAGE_BYTES`): beyond it image records skip the
+event files (the job's history keeps them) instead of growing memory without end (issue #15).
 
 Contents: EventWriter.
 """
@@ -17,6 +19,8 @@ from typing import Any
 
 log = logging.getLogger("kernelflow.jobs")
 
+MAX_QUEUED_IMAGE_BYTES = 64 << 20
+
 
 class EventWriter:
     """One writer thread for the event files of every job of a runtime."""
@@ -25,6 +29,8 @@ class EventWriter:
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.queued_image_bytes = 0  # pixels of image records waiting in the queue
+        self.dropped_images = 0  # image records that skipped the event files (queue full)
 
     def _put(self, item: tuple) -> None:
         with self._lock:
@@ -38,7 +44,19 @@ class EventWriter:
         self._put(("open", job_id, logdir))
 
     def write(self, job_id: str, record: dict) -> None:
-        """Write one logged record (scalars or a histogram with its ``stats``)."""
+        """Write one logged record (scalars, a histogram with its ``stats``, images); image records
+        are dropped while `MAX_QUEUED_IMAGE_BYTES` of pixels wait already."""
+        nbytes = _image_bytes(record)
+        if nbytes:
+            with self._lock:
+                if self.queued_image_bytes + nbytes > MAX_QUEUED_IMAGE_BYTES:
+                    self.dropped_images += 1
+                    if self.dropped_images == 1 or self.dropped_images % 1000 == 0:
+                        log.warning("TensorBoard events of job %s: the writer is behind; %d image records skipped "
+                                    "the event files so far (the job's history keeps them)", job_id,
+                                    self.dropped_images)
+                    return
+                self.queued_image_bytes += nbytes
         self._put(("record", job_id, record))
 
     def close(self, job_id: str) -> None:
@@ -61,9 +79,9 @@ class EventWriter:
             kind, job_id, arg = self._q.get()
             if kind == "stop":
                 break
-            if SummaryWriter is None:
-                continue
             try:
+                if SummaryWriter is None:
+                    continue
                 if kind == "open":
                     writers[job_id] = SummaryWriter(logdir=arg, flush_secs=5)
                 elif kind == "close":
@@ -74,6 +92,11 @@ class EventWriter:
                     _write(writers[job_id], arg)
             except Exception:
                 log.error("TensorBoard events of job %s: %s failed", job_id, kind, exc_info=True)
+            finally:
+                nbytes = _image_bytes(arg) if kind == "record" else 0
+                if nbytes:
+                    with self._lock:
+                        self.queued_image_bytes -= nbytes
         for w in writers.values():
             try:
                 w.close()
@@ -102,6 +125,12 @@ def _import_writer() -> Any:
         if hide and sys.modules.get("torch", 0) is None:
             del sys.modules["torch"]
     return SummaryWriter
+
+
+def _image_bytes(r: Any) -> int:
+    if not isinstance(r, dict) or r.get("kind") != "images" or r.get("images") is None:
+        return 0
+    return int(getattr(r["images"], "nbytes", 0))
 
 
 def _write(w: Any, r: dict) -> None:
