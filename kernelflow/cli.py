@@ -146,7 +146,7 @@ def cmd_export_model(args: argparse.Namespace) -> int:
     import shutil
     import tarfile
 
-    from .runtime_server.serving.models import MARKER, _versions_on_disk, check_model_name
+    from .protocol.model_dir import MARKER, check_model_name, versions_on_disk
 
     if bool(args.state_dir) == bool(args.model_base_path):
         print("kernelflow export-model: give --state-dir or --model-base-path (one)", file=sys.stderr)
@@ -157,7 +157,7 @@ def cmd_export_model(args: argparse.Namespace) -> int:
     except KernelflowError as e:
         print(f"kernelflow export-model: {e}", file=sys.stderr)
         return 2
-    versions = _versions_on_disk(base / args.name)
+    versions = versions_on_disk(base / args.name)
     if not versions:
         print(f"kernelflow export-model: no complete model '{args.name}' under {base}", file=sys.stderr)
         return 1

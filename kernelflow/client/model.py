@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError
 from ..graph.ir import Tensor
+from ..protocol.model_dir import MARKER, read_model_dir, versions_on_disk
 
 if TYPE_CHECKING:
     from .graph import RemoteGraph
@@ -150,15 +151,13 @@ def load_model(path: str | Path, runtime: Runtime | None = None) -> LocalModel:
         NotFoundError: no complete model version there.
         FailedPreconditionError: damaged files.
     """
-    # The on-disk format is the runtime's (lazily: a client machine may lack its kernels).
-    from ..runtime_server.serving.models import MARKER, _versions_on_disk, read_model_dir
-    from .runtime import connect
+    from .runtime import connect  # lazily: runtime imports this module
 
     p = Path(path)
     if p.is_file() and p.name.endswith((".tar.gz", ".tgz")):
         return _load_archive(p, runtime)
     if not (p / MARKER).is_file():
-        versions = _versions_on_disk(p)
+        versions = versions_on_disk(p)
         if not versions:
             raise NotFoundError(f"load_model: {p} holds no complete model version (no {MARKER})")
         p = p / str(versions[-1])

@@ -39,9 +39,10 @@ from typing import Any
 import numpy as np
 
 from ...errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError, UnavailableError
+from ...protocol.model_dir import NAME_RE, check_model_name, versions_on_disk
 from ..engine.devices import DeviceManager
 from .batching import BatchingOptions, check_option
-from .models import _NAME_RE, LoadedModel, _versions_on_disk, check_model_name
+from .loaded import LoadedModel
 
 log = logging.getLogger("kernelflow.models")
 
@@ -282,7 +283,7 @@ class ModelManager:
         if self.base is None or not self.base.is_dir():
             return []
         return sorted(e.name for e in os.scandir(self.base)
-                      if e.is_dir() and _NAME_RE.fullmatch(e.name) and ".." not in e.name)
+                      if e.is_dir() and NAME_RE.fullmatch(e.name) and ".." not in e.name)
 
     def _settings(self, name: str) -> ModelConfig:
         return self.config.get(name) or ModelConfig()
@@ -305,7 +306,7 @@ class ModelManager:
                     f.result()
 
     def _reconcile(self, name: str) -> list[Future]:
-        on_disk = _versions_on_disk(self.base / name) if self.base is not None else []
+        on_disk = versions_on_disk(self.base / name) if self.base is not None else []
         wanted = self._settings(name).policy.choose(on_disk)
         loads, unloads = [], []
         with self._lock:
@@ -438,7 +439,7 @@ class ModelManager:
         avail = [v for v, sv in vs.items() if sv.state == AVAILABLE]
         if avail and (version is None or version in avail):  # the hot path: no disk access
             return vs[max(avail) if version is None else version]
-        on_disk = _versions_on_disk(self.base / name) if self.base is not None else []
+        on_disk = versions_on_disk(self.base / name) if self.base is not None else []
         if not vs and not on_disk:
             raise NotFoundError(f"no model named '{name}'; models: {self.names()}")
         policy = self._settings(name).policy
@@ -537,7 +538,7 @@ class ModelManager:
     def names(self) -> list[str]:
         with self._lock:
             tracked = {n for n, vs in self._models.items() if vs}
-        return sorted(tracked | {n for n in self._names_on_disk() if _versions_on_disk(self.base / n)})  # type: ignore[operator]
+        return sorted(tracked | {n for n in self._names_on_disk() if versions_on_disk(self.base / n)})  # type: ignore[operator]
 
     def status(self, name: str, version: int | None = None) -> dict:
         """TensorFlow Serving's GetModelStatus document (newest version first).
@@ -548,7 +549,7 @@ class ModelManager:
         check_model_name(name)
         if not self.watching:
             self.poll(only=name, wait=True)
-        on_disk = _versions_on_disk(self.base / name) if self.base is not None else []
+        on_disk = versions_on_disk(self.base / name) if self.base is not None else []
         with self._lock:
             docs = {v: sv.status() for v, sv in self._models.get(name, {}).items()}
         if not docs and not on_disk:
