@@ -244,7 +244,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     for info in infos:
         try:
             with connect(info["url"], token=info.get("token"), timeout=args.timeout) as rt:
-                rt._call("server.shutdown", [])
+                rt.call("server.shutdown", [])
             print(f"stopped {info['url']} (pid {info.get('pid')})")
         except (KernelflowError, OSError) as e:
             print(f"kernelflow stop: {info['url']}: {e}", file=sys.stderr)

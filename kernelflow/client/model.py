@@ -56,7 +56,7 @@ def export(graph: RemoteGraph, name: str, inputs: dict, outputs: dict, version: 
     """
     ins, outs = _node_names(graph, inputs, "inputs"), _node_names(graph, outputs, "outputs")
     graph.sync()
-    r = graph.runtime._call("model.export", [graph.name, name, ins, outs, version])
+    r = graph.runtime.call("model.export", [graph.name, name, ins, outs, version])
     return int(r["version"])
 
 
@@ -82,16 +82,16 @@ class ModelHandle:
             >>> rt.model("digits").predict({"image": batch})["class"]
         """
         feed = {k: np.asarray(v) for k, v in inputs.items()}
-        return self.runtime._call("model.predict", [self.name, self.version, feed, outputs])
+        return self.runtime.call("model.predict", [self.name, self.version, feed, outputs])
 
     def status(self) -> dict:
         """Versions and their states (TF Serving's fields), the served version and its signature."""
-        return self.runtime._call("model.status", [self.name, self.version])
+        return self.runtime.call("model.status", [self.name, self.version])
 
 
 def list_models(runtime: Runtime) -> list[dict]:
     """Every model the runtime serves: ``[{"name", "model_version_status": [...]}]``."""
-    return runtime._call("model.list", [])
+    return runtime.call("model.list", [])
 
 
 class LocalModel:

@@ -50,7 +50,6 @@ START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UN
 BATCHING_FIELDS = tuple(f.name for f in fields(BatchingOptions))
 KEEP_ENDED = 5  # END versions kept in a model's status (newest first), so it does not grow forever
 # Test hook: while <dir>/hold-<model name> exists, loads of that model wait in LOADING.
-LOAD_GATE_ENV = "KERNELFLOW_TEST_LOAD_GATE"
 _CODES = {"InvalidArgumentError": "INVALID_ARGUMENT", "ShapeError": "INVALID_ARGUMENT", "NotFoundError": "NOT_FOUND",
           "FailedPreconditionError": "FAILED_PRECONDITION", "ResourceExhaustedError": "RESOURCE_EXHAUSTED",
           "UnavailableError": "UNAVAILABLE", "InternalError": "INTERNAL"}
@@ -349,14 +348,6 @@ class ModelManager:
         return f
 
     # ------------------------------------------------------------- load and unload
-    def _wait_gate(self, name: str) -> None:
-        gate = os.environ.get(LOAD_GATE_ENV)
-        if gate:
-            hold = Path(gate) / f"hold-{name}"
-            deadline = time.monotonic() + 120
-            while hold.exists() and time.monotonic() < deadline and not self._stop.is_set():
-                time.sleep(0.02)
-
     def _load(self, sv: ServedVersion) -> None:
         with self._lock:
             if sv.state != START or self._stop.is_set():
@@ -364,7 +355,6 @@ class ModelManager:
             sv.state = LOADING
         batcher = model = None
         try:
-            self._wait_gate(sv.name)
             model = LoadedModel(sv.name, sv.version, sv.path, self.devices)
             t0 = time.perf_counter()
             try:
