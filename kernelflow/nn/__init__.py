@@ -1,5 +1,21 @@
-"""Graph builders: initialisers, layers, losses, optimisers. Imports graph only."""
+"""Graph builders: initialisers, layers, losses, metrics, optimisers, models. Imports graph only.
+
+The layer classes live here (``kf.nn.Dense``) and in ``kf.layers`` beside the function
+builders (``kf.layers.dense``).
+"""
 
 from . import init, layers, optim
+from .attention import MultiHeadAttention
+from .conv_layers import AvgPool2D, Conv1D, Conv2D, Conv2DTranspose, GlobalAvgPool2D, MaxPool2D
+from .core import Activation, Add, Concatenate, Dense, Dropout, Embedding, Flatten, Reshape
+from .layer_base import L1, L1L2, L2, Input, Layer, Regularizer, SymbolicTensor, defaults
+from .norm import BatchNormalization, LayerNormalization
 
-__all__ = ["init", "layers", "optim"]
+LAYERS = ["Dense", "Conv1D", "Conv2D", "Conv2DTranspose", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Flatten",
+          "Reshape", "Dropout", "BatchNormalization", "LayerNormalization", "Embedding", "MultiHeadAttention", "Add",
+          "Concatenate", "Activation"]
+
+__all__ = ["init", "layers", "optim", "Layer", "SymbolicTensor", "Input", "defaults", "Regularizer", "L1", "L2",
+           "L1L2", "Dense", "Conv1D", "Conv2D", "Conv2DTranspose", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
+           "Flatten", "Reshape", "Dropout", "BatchNormalization", "LayerNormalization", "Embedding",
+           "MultiHeadAttention", "Add", "Concatenate", "Activation"]
