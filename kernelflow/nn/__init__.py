@@ -4,7 +4,8 @@ The layer classes live here (``kf.nn.Dense``) and in ``kf.layers`` beside the fu
 builders (``kf.layers.dense``).
 """
 
-from . import init, layers, optim
+from . import callbacks, init, layers, losses, optim
+from . import models as nn_models
 from .attention import MultiHeadAttention
 from .conv_layers import AvgPool2D, Conv1D, Conv2D, Conv2DTranspose, GlobalAvgPool2D, MaxPool2D
 from .core import Activation, Add, Concatenate, Dense, Dropout, Embedding, Flatten, Reshape
@@ -15,7 +16,8 @@ LAYERS = ["Dense", "Conv1D", "Conv2D", "Conv2DTranspose", "MaxPool2D", "AvgPool2
           "Reshape", "Dropout", "BatchNormalization", "LayerNormalization", "Embedding", "MultiHeadAttention", "Add",
           "Concatenate", "Activation"]
 
-__all__ = ["init", "layers", "optim", "Layer", "SymbolicTensor", "Input", "defaults", "Regularizer", "L1", "L2",
+__all__ = ["init", "layers", "optim", "callbacks", "losses", "nn_models",
+           "Layer", "SymbolicTensor", "Input", "defaults", "Regularizer", "L1", "L2",
            "L1L2", "Dense", "Conv1D", "Conv2D", "Conv2DTranspose", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
            "Flatten", "Reshape", "Dropout", "BatchNormalization", "LayerNormalization", "Embedding",
            "MultiHeadAttention", "Add", "Concatenate", "Activation"]

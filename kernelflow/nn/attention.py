@@ -50,6 +50,10 @@ class MultiHeadAttention(Layer):
         self.output_shape_ = output_shape
         self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
 
+    @property
+    def uses_training(self) -> bool:
+        return self.dropout > 0
+
     def __call__(self, query: Any, value: Any = None, key: Any = None, training: Any = None) -> Any:
         """``mha(query, value, key=None, training=None)``; a list ``[query, value(, key)]`` works too."""
         if isinstance(query, (list, tuple)):

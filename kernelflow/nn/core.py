@@ -143,6 +143,8 @@ class Dropout(Layer):
         seed: op seed of the mask.
     """
 
+    uses_training = True
+
     def __init__(self, rate: float, **kwargs: Any):
         super().__init__(**kwargs)
         self.rate = float(rate)

@@ -296,6 +296,8 @@ class Layer:
         dtype: dtype of its variables (default: the input's float dtype, else float32).
     """
 
+    #: True for layers that compute differently in training (dropout, batch norm)
+    uses_training: bool = False
     #: the input rank the layer takes (with batch), or None for any; checked on call
     input_ndim: int | tuple[int, ...] | None = None
 

@@ -39,6 +39,8 @@ class BatchNormalization(Layer):
         scale: learn a scale ``gamma``.
     """
 
+    uses_training = True
+
     def __init__(self, axis: int = -1, momentum: float = 0.99, epsilon: float = 1e-3, center: bool = True,
                  scale: bool = True, **kwargs: Any):
         super().__init__(**kwargs)
