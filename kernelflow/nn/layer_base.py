@@ -321,7 +321,12 @@ class Layer:
 
     def get_config(self) -> dict:
         """The constructor arguments (plain values): ``type(layer)(**layer.get_config())`` rebuilds it."""
-        return {"name": self.name, "trainable": self.trainable}
+        cfg: dict[str, Any] = {"name": self.name, "trainable": self.trainable}
+        if self.input_shape is not None:
+            cfg["input_shape"] = list(self.input_shape)
+        if self.dtype is not None:
+            cfg["dtype"] = self.dtype
+        return cfg
 
     @classmethod
     def from_config(cls, config: dict) -> Layer:
