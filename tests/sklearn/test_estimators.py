@@ -87,7 +87,7 @@ def test_refit_and_garbage_collection_delete_the_graph(digits):
 def test_pickled_fitted_estimator_predicts_the_same(digits):
     X_train, X_test, y_train, _ = digits
     clf = KFClassifier(epochs=3, random_state=0).fit(X_train, y_train)
-    clone = pickle.loads(pickle.dumps(clf))
+    clone = pickle.loads(pickle.dumps(clf))  # noqa: S301 - sklearn pickles estimators; our own bytes
     np.testing.assert_allclose(clone.predict_proba(X_test), clf.predict_proba(X_test), rtol=1e-6, atol=1e-7)
     assert clone._kf_model.graph.name != clf._kf_model.graph.name  # its own graph
 
