@@ -163,15 +163,15 @@ def fit(model: Any, x: Any = None, y: Any = None, batch_size: int = 32, epochs: 
                               seed=seed * 1_000_003 + initial_epoch, **job_args)
         model.last_job = history.job = job
         history.jobs.append(job)
-        observer = _Observer([history, *callbacks], spe, initial_epoch, val_ds is not None, model)
+        observer = _Observer([*callbacks, history], spe, initial_epoch, val_ds is not None, model)
         for cb in callbacks:
             cb.on_train_begin()
         job.subscribe(observer)
         if not wait:
             return job
         status = job.wait(progress=bool(verbose_on))
+        job._catch_up()  # the records the stream has not delivered yet reach the observer now
         job.unsubscribe(observer)
-        observer.flush(job)
         _raise_if_failed(job, status)
         for cb in callbacks:
             cb.on_train_end()
@@ -188,7 +188,7 @@ def fit(model: Any, x: Any = None, y: Any = None, batch_size: int = 32, epochs: 
         status = _wait_fast(job)
         _raise_if_failed(job, status)
         logs = epoch_logs(job.history, spe, 0)
-        for cb in [history, *callbacks]:
+        for cb in [*callbacks, history]:  # History last: it records what the others added (learning_rate)
             cb.on_epoch_end(epoch, logs)
         if verbose_on:
             print(_epoch_line(epoch, epochs, logs), flush=True)
@@ -262,23 +262,3 @@ class _Observer:
         for cb in self.callbacks:
             cb.on_epoch_end(self.first_epoch + e, logs)
         self.done_epochs += 1
-
-    def flush(self, job: Any) -> None:
-        """After the job: replay anything the stream had not delivered yet, from the full history."""
-        records = job._catch_up()
-        self.train, self.val, done = {}, {}, self.done_epochs
-        self.done_epochs = 0
-        quiet = self.callbacks
-        self.callbacks = []
-        for r in records:  # rebuild the state silently up to the epochs already announced
-            if r.get("kind") == "scalars":
-                step, values = int(r["step"]), r["values"]
-                if any(k.startswith("val_") for k in values):
-                    self.val.setdefault(step, {}).update(values)
-                else:
-                    for k, v in values.items():
-                        self.train.setdefault(k, []).append((step, v))
-        self.callbacks = quiet
-        self.done_epochs = done
-        last = max([s for pts in self.train.values() for s, _ in pts] + list(self.val) + [0])
-        self._epochs_ready(last)
