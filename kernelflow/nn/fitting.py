@@ -169,7 +169,7 @@ def fit(model: Any, x: Any = None, y: Any = None, batch_size: int = 32, epochs: 
         job.subscribe(observer)
         if not wait:
             return job
-        status = job.wait(progress=bool(verbose_on))
+        status = job.wait(progress=True) if verbose_on else _wait_fast(job)
         job._catch_up()  # the records the stream has not delivered yet reach the observer now
         job.unsubscribe(observer)
         _raise_if_failed(job, status)
