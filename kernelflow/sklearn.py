@@ -21,6 +21,7 @@ Contents: KFClassifier, KFRegressor.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import inspect
 import threading
@@ -55,7 +56,15 @@ def _runtime(spec: Any) -> Any:
             from .client import connect
 
             rt = _RUNTIMES[key] = connect(key)
+            atexit.register(_close_quietly, rt)  # stop its job threads before the interpreter tears down
         return rt
+
+
+def _close_quietly(rt: Any) -> None:
+    try:
+        rt.close()
+    except Exception:  # noqa: BLE001 - a server already gone at exit
+        pass
 
 
 class _KFBase(BaseEstimator):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -578,119 +577,8 @@ def _shape_text(shape: Any) -> str:
     return format_shape(shape)
 
 
-class Sequential(Model):
-    """A linear stack of layers: ``kf.Sequential([kf.nn.Dense(64, activation="relu"), ...])``.
+# The subclasses live in their own modules; imported here (after Model) so kf.models has them all.
+from .saving import _LoadedModel, load  # noqa: E402
+from .sequential import Sequential  # noqa: E402
 
-    The input shape comes from a leading ``kf.Input(shape)``, from the first layer's
-    ``input_shape=``, or from the first array given to fit/predict.
-
-    Args:
-        layers: the layers (optionally led by a ``kf.Input``).
-        name: as `Model`.
-        rt: the runtime (default ``kf.connect()``).
-        seed: as `Model`.
-
-    Example:
-        >>> model = kf.Sequential([kf.Input((64,)), kf.nn.Dense(32, activation="relu"),
-        ...                        kf.nn.Dense(10, activation="softmax")], rt=kf.connect("inproc"))
-    """
-
-    _kind = "sequential"
-
-    def __init__(self, layers: Sequence[Any] | None = None, name: str | None = None, rt: Any = None, seed: int = 0):
-        super().__init__(name=name, rt=rt, seed=seed)
-        self._layers = []
-        self._input_spec: tuple[tuple, str] | None = None
-        self._multi_out = False
-        for layer in layers or []:
-            self.add(layer)
-
-    def add(self, layer: Any) -> None:
-        """Append a layer (or, first, a ``kf.Input``)."""
-        if self.built:
-            raise FailedPreconditionError(f"Sequential '{self.name}': add layers before the model is built")
-        if isinstance(layer, SymbolicTensor):
-            if self._layers or self._input_spec is not None:
-                raise InvalidArgumentError("Sequential: a kf.Input may only come first")
-            self._input_spec = (layer.shape[1:], layer.dtype)
-            return
-        if not isinstance(layer, Layer):
-            raise InvalidArgumentError(f"Sequential: expected a kf.nn layer; got {type(layer).__name__}")
-        if not self._layers and self._input_spec is None and layer.input_shape is not None:
-            self._input_spec = (tuple(layer.input_shape), layer.dtype or "float32")
-        self._layers.append(layer)
-
-    def _ensure_built_spec(self) -> None:
-        if not self.built and self._input_spec is not None and self._layers:
-            self._build([self._input_spec])
-
-    def _input_names(self) -> list[str]:
-        return ["x"]
-
-    def _forward(self, inputs: list[Tensor], training: bool) -> list[Tensor]:
-        h = inputs[0]
-        for layer in self._layers:
-            h = layer(h, training=training)
-        return [h]
-
-    def compile(self, *args: Any, **kwargs: Any) -> None:
-        super().compile(*args, **kwargs)
-        self._ensure_built_spec()
-        if self.built and not self.compiled:
-            self._compile_graph()
-
-    def build(self, input_shape: Sequence[int | None], dtype: str = "float32") -> None:
-        """Build for inputs of ``input_shape`` (with or without the leading batch dim None)."""
-        shape = tuple(input_shape)
-        if shape and shape[0] is None:
-            shape = shape[1:]
-        self._input_spec = (shape, dtype)
-        self._ensure_built_spec()
-        if self._compiled is not None and not self.compiled:
-            self._compile_graph()
-
-    def summary(self, print_fn: Callable[[str], Any] | None = print) -> str:
-        self._ensure_built_spec()
-        return super().summary(print_fn)
-
-
-class _LoadedModel(Model):
-    """A model rebuilt from its graph's description (`load`)."""
-
-    def __init__(self, g: Any, cfg: dict):
-        super().__init__(name=cfg["name"], rt=g.runtime)
-        self.graph, self._loaded, self._layers = g, cfg, []
-        self._tensors = {"inputs": [g[n] for n in cfg["inputs"]], "outputs": [g[n] for n in cfg["outputs"]]}
-        c = cfg.get("compiled")
-        if c:
-            self._tensors.update(y=g[c["y"]], train_op=g[c["train_op"]],
-                                 metrics={k: g[v] for k, v in c["metrics"].items()},
-                                 val_metrics={k: g[v] for k, v in c["val_metrics"].items()})
-            self._lr_var = g[c["learning_rate"]] if c.get("learning_rate") else None
-            self._compiled = {"loaded": True}
-
-
-def load(name: str, rt: Any = None) -> Model:
-    """The model saved (``model.save()``) in graph ``name`` of runtime ``rt``.
-
-    The loaded model predicts, evaluates, exports and trains further (with the compile it
-    was saved with); its layers are described (summary, weights by name), not rebuilt.
-
-    Raises:
-        NotFoundError: no such graph, or a graph without a saved model description.
-    """
-    if rt is None:
-        if _RUNTIME_FACTORY is None:
-            raise FailedPreconditionError("load: pass rt=kf.connect(...)")
-        rt = _RUNTIME_FACTORY()
-    if name not in rt.graphs():
-        raise NotFoundError(f"load: runtime {rt.url} has no graph '{name}'; graphs: {rt.graphs()}")
-    g = rt.graph(name)
-    blobs = [n for n in g.nodes() if n.name.startswith(CONFIG_NODE)]
-    if not blobs:
-        raise NotFoundError(f"load: graph '{name}' holds no saved model (model.save() writes one)")
-    cfg = json.loads(bytes(np.asarray(blobs[-1].attrs["value"], np.uint8)).decode())
-    return _LoadedModel(g, cfg)
-
-
-_ = math
+_ = _LoadedModel

@@ -208,3 +208,15 @@ def test_functional_output_must_come_from_the_inputs(rt):
     a, other = kf.Input((4,)), kf.Input((4,))
     with pytest.raises(InvalidArgumentError, match="not among the model's inputs"):
         kf.Model(a, kf.nn.Dense(2)(other), rt=rt)
+
+
+def test_fit_on_a_resident_dataset_by_column_names(rt, digits):
+    X_train, X_test, y_train, y_test = digits
+    ds = rt.dataset("digits_cols", {"pixels": X_train, "label": y_train.astype("int64")})
+    model = _mlp(rt)
+    model.compile(kf.optim.Adam(lr=1e-2), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    hist = model.fit(ds, epochs=3, columns={"x": "pixels", "y": "label"}, verbose=0)
+    assert len(hist.history["loss"]) == 3
+    assert model.evaluate(X_test, y_test)[1] > 0.85
+    with pytest.raises(InvalidArgumentError, match="has no array 'x0'"):
+        model.fit(ds, epochs=1, verbose=0)
