@@ -45,6 +45,7 @@ def _upload(model: Any, what: str, x: Any, y: Any) -> tuple[Any, dict, int]:
     arrays["y"] = labels
     name = f"{model.graph.name}.{what}"
     ds = model.graph.runtime.dataset(name, arrays, overwrite=True)
+    model._datasets[what] = ds
     feed = {p: f"x{i}" for i, p in enumerate(model._tensors["inputs"])}
     feed[model._tensors["y"]] = "y"
     return ds, feed, n
@@ -170,7 +171,7 @@ def fit(model: Any, x: Any = None, y: Any = None, batch_size: int = 32, epochs: 
         if not wait:
             return job
         status = job.wait(progress=True) if verbose_on else _wait_fast(job)
-        job._catch_up()  # the records the stream has not delivered yet reach the observer now
+        _ = job.history  # catches up: the records the stream has not delivered yet reach the observer now
         job.unsubscribe(observer)
         _raise_if_failed(job, status)
         for cb in callbacks:

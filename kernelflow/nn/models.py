@@ -112,6 +112,7 @@ class Model:
         self.graph: Any = None
         self._compiled: dict | None = None
         self._tensors: dict[str, Any] = {}
+        self._datasets: dict[str, Any] = {}   # what fit uploaded: deleted with the model
         self._loaded: dict | None = None
         self._lr_var: Any = None
         self._optimizer: Any = None
@@ -546,13 +547,13 @@ class Model:
         """Delete the model's graph and its fit datasets from the runtime."""
         if self.graph is None:
             return
-        rt, name = self.graph.runtime, self.graph.name
-        for suffix in (".train", ".val"):
+        for ds in self._datasets.values():
             try:
-                rt._call("dataset.delete", [name + suffix])
-            except NotFoundError:
+                ds.delete()
+            except NotFoundError:  # deleted meanwhile by someone else
                 pass
-        rt.delete_graph(name)
+        self._datasets.clear()
+        self.graph.runtime.delete_graph(self.graph.name)
         self.graph = None
 
     def __repr__(self) -> str:
