@@ -220,3 +220,17 @@ def test_fit_on_a_resident_dataset_by_column_names(rt, digits):
     assert model.evaluate(X_test, y_test)[1] > 0.85
     with pytest.raises(InvalidArgumentError, match="has no array 'x0'"):
         model.fit(ds, epochs=1, verbose=0)
+
+
+def test_model_checkpoint_saves_tagged_checkpoints_in_the_state_dir(tmp_path, digits):
+    X_train, _, y_train, _ = digits
+    with kf.connect("inproc", state_dir=str(tmp_path / "state")) as rt_state:
+        model = _mlp(rt_state)
+        model.compile("adam", "sparse_categorical_crossentropy")
+        ckpt = kf.callbacks.ModelCheckpoint("ep{epoch}-{loss:.3f}", monitor="loss", save_best_only=True)
+        hist = model.fit(X_train[:256], y_train[:256], epochs=3, callbacks=[ckpt], verbose=0)
+        tags = [c["tag"] for c in model.graph.checkpoints()]
+        assert ckpt.saved and set(ckpt.saved) <= set(tags)
+        assert ckpt.saved[0] == f"ep1-{hist.history['loss'][0]:.3f}"
+        losses = hist.history["loss"]
+        assert len(ckpt.saved) == sum(v < min(losses[:i], default=np.inf) for i, v in enumerate(losses))
