@@ -174,6 +174,10 @@ def fit(model: Any, x: Any = None, y: Any = None, batch_size: int = 32, epochs: 
         _ = job.history  # catches up: the records the stream has not delivered yet reach the observer now
         job.unsubscribe(observer)
         _raise_if_failed(job, status)
+        if verbose_on:  # under the progress bar, Keras' line per epoch
+            for i, e in enumerate(history.epoch):
+                print(_epoch_line(e, epochs, {k: v[i] for k, v in history.history.items() if i < len(v)}),
+                      flush=True)
         for cb in callbacks:
             cb.on_train_end()
         return history

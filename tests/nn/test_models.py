@@ -234,3 +234,15 @@ def test_model_checkpoint_saves_tagged_checkpoints_in_the_state_dir(tmp_path, di
         assert ckpt.saved[0] == f"ep1-{hist.history['loss'][0]:.3f}"
         losses = hist.history["loss"]
         assert len(ckpt.saved) == sum(v < min(losses[:i], default=np.inf) for i, v in enumerate(losses))
+
+
+def test_blocking_fit_shows_a_progress_bar_and_a_line_per_epoch(rt, digits, capsys):
+    X_train, _, y_train, _ = digits
+    model = _mlp(rt)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    hist = model.fit(X_train[:320], y_train[:320], epochs=2, batch_size=32, wait=True)  # verbose="auto"
+    out, err = capsys.readouterr()
+    assert "20/20" in err and "step" in err  # tqdm's bar over the job's steps
+    lines = [ln for ln in out.splitlines() if ln.startswith("Epoch ")]
+    assert lines == [f"Epoch {e + 1}/2 - loss: {hist.history['loss'][e]:.4f} - accuracy: "
+                     f"{hist.history['accuracy'][e]:.4f}" for e in range(2)]
