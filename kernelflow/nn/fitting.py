@@ -117,6 +117,9 @@ def fit(model: Any, x: Any = None, y: Any = None, batch_size: int = 32, epochs: 
     if _is_dataset(x):
         if model.graph is None:
             raise FailedPreconditionError("fit on a Dataset: build the model first (kf.Input or input_shape)")
+        if validation_split:
+            raise InvalidArgumentError("fit: validation_split takes rows from arrays; for a Dataset give "
+                                       "validation_data (e.g. train, val = ds.split(0.9))")
         model._ensure_built(None)
         cols = columns or {}
         feed = {p: cols.get(f"x{i}", cols.get("x", f"x{i}") if i == 0 else f"x{i}")

@@ -220,6 +220,8 @@ def test_fit_on_a_resident_dataset_by_column_names(rt, digits):
     assert model.evaluate(X_test, y_test)[1] > 0.85
     with pytest.raises(InvalidArgumentError, match="has no array 'x0'"):
         model.fit(ds, epochs=1, verbose=0)
+    with pytest.raises(InvalidArgumentError, match="for a Dataset give validation_data"):
+        model.fit(ds, validation_split=0.1, columns={"x": "pixels", "y": "label"}, verbose=0)
 
 
 def test_model_checkpoint_saves_tagged_checkpoints_in_the_state_dir(tmp_path, digits):
