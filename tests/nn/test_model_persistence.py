@@ -9,9 +9,9 @@ from sklearn.datasets import load_digits
 
 import kernelflow as kf
 from kernelflow.errors import AlreadyExistsError, NotFoundError
-from tests.runtime.test_server import ServerProcess
-from tests.serving.conftest import wait_for
-from tests.serving.test_rest import http, rest_port
+from tests.runtime_server.serving.test_rest import http, rest_port
+from tests.support.server import ServerProcess
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from tests.serving.test_rest import rest_port
+from tests.runtime_server.serving.test_rest import rest_port
 from tests.widgets.conftest import jupyter_env, run_notebook  # noqa: F401 - fixtures
 
 pytest.importorskip("nbclient")
@@ -19,7 +19,7 @@ EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
 @pytest.fixture
 def rest_server(jupyter_env, monkeypatch):  # noqa: F811 - the fixture imported above
     """A real server with a state dir and REST; kernels started now reach both through the environment."""
-    from tests.runtime.test_server import ServerProcess
+    from tests.support.server import ServerProcess
 
     srv = ServerProcess(jupyter_env, "--state-dir", str(jupyter_env / "state"), "--http-port", "0",
                         "--file-system-poll-wait-seconds", "0.2").wait_listening()
