@@ -25,7 +25,7 @@ from .graphs import GraphStore
 from .methods import MethodTable, build_method_table
 from .persist.state import StateDir
 from .serving.manager import ModelManager
-from .serving.models import ModelMethods
+from .serving.rpc import ModelMethods
 from .training.jobs import JobManager
 
 PROTOCOL_VERSION = 1
@@ -115,6 +115,15 @@ class RuntimeService:
             "graphs": sorted(s.name for s in sessions),
             "methods": self.methods.names(),
         }
+
+    def listen_rest(self, port: int, host: str, max_body_bytes: int) -> int:
+        """Serve TF Serving's REST API for this runtime's models on the running IO loop; returns the port.
+
+        tornado is imported here, on first use: the in-process runtime never loads it.
+        """
+        from .serving.rest import listen_rest
+
+        return listen_rest(self.models, port, host, max_body_bytes)[1]
 
     def run_list(self) -> list[dict]:
         """The runs in flight: ``{"id", "method", "graph", "seconds", "kernel", "cancelled"}`` each."""
