@@ -21,9 +21,9 @@ from pathlib import Path
 
 from ..._version import __version__
 from ...errors import KernelflowError
+from ...protocol.codec import DEFAULT_MAX_MESSAGE_ELEMENTS
 from ...protocol.runtime_file import write_runtime_file
 from ..service import PROTOCOL_VERSION, RuntimeService
-from ...protocol.codec import DEFAULT_MAX_MESSAGE_ELEMENTS
 from .server import (
     DEFAULT_AUTH_TIMEOUT_S,
     DEFAULT_MAX_BUFFERED_INPUT_BYTES,
