@@ -224,6 +224,11 @@ class TraceGraph(Graph):
         self.captures[id(outer)] = (outer, ph)
         return ph
 
+    def variable(self, initial: Any, name: str | None = None, trainable: bool = True, dtype: Any = None) -> Any:
+        """A variable of the root graph (a layer built on its first call inside a loop body)."""
+        full = "/".join(self._scope + [name or "Variable"])
+        return self.root().variable(initial, name=full, trainable=trainable, dtype=dtype)
+
     def add_node(self, op: OpDef, inputs: Sequence[Tensor], attrs: dict[str, Any], name: str | None = None,
                  *, control_inputs: Sequence[Tensor] = (), device: str | None = None,
                  source: str | None = None, exact_name: bool = False) -> Tensor:
