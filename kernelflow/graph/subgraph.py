@@ -111,7 +111,8 @@ class Subgraph:
         self.outputs = tuple(outputs)
 
     def __repr__(self) -> str:
-        return f"<kf.Subgraph '{self.graph.name}' nodes={len(self.graph)} in={len(self.inputs)} out={len(self.outputs)}>"
+        return (f"<kf.Subgraph '{self.graph.name}' nodes={len(self.graph)} in={len(self.inputs)} "
+                f"out={len(self.outputs)}>")
 
     @property
     def in_avals(self) -> tuple[Aval, ...]:
@@ -328,7 +329,8 @@ def close(tg: TraceGraph, inputs: Sequence[Tensor], outputs: Sequence[Tensor]) -
     return Subgraph(tg, inputs, outputs)
 
 
-def with_captures(traces: Sequence[tuple[TraceGraph, list[Tensor], list[Tensor]]]) -> tuple[list[Tensor], list[Subgraph]]:
+def with_captures(traces: Sequence[tuple[TraceGraph, list[Tensor], list[Tensor]]]
+                  ) -> tuple[list[Tensor], list[Subgraph]]:
     """Subgraphs of several traced functions that share one capture list (a node's extra inputs).
 
     Returns:

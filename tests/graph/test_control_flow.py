@@ -12,6 +12,8 @@ import pytest
 import kernelflow as kf
 from tests.runtime.test_server import ServerProcess
 
+IAE = kf.errors.InvalidArgumentError
+
 
 @pytest.fixture
 def g():
@@ -131,29 +133,29 @@ def test_nested_loop_vars_keep_their_structure(g):
 
 def test_body_returning_other_structure_raises(g):
     x = g.placeholder((), "float32", name="x")
-    with pytest.raises(kf.errors.InvalidArgumentError, match=r"while_loop body_fn: must return \(x, x\); got \(x, x, x\)"):
+    with pytest.raises(IAE, match=r"while_loop body_fn: must return \(x, x\); got \(x, x, x\)"):
         kf.while_loop(lambda a, b: a < 3.0, lambda a, b: (a, b, a), (x, x))
 
 
 def test_body_returning_other_dtype_raises(g):
     x = g.placeholder((), "float32", name="x")
-    with pytest.raises(kf.errors.InvalidArgumentError, match=r"returned float64\(\) for loop variable 0, which is float32"):
+    with pytest.raises(IAE, match=r"returned float64\(\) for loop variable 0, which is float32"):
         kf.while_loop(lambda a: a < 3.0, lambda a: kf.cast(a, "float64"), [x])
 
 
 def test_non_scalar_predicate_raises(g):
     x = g.placeholder((3,), "float32", name="x")
-    with pytest.raises(kf.errors.InvalidArgumentError, match=r"cond: pred must be a scalar bool tensor; got .*bool\(3,\)"):
+    with pytest.raises(IAE, match=r"cond: pred must be a scalar bool tensor; got .*bool\(3,\)"):
         kf.cond(x > 0, lambda: x, lambda: -x)
-    with pytest.raises(kf.errors.InvalidArgumentError, match=r"cond_fn must return one scalar bool tensor; got bool\(3,\)"):
+    with pytest.raises(IAE, match=r"cond_fn must return one scalar bool tensor; got bool\(3,\)"):
         kf.while_loop(lambda a: a > 0, lambda a: a - 1.0, [x])
-    with pytest.raises(kf.errors.InvalidArgumentError, match=r"switch_case: branch_index must be a scalar integer"):
+    with pytest.raises(IAE, match=r"switch_case: branch_index must be a scalar integer"):
         kf.switch_case(kf.sum(x), [lambda: x])
 
 
 def test_branches_with_different_dtypes_raise(g):
     x = g.placeholder((), "float32", name="x")
-    with pytest.raises(kf.errors.InvalidArgumentError, match=r"cond: output 0 is float32 in false_fn but int32"):
+    with pytest.raises(IAE, match=r"cond: output 0 is float32 in false_fn but int32"):
         kf.cond(x > 0, lambda: kf.cast(x, "int32"), lambda: x)
 
 

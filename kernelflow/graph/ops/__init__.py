@@ -4,7 +4,18 @@ The builders (``add``, ``matmul``, ``softmax_cross_entropy``...) are re-exported
 from the top-level ``kernelflow`` namespace.
 """
 
-from . import control_flow, control_flow_api, elementwise, linalg, movement, nn, random, reduce, state, training
+from . import control_flow  # noqa: F401  (defines the control-flow ops)
+from . import control_flow_api, elementwise, linalg, movement, nn, random, reduce, state, training
+           control_flow_api,
+           elementwise,
+           linalg,
+           movement,
+           nn,
+           random,
+           reduce,
+           state,
+           training,
+)
 from .control_flow_api import *  # noqa: F403
 from .elementwise import *  # noqa: F403
 from .linalg import *  # noqa: F403
@@ -16,5 +27,5 @@ from .reduce import *  # noqa: F403
 from .state import *  # noqa: F403
 from .training import *  # noqa: F403
 
-__all__ = (control_flow_api.__all__ + elementwise.__all__ + linalg.__all__ + movement.__all__ + nn.__all__ + reduce.__all__
-           + state.__all__ + random.__all__ + training.__all__ + ["getitem"])
+__all__ = (control_flow_api.__all__ + elementwise.__all__ + linalg.__all__ + movement.__all__ + nn.__all__
+           + reduce.__all__ + state.__all__ + random.__all__ + training.__all__ + ["getitem"])

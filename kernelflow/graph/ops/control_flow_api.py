@@ -16,8 +16,7 @@ import numpy as np
 from ...errors import InvalidArgumentError
 from ..ir import Aval, Tensor
 from ..shapes import INTEGER, format_shape
-from ..subgraph import (as_tensor, flatten, parent_graph, same_structure, trace, tree_str, unflatten,
-                        with_captures)
+from ..subgraph import as_tensor, flatten, parent_graph, same_structure, trace, tree_str, unflatten, with_captures
 from .control_flow import case_op, merge_shapes, scan_op, tuple_get, while_op
 
 __all__ = ["cond", "switch_case", "while_loop", "scan", "map_fn", "fori_loop"]
