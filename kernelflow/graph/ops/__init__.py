@@ -4,8 +4,18 @@ The builders (``add``, ``matmul``, ``softmax_cross_entropy``...) are re-exported
 from the top-level ``kernelflow`` namespace.
 """
 
-from . import control_flow  # noqa: F401  (defines the control-flow ops)
-from . import control_flow_api, elementwise, linalg, movement, nn, random, reduce, state, training
+from . import (
+           control_flow,  # noqa: F401  (defines the control-flow ops)
+           control_flow_api,
+           elementwise,
+           linalg,
+           movement,
+           nn,
+           random,
+           reduce,
+           state,
+           training,
+)
 from .control_flow_api import *  # noqa: F403
 from .elementwise import *  # noqa: F403
 from .linalg import *  # noqa: F403
