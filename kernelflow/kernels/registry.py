@@ -107,4 +107,4 @@ def special(xp: Any) -> Any:
 
 
 def _load_all() -> None:
-    from . import control_flow, elementwise, linalg, movement, nn, random, reduce, state, training  # noqa: F401
+    from . import control_flow, elementwise, linalg, movement, nn, random, reduce, search, state, training  # noqa: F401
