@@ -232,6 +232,7 @@ class Plan:
                 fn = _moving(fn, session.devices, place, moves)
             ins = tuple(slot[id(i)] for i in n.inputs)
             self.steps.append((fn, ins, slot[id(n)], tuple(frees.get(k, ()))))
+        self.template: list[Any] = [None] * self.nslots  # slot values at the start of a run
         self.gpu = any(p.backend != "numpy" for p in place_of.values())
         memo: dict[int, bool] = {}
         self.copy_fetch = [_storage_alias(t, memo) for t in self.fetches]
@@ -254,7 +255,7 @@ class Plan:
 
     def execute(self, feed_values: Sequence[Any]) -> list[Any]:
         """Run the steps; returns the fetches' values as the kernels made them (device arrays)."""
-        vals: list[Any] = [None] * self.nslots
+        vals = self.template.copy()
         for s, v in zip(self.feed_slots, feed_values):
             vals[s] = v
         k = 0

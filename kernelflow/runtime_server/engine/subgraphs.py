@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ...graph.ir import Graph, Tensor
+from ...graph.ops.state import constant_op
 from .devices import Placement
 from .executor import NodeContext, Plan
 
@@ -73,4 +74,18 @@ def subgraph_runner(ctx: NodeContext, sub: Any) -> Callable[[list], list]:
     """``run(input values) -> output values`` for sub-graph ``sub`` of the node of ``ctx``."""
     session = SubSession(ctx.session, ctx.node, ctx.place, sub.graph)
     plan = Plan(session, sub.outputs, sub.inputs)  # type: ignore[arg-type]
+    _hoist_constants(plan)
     return plan.execute
+
+
+def _hoist_constants(plan: Plan) -> None:
+    """Evaluate the plan's constants once, into its start values: a loop body runs them every iteration."""
+    steps, nodes = [], []
+    for step, node in zip(plan.steps, plan.step_nodes):
+        fn, ins, out, free = step
+        if node.op is constant_op and not free:
+            plan.template[out] = fn()
+        else:
+            steps.append(step)
+            nodes.append(node)
+    plan.steps, plan.step_nodes = steps, nodes
