@@ -15,11 +15,23 @@ def arange_kernel(xp, n, dtype):
 
 @kernel(S.top_k_op)
 def top_k_kernel(xp, x, k):
-    if xp is np:
-        order = np.argsort(-x, axis=-1, kind="stable")  # ties: the lower index first, as tf.math.top_k
-    else:
-        order = xp.argsort(-x, axis=-1)
-    return order[..., :k].astype("int64")
+    if xp is not np or x.size == 0 or 4 * k >= x.shape[-1]:
+        order = xp.argsort(-x, axis=-1, kind="stable") if xp is np else xp.argsort(-x, axis=-1)
+        return order[..., :k].astype("int64")  # ties: the lower index first, as tf.math.top_k
+    return _top_k_partition(x, k)
+
+
+def _top_k_partition(x, k):
+    """top_k in O(n) per row: partition for the k-th largest value, then sort only the candidates
+    (values >= it) by (value descending, index ascending), so ties resolve as tf.math.top_k."""
+    rows = x.reshape(-1, x.shape[-1])
+    kth = -np.partition(-rows, k - 1, axis=-1)[:, k - 1:k]
+    r, c = np.nonzero(rows >= kth)
+    order = np.lexsort((c, -rows[r, c], r))
+    r, c = r[order], c[order]
+    first = np.searchsorted(r, np.arange(rows.shape[0]))
+    keep = (np.arange(r.size) - first[r]) < k
+    return c[keep].reshape(x.shape[:-1] + (k,)).astype("int64")
 
 
 @kernel(S.take_along_axis_op)

@@ -144,3 +144,11 @@ def test_top_k_breaks_ties_by_lower_index_and_take_along_axis(g):
     np.testing.assert_array_equal(got_vals, [[3.0, 3.0, 1.0], [2.0, 2.0, 2.0]])
     with pytest.raises(kf.errors.InvalidArgumentError, match=r"top_k: k must be in \[1, 4\]"):
         kf.top_k(x, 5)
+
+
+def test_top_k_partition_path_matches_a_stable_sort_with_ties(g):
+    rng = np.random.default_rng(5)
+    xv = rng.integers(0, 6, (4, 3, 50)).astype("float64")  # many ties
+    x = g.placeholder(xv.shape, "float64", name="x")
+    got = g.run(kf.top_k(x, 4), {x: xv})
+    np.testing.assert_array_equal(got, np.argsort(-xv, axis=-1, kind="stable")[..., :4])
