@@ -85,7 +85,11 @@ class _Cell:
         """``x @ kernel (+ bias)`` for any leading dims: done once for all steps by the layers."""
         if not self.built:
             self.build(x)
-        y = x @ self.kernel
+        if x.ndim == 3 and x.shape[1] is not None:
+            # One 2-D matmul: a batched (T, B, F) @ (F, k) has a gradient that builds (T, F, k) first.
+            y = M.reshape(M.reshape(x, (-1, x.shape[2])) @ self.kernel, (-1, x.shape[1], self.kernel.shape[1]))
+        else:
+            y = x @ self.kernel
         if self.use_bias:
             y = y + (self.bias if self.bias.ndim == 1 else self.bias[0])
         return y
@@ -225,20 +229,28 @@ class RNN:
             dt = -1 if self.go_backwards else 1
             zero_out = self.zero_output_for_mask
 
-            def fn(acc: Any, xk_t: Tensor) -> Any:
-                out, new = cell.step(xk_t, list(acc[1:1 + cell.n_states]))
-                if not masked:
-                    return (out, *new)
-                t = acc[-1]
-                m = M.expand_dims(E.cast(E.less(t, lengths), xk_t.dtype), 1)  # (batch, 1)
-                new = [s + m * (n - s) for s, n in zip(acc[1:1 + cell.n_states], new)]
-                out = out * m if zero_out else acc[0] + m * (out - acc[0])
-                return (out, *new, t + dt)
+            # The output of these cells is their first state (h), and a padded step keeps h, so the
+            # stacked first states are the outputs; only zero_output_for_mask carries its own output.
+            own_out = masked and zero_out
+            n_s = cell.n_states
 
-            acc0 = (states[0], *states, t0) if masked else (states[0], *states)
+            def fn(acc: Any, xk_t: Tensor) -> Any:
+                old = list(acc[:n_s])
+                out, new = cell.step(xk_t, old)
+                if not masked:
+                    return tuple(new)
+                t = acc[n_s]
+                m = M.expand_dims(E.cast(E.less(t, lengths), xk_t.dtype), 1)  # (batch, 1)
+                new = [s + m * (n - s) for s, n in zip(old, new)]
+                return (*new, t + dt, out * m) if own_out else (*new, t + dt)
+
+            acc0: tuple = tuple(states)
+            if masked:
+                acc0 = acc0 + (t0,) + ((states[0],) if own_out else ())
             seq = cf.scan(fn, xk[::-1] if self.go_backwards else xk, initializer=acc0)
-            final = [s[-1] for s in seq[1:1 + cell.n_states]]
-            y = M.transpose(seq[0], (1, 0, 2)) if self.return_sequences else final[0]
+            final = [s[-1] for s in seq[:n_s]]
+            outputs = seq[-1] if own_out else seq[0]
+            y = M.transpose(outputs, (1, 0, 2)) if self.return_sequences else final[0]
         return [y, *final] if self.return_state else y
 
 
