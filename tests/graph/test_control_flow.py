@@ -244,3 +244,10 @@ def test_loops_survive_server_restart_and_export_rest(tmp_path):
         rt.close()
     finally:
         srv.stop()
+
+
+def test_fetching_a_control_flow_node_itself_raises(g):
+    x = g.placeholder((), "float32", name="x")
+    v = kf.while_loop(lambda a: a < 3.0, lambda a: a + 1.0, [x])[0]
+    with pytest.raises(IAE, match=r"fetch 'while' is a while node, which yields 1 values; fetch its tuple_get"):
+        g.run(v.inputs[0], {x: 0.0})
