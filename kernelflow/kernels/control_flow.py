@@ -20,6 +20,40 @@ DEFAULT_SAVED_LIMIT_BYTES = int(os.environ.get("KERNELFLOW_SAVED_LIMIT_BYTES", s
 """Bytes a loop may save for its gradient unless the node sets ``saved_limit``."""
 
 
+class Checkpoints:
+    """What a checkpointed loop saves: the carry every ``stride`` iterations, and the trip count."""
+
+    __slots__ = ("stride", "carries", "steps")
+
+    def __init__(self, stride: int):
+        self.stride = stride
+        self.carries: list[list] = []
+        self.steps = 0
+
+
+class _Saver:
+    """Collects a loop's per-iteration carries for its gradient, within the memory limit."""
+
+    def __init__(self, ctx: Any, limit: int, stride: int):
+        self.ctx = ctx
+        self.limit = limit or DEFAULT_SAVED_LIMIT_BYTES
+        self.saved: Any = Checkpoints(stride) if stride else []
+        self.nbytes = 0
+
+    def add(self, i: int, carry: list) -> None:
+        s = self.saved
+        if isinstance(s, Checkpoints):
+            s.steps = i + 1
+            if i % s.stride:
+                return
+            s.carries.append(carry)
+        else:
+            s.append(carry)
+        self.nbytes += _nbytes(carry)
+        if self.nbytes > self.limit:
+            raise _too_much(self.ctx, self.limit, self.nbytes, i + 1)
+
+
 def _saves(ctx: Any) -> bool:
     return any(c.op is cf.loop_grad_op for c in ctx.consumers())
 
@@ -50,29 +84,24 @@ def case_kernel(ctx, xp, index, *args, branches, what):
 
 
 @kernel(cf.while_op, needs_ctx=True)
-def while_kernel(ctx, xp, max_iters, *args, cond, body, n_vars, saved_limit):
+def while_kernel(ctx, xp, max_iters, *args, cond, body, n_vars, saved_limit, checkpoint):
     run_cond = ctx.subgraph(cond)
     run_body = ctx.subgraph(body)
     vals = list(args[:n_vars])
     caps = list(args[n_vars:])
     limit = int(max_iters)
-    saved: list | None = [] if _saves(ctx) else None
-    mem_limit = saved_limit or DEFAULT_SAVED_LIMIT_BYTES
-    nbytes = 0
+    saver = _Saver(ctx, saved_limit, checkpoint) if _saves(ctx) else None
     i = 0
     while (limit < 0 or i < limit) and run_cond(vals + caps)[0]:
-        if saved is not None:
-            saved.append(vals)
-            nbytes += _nbytes(vals)
-            if nbytes > mem_limit:
-                raise _too_much(ctx, mem_limit, nbytes, i + 1)
+        if saver is not None:
+            saver.add(i, vals)
         vals = run_body(vals + caps)
         i += 1
-    return (*vals, saved)
+    return (*vals, saver.saved if saver is not None else None)
 
 
 @kernel(cf.scan_op, needs_ctx=True)
-def scan_kernel(ctx, xp, *args, fn, n_carry, n_xs, length, reverse, saved_limit):
+def scan_kernel(ctx, xp, *args, fn, n_carry, n_xs, length, reverse, saved_limit, checkpoint):
     run = ctx.subgraph(fn)
     carry = list(args[:n_carry])
     xs = args[n_carry:n_carry + n_xs]
@@ -84,16 +113,11 @@ def scan_kernel(ctx, xp, *args, fn, n_carry, n_xs, length, reverse, saved_limit)
                                        f"{[tuple(x.shape) for x in xs]}", node=ctx.node.name)
     n_ys = len(fn.outputs) - n_carry
     ys: list[list] = [[] for _ in range(n_ys)]
-    saved: list | None = [] if _saves(ctx) else None
-    mem_limit = saved_limit or DEFAULT_SAVED_LIMIT_BYTES
-    nbytes = 0
+    saver = _Saver(ctx, saved_limit, checkpoint) if _saves(ctx) else None
     for k in range(steps):
         t = steps - 1 - k if reverse else k
-        if saved is not None:
-            saved.append(carry)
-            nbytes += _nbytes(carry)
-            if nbytes > mem_limit:
-                raise _too_much(ctx, mem_limit, nbytes, k + 1)
+        if saver is not None:
+            saver.add(k, carry)
         outs = run(carry + [x[t] for x in xs] + caps)
         carry = outs[:n_carry]
         for j in range(n_ys):
@@ -107,11 +131,12 @@ def scan_kernel(ctx, xp, *args, fn, n_carry, n_xs, length, reverse, saved_limit)
         else:
             aval = fn.outputs[n_carry + j].aval
             stacked.append(xp.zeros((0,) + tuple(d or 0 for d in aval.shape), dtype=aval.dtype))
-    return (*carry, *stacked, saved)
+    return (*carry, *stacked, saver.saved if saver is not None else None)
 
 
 @kernel(cf.loop_grad_op, needs_ctx=True)
-def loop_grad_kernel(ctx, xp, fwd, *args, fn, n_carry, float_carry, float_ys, float_xs, float_caps, reverse):
+def loop_grad_kernel(ctx, xp, fwd, *args, fn, fwd_fn, n_carry, float_carry, float_ys, float_xs, float_caps,
+                     reverse):
     saved = fwd[-1]
     if saved is None:  # the forward loop ran in another plan: cannot happen within one run
         raise InvalidArgumentError(f"loop_grad '{ctx.node.name}': the forward loop saved nothing", node=ctx.node.name)
@@ -125,17 +150,34 @@ def loop_grad_kernel(ctx, xp, fwd, *args, fn, n_carry, float_carry, float_ys, fl
     fk = [i for i, f in enumerate(float_caps) if f]
     ct_xs = [xp.zeros_like(xs[i]) for i in fx]
     ct_caps: list[Any] = [None] * len(fk)
-    steps = len(saved)
-    for k in reversed(range(steps)):
+    steps = saved.steps if isinstance(saved, Checkpoints) else len(saved)
+
+    def back(k: int, carry: list) -> None:  # the vjp of iteration k, from the carry it started with
+        nonlocal ct_carry
         t = steps - 1 - k if reverse else k
-        feed = list(saved[k]) + [x[t] for x in xs] + caps + ct_carry + [c[t] for c in ct_ys]
-        outs = run(feed)
+        outs = run(list(carry) + [x[t] for x in xs] + caps + ct_carry + [c[t] for c in ct_ys])
         ct_carry = outs[:k_c]
         for j in range(len(fx)):
             ct_xs[j][t] = outs[k_c + j]
         for j in range(len(fk)):
             c = outs[k_c + len(fx) + j]
             ct_caps[j] = c if ct_caps[j] is None else ct_caps[j] + c
+
+    if isinstance(saved, Checkpoints):
+        # Recompute each segment's carries forward from its checkpoint, then go back through it.
+        run_fwd = ctx.subgraph(fwd_fn)
+        stride = saved.stride
+        for seg in reversed(range(len(saved.carries))):
+            start = seg * stride
+            carries = [saved.carries[seg]]
+            for k in range(start, min(start + stride, steps) - 1):
+                t = steps - 1 - k if reverse else k
+                carries.append(run_fwd(list(carries[-1]) + [x[t] for x in xs] + caps)[:n_carry])
+            for k in reversed(range(start, start + len(carries))):
+                back(k, carries[k - start])
+    else:
+        for k in reversed(range(steps)):
+            back(k, saved[k])
     for j, i in enumerate(fk):
         if ct_caps[j] is None:
             ct_caps[j] = xp.zeros_like(caps[i])

@@ -251,3 +251,21 @@ def test_fetching_a_control_flow_node_itself_raises(g):
     v = kf.while_loop(lambda a: a < 3.0, lambda a: a + 1.0, [x])[0]
     with pytest.raises(IAE, match=r"fetch 'while' is a while node, which yields 1 values; fetch its tuple_get"):
         g.run(v.inputs[0], {x: 0.0})
+
+
+@pytest.mark.parametrize("stride", [True, 3, 7])
+def test_checkpointed_loops_give_the_same_gradients_with_less_saved(g, stride):
+    rng = np.random.default_rng(6)
+    xs = g.constant(rng.standard_normal((10, 200)))
+    w = g.variable(rng.standard_normal(200) * 0.5, name="w")
+
+    def build(ck, limit):
+        s = kf.scan(lambda a, e: kf.tanh(a * w + e), xs, initializer=xs[0] * 0.0, checkpoint=ck, reverse=True)
+        _, v = kf.while_loop(lambda i, v: i < 10, lambda i, v: (i + 1, kf.sin(v * w)), (0, s[0]),
+                             maximum_iterations=10, checkpoint=ck, saved_memory_limit=limit)
+        return kf.gradients(kf.sum(v * v), w)
+
+    full = g.run(build(False, None))
+    np.testing.assert_allclose(g.run(build(stride, 8_000)), full, rtol=1e-12)  # 4 of 10 carries fit
+    with pytest.raises(kf.errors.ResourceExhaustedError, match="memory limit of 8000 bytes"):
+        g.run(build(False, 8_000))

@@ -45,6 +45,12 @@ def _check_args(what: str, sub: Subgraph, avals: tuple, start: int = 0) -> None:
             raise InvalidArgumentError(f"{what}: input {start + i} is {a}, the sub-graph expects {p}")
 
 
+def _check_checkpoint(what: str, every: Any) -> None:
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+        raise InvalidArgumentError(f"{what}: checkpoint must be a non-negative int (iterations between saved "
+                                   f"carries; 0 saves every one); got {every!r}")
+
+
 def _is_sub(v: Any) -> bool:
     return isinstance(v, Subgraph)
 
@@ -150,9 +156,11 @@ case_op = define_op("case", ("index", "*args"), attrs={"branches": REQUIRED, "wh
 
 
 # --------------------------------------------------------------------------- while
-def _while_parts(max_iters: Any, *args: Any, cond: Any, body: Any, n_vars: int, saved_limit: int) -> tuple:
+def _while_parts(max_iters: Any, *args: Any, cond: Any, body: Any, n_vars: int, saved_limit: int,
+                 checkpoint: int) -> tuple:
     if not _is_sub(cond) or not _is_sub(body):
         raise InvalidArgumentError("while_loop: attrs 'cond' and 'body' must be sub-graphs")
+    _check_checkpoint("while_loop", checkpoint)
     if max_iters.shape != () or max_iters.dtype not in INTEGER:
         raise InvalidArgumentError(f"while_loop: maximum_iterations must be a scalar integer; got {max_iters}")
     if not isinstance(n_vars, int) or not 0 <= n_vars <= len(args):
@@ -176,14 +184,15 @@ def _while_parts(max_iters: Any, *args: Any, cond: Any, body: Any, n_vars: int, 
 
 
 def _while_vjp(ct: list, out: Tensor, max_iters: Tensor, *args: Tensor, cond: Subgraph, body: Subgraph,
-               n_vars: int, saved_limit: int) -> tuple:
+               n_vars: int, saved_limit: int, checkpoint: int) -> tuple:
     cts = loop_vjp(ct, out, body, n_vars, args[:n_vars], (), args[n_vars:], n_ys=0, reverse=False,
                    what="while_loop")
     return (None,) + cts
 
 
 while_op = define_op("while", ("max_iters", "*args"),
-                     attrs={"cond": REQUIRED, "body": REQUIRED, "n_vars": REQUIRED, "saved_limit": 0},
+                     attrs={"cond": REQUIRED, "body": REQUIRED, "n_vars": REQUIRED, "saved_limit": 0,
+                            "checkpoint": 0},
                      shape_rule=lambda *a, **k: (), dtype_rule=lambda *a, **k: None, parts_rule=_while_parts,
                      vjp=_while_vjp, alias=True,
                      doc="loop vars = body(loop vars) while cond(loop vars) and fewer than max_iters (< 0: no bound)")
@@ -191,9 +200,10 @@ while_op = define_op("while", ("max_iters", "*args"),
 
 # --------------------------------------------------------------------------- scan
 def _scan_parts(*args: Any, fn: Any, n_carry: int, n_xs: int, length: int, reverse: bool,
-                saved_limit: int) -> tuple:
+                saved_limit: int, checkpoint: int) -> tuple:
     if not _is_sub(fn):
         raise InvalidArgumentError("scan: attr 'fn' must be a sub-graph")
+    _check_checkpoint("scan", checkpoint)
     if not (isinstance(n_carry, int) and isinstance(n_xs, int) and 0 <= n_carry and 0 <= n_xs
             and n_carry + n_xs <= len(args)):
         raise InvalidArgumentError(f"scan: bad n_carry={n_carry!r} / n_xs={n_xs!r} for {len(args)} inputs")
@@ -226,14 +236,14 @@ def _scan_parts(*args: Any, fn: Any, n_carry: int, n_xs: int, length: int, rever
 
 
 def _scan_vjp(ct: list, out: Tensor, *args: Tensor, fn: Subgraph, n_carry: int, n_xs: int, length: int,
-              reverse: bool, saved_limit: int) -> tuple:
+              reverse: bool, saved_limit: int, checkpoint: int) -> tuple:
     return loop_vjp(ct, out, fn, n_carry, args[:n_carry], args[n_carry:n_carry + n_xs], args[n_carry + n_xs:],
                     n_ys=len(fn.outputs) - n_carry, reverse=reverse, what="scan")
 
 
 scan_op = define_op("scan", ("*args",),
                     attrs={"fn": REQUIRED, "n_carry": REQUIRED, "n_xs": REQUIRED, "length": -1, "reverse": False,
-                           "saved_limit": 0},
+                           "saved_limit": 0, "checkpoint": 0},
                     shape_rule=lambda *a, **k: (), dtype_rule=lambda *a, **k: None, parts_rule=_scan_parts,
                     vjp=_scan_vjp, alias=True,
                     doc="(carry, y) = fn(carry, x) over the leading axis of xs; yields the last carry and stacked ys")
@@ -269,17 +279,18 @@ def loop_vjp(ct: list, out: Tensor, fn: Subgraph, n_carry: int, carry_in: tuple,
     wrt = ([phs[i] for i in range(n_carry) if fc[i]] + [phs[n_carry + i] for i in range(n_x) if fx[i]]
            + [phs[n_carry + n_x + i] for i in range(len(caps)) if fk[i]])
     vjp_fn = close(tg, phs + ct_c_phs + ct_y_phs, _grads(ys, wrt, ct_c_phs + ct_y_phs))
-    node = loop_grad_op.bind(out, *ct_carry, *ct_ys, *xs, *caps, fn=vjp_fn, n_carry=n_carry,
+    recompute = fn if out.attrs.get("checkpoint") else None  # checkpointed: the body reruns between saves
+    node = loop_grad_op.bind(out, *ct_carry, *ct_ys, *xs, *caps, fn=vjp_fn, fwd_fn=recompute, n_carry=n_carry,
                              float_carry=tuple(fc), float_ys=tuple(fy), float_xs=tuple(fx), float_caps=tuple(fk),
                              reverse=bool(reverse), name=f"{what}_grad")
     it = iter(range(sum(fc) + sum(fx) + sum(fk)))
     return tuple(tuple_get(node, next(it)) if f else None for f in fc + fx + fk)
 
 
-def _loop_grad_parts(fwd: Any, *args: Any, fn: Any, n_carry: int, float_carry: tuple, float_ys: tuple,
+def _loop_grad_parts(fwd: Any, *args: Any, fn: Any, fwd_fn: Any, n_carry: int, float_carry: tuple, float_ys: tuple,
                      float_xs: tuple, float_caps: tuple, reverse: bool) -> tuple:
-    if fwd.parts is None or not _is_sub(fn):
-        raise InvalidArgumentError("loop_grad: needs a loop node and a vjp sub-graph")
+    if fwd.parts is None or not _is_sub(fn) or not (fwd_fn is None or _is_sub(fwd_fn)):
+        raise InvalidArgumentError("loop_grad: needs a loop node, a vjp sub-graph and an optional forward sub-graph")
     k = sum(float_carry) + sum(float_ys)
     n_x = len(float_xs)
     if len(args) != k + n_x + len(float_caps) or len(float_carry) != n_carry:
@@ -292,7 +303,7 @@ def _loop_grad_parts(fwd: Any, *args: Any, fn: Any, n_carry: int, float_carry: t
 
 
 loop_grad_op = define_op("loop_grad", ("fwd", "*args"),
-                         attrs={"fn": REQUIRED, "n_carry": REQUIRED, "float_carry": (), "float_ys": (),
+                         attrs={"fn": REQUIRED, "fwd_fn": None, "n_carry": REQUIRED, "float_carry": (), "float_ys": (),
                                 "float_xs": (), "float_caps": (), "reverse": False},
                          shape_rule=lambda *a, **k: (), dtype_rule=lambda *a, **k: None, parts_rule=_loop_grad_parts,
                          differentiable=False,

@@ -8,6 +8,7 @@ namedtuples of tensors.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +26,17 @@ __all__ = ["cond", "switch_case", "while_loop", "scan", "map_fn", "fori_loop"]
 def _outputs(node: Tensor, tree: Any) -> Any:
     n = len(node.aval.parts)
     return unflatten(tree, [tuple_get(node, i) for i in range(n)])
+
+
+def _stride(checkpoint: Any, bound: int | None, what: str) -> int:
+    """Iterations between saved carries: 0 saves every one; True picks about sqrt(bound)."""
+    if checkpoint is False or checkpoint is None or checkpoint == 0:
+        return 0
+    if checkpoint is True:
+        return max(1, math.isqrt(bound)) if bound else 32
+    if not isinstance(checkpoint, int) or checkpoint < 0:
+        raise InvalidArgumentError(f"{what}: checkpoint must be a bool or a positive int; got {checkpoint!r}")
+    return int(checkpoint)
 
 
 def _check_limit(limit: Any, what: str) -> int:
@@ -171,7 +183,7 @@ def _trace_body(what: str, graph: Any, fn: Callable, tree: Any, single: bool, av
 
 def while_loop(cond_fn: Callable[..., Any], body_fn: Callable[..., Any], loop_vars: Any,
                maximum_iterations: Any = None, saved_memory_limit: int | None = None,
-               name: str | None = None) -> Any:
+               checkpoint: bool | int = False, name: str | None = None) -> Any:
     """Repeat ``loop_vars = body_fn(*loop_vars)`` while ``cond_fn(*loop_vars)`` is true.
 
     Args:
@@ -184,6 +196,9 @@ def while_loop(cond_fn: Callable[..., Any], body_fn: Callable[..., Any], loop_va
             tensor), as in TensorFlow; it also bounds the memory its gradient saves.
         saved_memory_limit: bytes the per-iteration values saved for the gradient may take
             (default: the runtime's limit, 2 GiB); beyond it the run fails with ResourceExhaustedError.
+        checkpoint: for long loops: save the loop variables only every ``checkpoint`` iterations
+            (True: about sqrt(maximum_iterations), else 32) and recompute the others in the
+            backward pass: less memory for one more forward pass.
         name: optional node name.
 
     Returns:
@@ -218,21 +233,24 @@ def while_loop(cond_fn: Callable[..., Any], body_fn: Callable[..., Any], loop_va
         limit = graph.constant(-1, dtype="int64")
     else:
         limit = as_tensor(graph, maximum_iterations, "while_loop maximum_iterations")
+    bound = maximum_iterations if isinstance(maximum_iterations, int) else None
     attrs = {"cond": sub_c, "body": sub_b, "n_vars": len(init),
-             "saved_limit": _check_limit(saved_memory_limit, "while_loop")}
+             "saved_limit": _check_limit(saved_memory_limit, "while_loop"),
+             "checkpoint": _stride(checkpoint, bound, "while_loop")}
     node = graph.add_node(while_op, [limit, *init, *[as_tensor(graph, c, "while_loop") for c in caps]], attrs,
                           name or "while")
     return _outputs(node, tree)
 
 
 def fori_loop(lower: Any, upper: Any, body_fn: Callable[[Any, Any], Any], init_val: Any,
-              name: str | None = None) -> Any:
+              checkpoint: bool | int = False, name: str | None = None) -> Any:
     """``for i in range(lower, upper): val = body_fn(i, val)`` (JAX's ``lax.fori_loop``), differentiable.
 
     Args:
         lower, upper: integer scalars (ints or tensors).
         body_fn: ``(i, val) -> val`` with ``val`` any nest of tensors.
         init_val: the initial value.
+        checkpoint: as for `while_loop`.
         name: optional node name.
 
     Returns:
@@ -248,7 +266,7 @@ def fori_loop(lower: Any, upper: Any, body_fn: Callable[[Any, Any], Any], init_v
     lo = lower if isinstance(lower, Tensor) else graph.constant(int(lower), dtype=dtype)
     up = upper if isinstance(upper, Tensor) else graph.constant(int(upper), dtype=dtype)
     _, val = while_loop(lambda i, v: i < up, lambda i, v: (i + 1, body_fn(i, v)), (lo, init_val),
-                        maximum_iterations=bound, name=name or "fori_loop")
+                        maximum_iterations=bound, checkpoint=checkpoint, name=name or "fori_loop")
     return val
 
 
@@ -265,7 +283,7 @@ def _elems(elems: Any, what: str, graph: Any) -> tuple[list[Tensor], Any]:
 
 
 def _scan(what: str, fn2: Callable[[Any, Any], tuple[Any, Any]], carry: Any, elems: Any, reverse: bool,
-          name: str | None, expected: str) -> tuple[Tensor, Any, Any, int]:
+          name: str | None, expected: str, checkpoint: Any = False) -> tuple[Tensor, Any, Any, int]:
     """JAX-style scan: ``fn2(carry, x) -> (carry, y)``; returns (node, carry tree, ys tree, n_carry)."""
     c_leaves, c_tree = flatten(carry)
     e_leaves, _ = flatten(elems)
@@ -294,12 +312,13 @@ def _scan(what: str, fn2: Callable[[Any, Any], tuple[Any, Any]], carry: Any, ele
         avals = relaxed
     caps, (sub,) = with_captures([(tg, phs, outs)])
     node = graph.add_node(scan_op, [*init, *xs, *[as_tensor(graph, c, what) for c in caps]],
-                          {"fn": sub, "n_carry": n_c, "n_xs": len(xs), "reverse": bool(reverse)}, name or what)
+                          {"fn": sub, "n_carry": n_c, "n_xs": len(xs), "reverse": bool(reverse),
+                           "checkpoint": _stride(checkpoint, xs[0].shape[0], what)}, name or what)
     return node, c_tree, y_tree[0], n_c
 
 
 def scan(fn: Callable[[Any, Any], Any], elems: Any, initializer: Any = None, reverse: bool = False,
-         name: str | None = None) -> Any:
+         checkpoint: bool | int = False, name: str | None = None) -> Any:
     """TensorFlow's ``tf.scan``: ``acc = fn(acc, elem)`` over the leading axis of ``elems``; the stacked accs.
 
     Args:
@@ -307,6 +326,8 @@ def scan(fn: Callable[[Any, Any], Any], elems: Any, initializer: Any = None, rev
         elems: a tensor or nest of tensors sharing their leading dim (the steps).
         initializer: the first accumulator; None uses ``elems[0]`` and scans the rest.
         reverse: scan from the last element to the first (outputs stay in elems' order).
+        checkpoint: as for `while_loop` (the gradient saves the accumulator every ``checkpoint``
+            steps and recomputes the rest).
         name: optional node name.
 
     Returns:
@@ -329,7 +350,8 @@ def scan(fn: Callable[[Any, Any], Any], elems: Any, initializer: Any = None, rev
         new = fn(acc, x)
         return new, new
 
-    node, c_tree, _, n_c = _scan("scan", fn2, initializer, elems, reverse, name, "the accumulator's structure")
+    node, c_tree, _, n_c = _scan("scan", fn2, initializer, elems, reverse, name, "the accumulator's structure",
+                                 checkpoint)
     ys = [tuple_get(node, n_c + i) for i in range(n_c)]
     if first is not None:
         from .movement import concat
