@@ -70,6 +70,13 @@ def _too_much(ctx: Any, limit: int, nbytes: int, steps: int) -> ResourceExhauste
         "saved_memory_limit", node=node.name, source=node.source)
 
 
+def _fresh(outs: list, ins: tuple) -> list:
+    """``outs`` with copies of values that are one of ``ins`` (a variable's storage passed through a
+    branch or a zero-trip loop) or read-only (a body's constant): the node's results are its own."""
+    return [o.copy() if any(o is i for i in ins) or not getattr(getattr(o, "flags", None), "writeable", True) else o
+            for o in outs]
+
+
 @kernel(cf.tuple_get_op)
 def tuple_get_kernel(xp, tup, index):
     return tup[index]
@@ -80,7 +87,7 @@ def case_kernel(ctx, xp, index, *args, branches, what):
     i = int(index)
     if not 0 <= i < len(branches):
         i = len(branches) - 1
-    return tuple(ctx.subgraph(branches[i])(list(args)))
+    return tuple(_fresh(ctx.subgraph(branches[i])(list(args)), args))
 
 
 @kernel(cf.while_op, needs_ctx=True)
@@ -97,7 +104,7 @@ def while_kernel(ctx, xp, max_iters, *args, cond, body, n_vars, saved_limit, che
             saver.add(i, vals)
         vals = run_body(vals + caps)
         i += 1
-    return (*vals, saver.saved if saver is not None else None)
+    return (*_fresh(vals, args), saver.saved if saver is not None else None)
 
 
 @kernel(cf.scan_op, needs_ctx=True)
@@ -131,7 +138,7 @@ def scan_kernel(ctx, xp, *args, fn, n_carry, n_xs, length, reverse, saved_limit,
         else:
             aval = fn.outputs[n_carry + j].aval
             stacked.append(xp.zeros((0,) + tuple(d or 0 for d in aval.shape), dtype=aval.dtype))
-    return (*carry, *stacked, saver.saved if saver is not None else None)
+    return (*_fresh(carry, args), *stacked, saver.saved if saver is not None else None)
 
 
 @kernel(cf.loop_grad_op, needs_ctx=True)

@@ -269,3 +269,15 @@ def test_checkpointed_loops_give_the_same_gradients_with_less_saved(g, stride):
     np.testing.assert_allclose(g.run(build(stride, 8_000)), full, rtol=1e-12)  # 4 of 10 carries fit
     with pytest.raises(kf.errors.ResourceExhaustedError, match="memory limit of 8000 bytes"):
         g.run(build(False, 8_000))
+
+
+def test_branch_returning_a_variable_gives_its_pre_update_value(g):
+    w = g.variable(np.array([1.0, 2.0]), name="w")
+    p = g.placeholder((), "bool", name="p")
+    y = kf.cond(p, lambda: w, lambda: w * 2.0)
+    z = kf.while_loop(lambda v: kf.sum(v) > 100.0, lambda v: v, [w])[0]  # zero trips: w itself
+    update = w.assign_add(np.array([10.0, 10.0]))
+    got_y, got_z, _ = g.run([y, z, update], {p: True})
+    np.testing.assert_array_equal(got_y, [1.0, 2.0])
+    np.testing.assert_array_equal(got_z, [1.0, 2.0])
+    np.testing.assert_array_equal(w.value(), [11.0, 12.0])

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from ...graph.ir import Graph, Tensor
 from ...graph.ops.state import constant_op
 from .devices import Placement
@@ -84,7 +86,11 @@ def _hoist_constants(plan: Plan) -> None:
     for step, node in zip(plan.steps, plan.step_nodes):
         fn, ins, out, free = step
         if node.op is constant_op and not free:
-            plan.template[out] = fn()
+            value = fn()
+            if isinstance(value, np.ndarray):
+                value = value.view()
+                value.flags.writeable = False  # shared by every iteration; results copy it (kernels/control_flow.py)
+            plan.template[out] = value
         else:
             steps.append(step)
             nodes.append(node)
