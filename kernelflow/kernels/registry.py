@@ -107,4 +107,6 @@ def special(xp: Any) -> Any:
 
 
 def _load_all() -> None:
-    from . import control_flow, elementwise, linalg, movement, nn, random, reduce, search, state, training  # noqa: F401
+    from . import (  # noqa: F401
+        control_flow, elementwise, linalg, movement, nn, random, recurrent, reduce, search, state, training,
+    )

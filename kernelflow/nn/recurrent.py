@@ -22,6 +22,7 @@ from ..graph.ir import Tensor
 from ..graph.ops import control_flow_api as cf
 from ..graph.ops import elementwise as E
 from ..graph.ops import movement as M
+from ..graph.ops import recurrent as R
 from . import init as kinit
 
 __all__ = ["SimpleRNNCell", "LSTMCell", "GRUCell", "SimpleRNN", "LSTM", "GRU", "Bidirectional"]
@@ -135,6 +136,9 @@ class LSTMCell(_Cell):
         h, c = states
         u = self.units
         z = xk + h @ self.recurrent_kernel
+        if self.activation is E.tanh and self.recurrent_activation is E.sigmoid:
+            h2, c2 = R.lstm_cell(z, c)  # the fused step: one kernel forward, one backward
+            return h2, [h2, c2]
         i = self.recurrent_activation(z[:, :u])
         f = self.recurrent_activation(z[:, u:2 * u])
         cc = self.activation(z[:, 2 * u:3 * u])

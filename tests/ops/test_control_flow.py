@@ -105,7 +105,21 @@ def _np_trip(n, x, w):
     return v
 
 
+def _np_lstm_cell(z, c):
+    u = c.shape[1]
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    i, f, g, o = sig(z[:, :u]), sig(z[:, u:2 * u]), np.tanh(z[:, 2 * u:3 * u]), sig(z[:, 3 * u:])
+    c2 = f * c + i * g
+    return np.concatenate([o * np.tanh(c2), c2 * 0.5], axis=1)
+
+
+def _kf_lstm_cell(z, c):
+    h, c2 = kf.lstm_cell(z, c)
+    return kf.concat([h, c2 * 0.5], axis=1)
+
+
 CASES = [
+    OpCase("lstm_cell", _kf_lstm_cell, _np_lstm_cell, _norm((3, 8), (3, 2))),
     OpCase("while_loop_captures", _kf_while, _np_while, _norm((3,), (3,))),
     OpCase("while_loop_nested", _kf_nested, _np_nested, _norm((2, 3), (3,))),
     OpCase("cond_in_while_loop", _kf_cond_in_loop, _np_cond_in_loop, lambda r, d: [

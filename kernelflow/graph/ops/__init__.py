@@ -12,6 +12,7 @@ from . import (
            movement,
            nn,
            random,
+           recurrent,
            reduce,
            search,
            state,
@@ -24,10 +25,12 @@ from .movement import *  # noqa: F403
 from .movement import getitem
 from .nn import *  # noqa: F403
 from .random import *  # noqa: F403
+from .recurrent import *  # noqa: F403
 from .reduce import *  # noqa: F403
 from .search import *  # noqa: F403
 from .state import *  # noqa: F403
 from .training import *  # noqa: F403
 
 __all__ = (control_flow_api.__all__ + elementwise.__all__ + linalg.__all__ + movement.__all__ + nn.__all__
-           + reduce.__all__ + search.__all__ + state.__all__ + random.__all__ + training.__all__ + ["getitem"])
+           + reduce.__all__ + search.__all__ + state.__all__ + random.__all__ + recurrent.__all__ + training.__all__
+           + ["getitem"])
