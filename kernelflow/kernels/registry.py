@@ -108,5 +108,15 @@ def special(xp: Any) -> Any:
 
 def _load_all() -> None:
     from . import (  # noqa: F401
-        control_flow, elementwise, linalg, movement, nn, random, recurrent, reduce, search, state, training,
+        control_flow,
+        elementwise,
+        linalg,
+        movement,
+        nn,
+        random,
+        recurrent,
+        reduce,
+        search,
+        state,
+        training,
     )
