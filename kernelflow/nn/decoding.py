@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from ..graph import control_flow as cf
 from ..graph.ir import Tensor
-from ..graph.ops import control_flow_api as cf
 from ..graph.ops import elementwise as E
 from ..graph.ops import movement as M
 from ..graph.ops import nn as N

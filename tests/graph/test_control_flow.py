@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import kernelflow as kf
-from tests.runtime.test_server import ServerProcess
+from tests.support.server import ServerProcess
 
 IAE = kf.errors.InvalidArgumentError
 
@@ -207,8 +207,8 @@ def test_loops_survive_server_restart_and_export_rest(tmp_path):
     import json
     import urllib.request
 
-    from tests.serving.conftest import wait_for
-    from tests.serving.test_rest import rest_port
+    from tests.runtime_server.serving.test_rest import rest_port
+    from tests.support.waiting import wait_for
 
     xv = np.random.default_rng(3).standard_normal((4, 3)).astype("float32")
     args = ("--state-dir", str(tmp_path / "state"), "--http-port", "0", "--file-system-poll-wait-seconds", "0.2")

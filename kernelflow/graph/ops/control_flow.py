@@ -4,7 +4,7 @@ Each control-flow node holds its branches or body as `Subgraph` attrs and yields
 values (its aval has ``parts``, read with ``tuple_get``). Gradients are built as new
 control-flow nodes: a case of per-branch gradient functions, and a ``loop_grad`` node that
 runs the body's vjp backwards over the per-iteration values the forward loop saved.
-The user-facing builders (kf.cond, kf.while_loop, kf.scan...) live in `control_flow_api`.
+The user-facing builders (kf.cond, kf.while_loop, kf.scan...) live in `kernelflow.graph.control_flow`.
 
 Contents: tuple_get, case_op, while_op, scan_op, loop_grad_op and their rules.
 """
