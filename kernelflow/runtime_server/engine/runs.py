@@ -72,6 +72,11 @@ class RunControl:
                                         f"of {self.deadline - self.started:g} s (kernelflow serve "
                                         f"--max-run-seconds); stopped before kernel {step}")
 
+    def check(self) -> None:
+        """`at` without moving the run's kernel (a sub-graph's kernels inside one kernel)."""
+        step = self.step
+        self.at(step)
+
     def cancel(self, reason: str) -> None:
         if self.reason is None:
             self.reason = reason

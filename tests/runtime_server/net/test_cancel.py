@@ -175,3 +175,27 @@ def iter_queue(q):
             yield q.get_nowait()
         except Exception:  # queue.Empty
             return
+
+
+def test_rt_cancel_stops_a_loop_inside_one_control_flow_kernel(server):
+    """A while loop is one kernel of its plan; its body's kernels are cancellation points too."""
+    with server.connect() as rt, server.connect() as other:
+        g = rt.graph("cancel-loop")
+        v = g.variable(np.float32(0.0), name="v")
+        endless = kf.fori_loop(0, 10**9, lambda i, x: x + 1.0, v)
+        g.sync()
+        got: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                g.run(endless)
+            except BaseException as e:  # noqa: BLE001 -- the test inspects it
+                got.append(e)
+
+        t = threading.Thread(target=run)
+        t.start()
+        _wait_for(lambda: _runs_on(other, "cancel-loop"), "the loop to start")
+        assert rt.cancel(graph="cancel-loop") == 1
+        t.join(WAIT_S)
+        assert len(got) == 1 and isinstance(got[0], kf.errors.CancelledError), got
+        assert g.run(v + 1.0) == pytest.approx(1.0)
