@@ -1,6 +1,6 @@
 """The ``kernelflow`` command: ``serve`` runs a runtime server, ``status`` lists the local
 ones, ``stop`` shuts one down, ``serve-models`` serves a model base path over REST,
-``export-model`` copies a model version out of a state dir or base path.
+``export-model`` copies a model version out of a state dir or base path (or converts it to ONNX).
 
 Contents: runtime_dir, main (and the serve/status/stop/serve-models/export-model commands).
 """
@@ -248,6 +248,8 @@ def cmd_export_model(args: argparse.Namespace) -> int:
               f"{versions}", file=sys.stderr)
         return 1
     to = Path(args.to)
+    if args.format == "onnx":
+        return _export_onnx(args.name, version, src, to)
     archive = to.name.endswith((".tar.gz", ".tgz"))
     dest = to if archive else to / args.name / str(version)
     if dest.exists():
@@ -274,6 +276,32 @@ def cmd_export_model(args: argparse.Namespace) -> int:
         else:
             tmp.unlink(missing_ok=True)
     print(f"exported model '{args.name}' version {version} to {dest}", flush=True)
+    return 0
+
+
+def _export_onnx(name: str, version: int, src: Path, to: Path) -> int:
+    """``export-model --format onnx``: the model version dir's graph as one ``.onnx`` file."""
+    from .graph.ir import Graph
+    from .interop import export_onnx
+    from .runtime_server.serving.models import read_model_dir
+
+    if to.suffix != ".onnx":
+        print(f"kernelflow export-model: --format onnx writes a .onnx file; got --to {to}", file=sys.stderr)
+        return 2
+    try:
+        dicts, signature = read_model_dir(src)
+        g = Graph(f"{name}@{version}")
+        g.extend_from_dicts(dicts)  # variables carry their exported values as their initial attr
+        info = export_onnx(g, to, {k: s["name"] for k, s in signature["inputs"].items()},
+                           {k: s["name"] for k, s in signature["outputs"].items()})
+    except KernelflowError as e:
+        print(f"kernelflow export-model: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"kernelflow export-model: cannot write {to}: {e}", file=sys.stderr)
+        return 1
+    print(f"exported model '{name}' version {version} as onnx (opset {info['opset']}, {info['nodes']} nodes) "
+          f"to {to}", flush=True)
     return 0
 
 
@@ -375,7 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--state-dir", help="the runtime's state dir (models are in <state dir>/models)")
     em.add_argument("--model-base-path", help="a dir holding <name>/<version>/ model dirs")
     em.add_argument("--version", type=int, default=None, help="the version (default: the highest complete one)")
-    em.add_argument("--to", required=True, help="a dir (gets <name>/<version>/) or a file ending in .tar.gz")
+    em.add_argument("--to", required=True, help="a dir (gets <name>/<version>/), a file ending in .tar.gz, or with "
+                    "--format onnx a file ending in .onnx")
+    em.add_argument("--format", choices=("kernelflow", "onnx"), default="kernelflow",
+                    help="kernelflow: the model dir as it is (default); onnx: one ONNX file onnxruntime runs")
     em.set_defaults(fn=cmd_export_model)
 
     st = sub.add_parser("status", help="list the local runtime servers")

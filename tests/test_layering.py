@@ -19,6 +19,7 @@ ALLOWED = {
     "client": {"graph", "nn", "protocol"},
     "widgets": {"client", "graph"},
     "extension": {"client", "widgets", "graph"},
+    "interop": {"graph", "protocol"},
 }
 ALWAYS = {"errors", "_version"}
 # Third-party modules a subpackage must never import at module level.
@@ -29,6 +30,8 @@ FORBIDDEN_TOP = {
     "protocol": {"cupy", "tornado", "IPython", "ipywidgets", "pickle"},
     "runtime_server": {"cupy", "IPython", "ipywidgets", "pickle"},
     "client": {"cupy", "tornado", "IPython", "ipywidgets", "pickle"},
+    "interop": {"cupy", "tornado", "IPython", "ipywidgets", "pickle", "onnx", "onnxruntime", "tensorboard",
+                "tensorflow"},
 }
 
 

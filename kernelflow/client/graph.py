@@ -229,6 +229,39 @@ class RemoteGraph(Graph):
 
         return export(self, name, inputs, outputs, version)
 
+    def export_onnx(self, path: Any, inputs: dict, outputs: dict, opset: int | None = None) -> dict:
+        """Write the inference subgraph from ``inputs`` to ``outputs`` as an ONNX file.
+
+        The subgraph is the one `export` writes (training flags bound to False, dropout folded
+        away); variables become initializers holding their current values on the runtime;
+        a None dim stays symbolic (the batch size is free). See `kernelflow.interop.export_onnx`.
+
+        Args:
+            path: the ``.onnx`` file to write (replaced whole, or left alone on error).
+            inputs: {ONNX input name: tensor}, e.g. ``{"image": x}``.
+            outputs: {ONNX output name: tensor}, e.g. ``{"probabilities": p}``.
+            opset: the ONNX opset (default `kernelflow.interop.DEFAULT_OPSET`).
+
+        Returns:
+            ``{"path", "opset", "inputs", "outputs", "nodes", "initializers"}``.
+
+        Raises:
+            kernelflow.interop.OnnxExportError: naming a node whose op has no ONNX form.
+            InvalidArgumentError: naming a placeholder the outputs need that is not an input.
+
+        Example:
+            >>> g.export_onnx("digits.onnx", inputs={"image": x}, outputs={"probabilities": probs})
+        """
+        from ..graph.inference import inference_nodes
+        from ..interop import DEFAULT_OPSET, export_onnx  # lazily: onnx is an optional dependency
+
+        ins = {k: self[t] if isinstance(t, str) else t for k, t in dict(inputs).items()}
+        outs = {k: self[t] if isinstance(t, str) else t for k, t in dict(outputs).items()}
+        plan = inference_nodes(list(outs.values()), list(ins.values()), "export_onnx")
+        variables = [i.node for i in plan if i.role == "node" and isinstance(i.node, Variable)]
+        values = dict(zip((v.name for v in variables), self.run(variables))) if variables else {}
+        return export_onnx(self, path, ins, outs, variables=values, opset=opset or DEFAULT_OPSET)
+
     def inspect(self, **kwargs: Any) -> Any:
         """A `kernelflow.widgets.GraphInspector` of this graph (in a notebook, it displays itself)."""
         from ..widgets import GraphInspector  # lazily: the widget layer sits above the client

@@ -13,11 +13,10 @@ Versions are increasing integers. A version is written into a hidden temp dir an
 into place, so a reader sees it whole or not at all. Nothing read from a model dir is
 unpickled or evaluated.
 
-Export binds training-mode switches to inference: a bool scalar placeholder the outputs need
-that is not among the inputs (the ``training`` flag of dropout / batch norm) becomes the
-constant False, and a ``where`` on it keeps only its inference branch, so the random mask of
-dropout is not in the exported graph. A random op left on the path is InvalidArgumentError
-naming it (dropout built with ``training=True``).
+Export binds training-mode switches to inference (`kernelflow.graph.inference`, shared with
+the ONNX exporter): a bool scalar training-flag placeholder becomes the constant False and a
+``where`` on it keeps only its inference branch; a random op left on the path is
+InvalidArgumentError naming it.
 
 Contents: export_model, read_model_dir, LoadedModel, register (the version manager is in
 model_manager.py).
@@ -39,8 +38,9 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from ...errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError
+from ...graph.inference import inference_nodes
 from ...graph.ir import Tensor, node_to_dict
-from ...graph.ops.state import placeholder_op, variable_op
+from ...graph.ops.state import variable_op
 from ...graph.shapes import format_shape
 from ...protocol.codec import decode, encode
 from ..engine.devices import DeviceManager
@@ -85,37 +85,6 @@ def _all_version_numbers(model_dir: Path) -> list[int]:
 
 
 # ----------------------------------------------------------------- export
-def _is_training_flag(t: Tensor) -> bool:
-    return t.op is placeholder_op and t.dtype == "bool" and len(t.shape) == 0
-
-
-def _prune(outputs: list[Tensor], inputs: dict[int, Tensor]) -> tuple[list[Tensor], dict[int, Tensor]]:
-    """The nodes the outputs need by data edges, stopping at inputs; control edges are dropped
-    (they order training updates, which inference does not run).
-
-    A ``where(flag, a, b)`` whose condition is a training flag (see `_is_training_flag`) that is
-    not an input is walked into ``b`` only: with the flag bound to False it is ``b``. Returns
-    (nodes in graph order, {id(where node): its inference branch}).
-    """
-    seen: dict[int, Tensor] = {}
-    folded: dict[int, Tensor] = {}
-    stack = list(outputs)
-    while stack:
-        t = stack.pop()
-        if id(t) in seen:
-            continue
-        seen[id(t)] = t
-        if id(t) in inputs:
-            continue
-        if t.op.name == "where" and _is_training_flag(t.inputs[0]) and id(t.inputs[0]) not in inputs \
-                and t.inputs[2].shape == t.shape and t.inputs[2].dtype == t.dtype:
-            folded[id(t)] = t.inputs[2]
-            stack.append(t.inputs[2])
-            continue
-        stack.extend(t.inputs)
-    return sorted(seen.values(), key=lambda t: t.index), folded
-
-
 def _tensor_spec(t: Tensor) -> dict:
     return {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
 
@@ -156,48 +125,29 @@ def export_model(session: GraphSession, base: Path, name: str, inputs: dict, out
         g = session.graph
         in_nodes = {k: g[v] for k, v in inputs.items()}
         out_nodes = {k: g[v] for k, v in outputs.items()}
-        for k, t in out_nodes.items():
-            if t.dtype is None:
-                raise InvalidArgumentError(f"model.export: output '{k}' (node '{t.name}', op {t.op.name}) has no value")
-        fed = {id(t): t for t in in_nodes.values()}
-        nodes, folded = _prune(list(out_nodes.values()), fed)
         dicts, var_names, bound = [], [], {}
-        for n in nodes:
-            if id(n) in fed:
+        for item in inference_nodes(list(out_nodes.values()), list(in_nodes.values()), "model.export"):
+            n = item.node
+            if item.role == "input":
                 # An input that is not a placeholder (e.g. a hidden layer) becomes one.
                 dicts.append({"name": n.name, "op": "placeholder", "inputs": [],
                               "attrs": {"shape": list(n.shape), "dtype": n.dtype}})
-                continue
-            if id(n) in folded:  # where(training, train_branch, inference_branch) -> the inference branch
-                dicts.append({"name": n.name, "op": "identity", "inputs": [folded[id(n)].name], "attrs": {}})
+            elif item.role == "fold":  # where(training, train_branch, inference_branch) -> the inference branch
+                assert item.branch is not None
+                dicts.append({"name": n.name, "op": "identity", "inputs": [item.branch.name], "attrs": {}})
                 bound[n.inputs[0].name] = False
-                continue
-            if n.op is placeholder_op and _is_training_flag(n):
+            elif item.role == "flag":
                 # A training-mode switch (dropout, batch norm): served models run in inference mode.
                 dicts.append({"name": n.name, "op": "constant", "inputs": [], "attrs": {"value": np.array(False)}})
                 bound[n.name] = False
-                continue
-            if n.op is placeholder_op:
-                raise InvalidArgumentError(
-                    f"model.export: the outputs need placeholder '{n.name}' ({n.dtype}{format_shape(n.shape)}), "
-                    f"which is not among the inputs {sorted(inputs)}; add it to inputs",
-                    node=n.name, source=n.source)
-            if n.op.mutates:
-                raise InvalidArgumentError(f"model.export: node '{n.name}' ({n.op.name}) updates a variable; "
-                                           "an exported model only reads its variables", node=n.name)
-            if n.op.name.startswith("random_"):
-                raise InvalidArgumentError(
-                    f"model.export: the outputs need random node '{n.name}' ({n.op.name}), so the served model "
-                    "would answer differently each time (dropout built with training=True?); build the exported "
-                    "outputs with training=False, or pass a bool scalar placeholder as training (export binds "
-                    "it to False)", node=n.name, source=n.source)
-            d = node_to_dict(n)
-            d.pop("control_inputs", None)
-            d.pop("device", None)
-            if n.op is variable_op:
-                d["attrs"] = {k: v for k, v in d["attrs"].items() if k != "initial"}
-                var_names.append(n.name)
-            dicts.append(d)
+            else:
+                d = node_to_dict(n)
+                d.pop("control_inputs", None)
+                d.pop("device", None)
+                if n.op is variable_op:
+                    d["attrs"] = {k: v for k, v in d["attrs"].items() if k != "initial"}
+                    var_names.append(n.name)
+                dicts.append(d)
         values = session.snapshot_variables()
         arrays = {v: np.ascontiguousarray(values[v]) for v in var_names}
     signature = {"signature_name": SIGNATURE_NAME, "method_name": PREDICT_METHOD, "format": FORMAT,
