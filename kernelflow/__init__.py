@@ -15,11 +15,12 @@ from .client.model import load_model
 from .graph import Graph, Tensor, Variable, gradients
 from .graph.ops import *  # builders: add, matmul, relu, softmax_cross_entropy, ...
 from .graph.ops import __all__ as _ops_all
+from .graph.ops import summary
 from .graph.shapes import canonical_dtype as as_dtype
 from .nn import init, layers, optim
 
 __all__ = ["errors", "connect", "load_model", "Runtime", "Graph", "Tensor", "Variable", "gradients", "init",
-           "layers", "optim", "as_dtype", "__version__"] + list(_ops_all)
+           "layers", "optim", "as_dtype", "summary", "__version__"] + list(_ops_all)
 
 
 def load_ipython_extension(ipython: object) -> None:

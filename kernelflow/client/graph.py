@@ -262,6 +262,20 @@ class RemoteGraph(Graph):
         values = dict(zip((v.name for v in variables), self.run(variables))) if variables else {}
         return export_onnx(self, path, ins, outs, variables=values, opset=opset or DEFAULT_OPSET)
 
+    def to_tensorboard(self, logdir: Any) -> Any:
+        """Write the graph as a TensorBoard GraphDef event file in ``logdir`` (its Graphs dashboard draws it).
+
+        Node names keep their scopes (TensorBoard folds each scope into a box), with op names,
+        data and ``^control`` inputs, devices and output shapes. Needs neither TensorFlow nor
+        tensorboard. Returns the event file's path.
+
+        Example:
+            >>> g.to_tensorboard("runs/digits")   # then: tensorboard --logdir runs
+        """
+        from ..interop.graphdef import write_graph  # lazily: the client needs it only here
+
+        return write_graph(self, logdir)
+
     def inspect(self, **kwargs: Any) -> Any:
         """A `kernelflow.widgets.GraphInspector` of this graph (in a notebook, it displays itself)."""
         from ..widgets import GraphInspector  # lazily: the widget layer sits above the client

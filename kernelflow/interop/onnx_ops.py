@@ -101,6 +101,11 @@ for _name, _onnx in _UNARY.items():
 FORMS["read_variable"] = "Identity of the variable's initializer"
 
 
+@_conv("summary", form="Identity (the logging is a job's, not the model's)")
+def _summary(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
+    b.op("Identity", xs, out)
+
+
 @_conv("print", form="Identity (the printing is dropped)")
 def _print(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
     b.op("Identity", xs, out)

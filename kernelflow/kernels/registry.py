@@ -107,4 +107,4 @@ def special(xp: Any) -> Any:
 
 
 def _load_all() -> None:
-    from . import elementwise, linalg, movement, nn, random, reduce, state, training  # noqa: F401
+    from . import elementwise, linalg, movement, nn, random, reduce, state, summary, training  # noqa: F401

@@ -1,10 +1,11 @@
 """Every op family; importing this package defines every op in the registry.
 
 The builders (``add``, ``matmul``, ``softmax_cross_entropy``...) are re-exported here and
-from the top-level ``kernelflow`` namespace.
+from the top-level ``kernelflow`` namespace; the summaries stay in their own namespace
+(``kf.summary.scalar``).
 """
 
-from . import elementwise, linalg, movement, nn, random, reduce, state, training
+from . import elementwise, linalg, movement, nn, random, reduce, state, summary, training
 from .elementwise import *  # noqa: F403
 from .linalg import *  # noqa: F403
 from .movement import *  # noqa: F403
