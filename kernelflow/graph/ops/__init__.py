@@ -5,7 +5,7 @@ from the top-level ``kernelflow`` namespace; the summaries stay in their own nam
 (``kf.summary.scalar``).
 """
 
-from . import elementwise, linalg, movement, nn, random, reduce, state, summary, training
+from . import elementwise, linalg, movement, nn, random, reduce, state, summary, training  # noqa: F401 (summary: kf.summary)
 from .elementwise import *  # noqa: F403
 from .linalg import *  # noqa: F403
 from .movement import *  # noqa: F403
