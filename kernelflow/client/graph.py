@@ -16,8 +16,10 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..graph.ir import Graph, Tensor, Variable
+from . import job as _job
 
 if TYPE_CHECKING:
+    from .job import Job
     from .runtime import Runtime
 
 
@@ -214,14 +216,13 @@ class RemoteGraph(Graph):
         self.sync()
         return self.runtime._call("graph.restore", [self.name, tag])
 
-    def fit(self, train_op: Any, **kwargs: Any) -> Any:
-        """Start a training job on the runtime; returns a `kernelflow.client.job.Job` at once.
+    def fit(self, train_op: Any, *, data: Any, feed: dict, metrics: dict | None = None,
+            validation: tuple | None = None, histograms: list | None = None, images: dict | None = None,
+            **options: Any) -> Job:
+        return _job.fit(self, train_op, data=data, feed=feed, metrics=metrics, validation=validation,
+                        histograms=histograms, images=images, **options)
 
-        See `kernelflow.client.job.fit` for the arguments.
-        """
-        from .job import fit
-
-        return fit(self, train_op, **kwargs)
+    fit.__doc__ = (_job.fit.__doc__ or "").replace("        graph: the graph to train.\n", "")
 
     def export(self, name: str, inputs: dict, outputs: dict, version: int | None = None) -> int:
         """Export the inference subgraph as a served model version; see `kernelflow.client.model.export`."""

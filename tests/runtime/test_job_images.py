@@ -183,7 +183,8 @@ def _check_reloaded(job: kf.Job, keep: int, last: int) -> None:
 
 
 def test_image_history_back_after_inproc_restart_bounded_on_disk(tmp_path):
-    from kernelflow.runtime_server.persist.state import StateDir, fs_name
+    from kernelflow.runtime_server.persist.records import fs_name
+    from kernelflow.runtime_server.persist.state import StateDir
 
     state = tmp_path / "state"
     rt = state_runtime(state)
@@ -192,7 +193,7 @@ def test_image_history_back_after_inproc_restart_bounded_on_disk(tmp_path):
                 images={"gray": images["gray"]}, image_every=2, image_keep=4, checkpoint_every_s=None)
     assert job.wait(timeout=WAIT_S) == "completed", job.error
     rt.close()
-    on_disk = StateDir(state)._load_log(state / "jobs" / fs_name(job.id) / "images.log")
+    on_disk = StateDir(state).logs.load(state / "jobs" / fs_name(job.id) / "images.log")
     assert 4 <= len(on_disk) <= 8  # compacted to the newest 4 whenever it passed 2 x 4
 
     rt2 = state_runtime(state)

@@ -397,7 +397,7 @@ def test_job_wait_timeout_raises_deadline_exceeded(local):
 
 # ----------------------------------------------------------------- state dir: shutdown, kill -9, resume
 def test_delete_refuses_a_running_job_then_forgets_it_in_memory_and_state_dir(tmp_path):
-    from kernelflow.runtime_server.persist.state import fs_name
+    from kernelflow.runtime_server.persist.records import fs_name
 
     state = tmp_path / "state"
     rt = state_runtime(state)
@@ -468,7 +468,7 @@ def test_clean_shutdown_interrupts_job_and_resume_finishes_with_same_batches(tmp
 def test_kill9_mid_job_restart_finds_graphs_checkpoint_history_and_resume_finishes(tmp_path):
     from safetensors.numpy import load_file
 
-    from kernelflow.runtime_server.persist.state import fs_name
+    from kernelflow.runtime_server.persist.records import fs_name
 
     state = tmp_path / "state"
     srv = ServerProcess(tmp_path / "a", "--state-dir", str(state)).wait_listening()

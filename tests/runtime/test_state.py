@@ -17,7 +17,8 @@ import pytest
 
 import kernelflow as kf
 from kernelflow.client.local import default_state_dir
-from kernelflow.runtime_server.persist.state import LOG_MAGIC, StateDir, fs_name, read_records
+from kernelflow.runtime_server.persist.records import LOG_MAGIC, fs_name, read_records
+from kernelflow.runtime_server.persist.state import StateDir
 from tests.runtime.test_server import ServerProcess
 
 WAIT_S = 10.0
@@ -90,7 +91,7 @@ def test_graph_that_cannot_be_rebuilt_is_quarantined_and_others_load(tmp_path, c
     with caplog.at_level(logging.ERROR, "kernelflow.service"):
         svc = RuntimeService(state_dir=str(tmp_path))
     try:
-        assert sorted(svc.graphs) == ["ok"]
+        assert sorted(svc.graphs.graphs) == ["ok"]
         assert "graph 'bad' cannot be rebuilt" in caplog.text
         [q] = (tmp_path / "quarantine").iterdir()
         assert (q / "graph" / "graph.log").is_file() and not (tmp_path / "graphs" / "bad").exists()

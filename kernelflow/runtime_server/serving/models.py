@@ -31,8 +31,9 @@ import re
 import secrets
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -45,6 +46,9 @@ from ...graph.shapes import format_shape
 from ...protocol.codec import decode, encode
 from ..engine.devices import DeviceManager
 from ..engine.session import GraphSession
+
+if TYPE_CHECKING:
+    from .manager import ModelManager
 
 log = logging.getLogger("kernelflow.models")
 
@@ -311,33 +315,32 @@ class LoadedModel:
 
 
 # ----------------------------------------------------------------- RPC methods
-def register(service: Any) -> Any:
-    """Add model.export / model.list / model.predict / model.status to ``service``; returns its
-    `ModelManager` (not watching: ``kernelflow serve`` starts the watcher)."""
-    from .manager import ModelManager
+class ModelMethods:
+    """The ``model.*`` RPC methods: export a graph's inference subgraph, then serve it through ``manager``."""
 
-    base = Path(service.state.root) / "models" if service.state is not None else None
-    mgr = ModelManager(base, service.devices)
+    def __init__(self, session: Callable[[str], GraphSession], manager: ModelManager):
+        self.session = session
+        self.manager = manager
 
-    def model_export(graph: str, name: str, inputs: dict, outputs: dict, version: int | None = None) -> dict:
+    def export(self, graph: str, name: str, inputs: dict, outputs: dict, version: int | None = None) -> dict:
+        """Export a new version of model ``name``; it answers requests when this returns."""
+        mgr = self.manager
         base_path = mgr.require_base("model.export")
-        out = export_model(service.session(graph), base_path, name, inputs, outputs, version)
+        out = export_model(self.session(graph), base_path, name, inputs, outputs, version)
         mgr.poll(only=name, wait=True)  # served by the next request, not after the next watcher poll
         return out
 
-    def model_list() -> list[dict]:
-        return mgr.list()
+    def list(self) -> list[dict]:
+        """Every model and its versions' states."""
+        return self.manager.list()
 
-    def model_predict(name: str, version: int | None, inputs: dict, output_keys: list | None = None) -> dict:
-        return mgr.predict(name, version, inputs, output_keys)
+    def predict(self, name: str, version: int | None, inputs: dict, output_keys: list | None = None) -> dict:
+        """Run a served version on ``inputs``."""
+        return self.manager.predict(name, version, inputs, output_keys)
 
-    def model_status(name: str, version: int | None = None) -> dict:
+    def status(self, name: str, version: int | None = None) -> dict:
+        """A version's state and signature."""
+        mgr = self.manager
         with mgr.use(name, version) as sv:
             return {**mgr.status(name, version), "name": name, "version": sv.version,
                     "signature": mgr.loaded(sv)[0].signature}
-
-    service.register("model.export", model_export)
-    service.register("model.list", model_list)
-    service.register("model.predict", model_predict)
-    service.register("model.status", model_status)
-    return mgr

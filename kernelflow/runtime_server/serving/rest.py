@@ -32,8 +32,8 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from ...errors import InvalidArgumentError, KernelflowError, NotFoundError
 from ... import errors
+from ...errors import InvalidArgumentError, KernelflowError, NotFoundError
 from .manager import ModelManager
 from .models import check_model_name
 
