@@ -300,6 +300,25 @@ class Job:
         """Every image record still kept (the newest ``image_keep`` per name): ``{name: [(step, images)]}``."""
         return self._built()[2]
 
+    @property
+    def audio(self) -> dict[str, tuple[int, np.ndarray, float]]:
+        """The newest logged audio of every name: ``{name: (step, int16 PCM (clips, frames, channels),
+        sample_rate)}``."""
+        out = {}
+        for r in self._catch_up():
+            if r.get("kind") == "audio" and r.get("audio") is not None:
+                out[r["name"]] = (int(r["step"]), np.asarray(r["audio"]), float(r["sample_rate"]))
+        return out
+
+    @property
+    def text(self) -> dict[str, list[tuple[int, list[str]]]]:
+        """Every logged text record: ``{name: [(step, [row strings]), ...]}``, in step order."""
+        out: dict[str, list[tuple[int, list[str]]]] = {}
+        for r in self._catch_up():
+            if r.get("kind") == "text":
+                out.setdefault(r["name"], []).append((int(r["step"]), list(r["text"])))
+        return out
+
     def history_frame(self) -> Any:
         """The history as a pandas DataFrame: one row per logged step (index ``step``), one column per
         metric, plus ``wall_time``."""
@@ -487,7 +506,7 @@ def _dataset_name(d: Any, what: str) -> str:
 
 def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, metrics: dict | None = None,
         validation: tuple | None = None, histograms: list | None = None, images: dict | None = None,
-        **options: Any) -> Job:
+        audio: dict | None = None, text: dict | None = None, **options: Any) -> Job:
     """Start a training job on the runtime (``g.fit``); returns a `Job` at once.
 
     The runtime runs the loop on its own thread: minibatches are cut (and shuffled, per epoch,
@@ -504,10 +523,15 @@ def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, metrics: di
             (the mean of batch values weighted by batch size).
         histograms: variables whose value histograms are recorded every ``histogram_every`` steps.
         images: ``{name: image tensor}`` logged every ``image_every`` steps; see ``job.images``.
+        audio: ``{name: waveform tensor}`` (float ``[batch, frames]`` or ``[batch, frames, channels]`` in
+            [-1, 1], at ``audio_sample_rate`` samples/s) logged with the images; see ``job.audio``.
+        text: ``{name: character-code tensor}`` (``[batch, length]`` ints, 0 = padding) logged with the
+            images; see ``job.text``. In-graph summaries (``kf.summary.*``) are logged without being listed.
         **options: the other fields of `kernelflow.protocol.jobspec.JobSpec`, with its defaults and
             meanings: batch_size=32, epochs=None (1), steps=None, shuffle=True, seed=0, log_every=10,
             validate_every=None ("epoch" with validation), validation_batch_size=None,
             histogram_every=100, histogram_bins=30, image_every=100, image_max=16, image_keep=100,
+            audio_sample_rate=16000, audio_max=4, summaries=True,
             checkpoint_every_s=60.0, keep_checkpoints=None, stop_on_nan=False,
             drop_remainder=False, name=None.
 
@@ -529,9 +553,10 @@ def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, metrics: di
         raise InvalidArgumentError(f"fit: unknown option(s) {unknown}; known: {sorted(FIT_OPTIONS)}")
     if not isinstance(feed, dict) or not feed:
         raise InvalidArgumentError("fit: feed must map placeholders to dataset array names, e.g. {x: 'x', y: 'y'}")
-    if images is not None and not isinstance(images, dict):
-        raise InvalidArgumentError(f"fit: images must map names to image tensors, e.g. {{'samples': t}}; got "
-                                   f"{type(images).__name__}")
+    for what, m in (("images", images), ("audio", audio), ("text", text)):
+        if m is not None and not isinstance(m, dict):
+            raise InvalidArgumentError(f"fit: {what} must map names to tensors, e.g. {{'samples': t}}; got "
+                                       f"{type(m).__name__}")
     graph.sync()
     spec = JobSpec(graph=graph.name, train_op=_node_name(graph, train_op, "train_op"),
                    data=_dataset_name(data, "data"),
@@ -539,6 +564,8 @@ def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, metrics: di
                    metrics={str(k): _node_name(graph, v, f"metric '{k}'") for k, v in (metrics or {}).items()},
                    histograms=[_node_name(graph, v, "histogram") for v in (histograms or [])],
                    images={str(k): _node_name(graph, v, f"image '{k}'") for k, v in (images or {}).items()},
+                   audio={str(k): _node_name(graph, v, f"audio '{k}'") for k, v in (audio or {}).items()},
+                   text={str(k): _node_name(graph, v, f"text '{k}'") for k, v in (text or {}).items()},
                    **options)
     if validation is not None:
         if not (isinstance(validation, (tuple, list)) and len(validation) == 2 and isinstance(validation[1], dict)):

@@ -54,7 +54,16 @@ class JobSpec:
         image_every: steps between logged images.
         image_max: first images of each tensor kept per record.
         image_keep: image records per name that keep their pixels (runtime memory, state dir,
-            client); older ones are dropped.
+            client); older ones are dropped. Audio records follow the same rule.
+        audio: ``{name: waveform node}`` logged on the image steps (every ``image_every``): float
+            ``[batch, frames]`` or ``[batch, frames, channels]`` in [-1, 1] (clipped), kept as 16-bit PCM.
+        audio_sample_rate: samples per second of the ``audio`` tensors.
+        audio_max: first clips of each audio tensor kept per record.
+        text: ``{name: node}`` logged on the image steps: integer character codes ``[length]`` or
+            ``[batch, length]`` (one string per row, the first ``image_max`` rows; Unicode code
+            points, UTF-8 bytes for uint8; zeros are padding), e.g. decoded sequences.
+        summaries: collect the graph's in-graph summaries (``kf.summary.*``) whose inputs the
+            feed provides, on the logging steps (every ``log_every``).
         checkpoint_every_s: seconds between checkpoints (the job also checkpoints when it starts
             and ends); needs a runtime with a state dir.
         keep_checkpoints: keep only this many newest checkpoints of the graph.
@@ -85,6 +94,11 @@ class JobSpec:
     image_every: int = 100
     image_max: int = 16
     image_keep: int = IMAGE_KEEP_DEFAULT
+    audio: dict[str, str] = field(default_factory=dict)
+    audio_sample_rate: int = 16000
+    audio_max: int = 4
+    text: dict[str, str] = field(default_factory=dict)
+    summaries: bool = True
     checkpoint_every_s: float | None = 60.0
     keep_checkpoints: int | None = None
     stop_on_nan: bool = False
@@ -120,7 +134,7 @@ class JobSpec:
         s = self
         for k in ("graph", "train_op", "data"):
             _want(isinstance(getattr(s, k), str), k, "a string", getattr(s, k))
-        for k in ("feed", "metrics", "validation_metrics", "images"):
+        for k in ("feed", "metrics", "validation_metrics", "images", "audio", "text"):
             v = getattr(s, k)
             _want(isinstance(v, dict) and all(isinstance(a, str) and isinstance(b, str) for a, b in v.items()),
                   k, "a map of strings", v)
@@ -144,6 +158,9 @@ class JobSpec:
         _want(_is_int(s.image_every) and s.image_every >= 1, "image_every", "an integer >= 1", s.image_every)
         _want(_is_int(s.image_max) and 1 <= s.image_max <= 1024, "image_max", "1..1024", s.image_max)
         _want(_is_int(s.image_keep) and s.image_keep >= 1, "image_keep", "an integer >= 1", s.image_keep)
+        _want(_is_int(s.audio_sample_rate) and 1 <= s.audio_sample_rate <= 384_000, "audio_sample_rate",
+              "an integer in 1..384000 (samples per second)", s.audio_sample_rate)
+        _want(_is_int(s.audio_max) and 1 <= s.audio_max <= 64, "audio_max", "1..64", s.audio_max)
         ve = s.validate_every
         _want(ve is None or ve == "epoch" or (_is_int(ve) and ve >= 1), "validate_every",
               "an integer >= 1 or 'epoch'", ve)
@@ -162,6 +179,7 @@ class JobSpec:
         _want(k is None or (_is_int(k) and k >= 1), "keep_checkpoints", "an integer >= 1", k)
         _want(s.name is None or isinstance(s.name, str), "name", "a string", s.name)
         s.shuffle, s.stop_on_nan, s.drop_remainder = bool(s.shuffle), bool(s.stop_on_nan), bool(s.drop_remainder)
+        s.summaries = bool(s.summaries)
 
 
 # The spec fields a user sets as keyword arguments of ``g.fit`` (the others come from its

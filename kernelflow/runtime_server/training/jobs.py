@@ -2,12 +2,13 @@
 
 A job runs on its own thread (`fit_loop.FitLoop`); jobs on one graph run one at a time in
 the order they were started (the others wait as ``queued``), jobs on different graphs run
-at once. Logged records (scalars, histograms, images) are appended to the job's history; one
+at once. Logged records (scalars, histograms, images, audio, text) are appended to the job's history; one
 flusher thread pushes them to subscribed connections as ``job.records`` notifications at
 most every 100 ms (records in between go together, none dropped; of the image records in one
 notification only the newest per name keeps its pixels) and appends them to the state dir.
 Only the newest ``image_keep`` image records per name keep their pixels, in memory and in the
 state dir; older ones stay in the history as stubs (``"images": None``) so indices hold.
+Audio records (``"audio"``: 16-bit PCM) follow the same rule, counted apart from images.
 A subscriber gets the history in the answer to ``job.subscribe`` and the stream
 from there on: both are cut at the same record index under the job's lock, and every
 notification carries the index of its first record, so a client sees each record once.
@@ -184,7 +185,7 @@ class Job:
             self.records.append(rec)
             if rec["kind"] == "scalars":
                 self.latest.update(rec["values"])
-            elif rec["kind"] == "images":
+            elif rec["kind"] in MEDIA:
                 self._keep_images(len(self.records) - 1)
             self.version += 1
         if self.tensorboard_dir is not None:
@@ -192,8 +193,8 @@ class Job:
         return True
 
     def _keep_images(self, i: int) -> None:
-        """Record ``i`` is an image record with pixels: stub out the oldest beyond ``image_keep``."""
-        for j in self._kept.add(self.records[i]["name"], i):
+        """Record ``i`` is an image (or audio) record with its payload: stub out the oldest beyond ``image_keep``."""
+        for j in self._kept.add(media_key(self.records[i]), i):
             self.records[j] = image_stub(self.records[j])  # a new dict: readers of the old one keep theirs
 
     def persist_records(self) -> None:
@@ -277,7 +278,7 @@ class Job:
                 with b.session.lock:
                     self.restore_checkpoint()
                 self.logged_upto = max((r["step"] for r in self.records), default=0)
-            tb = self.manager.open_tensorboard(self)
+            tb = self.manager.open_tensorboard(self, b)
             self.set_status("running")
             self.checkpoint("start")
             FitLoop(self, b).run()
@@ -310,9 +311,18 @@ class Job:
             log.info("job %s %s at step %d", self.id, final, self.step)
 
 
+MEDIA = {"images": "images", "audio": "audio"}
+"""Record kinds whose payload only the newest ``image_keep`` per name keep: kind -> payload key."""
+
+
+def media_key(rec: dict) -> str:
+    """The name `KeptImages` counts a media record under (images by their name, as before; audio apart)."""
+    return rec["name"] if rec["kind"] == "images" else f"{rec['kind']}:{rec['name']}"
+
+
 def image_stub(rec: dict) -> dict:
-    """An image record without its pixels (it keeps its place in the history)."""
-    return {**rec, "images": None}
+    """An image (or audio) record without its payload (it keeps its place in the history)."""
+    return {**rec, MEDIA[rec["kind"]]: None}
 
 
 def newest_images_only(recs: list[dict]) -> list[dict]:
@@ -321,12 +331,12 @@ def newest_images_only(recs: list[dict]) -> list[dict]:
     out = None
     for i in range(len(recs) - 1, -1, -1):
         r = recs[i]
-        if r["kind"] == "images" and r["images"] is not None:
-            if r["name"] in seen:
+        if r["kind"] in MEDIA and r[MEDIA[r["kind"]]] is not None:
+            if media_key(r) in seen:
                 if out is None:
                     out = list(recs)
                 out[i] = image_stub(r)
-            seen.add(r["name"])
+            seen.add(media_key(r))
     return recs if out is None else out
 
 
@@ -540,12 +550,19 @@ class JobManager:
         for peer, start, recs in sends:
             peer.notify("job.records", [job.id, start, recs, status])
 
-    def open_tensorboard(self, job: Job) -> bool:
-        """Start the job's TensorBoard event files (under the state dir, else in a temp dir)."""
+    def open_tensorboard(self, job: Job, b: Bound) -> bool:
+        """Start the job's TensorBoard event files (under the state dir, else in a temp dir), the
+        graph first (TensorBoard's Graphs dashboard), with the device each node runs on."""
+        from ...interop.graphdef import graph_def  # lazily: only jobs write GraphDefs
+
         state = self.state
         logdir = str(state.tensorboard_dir(job.id)) if state is not None else tempfile.mkdtemp(prefix=f"kf-{job.id}-")
         job.tensorboard_dir = logdir
         self.events.open(job.id, logdir)
+        with b.session.lock:
+            nodes = b.session.graph.nodes()
+        default = b.session.devices.default
+        self.events.graph(job.id, graph_def(nodes, {n.name: n.device or default for n in nodes}))
         return True
 
     # ----------------------------------------------------------------- state dir and shutdown
@@ -564,7 +581,7 @@ class JobManager:
             job.records = list(records)
             job.persisted = len(records)
             for i, r in enumerate(job.records):
-                if r.get("kind") == "images" and r.get("images") is not None:
+                if r.get("kind") in MEDIA and r.get(MEDIA[r["kind"]]) is not None:
                     job._keep_images(i)
             job.status = st.get("status") if st.get("status") in STATUSES else "interrupted"
             job.error = st.get("error")
