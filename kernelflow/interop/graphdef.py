@@ -80,8 +80,8 @@ def _attr_entry(key: str, value: bytes) -> bytes:
     return _bytes(5, _bytes(1, key) + _bytes(2, value))
 
 
-def _attr_string(v: Any) -> str | None:
-    """A short text form of one op attr, or None when it is a large value (an array)."""
+def _attr_string(v: Any) -> str:
+    """A short text form of one op attr (a large array as its dtype and shape)."""
     if isinstance(v, np.ndarray):
         return f"array {v.dtype.name}{list(v.shape)}" if v.size > 8 else np.array2string(v, separator=", ")
     text = repr(v)
@@ -104,15 +104,15 @@ def node_def(n: Tensor, device: str | None = None) -> bytes:
     dev = normalize_tf_device(device if device is not None else n.device)
     if dev:
         parts.append(_bytes(4, dev))
+    for k, v in sorted(n.attrs.items()):
+        if k == "dtype":  # written below as a type, as TensorFlow writes it (it is the output's dtype)
+            continue
+        parts.append(_attr_entry(k, _bytes(2, _attr_string(v))))  # AttrValue.s = 2
     if n.dtype is not None:
         # AttrValue.list = 1 -> ListValue.shape = 7: one shape per output (kernelflow nodes have one).
         parts.append(_attr_entry("_output_shapes", _bytes(1, _bytes(7, _shape(n.shape)))))
         if n.dtype in TF_DTYPES:
             parts.append(_attr_entry("dtype", _int(6, TF_DTYPES[n.dtype])))
-    for k, v in sorted(n.attrs.items()):
-        text = _attr_string(v)
-        if text is not None:
-            parts.append(_attr_entry(k, _bytes(2, text)))  # AttrValue.s = 2
     if n.source:
         parts.append(_attr_entry("_source", _bytes(2, n.source)))
     return b"".join(parts)
