@@ -31,6 +31,7 @@ from ..errors import KernelflowError
 from .charts import HistogramPanel, MetricChart, Series, metric_group
 from .downsample import MAX_POINTS
 from .images import ImagePanel
+from .media import AudioPanel, TextPanel
 
 log = logging.getLogger("kernelflow.widgets.monitor")
 
@@ -132,7 +133,7 @@ class _JobHeader:
 
 class TrainingMonitor(widgets.VBox):
     """A live view of one or more training jobs: header and controls per job, one chart per metric
-    group, histograms, images, and a CSV download.
+    group, histograms, images, audio, text, and a CSV download.
 
     Args:
         jobs: a `Job` or a list of jobs (their curves overlay, with a legend).
@@ -146,6 +147,8 @@ class TrainingMonitor(widgets.VBox):
         charts: ``{group: MetricChart}``.
         histograms: the `HistogramPanel`.
         images: the `ImagePanel` (hidden until an image record arrives).
+        audio: the `AudioPanel` (playable clips; hidden until an audio record arrives).
+        text: the `TextPanel` (hidden until a text record arrives).
         records_received: records handed to the monitor so far.
         redraws: redraws that sent data.
         delivery_threads: names of the threads records came on.
@@ -166,6 +169,8 @@ class TrainingMonitor(widgets.VBox):
         self.series: dict[tuple[int, str], Series] = {}
         self.histograms = HistogramPanel()
         self.images = ImagePanel()
+        self.audio = AudioPanel()
+        self.text = TextPanel()
         self.records_received = 0
         self.redraws = 0
         self.delivery_threads: set[str] = set()
@@ -204,7 +209,7 @@ class TrainingMonitor(widgets.VBox):
                                                                                         align_items="center"))
         self.chart_box = widgets.Box(layout=widgets.Layout(flex_flow="row wrap"))
         super().__init__([*[h.widget for h in self.headers], controls, self.message, self.chart_box,
-                          self.histograms.widget, self.images.widget])
+                          self.histograms.widget, self.images.widget, self.audio.widget, self.text.widget])
         self.add_class("kf-monitor")
         for h, j in zip(self.headers, self.jobs):
             h.show(_cached_status(j))
@@ -245,11 +250,17 @@ class TrainingMonitor(widgets.VBox):
                     key = r["name"] if len(self.jobs) == 1 else f"{self._job_name(job_index)}: {r['name']}"
                     self.histograms.add(key, r["step"], r["edges"], r["counts"])
                 elif kind == "images" and r.get("images") is not None:
-                    key = r["name"] if len(self.jobs) == 1 else f"{self._job_name(job_index)}: {r['name']}"
-                    self.images.add(key, r["step"], r["images"])
+                    self.images.add(self._key(job_index, r), r["step"], r["images"])
+                elif kind == "audio" and r.get("audio") is not None:
+                    self.audio.add(self._key(job_index, r), r["step"], r["audio"], r["sample_rate"])
+                elif kind == "text":
+                    self.text.add(self._key(job_index, r), r["step"], r["text"])
             for metric, (s, w, v) in cols.items():
                 self._series(job_index, metric).extend(s, w, v)
         return bool(batches)
+
+    def _key(self, job_index: int, r: dict) -> str:
+        return r["name"] if len(self.jobs) == 1 else f"{self._job_name(job_index)}: {r['name']}"
 
     def _job_name(self, i: int) -> str:
         return str(_cached_status(self.jobs[i]).get("name") or self.jobs[i].id)
@@ -279,6 +290,8 @@ class TrainingMonitor(widgets.VBox):
             sent = sum(c.redraw(self._t0) for c in self.charts.values())
             self.histograms.redraw()
             self.images.redraw(throttle=throttle)  # the render thread: new images at most once a second
+            self.audio.redraw(throttle=throttle)
+            self.text.redraw()
             for h, j in zip(self.headers, self.jobs):
                 h.show(_cached_status(j))
             if sent:
