@@ -103,3 +103,32 @@ def test_no_pickle_or_eval_in_package():
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("eval", "exec"):
                 offenders.append(f"{path}:{node.lineno} calls {node.func.id}")
     assert not offenders, "\n".join(offenders)
+
+
+# Who may import kernelflow.interop inside a function (lazily): the client for g.export_onnx /
+# g.to_tensorboard, the server's jobs for the GraphDef of their event files, and the CLI.
+LAZY_INTEROP = {"client", "runtime_server", "cli.py", "interop"}
+
+
+def test_interop_is_imported_only_lazily_and_only_by_its_allowed_users():
+    bad = []
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        owner = rel.parts[0]
+        tree = ast.parse(path.read_text())
+        pkg = ["kernelflow", *rel.parts[:-1]]
+        top_level = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            mod = node.module or ""
+            if node.level:
+                mod = ".".join(pkg[: len(pkg) - node.level + 1] + ([mod] if mod else []))
+            names = [mod] + [f"{mod}.{a.name}" for a in node.names]
+            if not any(n.startswith("kernelflow.interop") for n in names):
+                continue
+            if owner not in LAZY_INTEROP:
+                bad.append(f"{rel}:{node.lineno} imports kernelflow.interop")
+            elif owner != "interop" and id(node) in top_level:
+                bad.append(f"{rel}:{node.lineno} imports kernelflow.interop at module level (import it lazily)")
+    assert not bad, "\n".join(bad)
