@@ -156,3 +156,13 @@ def test_cli_export_model_format_onnx_from_state_dir(tmp_path):
     r = subprocess.run([sys.executable, "-m", "kernelflow", "export-model", "digits", "--state-dir", str(state),
                         "--format", "onnx", "--to", str(tmp_path / "d2.tar.gz")], capture_output=True, text=True)
     assert r.returncode == 2 and "--format onnx writes a .onnx file" in r.stderr
+
+
+def test_inner_node_as_input_becomes_a_graph_input(rt, tmp_path):
+    d = build_digits(rt, name="onnx_hidden", steps=2)
+    hidden = d.g["relu"]  # the MLP's hidden layer: the ONNX model starts there
+    rng = np.random.default_rng(4)
+    feeds = [{"hidden": np.abs(rng.standard_normal((n, 32))).astype("float32")} for n in (1, 6)]
+    model = onnx_matches_run(d.g, tmp_path / "head.onnx", {"hidden": hidden}, {"class": d.cls}, feeds)
+    assert [i.name for i in model.graph.input] == ["hidden"]
+    assert "w1" not in {i.name for i in model.graph.initializer}  # the layer before is cut off
