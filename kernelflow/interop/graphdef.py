@@ -11,7 +11,7 @@ them; -1 is an unknown dim), ``dtype`` and the op's small attrs as strings.
 Event files are TFRecord files: each record is its length, a masked CRC-32C of the length,
 the bytes and a masked CRC-32C of them.
 
-Contents: graph_def, graph_event, EventFileWriter, write_graph, TF_DTYPES.
+Contents: graph_def, run_metadata, graph_event, EventFileWriter, write_graph, TF_DTYPES.
 """
 
 from __future__ import annotations
@@ -131,6 +131,21 @@ def graph_def(nodes: Iterable[Tensor], devices: dict[str, str] | None = None) ->
     devices = devices or {}
     body = b"".join(_bytes(1, node_def(n, devices.get(n.name))) for n in nodes)
     return body + _bytes(4, _int(1, _PRODUCER))
+
+
+def run_metadata(times: Iterable[tuple[str, str, float, float]]) -> bytes:
+    """A RunMetadata (step_stats = 1) of one profiled step: ``times`` are (node name, device,
+    start, end) in ``time.time()`` seconds; one DeviceStepStats per device (device = 1,
+    node_stats = 2), each NodeExecStats with node_name = 1, all_start_micros = 2,
+    op_start_rel_micros = 3, op_end_rel_micros = 4, all_end_rel_micros = 5."""
+    by_device: dict[str, list[bytes]] = {}
+    for name, device, start, end in times:
+        t0, dur = int(start * 1e6), max(int((end - start) * 1e6), 0)
+        by_device.setdefault(normalize_tf_device(device), []).append(
+            _bytes(1, name) + _int(2, t0) + _int(3, 0) + _int(4, dur) + _int(5, dur))
+    dev_stats = b"".join(_bytes(1, _bytes(1, dev) + b"".join(_bytes(2, ns) for ns in stats))
+                         for dev, stats in by_device.items())
+    return _bytes(1, dev_stats)
 
 
 def graph_event(graph_def_bytes: bytes, wall_time: float | None = None) -> bytes:

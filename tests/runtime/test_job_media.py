@@ -166,6 +166,13 @@ def test_event_file_has_all_five_dashboards_and_the_graph_equals_kernelflows(tb_
     gd = acc.Graph()
     assert [(n.name, n.op, list(n.input)) for n in gd.node] == nodes
     assert all(n.device == "/device:CPU:0" for n in gd.node)
+    # The first step is profiled: per-node times on the node's device, as TensorBoard's run metadata.
+    assert tags["run_metadata"] == ["step 1"]
+    (dev,) = acc.RunMetadata("step 1").step_stats.dev_stats
+    assert dev.device == "/device:CPU:0"
+    names = [ns.node_name for ns in dev.node_stats]
+    assert set(names) <= {n for n, _, _ in nodes} and "SGD/update_v" in names and len(set(names)) == len(names)
+    assert all(ns.all_end_rel_micros >= 0 and ns.all_start_micros > 1e15 for ns in dev.node_stats)
 
 
 def _free_port() -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -219,15 +220,18 @@ class Plan:
         self.copy_fetch = [_storage_alias(t, memo) for t in self.fetches]
 
     # ----------------------------------------------------------------- running
-    def run(self, feed_values: Sequence[Any]) -> list[Any]:
-        """Execute the plan; returns host numpy arrays (None for ops with no value)."""
+    def run(self, feed_values: Sequence[Any], steps: list[tuple] | None = None) -> list[Any]:
+        """Execute the plan; returns host numpy arrays (None for ops with no value).
+
+        ``steps`` replaces the plan's steps for this run (`run_profiled` wraps them).
+        """
         vals: list[Any] = [None] * self.nslots
         for s, v in zip(self.feed_slots, feed_values):
             vals[s] = v
         k = 0
         try:
             with np.errstate(all="ignore"):  # NaN and Inf are values, not crashes
-                for k, (fn, ins, out, free) in enumerate(self.steps):  # noqa: B007
+                for k, (fn, ins, out, free) in enumerate(steps or self.steps):  # noqa: B007
                     if len(ins) == 1:
                         vals[out] = fn(vals[ins[0]])
                     elif len(ins) == 2:
@@ -265,6 +269,24 @@ class Plan:
                     v = v.copy()
             out_vals.append(v)
         return out_vals
+
+
+    def run_profiled(self, feed_values: Sequence[Any]) -> tuple[list[Any], list[tuple[Tensor, str, float, float]]]:
+        """`run`, timing each step: (outputs, [(node, device, start, end)]) with ``time.time()``
+        seconds, host side (a GPU kernel's time is its launch unless it synchronises)."""
+        times: list[tuple[Tensor, str, float, float]] = []
+
+        def timed(fn: Any, node: Tensor, device: str) -> Any:
+            def call(*args: Any) -> Any:
+                t0 = time.time()
+                out = fn(*args)
+                times.append((node, device, t0, time.time()))
+                return out
+            return call
+
+        steps = [(timed(fn, n, self.session.placement(n).name), ins, out, free)
+                 for (fn, ins, out, free), n in zip(self.steps, self.step_nodes)]
+        return self.run(feed_values, steps), times
 
 
 def _describe(v: Any) -> str:

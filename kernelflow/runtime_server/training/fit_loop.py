@@ -281,6 +281,7 @@ class FitLoop:
         last_ckpt = time.monotonic()
         cached_epoch, rows = -1, None
         mark_t, mark_step = time.monotonic(), job.step
+        profile = job.tensorboard_dir is not None  # the first step of this run: per-node times for TensorBoard
         while job.step < total:
             if job.request is not None:
                 job.boundary()
@@ -301,7 +302,13 @@ class FitLoop:
             fetch = self.fetches[is_log, is_img]
             job.failing_step = step_no
             with session.lock:
-                out = session.plan(fetch, b.feed_names).run(batch)
+                if profile:
+                    out, times = session.plan(fetch, b.feed_names).run_profiled(batch)
+                else:
+                    out = session.plan(fetch, b.feed_names).run(batch)
+            if profile:
+                job.profiled(step_no, times)
+                profile = False
             job.step = step_no
             now = time.monotonic()
             if now - mark_t >= (0.5 if job.steps_per_s else 0.05) or step_no == total:  # a first rate soon

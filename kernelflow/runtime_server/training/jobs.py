@@ -192,6 +192,15 @@ class Job:
             self.manager.events.write(self.id, rec)
         return True
 
+    def profiled(self, step: int, times: list) -> None:
+        """Per-node times of a profiled step, as TensorBoard run metadata (tag ``step N``)."""
+        if self.tensorboard_dir is None:
+            return
+        from ...interop.graphdef import run_metadata  # lazily, as open_tensorboard
+
+        self.manager.events.run_metadata(self.id, f"step {step}",
+                                         run_metadata((n.name, dev, t0, t1) for n, dev, t0, t1 in times))
+
     def _keep_images(self, i: int) -> None:
         """Record ``i`` is an image (or audio) record with its payload: stub out the oldest beyond ``image_keep``."""
         for j in self._kept.add(media_key(self.records[i]), i):

@@ -41,6 +41,10 @@ class EventWriter:
         """Write a serialized GraphDef (`kernelflow.interop.graphdef.graph_def`) to the job's file."""
         self._put(("graph", job_id, graph_def))
 
+    def run_metadata(self, job_id: str, tag: str, run_metadata: bytes) -> None:
+        """Write a serialized RunMetadata (a profiled step) under ``tag`` to the job's file."""
+        self._put(("run_metadata", job_id, (tag, run_metadata)))
+
     def write(self, job_id: str, record: dict) -> None:
         """Write one logged record (scalars, a histogram with its ``stats``, images, audio, text)."""
         self._put(("record", job_id, record))
@@ -76,6 +80,8 @@ class EventWriter:
                         w.close()
                 elif kind == "graph" and job_id in writers:
                     _write_graph(writers[job_id], arg)
+                elif kind == "run_metadata" and job_id in writers:
+                    _write_run_metadata(writers[job_id], *arg)
                 elif job_id in writers:
                     _write(writers[job_id], arg)
             except Exception:
@@ -153,6 +159,13 @@ def _write_audio(w: Any, tag: str, clip: Any, rate: int, step: int, t: float) ->
     audio = Summary.Audio(sample_rate=rate, num_channels=clip.shape[1], length_frames=clip.shape[0],
                           encoded_audio_string=wav_bytes(clip, rate), content_type="audio/wav")
     w._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, audio=audio)]), step, t)
+
+
+def _write_run_metadata(w: Any, tag: str, run_metadata: bytes) -> None:
+    from tensorboardX.proto import event_pb2
+
+    trm = event_pb2.TaggedRunMetadata(tag=tag, run_metadata=run_metadata)
+    w._get_file_writer().add_event(event_pb2.Event(tagged_run_metadata=trm))
 
 
 def _write_graph(w: Any, graph_def: bytes) -> None:
