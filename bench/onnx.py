@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def build_mlp(rt):
-    from tests.serving.conftest import build_digits
+    from tests.runtime_server.serving.conftest import build_digits
 
     d = build_digits(rt, name="bench_mlp", steps=5)
     return d.g, d.x, d.probs, (64,)

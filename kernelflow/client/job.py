@@ -200,7 +200,7 @@ class Job:
     # ----------------------------------------------------------------- status
     def refresh(self) -> dict:
         """The job's status map, fresh from the runtime."""
-        st = self.runtime._call("job.status", [self.id])
+        st = self.runtime.call("job.status", [self.id])
         self._m.status = st
         return st
 
@@ -243,7 +243,7 @@ class Job:
 
     # ----------------------------------------------------------------- history
     def _catch_up(self) -> list[dict]:
-        r = self.runtime._call("job.records", [self.id, len(self._m.records)])
+        r = self.runtime.call("job.records", [self.id, len(self._m.records)])
         self._m.status = r["status"]
         self._m.apply(int(r["start"]), list(r["records"]))
         return self._m.records
@@ -251,7 +251,7 @@ class Job:
     def _fill_images(self) -> None:
         gap = self._m.missing_images()
         if gap is not None:  # pixels the stream left out: the runtime still has them (image_keep)
-            r = self.runtime._call("job.records", [self.id, gap])
+            r = self.runtime.call("job.records", [self.id, gap])
             self._m.fill_images(int(r["start"]), list(r["records"]))
             self._hist_cache = None
 
@@ -398,20 +398,20 @@ class Job:
     def pause(self, timeout: float | None = 60.0) -> str:
         """Pause at the next step boundary (the job's variables stay as they are); returns the status
         once the job has paused (a queued job pauses when its turn comes)."""
-        self.runtime._call("job.pause", [self.id])
+        self.runtime.call("job.pause", [self.id])
         return self._wait_while(("running",), timeout)
 
     def resume(self) -> str:
         """Resume a paused job, or an interrupted one (after a server restart) from its newest
         checkpoint: the same step counter and the same data order. Returns the status."""
-        st = self.runtime._call("job.resume", [self.id])
+        st = self.runtime.call("job.resume", [self.id])
         self._m.status = st
         return st["status"]
 
     def stop(self, timeout: float | None = 60.0) -> str:
         """Stop at the next step boundary (the job checkpoints when the runtime has a state dir);
         returns the final status once it has stopped."""
-        self.runtime._call("job.stop", [self.id])
+        self.runtime.call("job.stop", [self.id])
         return self._wait_while(("queued", "running", "paused"), timeout)
 
     def delete(self) -> None:
@@ -420,7 +420,7 @@ class Job:
         Its checkpoints and TensorBoard event files stay. A running, paused or queued job raises
         FailedPreconditionError: stop it first.
         """
-        self.runtime._call("job.delete", [self.id])
+        self.runtime.call("job.delete", [self.id])
         with self._streams.lock:
             self._streams.mirrors.pop(self.id, None)
 
@@ -443,7 +443,7 @@ class Job:
             m.subscribed = True
         if need:
             try:
-                r = self.runtime._call("job.subscribe", [self.id])
+                r = self.runtime.call("job.subscribe", [self.id])
             except BaseException:
                 m.subscribed = False
                 raise
@@ -469,7 +469,7 @@ class Job:
             if last:
                 m.subscribed = False
         if last:
-            self.runtime._call("job.unsubscribe", [self.id])
+            self.runtime.call("job.unsubscribe", [self.id])
 
 
 def _update_bar(bar: Any, st: dict) -> None:
@@ -484,7 +484,7 @@ def _update_bar(bar: Any, st: dict) -> None:
 
 def attach_job(runtime: Runtime, job_id: str) -> Job:
     """``rt.job(id)``: a handle on an existing job, with its full history."""
-    return Job(runtime, runtime._call("job.status", [job_id]))
+    return Job(runtime, runtime.call("job.status", [job_id]))
 
 
 def _node_name(graph: RemoteGraph, t: Any, what: str) -> str:
@@ -574,4 +574,4 @@ def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, metrics: di
         spec.validation_metrics = {str(k): _node_name(graph, v, f"validation metric '{k}'")
                                    for k, v in validation[1].items()}
     spec.check()  # bad numbers fail here, before the wire (the runtime checks again)
-    return Job(graph.runtime, graph.runtime._call("job.start", [spec.to_map()]))
+    return Job(graph.runtime, graph.runtime.call("job.start", [spec.to_map()]))

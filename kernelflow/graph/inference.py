@@ -19,6 +19,7 @@ from typing import Literal
 
 from ..errors import InvalidArgumentError
 from .ir import Tensor
+from .ops.elementwise import where_op
 from .ops.state import placeholder_op
 from .shapes import format_shape
 
@@ -61,7 +62,7 @@ def _prune(outputs: list[Tensor], inputs: dict[int, Tensor]) -> tuple[list[Tenso
         seen[id(t)] = t
         if id(t) in inputs:
             continue
-        if t.op.name == "where" and is_training_flag(t.inputs[0]) and id(t.inputs[0]) not in inputs \
+        if t.op is where_op and is_training_flag(t.inputs[0]) and id(t.inputs[0]) not in inputs \
                 and t.inputs[2].shape == t.shape and t.inputs[2].dtype == t.dtype:
             folded[id(t)] = t.inputs[2]
             stack.append(t.inputs[2])
@@ -106,7 +107,7 @@ def inference_nodes(outputs: list[Tensor], inputs: list[Tensor], who: str) -> li
         elif n.op.mutates:
             raise InvalidArgumentError(f"{who}: node '{n.name}' ({n.op.name}) updates a variable; "
                                        "an exported model only reads its variables", node=n.name)
-        elif n.op.name.startswith("random_"):
+        elif n.op.random:
             raise InvalidArgumentError(
                 f"{who}: the outputs need random node '{n.name}' ({n.op.name}), so the exported model "
                 "would answer differently each time (dropout built with training=True?); build the exported "

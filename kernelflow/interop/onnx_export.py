@@ -181,7 +181,7 @@ def to_onnx(graph: Graph, inputs: Mapping[str, Any], outputs: Mapping[str, Any],
         b.op("Identity", [names[id(t)]], key)
         dims = [d if d is not None else ("batch" if i == 0 and batch_free else None) for i, d in enumerate(t.shape)]
         graph_outputs.append(onnx.helper.make_tensor_value_info(key, b.onnx_dtype(t.dtype), dims))
-    from .. import __version__
+    from .._version import __version__
 
     g = onnx.helper.make_graph(b.nodes, graph.name, graph_inputs, graph_outputs, initializer=b.initializers)
     model = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", int(opset))],

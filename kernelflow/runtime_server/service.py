@@ -22,7 +22,7 @@ from .graphs import GraphStore
 from .methods import MethodTable, build_method_table
 from .persist.state import StateDir
 from .serving.manager import ModelManager
-from .serving.models import ModelMethods
+from .serving.rpc import ModelMethods
 from .training.jobs import JobManager
 
 PROTOCOL_VERSION = 1

@@ -8,7 +8,7 @@ import pytest
 import kernelflow as kf
 from kernelflow.interop.graphdef import crc32c, graph_def
 
-from ..serving.conftest import build_digits
+from tests.runtime_server.serving.conftest import build_digits
 
 
 def _edges(nodes) -> set[tuple[str, str]]:

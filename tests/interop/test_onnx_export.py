@@ -11,7 +11,7 @@ import pytest
 import kernelflow as kf
 from kernelflow.interop import OnnxExportError
 
-from ..serving.conftest import build_digits
+from tests.runtime_server.serving.conftest import build_digits
 from .conftest import onnx_matches_run
 
 

@@ -15,7 +15,7 @@ pytest.importorskip("bqplot")
 import kernelflow as kf  # noqa: E402
 from kernelflow.widgets import TrainingMonitor  # noqa: E402
 from kernelflow.widgets.media import wav_bytes  # noqa: E402
-from tests.runtime.test_jobs import wait_for  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 from tests.widgets.test_monitor import FakeJob, scalars  # noqa: E402
 
 
@@ -107,7 +107,7 @@ def test_monitor_of_a_real_job_gets_its_audio_and_text():
                     audio={"wave": x}, text={"codes": c}, image_every=2, audio_max=2, checkpoint_every_s=None)
         mon = TrainingMonitor(job, live=False)
         assert job.wait(timeout=60) == "completed", job.error
-        wait_for(lambda: mon.flush() is not None and len(mon.audio.data.get("wave", [])) == 2, 30)
+        wait_for(lambda: mon.flush() is not None and len(mon.audio.data.get("wave", [])) == 2, "two audio records")
         assert [s for s, _ in mon.audio.data["wave"]] == [2, 4]
         got, rate = decode(mon.audio.players.children[1].value)
         np.testing.assert_array_equal(got[:, 0], np.rint(w[13] * 32767).astype(np.int16))

@@ -34,8 +34,8 @@ import tornado.web
 
 from ... import errors
 from ...errors import InvalidArgumentError, KernelflowError, NotFoundError
+from ...protocol.model_dir import check_model_name
 from .manager import ModelManager
-from .models import check_model_name
 
 log = logging.getLogger("kernelflow.rest")
 

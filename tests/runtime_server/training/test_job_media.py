@@ -22,7 +22,9 @@ import pytest
 
 import kernelflow as kf
 
-from .test_jobs import WAIT_S, state_runtime
+from tests.support.waiting import WAIT_S
+
+from .test_jobs import state_runtime
 
 ROWS, BATCH, FRAMES = 48, 8, 400
 WAVES = (np.sin(np.arange(ROWS * FRAMES).reshape(ROWS, FRAMES) * 0.05) * 1.2).astype("float32")  # some > 1

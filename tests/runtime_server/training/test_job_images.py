@@ -21,9 +21,10 @@ import pytest
 import kernelflow as kf
 from kernelflow.errors import InvalidArgumentError
 from kernelflow.runtime_server.training.fit_loop import to_uint8_images
+from tests.support.server import ServerProcess
+from tests.support.waiting import WAIT_S, wait_for
 
-from .test_jobs import WAIT_S, state_runtime, wait_for
-from .test_server import ServerProcess
+from .test_jobs import state_runtime
 
 ROWS, BATCH = 48, 8  # 6 steps per epoch
 X = (np.arange(ROWS * 16, dtype="float32").reshape(ROWS, 16) % 97) / 96.0  # every value in [0, 1]

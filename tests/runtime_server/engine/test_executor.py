@@ -177,7 +177,7 @@ def test_runtime_lists_and_deletes_graphs(rt):
     rt.delete_graph("a")
     assert rt.graphs() == ["b"]
     with pytest.raises(kf.errors.NotFoundError, match="no graph named 'a'"):
-        rt._call("graph.get", ["a"])
+        rt.call("graph.get", ["a"])
     info = rt.info()
     assert info["devices"][0] == "cpu" and "graph.run" in info["methods"]
 
@@ -274,7 +274,7 @@ def test_inproc_peer_notifications_reach_callbacks_in_order(inproc_rt):
             done.set()
 
     inproc_rt._transport.on_notification("test.ping", on_ping)
-    assert inproc_rt._call("test.ping", [5]) == 5
+    assert inproc_rt.call("test.ping", [5]) == 5
     assert done.wait(5)
     assert got == [0, 1, 2, 3, 4]
     inproc_rt.close()
