@@ -7,7 +7,6 @@ import pytest
 
 import kernelflow as kf
 from kernelflow.interop.graphdef import crc32c, graph_def
-
 from tests.runtime_server.serving.conftest import build_digits
 
 

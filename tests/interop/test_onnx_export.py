@@ -10,8 +10,8 @@ import pytest
 
 import kernelflow as kf
 from kernelflow.interop import OnnxExportError
-
 from tests.runtime_server.serving.conftest import build_digits
+
 from .conftest import onnx_matches_run
 
 

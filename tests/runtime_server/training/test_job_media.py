@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 import kernelflow as kf
-
 from tests.support.waiting import WAIT_S
 
 from .test_jobs import state_runtime
