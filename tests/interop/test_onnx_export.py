@@ -166,3 +166,13 @@ def test_inner_node_as_input_becomes_a_graph_input(rt, tmp_path):
     model = onnx_matches_run(d.g, tmp_path / "head.onnx", {"hidden": hidden}, {"class": d.cls}, feeds)
     assert [i.name for i in model.graph.input] == ["hidden"]
     assert "w1" not in {i.name for i in model.graph.initializer}  # the layer before is cut off
+
+
+def test_output_name_equal_to_another_nodes_name_keeps_both_apart(rt, tmp_path):
+    d = build_digits(rt, name="onnx_names", steps=1)
+    assert "relu" in d.g  # the hidden layer's node; "relu" names the class output below
+    rng = np.random.default_rng(6)
+    feeds = [{"x": rng.standard_normal((3, 64)).astype("float32")}]
+    model = onnx_matches_run(d.g, tmp_path / "names.onnx", {"x": d.x}, {"relu": d.cls, "probs": d.probs}, feeds)
+    assert [o.name for o in model.graph.output] == ["relu", "probs"]
+    assert "relu:kf" in {n.output[0] for n in model.graph.node}
