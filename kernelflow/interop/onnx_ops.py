@@ -400,6 +400,25 @@ def _scatter_add(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
     b.op("Identity", [y], out)
 
 
+@_conv("take_along_axis", form="GatherElements(axis=-1)")
+def _take_along_axis(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
+    b.op("GatherElements", [xs[0], b.cast(xs[1], n.inputs[1].dtype, "int64")], out, axis=-1)
+
+
+@_conv("top_k", form="TopK(axis=-1, largest, sorted): its indices output (ties: the lower index first, as "
+       "kernelflow)")
+def _top_k(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
+    values = b._fresh("TopK_values")
+    b.nodes.append(b.onnx.helper.make_node("TopK", [xs[0], b.ints([int(n.attrs["k"])])], [values, out], name=out,
+                                           axis=-1, largest=1, sorted=1))
+
+
+@_conv("arange", form="Range(0, n, 1) in the output dtype")
+def _arange(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
+    dt = n.dtype
+    b.op("Range", [b.const(np.zeros((), dt)), b.cast(xs[0], n.inputs[0].dtype, dt), b.const(np.ones((), dt))], out)
+
+
 # --------------------------------------------------------------------------- nn
 @_conv("softmax_cross_entropy", form="Neg(GatherElements(LogSoftmax(logits), labels))")
 def _sce(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
@@ -491,6 +510,14 @@ NO_ONNX: dict[str, str] = {
     **{name: "random: an exported model must answer the same each time (dropout is folded to its inference "
              "branch first)" for name in ("random_normal", "random_normal_like", "random_permutation",
                                           "random_shuffle", "random_uniform", "random_uniform_like")},
+    **{name: "control flow: its sub-graphs would become ONNX If / Loop / Scan bodies; that mapping is not "
+             "written yet (so recurrent layers and decoding do not export)" for name in ("case", "while", "scan")},
+    "tuple_get": "picks one output of a control-flow or multi-output node; exported with them (not yet)",
+    "lstm_cell": "two outputs (h, c) read through tuple_get; not mapped yet (would be Sigmoid/Tanh/Mul of the "
+                 "gate slices, or ONNX LSTM for a whole scan)",
+    "lstm_cell_grad": _GRAD,
+    "loop_grad": _GRAD,
+    "gather_tree": "beam-search backtracking: no ONNX op; would need a Loop (not written)",
     "group": "yields no value: it only orders other ops (control edges are not exported)",
     "no_op": "yields no value: a target for control dependencies (not exported)",
 }
