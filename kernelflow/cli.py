@@ -113,6 +113,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token, user_token = _read_token(args)
     ctx = _ssl_context(args)
     model_config, batching = _model_settings(args, "serve")
+    world = None
+    if args.distributed:  # every rank runs this; only rank 0 goes on to serve clients
+        from .runtime_server.distributed.launch import run_follower, start_world
+
+        world = start_world(args.collective_timeout)
+        if world.rank != 0:
+            return run_follower(world, args.device, args.fusion_bytes)
     if not is_loopback(args.host) and ctx is None and not args.allow_insecure:
         print(f"kernelflow serve: refusing to listen on {args.host} without TLS: the token, your graphs and "
               "every array would cross the network in clear text. Give --certfile/--keyfile, reach the server "
@@ -125,6 +132,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KernelflowError as e:  # the state dir is held by another server
         print(f"kernelflow serve: {e}", file=sys.stderr)
         return 1
+    if world is not None:
+        from .runtime_server.distributed.launch import attach_leader
+
+        attach_leader(service, world, args.collective_timeout, args.fusion_bytes)
     server = RuntimeServer(service, token, max_message_bytes=args.max_message_bytes, ssl_context=ctx,
                            workers=args.workers)
     service.models.configure(model_config, batching)
@@ -140,6 +151,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                     "protocol": PROTOCOL_VERSION})
         print(f"kernelflow {__version__} runtime server (protocol {PROTOCOL_VERSION}), device "
               f"{service.devices.default}", flush=True)
+        if world is not None:
+            print(f"    world: {world.size} rank(s) on {', '.join(sorted({r['host'] for r in world.ranks}))} "
+                  f"(collective timeout {args.collective_timeout:g} s)", flush=True)
         if service.state is not None:
             print(f"    state dir: {service.state.root} ({len(service.graphs)} graphs loaded)", flush=True)
         else:
@@ -187,6 +201,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         service.shutdown()  # idempotent; covers a loop that ended before serving (port in use)
         service.models.close()
+        if world is not None:
+            from .runtime_server.distributed.launch import finish_world
+
+            finish_world(service)
     return 0
 
 
@@ -357,6 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--http-max-body-bytes", type=int, default=64 << 20,
                    help="largest REST predict body, in bytes (default 64 MiB)")
     _add_model_flags(s)
+    s.add_argument("--distributed", action="store_true",
+                   help="one runtime over the ranks of an MPI world: run under `mpiexec -disable-auto-cleanup -n N`; "
+                        "rank 0 serves clients, the others follow it (needs kernelflow[distributed])")
+    s.add_argument("--collective-timeout", type=float, default=60.0,
+                   help="seconds a rank waits for the others in a collective before the job is interrupted "
+                        "(--distributed; default 60)")
+    s.add_argument("--fusion-bytes", type=int, default=16 << 20,
+                   help="tensor-fusion bucket size of the gradient all-reduce in bytes; 0: no fusion (default 16 MiB)")
     s.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     s.set_defaults(fn=cmd_serve)
 

@@ -493,7 +493,7 @@ def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, batch_size:
         histograms: list | None = None, histogram_every: int = 100, histogram_bins: int = 30,
         images: dict | None = None, image_every: int = 100, image_max: int = 16, image_keep: int = 100,
         checkpoint_every_s: float | None = 60.0, keep_checkpoints: int | None = None, stop_on_nan: bool = False,
-        drop_remainder: bool = False, name: str | None = None) -> Job:
+        drop_remainder: bool = False, name: str | None = None, replicas: int | str | None = None) -> Job:
     """Start a training job on the runtime (``g.fit``); returns a `Job` at once.
 
     The runtime runs the loop on its own thread: minibatches are cut (and shuffled, per epoch,
@@ -534,6 +534,10 @@ def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, batch_size:
         stop_on_nan: end the job as failed when a logged metric is NaN or infinite.
         drop_remainder: skip an epoch's last, smaller batch.
         name: a name to show (default: the job's id).
+        replicas: ``"all"``: a data-parallel job over every rank of a distributed runtime
+            (``kernelflow serve --distributed``): each step's ``batch_size`` rows are the global batch,
+            split across the ranks, whose gradients are averaged before the same update everywhere.
+            A one-rank runtime runs it as an ordinary job. See docs/distributed.md.
 
     Returns:
         A `Job`.
@@ -568,6 +572,8 @@ def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, batch_size:
         "checkpoint_every_s": checkpoint_every_s, "keep_checkpoints": keep_checkpoints,
         "stop_on_nan": stop_on_nan, "drop_remainder": drop_remainder, "name": name,
     }
+    if replicas is not None:
+        spec["replicas"] = replicas
     if validation is not None:
         if not (isinstance(validation, (tuple, list)) and len(validation) == 2 and isinstance(validation[1], dict)):
             raise InvalidArgumentError("fit: validation must be (dataset, {name: scalar tensor})")

@@ -18,6 +18,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError
 from .datasets import DatasetStore
+from .distributed.world import World, local_world
 from .engine.devices import DeviceManager
 from .engine.session import GraphSession
 from .engine.summaries import register as register_summaries
@@ -77,6 +78,9 @@ class RuntimeService:
             "graph.checkpoints": self.graph_checkpoints,
             "graph.restore": self.graph_restore,
         }
+        self.world: World = local_world()
+        self.leader: Any = None  # rank 0's command stream in a distributed world (distributed/launch.py)
+        self.methods["world.report"] = self.world_report
         self.datasets = DatasetStore(self)
         self.jobs = JobManager(self)
         self.models = register_models(self)  # model.* methods (issue #7)
@@ -154,7 +158,22 @@ class RuntimeService:
             "memory": {"variables_bytes": nbytes, **self.devices.memory_in_use()},
             "graphs": sorted(s.name for s in sessions),
             "methods": sorted(self.methods),
+            "world": self._world_info(),
         }
+
+    def _world_info(self) -> dict:
+        w = self.world.info()
+        if self.world.size == 1:
+            w["ranks"][0]["devices"] = self.devices.devices()
+        return w
+
+    def world_report(self) -> list[dict]:
+        """Per rank: graphs with their versions and variable checksums, datasets, divergences from rank 0."""
+        from .distributed.follower import variable_checksums
+
+        me = {"rank": 0, "graphs": variable_checksums(self),
+              "datasets": {d["name"]: d["length"] for d in self.datasets.list()}, "divergences": []}
+        return [me, *(self.leader.report() if self.leader is not None else [])]
 
     def graph_list(self) -> list[dict]:
         """Every graph with its version and variable count."""

@@ -63,8 +63,9 @@ class Communicator:
         """Sum every buffer of ``bufs`` over the ranks, in place (started together, waited together)."""
         self.wait_all([self.start_allreduce_sum(b, what) for b in bufs], what)
 
-    def broadcast(self, buf: Any, root: int, what: str) -> None:
-        """Overwrite ``buf`` on every rank with ``root``'s ``buf``."""
+    def broadcast(self, buf: Any, root: int, what: str, timeout_s: float | None = None) -> None:
+        """Overwrite ``buf`` on every rank with ``root``'s ``buf`` (``timeout_s``: this call's deadline,
+        ``math.inf`` to wait as long as the root takes; a failure notice still ends the wait)."""
         raise NotImplementedError
 
     def allgather(self, send: np.ndarray, what: str) -> np.ndarray:
@@ -88,21 +89,24 @@ class Communicator:
         if self.broken is None:
             self.broken = reason
 
-    def wait_all(self, tests: Sequence[Callable[[], bool]], what: str) -> None:
+    def wait_all(self, tests: Sequence[Callable[[], bool]], what: str, timeout_s: float | None = None) -> None:
         """Poll ``tests`` (each True once its operation completed) until all are, under the watchdog.
 
         Raises:
             DeadlineExceededError: not done within ``timeout_s`` (the communicator is now broken).
             UnavailableError: a peer failure was notified meanwhile.
         """
-        wait_all(tests, what, self)
+        wait_all(tests, what, self, timeout_s)
 
 
-def wait_all(tests: Sequence[Callable[[], bool]], what: str, comm: Communicator) -> None:
+def wait_all(tests: Sequence[Callable[[], bool]], what: str, comm: Communicator,
+             timeout_s: float | None = None) -> None:
     """The watchdog loop of `Communicator.wait_all`."""
     pending = list(tests)
-    deadline = time.monotonic() + comm.timeout_s
+    limit = comm.timeout_s if timeout_s is None else timeout_s
+    deadline = time.monotonic() + limit
     polls, sleep = 0, 0.00002
+    longest = _SLEEP_MAX_S if limit != float("inf") else 0.005  # a patient wait need not poll as often
     while pending:
         try:
             pending = [t for t in pending if not t()]
@@ -120,11 +124,11 @@ def wait_all(tests: Sequence[Callable[[], bool]], what: str, comm: Communicator)
                                    f"rank {comm.rank} of {comm.size} gave up waiting")
         now = time.monotonic()
         if now > deadline:
-            comm.mark_broken(f"{what} timed out after {comm.timeout_s:g} s")
-            raise DeadlineExceededError(f"{what}: the other ranks did not answer within {comm.timeout_s:g} s "
+            comm.mark_broken(f"{what} timed out after {limit:g} s")
+            raise DeadlineExceededError(f"{what}: the other ranks did not answer within {limit:g} s "
                                         f"(rank {comm.rank} of {comm.size}); a rank is dead or stuck")
         time.sleep(sleep)
-        sleep = min(sleep * 2, _SLEEP_MAX_S)
+        sleep = min(sleep * 2, longest)
 
 
 class LocalCommunicator(Communicator):
@@ -139,7 +143,7 @@ class LocalCommunicator(Communicator):
         self.check_usable(what)
         return _done
 
-    def broadcast(self, buf: Any, root: int, what: str) -> None:
+    def broadcast(self, buf: Any, root: int, what: str, timeout_s: float | None = None) -> None:
         self.check_usable(what)
 
     def allgather(self, send: np.ndarray, what: str) -> np.ndarray:
@@ -177,10 +181,10 @@ class MPICommunicator(Communicator):
             self.mark_broken(f"{what}: {e}")
             raise UnavailableError(f"{what}: cannot start the all-reduce on rank {self.rank}: {e}") from e
 
-    def broadcast(self, buf: Any, root: int, what: str) -> None:
+    def broadcast(self, buf: Any, root: int, what: str, timeout_s: float | None = None) -> None:
         self.check_usable(what)
         req = self.comm.Ibcast(buf, root=root)
-        self.wait_all([req.Test], what)
+        self.wait_all([req.Test], what, timeout_s)
 
     def allgather(self, send: np.ndarray, what: str) -> np.ndarray:
         self.check_usable(what)

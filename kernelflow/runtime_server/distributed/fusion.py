@@ -91,8 +91,8 @@ class GradientReducer:
         h = hashlib.sha1(repr((self.specs, [(b.dtype, b.members) for b in self.buckets])).encode())
         return h.hexdigest()[:16]
 
-    def reduce(self, grads: Sequence[Any], what: str) -> list[Any]:
-        """The rank-wise sums of ``grads`` (views into the fusion buffers, valid until the next call).
+    def reduce(self, grads: Sequence[Any], what: str, scale: float = 1.0) -> list[Any]:
+        """The rank-wise sums of ``scale * grads`` (views into the fusion buffers, valid until the next call).
 
         Raises:
             InvalidArgumentError: a gradient whose count, shape or dtype differs from the specs.
@@ -110,6 +110,8 @@ class GradientReducer:
                     raise InvalidArgumentError(f"{what}: gradient '{name}' is {g.dtype}{tuple(g.shape)}; expected "
                                                f"{dtype}{shape}")
                 b.buffer[off:off + n] = g.reshape(-1)
+                if scale != 1.0:
+                    b.buffer[off:off + n] *= b.buffer.dtype.type(scale)
             tests.append(self.comm.start_allreduce_sum(b.buffer, label))
         self.comm.wait_all(tests, label)
         out: list[Any] = [None] * len(self.specs)

@@ -80,16 +80,16 @@ class NCCLCommunicator(Communicator):
                                 self.stream.ptr)
             return self._done_event()
 
-    def broadcast(self, buf: Any, root: int, what: str) -> None:
+    def broadcast(self, buf: Any, root: int, what: str, timeout_s: float | None = None) -> None:
         if isinstance(buf, np.ndarray):
-            self.host.broadcast(buf, root, what)
+            self.host.broadcast(buf, root, what, timeout_s)
             return
         self.check_usable(what)
         with self.cupy.cuda.Device(self.device):
             self._after_writers()
             self.comm.bcast(buf.data.ptr, buf.size, self._dtype(buf), root, self.stream.ptr)
             done = self._done_event()
-        self.wait_all([done], what)
+        self.wait_all([done], what, timeout_s)
 
     def allgather(self, send: np.ndarray, what: str) -> np.ndarray:
         return self.host.allgather(send, what)

@@ -65,6 +65,7 @@ class JobSpec:
     stop_on_nan: bool = False
     drop_remainder: bool = False
     name: str | None = None
+    replicas: int | str | None = None   # data-parallel over the world's ranks (issue #18): "all" or the rank count
 
     def to_map(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,6 +126,8 @@ class JobSpec:
         k = s.keep_checkpoints
         _want(k is None or (_is_int(k) and k >= 1), "keep_checkpoints", "an integer >= 1", k)
         _want(s.name is None or isinstance(s.name, str), "name", "a string", s.name)
+        r = s.replicas
+        _want(r is None or r == "all" or (_is_int(r) and r >= 1), "replicas", "'all' or an integer >= 1", r)
         s.shuffle, s.stop_on_nan, s.drop_remainder = bool(s.shuffle), bool(s.stop_on_nan), bool(s.drop_remainder)
         return s
 

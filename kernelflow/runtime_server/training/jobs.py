@@ -279,7 +279,7 @@ class Job:
             tb = self.manager.open_tensorboard(self)
             self.set_status("running")
             self.checkpoint("start")
-            FitLoop(self, b).run()
+            self.manager.make_loop(self, b).run()
         except Halt as h:
             final = h.status
         except Exception as e:
@@ -348,6 +348,20 @@ class JobManager:
                                ("job.unsubscribe", self.unsubscribe, True), ("job.delete", self.delete, False)]:
             service.register(name, fn, wants_peer=peer)
         service.on_peer_closed(self._peer_closed)
+
+    def make_loop(self, job: Job, b: Bound) -> FitLoop:
+        """The loop of ``job``: a `FitLoop`, or a data-parallel one over the world's ranks (``replicas``)."""
+        if job.spec.replicas is None:
+            return FitLoop(job, b)
+        from .data_parallel import DataParallelLoop
+
+        world = getattr(self.service, "world", None)
+        if world is None:
+            from ..distributed.world import local_world
+
+            world = self.service.world = local_world()
+        return DataParallelLoop(job, b, world, getattr(self.service, "leader", None),
+                                getattr(self.service, "fusion_bytes", 16 << 20))
 
     def get(self, job_id: Any) -> Job:
         with self._cond:

@@ -1,0 +1,100 @@
+"""Starting a distributed runtime (``kernelflow serve --distributed``): MPI, the followers' loop,
+and rank 0's side (replicated methods, the initial sync of a loaded state dir, shutdown).
+
+Contents: start_world, run_follower, attach_leader, finish_world.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+from .world import World, mpi_world
+
+log = logging.getLogger("kernelflow.distributed")
+
+
+def start_world(timeout_s: float, devices: list[str] | None = None) -> World:
+    """Start MPI (every rank); exits with a clear message when mpi4py is missing."""
+    try:
+        return mpi_world(devices, timeout_s)
+    except ImportError as e:
+        print(f"kernelflow serve --distributed needs mpi4py and an MPI (pip install 'kernelflow[distributed]'): {e}",
+              file=sys.stderr)
+        raise SystemExit(2) from e
+
+
+def run_follower(world: World, device: str, fusion_bytes: int) -> int:
+    """A follower rank's whole life: a service without state dir or clients, driven by rank 0."""
+    from ..service import RuntimeService
+    from ..training.data_parallel import run_replica
+    from .follower import Follower
+
+    service = RuntimeService(device=device)
+    service.world = world
+    f = Follower(world, service, lambda job_id, spec: run_replica(service, world, job_id, spec, fusion_bytes))
+    log.info("world: rank %d of %d follows rank 0", world.rank, world.size)
+    try:
+        f.run()
+    finally:
+        service.shutdown()
+    _exit(world)
+    return 0
+
+
+def attach_leader(service: Any, world: World, timeout_s: float, fusion_bytes: int) -> None:
+    """Make ``service`` rank 0 of ``world``: wrap its mutating methods, send the followers what a
+    loaded state dir holds (graphs, variables, datasets)."""
+    from .replication import Leader, install_replication
+
+    service.world = world
+    service.fusion_bytes = fusion_bytes
+    if world.size == 1:
+        return
+    leader = Leader(world, timeout_s)
+    service.leader = leader
+    install_replication(service.methods, service, leader)
+    with service._lock:
+        sessions = list(service.graphs.values())
+    for s in sessions:
+        with s.lock:
+            leader.send(["graph.install", s.name, s.graph.seed, s.graph.to_dicts(0)])
+            leader.send(["graph.set_variables", s.name, s.snapshot_variables()])
+    from ..engine.devices import to_host
+
+    datasets = sorted(service.datasets.datasets.values(), key=lambda d: d.view_of is not None)
+    for ds in datasets:
+        if ds.view_of is None:
+            cols = {c: np.ascontiguousarray(to_host(a)) for c, a in ds.columns.items()}
+            meta = {"fingerprint": ds.meta.get("fingerprint"), "created": ds.meta.get("created")}
+            leader.send(["dataset.install", ds.name, cols, meta])
+        else:
+            leader.send(["dataset.install_view", ds.name, ds.view_of, ds.index, {k: v for k, v in ds.meta.items()
+                                                                                 if isinstance(v, (str, int, float))}])
+    if sessions or datasets:
+        log.info("world: sent %d graph(s) and %d dataset(s) to %d follower(s)", len(sessions), len(datasets),
+                 world.size - 1)
+
+
+def finish_world(service: Any) -> None:
+    """Rank 0 at exit: stop the followers, then leave MPI (without waiting on a broken world)."""
+    world = getattr(service, "world", None)
+    if world is None or world.backend != "mpi":
+        return
+    if service.leader is not None:
+        service.leader.close()
+    _exit(world)
+
+
+def _exit(world: World) -> None:
+    """Leave now when the world is broken: MPI_Finalize would wait for the abandoned collectives."""
+    if world.broken():
+        log.warning("world: rank %d exits without MPI_Finalize (the world is broken: %s)", world.rank, world.broken())
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(0)
