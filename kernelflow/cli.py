@@ -110,6 +110,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .runtime_server.net.server import RuntimeServer, tune_malloc
     from .runtime_server.service import PROTOCOL_VERSION, RuntimeService
 
+    if args.distributed:
+        from .runtime_server.distributed.launch import needs_supervisor, supervise
+
+        if needs_supervisor():  # the launcher's direct child only watches the real rank
+            return supervise(sys.argv[1:])
     token, user_token = _read_token(args)
     ctx = _ssl_context(args)
     model_config, batching = _model_settings(args, "serve")

@@ -70,8 +70,12 @@ class Follower:
         self._stop = threading.Event()
         self._job_thread = threading.Thread(target=self._job_loop, name="kf-replica-jobs", daemon=True)
 
+    def stop(self) -> None:
+        """End the loop after the command in hand (SIGTERM from the launcher)."""
+        self._stop.set()
+
     def run(self) -> None:
-        """Take and apply commands until ``world.shutdown`` or rank 0's silence."""
+        """Take and apply commands until ``world.shutdown``, `stop` or rank 0's silence."""
         self._job_thread.start()
         status = self.MPI.Status()
         last = time.monotonic()

@@ -1,14 +1,22 @@
 """Starting a distributed runtime (``kernelflow serve --distributed``): MPI, the followers' loop,
 and rank 0's side (replicated methods, the initial sync of a loaded state dir, shutdown).
 
-Contents: start_world, run_follower, attach_leader, finish_world.
+Each rank runs under a small supervisor process (`supervise`): MPICH's launcher, when one rank
+dies by a signal, may kill the ranks it launched along with it even under
+``-disable-auto-cleanup`` (a race between its exit and PMI-socket handlers, seen on MPICH 5.0);
+a rank that is the launcher's grandchild is only sent the SIGUSR1 failure notice. The
+supervisor forwards SIGTERM/SIGINT and exits with its rank's status.
+
+Contents: SUPERVISED_ENV, supervise, start_world, run_follower, attach_leader, finish_world.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -16,6 +24,32 @@ import numpy as np
 from .world import World, mpi_world
 
 log = logging.getLogger("kernelflow.distributed")
+
+SUPERVISED_ENV = "KERNELFLOW_RANK_SUPERVISED"
+
+
+def needs_supervisor() -> bool:
+    """True in a process the MPI launcher started directly (and not yet supervised)."""
+    return "PMI_RANK" in os.environ and os.environ.get(SUPERVISED_ENV) != "1"
+
+
+def supervise(argv: list[str]) -> int:
+    """Run ``kernelflow <argv>`` as this rank's child (same PMI environment and descriptors) and
+    return its exit status; SIGTERM/SIGINT are passed on, the launcher's SIGUSR1 is ignored here."""
+    import subprocess
+
+    signal.signal(signal.SIGUSR1, lambda s, f: None)  # a handler, not SIG_IGN: the child must still get it
+    child = subprocess.Popen([sys.executable, "-m", "kernelflow", *argv], close_fds=False,
+                             env={**os.environ, SUPERVISED_ENV: "1"})
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda s, f: child.send_signal(s))
+    while True:
+        try:
+            rc = child.wait()
+            break
+        except InterruptedError:  # pragma: no cover - wait() retries on EINTR itself
+            continue
+    return rc if rc >= 0 else 128 - rc
 
 
 def start_world(timeout_s: float, devices: list[str] | None = None) -> World:
@@ -37,6 +71,9 @@ def run_follower(world: World, device: str, fusion_bytes: int) -> int:
     service = RuntimeService(device=device)
     service.world = world
     f = Follower(world, service, lambda job_id, spec: run_replica(service, world, job_id, spec, fusion_bytes))
+    if threading.current_thread() is threading.main_thread():  # mpiexec forwards SIGTERM/SIGINT to every rank
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda s, fr: f.stop())
     log.info("world: rank %d of %d follows rank 0", world.rank, world.size)
     try:
         f.run()

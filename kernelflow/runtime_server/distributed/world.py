@@ -10,6 +10,7 @@ Contents: World, local_world, mpi_world.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -97,10 +98,17 @@ def mpi_world(devices: list[str] | None = None, timeout_s: float = DEFAULT_TIMEO
         ImportError: mpi4py is not installed (``pip install kernelflow[distributed]``).
     """
     world_ref: list[World] = []
-    if threading.current_thread() is threading.main_thread():
+    on_main = threading.current_thread() is threading.main_thread()
+    if on_main:
         signal.signal(signal.SIGUSR1, lambda s, f: world_ref and world_ref[0].notice_failure())
     from mpi4py import MPI
 
+    if on_main:
+        signal.signal(signal.SIGUSR1, lambda s, f: world_ref and world_ref[0].notice_failure())  # MPI_Init may reset it
+        # At exit Python puts SIG_DFL back for signals it handled, and a rank that leaves first can make the
+        # launcher send SIGUSR1 to the others while they finalize: ignore it from then on (runs before
+        # mpi4py's own atexit MPI_Finalize, atexit being last-in first-out).
+        atexit.register(signal.signal, signal.SIGUSR1, signal.SIG_IGN)
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     host = socket.gethostname()

@@ -26,7 +26,7 @@ def grads_of(rank: int) -> list[np.ndarray]:
 
 
 def main(out_dir: str, mode: str) -> None:
-    w = mpi_world(timeout_s=3.0)
+    w = mpi_world(timeout_s=60.0 if mode == "killed" else 3.0)
     rank, size = w.rank, w.size
     res: dict = {"rank": rank, "size": size, "ranks": w.ranks}
     if mode == "ok":
@@ -52,7 +52,8 @@ def main(out_dir: str, mode: str) -> None:
         res["agree_same"] = len(check_agreement(w.data, {"version": 7, "tensors": ["a"]}, "job y"))
     elif mode in ("absent", "killed"):
         if rank == size - 1:
-            if mode == "killed":
+            if mode == "killed":  # mid-run, while the others wait in the collective
+                time.sleep(1.5)
                 os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(8)  # absent from the collective beyond the others' 3 s watchdog
         else:
