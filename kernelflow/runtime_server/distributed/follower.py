@@ -103,10 +103,10 @@ class Follower:
     # ----------------------------------------------------------------- commands
     def apply(self, cmd: list) -> None:
         name, args = cmd[0], cmd[1:]
+        if name == "world.heartbeat":
+            return
         self.applied += 1
         try:
-            if name == "world.heartbeat":
-                return
             if name == "world.shutdown":
                 self._stop.set()
             elif name == "world.report":

@@ -102,6 +102,25 @@ def split_train_op(train: Tensor) -> TrainSplit:
     return TrainSplit(grads, grad_vars, sorted(set(averaged)))
 
 
+def check_start(service: Any, spec: JobSpec, b: Bound) -> None:
+    """What ``job.start`` / ``job.resume`` checks for a data-parallel spec, so that the caller hears it.
+
+    Raises:
+        InvalidArgumentError: ``replicas`` does not fit the world, or the train op has no optimizer update.
+        UnavailableError: the world is broken (a rank died); it must be restarted first.
+    """
+    world = getattr(service, "world", None)
+    size = world.size if world is not None else 1
+    if spec.replicas not in ("all", size):
+        raise InvalidArgumentError(f"fit: replicas={spec.replicas!r} but the world has {size} rank(s); give "
+                                   "replicas='all' (or start the world with that many ranks)")
+    split_train_op(b.session.graph[spec.train_op])
+    if world is not None:
+        from ..distributed.replication import ensure_delivery
+
+        ensure_delivery(world, "fit(replicas=...)")
+
+
 class ReplicaJob:
     """The follower-side stand-in of a `Job`: a step counter and the spec, nothing persisted."""
 

@@ -349,6 +349,12 @@ class JobManager:
             service.register(name, fn, wants_peer=peer)
         service.on_peer_closed(self._peer_closed)
 
+    def _check_replicas(self, spec: JobSpec, b: Bound) -> None:
+        if spec.replicas is not None:
+            from .data_parallel import check_start
+
+            check_start(self.service, spec, b)
+
     def make_loop(self, job: Job, b: Bound) -> FitLoop:
         """The loop of ``job``: a `FitLoop`, or a data-parallel one over the world's ranks (``replicas``)."""
         if job.spec.replicas is None:
@@ -377,6 +383,7 @@ class JobManager:
             raise FailedPreconditionError("job.start: the runtime is shutting down")
         s = JobSpec.from_map(spec)
         bound = bind(self.service, s)
+        self._check_replicas(s, bound)
         job = Job(self, f"job-{secrets.token_hex(4)}", s, time.time())
         job.total_steps, job.steps_per_epoch = bound.total_steps, bound.steps_per_epoch
         with self._cond:
@@ -427,6 +434,7 @@ class JobManager:
         if self._closed.is_set():
             raise FailedPreconditionError("job.resume: the runtime is shutting down")
         bound = bind(self.service, job.spec)
+        self._check_replicas(job.spec, bound)
         with job.cond:
             if job.status != "interrupted":  # another client resumed it meanwhile
                 return job._status_map_locked()

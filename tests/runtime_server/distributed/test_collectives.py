@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from kernelflow.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from kernelflow.errors import InvalidArgumentError, UnavailableError
 from kernelflow.runtime_server.distributed.comm import LocalCommunicator, check_agreement
 from kernelflow.runtime_server.distributed.fusion import GradientReducer, plan_buckets
 
