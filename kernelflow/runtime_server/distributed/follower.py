@@ -8,7 +8,7 @@ job's own collectives keep it in step with rank 0. The loop ends on ``world.shut
 when rank 0 has been silent for `SILENCE_S` (it heartbeats every few seconds), so followers
 of a dead front do not linger.
 
-Contents: SILENCE_S, Follower, variable_checksums.
+Contents: SILENCE_S, STOP_GRACE_S, Follower, variable_checksums.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .world import World
 log = logging.getLogger("kernelflow.distributed")
 
 SILENCE_S = 30.0
+STOP_GRACE_S = 20.0
 
 
 def variable_checksums(service: Any) -> dict[str, dict]:
@@ -68,11 +69,14 @@ class Follower:
         self._jobs: list[tuple[str, dict]] = []
         self._jobs_cond = threading.Condition()
         self._stop = threading.Event()
+        self._terminating: float | None = None
         self._job_thread = threading.Thread(target=self._job_loop, name="kf-replica-jobs", daemon=True)
 
     def stop(self) -> None:
-        """End the loop after the command in hand (SIGTERM from the launcher)."""
-        self._stop.set()
+        """SIGTERM from the launcher: rank 0 got it too and will stop its jobs at a step boundary, which
+        needs this rank, then send ``world.shutdown``; leave on that, or after `STOP_GRACE_S`."""
+        if self._terminating is None:
+            self._terminating = time.monotonic()
 
     def run(self) -> None:
         """Take and apply commands until ``world.shutdown``, `stop` or rank 0's silence."""
@@ -84,6 +88,10 @@ class Follower:
             while not self._stop.is_set():
                 msg = self.comm.Improbe(source=0, tag=TAG_COMMAND, status=status)
                 if msg is None:
+                    if self._terminating is not None and time.monotonic() - self._terminating > STOP_GRACE_S:
+                        log.warning("world: no world.shutdown from rank 0 %.0f s after SIGTERM; rank %d stops",
+                                    STOP_GRACE_S, self.world.rank)
+                        break
                     if time.monotonic() - last > SILENCE_S:
                         log.error("world: rank 0 silent for %.0f s; rank %d stops", SILENCE_S, self.world.rank)
                         break

@@ -34,15 +34,16 @@ def needs_supervisor() -> bool:
 
 
 def supervise(argv: list[str]) -> int:
-    """Run ``kernelflow <argv>`` as this rank's child (same PMI environment and descriptors) and
-    return its exit status; SIGTERM/SIGINT are passed on, the launcher's SIGUSR1 is ignored here."""
+    """Run ``kernelflow <argv>`` as this rank's child (same PMI environment, descriptors and process
+    group) and return its exit status."""
     import subprocess
 
-    signal.signal(signal.SIGUSR1, lambda s, f: None)  # a handler, not SIG_IGN: the child must still get it
+    # The launcher signals the whole process group, the child included: the supervisor only outlives
+    # it. Handlers, not SIG_IGN, which the child would inherit.
+    for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda s, f: None)
     child = subprocess.Popen([sys.executable, "-m", "kernelflow", *argv], close_fds=False,
                              env={**os.environ, SUPERVISED_ENV: "1"})
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda s, f: child.send_signal(s))
     while True:
         try:
             rc = child.wait()
@@ -122,6 +123,9 @@ def finish_world(service: Any) -> None:
     world = getattr(service, "world", None)
     if world is None or world.backend != "mpi":
         return
+    if threading.current_thread() is threading.main_thread():  # a second SIGTERM must not skip MPI_Finalize,
+        for sig in (signal.SIGTERM, signal.SIGINT):            # which the followers wait for
+            signal.signal(sig, lambda s, f: None)
     if service.leader is not None:
         service.leader.close()
     _exit(world)
