@@ -100,3 +100,17 @@ def test_mpi_killed_rank_ends_the_collective_on_the_others_before_the_deadline(t
         assert "a rank of the world died (the launcher reported a process failure)" in d["error"][1]
         assert d["waited_s"] < 60.0  # the failure notice ended the wait, not the 60 s watchdog
         assert d["after"][0] == "UnavailableError" and "broken" in d["after"][1]
+
+
+def test_import_kernelflow_and_a_plain_runtime_never_load_mpi4py():
+    import subprocess
+    import sys
+
+    code = ("import sys, kernelflow as kf\n"
+            "from kernelflow.runtime_server.service import RuntimeService\n"
+            "s = RuntimeService(); assert s.info()['world']['size'] == 1\n"
+            "rt = kf.connect('inproc'); rt.info()\n"
+            "print('mpi4py' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
