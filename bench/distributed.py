@@ -254,9 +254,56 @@ def report_allreduce(res: dict) -> None:
     print_table(["gradients", "collectives (off)", "ms (off)", "collectives (on)", "ms (on)", "fusion speedup"], rows)
 
 
+# --------------------------------------------------------------------------- part 3: a scaling model
+# Published / assumed figures (docs/distributed.md gives the sources and caveats):
+NVLINK_BUSBW = 200e9      # B/s, NCCL all-reduce bus bandwidth in one 8-GPU NVLink node (nccl-tests, A100/H100)
+IB_BUSBW = 22e9           # B/s per GPU across nodes: one 200 Gb/s HDR InfiniBand NIC per GPU, ~90 % of line rate
+ALPHA_NV, ALPHA_IB = 5e-6, 10e-6   # s, per-step latency of a ring/tree hop inside a node / across nodes
+GPUS_PER_NODE = 8
+# model: gradient bytes (fp32), compute seconds per step per GPU at its per-GPU batch
+WORKLOADS = {
+    "MLP 784-512-512-10 (b=256/GPU)": (2_678_824, 0.4e-3),
+    "CNN of the bench (b=64/GPU)": (51_048, 0.3e-3),
+    "ResNet-50 (b=64/GPU, fp32)": (102_228_128, 180e-3),
+}
+
+
+def allreduce_s(nbytes: float, n: int) -> float:
+    """Time of one all-reduce of ``nbytes`` over ``n`` GPUs: ring bandwidth term + latency term
+    (a tree's log2(n) hops once past one node)."""
+    import math
+
+    if n <= 1:
+        return 0.0
+    if n <= GPUS_PER_NODE:
+        return 2 * (n - 1) / n * nbytes / NVLINK_BUSBW + 2 * (n - 1) * ALPHA_NV
+    return 2 * (n - 1) / n * nbytes / IB_BUSBW + 2 * math.log2(n) * ALPHA_IB + 2 * (GPUS_PER_NODE - 1) * ALPHA_NV
+
+
+def projection(measured: dict[str, float] | None = None) -> list[list[str]]:
+    """Scaling efficiency at 8, 16, 64, 512 GPUs (weak scaling: fixed per-GPU batch), without
+    overlap (kernelflow today: the all-reduce follows the backward pass) and with full overlap."""
+    rows = []
+    work = dict(WORKLOADS)
+    for name, (nbytes, t_c) in (measured or {}).items():
+        work[name] = (nbytes, t_c)
+    for name, (nbytes, t_c) in work.items():
+        cells = [name]
+        for n in (8, 16, 64, 512):
+            t_ar = allreduce_s(nbytes, n)
+            cells.append(f"{t_c / (t_c + t_ar):.0%} / {t_c / max(t_c, t_ar):.0%}")
+        rows.append(cells)
+    return rows
+
+
+def report_projection() -> None:
+    print("\n### Projected scaling efficiency, no overlap / full overlap (model, not measured)\n")
+    print_table(["workload", "8 GPUs", "16 GPUs", "64 GPUs", "512 GPUs"], projection())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=("all", "train", "allreduce"), default="all")
+    ap.add_argument("--part", choices=("all", "train", "allreduce", "project"), default="all")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=list(MODELS))
@@ -270,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         report_train(bench_train(args))
     if args.part in ("all", "allreduce"):
         report_allreduce(bench_allreduce())
+    if args.part in ("all", "project"):
+        report_projection()
     return 0
 
 
