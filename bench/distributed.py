@@ -120,7 +120,7 @@ def _job(rt: Any, model: str, steps: int, replicas: str | None, k: int) -> dict:
     job = m["g"].fit(m["train"], **kw)
     job.wait(timeout=1800)
     st = job.refresh()
-    recs = rt._call("job.records", [job.id, 0])["records"]
+    recs = rt.call("job.records", [job.id, 0])["records"]
     world = [r["values"] for r in recs if r["kind"] == "scalars" and any(k.startswith("world/") for k in r["values"])]
     return {"steps_per_s": steps / st["elapsed_s"], "world": world}
 

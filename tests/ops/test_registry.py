@@ -119,7 +119,7 @@ def test_print_op_passes_gradient_through(inproc_rt):
     y = kf.sum(kf.print_tensor(x, message="x=") * x)
     gx = kf.gradients(y, x)
     np.testing.assert_allclose(g.run(gx, {x: np.array([1.5, -2.0])}), [3.0, -4.0])
-    lines = rt._transport.service.graphs["test"].log_lines
+    lines = rt._transport.service.graphs.session("test").log_lines
     assert any(line.startswith("x=") and "[1.5, -2.0]" in line for line in lines)
 
 

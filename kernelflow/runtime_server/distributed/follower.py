@@ -36,9 +36,7 @@ STOP_GRACE_S = 20.0
 def variable_checksums(service: Any) -> dict[str, dict]:
     """Per graph: its version and a sha1 of each variable's bytes (what `world.report` compares)."""
     out = {}
-    with service._lock:
-        sessions = list(service.graphs.values())
-    for s in sessions:
+    for s in service.graphs.sessions():
         with s.lock:
             sums = {n: hashlib.sha1(np.ascontiguousarray(to_host(a)).tobytes()).hexdigest()[:16]
                     for n, a in s.variables.items()}
@@ -129,10 +127,10 @@ class Follower:
                 self._install_view(*args)
             elif name == "graph.install":
                 gname, seed, dicts = args
-                self.service.graph_open(gname, seed)
-                self.service.session(gname).extend(dicts, 0)
+                self.service.graphs.graph_open(gname, seed)
+                self.service.graphs.session(gname).extend(dicts, 0)
             elif name == "graph.set_variables":
-                self.service.session(args[0]).load_variables(args[1], strict=True)
+                self.service.graphs.session(args[0]).load_variables(args[1], strict=True)
             else:
                 self.service.call(name, list(args))
         except KernelflowError as e:

@@ -7,7 +7,7 @@ dies by a signal, may kill the ranks it launched along with it even under
 a rank that is the launcher's grandchild is only sent the SIGUSR1 failure notice. The
 supervisor forwards SIGTERM/SIGINT and exits with its rank's status.
 
-Contents: SUPERVISED_ENV, supervise, start_world, run_follower, attach_leader, finish_world.
+Contents: SUPERVISED_ENV, needs_supervisor, supervise, start_world, run_follower, attach_leader, leave_world.
 """
 
 from __future__ import annotations
@@ -63,15 +63,13 @@ def start_world(timeout_s: float, devices: list[str] | None = None) -> World:
         raise SystemExit(2) from e
 
 
-def run_follower(world: World, device: str, fusion_bytes: int) -> int:
-    """A follower rank's whole life: a service without state dir or clients, driven by rank 0."""
-    from ..service import RuntimeService
-    from ..training.data_parallel import run_replica
+def run_follower(world: World, service: Any) -> int:
+    """A follower rank's whole life: ``service`` (no state dir, no clients) driven by rank 0."""
+    from .data_parallel import run_replica
     from .follower import Follower
 
-    service = RuntimeService(device=device)
-    service.world = world
-    f = Follower(world, service, lambda job_id, spec: run_replica(service, world, job_id, spec, fusion_bytes))
+    fusion = service.jobs.data_parallel.fusion_bytes
+    f = Follower(world, service, lambda job_id, spec: run_replica(service, world, job_id, spec, fusion))
     if threading.current_thread() is threading.main_thread():  # mpiexec forwards SIGTERM/SIGINT to every rank
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda s, fr: f.stop())
@@ -84,20 +82,18 @@ def run_follower(world: World, device: str, fusion_bytes: int) -> int:
     return 0
 
 
-def attach_leader(service: Any, world: World, timeout_s: float, fusion_bytes: int) -> None:
+def attach_leader(service: Any, world: World, timeout_s: float) -> Any:
     """Make ``service`` rank 0 of ``world``: wrap its mutating methods, send the followers what a
-    loaded state dir holds (graphs, variables, datasets)."""
+    loaded state dir holds (graphs, variables, datasets); returns the command stream (None in a
+    one-rank world)."""
     from .replication import Leader, install_replication
 
-    service.world = world
-    service.fusion_bytes = fusion_bytes
     if world.size == 1:
-        return
+        return None
     leader = Leader(world, timeout_s)
-    service.leader = leader
-    install_replication(service.methods, service, leader)
-    with service._lock:
-        sessions = list(service.graphs.values())
+    service.jobs.data_parallel.leader = leader
+    install_replication(service, leader)
+    sessions = service.graphs.sessions()
     for s in sessions:
         with s.lock:
             leader.send(["graph.install", s.name, s.graph.seed, s.graph.to_dicts(0)])
@@ -116,18 +112,16 @@ def attach_leader(service: Any, world: World, timeout_s: float, fusion_bytes: in
     if sessions or datasets:
         log.info("world: sent %d graph(s) and %d dataset(s) to %d follower(s)", len(sessions), len(datasets),
                  world.size - 1)
+    return leader
 
 
-def finish_world(service: Any) -> None:
-    """Rank 0 at exit: stop the followers, then leave MPI (without waiting on a broken world)."""
-    world = getattr(service, "world", None)
-    if world is None or world.backend != "mpi":
+def leave_world(world: World) -> None:
+    """Rank 0 at exit, after the service shut down (and told the followers): leave MPI."""
+    if world.backend != "mpi":
         return
     if threading.current_thread() is threading.main_thread():  # a second SIGTERM must not skip MPI_Finalize,
         for sig in (signal.SIGTERM, signal.SIGINT):            # which the followers wait for
             signal.signal(sig, lambda s, f: None)
-    if service.leader is not None:
-        service.leader.close()
     _exit(world)
 
 

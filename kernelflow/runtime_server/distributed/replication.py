@@ -19,6 +19,8 @@ Contents: REPLICATED, Leader, install_replication, encode_command, decode_comman
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import logging
 import threading
@@ -183,7 +185,7 @@ def _same(method: str) -> Callable[[Any, list, Any], list | None]:
 
 
 def _restore(service: Any, params: list, result: Any) -> list:
-    s = service.session(params[0])
+    s = service.graphs.session(params[0])
     return ["graph.set_variables", s.name, s.snapshot_variables()]
 
 
@@ -195,7 +197,7 @@ def _commit(service: Any, params: list, result: Any) -> list:
 
 def _run(service: Any, params: list, result: Any) -> list | None:
     name, since, nodes, fetches, feed_names, feed_values = (list(params) + [None] * 6)[:6]
-    s = service.session(name)
+    s = service.graphs.session(name)
     with s.lock:
         mutates = plan_mutates(s.plan(fetches, feed_names))
     if mutates:
@@ -219,12 +221,20 @@ REPLICATED: dict[str, tuple[Callable[[Any, list, Any], list | None], int | None]
 }
 
 
-def install_replication(methods: dict[str, Callable[..., Any]], service: Any, leader: Leader) -> None:
-    """Wrap the mutating methods of ``methods`` (rank 0's table) so each also reaches the followers."""
-    for method, (build, guard_pos) in REPLICATED.items():
-        fn = methods.get(method)
-        if fn is not None:
-            methods[method] = _wrap(method, fn, build, guard_pos, service, leader)
+def install_replication(service: Any, leader: Leader) -> None:
+    """Give rank 0's service a method table whose mutating methods also reach the followers.
+
+    Wrapped methods run in the compute pool (never on the IO loop): they may wait for MPI.
+    """
+    from ..methods import MethodTable
+
+    entries = []
+    for m in service.methods.entries():
+        rule = REPLICATED.get(m.name)
+        if rule is not None:
+            m = dataclasses.replace(m, fn=_wrap(m.name, m.fn, rule[0], rule[1], service, leader), policy="pool")
+        entries.append(m)
+    service.methods = MethodTable(entries)
 
 
 def _wrap(method: str, fn: Callable[..., Any], build: Callable[[Any, list, Any], list | None],
@@ -244,9 +254,7 @@ def _wrap(method: str, fn: Callable[..., Any], build: Callable[[Any, list, Any],
                 log.error("world: %s could not be replicated", method, exc_info=True)
             return result
 
-    replicated.__name__ = fn.__name__
-    replicated.__doc__ = fn.__doc__
-    return replicated
+    return functools.wraps(fn)(replicated)  # keeps the signature the method table checks params against
 
 
 def _refuse_during_job(leader: Leader, graph: Any, method: str, service: Any, run_params: tuple | None) -> None:
@@ -255,7 +263,7 @@ def _refuse_during_job(leader: Leader, graph: Any, method: str, service: Any, ru
         return
     if run_params is not None:  # a graph.run that only reads may go between two steps
         try:
-            s = service.session(graph)
+            s = service.graphs.session(graph)
             with s.lock:
                 if not plan_mutates(s.plan(run_params[3], run_params[4])):
                     return

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.runtime.test_server import ROOT, TOKEN, ServerProcess
+from tests.support.server import ROOT, TOKEN, ServerProcess
 
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 

@@ -17,8 +17,9 @@ import pytest
 import kernelflow as kf
 from kernelflow.client.job import attach_job
 from kernelflow.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
-from tests.runtime.test_jobs import digits, mlp, wait_for
-from tests.runtime.test_server import ServerProcess
+from tests.support.models import digits, mlp
+from tests.support.server import ServerProcess
+from tests.support.waiting import wait_for
 
 from .mpirun import WorldServer, require_mpi
 
@@ -43,7 +44,7 @@ def checksum(a: np.ndarray) -> str:
 
 
 def report(rt: kf.Runtime) -> list[dict]:
-    return rt._call("world.report", [])
+    return rt.call("world.report", [])
 
 
 def fit(m, data, replicas=None, **kw):
@@ -161,7 +162,7 @@ def test_two_rank_job_ends_with_the_variables_of_the_one_rank_job(rt2):
     job = fit(m, tr, replicas="all", epochs=2)
     assert job.wait(timeout=120) == "completed", job.error
     assert_same_as_reference(rt2, m, job, reference("ref2", epochs=2), 2)
-    scalars = [r for r in rt2._call("job.records", [job.id, 0])["records"] if r["kind"] == "scalars"]
+    scalars = [r for r in rt2.call("job.records", [job.id, 0])["records"] if r["kind"] == "scalars"]
     world = [r["values"] for r in scalars if "world/rank1_step_ms" in r["values"]]
     assert world and all(v["world/rank0_step_ms"] > 0 and 0 <= v["world/rank1_comm_share"] <= 1 for v in world)
 

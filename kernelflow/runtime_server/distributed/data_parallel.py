@@ -23,7 +23,7 @@ rank 0 only). Every collective has the communicator's watchdog: a dead rank ends
 ``interrupted`` instead of hanging it. Metrics are row-weighted means over the ranks; on
 logging steps rank 0 also records each rank's step time and the share spent communicating.
 
-Contents: TrainSplit, split_train_op, DataParallelLoop, ReplicaJob, run_replica.
+Contents: TrainSplit, split_train_op, check_start, ReplicaJob, DataParallelLoop, run_replica, DataParallel.
 """
 
 from __future__ import annotations
@@ -41,9 +41,13 @@ from ...errors import DeadlineExceededError, FailedPreconditionError, InvalidArg
 from ...graph.ir import Tensor
 from ...graph.ops.state import placeholder_op
 from ...graph.shapes import FLOATING
+from ...protocol.jobspec import JobSpec
 from ..engine.devices import to_host
 from ..engine.executor import Plan
-from .fit_loop import Bound, FitLoop, Halt, JobSpec, bind
+from ..training.fit_loop import Bound, FitLoop, Halt, bind
+from .comm import check_agreement
+from .fusion import DEFAULT_BUCKET_BYTES, GradientReducer
+from .replication import ensure_delivery
 
 log = logging.getLogger("kernelflow.jobs")
 
@@ -102,23 +106,18 @@ def split_train_op(train: Tensor) -> TrainSplit:
     return TrainSplit(grads, grad_vars, sorted(set(averaged)))
 
 
-def check_start(service: Any, spec: JobSpec, b: Bound) -> None:
+def check_start(world: Any, spec: JobSpec, b: Bound) -> None:
     """What ``job.start`` / ``job.resume`` checks for a data-parallel spec, so that the caller hears it.
 
     Raises:
         InvalidArgumentError: ``replicas`` does not fit the world, or the train op has no optimizer update.
         UnavailableError: the world is broken (a rank died); it must be restarted first.
     """
-    world = getattr(service, "world", None)
-    size = world.size if world is not None else 1
-    if spec.replicas not in ("all", size):
-        raise InvalidArgumentError(f"fit: replicas={spec.replicas!r} but the world has {size} rank(s); give "
+    if spec.replicas not in ("all", world.size):
+        raise InvalidArgumentError(f"fit: replicas={spec.replicas!r} but the world has {world.size} rank(s); give "
                                    "replicas='all' (or start the world with that many ranks)")
     split_train_op(b.session.graph[spec.train_op])
-    if world is not None:
-        from ..distributed.replication import ensure_delivery
-
-        ensure_delivery(world, "fit(replicas=...)")
+    ensure_delivery(world, "fit(replicas=...)")
 
 
 class ReplicaJob:
@@ -170,8 +169,6 @@ class DataParallelLoop(FitLoop):
                 "data": [b.data.name, b.data.length, sorted(b.columns)], "bind_error": None}
 
     def _plans(self) -> None:
-        from ..distributed.fusion import GradientReducer
-
         s, b = self.b.session, self.b
         grad_names = [t.name for t in self.split.grads]
         with s.lock:
@@ -191,8 +188,6 @@ class DataParallelLoop(FitLoop):
 
     def _sync_start(self) -> None:
         """Agree on what runs, then take rank 0's step and variables."""
-        from ..distributed.comm import check_agreement
-
         check_agreement(self.comm, self._facts(), f"job {self.job.id}")
         step = np.array([self.job.step], np.int64)
         self.comm.broadcast(step, 0, f"job {self.job.id}: start step")
@@ -214,8 +209,6 @@ class DataParallelLoop(FitLoop):
         if not self.is_front:
             self._run()
             return
-        from ..distributed.replication import ensure_delivery
-
         spec = self.job.spec
         if spec.replicas not in ("all", self.world.size):
             raise InvalidArgumentError(f"fit: replicas={spec.replicas!r} but the world has {self.world.size} rank(s); "
@@ -375,12 +368,10 @@ class DataParallelLoop(FitLoop):
 
 def run_replica(service: Any, world: Any, job_id: str, spec_map: dict, bucket_bytes: int = 16 << 20) -> str:
     """A follower's side of data-parallel job ``job_id``; returns how it ended."""
-    from ..distributed.comm import check_agreement
-
     spec = JobSpec.from_map(spec_map)
     job = ReplicaJob(job_id, spec)
     try:
-        b = bind(service, spec)
+        b = bind(service.graphs, service.datasets, spec)
         loop = DataParallelLoop(job, b, world, None, bucket_bytes)
     except Exception as e:  # tell rank 0 in the agreement check, which then fails everywhere
         log.error("job %s: rank %d cannot run it: %s", job_id, world.rank, e)
@@ -407,3 +398,24 @@ _world_job_lock = threading.Lock()
 def world_job_lock() -> threading.Lock:
     """One data-parallel job at a time in a world: their collectives share one communicator."""
     return _world_job_lock
+
+
+class DataParallel:
+    """What the JobManager needs for ``replicas`` jobs (handed to it by the service).
+
+    Args:
+        world: the world of ranks.
+        fusion_bytes: the fusion threshold of the gradient all-reduce.
+    """
+
+    def __init__(self, world: Any, fusion_bytes: int = DEFAULT_BUCKET_BYTES):
+        self.world = world
+        self.leader: Any = None   # rank 0's command stream, once there is one
+        self.fusion_bytes = fusion_bytes
+
+    def check_start(self, spec: JobSpec, b: Bound) -> None:
+        """See `check_start`."""
+        check_start(self.world, spec, b)
+
+    def make_loop(self, job: Any, b: Bound) -> DataParallelLoop:
+        return DataParallelLoop(job, b, self.world, self.leader, self.fusion_bytes)
