@@ -126,3 +126,16 @@ def test_print_op_passes_gradient_through(inproc_rt):
 def test_unknown_op_name_suggests_the_closest():
     with pytest.raises(kf.errors.NotFoundError, match=r"unknown op 'expp'; did you mean 'exp'\?"):
         kf.graph.lookup("expp")
+
+
+def test_op_families_listed_once_and_each_has_ops_and_kernels():
+    import pathlib
+
+    from kernelflow.graph.ops import FAMILIES
+
+    root = pathlib.Path(kf.__file__).parent
+    graph_modules = {p.stem for p in (root / "graph" / "ops").glob("*.py") if p.stem != "__init__"}
+    kernel_modules = {p.stem for p in (root / "kernels").glob("*.py") if p.stem not in ("__init__", "registry")}
+    assert len(FAMILIES) == len(set(FAMILIES))
+    assert set(FAMILIES) == graph_modules
+    assert set(FAMILIES) <= kernel_modules

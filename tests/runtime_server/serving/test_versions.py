@@ -205,7 +205,7 @@ def test_versions_20_load_unload_cycles_keep_memory_bounded(sources, base):
         def cycle(v: int) -> None:
             drop_version(sources.big, base, "big", v)
             wait_for(lambda: (lambda s: s.get(str(v)) == "AVAILABLE" and s.get(str(v - 1)) == "END")(srv.states("big")),
-                     f"big v{v} AVAILABLE, v{v - 1} END", every=0.02)
+                     f"big v{v} AVAILABLE, v{v - 1} END", every_s=0.02)
             assert srv.http("POST", f"/v1/models/big/versions/{v}:predict", {"instances": x})[0] == 200
 
         cycle(2)
