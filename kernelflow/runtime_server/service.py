@@ -152,9 +152,9 @@ class RuntimeService:
         leave_world(self.world)
 
 
-def join_world(collective_timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
+def join_world(collective_timeout_s: float = DEFAULT_TIMEOUT_S, device: str = "cpu") -> World:
     """Start MPI and learn this process's rank (``kernelflow serve --distributed``, every rank)."""
-    return start_world(collective_timeout_s)
+    return start_world(collective_timeout_s, device)
 
 
 def serve_follower(world: World, device: str = "cpu", collective_timeout_s: float = DEFAULT_TIMEOUT_S,

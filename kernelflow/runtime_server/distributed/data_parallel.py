@@ -182,7 +182,15 @@ class DataParallelLoop(FitLoop):
             s.plan(grad_names, b.feed_names)
         self.grad_names = grad_names
         specs = [(t.name, tuple(t.shape), t.dtype) for t in self.split.grads]
-        self.reducer = GradientReducer(self.comm, specs, self.bucket_bytes)
+        self.grad_places = [s.placement(t) for t in self.split.grads]
+        on_gpu = any(p.backend != "numpy" for p in self.grad_places)
+        if on_gpu and self.world.device_comm is not None:  # NCCL on the device buffers, never via the host
+            import cupy
+
+            with cupy.cuda.Device(self.grad_places[0].index):
+                self.reducer = GradientReducer(self.world.device_comm, specs, self.bucket_bytes, xp=cupy)
+        else:  # MPI on host buffers (device gradients are copied to the host and back)
+            self.reducer = GradientReducer(self.comm, specs, self.bucket_bytes)
         avg = [(n, tuple(s.graph[n].shape), s.graph[n].dtype) for n in self.split.averaged]
         self.avg_reducer = GradientReducer(self.comm, avg, self.bucket_bytes) if avg else None
 
@@ -309,8 +317,10 @@ class DataParallelLoop(FitLoop):
             t1 = time.perf_counter()
             summed = self.reducer.reduce(out[:k], f"job {job.id} step {step_no}: gradients", scale=n_r)
             inv = 1.0 / m
-            for a in summed:
+            for i, a in enumerate(summed):
                 a *= a.dtype.type(inv)
+                if self.grad_places[i].backend != "numpy" and isinstance(a, np.ndarray):
+                    summed[i] = self.devices.to_device(a, self.grad_places[i])
             t2 = time.perf_counter()
             with session.lock:
                 self.apply_plan.run(summed + (batch if self.apply_feeds_batch else []))

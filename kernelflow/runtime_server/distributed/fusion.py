@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InvalidArgumentError
+from ..engine.devices import to_host
 from .comm import Communicator
 
 DEFAULT_BUCKET_BYTES = 16 << 20
@@ -109,6 +110,8 @@ class GradientReducer:
                 if tuple(g.shape) != shape or str(g.dtype) != dtype:
                     raise InvalidArgumentError(f"{what}: gradient '{name}' is {g.dtype}{tuple(g.shape)}; expected "
                                                f"{dtype}{shape}")
+                if self.xp is np and not isinstance(g, np.ndarray):
+                    g = to_host(g)  # a device gradient reduced by MPI on the host
                 b.buffer[off:off + n] = g.reshape(-1)
                 if scale != 1.0:
                     b.buffer[off:off + n] *= b.buffer.dtype.type(scale)

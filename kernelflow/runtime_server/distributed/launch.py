@@ -53,14 +53,30 @@ def supervise(argv: list[str]) -> int:
     return rc if rc >= 0 else 128 - rc
 
 
-def start_world(timeout_s: float, devices: list[str] | None = None) -> World:
-    """Start MPI (every rank); exits with a clear message when mpi4py is missing."""
+def start_world(timeout_s: float, device: str = "cpu") -> World:
+    """Start MPI (every rank, in the same order); on a GPU runtime also NCCL over each rank's GPU
+    (local rank modulo the GPUs seen). Exits with a clear message when mpi4py is missing."""
     try:
-        return mpi_world(devices, timeout_s)
+        world = mpi_world(None, timeout_s)
     except ImportError as e:
         print(f"kernelflow serve --distributed needs mpi4py and an MPI (pip install 'kernelflow[distributed]'): {e}",
               file=sys.stderr)
         raise SystemExit(2) from e
+    if device != "cpu" and _gpus() > 0:
+        from .nccl import NCCLCommunicator
+
+        world.device_comm = NCCLCommunicator(world.data, world.local_rank % _gpus(), timeout_s)
+        log.info("world: rank %d uses NCCL on GPU %d", world.rank, world.device_comm.device)
+    return world
+
+
+def _gpus() -> int:
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.getDeviceCount()) if cupy.cuda.is_available() else 0
+    except Exception:  # no CuPy, or CUDA present but unusable  # noqa: BLE001
+        return 0
 
 
 def run_follower(world: World, service: Any) -> int:

@@ -49,6 +49,7 @@ class World:
     lost: set[int] = field(default_factory=set)
     failure_notice: threading.Event = field(default_factory=threading.Event)
     mpi: Any = None
+    device_comm: Communicator | None = None   # NCCL over this rank's GPU, when the runtime runs on GPUs
 
     @property
     def is_leader(self) -> bool:
@@ -66,7 +67,8 @@ class World:
 
     def info(self) -> dict[str, Any]:
         """What ``rt.info()["world"]`` shows."""
-        return {"size": self.size, "rank": self.rank, "backend": self.backend, "collectives": self.data.backend,
+        collectives = self.data.backend + (f" + {self.device_comm.backend}" if self.device_comm is not None else "")
+        return {"size": self.size, "rank": self.rank, "backend": self.backend, "collectives": collectives,
                 "timeout_s": self.data.timeout_s, "ranks": [dict(r) for r in self.ranks],
                 "hosts": sorted({r["host"] for r in self.ranks}), "lost": sorted(self.lost),
                 "broken": self.broken()}
@@ -75,6 +77,8 @@ class World:
         """The launcher reported a dead process: collectives in flight give up now."""
         self.failure_notice.set()
         self.data.failure_notice.set()
+        if self.device_comm is not None:
+            self.device_comm.failure_notice.set()
 
 
 def _me(rank: int, local_rank: int, devices: list[str]) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def serve(opts: ServeOptions) -> int:
     if opts.distributed:  # every rank gets here; only rank 0 goes on to serve clients
         from ..service import join_world, serve_follower
 
-        world = join_world(opts.collective_timeout_s)
+        world = join_world(opts.collective_timeout_s, opts.device)
         if world.rank != 0:
             return serve_follower(world, opts.device, opts.collective_timeout_s, opts.fusion_bytes)
     try:
