@@ -96,7 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .runtime_server.distributed.launch import needs_supervisor, supervise
 
         if needs_supervisor():  # the MPI launcher's direct child only watches the real rank
-            return supervise(sys.argv[1:])
+            return supervise([sys.executable, "-m", "kernelflow", *sys.argv[1:]])
     from .runtime_server.net.app import ServeOptions, serve
 
     token, user_token = _read_token(args)

@@ -33,17 +33,16 @@ def needs_supervisor() -> bool:
     return "PMI_RANK" in os.environ and os.environ.get(SUPERVISED_ENV) != "1"
 
 
-def supervise(argv: list[str]) -> int:
-    """Run ``kernelflow <argv>`` as this rank's child (same PMI environment, descriptors and process
-    group) and return its exit status."""
+def supervise(cmd: list[str]) -> int:
+    """Run ``cmd`` (e.g. ``python -m kernelflow serve ...``) as this rank's child (same PMI
+    environment, descriptors and process group) and return its exit status."""
     import subprocess
 
     # The launcher signals the whole process group, the child included: the supervisor only outlives
     # it. Handlers, not SIG_IGN, which the child would inherit.
     for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda s, f: None)
-    child = subprocess.Popen([sys.executable, "-m", "kernelflow", *argv], close_fds=False,
-                             env={**os.environ, SUPERVISED_ENV: "1"})
+    child = subprocess.Popen(cmd, close_fds=False, env={**os.environ, SUPERVISED_ENV: "1"})
     while True:
         try:
             rc = child.wait()

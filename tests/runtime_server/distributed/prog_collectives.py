@@ -79,4 +79,8 @@ def main(out_dir: str, mode: str) -> None:
 
 
 if __name__ == "__main__":
+    from kernelflow.runtime_server.distributed.launch import needs_supervisor, supervise
+
+    if needs_supervisor():  # as `kernelflow serve --distributed` does: see launch.py
+        sys.exit(supervise([sys.executable, "-m", "tests.runtime_server.distributed.prog_collectives", *sys.argv[1:]]))
     main(sys.argv[1], sys.argv[2])
