@@ -49,6 +49,9 @@ def supervise(cmd: list[str]) -> int:
             break
         except InterruptedError:  # pragma: no cover - wait() retries on EINTR itself
             continue
+    # Python puts SIG_DFL back at exit; a late failure notice (another rank leaving first) must not
+    # turn this rank's clean exit into a death by SIGUSR1.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     return rc if rc >= 0 else 128 - rc
 
 
