@@ -245,8 +245,8 @@ class DataParallelLoop(FitLoop):
         except (DeadlineExceededError, UnavailableError) as e:
             log.error("job %s: rank %d: %s; the job is interrupted (resume it after restarting the world)",
                       self.job.id, self.world.rank, e)
-            if hasattr(self.job, "error_note"):
-                self.job.error_note = str(e)
+            if self.leader is not None:
+                self.leader.find_lost()  # names the dead rank(s) in rt.info()["world"]["lost"]
             raise Halt("interrupted") from e
 
     def _control(self, is_log: bool) -> tuple[int, int, bool]:

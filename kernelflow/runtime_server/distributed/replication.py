@@ -42,6 +42,7 @@ log = logging.getLogger("kernelflow.distributed")
 TAG_COMMAND = 11
 TAG_REPLY = 12
 HEARTBEAT_S = 2.0
+PROBE_S = 3.0   # how long a live follower may take to answer a probe after a failed collective
 _PURE_STATEFUL = frozenset({variable_op, read_variable_op, print_op})
 
 
@@ -79,6 +80,7 @@ class Leader:
         self.timeout_s = timeout_s
         self.order_lock = threading.RLock()     # execute-then-send of mutating methods, in one order
         self._send_lock = threading.Lock()
+        self._report_lock = threading.Lock()
         self._seq = itertools.count(1)
         self._qid = itertools.count(1)
         self.sent = 0
@@ -137,14 +139,20 @@ class Leader:
                 except Exception:
                     log.error("world: heartbeat failed", exc_info=True)
 
-    def report(self) -> list[dict]:
-        """Every rank's ``world.report`` (rank 0's own is added by the caller); a silent rank's
-        entry is ``{"rank": r, "error": ...}``."""
+    def report(self, timeout_s: float | None = None) -> list[dict]:
+        """Every rank's ``world.report`` (rank 0's own is added by the caller); a rank silent for
+        ``timeout_s`` (default: the command timeout) is marked lost and its entry is
+        ``{"rank": r, "error": ...}``."""
+        with self._report_lock:  # one report at a time: replies are matched to it by order of arrival
+            return self._report_locked(timeout_s)
+
+    def _report_locked(self, timeout_s: float | None) -> list[dict]:
         qid = next(self._qid)
         ranks = self.followers()
         self.send(["world.report", qid])
         out: dict[int, dict] = {}
-        deadline = time.monotonic() + self.timeout_s
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + limit
         status = self.MPI.Status()
         while len(out) < len(ranks):
             for r in ranks:
@@ -162,13 +170,24 @@ class Leader:
                 if time.monotonic() > deadline:
                     for r in ranks:
                         if r not in out:
-                            self._lose(r, f"no answer to world.report within {self.timeout_s:g} s")
+                            self._lose(r, f"no answer to world.report within {limit:g} s")
                             out[r] = {"rank": r, "error": "no answer (lost)"}
                     break
                 time.sleep(0.001)
         for r in range(1, self.world.size):
             out.setdefault(r, {"rank": r, "error": "lost"})
         return [out[r] for r in sorted(out)]
+
+    def find_lost(self, timeout_s: float = PROBE_S) -> None:
+        """After a failed collective: ask every follower for a report; the silent ones are marked lost
+        (on a thread of its own, so the job ends at once)."""
+        def probe() -> None:
+            try:
+                self.report(timeout_s)
+            except Exception:
+                log.error("world: probing the ranks failed", exc_info=True)
+
+        threading.Thread(target=probe, name="kf-world-probe", daemon=True).start()
 
     def close(self) -> None:
         """Tell the followers to shut down; stop the heartbeat."""

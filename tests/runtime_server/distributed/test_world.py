@@ -230,6 +230,7 @@ def test_kill9_of_a_rank_interrupts_the_job_and_resume_after_restart_finishes_it
         assert wait_for(lambda: job.refresh()["status"] == "interrupted", "interrupted", timeout_s=30.0)
         info = rt.info()  # rank 0 still answers
         assert info["world"]["broken"] and "fault" in info["graphs"]
+        assert wait_for(lambda: rt.info()["world"]["lost"] == [1], "rank 1 to be named lost", timeout_s=30.0)
         assert m.g.run(m.w1).shape == (64, 32)
         with pytest.raises(UnavailableError, match="the world is broken"):
             fit(m, tr, replicas="all", steps=3)
