@@ -167,6 +167,38 @@ def test_two_rank_job_ends_with_the_variables_of_the_one_rank_job(rt2):
     assert world and all(v["world/rank0_step_ms"] > 0 and 0 <= v["world/rank1_comm_share"] <= 1 for v in world)
 
 
+def _keras_mlp(rt: kf.Runtime, name: str):
+    model = kf.Sequential([kf.Input((64,)), kf.nn.Dense(32, activation="relu"), kf.nn.Dense(10, activation="softmax")],
+                          rt=rt, name=name)
+    model.compile(kf.optim.Adam(lr=2e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_model_fit_with_replicas_matches_the_one_rank_model_fit(rt2):
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X, y = (X / 16.0).astype("float32"), y.astype("int64")
+    ref_rt = kf.connect("inproc")
+    try:
+        ref = _keras_mlp(ref_rt, "kmlp")
+        init = ref.get_weights()
+        ref_hist = ref.fit(X, y, epochs=2, batch_size=64, verbose=0, wait=True)
+        want = ref.get_weights()
+    finally:
+        ref_rt.close()
+    model = _keras_mlp(rt2, "kmlp")
+    model.set_weights(init)  # replicated to rank 1 like any variable.assign
+    hist = model.fit(X, y, epochs=2, batch_size=64, verbose=0, wait=True, replicas="all")
+    got = model.get_weights()
+    assert len(got) == len(want) == 4
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(hist.history["loss"], ref_hist.history["loss"], rtol=1e-4)
+    reps = report(rt2)
+    assert reps[0]["graphs"][model.graph.name] == reps[1]["graphs"][model.graph.name]
+
+
 def test_three_rank_job_with_uneven_slices_matches_the_one_rank_job(tmp_path):
     require_mpi()
     srv = WorldServer(tmp_path, 3).wait_listening()
