@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import DeadlineExceededError, FailedPreconditionError, UnavailableError
+from ...graph.ops.control_flow import case_op, loop_grad_op, scan_op, while_op
 from ...graph.ops.state import print_op, read_variable_op, variable_op
 from ...protocol.codec import decode, encode
 from ..engine.devices import to_host
@@ -44,6 +45,8 @@ TAG_REPLY = 12
 HEARTBEAT_S = 2.0
 PROBE_S = 3.0   # how long a live follower may take to answer a probe after a failed collective
 _PURE_STATEFUL = frozenset({variable_op, read_variable_op, print_op})
+# Ops that run sub-graphs: what their bodies do is not on the op, so a run holding one is replicated.
+_SUBGRAPH_OPS = frozenset({case_op, while_op, scan_op, loop_grad_op})
 
 
 def encode_command(cmd: list) -> bytes:
@@ -60,7 +63,8 @@ def decode_command(data: bytes | bytearray | memoryview) -> list:
 
 def plan_mutates(plan: Any) -> bool:
     """True when running ``plan`` changes state: a variable written or an RNG advanced."""
-    return any(n.op.mutates or (n.op.stateful and n.op not in _PURE_STATEFUL) for n in plan.step_nodes)
+    return any(n.op.mutates or n.op in _SUBGRAPH_OPS or (n.op.stateful and n.op not in _PURE_STATEFUL)
+               for n in plan.step_nodes)
 
 
 class Leader:
