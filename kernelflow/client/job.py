@@ -533,7 +533,8 @@ def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, metrics: di
             histogram_every=100, histogram_bins=30, image_every=100, image_max=16, image_keep=100,
             audio_sample_rate=16000, audio_max=4, summaries=True,
             checkpoint_every_s=60.0, keep_checkpoints=None, stop_on_nan=False,
-            drop_remainder=False, name=None.
+            drop_remainder=False, name=None, replicas=None (``"all"``: data-parallel over every rank
+            of a distributed runtime, ``batch_size`` being the global batch; docs/distributed.md).
 
     Returns:
         A `Job`.
