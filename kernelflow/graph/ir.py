@@ -45,14 +45,35 @@ class Aval:
 
 
 def _user_source() -> str | None:
-    """``file:line`` of the innermost stack frame outside the kernelflow package."""
+    """``file:line`` of the innermost stack frame outside the kernelflow package; in an IPython
+    cell ``Cell In[n], line k``, as IPython's own tracebacks say, not the cell's temp file."""
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
         if not os.path.abspath(filename).startswith(_PKG_DIR + os.sep):
-            return f"{filename}:{frame.f_lineno}"
+            return _cell_label(filename, frame.f_lineno) or f"{filename}:{frame.f_lineno}"
         frame = frame.f_back
     return None
+
+
+def _cell_label(filename: str, lineno: int) -> str | None:
+    """``Cell In[n], line k`` when ``filename`` is a cell of the running IPython shell, else None.
+
+    IPython is looked up in ``sys.modules``, never imported: outside a shell this costs a dict
+    lookup. The shell's compiler maps the cells' file names to their execution counts.
+    """
+    ipython = sys.modules.get("IPython")
+    get = getattr(ipython, "get_ipython", None)
+    if get is None:
+        return None
+    try:
+        shell = get()
+        label = shell.compile.format_code_name(filename) if shell is not None else None
+    except (AttributeError, TypeError):  # a shell of another make (no CachingCompiler)
+        return None
+    if not label:
+        return None
+    return f"{label[0]} {label[1]}, line {lineno}"
 
 
 class Tensor:
@@ -67,7 +88,7 @@ class Tensor:
         attrs: the op's attrs, defaults filled in.
         aval: static shape and dtype.
         device: ``"cpu"``, ``"gpu"``, ``"gpu:1"`` or None (the runtime's default).
-        source: ``file:line`` of the user code that created it.
+        source: ``file:line`` of the user code that created it (``Cell In[n], line k`` in a notebook).
     """
 
     __array_priority__ = 100  # so ndarray <op> Tensor defers to Tensor's reflected operators
