@@ -15,6 +15,7 @@ const READABLE_SCALE = 1;       // the first view's least zoom: edge labels (10 
 const MAX_FIRST_SCALE = 1.25;   // and its largest, for a small graph
 const LABEL_CHAR_W = 6.2;       // a 10 px label's advance per character (generous: no overlap)
 const LABEL_H = 11;
+const MIN_CANVAS_H = 420, MAX_CANVAS_H = 900;
 
 function el(tag, attrs = {}, parent = null, ns = null) {
   const node = ns ? document.createElementNS(ns, tag) : document.createElement(tag);
@@ -78,8 +79,10 @@ function render({ model, el: root }) {
   // centred, to pan from.
   const firstView = () => {
     const meta = model.get("meta") || {};
-    const w = canvas.clientWidth || 800, h = canvas.clientHeight || 560;
     const mw = Math.max(1, meta.width || 1), mh = Math.max(1, meta.height || 1);
+    // a taller canvas, up to MAX_CANVAS_H, rather than a smaller drawing
+    main.style.height = `${Math.round(Math.min(MAX_CANVAS_H, Math.max(MIN_CANVAS_H, mh * READABLE_SCALE + 8)))}px`;
+    const w = canvas.clientWidth || 800, h = canvas.clientHeight || 560;
     const k = Math.max(READABLE_SCALE, Math.min(MAX_FIRST_SCALE, w / mw, h / mh));
     vw = { x: (w - mw * k) / 2, y: Math.max(0, (h - mh * k) / 2), k };
     applyView();
@@ -169,7 +172,7 @@ function render({ model, el: root }) {
       if (meta.kinds[i] !== "group") taken.push([xywh[4 * i], xywh[4 * i + 1], xywh[4 * i + 2], xywh[4 * i + 3]]);
       else taken.push([xywh[4 * i], xywh[4 * i + 1], xywh[4 * i + 2], 22]);  // a group's header
     }
-    const free = (r) => !taken.some((t) => r[0] < t[0] + t[2] && t[0] < r[0] + r[2] && r[1] < t[1] + t[3] && t[1] < r[1] + r[3]);
+    const free = (r) => r[0] >= 0 && r[0] + r[2] <= meta.width && !taken.some((t) => r[0] < t[0] + t[2] && t[0] < r[0] + r[2] && r[1] < t[1] + t[3] && t[1] < r[1] + r[3]);
     for (let e = 0; e < nEdges; e++) {
       // A back edge (it closes a cycle of boxes) is two downward stubs, points 0-1 out of its
       // source and 2-3 into its target, each labelled with the box at its other end.
