@@ -208,7 +208,7 @@ class TrainingMonitor(widgets.VBox):
         self.ignore_outliers = widgets.Checkbox(value=False, description="ignore outliers", indent=False)
         self.log_scale = widgets.Checkbox(value=False, description="log scale", indent=False)
         self.x_axis = widgets.ToggleButtons(options=[("step", "step"), ("epoch", "epoch"), ("wall time", "wall")],
-                                            value="step", style={"button_width": "72px"})
+                                            value="step", style={"button_width": "86px"})
         self.reset_zoom = widgets.Button(description="reset zoom", icon="expand", layout=widgets.Layout(width="110px"))
         self.csv_button = widgets.Button(description="CSV", icon="download", tooltip="prepare a CSV download link",
                                          layout=widgets.Layout(width="80px"))
