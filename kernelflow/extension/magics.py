@@ -64,7 +64,8 @@ class KernelflowMagics(Magics):
                             from ?token=..., $KERNELFLOW_TOKEN or $KERNELFLOW_TOKEN_FILE); without
                             URL: $KERNELFLOW_URL, else the local runtime server. From then on
                             kf.connect() with no arguments returns this runtime in this kernel.
-        %kf status          server version, backend, devices, memory in use, graphs and jobs.
+        %kf status          server URL and REST base URL, version, backend, devices, memory in
+                            use, graphs and jobs.
         %kf graphs          the graphs the runtime holds: name, nodes, variables.
         %kf jobs            the runtime's training jobs and their status.
         %kf monitor [JOB]   the live training monitor of a job (the newest one by default).
@@ -117,7 +118,9 @@ class KernelflowMagics(Magics):
         info = rt.info()
         mem = ", ".join(f"{k} {v}" for k, v in (info.get("memory") or {}).items())
         jobs = _jobs(rt)
-        lines = [f"runtime   {rt.url}", f"version   {info.get('version')} (protocol {info.get('protocol')})",
+        lines = [f"runtime   {rt.url}", f"REST      {info.get('rest_url') or '(none)'}"
+                 + ("  (TensorFlow Serving API: POST <REST>/v1/models/NAME:predict)" if info.get("rest_url") else ""),
+                 f"version   {info.get('version')} (protocol {info.get('protocol')})",
                  f"backend   {info.get('backend')}",
                  f"devices   {', '.join(map(str, info.get('devices', [])))} (default {info.get('default_device')})",
                  f"memory    {mem}", f"graphs    {', '.join(info.get('graphs', [])) or '(none)'}",

@@ -16,6 +16,7 @@ import contextlib
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,14 @@ def _user_source() -> str | None:
             return _cell_label(filename, frame.f_lineno) or f"{filename}:{frame.f_lineno}"
         frame = frame.f_back
     return None
+
+
+def _user_stacklevel() -> int:
+    """``stacklevel`` for `warnings.warn` that points at the innermost frame outside kernelflow."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PKG_DIR + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _cell_label(filename: str, lineno: int) -> str | None:
@@ -270,6 +279,7 @@ class Graph:
         self._nodes: list[Tensor] = []
         self._by_name: dict[str, Tensor] = {}
         self._name_counts: dict[str, int] = {}
+        self._warned_cells: set[str] = set()  # cells already warned of a taken name (_warn_renamed)
         self._scope: list[str] = []
         self._devices: list[str | None] = []
         self._controls: list[tuple[Tensor, ...]] = []
@@ -366,6 +376,21 @@ class Graph:
                 out.extend(entry)
         return tuple(dict.fromkeys(out))
 
+    def _scoped(self, name: str) -> str:
+        name = name.strip("/")
+        return "/".join([*self._scope, name]) if self._scope else name
+
+    def _warn_renamed(self, wanted: str, got: str, source: str) -> None:
+        """Once per cell run: a name given in a notebook cell was taken (the cell ran before, TF1's trap)."""
+        cell = source.partition(",")[0]
+        if cell in self._warned_cells:
+            return
+        self._warned_cells.add(cell)
+        warnings.warn(
+            f"graph '{self.name}': the name '{wanted}' is taken, so this node is '{got}' ({source}). Running a "
+            f"cell again adds its nodes again; to start the graph afresh use rt.graph('{self.name}', reset=True) "
+            f"(kf.Graph: make a new one)", UserWarning, stacklevel=_user_stacklevel())
+
     def unique_name(self, base: str, scoped: bool = True) -> str:
         """``base`` under the current scope, with ``_1``, ``_2``... appended if taken."""
         base = base.strip("/")
@@ -401,6 +426,8 @@ class Graph:
                 node_name = self.unique_name(name or op.name)
             if source is None:
                 source = _user_source()
+            if name and not exact_name and node_name != self._scoped(name) and source and source.startswith("Cell In["):
+                self._warn_renamed(self._scoped(name), node_name, source)
             if device is None and self._devices:
                 device = self._devices[-1]
             controls = tuple(dict.fromkeys(tuple(control_inputs) + self._current_controls()))

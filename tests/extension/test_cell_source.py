@@ -48,3 +48,36 @@ def test_node_source_outside_ipython_cells_is_file_and_line():
     line = sys._getframe().f_lineno + 1
     x = g.placeholder((2,), name="x")
     assert x.source == f"{__file__}:{line}"
+
+
+def test_rerunning_a_cell_warns_once_that_names_were_made_unique(ip):
+    # issue #14 item 6: TensorFlow 1.x's trap: a re-run cell silently adds x_1, dense1_1/...
+    ip.run_cell("import kernelflow as kf\ng3 = kf.Graph('rerun')", store_history=True)
+    cell = "x = g3.placeholder((None, 4), name='x')\nh = kf.layers.dense(x, 3, name='dense1')"
+    import warnings
+
+    with warnings.catch_warnings(record=True) as first:
+        warnings.simplefilter("always")
+        assert ip.run_cell(cell, store_history=True).success
+    assert not [w for w in first if "is taken" in str(w.message)]
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        r = ip.run_cell(cell, store_history=True)
+    assert r.success
+    taken = [w for w in again if "is taken" in str(w.message)]
+    assert len(taken) == 1, [str(w.message) for w in again]  # once per cell run, not once per node
+    msg = str(taken[0].message)
+    assert "the name 'x' is taken, so this node is 'x_1'" in msg and f"Cell In[{r.execution_count}], line 1" in msg
+    assert "rt.graph('rerun', reset=True)" in msg
+    assert ip.user_ns["x"].name == "x_1"
+
+
+def test_automatic_names_made_unique_do_not_warn(ip):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        r = ip.run_cell("import kernelflow as kf\ng4 = kf.Graph('auto')\na = g4.placeholder((2,), name='a')\n"
+                        "b = kf.exp(a)\nc = kf.exp(b)", store_history=True)
+    assert r.success and ip.user_ns["c"].name == "exp_1"
+    assert not [w for w in rec if "is taken" in str(w.message)]
