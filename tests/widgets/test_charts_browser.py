@@ -81,18 +81,18 @@ def _fits(ticks: list[tuple[float, float]], log: bool) -> bool:
 
 
 def _wait_ticks(page, title: str, log: bool, lo: float, hi: float, timeout_s: float = 60) -> list:
-    """Poll the page until the y ticks fit the scale; then check them against the data range."""
+    """Poll the page until the y ticks fit the scale and lie in ``[lo, hi]`` (the page may still show
+    the previous state for a moment after a toggle); fail with what it showed at the deadline."""
     deadline = time.monotonic() + timeout_s
     last = None
     while time.monotonic() < deadline:
         last = _y_ticks(page, title)
-        if last and _fits(last, log):
+        if last and _fits(last, log) and all(lo * (1 - 1e-6) - 1e-9 <= v <= hi * (1 + 1e-6) + 1e-9
+                                             for v, _ in last):
             break
         time.sleep(0.2)  # polling the browser's DOM, with a deadline
     else:
-        raise AssertionError(f"y ticks never fit a {'log' if log else 'linear'} scale: {last}")
-    values = [v for v, _ in last]
-    assert all(lo * (1 - 1e-6) - 1e-9 <= v <= hi * (1 + 1e-6) + 1e-9 for v in values), (values, lo, hi)
+        raise AssertionError(f"y ticks never fit a {'log' if log else 'linear'} scale on [{lo}, {hi}]: {last}")
     assert max(y for _, y in last) - min(y for _, y in last) > 50, last  # spread over the plot, not in a corner
     return last
 
