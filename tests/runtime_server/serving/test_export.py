@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import kernelflow as kf
-from kernelflow.runtime_server.serving.models import MARKER
+from kernelflow.protocol.model_dir import MARKER
 
 from .conftest import build_digits
 

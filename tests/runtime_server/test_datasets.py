@@ -12,8 +12,7 @@ import pytest
 
 import kernelflow as kf
 from kernelflow.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
-
-from .test_server import ServerProcess
+from tests.support.server import ServerProcess
 
 
 def _arrays(n: int = 100, seed: int = 0) -> dict[str, np.ndarray]:
@@ -25,13 +24,13 @@ def _arrays(n: int = 100, seed: int = 0) -> dict[str, np.ndarray]:
 def _counting(rt: kf.Runtime) -> dict[str, int]:
     """Count the calls of each method going through ``rt``."""
     counts: dict[str, int] = {}
-    call = rt._call
+    call = rt.call
 
     def counted(method, params):
         counts[method] = counts.get(method, 0) + 1
         return call(method, params)
 
-    rt._call = counted
+    rt.call = counted
     return counts
 
 
@@ -137,22 +136,22 @@ def test_dataset_bad_name_refused():
 
 def test_dataset_put_wrong_dtype_or_rows_refused_and_commit_needs_every_row():
     rt = kf.connect("inproc")
-    up = rt._call("dataset.begin", ["p", {"x": {"dtype": "<f4", "shape": [4, 2]}}, {}])["upload"]
+    up = rt.call("dataset.begin", ["p", {"x": {"dtype": "<f4", "shape": [4, 2]}}, {}])["upload"]
     with pytest.raises(InvalidArgumentError, match=r"chunk of 'x' is <f8\[2, 2\]; expected <f4\[n, 2\]"):
-        rt._call("dataset.put", [up, "x", 0, np.zeros((2, 2))])
+        rt.call("dataset.put", [up, "x", 0, np.zeros((2, 2))])
     with pytest.raises(InvalidArgumentError, match=r"chunk rows 3:5 of 'x' are outside 0:4"):
-        rt._call("dataset.put", [up, "x", 3, np.zeros((2, 2), "float32")])
-    rt._call("dataset.put", [up, "x", 0, np.ones((2, 2), "float32")])
+        rt.call("dataset.put", [up, "x", 3, np.zeros((2, 2), "float32")])
+    rt.call("dataset.put", [up, "x", 0, np.ones((2, 2), "float32")])
     with pytest.raises(kf.errors.FailedPreconditionError, match=r"upload incomplete; 4 rows expected .*x: 2"):
-        rt._call("dataset.commit", [up])
-    rt._call("dataset.put", [up, "x", 2, np.ones((2, 2), "float32")])
-    assert rt._call("dataset.commit", [up])["length"] == 4
+        rt.call("dataset.commit", [up])
+    rt.call("dataset.put", [up, "x", 2, np.ones((2, 2), "float32")])
+    assert rt.call("dataset.commit", [up])["length"] == 4
 
 
 def test_dataset_upload_dropped_when_its_connection_closes():
     rt = kf.connect("inproc")
     store = _store(rt)
-    rt._call("dataset.begin", ["gone", {"x": {"dtype": "<f4", "shape": [4]}}, {}])
+    rt.call("dataset.begin", ["gone", {"x": {"dtype": "<f4", "shape": [4]}}, {}])
     assert len(store._uploads) == 1
     rt.close()
     assert store._uploads == {}

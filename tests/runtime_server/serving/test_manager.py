@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import kernelflow as kf
-from kernelflow.runtime_server.serving.manager import LOAD_GATE_ENV, ModelManager, parse_model_config
+from kernelflow.runtime_server.serving.manager import ModelManager, parse_model_config
 
-from .conftest import drop_version, wait_for
+from .conftest import drop_held_version, drop_version, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -39,24 +39,26 @@ def _batcher_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("kf-batcher-small")]
 
 
-def test_manager_close_while_loading_releases_the_version_without_batcher(small, tmp_path, monkeypatch):
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    (gate / "hold-small").touch()  # loads of 'small' wait in LOADING while this exists
-    monkeypatch.setenv(LOAD_GATE_ENV, str(gate))
+def test_manager_close_while_loading_releases_the_version_without_batcher(small, tmp_path):
     mgr = ModelManager(tmp_path / "base", batching={"enabled": True})
     (tmp_path / "base").mkdir()
     mgr.start(poll_wait_s=0.02)
     try:
-        drop_version(small, tmp_path / "base", "small", 1)
+        release = drop_held_version(small, tmp_path / "base", "small", 1)  # its load blocks reading the signature
         wait_for(lambda: mgr.status("small")["model_version_status"][0]["state"] == "LOADING", "v1 LOADING")
         sv = mgr._models["small"][1]
+        closer = threading.Thread(target=mgr.close)
+        closer.start()
+        wait_for(lambda: sv.state == "END", "close() to end the loading version")
+        release()  # the load goes on, builds the model, and must not serve it
+        closer.join(timeout=60)
     finally:
         mgr.close()
-    # close() ended the gate's wait; the load then builds the model and must not serve it.
     assert sv.state == "END"
-    wait_for(lambda: sv.model is None and not _batcher_threads(), "the load to give up what it built", timeout=30)
-    (gate / "hold-small").unlink()
+    # The loader thread ends once its load has given up what it built (the pool was shut down).
+    wait_for(lambda: not [t for t in threading.enumerate() if t.name.startswith("kf-model-load")],
+             "the loader thread to finish the released load", timeout_s=60)
+    assert sv.model is None and not _batcher_threads()
     with pytest.raises(kf.errors.UnavailableError, match="shutting down"):
         mgr.predict("small", None, {"a": np.ones((1, 3), "float32")})
     assert sv.state == "END" and sv.model is None and not _batcher_threads()

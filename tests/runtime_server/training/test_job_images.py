@@ -21,9 +21,10 @@ import pytest
 import kernelflow as kf
 from kernelflow.errors import InvalidArgumentError
 from kernelflow.runtime_server.training.fit_loop import to_uint8_images
+from tests.support.server import ServerProcess
+from tests.support.waiting import WAIT_S, wait_for
 
-from .test_jobs import WAIT_S, state_runtime, wait_for
-from .test_server import ServerProcess
+from .test_jobs import state_runtime
 
 ROWS, BATCH = 48, 8  # 6 steps per epoch
 X = (np.arange(ROWS * 16, dtype="float32").reshape(ROWS, 16) % 97) / 96.0  # every value in [0, 1]
@@ -183,7 +184,8 @@ def _check_reloaded(job: kf.Job, keep: int, last: int) -> None:
 
 
 def test_image_history_back_after_inproc_restart_bounded_on_disk(tmp_path):
-    from kernelflow.runtime_server.persist.state import StateDir, fs_name
+    from kernelflow.runtime_server.persist.records import fs_name
+    from kernelflow.runtime_server.persist.state import StateDir
 
     state = tmp_path / "state"
     rt = state_runtime(state)
@@ -192,7 +194,7 @@ def test_image_history_back_after_inproc_restart_bounded_on_disk(tmp_path):
                 images={"gray": images["gray"]}, image_every=2, image_keep=4, checkpoint_every_s=None)
     assert job.wait(timeout=WAIT_S) == "completed", job.error
     rt.close()
-    on_disk = StateDir(state)._load_log(state / "jobs" / fs_name(job.id) / "images.log")
+    on_disk = StateDir(state).logs.load(state / "jobs" / fs_name(job.id) / "images.log")
     assert 4 <= len(on_disk) <= 8  # compacted to the newest 4 whenever it passed 2 x 4
 
     rt2 = state_runtime(state)

@@ -12,9 +12,9 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tests.runtime.test_server import ServerProcess
+from tests.support.server import ServerProcess
 
-from .conftest import build_digits, drop_version, wait_for
+from .conftest import build_digits, drop_held_version, drop_version, wait_for
 
 MAX_BODY = 200_000
 
@@ -266,19 +266,15 @@ def test_rest_predict_right_after_export_gets_the_new_version(served):
         assert rt.model("fresh").predict({"image": d.X[:2]})["class"].tolist() == [v + 4, v + 4]
 
 
-def test_serve_answers_rpc_while_its_models_load(inproc_state, tmp_path, monkeypatch):
+def test_serve_answers_rpc_while_its_models_load(inproc_state, tmp_path):
     """`kernelflow serve` loads the state dir's models off its IO loop: RPC answers meanwhile."""
     import kernelflow as kf
-    from kernelflow.runtime_server.serving.manager import LOAD_GATE_ENV
 
     g = inproc_state.graph("small")
     a = g.placeholder((None, 3), "float32", name="a")
     g.export("small", inputs={"a": a}, outputs={"y": a * 2.0})
-    drop_version(tmp_path / "state" / "models" / "small" / "1", tmp_path / "served" / "models", "small", 1)
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    (gate / "hold-small").touch()  # the load waits (up to 120 s) while this exists
-    monkeypatch.setenv(LOAD_GATE_ENV, str(gate))  # the server's environment
+    release = drop_held_version(tmp_path / "state" / "models" / "small" / "1", tmp_path / "served" / "models",
+                                "small", 1)  # the load blocks reading the signature until release()
     srv = ServerProcess(tmp_path, "--state-dir", str(tmp_path / "served"), "--http-port", "-1").wait_listening()
     try:
         rt = srv.connect(timeout=20)
@@ -286,7 +282,7 @@ def test_serve_answers_rpc_while_its_models_load(inproc_state, tmp_path, monkeyp
             assert rt.info()["version"]  # not stuck behind the held load
             with pytest.raises(kf.errors.UnavailableError, match="is (START|LOADING)"):
                 rt.model("small").predict({"a": np.ones((1, 3), "float32")})
-            (gate / "hold-small").unlink()
+            release()
             out = wait_for(lambda: _predict_or_none(rt), "model 'small' served once its load goes on")
             np.testing.assert_array_equal(out["y"], np.full((1, 3), 2.0, "float32"))
         finally:

@@ -17,8 +17,9 @@ import pytest
 
 import kernelflow as kf
 from kernelflow.client.local import default_state_dir
-from kernelflow.runtime_server.persist.state import LOG_MAGIC, StateDir, fs_name, read_records
-from tests.runtime.test_server import ServerProcess
+from kernelflow.runtime_server.persist.records import LOG_MAGIC, fs_name, read_records
+from kernelflow.runtime_server.persist.state import StateDir
+from tests.support.server import ServerProcess
 
 WAIT_S = 10.0
 VAR_NAMES = ["dense1/b", "dense1/w", "dense2/w", "global_step"]
@@ -90,7 +91,7 @@ def test_graph_that_cannot_be_rebuilt_is_quarantined_and_others_load(tmp_path, c
     with caplog.at_level(logging.ERROR, "kernelflow.service"):
         svc = RuntimeService(state_dir=str(tmp_path))
     try:
-        assert sorted(svc.graphs) == ["ok"]
+        assert sorted(svc.graphs.graphs) == ["ok"]
         assert "graph 'bad' cannot be rebuilt" in caplog.text
         [q] = (tmp_path / "quarantine").iterdir()
         assert (q / "graph" / "graph.log").is_file() and not (tmp_path / "graphs" / "bad").exists()
@@ -397,7 +398,7 @@ def test_sigterm_checkpoints_everything_and_delete_is_durable(servers, tmp_path)
     with srv3.connect(timeout=WAIT_S) as rt:
         g = rt.graph("g")
         g.run(g["w"].assign(np.full(4, -1.0, "float32")))
-        rt._call("server.shutdown", [])  # the RPC stops the server as cleanly as SIGTERM
+        rt.call("server.shutdown", [])  # the RPC stops the server as cleanly as SIGTERM
     assert srv3.proc.wait(timeout=WAIT_S) == 0
     with servers().connect(timeout=WAIT_S) as rt:
         np.testing.assert_array_equal(rt.graph("g")["w"].value(), np.full(4, -1.0, "float32"))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import kernelflow as kf
+from tests.support.waiting import wait_for  # noqa: F401  (re-exported for the serving tests)
 
 
 @dataclass
@@ -67,20 +68,6 @@ def http(port: int, method: str, path: str, body: bytes | dict | None = None, ti
     except urllib.error.HTTPError as e:
         raw = e.read()
         return e.code, (json.loads(raw) if raw else {})
-
-
-def wait_for(check, what: str, timeout: float = 60.0, every: float = 0.05):
-    """Poll ``check()`` until it returns a truthy value (returned) or the deadline passes (AssertionError)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 class ModelServer:
@@ -153,3 +140,34 @@ def drop_version(src, base, name: str, version: int) -> None:
     tmp = base / name / f".incoming-{version}"
     shutil.copytree(src, tmp)
     os.replace(tmp, base / name / str(version))
+
+
+def drop_held_version(src, base, name: str, version: int):
+    """Like `drop_version`, but the version's ``signature.json`` is a named pipe: a server loading it
+    blocks in LOADING (inside its read of the file) until ``release()`` writes the real contents.
+
+    A real filesystem behaviour holds the load, in this process or in a server subprocess, with no
+    test hook in the server. Returns ``release``.
+    """
+    import os
+    import shutil
+    import threading
+
+    (base / name).mkdir(parents=True, exist_ok=True)
+    tmp = base / name / f".incoming-{version}"
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("signature.json"))
+    content = (src / "signature.json").read_bytes()
+    os.mkfifo(tmp / "signature.json")
+    os.replace(tmp, base / name / str(version))
+    fifo = base / name / str(version) / "signature.json"
+
+    def release() -> None:
+        def write() -> None:
+            with open(fifo, "wb") as f:  # opens once the loader has opened its end
+                f.write(content)
+        t = threading.Thread(target=write, daemon=True)
+        t.start()
+        t.join(timeout=60)
+        assert not t.is_alive(), f"nobody read {fifo}: the load was not waiting on it"
+
+    return release

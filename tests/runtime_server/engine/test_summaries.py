@@ -89,18 +89,18 @@ def test_summary_adds_no_nodes_and_bad_input_is_typed(rt):
     g = rt.graph("sb")
     v = g.variable(np.arange(6, dtype=np.float32), name="v")
     g.sync()
-    n = len(rt._call("graph.get", ["sb", 0])["nodes"])
+    n = len(rt.call("graph.get", ["sb", 0])["nodes"])
     for _ in range(3):
         g.summary(v)
-    assert len(rt._call("graph.get", ["sb", 0])["nodes"]) == n and len(g) == n
+    assert len(rt.call("graph.get", ["sb", 0])["nodes"]) == n and len(g) == n
     with pytest.raises(InvalidArgumentError, match=r"bins must be an integer in 1..10000; got 0"):
         g.summary(v, bins=0)
     with pytest.raises(NotFoundError, match="no node named 'nosuch'"):
-        rt._call("tensor.summary", ["sb", g.version, [], "nosuch", [], []])
+        rt.call("tensor.summary", ["sb", g.version, [], "nosuch", [], []])
     with pytest.raises(NotFoundError, match="feed 'nosuch' is not a node"):
-        rt._call("tensor.summary", ["sb", g.version, [], "v", ["nosuch"], [1.0]])
+        rt.call("tensor.summary", ["sb", g.version, [], "v", ["nosuch"], [1.0]])
     with pytest.raises(InvalidArgumentError, match="1 feed names but 0 values"):
-        rt._call("tensor.summary", ["sb", g.version, [], "v", ["v"], []])
+        rt.call("tensor.summary", ["sb", g.version, [], "v", ["v"], []])
     with pytest.raises(InvalidArgumentError, match="yields no value"):
         g.summary(kf.no_op(g, name="noop"))
     with pytest.raises(InvalidArgumentError, match="expected a tensor or a node name; got int"):

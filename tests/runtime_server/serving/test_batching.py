@@ -17,6 +17,7 @@ import pytest
 import kernelflow as kf
 from kernelflow.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from kernelflow.runtime_server.serving.batching import _COLLECTING, Batcher, BatchingOptions
+from tests.support.waiting import wait_for
 
 from .conftest import build_digits
 
@@ -58,15 +59,6 @@ class MatmulRun:
 
 def expected(x: np.ndarray) -> dict[str, np.ndarray]:
     return {"y": x @ W[: x.shape[1]] if x.shape[1] <= 3 else x[:, :3] @ W, "rowsum": x.sum(axis=1)}
-
-
-def wait_until(cond, what: str) -> None:
-    """Poll ``cond`` until true, failing after DEADLINE_S."""
-    end = time.monotonic() + DEADLINE_S
-    while not cond():
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.002)
 
 
 @pytest.fixture
@@ -159,7 +151,7 @@ def test_batcher_full_batch_runs_without_waiting_the_timeout(make_batcher):
 def test_batcher_request_that_cannot_fit_ends_the_collecting_batch_at_once(make_batcher):
     b, run = make_batcher(max_batch_size=4, batch_timeout_micros=60_000_000)
     f3 = b.submit({"x": rows(0, n=3)})
-    wait_until(lambda: b._state == _COLLECTING, "the worker to wait for company")
+    wait_for(lambda: b._state == _COLLECTING, "the worker to wait for company")
     f2a = b.submit({"x": rows(1, n=2)})  # 3 + 2 > 4: the 3-row batch runs now, not in 60 s
     np.testing.assert_allclose(f3.result(DEADLINE_S)["y"], expected(rows(0, n=3))["y"])
     f2b = b.submit({"x": rows(2, n=2)})  # fills the next batch: it runs now too
@@ -206,7 +198,7 @@ def test_batcher_full_queue_raises_unavailable_at_once(make_batcher):
     for i, f in enumerate(futs):
         np.testing.assert_allclose(f.result(DEADLINE_S)["y"], expected(rows(i))["y"])
     first.result(DEADLINE_S)
-    wait_until(lambda: b.queued_rows == 0, "the queue to drain")
+    wait_for(lambda: b.queued_rows == 0, "the queue to drain")
     # Drained: takes requests again, and an empty queue takes even one over the whole limit.
     big = rows(7, n=9)
     np.testing.assert_allclose(b.submit({"x": big}).result(DEADLINE_S)["y"], expected(big)["y"])
@@ -276,7 +268,7 @@ def test_batcher_close_fails_pending_requests(make_batcher):
 def test_batcher_close_while_collecting_runs_that_batch_without_waiting_the_timeout(make_batcher):
     b, run = make_batcher(max_batch_size=8, batch_timeout_micros=60_000_000)
     f = b.submit({"x": rows(0)})
-    wait_until(lambda: b._state == _COLLECTING, "the worker to wait for company")
+    wait_for(lambda: b._state == _COLLECTING, "the worker to wait for company")
     t0 = time.monotonic()
     b.close()
     assert time.monotonic() - t0 < DEADLINE_S  # not the 60 s timeout

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import kernelflow as kf
-from tests.runtime.test_server import ROOT, ServerProcess
+from tests.support.server import ROOT, ServerProcess
 
 GRAPH = "mlp"
 MIN_STEPS = 20
@@ -65,7 +65,7 @@ def server(tmp_path):
 @pytest.fixture
 def client(server):
     """Starts the training client; kills it (SIGKILL) at teardown if the test has not."""
-    code = f"from tests.runtime.test_reattach import _client_main; _client_main({server.url!r}, {server.token!r})"
+    code = f"from tests.client.test_reattach import _client_main; _client_main({server.url!r}, {server.token!r})"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

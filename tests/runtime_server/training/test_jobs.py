@@ -12,7 +12,6 @@ from __future__ import annotations
 import struct
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,62 +19,9 @@ import pytest
 
 import kernelflow as kf
 from kernelflow.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-
-from .test_server import ServerProcess
-
-WAIT_S = 120.0
-
-
-def wait_for(pred, what: str, timeout_s: float = WAIT_S):
-    """Poll ``pred`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.01)
-
-
-def digits(rt: kf.Runtime, name: str = "digits"):
-    from sklearn.datasets import load_digits
-
-    X, y = load_digits(return_X_y=True)
-    ds = rt.dataset(name, {"x": (X / 16.0).astype("float32"), "y": y.astype("int64")})
-    return ds.split(0.9, seed=0)
-
-
-@dataclass
-class MLP:
-    g: kf.Graph
-    x: kf.Tensor
-    y: kf.Tensor
-    loss: kf.Tensor
-    acc: kf.Tensor
-    train: kf.Tensor
-    w1: kf.Variable
-    lr: kf.Variable
-    scale: kf.Variable
-
-
-def mlp(rt: kf.Runtime, name: str, hidden: int = 32, lr: float = 1e-2, width=64) -> MLP:
-    """64 -> hidden -> 10 with ReLU and Adam; fixed initial weights (same on every graph)."""
-    g = rt.graph(name)
-    x = g.placeholder((None, width), "float32", name="x")
-    y = g.placeholder((None,), "int64", name="y")
-    rng = np.random.default_rng(0)
-    w1 = g.variable((rng.standard_normal((64, hidden)) * 0.1).astype("float32"), name="w1")
-    b1 = g.variable(np.zeros(hidden, "float32"), name="b1")
-    w2 = g.variable((rng.standard_normal((hidden, 10)) * 0.1).astype("float32"), name="w2")
-    b2 = g.variable(np.zeros(10, "float32"), name="b2")
-    lr_v = g.variable(np.float32(lr), name="lr", trainable=False)
-    scale = g.variable(np.float32(1.0), name="scale", trainable=False)
-    logits = kf.relu(x @ w1 + b1) @ w2 + b2
-    loss = kf.mean(kf.softmax_cross_entropy(logits, y))
-    acc = kf.mean(kf.cast(kf.equal(kf.argmax(logits, axis=1), y), "float32"))
-    train = kf.optim.Adam(lr=lr_v).minimize(loss)
-    return MLP(g, x, y, loss * scale, acc, train, w1, lr_v, scale)
+from tests.support.models import MLP, digits, mlp  # noqa: F401
+from tests.support.server import ServerProcess
+from tests.support.waiting import WAIT_S, wait_for
 
 
 def state_runtime(state_dir: Path) -> kf.Runtime:
@@ -219,9 +165,8 @@ def test_graph_run_and_variable_assign_served_between_steps_of_a_job(remote, sha
     wait_for(lambda: job.progress["step"] > 10, "steps")
     xb, yb = np.zeros((4, 64), "float32"), np.zeros(4, "int64")
     for _ in range(10):
-        t0 = time.perf_counter()
         assert np.isfinite(m.g.run(m.loss, feed={m.x: xb, m.y: yb}))
-        assert time.perf_counter() - t0 < 5.0
+    assert job.status in ("running", "queued")  # served between the job's steps, not after it
     m.lr.set(np.float32(0.0))  # Adam with lr 0 leaves the weights where they are
     s = job.progress["step"]
     w_a = m.g.run(m.w1)
@@ -397,7 +342,7 @@ def test_job_wait_timeout_raises_deadline_exceeded(local):
 
 # ----------------------------------------------------------------- state dir: shutdown, kill -9, resume
 def test_delete_refuses_a_running_job_then_forgets_it_in_memory_and_state_dir(tmp_path):
-    from kernelflow.runtime_server.persist.state import fs_name
+    from kernelflow.runtime_server.persist.records import fs_name
 
     state = tmp_path / "state"
     rt = state_runtime(state)
@@ -468,7 +413,7 @@ def test_clean_shutdown_interrupts_job_and_resume_finishes_with_same_batches(tmp
 def test_kill9_mid_job_restart_finds_graphs_checkpoint_history_and_resume_finishes(tmp_path):
     from safetensors.numpy import load_file
 
-    from kernelflow.runtime_server.persist.state import fs_name
+    from kernelflow.runtime_server.persist.records import fs_name
 
     state = tmp_path / "state"
     srv = ServerProcess(tmp_path / "a", "--state-dir", str(state)).wait_listening()

@@ -20,7 +20,7 @@ import pytest
 import kernelflow as kf
 from kernelflow.runtime_server.serving.manager import parse_model_config
 
-from .conftest import ModelServer, build_digits, drop_version, wait_for
+from .conftest import ModelServer, build_digits, drop_held_version, drop_version, wait_for
 
 
 @dataclass
@@ -155,19 +155,16 @@ def test_versions_all_policy_serves_every_version_and_new_ones(sources, base, tm
 
 def test_versions_loading_version_gives_503_and_old_one_answers(sources, base, tmp_path):
     drop_version(sources.digits / "1", base, "digits", 1)
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    srv = ModelServer(base, env={"KERNELFLOW_TEST_LOAD_GATE": str(gate)})
+    srv = ModelServer(base)
     try:
-        (gate / "hold-digits").touch()  # loads of 'digits' now wait in LOADING until it goes
-        drop_version(sources.digits / "2", base, "digits", 2)
+        release = drop_held_version(sources.digits / "2", base, "digits", 2)  # its load blocks reading the signature
         wait_for(lambda: srv.states("digits") == {"2": "LOADING", "1": "AVAILABLE"}, "v2 LOADING")
         code, doc = _predict(srv, "/v1/models/digits/versions/2:predict", sources.X)
         assert code == 503 and "version 2 is LOADING" in doc["error"], doc
         code, doc = _predict(srv, "/v1/models/digits:predict", sources.X)  # never from the half-loaded one
         assert code == 200 and np.allclose(_probs(doc), sources.expected[1], rtol=1e-6, atol=1e-7)
         assert srv.states("digits") == {"2": "LOADING", "1": "AVAILABLE"}
-        (gate / "hold-digits").unlink()
+        release()
         wait_for(lambda: srv.states("digits") == {"2": "AVAILABLE", "1": "END"}, "v2 AVAILABLE")
         code, doc = _predict(srv, "/v1/models/digits/versions/2:predict", sources.X)
         assert code == 200 and np.allclose(_probs(doc), sources.expected[2], rtol=1e-6, atol=1e-7)
@@ -208,7 +205,7 @@ def test_versions_20_load_unload_cycles_keep_memory_bounded(sources, base):
         def cycle(v: int) -> None:
             drop_version(sources.big, base, "big", v)
             wait_for(lambda: (lambda s: s.get(str(v)) == "AVAILABLE" and s.get(str(v - 1)) == "END")(srv.states("big")),
-                     f"big v{v} AVAILABLE, v{v - 1} END", every=0.02)
+                     f"big v{v} AVAILABLE, v{v - 1} END", every_s=0.02)
             assert srv.http("POST", f"/v1/models/big/versions/{v}:predict", {"instances": x})[0] == 200
 
         cycle(2)

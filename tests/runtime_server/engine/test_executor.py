@@ -122,7 +122,7 @@ def test_plan_is_cached_per_signature(inproc_rt):
     y = x + 1.0
     feed = {x: np.zeros(2, "float32")}
     g.run(y, feed)
-    session = rt._transport.service.graphs["test"]
+    session = rt._transport.service.graphs.session("test")
     plan = session.plan(["add"], ["x"])
     g.run(y, feed)
     assert session.plan(["add"], ["x"]) is plan
@@ -137,7 +137,7 @@ def test_intermediate_buffers_are_freed_after_last_use(inproc_rt):
     h2 = h1 + 1.0
     out = kf.sum(h2)
     refs = []
-    session = rt._transport.service.graphs["test"]
+    session = rt._transport.service.graphs.session("test")
     g.run(out, {x: np.ones(1000)})
     plan = session.plan([out.name], ["x"])
     # Instrument: wrap the kernel of h1 to record a weak reference to its output.
@@ -177,7 +177,7 @@ def test_runtime_lists_and_deletes_graphs(rt):
     rt.delete_graph("a")
     assert rt.graphs() == ["b"]
     with pytest.raises(kf.errors.NotFoundError, match="no graph named 'a'"):
-        rt._call("graph.get", ["a"])
+        rt.call("graph.get", ["a"])
     info = rt.info()
     assert info["devices"][0] == "cpu" and "graph.run" in info["methods"]
 
@@ -264,7 +264,9 @@ def test_inproc_peer_notifications_reach_callbacks_in_order(inproc_rt):
             peer.notify("test.ping", [i])
         return n
 
-    service.register("test.ping", ping, wants_peer=True)
+    from kernelflow.runtime_server.methods import Method, MethodTable
+
+    service.methods = MethodTable([*service.methods.entries(), Method("test.ping", ping, needs_peer=True)])
 
     def on_ping(params):
         got.append(params[0])
@@ -272,10 +274,7 @@ def test_inproc_peer_notifications_reach_callbacks_in_order(inproc_rt):
             done.set()
 
     inproc_rt._transport.on_notification("test.ping", on_ping)
-    assert inproc_rt._call("test.ping", [5]) == 5
+    assert inproc_rt.call("test.ping", [5]) == 5
     assert done.wait(5)
     assert got == [0, 1, 2, 3, 4]
-    closed = []
-    service.on_peer_closed(closed.append)
     inproc_rt.close()
-    assert closed == [inproc_rt._transport]

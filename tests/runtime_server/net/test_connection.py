@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kernelflow.protocol.codec import MessageReader, encode
-from tests.runtime.test_server import TOKEN, ServerProcess, raw_exchange
+from tests.support.server import TOKEN, ServerProcess, raw_exchange
 
 BIG_FLOATS = 4 << 20  # 16 MiB of float32: far more than a loopback socket buffer holds
 
