@@ -224,6 +224,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         found += 1
         print(f"{info['url']}  pid {info.get('pid')}  kernelflow {i['version']}  device {i['default_device']}  "
               f"graphs {len(i['graphs'])}")
+        prefix = info.get("prefix") or i.get("python_prefix") or "?"
+        here = "  (this environment)" if prefix == sys.prefix and i["version"] == __version__ else ""
+        print(f"    REST {i.get('rest_url') or info.get('rest_url') or '(none)'}  python {prefix}{here}")
     if not found:
         print("no kernelflow runtime server is running")
     return 0 if found else 1

@@ -195,10 +195,12 @@ class RemoteGraph(Graph):
 
     # ----------------------------------------------------------------- variables
     def read_variable(self, v: Variable) -> np.ndarray:
+        """The value of variable ``v`` on the runtime (``v.value()`` calls this)."""
         self.sync()
         return self.runtime.call("variable.read", [self.name, v.name])
 
     def write_variable(self, v: Variable, value: Any) -> None:
+        """Set variable ``v`` on the runtime to ``value`` (``v.set(...)`` calls this)."""
         self.sync()
         arr = np.asarray(value)
         if arr.dtype.name != v.dtype and not isinstance(value, np.ndarray):
@@ -232,6 +234,15 @@ class RemoteGraph(Graph):
                         histograms=histograms, images=images, **options)
 
     fit.__doc__ = (_job.fit.__doc__ or "").replace("        graph: the graph to train.\n", "")
+    fit.__signature__ = _job.fit_signature(with_self=True)  # type: ignore[attr-defined]  # help(), Shift-Tab
+
+    def jobs(self) -> Any:
+        """The jobs that trained or train this graph (a `kernelflow.client.joblist.JobList`)."""
+        from .job import Job
+        from .joblist import JobList
+
+        jobs = self.runtime.call("job.list", [])
+        return JobList(Job(self.runtime, st) for st in jobs if st.get("graph") == self.name)
 
     def export(self, name: str, inputs: dict, outputs: dict, version: int | None = None) -> int:
         """Export the inference subgraph as a served model version; see `kernelflow.client.model.export`."""

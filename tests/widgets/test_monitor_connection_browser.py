@@ -42,7 +42,7 @@ def test_monitor_badge_disconnected_when_server_stops_and_back_when_it_restarts(
     require_browser()
     from playwright.sync_api import sync_playwright
 
-    from tests.runtime.test_server import ServerProcess
+    from tests.support.server import ServerProcess
 
     state = tmp_path / "state"
     srv = ServerProcess(tmp_path, "--state-dir", str(state)).wait_listening()

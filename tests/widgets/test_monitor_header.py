@@ -10,8 +10,9 @@ pytest.importorskip("bqplot")
 
 from kernelflow.widgets import TrainingMonitor  # noqa: E402
 from kernelflow.widgets.monitor import HEARTBEAT_S  # noqa: E402
-from tests.runtime.test_jobs import digits, mlp, wait_for  # noqa: E402
-from tests.runtime.test_server import ServerProcess  # noqa: E402
+from tests.support.models import digits, mlp  # noqa: E402
+from tests.support.server import ServerProcess  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 from tests.widgets.test_monitor import FakeJob  # noqa: E402
 
 
