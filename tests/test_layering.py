@@ -151,15 +151,25 @@ def test_import_kernelflow_loads_no_optional_heavy_modules():
     assert out.stdout.strip() == ""
 
 
-def test_thin_client_loads_no_server_or_kernel_code(server, tmp_path):
+def test_thin_client_loads_no_server_or_kernel_code(tmp_path):
     """kf.connect(url), a run, a model export, and kf.load_model(path, runtime=remote) in a fresh
     process: nothing of runtime_server or kernels is imported on the client side."""
+    from tests.support.server import ServerProcess
+
+    server = ServerProcess(tmp_path, "--state-dir", str(tmp_path / "state")).wait_listening()
+    try:
+        _thin_client_check(server)
+    finally:
+        server.stop()
+
+
+def _thin_client_check(server) -> None:
     with server.connect() as rt:
         g = rt.graph("thin")
         x = g.placeholder((None, 3), "float32", name="x")
         w = g.variable(np.arange(6, dtype=np.float32).reshape(3, 2), name="w")
         g.export("thin", inputs={"x": x}, outputs={"y": x @ w})
-    model_dir = next(p for p in server.runtime_dir.parent.rglob("thin") if p.parent.name == "models")
+    model_dir = server.runtime_dir.parent / "state" / "models" / "thin"
     code = textwrap.dedent(f"""
         import sys, numpy as np, kernelflow as kf
         rt = kf.connect({server.url!r}, token={server.token!r})

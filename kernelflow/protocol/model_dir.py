@@ -35,6 +35,7 @@ from safetensors.numpy import load_file, save_file
 
 from ..errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError
 from .codec import decode, encode
+from .durable import fsync_dir
 
 log = logging.getLogger("kernelflow.models")
 
@@ -76,14 +77,6 @@ def all_version_numbers(model_dir: Path) -> list[int]:
         return []
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 _export_lock = threading.Lock()
 
 
@@ -115,9 +108,9 @@ def write_version(base: Path, name: str, version: int | None, dicts: list, array
                 with open(p, "rb+") as f:
                     os.fsync(f.fileno())
             (tmp / MARKER).write_text(f"{FORMAT}\n")
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             os.replace(tmp, model_dir / str(version))
-            _fsync_dir(model_dir)
+            fsync_dir(model_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -102,6 +102,15 @@ class RuntimeService:
             "python_prefix": sys.prefix,
         }
 
+    def listen_rest(self, port: int, host: str, max_body_bytes: int) -> int:
+        """Serve TF Serving's REST API for this runtime's models on the running IO loop; returns the port.
+
+        tornado is imported here, on first use: the in-process runtime never loads it.
+        """
+        from .serving.rest import listen_rest
+
+        return listen_rest(self.models, port, host, max_body_bytes)[1]
+
     def shutdown(self) -> None:
         """Clean shutdown: stop jobs at a checkpoint, then checkpoint every graph (if a state dir).
 

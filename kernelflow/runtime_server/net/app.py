@@ -141,11 +141,9 @@ def _start_rest(opts: ServeOptions, service: RuntimeService, port: int, shown: s
     """TF Serving's REST API on this IO loop (RPC port + 1 by default); returns its port (None: off)."""
     if opts.http_port is not None and opts.http_port < 0:
         return None
-    from ..serving.rest import listen_rest
-
     http_port = opts.http_port if opts.http_port is not None else (port + 1 if opts.port else 0)
     try:
-        _, http_bound = listen_rest(service.models, http_port, opts.host, opts.http_max_body_bytes)
+        http_bound = service.listen_rest(http_port, opts.host, opts.http_max_body_bytes)
     except OSError as e:
         if opts.http_port is not None:
             raise

@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import secrets
 import struct
 import zlib
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from typing import Any
 
 from ...errors import InternalError, KernelflowError
 from ...protocol.codec import decode, encode
+from ...protocol.durable import fsync_dir, mkdirs, tmp_path, write_atomic  # noqa: F401  (re-exported)
 
 log = logging.getLogger("kernelflow.state")
 
@@ -39,46 +39,6 @@ def fs_name(name: str) -> str:
     if len(out) > 120:
         out = out[:100] + "~" + hashlib.sha256(name.encode()).hexdigest()[:16]
     return out
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def mkdirs(path: Path) -> None:
-    """Create ``path`` and missing parents, fsyncing each parent so the new entries survive a crash."""
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        d.mkdir(exist_ok=True)
-        fsync_dir(d.parent)
-
-
-def tmp_path(path: Path) -> Path:
-    return path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def write_atomic(path: Path, frames: Sequence[bytes | memoryview]) -> None:
-    """Write ``frames`` to ``path``: temp file, fsync, rename, fsync the dir."""
-    tmp = tmp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            for fr in frames:
-                f.write(fr)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def sha256_file(path: Path) -> str:
