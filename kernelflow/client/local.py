@@ -88,10 +88,16 @@ def connect_local(timeout: float | None = None, start: bool = True, start_timeou
 
 
 def is_same_environment(info: dict) -> bool:
-    """True when the server of runtime file ``info`` runs this kernelflow version in this Python
-    environment (``sys.prefix``): only such a local server is re-used (another checkout's or
-    venv's server runs other code, and holds other graphs)."""
-    return info.get("version") == __version__ and info.get("prefix") == sys.prefix
+    """True when the server of runtime file ``info`` runs this kernelflow version, from this
+    checkout (`package_dir`), in this Python environment (``sys.prefix``): only such a local
+    server is re-used (another checkout's or venv's server runs other code, and holds other graphs)."""
+    return (info.get("version") == __version__ and info.get("prefix") == sys.prefix
+            and info.get("package") == package_dir())
+
+
+def package_dir() -> str:
+    """The directory kernelflow is imported from: two checkouts sharing one venv differ here."""
+    return str(Path(__file__).resolve().parents[1])
 
 
 def _local_servers() -> list[dict]:
@@ -122,7 +128,7 @@ def _state_dir_for_new_server() -> Path:
     for path in runtime_files():
         info = read_runtime_file(path)
         if info and pid_alive(info.get("pid")) and info.get("state_dir") == str(base) and not is_same_environment(info):
-            tag = hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]
+            tag = hashlib.sha1(f"{sys.prefix}:{package_dir()}".encode()).hexdigest()[:8]
             return base.with_name(f"{base.name}-{__version__}-{tag}")
     return base
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import kernelflow as kf
-from kernelflow.client.local import connect_local
+from kernelflow.client.local import connect_local, package_dir
 from kernelflow.client.runtime import Runtime
 from tests.support.server import ServerProcess
 
@@ -33,6 +33,10 @@ def test_a_server_of_another_environment_is_not_reused(tmp_path, runtime_dir):
         f.write_text(json.dumps({**good, "version": "0.0.1"}))
         with pytest.raises(kf.errors.UnavailableError):
             connect_local(start=False)
+        f.write_text(json.dumps({**good, "package": "/another/checkout/kernelflow"}))  # same venv, other tree
+        with pytest.raises(kf.errors.UnavailableError):
+            connect_local(start=False)
+        assert good["package"] == package_dir()
         f.write_text(json.dumps(good))
         t = connect_local(start=False)
         assert t.port == srv.port

@@ -100,6 +100,7 @@ async def _serve(opts: ServeOptions, service: RuntimeService, server: RuntimeSer
                                "token": opts.token, "tls": opts.ssl_context is not None, "version": __version__,
                                "protocol": PROTOCOL_VERSION, "rest_url": service.rest_url, "rest_port": rest_port,
                                "python": sys.executable, "prefix": sys.prefix,
+                               "package": str(Path(__file__).resolve().parents[2]),
                                "state_dir": str(service.state.root) if service.state is not None else None})
     _announce(opts, service, url, path)
     if service.models.base is not None:
