@@ -106,6 +106,7 @@ class RemoteGraph(Graph):
         Example:
             >>> out = g.run({"loss": loss, "acc": acc}, feed={x: xb, y: yb})
         """
+        __tracebackhide__ = True  # noqa: F841
         flat: list[Tensor] = []
         rebuild = _flatten(fetches, flat, self)
         feed_names, feed_values = self._feed(feed)
@@ -147,6 +148,7 @@ class RemoteGraph(Graph):
         n_feeds = len(feed_names)
 
         def run_callable(*values: Any) -> Any:
+            __tracebackhide__ = True  # noqa: F841
             if len(values) != n_feeds:
                 raise InvalidArgumentError(f"callable: expected {n_feeds} feed values {feed_names}; got {len(values)}")
             since, nodes = self._pending()
@@ -230,6 +232,7 @@ class RemoteGraph(Graph):
     def fit(self, train_op: Any, *, data: Any, feed: dict, metrics: dict | None = None,
             validation: tuple | None = None, histograms: list | None = None, images: dict | None = None,
             **options: Any) -> Job:
+        __tracebackhide__ = True  # noqa: F841
         return _job.fit(self, train_op, data=data, feed=feed, metrics=metrics, validation=validation,
                         histograms=histograms, images=images, **options)
 

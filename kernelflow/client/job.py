@@ -228,6 +228,7 @@ class Job:
     # ----------------------------------------------------------------- status
     def refresh(self) -> dict:
         """The job's status map, fresh from the runtime."""
+        __tracebackhide__ = True  # noqa: F841
         st = self.runtime.call("job.status", [self.id])
         self._m.status = st
         return st
@@ -597,6 +598,7 @@ def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, metrics: di
         ...             metrics={"loss": loss}, validation=(val_ds, {"val_accuracy": acc}))
         >>> job.wait(progress=True)
     """
+    __tracebackhide__ = True  # noqa: F841
     unknown = sorted(k for k in options if k not in FIT_OPTIONS)
     if unknown:
         raise InvalidArgumentError(f"fit: unknown option(s) {unknown}; known: {sorted(FIT_OPTIONS)}")

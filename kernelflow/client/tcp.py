@@ -219,6 +219,9 @@ class TcpTransport(Transport):
 
     # ----------------------------------------------------------------- calls
     def call(self, method: str, params: list) -> Any:
+        # IPython hides frames that set __tracebackhide__: a remote error's traceback ends in the
+        # user's code, not in five frames of this transport (issue #14)
+        __tracebackhide__ = True  # noqa: F841
         with self._lock:
             if self._closed:
                 raise UnavailableError(f"{method}: the connection to {self.url} is closed")
@@ -228,6 +231,7 @@ class TcpTransport(Transport):
             return self._request(method, params)
 
     def _request(self, method: str, params: list) -> Any:
+        __tracebackhide__ = True  # noqa: F841
         self._msgid = self._msgid + 1 if self._msgid < MAX_MSGID else 1
         msgid = self._msgid
         frames = request(msgid, method, params)

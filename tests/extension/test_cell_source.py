@@ -81,3 +81,27 @@ def test_automatic_names_made_unique_do_not_warn(ip):
                         "b = kf.exp(a)\nc = kf.exp(b)", store_history=True)
     assert r.success and ip.user_ns["c"].name == "exp_1"
     assert not [w for w in rec if "is taken" in str(w.message)]
+
+
+def test_remote_error_traceback_ends_in_the_users_cell(ip, tmp_path):
+    # issue #14 item 8: ~5 frames of kernelflow internals under every remote error
+    import re
+
+    from tests.support.server import ServerProcess
+
+    srv = ServerProcess(tmp_path).wait_listening()
+    try:
+        ip.user_ns.update(URL=srv.url, TOKEN=srv.token)
+        r = ip.run_cell("import kernelflow as kf\nrt = kf.connect(URL, token=TOKEN)\ng = rt.graph('tb')\n"
+                        "x = g.placeholder((2,), name='x')\ny = kf.exp(x)\ng.run(y)", store_history=True)
+        err = r.error_in_exec
+        assert isinstance(err, kf.errors.InvalidArgumentError), err  # x is not fed: the server says so
+        text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(ip.InteractiveTB.structured_traceback(
+            type(err), err, err.__traceback__)))
+        assert f"Cell In[{r.execution_count}], line 6" in text
+        # g.run's and the transport's frames are hidden; IPython always shows the frame that raised
+        shown = re.findall(r"kernelflow/client/\w+\.py", text)
+        assert shown == ["kernelflow/client/tcp.py"] and "skipping hidden 2 frame" in text, text
+        ip.run_cell("rt.close()")
+    finally:
+        srv.stop()
