@@ -139,9 +139,11 @@ class _JobHeader:
             parts.append(f"elapsed {_hms(st.get('elapsed_s'))}")
         badge = status_badge(status) if self.connected else status_badge("disconnected")
         with self.widget.hold_sync():
-            self.title.value = (f'<b class="kf-job-name">{html.escape(str(st.get("name") or self.job.id))}</b> '
-                                f"{badge}")
-            self.numbers.value = '<span class="kf-numbers">' + " · ".join(parts) + "</span>"
+            # one line each (no wrap): the row keeps its height, so the buttons do not move
+            self.title.value = (f'<span style="white-space:nowrap"><b class="kf-job-name">'
+                                f'{html.escape(str(st.get("name") or self.job.id))}</b> {badge}</span>')
+            self.numbers.value = ('<span class="kf-numbers" style="white-space:nowrap">' + " · ".join(parts)
+                                  + "</span>")
             self.bar.value = min(1.0, step / total) if total else 0.0
             on = self.connected
             self.pause.disabled = not on or status not in ("running", "queued")
