@@ -31,7 +31,7 @@ import kernelflow as kf
 GRAPH = "kernelflow-demo"
 DATASET = "kernelflow-demo-digits"
 MODEL = "kernelflow-demo-digits"
-EPOCHS = 30
+EPOCHS = 150
 
 
 def step(n: int, text: str) -> None:
@@ -85,11 +85,11 @@ def main() -> float:
     step(3, "a training job on the runtime")
     g, x, labels, probs, loss, accuracy, train = build(rt)
     job_name = f"demo-{os.getpid()}"
-    job = g.fit(train, data=train_ds, feed={x: "x", labels: "y"}, batch_size=64, epochs=EPOCHS,
+    job = g.fit(train, data=train_ds, feed={x: "x", labels: "y"}, batch_size=32, epochs=EPOCHS,
                 metrics={"loss": loss}, log_every=5,
                 validation=(test_ds, {"val_loss": loss, "val_accuracy": accuracy}), name=job_name)
     try:
-        job.wait(timeout=2.0 if not inproc else None, progress=True)
+        job.wait(timeout=1.5 if not inproc else None, progress=True)
     except kf.errors.DeadlineExceededError:
         pass
     if not inproc:
@@ -100,6 +100,7 @@ def main() -> float:
         subprocess.run([sys.executable, __file__, "--attach", job_name, url], check=True)
         rt = kf.connect(url)
         job = rt.job(job_name)
+        test_ds = rt.dataset(test_ds.name)  # handles belong to a connection: re-attach on the new one
     else:
         step(4, "(skipped in process: no second process can reach it)")
         job.wait()
