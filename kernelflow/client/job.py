@@ -519,7 +519,7 @@ def attach_job(runtime: Runtime, name_or_id: str) -> Job:
         named = [j for j in jobs if j.get("name") == name_or_id]
         if not named:
             names = sorted({str(j.get("name") or j["id"]) for j in jobs})
-            raise NotFoundError(f"job: no job with id or name {name_or_id!r} on {runtime.url}; jobs: "
+            raise NotFoundError(f"no job '{name_or_id}' (by id or name) on {runtime.url}; jobs: "
                                 f"{names or 'none'}") from None
         return Job(runtime, max(named, key=lambda j: (j.get("created") or 0.0, j["id"])))
 

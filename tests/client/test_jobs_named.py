@@ -36,7 +36,7 @@ def test_rt_job_by_name_is_the_newest_of_that_name_and_ids_still_work(trained):
     assert by_name.id == b.id and by_name.name == "my-cnn"
     assert len(by_name.history["loss"]["step"]) > 0
     assert rt.job(a.id).id == a.id
-    with pytest.raises(kf.errors.NotFoundError, match=r"no job with id or name 'nope'.*my-cnn"):
+    with pytest.raises(kf.errors.NotFoundError, match=r"no job 'nope' \(by id or name\).*my-cnn"):
         rt.job("nope")
 
 
