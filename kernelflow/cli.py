@@ -259,6 +259,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         found += 1
         print(f"{info['url']}  pid {info.get('pid')}  kernelflow {i['version']}  device {i['default_device']}  "
               f"graphs {len(i['graphs'])}")
+        from .client.local import is_same_environment
+
+        prefix = info.get("prefix") or i.get("python_prefix") or "?"
+        here = "  (this environment: kf.connect() re-uses it)" if is_same_environment(info) else ""
+        print(f"    REST {i.get('rest_url') or info.get('rest_url') or '(none)'}  python {prefix}  "
+              f"kernelflow from {info.get('package') or '?'}{here}")
     if not found:
         print("no kernelflow runtime server is running")
     return 0 if found else 1

@@ -106,6 +106,7 @@ class RemoteGraph(Graph):
         Example:
             >>> out = g.run({"loss": loss, "acc": acc}, feed={x: xb, y: yb})
         """
+        __tracebackhide__ = True  # noqa: F841
         flat: list[Tensor] = []
         rebuild = _flatten(fetches, flat, self)
         feed_names, feed_values = self._feed(feed)
@@ -147,6 +148,7 @@ class RemoteGraph(Graph):
         n_feeds = len(feed_names)
 
         def run_callable(*values: Any) -> Any:
+            __tracebackhide__ = True  # noqa: F841
             if len(values) != n_feeds:
                 raise InvalidArgumentError(f"callable: expected {n_feeds} feed values {feed_names}; got {len(values)}")
             since, nodes = self._pending()
@@ -195,10 +197,12 @@ class RemoteGraph(Graph):
 
     # ----------------------------------------------------------------- variables
     def read_variable(self, v: Variable) -> np.ndarray:
+        """The value of variable ``v`` on the runtime (``v.value()`` calls this)."""
         self.sync()
         return self.runtime.call("variable.read", [self.name, v.name])
 
     def write_variable(self, v: Variable, value: Any) -> None:
+        """Set variable ``v`` on the runtime to ``value`` (``v.set(...)`` calls this)."""
         self.sync()
         arr = np.asarray(value)
         if arr.dtype.name != v.dtype and not isinstance(value, np.ndarray):
@@ -228,10 +232,20 @@ class RemoteGraph(Graph):
     def fit(self, train_op: Any, *, data: Any, feed: dict, metrics: dict | None = None,
             validation: tuple | None = None, histograms: list | None = None, images: dict | None = None,
             **options: Any) -> Job:
+        __tracebackhide__ = True  # noqa: F841
         return _job.fit(self, train_op, data=data, feed=feed, metrics=metrics, validation=validation,
                         histograms=histograms, images=images, **options)
 
     fit.__doc__ = (_job.fit.__doc__ or "").replace("        graph: the graph to train.\n", "")
+    fit.__signature__ = _job.fit_signature(with_self=True)  # type: ignore[attr-defined]  # help(), Shift-Tab
+
+    def jobs(self) -> Any:
+        """The jobs that trained or train this graph (a `kernelflow.client.joblist.JobList`)."""
+        from .job import Job
+        from .joblist import JobList
+
+        jobs = self.runtime.call("job.list", [])
+        return JobList(Job(self.runtime, st) for st in jobs if st.get("graph") == self.name)
 
     def export(self, name: str, inputs: dict, outputs: dict, version: int | None = None) -> int:
         """Export the inference subgraph as a served model version; see `kernelflow.client.model.export`."""

@@ -44,6 +44,7 @@ class InprocTransport(Transport):
         self.closed = False
 
     def call(self, method: str, params: list) -> Any:
+        __tracebackhide__ = True  # noqa: F841  (IPython: the error's traceback ends in the user's code)
         return self._call(method, params, self)
 
     # The transport is its own peer: notifications from the runtime's threads are queued and

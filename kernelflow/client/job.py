@@ -12,6 +12,8 @@ Contents: Job, fit, attach_job.
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import inspect
 import logging
 import threading
 import time
@@ -21,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import DeadlineExceededError, InvalidArgumentError, KernelflowError
+from ..errors import DeadlineExceededError, InvalidArgumentError, KernelflowError, NotFoundError
 from ..graph.ir import Tensor
 from ..protocol.jobspec import FIT_OPTIONS, IMAGE_KEEP_DEFAULT, JobSpec, KeptImages
+from .notebook import live_sleep
 
 if TYPE_CHECKING:
     from .graph import RemoteGraph
@@ -175,8 +178,20 @@ def _streams(runtime: Runtime) -> _Streams:
         return s
 
 
+class JobStatus(str):
+    """A job's status word (``"running"``, ...); ``job.status`` reads it, and ``job.status()`` works
+    too, like ``job.pause()`` / ``job.resume()`` / ``job.stop()``."""
+
+    def __call__(self) -> str:
+        """The status word itself (``job.status()``)."""
+        return str(self)
+
+
 class Job:
-    """A training job on the runtime. Made by ``g.fit(...)`` or ``rt.job(id)``.
+    """A training job on the runtime. Made by ``g.fit(...)`` or ``rt.job(name_or_id)``.
+
+    A job also reads like its status map as last heard (``job["status"]``, ``job.get("step")``),
+    which is what ``rt.jobs()`` returned before it returned handles.
 
     Attributes:
         id: the job's id on the runtime.
@@ -197,9 +212,23 @@ class Job:
         return (f"<kf.Job {self.id} '{st.get('name')}' on graph '{st.get('graph')}': {st.get('status')}, step "
                 f"{st.get('step')}/{st.get('total_steps')}>")
 
+    def __getitem__(self, key: str) -> Any:
+        """A field of the status map as last heard (no request): ``job["status"]``, ``job["step"]``."""
+        return self._m.status[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A field of the status map as last heard, or ``default``."""
+        return self._m.status.get(key, default)
+
+    def _repr_html_(self) -> str:
+        from .joblist import JobList
+
+        return JobList([self])._repr_html_()
+
     # ----------------------------------------------------------------- status
     def refresh(self) -> dict:
         """The job's status map, fresh from the runtime."""
+        __tracebackhide__ = True  # noqa: F841
         st = self.runtime.call("job.status", [self.id])
         self._m.status = st
         return st
@@ -212,6 +241,7 @@ class Job:
 
     @property
     def name(self) -> str:
+        """The job's name (``g.fit(..., name=...)``; its id when it has none)."""
         return self._m.status.get("name") or self.id
 
     @property
@@ -220,9 +250,10 @@ class Job:
         return self._m.status["graph"]
 
     @property
-    def status(self) -> str:
-        """queued, running, paused, completed, stopped, failed or interrupted."""
-        return self.refresh()["status"]
+    def status(self) -> JobStatus:
+        """queued, running, paused, completed, stopped, failed or interrupted (fresh from the runtime;
+        ``job.status()`` works too)."""
+        return JobStatus(self.refresh()["status"])
 
     @property
     def error(self) -> dict | None:
@@ -336,6 +367,12 @@ class Job:
 
     # ----------------------------------------------------------------- control
     def _wait_while(self, statuses: tuple[str, ...], timeout: float | None, bar: Any = None) -> str:
+        # In a notebook cell the wait handles widget messages (the monitor's Pause) as it sleeps.
+        with live_sleep() as sleep:
+            return self._wait_loop(statuses, timeout, bar, sleep)
+
+    def _wait_loop(self, statuses: tuple[str, ...], timeout: float | None, bar: Any, sleep: Callable) -> str:
+        __tracebackhide__ = True  # noqa: F841  (IPython: the user's frame raises, not this one)
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.01
         while True:
@@ -348,7 +385,7 @@ class Job:
                 raise DeadlineExceededError(f"job {self.id} is still {st['status']} (step {st['step']}/"
                                             f"{st['total_steps']}) after {timeout} s")
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            time.sleep(interval if left is None else min(interval, left))
+            sleep(interval if left is None else min(interval, left))
             interval = min(interval * 1.5, 0.25)
 
     def monitor(self, **kwargs: Any) -> Any:
@@ -375,6 +412,10 @@ class Job:
 
     def wait(self, timeout: float | None = None, progress: bool = False) -> str:
         """Block until the job is no longer queued or running; returns its status.
+
+        In a notebook cell the widgets stay live meanwhile (jupyter-ui-poll): the monitor's Pause
+        and Stop act during the wait (a pause ends it: it returns "paused"). Cells run meanwhile
+        wait for this one.
 
         Args:
             timeout: seconds to wait at most (None: no limit).
@@ -482,9 +523,24 @@ def _update_bar(bar: Any, st: dict) -> None:
     bar.refresh()
 
 
-def attach_job(runtime: Runtime, job_id: str) -> Job:
-    """``rt.job(id)``: a handle on an existing job, with its full history."""
-    return Job(runtime, runtime.call("job.status", [job_id]))
+def attach_job(runtime: Runtime, name_or_id: str) -> Job:
+    """``rt.job(name_or_id)``: a handle on an existing job, with its full history. A name that several
+    jobs share means the newest of them.
+
+    Raises:
+        NotFoundError: no job has that id or name (the message lists the names there are).
+    """
+    __tracebackhide__ = True  # noqa: F841
+    try:
+        return Job(runtime, runtime.call("job.status", [name_or_id]))
+    except NotFoundError:
+        jobs = runtime.call("job.list", [])
+        named = [j for j in jobs if j.get("name") == name_or_id]
+        if not named:
+            names = sorted({str(j.get("name") or j["id"]) for j in jobs})
+            raise NotFoundError(f"no job '{name_or_id}' (by id or name) on {runtime.url}; jobs: "
+                                f"{names or 'none'}") from None
+        return Job(runtime, max(named, key=lambda j: (j.get("created") or 0.0, j["id"])))
 
 
 def _node_name(graph: RemoteGraph, t: Any, what: str) -> str:
@@ -502,6 +558,24 @@ def _dataset_name(d: Any, what: str) -> str:
     if not isinstance(name, str):
         raise InvalidArgumentError(f"fit: {what} must be a Dataset or a dataset name; got {type(d).__name__}")
     return name
+
+
+def fit_signature(with_self: bool = False) -> inspect.Signature:
+    """`fit`'s signature with every job option spelled out (``batch_size=32``, ...) instead of
+    ``**options``, so ``help(g.fit)`` and Jupyter's Shift-Tab show them (issue #14)."""
+    base = inspect.signature(fit)
+    params = [p for p in base.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    if with_self:
+        params[0] = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    defaults = {f.name: f for f in dataclasses.fields(JobSpec)}
+    named = {p.name for p in params}
+    for name in FIT_OPTIONS:
+        if name in named:  # metrics, histograms, images: fit's own arguments
+            continue
+        f = defaults[name]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=f.type))
+    return base.replace(parameters=params)
 
 
 def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, metrics: dict | None = None,
@@ -549,6 +623,7 @@ def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, metrics: di
         ...             metrics={"loss": loss}, validation=(val_ds, {"val_accuracy": acc}))
         >>> job.wait(progress=True)
     """
+    __tracebackhide__ = True  # noqa: F841
     unknown = sorted(k for k in options if k not in FIT_OPTIONS)
     if unknown:
         raise InvalidArgumentError(f"fit: unknown option(s) {unknown}; known: {sorted(FIT_OPTIONS)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import sys
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,8 @@ class RuntimeService:
         self.datasets = DatasetStore(self.devices, self.state)
         self.jobs = JobManager(self.graphs, self.datasets, self.state)
         self.models = ModelManager(self.state.models_dir() if self.state is not None else None, self.devices)
+        self.rest_url: str | None = None   # set by `serve` once REST listens (in-process: none)
+        self.rest_port: int | None = None
         self.model_methods = ModelMethods(self.graphs.session, self.models)
         self.summaries = SummaryMethods(self.graphs.session)
         self.world: World = world if world is not None else local_world(timeout_s=collective_timeout_s)
@@ -110,6 +113,9 @@ class RuntimeService:
             "memory": {"variables_bytes": nbytes, **self.devices.memory_in_use()},
             "graphs": sorted(s.name for s in sessions),
             "methods": self.methods.names(),
+            "rest_url": self.rest_url,
+            "rest_port": self.rest_port,
+            "python_prefix": sys.prefix,
             "world": self._world_info(),
         }
 

@@ -107,16 +107,22 @@ async def _serve(opts: ServeOptions, service: RuntimeService, server: RuntimeSer
     port = server.bound_port()
     shown = opts.host if ":" not in opts.host else f"[{opts.host}]"
     url = f"{'kfs' if opts.ssl_context else 'kf'}://{shown}:{port}"
+    # REST first, so the runtime file and `info` carry its URL (with --port 0 it is any free port)
+    rest_port = _start_rest(opts, service, port, shown)
+    service.rest_port = rest_port
+    service.rest_url = f"http://{shown}:{rest_port}" if rest_port else None
     path = write_runtime_file({"url": url, "host": opts.host, "port": port, "pid": os.getpid(),
                                "token": opts.token, "tls": opts.ssl_context is not None, "version": __version__,
-                               "protocol": PROTOCOL_VERSION})
+                               "protocol": PROTOCOL_VERSION, "rest_url": service.rest_url, "rest_port": rest_port,
+                               "python": sys.executable, "prefix": sys.prefix,
+                               "package": str(Path(__file__).resolve().parents[2]),
+                               "state_dir": str(service.state.root) if service.state is not None else None})
     _announce(opts, service, url, path)
     if service.models.base is not None:
         # Load the models there on the manager's loader threads, then watch for new versions.
         # Not waiting for the loads: they take as long as the models need, and RPC clients
         # must not wait for them (a model request meanwhile gets UnavailableError: START/LOADING).
         service.models.start(opts.poll_wait_s, wait=False)
-    _start_rest(opts, service, port, shown)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.shutdown)
@@ -151,10 +157,10 @@ def _announce(opts: ServeOptions, service: RuntimeService, url: str, path: Path)
     print(f"    runtime file: {path}", flush=True)
 
 
-def _start_rest(opts: ServeOptions, service: RuntimeService, port: int, shown: str) -> None:
-    """TF Serving's REST API on this IO loop (RPC port + 1 by default)."""
+def _start_rest(opts: ServeOptions, service: RuntimeService, port: int, shown: str) -> int | None:
+    """TF Serving's REST API on this IO loop (RPC port + 1 by default); returns its port (None: off)."""
     if opts.http_port is not None and opts.http_port < 0:
-        return
+        return None
     http_port = opts.http_port if opts.http_port is not None else (port + 1 if opts.port else 0)
     try:
         http_bound = service.listen_rest(http_port, opts.host, opts.http_max_body_bytes)
@@ -162,5 +168,6 @@ def _start_rest(opts: ServeOptions, service: RuntimeService, port: int, shown: s
         if opts.http_port is not None:
             raise
         print(f"    REST: port {http_port} unavailable ({e}); no REST API (give --http-port)", flush=True)
-        return
+        return None
     print(f"    REST (TensorFlow Serving API) on http://{shown}:{http_bound}/v1/models", flush=True)
+    return int(http_bound)
