@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import DeadlineExceededError, InvalidArgumentError, KernelflowError, NotFoundError
 from ..graph.ir import Tensor
-from ..protocol.jobspec import FIT_OPTIONS, IMAGE_KEEP_DEFAULT, JobSpec, KeptImages
+from ..protocol.jobspec import FIT_OPTIONS, IMAGE_KEEP_DEFAULT, MEDIA, JobSpec, KeptImages, has_media, media_key, media_stub
 from .notebook import live_sleep
 
 if TYPE_CHECKING:
@@ -70,9 +70,9 @@ class _Mirror:
                     self.records.extend(fresh)
                     new.extend(fresh)
                     for i, r in enumerate(fresh, first):
-                        if r.get("kind") == "images":
-                            self._names_idx.setdefault(r["name"], []).append(i)
-                            if r.get("images") is not None:
+                        if r.get("kind") in MEDIA:
+                            self._names_idx.setdefault(media_key(r), []).append(i)
+                            if has_media(r):
                                 self._keep_image(i)
                             else:
                                 self._stubs.add(i)
@@ -83,8 +83,8 @@ class _Mirror:
     def _keep_image(self, i: int) -> None:
         if self._kept is None:
             self._kept = KeptImages(self.status.get("image_keep") or IMAGE_KEEP_DEFAULT)
-        for j in self._kept.add(self.records[i]["name"], i):
-            self.records[j] = {**self.records[j], "images": None}
+        for j in self._kept.add(media_key(self.records[i]), i):
+            self.records[j] = media_stub(self.records[j])
 
     def missing_images(self) -> int | None:
         """Index of the oldest image record among the newest ``image_keep`` per name that came
@@ -95,25 +95,29 @@ class _Mirror:
                 return None
             wanted = []
             for i in self._stubs:
-                idx = self._names_idx[self.records[i]["name"]]
+                idx = self._names_idx[media_key(self.records[i])]
                 newer = len(idx) - bisect.bisect_right(idx, i)
                 if newer < keep:  # the runtime still keeps its pixels
                     wanted.append(i)
             self._stubs = set(wanted)  # the others' pixels are gone on the runtime too
             return min(wanted) if wanted else None
 
-    def fill_images(self, start: int, records: list[dict]) -> None:
-        """Put the pixels of ``records`` (history from ``start``) into image records that lack them."""
+    def fill_images(self, start: int, records: list[dict]) -> list[dict]:
+        """Put the payloads of ``records`` (history from ``start``) into image and audio records that
+        lack them; returns the records that got theirs."""
+        filled = []
         with self.lock:
             for i, r in enumerate(records, start):
                 if i >= len(self.records):
                     break
-                if r.get("kind") != "images":
+                if r.get("kind") not in MEDIA:
                     continue
-                self._stubs.discard(i)  # asked for once: the runtime had the pixels or dropped them
-                if r.get("images") is not None and self.records[i].get("images") is None:
+                self._stubs.discard(i)  # asked for once: the runtime had the payload or dropped it
+                if has_media(r) and not has_media(self.records[i]):
                     self.records[i] = r
                     self._keep_image(i)
+                    filled.append(r)
+        return filled
 
 
 class _Streams:
@@ -279,16 +283,25 @@ class Job:
         self._m.apply(int(r["start"]), list(r["records"]))
         return self._m.records
 
-    def _fill_images(self) -> None:
+    def fill_media(self) -> list[dict]:
+        """Fetch the payloads that notifications left out and the runtime still keeps; returns the image
+        and audio records that got theirs (oldest first; none, usually, and then no call is made).
+
+        A notification carries the pixels (or samples) of only the newest record per name; the
+        others come as stubs (``"images": None``). Subscribers that want every kept record (the
+        training monitor's step sliders) call this off the notification thread.
+        """
         gap = self._m.missing_images()
-        if gap is not None:  # pixels the stream left out: the runtime still has them (image_keep)
-            r = self.runtime.call("job.records", [self.id, gap])
-            self._m.fill_images(int(r["start"]), list(r["records"]))
-            self._hist_cache = None
+        if gap is None:
+            return []
+        r = self.runtime.call("job.records", [self.id, gap])
+        filled = self._m.fill_images(int(r["start"]), list(r["records"]))
+        self._hist_cache = None
+        return filled
 
     def _built(self) -> tuple[dict, dict, dict]:
         records = self._catch_up()
-        self._fill_images()
+        self.fill_media()
         n = len(records)
         if self._hist_cache is not None and self._hist_cache[0] == n:
             return self._hist_cache[1:]
@@ -339,6 +352,18 @@ class Job:
         for r in self._catch_up():
             if r.get("kind") == "audio" and r.get("audio") is not None:
                 out[r["name"]] = (int(r["step"]), np.asarray(r["audio"]), float(r["sample_rate"]))
+        return out
+
+    @property
+    def audio_history(self) -> dict[str, list[tuple[int, np.ndarray, float]]]:
+        """Every audio record still kept (the newest ``image_keep`` per name): ``{name: [(step, int16 PCM,
+        sample_rate), ...]}``, in step order."""
+        self._catch_up()
+        self.fill_media()
+        out: dict[str, list[tuple[int, np.ndarray, float]]] = {}
+        for r in self._m.records:
+            if r.get("kind") == "audio" and r.get("audio") is not None:
+                out.setdefault(r["name"], []).append((int(r["step"]), np.asarray(r["audio"]), float(r["sample_rate"])))
         return out
 
     @property
@@ -490,7 +515,7 @@ class Job:
                 raise
             m.status = r["status"]
             m.apply(0, list(r["records"]))
-        self._fill_images()  # the history handed over has the kept pixels, also on a live connection
+        self.fill_media()  # the history handed over has the kept pixels, also on a live connection
         with m.lock:
             if m.records:
                 callback(list(m.records))

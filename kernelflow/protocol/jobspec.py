@@ -204,6 +204,26 @@ def _want(ok: bool, key: str, what: str, got: Any) -> None:
         raise InvalidArgumentError(f"job.start: {key} must be {what}; got {got!r}")
 
 
+MEDIA = {"images": "images", "audio": "audio"}
+"""Record kinds whose payload only the newest ``image_keep`` per name keep: kind -> payload key."""
+
+
+def media_key(rec: dict) -> str:
+    """The name `KeptImages` counts a media record under (images by their name; audio apart from them)."""
+    return rec.get("name") if rec.get("kind") != "audio" else f"audio:{rec.get('name')}"
+
+
+def media_stub(rec: dict) -> dict:
+    """An image (or audio) record without its payload (it keeps its place in the history)."""
+    return {**rec, MEDIA[rec["kind"]]: None}
+
+
+def has_media(rec: dict) -> bool:
+    """``rec`` is an image or audio record that carries its payload."""
+    kind = rec.get("kind")
+    return kind in MEDIA and rec.get(MEDIA[kind]) is not None
+
+
 class KeptImages:
     """Which image records keep their pixels: the newest ``keep`` per image name.
 

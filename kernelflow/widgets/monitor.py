@@ -197,6 +197,7 @@ class TrainingMonitor(widgets.VBox):
         self.delivery_threads: set[str] = set()
         self._t0: dict[int, float] = {}
         self._pending: list[tuple[int, list[dict]]] = []
+        self._stubbed: set[int] = set()       # jobs whose media records came without payload (fill_media)
         self._lock = threading.RLock()        # guards the series and the charts
         self._qlock = threading.Lock()        # guards the queue (the notification thread takes only this)
         self._wake = threading.Event()
@@ -274,11 +275,29 @@ class TrainingMonitor(widgets.VBox):
                     self.images.add(self._key(job_index, r), r["step"], r["images"])
                 elif kind == "audio" and r.get("audio") is not None:
                     self.audio.add(self._key(job_index, r), r["step"], r["audio"], r["sample_rate"])
+                elif kind in ("images", "audio"):
+                    self._stubbed.add(job_index)  # a notification sends the payload of the newest per name only
                 elif kind == "text":
                     self.text.add(self._key(job_index, r), r["step"], r["text"])
             for metric, (s, w, v, e) in cols.items():
                 self._series(job_index, metric).extend(s, w, v, e)
         return bool(batches)
+
+    def _fill_stubs(self) -> None:
+        """Fetch the payloads of media records that came as stubs (not on the notification thread)."""
+        jobs, self._stubbed = self._stubbed, set()
+        for i in sorted(jobs):
+            fill = getattr(self.jobs[i], "fill_media", None)
+            if fill is None:
+                continue
+            try:
+                records = fill()
+            except Exception:  # a lost connection: the next stub asks again
+                log.debug("training monitor: fetching %s's media failed", self.jobs[i].id, exc_info=True)
+                continue
+            if records:
+                with self._qlock:
+                    self._pending.append((i, records))
 
     def _key(self, job_index: int, r: dict) -> str:
         return r["name"] if len(self.jobs) == 1 else f"{self._job_name(job_index)}: {r['name']}"
@@ -308,6 +327,9 @@ class TrainingMonitor(widgets.VBox):
     def _draw(self, throttle: bool) -> int:
         with self._lock:
             self._ingest()
+            if self._stubbed:
+                self._fill_stubs()
+                self._ingest()
             sent = sum(c.redraw(self._t0) for c in self.charts.values())
             self.histograms.redraw()
             self.images.redraw(throttle=throttle)  # the render thread: new images at most once a second

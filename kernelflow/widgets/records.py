@@ -71,10 +71,19 @@ class RecordPanel:
 
     # ----------------------------------------------------------------- records in
     def add(self, key: str, step: int, payload: Any) -> None:
-        """Take one record."""
+        """Take one record (in step order: a late one, fetched after its stub came, goes in its place;
+        one of a step already here replaces it)."""
         with self._lock:
             recs = self.data.setdefault(key, [])
-            recs.append((int(step), payload))
+            step = int(step)
+            at = len(recs)
+            while at and recs[at - 1][0] > step:
+                at -= 1
+            if at and recs[at - 1][0] == step:
+                self._forget(key, step)
+                recs[at - 1] = (step, payload)
+            else:
+                recs.insert(at, (step, payload))
             while len(recs) > self.keep:
                 old_step, _ = recs.pop(0)
                 self._forget(key, old_step)

@@ -116,3 +116,29 @@ def test_monitor_of_a_real_job_gets_its_audio_and_text():
         mon.close()
     finally:
         rt.close()
+
+
+def test_stubbed_media_records_are_fetched_and_go_in_step_order():
+    """A notification carries the payload of the newest record per name only; the monitor asks the
+    job for the rest (``fill_media``) off the notification thread and slots them in by step."""
+    full = [audio_record(2, "speech", clips(2)), audio_record(4, "speech", clips(4))]
+    job = FakeJob()
+    asked = []
+
+    def fill_media():
+        asked.append(True)
+        return [full[0]]
+    job.fill_media = fill_media
+    mon = TrainingMonitor(job, live=False)
+    job.push([{**full[0], "audio": None}, full[1]])
+    mon.flush()
+    assert asked == [True]
+    assert [s for s, _ in mon.audio.data["speech"]] == [2, 4]
+    np.testing.assert_array_equal(mon.audio.data["speech"][0][1][0], clips(2))
+    mon.flush()
+    assert asked == [True]  # nothing stubbed since: no second call
+    job.push([audio_record(4, "speech", clips(44))])  # the same step again replaces it
+    mon.flush()
+    assert [s for s, _ in mon.audio.data["speech"]] == [2, 4]
+    np.testing.assert_array_equal(mon.audio.data["speech"][1][1][0], clips(44))
+    mon.close()

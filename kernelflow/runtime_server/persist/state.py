@@ -52,6 +52,7 @@ from safetensors.numpy import load_file, save_file
 
 from ...errors import FailedPreconditionError, InternalError, InvalidArgumentError, KernelflowError, NotFoundError
 from ...protocol.codec import decode, encode
+from ...protocol.jobspec import MEDIA, media_key
 from .records import (
     RecordLogs,
     fs_name,
@@ -512,7 +513,7 @@ class StateDir:
             return
         heads, pixels = [], []
         for r in records:
-            key = _PAYLOAD.get(r.get("kind"))  # audio records' samples go to images.log too
+            key = MEDIA.get(r.get("kind"))  # audio records' samples go to images.log too
             if key is not None and r.get(key) is not None:
                 pixels.append(r)
                 r = {**r, key: None}
@@ -534,17 +535,17 @@ class StateDir:
         if counts is None:
             counts = {}
             for r in self.logs.load(path) if path.exists() else ():
-                counts[_media_key(r)] = counts.get(_media_key(r), 0) + 1
+                counts[media_key(r)] = counts.get(media_key(r), 0) + 1
             self._image_counts[path] = counts
         self._append_or_create(path, records)
         for r in records:
-            counts[_media_key(r)] = counts.get(_media_key(r), 0) + 1
+            counts[media_key(r)] = counts.get(media_key(r), 0) + 1
         if keep is not None and max(counts.values()) > 2 * keep:
             kept: list[Any] = []
             per: dict[Any, int] = {}
             for r in reversed(self.logs.load(path)):  # newest first
-                per[_media_key(r)] = per.get(_media_key(r), 0) + 1
-                if per[_media_key(r)] <= keep:
+                per[media_key(r)] = per.get(media_key(r), 0) + 1
+                if per[media_key(r)] <= keep:
                     kept.append(r)
             kept.reverse()
             self.logs.create(path, kept)  # compacted: replaces the log whole
@@ -583,12 +584,12 @@ class StateDir:
                 records = self.logs.load(hist) if hist.exists() else []
                 pix = d / "images.log"
                 if pix.exists():
-                    found = {(_media_key(r), r.get("step")): r.get(_PAYLOAD.get(r.get("kind"), "images"))
+                    found = {(media_key(r), r.get("step")): r.get(MEDIA.get(r.get("kind"), "images"))
                              for r in self.logs.load(pix) if isinstance(r, dict)}
-                    records = [{**r, _PAYLOAD[r["kind"]]: found[_media_key(r), r.get("step")]}
-                               if isinstance(r, dict) and r.get("kind") in _PAYLOAD
-                               and r.get(_PAYLOAD[r["kind"]]) is None
-                               and (_media_key(r), r.get("step")) in found else r for r in records]
+                    records = [{**r, MEDIA[r["kind"]]: found[media_key(r), r.get("step")]}
+                               if isinstance(r, dict) and r.get("kind") in MEDIA
+                               and r.get(MEDIA[r["kind"]]) is None
+                               and (media_key(r), r.get("step")) in found else r for r in records]
             out.append((float(head.get("created") or 0.0), head["id"], head["spec"], status, records))
         return [(i, spec, status, records) for _, i, spec, status, records in sorted(out, key=lambda t: t[0])]
 
@@ -605,11 +606,3 @@ class StateDir:
 
 class _DamagedError(Exception):
     """A checkpoint file that does not match its manifest."""
-
-
-_PAYLOAD = {"images": "images", "audio": "audio"}  # record kinds kept in images.log: kind -> payload key
-
-
-def _media_key(r: dict) -> Any:
-    """Images count by name (as before audio came); audio apart from them."""
-    return r.get("name") if r.get("kind") != "audio" else f"audio:{r.get('name')}"

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError
-from ...protocol.jobspec import JobSpec, KeptImages
+from ...protocol.jobspec import MEDIA, JobSpec, KeptImages, has_media, media_key, media_stub
 from .fit_loop import Bound, FitLoop, Halt, bind
 from .tb_events import EventWriter
 
@@ -204,7 +204,7 @@ class Job:
     def _keep_images(self, i: int) -> None:
         """Record ``i`` is an image (or audio) record with its payload: stub out the oldest beyond ``image_keep``."""
         for j in self._kept.add(media_key(self.records[i]), i):
-            self.records[j] = image_stub(self.records[j])  # a new dict: readers of the old one keep theirs
+            self.records[j] = media_stub(self.records[j])  # a new dict: readers of the old one keep theirs
 
     def persist_records(self) -> None:
         state = self.state
@@ -320,31 +320,17 @@ class Job:
             log.info("job %s %s at step %d", self.id, final, self.step)
 
 
-MEDIA = {"images": "images", "audio": "audio"}
-"""Record kinds whose payload only the newest ``image_keep`` per name keep: kind -> payload key."""
-
-
-def media_key(rec: dict) -> str:
-    """The name `KeptImages` counts a media record under (images by their name, as before; audio apart)."""
-    return rec["name"] if rec["kind"] == "images" else f"{rec['kind']}:{rec['name']}"
-
-
-def image_stub(rec: dict) -> dict:
-    """An image (or audio) record without its payload (it keeps its place in the history)."""
-    return {**rec, MEDIA[rec["kind"]]: None}
-
-
 def newest_images_only(recs: list[dict]) -> list[dict]:
     """``recs`` with every image record but the newest per name stubbed (what one notification sends)."""
     seen: set[str] = set()
     out = None
     for i in range(len(recs) - 1, -1, -1):
         r = recs[i]
-        if r["kind"] in MEDIA and r[MEDIA[r["kind"]]] is not None:
+        if has_media(r):
             if media_key(r) in seen:
                 if out is None:
                     out = list(recs)
-                out[i] = image_stub(r)
+                out[i] = media_stub(r)
             seen.add(media_key(r))
     return recs if out is None else out
 
@@ -609,7 +595,7 @@ class JobManager:
             job.records = list(records)
             job.persisted = len(records)
             for i, r in enumerate(job.records):
-                if r.get("kind") in MEDIA and r.get(MEDIA[r["kind"]]) is not None:
+                if has_media(r):
                     job._keep_images(i)
             job.status = st.get("status") if st.get("status") in STATUSES else "interrupted"
             job.error = st.get("error")

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import kernelflow as kf
-from tests.support.waiting import WAIT_S
+from tests.support.waiting import WAIT_S, wait_for
 
 from .test_jobs import state_runtime
 
@@ -223,3 +223,26 @@ def test_real_tensorboard_serves_the_jobs_audio_and_graph(tb_job):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_audio_history_on_a_live_connection_fetches_samples_the_stream_left_out(remote):
+    """A notification carries the samples of the newest audio record per name only; ``fill_media``
+    (and ``audio_history``) fetch the others the runtime still keeps."""
+    ds, g, w, c, v, loss, train = build(remote, "media_gaps")
+    job = g.fit(train, data=ds, feed={w: "w"}, batch_size=BATCH, steps=1_000_000, shuffle=False, log_every=0,
+                audio={"mono": w}, audio_max=1, image_every=1, image_keep=20, checkpoint_every_s=None)
+    seen: list[dict] = []
+    job.subscribe(seen.extend)
+    try:
+        wait_for(lambda: any(r["kind"] == "audio" and r["audio"] is None for r in list(seen)),
+                 "a notification with several audio records of one name (older ones without samples)")
+    finally:
+        assert job.stop() == "stopped"
+    job.unsubscribe()
+    hist = job.audio_history["mono"]
+    last = job.refresh()["step"]
+    assert [s for s, _, _ in hist] == list(range(max(1, last - 19), last + 1))  # the newest image_keep, none missing
+    for s, clips, rate in hist:
+        np.testing.assert_array_equal(clips[..., 0], pcm(WAVES[rows(s)][:1]))
+        assert rate == 16000.0
+    assert job.fill_media() == []  # nothing is missing any more: no call, nothing filled
