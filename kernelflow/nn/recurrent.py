@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import InvalidArgumentError
 from ..graph import control_flow as cf
 from ..graph.ir import Graph, Tensor
+from ..graph.subgraph import TraceGraph
 from ..graph.ops import elementwise as E
 from ..graph.ops import movement as M
 from ..graph.ops import recurrent as R
@@ -137,10 +138,15 @@ class _Cell(Layer):
         if len(states) != self.n_states:
             raise InvalidArgumentError(f"{self.name}: expected {self.n_states} state tensor(s); got {len(states)}")
         g = inputs.graph
+        # Inside a loop body (a TraceGraph) the variables are the enclosing root graph's: key them
+        # by it, so the cell of a built layer (decoding with ``layer.cell``) uses the layer's weights.
+        root = g.root() if isinstance(g, TraceGraph) else g
         with g.name_scope(self.name):
-            if g not in self._vars:
-                self._build_in(g, inputs.shape, self._var_dtype(inputs))
-            self._bind(g)
+            if root not in self._vars:
+                self._vars[root] = self._build_in(g, inputs.shape, self._var_dtype(inputs))
+                if g is not root:
+                    del self._vars[g]
+            self._bind(root)
             return self.step(self.input_projection(inputs), states)
 
     def step(self, xk: Tensor, states: list[Tensor]) -> tuple[Tensor, list[Tensor]]:

@@ -135,3 +135,22 @@ def test_lstm_model_save_load_and_export_predict_the_same(tmp_path):
         np.testing.assert_allclose(served, before, rtol=1e-6, atol=1e-7)
     finally:
         rt2.close()
+
+
+def test_cell_of_a_built_layer_uses_its_weights_inside_a_loop(rt):
+    """Decoding with ``layer.cell`` inside a while_loop body steps with the layer's own weights."""
+    g = rt.graph("cell_reuse")
+    x = g.placeholder((None, 4, 3), "float32", name="x")
+    gru = kf.nn.GRU(5, return_sequences=True, return_state=True, name="dec", seed=3)
+    y, h_last = gru(x)
+    names = sorted(v.name for v in g.variables())
+
+    def body(i, h):
+        _, (h2,) = gru.cell(x[:, 3], [h])
+        return i + 1, h2
+
+    _, h_loop = kf.while_loop(lambda i, h: i < 1, body, (0, y[:, 2]))
+    assert sorted(v.name for v in g.variables()) == names == ["dec/bias", "dec/kernel", "dec/recurrent_kernel"]
+    xv = np.random.default_rng(5).standard_normal((2, 4, 3)).astype("float32")
+    got, want = g.run([h_loop, h_last], {x: xv})
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)  # step 4 again, from step 3's state
