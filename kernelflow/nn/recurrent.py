@@ -21,10 +21,10 @@ import numpy as np
 from ..errors import InvalidArgumentError
 from ..graph import control_flow as cf
 from ..graph.ir import Graph, Tensor
-from ..graph.subgraph import TraceGraph
 from ..graph.ops import elementwise as E
 from ..graph.ops import movement as M
 from ..graph.ops import recurrent as R
+from ..graph.subgraph import TraceGraph
 from .layer_base import Layer, SymbolicTensor, activation_name, get_activation
 
 __all__ = ["SimpleRNNCell", "LSTMCell", "GRUCell", "RNN", "SimpleRNN", "LSTM", "GRU", "Bidirectional"]
