@@ -92,6 +92,11 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``kernelflow serve``: check the flags, then `kernelflow.runtime_server.net.app.serve`."""
+    if args.distributed:
+        from .runtime_server.distributed.launch import needs_supervisor, supervise
+
+        if needs_supervisor():  # the MPI launcher's direct child only watches the real rank
+            return supervise([sys.executable, "-m", "kernelflow", *sys.argv[1:]])
     from .runtime_server.net.app import ServeOptions, serve
 
     token, user_token = _read_token(args)
@@ -107,7 +112,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               device=args.device, state_dir=args.state_dir, max_message_bytes=args.max_message_bytes,
                               workers=args.workers, http_port=args.http_port,
                               http_max_body_bytes=args.http_max_body_bytes, model_config=model_config,
-                              batching=batching, poll_wait_s=args.file_system_poll_wait_seconds))
+                              batching=batching, poll_wait_s=args.file_system_poll_wait_seconds,
+                              distributed=args.distributed, collective_timeout_s=args.collective_timeout,
+                              fusion_bytes=args.fusion_bytes))
 
 
 def cmd_serve_models(args: argparse.Namespace) -> int:
@@ -277,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--http-max-body-bytes", type=int, default=64 << 20,
                    help="largest REST predict body, in bytes (default 64 MiB)")
     _add_model_flags(s)
+    s.add_argument("--distributed", action="store_true",
+                   help="one runtime over the ranks of an MPI world: run under `mpiexec -disable-auto-cleanup -n N`; "
+                        "rank 0 serves clients, the others follow it (needs kernelflow[distributed])")
+    s.add_argument("--collective-timeout", type=float, default=60.0,
+                   help="seconds a rank waits for the others in a collective before the job is interrupted "
+                        "(--distributed; default 60)")
+    s.add_argument("--fusion-bytes", type=int, default=16 << 20,
+                   help="tensor-fusion bucket size of the gradient all-reduce in bytes; 0: no fusion (default 16 MiB)")
     s.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     s.set_defaults(fn=cmd_serve)
 

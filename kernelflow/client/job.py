@@ -509,7 +509,8 @@ def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, metrics: di
             validate_every=None ("epoch" with validation), validation_batch_size=None,
             histogram_every=100, histogram_bins=30, image_every=100, image_max=16, image_keep=100,
             checkpoint_every_s=60.0, keep_checkpoints=None, stop_on_nan=False,
-            drop_remainder=False, name=None.
+            drop_remainder=False, name=None, replicas=None (``"all"``: data-parallel over every rank
+            of a distributed runtime, ``batch_size`` being the global batch; docs/distributed.md).
 
     Returns:
         A `Job`.

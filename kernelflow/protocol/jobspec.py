@@ -61,6 +61,10 @@ class JobSpec:
         stop_on_nan: end the job as failed when a logged metric is NaN or infinite.
         drop_remainder: skip an epoch's last, smaller batch.
         name: a name to show (default: the job's id).
+        replicas: ``"all"`` (or the world's size): a data-parallel job over every rank of a
+            distributed runtime (``kernelflow serve --distributed``, docs/distributed.md);
+            ``batch_size`` is then the global batch, split across the ranks, whose gradients are
+            averaged before the same update everywhere. None: an ordinary job.
     """
 
     graph: str
@@ -90,6 +94,7 @@ class JobSpec:
     stop_on_nan: bool = False
     drop_remainder: bool = False
     name: str | None = None
+    replicas: int | str | None = None
 
     def to_map(self) -> dict[str, Any]:
         """The wire map (every field)."""
@@ -161,6 +166,8 @@ class JobSpec:
         k = s.keep_checkpoints
         _want(k is None or (_is_int(k) and k >= 1), "keep_checkpoints", "an integer >= 1", k)
         _want(s.name is None or isinstance(s.name, str), "name", "a string", s.name)
+        r = s.replicas
+        _want(r is None or r == "all" or (_is_int(r) and r >= 1), "replicas", "'all' or an integer >= 1", r)
         s.shuffle, s.stop_on_nan, s.drop_remainder = bool(s.shuffle), bool(s.stop_on_nan), bool(s.drop_remainder)
 
 

@@ -199,4 +199,5 @@ def build_method_table(service: RuntimeService) -> MethodTable:
         Method("model.list", mo.list),
         Method("model.predict", mo.predict),
         Method("model.status", mo.status),
+        Method("world.report", service.world_report),
     ])

@@ -3,7 +3,7 @@
 The same service answers the TCP server (net/) and the in-process transport. Params are
 always a list; results are msgpack-able (maps, lists, scalars, ndarrays).
 
-Contents: PROTOCOL_VERSION, RuntimeService.
+Contents: PROTOCOL_VERSION, RuntimeService, join_world, serve_follower.
 """
 
 from __future__ import annotations
@@ -16,6 +16,11 @@ import numpy as np
 
 from .._version import __version__
 from .datasets import DatasetStore
+from .distributed.comm import DEFAULT_TIMEOUT_S
+from .distributed.data_parallel import DataParallel
+from .distributed.fusion import DEFAULT_BUCKET_BYTES
+from .distributed.launch import attach_leader, leave_world, run_follower, start_world
+from .distributed.world import World, local_world
 from .engine.devices import DeviceManager
 from .engine.summaries import SummaryMethods
 from .graphs import GraphStore
@@ -39,12 +44,18 @@ class RuntimeService:
         state_dir: where graphs, checkpoints, datasets, job histories and models persist (None:
             memory only, and ``graph.save`` / ``graph.restore`` answer FailedPreconditionError).
             Given, the dir is locked to this runtime and everything in it is loaded now.
+        world: the world of ranks this service is a rank of (None: a one-rank world). Rank 0 of a
+            bigger world replicates its mutating methods to the others (docs/distributed.md).
+        collective_timeout_s: how long a rank waits for the others (commands, collectives).
+        fusion_bytes: the fusion threshold of the data-parallel gradient all-reduce.
 
     Raises:
         FailedPreconditionError: another live server holds ``state_dir``.
     """
 
-    def __init__(self, device: str = "cpu", soft_placement: bool = False, state_dir: str | None = None):
+    def __init__(self, device: str = "cpu", soft_placement: bool = False, state_dir: str | None = None,
+                 world: World | None = None, collective_timeout_s: float = DEFAULT_TIMEOUT_S,
+                 fusion_bytes: int = DEFAULT_BUCKET_BYTES):
         self.devices = DeviceManager(device, soft_placement)
         self.state: StateDir | None = StateDir(state_dir) if state_dir else None
         self.graphs = GraphStore(self.devices, self.state)
@@ -53,6 +64,9 @@ class RuntimeService:
         self.models = ModelManager(self.state.models_dir() if self.state is not None else None, self.devices)
         self.model_methods = ModelMethods(self.graphs.session, self.models)
         self.summaries = SummaryMethods(self.graphs.session)
+        self.world: World = world if world is not None else local_world(timeout_s=collective_timeout_s)
+        self.jobs.data_parallel = DataParallel(self.world, fusion_bytes)
+        self.leader: Any = None  # rank 0's command stream in a world of several ranks
         self.methods: MethodTable = build_method_table(self)
         self._is_shut_down = False
         if self.state is not None:
@@ -60,6 +74,8 @@ class RuntimeService:
             self.graphs.load_from_state()
             self.datasets.load_from_state()
             self.jobs.load_from_state()
+        if self.world.size > 1 and self.world.rank == 0:
+            self.leader = attach_leader(self, self.world, collective_timeout_s)
 
     def call(self, method: str, params: list, peer: Any = None) -> Any:
         """Dispatch one request from ``peer`` (a connection; None when no notifications can go back).
@@ -94,7 +110,22 @@ class RuntimeService:
             "memory": {"variables_bytes": nbytes, **self.devices.memory_in_use()},
             "graphs": sorted(s.name for s in sessions),
             "methods": self.methods.names(),
+            "world": self._world_info(),
         }
+
+    def _world_info(self) -> dict:
+        w = self.world.info()
+        if self.world.size == 1:
+            w["ranks"][0]["devices"] = self.devices.devices()
+        return w
+
+    def world_report(self) -> list[dict]:
+        """Per rank: graphs with their versions and variable checksums, datasets, divergences from rank 0."""
+        from .distributed.follower import variable_checksums
+
+        me = {"rank": 0, "graphs": variable_checksums(self),
+              "datasets": {d["name"]: d["length"] for d in self.datasets.list()}, "divergences": []}
+        return [me, *(self.leader.report() if self.leader is not None else [])]
 
     def listen_rest(self, port: int, host: str, max_body_bytes: int) -> int:
         """Serve TF Serving's REST API for this runtime's models on the running IO loop; returns the port.
@@ -118,7 +149,26 @@ class RuntimeService:
                 close()
             except Exception:
                 log.error("%s at shutdown failed", what, exc_info=True)
+        if self.leader is not None:
+            self.leader.close()  # the followers stop and leave MPI with rank 0
         if self.state is None:
             return
         self.graphs.checkpoint_all("shutdown")
         self.state.close()
+
+    def leave_world(self) -> None:
+        """At process exit, after `shutdown`: leave MPI (at once when the world is broken)."""
+        leave_world(self.world)
+
+
+def join_world(collective_timeout_s: float = DEFAULT_TIMEOUT_S, device: str = "cpu") -> World:
+    """Start MPI and learn this process's rank (``kernelflow serve --distributed``, every rank)."""
+    return start_world(collective_timeout_s, device)
+
+
+def serve_follower(world: World, device: str = "cpu", collective_timeout_s: float = DEFAULT_TIMEOUT_S,
+                   fusion_bytes: int = DEFAULT_BUCKET_BYTES) -> int:
+    """A rank > 0 of ``world``: a service without state dir or clients, driven by rank 0 until it stops."""
+    service = RuntimeService(device=device, world=world, collective_timeout_s=collective_timeout_s,
+                             fusion_bytes=fusion_bytes)
+    return run_follower(world, service)

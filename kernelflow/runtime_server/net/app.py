@@ -50,6 +50,9 @@ class ServeOptions:
         model_config: per-model settings (the parsed ``--model-config-file``).
         batching: default batching options.
         poll_wait_s: how often the model base path is looked at.
+        distributed: join an MPI world (under ``mpiexec``): rank 0 serves, the other ranks follow it.
+        collective_timeout_s: how long a rank waits for the others before a job is interrupted.
+        fusion_bytes: the fusion threshold of the data-parallel gradient all-reduce (0: off).
     """
 
     host: str
@@ -66,14 +69,25 @@ class ServeOptions:
     model_config: dict = field(default_factory=dict)
     batching: dict = field(default_factory=dict)
     poll_wait_s: float = 1.0
+    distributed: bool = False
+    collective_timeout_s: float = 60.0
+    fusion_bytes: int = 16 << 20
 
 
 def serve(opts: ServeOptions) -> int:
     """Run a runtime server until ``server.shutdown``, SIGTERM or Ctrl-C, then shut the service down
     cleanly (jobs stopped, every graph checkpointed when there is a state dir); returns the exit code."""
     tune_malloc()
+    world = None
+    if opts.distributed:  # every rank gets here; only rank 0 goes on to serve clients
+        from ..service import join_world, serve_follower
+
+        world = join_world(opts.collective_timeout_s, opts.device)
+        if world.rank != 0:
+            return serve_follower(world, opts.device, opts.collective_timeout_s, opts.fusion_bytes)
     try:
-        service = RuntimeService(device=opts.device, state_dir=opts.state_dir)
+        service = RuntimeService(device=opts.device, state_dir=opts.state_dir, world=world,
+                                 collective_timeout_s=opts.collective_timeout_s, fusion_bytes=opts.fusion_bytes)
     except KernelflowError as e:  # the state dir is held by another server
         print(f"kernelflow serve: {e}", file=sys.stderr)
         return 1
@@ -84,6 +98,7 @@ def serve(opts: ServeOptions) -> int:
         asyncio.run(_serve(opts, service, server))
     finally:
         service.shutdown()  # idempotent; covers a loop that ended before serving (port in use)
+        service.leave_world()
     return 0
 
 
@@ -120,6 +135,10 @@ async def _serve(opts: ServeOptions, service: RuntimeService, server: RuntimeSer
 def _announce(opts: ServeOptions, service: RuntimeService, url: str, path: Path) -> None:
     print(f"kernelflow {__version__} runtime server (protocol {PROTOCOL_VERSION}), device "
           f"{service.devices.default}", flush=True)
+    if opts.distributed:
+        w = service.world
+        print(f"    world: {w.size} rank(s) on {', '.join(sorted({r['host'] for r in w.ranks}))} (collective "
+              f"timeout {opts.collective_timeout_s:g} s)", flush=True)
     if service.state is not None:
         print(f"    state dir: {service.state.root} ({len(service.graphs)} graphs loaded)", flush=True)
     else:

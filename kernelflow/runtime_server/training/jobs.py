@@ -280,7 +280,7 @@ class Job:
             tb = self.manager.open_tensorboard(self)
             self.set_status("running")
             self.checkpoint("start")
-            FitLoop(self, b).run()
+            self.manager.make_loop(self, b).run()
         except Halt as h:
             final = h.status
         except Exception as e:
@@ -344,6 +344,23 @@ class JobManager:
         self._closed = threading.Event()
         self._flusher: threading.Thread | None = None
         self.events = EventWriter()
+        # Data-parallel jobs (``replicas``, issue #18): the service hands in the world's
+        # `distributed.data_parallel.DataParallel` (check_start, make_loop); None: refused.
+        self.data_parallel: Any = None
+
+    def make_loop(self, job: Job, b: Bound) -> FitLoop:
+        """The loop of ``job``: a `FitLoop`, or a data-parallel one over the world's ranks (``replicas``)."""
+        if job.spec.replicas is None:
+            return FitLoop(job, b)
+        return self.data_parallel.make_loop(job, b)
+
+    def _check_replicas(self, spec: JobSpec, b: Bound) -> None:
+        if spec.replicas is None:
+            return
+        if self.data_parallel is None:
+            raise FailedPreconditionError("fit(replicas=...): this runtime has no world of ranks to run a "
+                                          "data-parallel job on")
+        self.data_parallel.check_start(spec, b)
 
     def get(self, job_id: Any) -> Job:
         with self._cond:
@@ -359,6 +376,7 @@ class JobManager:
             raise FailedPreconditionError("job.start: the runtime is shutting down")
         s = JobSpec.from_map(spec)
         bound = bind(self.graphs, self.datasets, s)
+        self._check_replicas(s, bound)
         job = Job(self, f"job-{secrets.token_hex(4)}", s, time.time())
         job.total_steps, job.steps_per_epoch = bound.total_steps, bound.steps_per_epoch
         with self._cond:
@@ -409,6 +427,7 @@ class JobManager:
         if self._closed.is_set():
             raise FailedPreconditionError("job.resume: the runtime is shutting down")
         bound = bind(self.graphs, self.datasets, job.spec)
+        self._check_replicas(job.spec, bound)
         with job.cond:
             if job.status != "interrupted":  # another client resumed it meanwhile
                 return job._status_map_locked()
