@@ -121,7 +121,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     tune_malloc()
     try:
-        service = RuntimeService(device=args.device, state_dir=args.state_dir)
+        service = RuntimeService(device=args.device, state_dir=args.state_dir,
+                                 compile="off" if args.no_compile else None)
     except KernelflowError as e:  # the state dir is held by another server
         print(f"kernelflow serve: {e}", file=sys.stderr)
         return 1
@@ -357,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--http-max-body-bytes", type=int, default=64 << 20,
                    help="largest REST predict body, in bytes (default 64 MiB)")
     _add_model_flags(s)
+    s.add_argument("--no-compile", action="store_true",
+                   help="run plans as built: no graph compiler passes or fused kernels (default: "
+                        "$KERNELFLOW_COMPILE, else on)")
     s.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     s.set_defaults(fn=cmd_serve)
 

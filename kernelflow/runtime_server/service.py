@@ -18,6 +18,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError
 from .datasets import DatasetStore
+from .engine.compile_options import make_compiler, register_plan_method, run_options
 from .engine.devices import DeviceManager
 from .engine.session import GraphSession
 from .engine.summaries import register as register_summaries
@@ -51,13 +52,17 @@ class RuntimeService:
         state_dir: where graphs, checkpoints, datasets and job histories persist (None: memory
             only, and ``graph.save`` / ``graph.restore`` answer FailedPreconditionError). Given,
             the dir is locked to this runtime and everything in it is loaded now.
+        compile: "on" (optimise plans, fused kernels compile in the background), "sync" (compile
+            before the first run of a plan), "off"; None: ``$KERNELFLOW_COMPILE``, default "on".
 
     Raises:
         FailedPreconditionError: another live server holds ``state_dir``.
     """
 
-    def __init__(self, device: str = "cpu", soft_placement: bool = False, state_dir: str | None = None):
+    def __init__(self, device: str = "cpu", soft_placement: bool = False, state_dir: str | None = None,
+                 compile: str | None = None):
         self.devices = DeviceManager(device, soft_placement)
+        self.compiler = make_compiler(compile)
         self.state: StateDir | None = StateDir(state_dir) if state_dir else None
         self.graphs: dict[str, GraphSession] = {}
         self._lock = threading.Lock()
@@ -81,6 +86,7 @@ class RuntimeService:
         self.jobs = JobManager(self)
         self.models = register_models(self)  # model.* methods (issue #7)
         register_summaries(self)  # tensor.summary (issue #6)
+        register_plan_method(self)  # graph.plan (issue #16)
         self._is_shut_down = False
         if self.state is not None:
             self.state.lock()
@@ -198,8 +204,12 @@ class RuntimeService:
                     "nodes": s.graph.to_dicts(int(since))}
 
     def graph_run(self, name: str, since: int, nodes: list, fetches: list, feed_names: list,
-                  feed_values: list) -> list:
-        """Extend with piggy-backed ``nodes`` (if any), then run; returns one value per fetch."""
+                  feed_values: list, options: dict | None = None) -> list:
+        """Extend with piggy-backed ``nodes`` (if any), then run; returns one value per fetch.
+
+        ``options`` (optional): ``{"compile": bool}`` (False runs the plan as built, unoptimised).
+        """
+        compile_on = run_options(options)
         s = self.session(name)
         if nodes:
             s.extend(_list(nodes, "graph.run: nodes"), since)
@@ -207,7 +217,7 @@ class RuntimeService:
         feed_values = _list(feed_values, "graph.run: feed values")
         if len(feed_names) != len(feed_values):
             raise InvalidArgumentError(f"graph.run: {len(feed_names)} feed names but {len(feed_values)} values")
-        return s.run(_list(fetches, "graph.run: fetches"), feed_names, feed_values)
+        return s.run(_list(fetches, "graph.run: fetches"), feed_names, feed_values, compile=compile_on)
 
     def variable_read(self, name: str, var: str) -> np.ndarray:
         """A variable's current value."""
@@ -221,6 +231,7 @@ class RuntimeService:
     # ----------------------------------------------------------------- persistence
     def _new_session(self, name: str, seed: int) -> GraphSession:
         s = GraphSession(name, self.devices, seed=seed)
+        s.compiler = self.compiler
         return self._adopt(s) if self.state is not None else s
 
     def _require_state(self, method: str) -> StateDir:
@@ -297,6 +308,7 @@ class RuntimeService:
         assert self.state is not None
         for name, seed, dicts in self.state.load_graphs():
             s = GraphSession(name, self.devices, seed=seed)
+            s.compiler = self.compiler
             try:
                 s.extend(dicts, 0)
             except KernelflowError as e:

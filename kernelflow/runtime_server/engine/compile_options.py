@@ -1,0 +1,66 @@
+"""The runtime's compiler settings: which `Compiler` plans get, per-run options, and ``graph.plan``.
+
+Contents: make_compiler, run_options, register_plan_method.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import InvalidArgumentError
+from ...compiler import Compiler, compile_mode_from_env, format_plan
+
+
+def make_compiler(mode: str | None) -> Compiler | None:
+    """A `Compiler` for ``mode`` ("on", "sync"; None: ``$KERNELFLOW_COMPILE``), or None for "off".
+
+    Raises:
+        InvalidArgumentError: for another mode.
+    """
+    if mode is None:
+        mode = compile_mode_from_env()
+    if mode == "off":
+        return None
+    if mode not in ("on", "sync"):
+        raise InvalidArgumentError(f"compile mode must be 'on', 'sync' or 'off'; got {mode!r}")
+    return Compiler(mode)
+
+
+def run_options(options: Any) -> bool:
+    """Whether a run compiles, from the run's ``options`` map (None or ``{"compile": bool}``).
+
+    Raises:
+        InvalidArgumentError: options that are not a map, unknown keys, or a non-bool ``compile``.
+    """
+    if options is None:
+        return True
+    if not isinstance(options, dict):
+        raise InvalidArgumentError(f"graph.run: options must be a map; got {type(options).__name__}")
+    unknown = set(options) - {"compile"}
+    if unknown:
+        raise InvalidArgumentError(f"graph.run: unknown option(s) {sorted(map(str, unknown))}; known: ['compile']")
+    value = options.get("compile", True)
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(f"graph.run: option 'compile' must be true or false; got {value!r}")
+    return value
+
+
+def register_plan_method(service: Any) -> None:
+    """Add ``graph.plan``: the text of the plan a run of (fetches, feeds) executes."""
+
+    def graph_plan(name: str, since: int, nodes: list, fetches: list, feed_names: list,
+                   options: dict | None = None) -> str:
+        s = service.session(name)
+        if nodes:
+            s.extend(list(nodes), since)
+        compile_on = run_options(options)
+        if not isinstance(fetches, list) or not isinstance(feed_names, list):
+            raise InvalidArgumentError("graph.plan: fetches and feed names must be lists")
+        with s.lock:
+            plan = s.plan(fetches, feed_names, compile_on)
+            fed = {id(t) for t in plan.feeds}
+            stats = plan.optimized.stats if plan.optimized is not None else None
+            head = "# optimised plan" if plan.compiler is not None else "# plan (compiler off)"
+            return head + "\n" + format_plan(plan.order, fed, stats)
+
+    service.register("graph.plan", graph_plan)
