@@ -211,11 +211,9 @@ def _make_node(members: list[Tensor], memo: dict) -> Tensor | None:
                 args.append(("t", inner[id(i)]))
                 spec.append(("t", inner[id(i)]))
                 continue
-            value = i.attrs.get("value") if i.op.name == "constant" else None
-            if value is not None and value.ndim == 0 and value.dtype.name in FUSED_DTYPES:
-                args.append(("c", value.item()))
-            else:
-                args.append(ext(i))
+            # Constants stay inputs (not inlined literals): kernels then differ by structure only,
+            # and one compiled kernel serves every graph with the same structure.
+            args.append(ext(i))
             spec.append(ext(i))
         instrs.append(Instr(m.op, tuple(args), tuple(sorted(m.attrs.items())), m.dtype,
                             tuple(i.dtype for i in m.inputs)))
@@ -226,7 +224,8 @@ def _make_node(members: list[Tensor], memo: dict) -> Tensor | None:
         src = ("t", inner[id(root.inputs[0])])
         spec = [src]
         if root.op is R.sum_to_op:
-            like_input = ext(root.inputs[1])[1]
+            like_input = len(externals)  # a slot of its own: only its shape is read
+            externals.append(root.inputs[1])
             spec.append(("in", like_input))
         reduce = (root.op, tuple(sorted(root.attrs.items())))
         member_args.append(tuple(spec))

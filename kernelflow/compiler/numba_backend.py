@@ -36,6 +36,16 @@ log = logging.getLogger("kernelflow.compiler")
 PARALLEL_MIN = 1 << 17
 """Elements from which a kernel's parallel variant runs (below it, waking threads costs more)."""
 
+FUSE_MIN = 4096
+"""Elements below which a group runs its numpy kernels: a kernel call's fixed cost (shape checks,
+numba dispatch) exceeds what fusing saves on tiny arrays. ``$KERNELFLOW_FUSE_MIN_ELEMENTS`` overrides."""
+
+
+def fuse_min_from_env() -> int:
+    """``$KERNELFLOW_FUSE_MIN_ELEMENTS`` or `FUSE_MIN`."""
+    text = os.environ.get("KERNELFLOW_FUSE_MIN_ELEMENTS", "")
+    return int(text) if text.strip().isdigit() else FUSE_MIN
+
 _COLS_BLOCK = 256
 
 
@@ -272,6 +282,7 @@ class FusedKernel:
         self.program = program
         self.cache = cache
         self.parallel_ok = threads > 1
+        self.min_elements = fuse_min_from_env()
         self._sources: dict[tuple, str] = {}
         self.fused_calls = 0
         self.unfused_calls = 0
@@ -289,7 +300,7 @@ class FusedKernel:
         arrs = [np.asarray(a) for a in ins]
         shape = np.broadcast_shapes(*[a.shape for k, a in enumerate(arrs) if k != prog.like_input])
         size = math.prod(shape)
-        if size == 0:
+        if size == 0 or size < self.min_elements:
             return self._unfused(ins)
         par = self.parallel_ok and size >= PARALLEL_MIN
         scalars = tuple(a.size == 1 and k != prog.like_input for k, a in enumerate(arrs))

@@ -74,10 +74,16 @@ class Compiler:
         new_order, fused_for, made = fuse(rw.order, fed, [rw.resolve(f) for f in fetches], device_ok)
         if fused_for:  # consumers of a group's root now read the fused node
             subst: dict[int, Tensor] = dict(fused_for)
+
+            def res(t: Tensor) -> Tensor:
+                while id(t) in subst:
+                    t = subst[id(t)]
+                return t
+
             settled = []
             for n in new_order:
-                ins = [subst.get(id(i), i) for i in n.inputs]
-                ctl = [subst.get(id(i), i) for i in n.control_inputs]
+                ins = [res(i) for i in n.inputs]
+                ctl = [res(i) for i in n.control_inputs]
                 if any(a is not b for a, b in zip(ins, n.inputs)) or any(
                         a is not b for a, b in zip(ctl, n.control_inputs)):
                     new = rebuild(n, ins, ctl, op=n.op, attrs=n.attrs)
