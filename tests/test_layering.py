@@ -14,8 +14,9 @@ ALLOWED = {
     "graph": set(),
     "nn": {"graph"},
     "kernels": {"graph"},
+    "compiler": {"graph", "kernels"},
     "protocol": set(),
-    "runtime_server": {"graph", "kernels", "protocol"},
+    "runtime_server": {"graph", "kernels", "compiler", "protocol"},
     "client": {"graph", "nn", "protocol"},
     "widgets": {"client", "graph"},
     "extension": {"client", "widgets", "graph"},
@@ -26,6 +27,7 @@ FORBIDDEN_TOP = {
     "graph": {"cupy", "tornado", "IPython", "ipywidgets", "pickle"},
     "nn": {"cupy", "tornado", "IPython", "ipywidgets", "pickle"},
     "kernels": {"cupy", "tornado", "IPython", "ipywidgets", "pickle"},
+    "compiler": {"cupy", "numba", "tornado", "IPython", "ipywidgets", "pickle"},
     "protocol": {"cupy", "tornado", "IPython", "ipywidgets", "pickle"},
     "runtime_server": {"cupy", "IPython", "ipywidgets", "pickle"},
     "client": {"cupy", "tornado", "IPython", "ipywidgets", "pickle"},
@@ -83,7 +85,7 @@ def test_subpackages_import_only_what_design_allows():
 def test_import_kernelflow_loads_no_optional_heavy_modules():
     code = ("import sys, kernelflow as kf; rt = kf.connect('inproc'); g = rt.graph('x'); "
             "g.run(g.constant(1.0) + 1.0); "
-            "print(','.join(m for m in ('tornado', 'cupy', 'IPython', 'ipywidgets') if m in sys.modules))")
+            "print(','.join(m for m in ('tornado', 'cupy', 'IPython', 'ipywidgets', 'numba') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 

@@ -15,6 +15,7 @@ from .exprs import cu_const, cu_instr
 from .fusion import Program
 
 _TYPES = {"float32": "float32", "float64": "float64", "bool": "bool"}
+_CTYPES = {"float32": "float", "float64": "double"}
 
 
 def _lines(program: Program) -> tuple[list[str], str]:
@@ -53,8 +54,7 @@ def reduction_source(program: Program) -> dict[str, str]:
     post = "a / _in_ind.size() * _out_ind.size()" if program.reduce[0].name == "mean" else "a"
     return {"in_params": _in_params(program), "out_params": f"{_TYPES[program.out_dtype]} y",
             "map_expr": f"[&]() -> double {{ {body} return (double){res}; }}()", "reduce_expr": "a + b",
-            "post_map_expr": f"y = ({_TYPES[program.out_dtype].replace('float32', 'float').replace('float64', 'double')})"
-                             f"({post})", "identity": "0", "name": f"kf_fused_red_{program.digest()}",
+            "post_map_expr": f"y = ({_CTYPES[program.out_dtype]})({post})", "identity": "0", "name": f"kf_fused_red_{program.digest()}",
             "reduce_type": "double"}
 
 

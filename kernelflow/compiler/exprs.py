@@ -83,7 +83,8 @@ def py_instr(ins: Instr, args: list[str], out: str) -> list[str]:
         x, y = a
         body = f"{x} if {x} != {x} else ({y} if {y} != {y} else ({x} if {x} {cmp} {y} else {y}))"
     elif op is E.where_op:
-        body = f"{_py_cast(args[1], ins.arg_dtypes[1], dt)} if {args[0]} else {_py_cast(args[2], ins.arg_dtypes[2], dt)}"
+        yes, no = _py_cast(args[1], ins.arg_dtypes[1], dt), _py_cast(args[2], ins.arg_dtypes[2], dt)
+        body = f"{yes} if {args[0]} else {no}"
     elif op is E.cast_op:
         body = _py_cast(args[0], ins.arg_dtypes[0], dt)
     else:

@@ -148,7 +148,8 @@ class KernelCache:
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self.compiled = 0
+        self.compiled = 0  # kernels made ready (compiled, or loaded from numba's disk cache)
+        self.disk_hits = 0  # of those, loaded from the disk cache
         self.failed = 0
 
     def get(self, src: str, args: tuple) -> Any:
@@ -205,10 +206,12 @@ class KernelCache:
             if disp is None:
                 disp = self._loaded[key] = self._load(key, src).kernel
             disp.disable_compile(False)
+            hits = sum(disp.stats.cache_hits.values())
             disp.compile(tuple(numba.typeof(a) for a in args))
             disp.disable_compile()  # a call with other types raises TypeError instead of compiling inline
             self._ready[key] = disp
             self.compiled += 1
+            self.disk_hits += sum(disp.stats.cache_hits.values()) > hits
         except Exception:
             log.warning("compiler: kernel %s failed to compile; its group runs unfused", key, exc_info=True)
             self._ready[key] = None

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...errors import InvalidArgumentError
 from ...compiler import Compiler, compile_mode_from_env, format_plan
+from ...errors import InvalidArgumentError
 
 
 def make_compiler(mode: str | None) -> Compiler | None:
