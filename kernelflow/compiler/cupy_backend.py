@@ -54,8 +54,8 @@ def reduction_source(program: Program) -> dict[str, str]:
     post = "a / _in_ind.size() * _out_ind.size()" if program.reduce[0].name == "mean" else "a"
     return {"in_params": _in_params(program), "out_params": f"{_TYPES[program.out_dtype]} y",
             "map_expr": f"[&]() -> double {{ {body} return (double){res}; }}()", "reduce_expr": "a + b",
-            "post_map_expr": f"y = ({_CTYPES[program.out_dtype]})({post})", "identity": "0", "name": f"kf_fused_red_{program.digest()}",
-            "reduce_type": "double"}
+            "post_map_expr": f"y = ({_CTYPES[program.out_dtype]})({post})", "identity": "0",
+            "name": f"kf_fused_red_{program.digest()}", "reduce_type": "double"}
 
 
 class CupyFusedKernel:
