@@ -244,6 +244,8 @@ _numba_lock = threading.Lock()
 
 def _import_numba() -> Any:
     with _numba_lock:
+        # Idle OpenMP workers sleep instead of spinning: they would take the cores BLAS runs on next.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import numba  # noqa: PLC0415  (optional dependency, imported on the compile thread)
 
         # omp or tbb: the default workqueue layer aborts when two threads launch kernels at once.

@@ -61,6 +61,7 @@ class Compiler:
         self.cache = KernelCache(cache_dir or default_cache_dir(), background=mode == "on")
         self.threads = threads or os.cpu_count() or 1
         self._lock = threading.Lock()
+        self._cpu: dict | None = None
 
     def optimize(self, order: list[Tensor], fed: set[int], fetches: Sequence[Tensor],
                  placement: Callable[[Tensor], Any]) -> OptimizedPlan:
@@ -106,6 +107,10 @@ class Compiler:
         """The kernel of a plan node: a fused kernel for a fused node, else the registered one."""
         op = node.op
         if not isinstance(op, FusedOp):
+            if backend == "numpy" and self.has_numba:
+                entry = self._overrides().get(op)
+                if entry is not None:
+                    return entry
             return get_kernel(op, backend)
         program = op.program
         if backend == "numpy":
@@ -117,6 +122,14 @@ class Compiler:
 
         ck = CupyFusedKernel(program)
         return KernelEntry(lambda xp, *ins: ck(xp, *ins))
+
+    def _overrides(self) -> dict:
+        with self._lock:
+            if self._cpu is None:
+                from .cpu_kernels import overrides
+
+                self._cpu = overrides(self.cache, self.threads)
+            return self._cpu
 
     def wait_idle(self, timeout_s: float = 120.0) -> bool:
         """Block until no kernel is compiling (benchmarks, tests); True when idle."""
