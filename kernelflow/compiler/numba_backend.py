@@ -36,6 +36,9 @@ log = logging.getLogger("kernelflow.compiler")
 PARALLEL_MIN = 1 << 17
 """Elements from which a kernel's parallel variant runs (below it, waking threads costs more)."""
 
+REUSE_MIN = 1 << 18
+"""Outputs from this many elements are kept for reuse by the next call when nobody holds them."""
+
 FUSE_MIN = 4096
 """Elements below which a group runs its numpy kernels: a kernel call's fixed cost (shape checks,
 numba dispatch) exceeds what fusing saves on tiny arrays. ``$KERNELFLOW_FUSE_MIN_ELEMENTS`` overrides."""
@@ -303,6 +306,7 @@ class FusedKernel:
         self._sources: dict[tuple, tuple[str, str]] = {}
         self.fused_calls = 0
         self.unfused_calls = 0
+        self._last: Any = None
 
     def _variant(self, mode: str, scalars: tuple, par: bool) -> tuple[str, str]:
         key = (mode, scalars, par)
@@ -362,7 +366,12 @@ class FusedKernel:
 
     def _elementwise(self, ins: tuple, arrs: list, shape: tuple, size: int, scalars: tuple, par: bool) -> Any:
         prog = self.program
-        out = np.empty(shape, prog.out_dtype)
+        out = self._last
+        # Reuse the previous call's output when nothing but this kernel holds it any more (no
+        # caller, consumer or view): big fresh arrays cost page faults on every run.
+        if out is None or out.shape != shape or sys.getrefcount(out) > 3:  # self._last, out, the argument
+            out = np.empty(shape, prog.out_dtype)
+        self._last = out if size >= REUSE_MIN else None
         flat = all(s or k == prog.like_input or (a.shape == shape and a.flags.c_contiguous)
                    for k, (a, s) in enumerate(zip(arrs, scalars)))
         if flat or len(shape) < 2:

@@ -48,7 +48,7 @@ class Compiler:
         mode: "on" (kernels compile on a background thread; runs meanwhile are unfused) or
             "sync" (a plan's kernels compile when it first runs them).
         cache_dir: where generated sources and numba's cache live (default: `default_cache_dir`).
-        threads: CPU threads a kernel may use (default: ``$KERNELFLOW_COMPILE_THREADS``, else all cores).
+        threads: CPU threads a kernel may use (default: ``$KERNELFLOW_COMPILE_THREADS``, else 1).
     """
 
     def __init__(self, mode: str = "on", cache_dir: str | None = None, threads: int | None = None):
@@ -60,7 +60,10 @@ class Compiler:
         self.has_numba = numba_available()
         self.cache = KernelCache(cache_dir or default_cache_dir(), background=mode == "on")
         env = os.environ.get("KERNELFLOW_COMPILE_THREADS", "")
-        self.threads = threads or (int(env) if env.isdigit() and int(env) > 0 else None) or os.cpu_count() or 1
+        # Serial kernels unless asked: a parallel kernel is a fork-join of OpenMP threads per call,
+        # and on a loaded machine (or beside BLAS's own threads) each join waits for a descheduled
+        # thread; docs/benchmarks.md has the measurements.
+        self.threads = threads or (int(env) if env.isdigit() and int(env) > 0 else 1)
         self._lock = threading.Lock()
         self._cpu: dict | None = None
 

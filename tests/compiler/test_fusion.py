@@ -211,3 +211,21 @@ def test_tampered_cache_source_is_rewritten(tmp_path, graph):
     fk2.min_elements = 0
     np.testing.assert_allclose(fk2(np.ones(4, np.float32), np.ones((), np.float32)), np.e + 1, rtol=1e-6)
     assert "raise SystemExit" not in path.read_text()
+
+
+def test_big_output_is_reused_only_when_nobody_holds_it(kcache, graph):
+    x = graph.placeholder((None,), "float32", name="x")
+    _, made = _fused([kf.exp(x) * 2.0], [x])
+    fk = FusedKernel(made[0].op.program, kcache, threads=1)
+    xv = np.linspace(-1, 1, 1 << 18, dtype=np.float32)
+    two = made[0].inputs[1].attrs["value"]
+    first = fk(xv, two)
+    kept = first  # the caller still holds it: the next call must not write into it
+    second = fk(xv * 0.5, two)
+    assert second is not kept
+    np.testing.assert_allclose(kept, np.exp(xv) * 2, rtol=1e-6)
+    addr = second.__array_interface__["data"][0]
+    del first, kept, second
+    third = fk(xv, two)  # nobody holds the last output: its buffer is reused
+    assert third.__array_interface__["data"][0] == addr
+    np.testing.assert_allclose(third, np.exp(xv) * 2, rtol=1e-6)
