@@ -123,6 +123,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         service = RuntimeService(device=args.device, state_dir=args.state_dir,
                                  compile="off" if args.no_compile else None)
+        if service.compiler is not None:
+            service.compiler.prewarm()  # numba's import (~0.5 s) off the first run's path
     except KernelflowError as e:  # the state dir is held by another server
         print(f"kernelflow serve: {e}", file=sys.stderr)
         return 1

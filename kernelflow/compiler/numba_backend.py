@@ -166,6 +166,7 @@ class KernelCache:
         self.compiled = 0  # kernels made ready (compiled, or loaded from numba's disk cache)
         self.disk_hits = 0  # of those, loaded from the disk cache
         self.failed = 0
+        self.compile_s = 0.0  # seconds spent compiling or loading kernels
 
     def get(self, src: str, args: tuple, key: str | None = None) -> Any:
         """The dispatcher for ``src`` (``key``: its `digest`), compiled for ``args``' types; None while not ready."""
@@ -215,6 +216,9 @@ class KernelCache:
                     self._pending.discard(key)
 
     def _compile(self, key: str, src: str, args: tuple) -> None:
+        import time
+
+        t0 = time.perf_counter()
         try:
             numba = _import_numba()
             disp = self._loaded.get(key)
@@ -231,6 +235,8 @@ class KernelCache:
             log.warning("compiler: kernel %s failed to compile; its group runs unfused", key, exc_info=True)
             self._ready[key] = None
             self.failed += 1
+        finally:
+            self.compile_s += time.perf_counter() - t0
 
     def _load(self, key: str, src: str) -> Any:
         os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
@@ -266,6 +272,12 @@ def _import_numba() -> Any:
         # omp or tbb: the default workqueue layer aborts when two threads launch kernels at once.
         numba.config.THREADING_LAYER = "threadsafe"
         return numba
+
+
+def prewarm_numba() -> None:
+    """Import numba and load its numpy support (what the first kernel load would pay, ~1 s)."""
+    numba = _import_numba()
+    numba.njit(lambda a: np.sqrt(a[0]) + 1.0)(np.ones(1))  # fills numba's target registries
 
 
 # --------------------------------------------------------------------------- running

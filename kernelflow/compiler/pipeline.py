@@ -135,6 +135,14 @@ class Compiler:
                 self._cpu = overrides(self.cache, self.threads)
             return self._cpu
 
+    def prewarm(self) -> None:
+        """Import and warm numba on a daemon thread now (a server at start): a first run's kernels then only
+        load from disk or compile."""
+        if self.has_numba:
+            from .numba_backend import prewarm_numba
+
+            threading.Thread(target=prewarm_numba, name="kf-compiler-prewarm", daemon=True).start()
+
     def wait_idle(self, timeout_s: float = 120.0) -> bool:
         """Block until no kernel is compiling (benchmarks, tests); True when idle."""
         return self.cache.wait_idle(timeout_s)
