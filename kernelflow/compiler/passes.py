@@ -75,6 +75,7 @@ class Rewriter:
         self.subst: dict[int, Tensor] = {}
         self.memo: dict[int, bool] = {}
         self._alive: list[Tensor] = []
+        self._reps: dict[int, Tensor] = {}
         self.stats = {"folded": 0, "cse": 0, "noop": 0, "simplified": 0, "dead": 0}
 
     def resolve(self, t: Tensor) -> Tensor:
@@ -155,7 +156,8 @@ class Rewriter:
         if op in (S.identity_op, S.stop_gradient_op):
             self.stats["noop"] += 1
             return ins[0]
-        if op is R.sum_to_op and ins[0].shape == n.shape and _static(n.shape):
+        if op is R.sum_to_op and (ins[0].shape == n.shape and _static(n.shape)
+                                  or self._shape_rep(ins[0]) is self._shape_rep(ins[1])):
             self.stats["noop"] += 1
             return ins[0]
         # The rest would return a fresh value: keep them when the input is live storage.
@@ -175,6 +177,23 @@ class Rewriter:
                     self.stats["simplified"] += 1
                     return x
         return None
+
+    def _shape_rep(self, n: Tensor) -> Tensor:
+        """A node with the same run-time shape as ``n`` (for shapes with unknown dims): follows
+        elementwise ops whose output has one input's shape, and ``sum_to`` (its target's shape)."""
+        key = id(n)
+        rep = self._reps.get(key)
+        if rep is None:
+            rep = n
+            src = _same_shape_input(n)
+            if src is not None:
+                rep = self._shape_rep(src)
+            elif n.op.name in _ELEMENTWISE_NAMES and n.inputs:
+                reps = {id(self._shape_rep(i)) for i in n.inputs}  # all inputs share one run-time shape
+                if len(reps) == 1:
+                    rep = self._shape_rep(n.inputs[0])
+            self._reps[key] = rep
+        return rep
 
     def run(self) -> None:
         self._walk(self._fold)
@@ -215,6 +234,35 @@ class Rewriter:
         while i in self.subst:
             i = id(self.subst[i])
         return i
+
+
+def _fits_inside(small: tuple, big: tuple) -> bool:
+    """True when broadcasting ``small`` against ``big`` gives ``big``'s shape, whatever its unknown dims are."""
+    if len(small) > len(big):
+        return False
+    return all(d == 1 or (d is not None and d == b) for d, b in zip(small, big[len(big) - len(small):]))
+
+
+def _same_shape_input(n: Tensor) -> Tensor | None:
+    """An input whose run-time shape ``n``'s output has, or None when that is not certain."""
+    op = n.op
+    if op is R.sum_to_op:
+        return n.inputs[1]
+    if op.name in ("max_pool2d_grad", "identity", "stop_gradient", "cast") or (
+            len(n.inputs) == 1 and op.name in _ELEMENTWISE_NAMES):
+        return n.inputs[0]
+    if op.name in _ELEMENTWISE_NAMES and len(n.inputs) > 1:
+        for i, x in enumerate(n.inputs):
+            if all(_fits_inside(y.shape, x.shape) for j, y in enumerate(n.inputs) if j != i):
+                return x
+    return None
+
+
+_ELEMENTWISE_NAMES = {
+    "add", "subtract", "multiply", "divide", "pow", "negative", "abs", "exp", "log", "log1p", "sqrt", "rsqrt",
+    "square", "sin", "cos", "tanh", "sigmoid", "relu", "relu_grad", "maximum", "minimum", "equal", "not_equal",
+    "less", "less_equal", "greater", "greater_equal", "logical_and", "logical_or", "logical_not", "isfinite",
+    "where", "sign", "gelu", "erf", "floor_divide", "mod"}
 
 
 _IDENTITY_RIGHT = {E.add_op: 0, E.subtract_op: 0, E.multiply_op: 1, E.divide_op: 1}

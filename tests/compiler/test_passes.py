@@ -101,3 +101,30 @@ def test_passes_keep_results_and_variable_semantics(rng):
     for a, b in zip(results[:2], results[2:]):
         for u, w in zip(a, b):
             np.testing.assert_array_equal(u, w)
+
+
+def test_sum_to_of_a_same_shaped_value_is_removed_with_unknown_dims(graph):
+    """autodiff's sum_to(f(relu(x + b)), x + b) is the identity although the batch dim is None."""
+    x = graph.placeholder((None, 4, 4, 3), "float32", name="x")
+    b = graph.placeholder((3,), "float32", name="b")
+    g = graph.placeholder((None, 4, 4, 3), "float32", name="g")
+    a = x + b
+    r = kf.relu(a)
+    t = R.sum_to_op.bind(kf.exp(r), a)  # exp(relu(a)) has a's run-time shape: removed
+    u = R.sum_to_op.bind(g * r, r)  # g's None dim may differ from r's (broadcast): kept
+    out = t * 2.0 + u
+    order, fed = plan_of([out], [x, b, g])
+    rw = run_passes(order, fed, [out])
+    kept = [n for n in rw.order if n.op.name == "sum_to"]
+    assert len(kept) == 1 and kept[0].inputs[0].op.name == "multiply"
+    assert rw.stats["noop"] == 1
+
+
+def test_sum_to_removal_keeps_a_broadcasting_sum(graph):
+    x = graph.placeholder((None, 3), "float32", name="x")
+    y = graph.placeholder((None, 1), "float32", name="y")
+    s = R.sum_to_op.bind(kf.exp(x + y), y)  # a real reduction over the last axis
+    out = s * 2.0
+    order, fed = plan_of([out], [x, y])
+    rw = run_passes(order, fed, [out])
+    assert any(n.op.name == "sum_to" for n in rw.order)
