@@ -23,8 +23,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (  # noqa: E402
-    Contender, machine_facts, median, print_facts, print_table, run_interleaved, tune_malloc)
+from _common import Contender, machine_facts, median, print_facts, print_table, run_interleaved, tune_malloc  # noqa: E402
 
 
 def chain(kf, x, y):
