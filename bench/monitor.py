@@ -114,8 +114,8 @@ def bench_images(shape: tuple[int, ...], draws: int = 50) -> tuple[float, float]
 
 
 def bench_throughput(rounds: int, steps: int) -> tuple[list[float], list[float], list[float], list[int]]:
-    from tests.runtime.test_jobs import digits, mlp
-    from tests.runtime.test_server import ServerProcess
+    from tests.support.models import digits, mlp
+    from tests.support.server import ServerProcess
 
     comm.create_comm = CountingComm
     with tempfile.TemporaryDirectory() as d:

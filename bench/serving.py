@@ -250,7 +250,7 @@ asyncio.run(main())
 def profile(base: Path, bodies: list[bytes]) -> None:
     """Time the pieces of one REST predict in this process: JSON, parsing, the run, formatting."""
     from kernelflow.runtime_server.engine.devices import DeviceManager
-    from kernelflow.runtime_server.serving.models import LoadedModel
+    from kernelflow.runtime_server.serving.loaded import LoadedModel
     from kernelflow.runtime_server.serving.rest import format_predict, parse_predict
 
     m = LoadedModel(MODEL, 1, base / MODEL / "1", DeviceManager("cpu"))

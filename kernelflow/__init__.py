@@ -8,7 +8,7 @@ Example:
     >>> y = kf.sum(x * 2.0, axis=1)
 """
 
-from . import errors
+from . import errors, nn
 from ._version import __version__
 from .client import Runtime, connect
 from .client.model import load_model
@@ -16,10 +16,16 @@ from .graph import Graph, Tensor, Variable, gradients
 from .graph.ops import *  # builders: add, matmul, relu, softmax_cross_entropy, ...
 from .graph.ops import __all__ as _ops_all
 from .graph.shapes import canonical_dtype as as_dtype
-from .nn import init, layers, optim
+from .nn import callbacks, init, layers, losses, optim
+from .nn import nn_models as models
+from .nn.layer_base import Input
+from .nn.models import Model, Sequential, set_runtime_factory
+
+set_runtime_factory(connect)
 
 __all__ = ["errors", "connect", "load_model", "Runtime", "Graph", "Tensor", "Variable", "gradients", "init",
-           "layers", "optim", "as_dtype", "__version__"] + list(_ops_all)
+           "layers", "optim", "losses", "callbacks", "models", "nn", "Input", "Model", "Sequential", "as_dtype",
+           "__version__"] + list(_ops_all)
 
 
 def load_ipython_extension(ipython: object) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import secrets
@@ -19,23 +18,10 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .client.local import RUNTIME_FILE_PREFIX, is_loopback, pid_alive, read_runtime_file, runtime_dir, runtime_files
 from .errors import KernelflowError
+from .protocol.runtime_file import is_loopback, pid_alive, read_runtime_file, runtime_files
 
 log = logging.getLogger("kernelflow.cli")
-
-
-def _write_runtime_file(info: dict) -> Path:
-    d = runtime_dir()
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = d / f"{RUNTIME_FILE_PREFIX}{info['pid']}.json"
-    tmp = path.with_suffix(".tmp")
-    # The file holds the token: create it 0600 from the start, never chmod after writing.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(info, f, indent=1)
-    os.replace(tmp, path)
-    return path
 
 
 def _read_token(args: argparse.Namespace) -> tuple[str, bool]:
@@ -105,10 +91,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run a runtime server until ``server.shutdown``, SIGTERM or Ctrl-C, then shut the service down
-    cleanly (jobs stopped, every graph checkpointed when there is a state dir)."""
-    from .runtime_server.net.server import RuntimeServer, tune_malloc
-    from .runtime_server.service import PROTOCOL_VERSION, RuntimeService
+    """``kernelflow serve``: check the flags, then `kernelflow.runtime_server.net.app.serve`."""
+    from .runtime_server.net.app import ServeOptions, serve
 
     token, user_token = _read_token(args)
     ctx = _ssl_context(args)
@@ -119,78 +103,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "through an ssh tunnel to 127.0.0.1, or pass --allow-insecure on a network you trust.",
               file=sys.stderr)
         return 2
-    tune_malloc()
-    try:
-        service = RuntimeService(device=args.device, state_dir=args.state_dir,
-                                 compile="off" if args.no_compile else None)
-        if service.compiler is not None:
-            service.compiler.prewarm()  # numba's import (~0.5 s) off the first run's path
-    except KernelflowError as e:  # the state dir is held by another server
-        print(f"kernelflow serve: {e}", file=sys.stderr)
-        return 1
-    server = RuntimeServer(service, token, max_message_bytes=args.max_message_bytes, ssl_context=ctx,
-                           workers=args.workers)
-    service.models.configure(model_config, batching)
-    scheme = "kfs" if ctx else "kf"
-
-    async def main() -> None:
-        server.listen(args.port, args.host)
-        port = server.bound_port()
-        shown = args.host if ":" not in args.host else f"[{args.host}]"
-        url = f"{scheme}://{shown}:{port}"
-        path = _write_runtime_file({"url": url, "host": args.host, "port": port, "pid": os.getpid(),
-                                    "token": token, "tls": ctx is not None, "version": __version__,
-                                    "protocol": PROTOCOL_VERSION})
-        print(f"kernelflow {__version__} runtime server (protocol {PROTOCOL_VERSION}), device "
-              f"{service.devices.default}", flush=True)
-        if service.state is not None:
-            print(f"    state dir: {service.state.root} ({len(service.graphs)} graphs loaded)", flush=True)
-        else:
-            print("    no state dir: graphs and variables live in memory only (--state-dir DIR keeps them)",
-                  flush=True)
-        print(f"    listening on {url}", flush=True)
-        if user_token:
-            print("    token: the one given with --token/--token-file", flush=True)
-        else:
-            print(f"    connect with kf.connect(\"{url}/?token={token}\")", flush=True)
-        print(f"    runtime file: {path}", flush=True)
-        if service.models.base is not None:
-            # Load the models there on the manager's loader threads, then watch for new versions.
-            # Not waiting for the loads: they take as long as the models need, and RPC clients
-            # must not wait for them (a model request meanwhile gets UnavailableError: START/LOADING).
-            service.models.start(args.file_system_poll_wait_seconds, wait=False)
-        if args.http_port is None or args.http_port >= 0:  # TF Serving's REST API on this IO loop (issue #7)
-            from .runtime_server.serving.rest import listen_rest
-
-            http_port = args.http_port if args.http_port is not None else (port + 1 if args.port else 0)
-            try:
-                _, http_bound = listen_rest(service.models, http_port, args.host, args.http_max_body_bytes)
-                print(f"    REST (TensorFlow Serving API) on http://{shown}:{http_bound}/v1/models", flush=True)
-            except OSError as e:
-                if args.http_port is not None:
-                    raise
-                print(f"    REST: port {http_port} unavailable ({e}); no REST API (give --http-port)", flush=True)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, server.shutdown)
-        try:
-            await server.stopped.wait()
-        finally:
-            # Stop jobs and checkpoint every graph while the signal handlers still hold off a
-            # second SIGTERM, and before the runtime file goes (a successor waits for the state dir).
-            if service.state is not None:
-                print("kernelflow serve: checkpointing before exit", flush=True)
-            service.shutdown()
-            service.models.close()
-            path.unlink(missing_ok=True)
-            print("kernelflow serve: stopped", flush=True)
-
-    try:
-        asyncio.run(main())
-    finally:
-        service.shutdown()  # idempotent; covers a loop that ended before serving (port in use)
-        service.models.close()
-    return 0
+    return serve(ServeOptions(host=args.host, port=args.port, token=token, token_given=user_token, ssl_context=ctx,
+                              device=args.device, state_dir=args.state_dir, max_message_bytes=args.max_message_bytes,
+                              compile="off" if args.no_compile else None,
+                              workers=args.workers, http_port=args.http_port,
+                              http_max_body_bytes=args.http_max_body_bytes, model_config=model_config,
+                              batching=batching, poll_wait_s=args.file_system_poll_wait_seconds))
 
 
 def cmd_serve_models(args: argparse.Namespace) -> int:
@@ -229,7 +147,7 @@ def cmd_export_model(args: argparse.Namespace) -> int:
     import shutil
     import tarfile
 
-    from .runtime_server.serving.models import MARKER, _versions_on_disk, check_model_name
+    from .protocol.model_dir import MARKER, check_model_name, versions_on_disk
 
     if bool(args.state_dir) == bool(args.model_base_path):
         print("kernelflow export-model: give --state-dir or --model-base-path (one)", file=sys.stderr)
@@ -240,7 +158,7 @@ def cmd_export_model(args: argparse.Namespace) -> int:
     except KernelflowError as e:
         print(f"kernelflow export-model: {e}", file=sys.stderr)
         return 2
-    versions = _versions_on_disk(base / args.name)
+    versions = versions_on_disk(base / args.name)
     if not versions:
         print(f"kernelflow export-model: no complete model '{args.name}' under {base}", file=sys.stderr)
         return 1
@@ -327,7 +245,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     for info in infos:
         try:
             with connect(info["url"], token=info.get("token"), timeout=args.timeout) as rt:
-                rt._call("server.shutdown", [])
+                rt.call("server.shutdown", [])
             print(f"stopped {info['url']} (pid {info.get('pid')})")
         except (KernelflowError, OSError) as e:
             print(f"kernelflow stop: {info['url']}: {e}", file=sys.stderr)

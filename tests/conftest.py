@@ -31,7 +31,7 @@ def _compiler_cache_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """One real runtime server subprocess shared by the session's tests."""
-    from tests.runtime.test_server import ServerProcess
+    from tests.support.server import ServerProcess
 
     proc = ServerProcess(tmp_path_factory.mktemp("kf-server")).wait_listening()
     yield proc

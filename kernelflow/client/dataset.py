@@ -54,12 +54,12 @@ class Dataset:
     def info(self) -> dict:
         """``{"name", "length", "arrays": {name: {"dtype", "shape", "bytes"}}, "bytes", "device",
         "view_of", "created", "split"}``, fresh from the runtime."""
-        self._info = self.runtime._call("dataset.info", [self.name])
+        self._info = self.runtime.call("dataset.info", [self.name])
         return self._info
 
     def delete(self) -> list[str]:
         """Delete the dataset from the runtime (and splits made from it); returns the names deleted."""
-        return self.runtime._call("dataset.delete", [self.name])
+        return self.runtime.call("dataset.delete", [self.name])
 
     def split(self, fraction: float, seed: int = 0, shuffle: bool = True,
               names: tuple[str, str] | None = None) -> tuple[Dataset, Dataset]:
@@ -77,13 +77,13 @@ class Dataset:
         Example:
             >>> train, val = ds.split(0.9, seed=0)
         """
-        a, b = self.runtime._call("dataset.split", [self.name, float(fraction), int(seed), bool(shuffle),
+        a, b = self.runtime.call("dataset.split", [self.name, float(fraction), int(seed), bool(shuffle),
                                                     list(names) if names else None])
         return Dataset(self.runtime, a), Dataset(self.runtime, b)
 
     def read(self, array: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` of one of the dataset's arrays, as numpy."""
-        return self.runtime._call("dataset.read", [self.name, array, int(start), stop])
+        return self.runtime.call("dataset.read", [self.name, array, int(start), stop])
 
 
 def _fingerprint(arrays: dict[str, np.ndarray], chunk_rows: dict[str, int]) -> str:
@@ -122,7 +122,7 @@ def open_dataset(runtime: Runtime, name: str, arrays: dict | None = None, *, ove
         >>> train, val = ds.split(0.9, seed=0)
     """
     if arrays is None:
-        return Dataset(runtime, runtime._call("dataset.info", [name]))
+        return Dataset(runtime, runtime.call("dataset.info", [name]))
     if not isinstance(arrays, dict) or not arrays:
         raise InvalidArgumentError(f"dataset '{name}': arrays must be a non-empty dict of name -> array; got "
                                    f"{type(arrays).__name__}")
@@ -138,7 +138,7 @@ def open_dataset(runtime: Runtime, name: str, arrays: dict | None = None, *, ove
     rows = {c: max(1, chunk_bytes // max(1, a[:1].nbytes)) for c, a in arrs.items()}
     specs = {c: {"dtype": a.dtype.str, "shape": list(a.shape)} for c, a in arrs.items()}
     fp = _fingerprint(arrs, rows)
-    begun = runtime._call("dataset.begin", [name, specs, {"overwrite": bool(overwrite), "fingerprint": fp}])
+    begun = runtime.call("dataset.begin", [name, specs, {"overwrite": bool(overwrite), "fingerprint": fp}])
     if begun.get("reused"):
         return Dataset(runtime, begun["info"])
     uid = begun["upload"]
@@ -148,13 +148,13 @@ def open_dataset(runtime: Runtime, name: str, arrays: dict | None = None, *, ove
         for c, a in arrs.items():
             for lo in range(0, a.shape[0], rows[c]):
                 chunk = np.ascontiguousarray(a[lo:lo + rows[c]])
-                runtime._call("dataset.put", [uid, c, lo, chunk])
+                runtime.call("dataset.put", [uid, c, lo, chunk])
                 if bar is not None:
                     bar.update(chunk.nbytes)
-        info = runtime._call("dataset.commit", [uid])
+        info = runtime.call("dataset.commit", [uid])
     except BaseException:
         try:
-            runtime._call("dataset.abort", [uid])
+            runtime.call("dataset.abort", [uid])
         except Exception:  # the connection may be what failed; the server drops the upload with it  # noqa: BLE001
             pass
         raise

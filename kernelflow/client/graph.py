@@ -16,8 +16,10 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..graph.ir import Graph, Tensor, Variable
+from . import job as _job
 
 if TYPE_CHECKING:
+    from .job import Job
     from .runtime import Runtime
 
 
@@ -80,8 +82,17 @@ class RemoteGraph(Graph):
         """Send nodes the runtime has not seen yet; returns the synced version."""
         since, nodes = self._pending()
         if nodes:
-            self._synced = self.runtime._call("graph.extend", [self.name, since, nodes])
+            self._synced = self.runtime.call("graph.extend", [self.name, since, nodes])
         return self._synced
+
+    def pull(self) -> int:
+        """Send this client's pending nodes, then take in the nodes other clients added on the
+        runtime since; returns the version."""
+        self.sync()
+        info = self.runtime.call("graph.get", [self.name, self.version])
+        if info.get("nodes"):
+            self._load(info)
+        return self.version
 
     def _load(self, info: dict) -> None:
         """Rebuild local tensors from the runtime's definition (re-attach)."""
@@ -105,7 +116,7 @@ class RemoteGraph(Graph):
         params = [self.name, since, nodes, [t.name for t in flat], feed_names, feed_values]
         if not compile:
             params.append({"compile": False})
-        vals = self.runtime._call("graph.run", params)
+        vals = self.runtime.call("graph.run", params)
         self._synced = max(self._synced, version)
         return rebuild(vals)
 
@@ -136,7 +147,7 @@ class RemoteGraph(Graph):
         rebuild = _flatten(fetches, flat, self)
         fetch_names = [t.name for t in flat]
         feed_names = [(t.name if isinstance(t, Tensor) else self[t].name) for t in feed_list]
-        call = self.runtime._call
+        call = self.runtime.call
         name = self.name
         n_feeds = len(feed_names)
         extra = [] if compile else [{"compile": False}]
@@ -166,7 +177,7 @@ class RemoteGraph(Graph):
         since, nodes = self._pending()
         version = self.version
         opts = {} if compile else {"compile": False}
-        text = self.runtime._call("graph.plan", [self.name, since, nodes, [t.name for t in flat], feed_names, opts])
+        text = self.runtime.call("graph.plan", [self.name, since, nodes, [t.name for t in flat], feed_names, opts])
         self._synced = max(self._synced, version)
         return text
 
@@ -200,7 +211,7 @@ class RemoteGraph(Graph):
         feed_names, feed_values = self._feed(feed)
         since, nodes = self._pending()
         version = self.version
-        out = self.runtime._call("tensor.summary", [self.name, since, nodes, name, feed_names, feed_values,
+        out = self.runtime.call("tensor.summary", [self.name, since, nodes, name, feed_names, feed_values,
                                                     int(bins), bool(allow_side_effects)])
         self._synced = max(self._synced, version)
         return out
@@ -208,14 +219,14 @@ class RemoteGraph(Graph):
     # ----------------------------------------------------------------- variables
     def read_variable(self, v: Variable) -> np.ndarray:
         self.sync()
-        return self.runtime._call("variable.read", [self.name, v.name])
+        return self.runtime.call("variable.read", [self.name, v.name])
 
     def write_variable(self, v: Variable, value: Any) -> None:
         self.sync()
         arr = np.asarray(value)
         if arr.dtype.name != v.dtype and not isinstance(value, np.ndarray):
             arr = arr.astype(v.dtype)
-        self.runtime._call("variable.assign", [self.name, v.name, arr])
+        self.runtime.call("variable.assign", [self.name, v.name, arr])
 
     # ----------------------------------------------------------------- checkpoints and jobs
     def save(self, tag: str | None = None, keep_last: int | None = None) -> dict:
@@ -226,25 +237,24 @@ class RemoteGraph(Graph):
             keep_last: keep only this many newest checkpoints of the graph.
         """
         self.sync()
-        return self.runtime._call("graph.save", [self.name, tag, keep_last])
+        return self.runtime.call("graph.save", [self.name, tag, keep_last])
 
     def checkpoints(self) -> list[dict]:
         """Manifests of the graph's checkpoints (tag, step, time, job, metrics), oldest first."""
-        return self.runtime._call("graph.checkpoints", [self.name])
+        return self.runtime.call("graph.checkpoints", [self.name])
 
     def restore(self, tag: str = "latest") -> dict:
         """Set every variable from a checkpoint (``"latest"`` or a tag); returns its manifest."""
         self.sync()
-        return self.runtime._call("graph.restore", [self.name, tag])
+        return self.runtime.call("graph.restore", [self.name, tag])
 
-    def fit(self, train_op: Any, **kwargs: Any) -> Any:
-        """Start a training job on the runtime; returns a `kernelflow.client.job.Job` at once.
+    def fit(self, train_op: Any, *, data: Any, feed: dict, metrics: dict | None = None,
+            validation: tuple | None = None, histograms: list | None = None, images: dict | None = None,
+            **options: Any) -> Job:
+        return _job.fit(self, train_op, data=data, feed=feed, metrics=metrics, validation=validation,
+                        histograms=histograms, images=images, **options)
 
-        See `kernelflow.client.job.fit` for the arguments.
-        """
-        from .job import fit
-
-        return fit(self, train_op, **kwargs)
+    fit.__doc__ = (_job.fit.__doc__ or "").replace("        graph: the graph to train.\n", "")
 
     def export(self, name: str, inputs: dict, outputs: dict, version: int | None = None) -> int:
         """Export the inference subgraph as a served model version; see `kernelflow.client.model.export`."""

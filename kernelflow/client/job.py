@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import DeadlineExceededError, InvalidArgumentError, KernelflowError
 from ..graph.ir import Tensor
+from ..protocol.jobspec import FIT_OPTIONS, IMAGE_KEEP_DEFAULT, JobSpec, KeptImages
 
 if TYPE_CHECKING:
     from .graph import RemoteGraph
@@ -45,7 +46,7 @@ class _Mirror:
         self.callbacks: list[Callable[[list[dict]], Any]] = []
         self.subscribed = False
         self._pending: dict[int, list[dict]] = {}
-        self._image_idx: dict[str, list[int]] = {}   # per name: records that keep pixels, in order
+        self._kept: KeptImages | None = None             # which image records keep pixels (made on first image)
         self._names_idx: dict[str, list[int]] = {}     # per name: every image record, in order
         self._stubs: set[int] = set()                  # image records that came without pixels, not asked for
 
@@ -77,17 +78,15 @@ class _Mirror:
                     cb(new)
 
     def _keep_image(self, i: int) -> None:
-        idx = self._image_idx.setdefault(self.records[i]["name"], [])
-        bisect.insort(idx, i)
-        keep = self.status.get("image_keep") or 100
-        while len(idx) > keep:
-            j = idx.pop(0)
+        if self._kept is None:
+            self._kept = KeptImages(self.status.get("image_keep") or IMAGE_KEEP_DEFAULT)
+        for j in self._kept.add(self.records[i]["name"], i):
             self.records[j] = {**self.records[j], "images": None}
 
     def missing_images(self) -> int | None:
         """Index of the oldest image record among the newest ``image_keep`` per name that came
         without pixels (a notification sends only the newest of a name) and was not asked for yet."""
-        keep = self.status.get("image_keep") or 100
+        keep = self.status.get("image_keep") or IMAGE_KEEP_DEFAULT
         with self.lock:
             if not self._stubs:  # the usual case, checked on every history access: no scan
                 return None
@@ -201,7 +200,7 @@ class Job:
     # ----------------------------------------------------------------- status
     def refresh(self) -> dict:
         """The job's status map, fresh from the runtime."""
-        st = self.runtime._call("job.status", [self.id])
+        st = self.runtime.call("job.status", [self.id])
         self._m.status = st
         return st
 
@@ -244,7 +243,7 @@ class Job:
 
     # ----------------------------------------------------------------- history
     def _catch_up(self) -> list[dict]:
-        r = self.runtime._call("job.records", [self.id, len(self._m.records)])
+        r = self.runtime.call("job.records", [self.id, len(self._m.records)])
         self._m.status = r["status"]
         self._m.apply(int(r["start"]), list(r["records"]))
         return self._m.records
@@ -252,7 +251,7 @@ class Job:
     def _fill_images(self) -> None:
         gap = self._m.missing_images()
         if gap is not None:  # pixels the stream left out: the runtime still has them (image_keep)
-            r = self.runtime._call("job.records", [self.id, gap])
+            r = self.runtime.call("job.records", [self.id, gap])
             self._m.fill_images(int(r["start"]), list(r["records"]))
             self._hist_cache = None
 
@@ -380,20 +379,20 @@ class Job:
     def pause(self, timeout: float | None = 60.0) -> str:
         """Pause at the next step boundary (the job's variables stay as they are); returns the status
         once the job has paused (a queued job pauses when its turn comes)."""
-        self.runtime._call("job.pause", [self.id])
+        self.runtime.call("job.pause", [self.id])
         return self._wait_while(("running",), timeout)
 
     def resume(self) -> str:
         """Resume a paused job, or an interrupted one (after a server restart) from its newest
         checkpoint: the same step counter and the same data order. Returns the status."""
-        st = self.runtime._call("job.resume", [self.id])
+        st = self.runtime.call("job.resume", [self.id])
         self._m.status = st
         return st["status"]
 
     def stop(self, timeout: float | None = 60.0) -> str:
         """Stop at the next step boundary (the job checkpoints when the runtime has a state dir);
         returns the final status once it has stopped."""
-        self.runtime._call("job.stop", [self.id])
+        self.runtime.call("job.stop", [self.id])
         return self._wait_while(("queued", "running", "paused"), timeout)
 
     def delete(self) -> None:
@@ -402,7 +401,7 @@ class Job:
         Its checkpoints and TensorBoard event files stay. A running, paused or queued job raises
         FailedPreconditionError: stop it first.
         """
-        self.runtime._call("job.delete", [self.id])
+        self.runtime.call("job.delete", [self.id])
         with self._streams.lock:
             self._streams.mirrors.pop(self.id, None)
 
@@ -425,7 +424,7 @@ class Job:
             m.subscribed = True
         if need:
             try:
-                r = self.runtime._call("job.subscribe", [self.id])
+                r = self.runtime.call("job.subscribe", [self.id])
             except BaseException:
                 m.subscribed = False
                 raise
@@ -451,7 +450,7 @@ class Job:
             if last:
                 m.subscribed = False
         if last:
-            self.runtime._call("job.unsubscribe", [self.id])
+            self.runtime.call("job.unsubscribe", [self.id])
 
 
 def _update_bar(bar: Any, st: dict) -> None:
@@ -466,7 +465,7 @@ def _update_bar(bar: Any, st: dict) -> None:
 
 def attach_job(runtime: Runtime, job_id: str) -> Job:
     """``rt.job(id)``: a handle on an existing job, with its full history."""
-    return Job(runtime, runtime._call("job.status", [job_id]))
+    return Job(runtime, runtime.call("job.status", [job_id]))
 
 
 def _node_name(graph: RemoteGraph, t: Any, what: str) -> str:
@@ -486,14 +485,9 @@ def _dataset_name(d: Any, what: str) -> str:
     return name
 
 
-def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, batch_size: int = 32,
-        epochs: int | None = None, steps: int | None = None, shuffle: bool = True, seed: int = 0,
-        metrics: dict | None = None, log_every: int = 10, validation: tuple | None = None,
-        validate_every: int | str | None = None, validation_batch_size: int | None = None,
-        histograms: list | None = None, histogram_every: int = 100, histogram_bins: int = 30,
-        images: dict | None = None, image_every: int = 100, image_max: int = 16, image_keep: int = 100,
-        checkpoint_every_s: float | None = 60.0, keep_checkpoints: int | None = None, stop_on_nan: bool = False,
-        drop_remainder: bool = False, name: str | None = None) -> Job:
+def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, metrics: dict | None = None,
+        validation: tuple | None = None, histograms: list | None = None, images: dict | None = None,
+        **options: Any) -> Job:
     """Start a training job on the runtime (``g.fit``); returns a `Job` at once.
 
     The runtime runs the loop on its own thread: minibatches are cut (and shuffled, per epoch,
@@ -505,73 +499,52 @@ def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, batch_size:
         train_op: the op one step runs (e.g. ``opt.minimize(loss)``).
         data: the training `Dataset` (or its name).
         feed: ``{placeholder: array name}``: which dataset array feeds which node.
-        batch_size: rows per step (the last batch of an epoch may be smaller unless
-            ``drop_remainder``).
-        epochs: passes over the data (default 1); or give ``steps`` instead.
-        steps: total steps.
-        shuffle: reshuffle rows every epoch.
-        seed: seed of the shuffles (the same seed gives the same batches, also on resume).
         metrics: ``{name: scalar tensor}`` logged every ``log_every`` steps (on that step's batch).
-        log_every: steps between logged metrics (0: never).
         validation: ``(dataset, {name: scalar tensor})``, evaluated over the whole dataset in batches
             (the mean of batch values weighted by batch size).
-        validate_every: steps between validations, or ``"epoch"`` (the default with validation).
-        validation_batch_size: rows per validation batch (default ``max(batch_size, 256)``).
         histograms: variables whose value histograms are recorded every ``histogram_every`` steps.
-        histogram_every: steps between histograms.
-        histogram_bins: bins per histogram.
-        images: ``{name: image tensor}`` logged every ``image_every`` steps, in the same run as that
-            step: ``(N, H, W)``, ``(N, H, W, C)`` with C 1, 3 or 4, or ``(N, C, H, W)`` with C 1 or 3
-            (a last dim of 1, 3 or 4 means NHWC), float or uint8. Float images with every value in
-            [0, 1] are scaled by 255, others min-max normalised per image. See ``job.images``.
-        image_every: steps between logged images.
-        image_max: first images of each tensor kept per record.
-        image_keep: image records per name that keep their pixels (runtime memory, state dir,
-            client); older ones are dropped.
-        checkpoint_every_s: seconds between checkpoints (the job also checkpoints when it starts
-            and ends); needs a runtime with a state dir.
-        keep_checkpoints: keep only this many newest checkpoints of the graph.
-        stop_on_nan: end the job as failed when a logged metric is NaN or infinite.
-        drop_remainder: skip an epoch's last, smaller batch.
-        name: a name to show (default: the job's id).
+        images: ``{name: image tensor}`` logged every ``image_every`` steps; see ``job.images``.
+        **options: the other fields of `kernelflow.protocol.jobspec.JobSpec`, with its defaults and
+            meanings: batch_size=32, epochs=None (1), steps=None, shuffle=True, seed=0, log_every=10,
+            validate_every=None ("epoch" with validation), validation_batch_size=None,
+            histogram_every=100, histogram_bins=30, image_every=100, image_max=16, image_keep=100,
+            checkpoint_every_s=60.0, keep_checkpoints=None, stop_on_nan=False,
+            drop_remainder=False, name=None.
 
     Returns:
         A `Job`.
 
     Raises:
         NotFoundError: an unknown dataset or node.
-        InvalidArgumentError: a dataset array that cannot feed its node (dtype or shape,
-            naming both), a non-scalar metric, bad numbers.
+        InvalidArgumentError: an unknown option, a dataset array that cannot feed its node (dtype or
+            shape, naming both), a non-scalar metric, bad numbers.
 
     Example:
         >>> job = g.fit(train, data=train_ds, feed={x: "x", y: "y"}, batch_size=64, epochs=10,
         ...             metrics={"loss": loss}, validation=(val_ds, {"val_accuracy": acc}))
         >>> job.wait(progress=True)
     """
+    unknown = sorted(k for k in options if k not in FIT_OPTIONS)
+    if unknown:
+        raise InvalidArgumentError(f"fit: unknown option(s) {unknown}; known: {sorted(FIT_OPTIONS)}")
     if not isinstance(feed, dict) or not feed:
         raise InvalidArgumentError("fit: feed must map placeholders to dataset array names, e.g. {x: 'x', y: 'y'}")
     if images is not None and not isinstance(images, dict):
         raise InvalidArgumentError(f"fit: images must map names to image tensors, e.g. {{'samples': t}}; got "
                                    f"{type(images).__name__}")
     graph.sync()
-    spec: dict[str, Any] = {
-        "graph": graph.name, "train_op": _node_name(graph, train_op, "train_op"),
-        "data": _dataset_name(data, "data"),
-        "feed": {_node_name(graph, k, "feed key"): str(v) for k, v in feed.items()},
-        "batch_size": batch_size, "epochs": epochs, "steps": steps, "shuffle": shuffle, "seed": seed,
-        "metrics": {str(k): _node_name(graph, v, f"metric '{k}'") for k, v in (metrics or {}).items()},
-        "log_every": log_every, "validate_every": validate_every, "validation_batch_size": validation_batch_size,
-        "histograms": [_node_name(graph, v, "histogram") for v in (histograms or [])],
-        "histogram_every": histogram_every, "histogram_bins": histogram_bins,
-        "images": {str(k): _node_name(graph, v, f"image '{k}'") for k, v in (images or {}).items()},
-        "image_every": image_every, "image_max": image_max, "image_keep": image_keep,
-        "checkpoint_every_s": checkpoint_every_s, "keep_checkpoints": keep_checkpoints,
-        "stop_on_nan": stop_on_nan, "drop_remainder": drop_remainder, "name": name,
-    }
+    spec = JobSpec(graph=graph.name, train_op=_node_name(graph, train_op, "train_op"),
+                   data=_dataset_name(data, "data"),
+                   feed={_node_name(graph, k, "feed key"): str(v) for k, v in feed.items()},
+                   metrics={str(k): _node_name(graph, v, f"metric '{k}'") for k, v in (metrics or {}).items()},
+                   histograms=[_node_name(graph, v, "histogram") for v in (histograms or [])],
+                   images={str(k): _node_name(graph, v, f"image '{k}'") for k, v in (images or {}).items()},
+                   **options)
     if validation is not None:
         if not (isinstance(validation, (tuple, list)) and len(validation) == 2 and isinstance(validation[1], dict)):
             raise InvalidArgumentError("fit: validation must be (dataset, {name: scalar tensor})")
-        spec["validation_data"] = _dataset_name(validation[0], "validation dataset")
-        spec["validation_metrics"] = {str(k): _node_name(graph, v, f"validation metric '{k}'")
-                                      for k, v in validation[1].items()}
-    return Job(graph.runtime, graph.runtime._call("job.start", [spec]))
+        spec.validation_data = _dataset_name(validation[0], "validation dataset")
+        spec.validation_metrics = {str(k): _node_name(graph, v, f"validation metric '{k}'")
+                                   for k, v in validation[1].items()}
+    spec.check()  # bad numbers fail here, before the wire (the runtime checks again)
+    return Job(graph.runtime, graph.runtime.call("job.start", [spec.to_map()]))

@@ -5,13 +5,11 @@ in a runtime file if it answers, otherwise starts ``kernelflow serve`` on 127.0.
 fresh token and the user's state dir (`default_state_dir`), detached from this process (so
 it outlives a notebook kernel restart), and connects to it.
 
-Contents: runtime_dir, default_state_dir, runtime_files, read_runtime_file, token_for, connect_local.
+Contents: default_state_dir, token_for, connect_local (the runtime file itself: kernelflow.protocol.runtime_file).
 """
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import logging
 import os
 import secrets
@@ -22,21 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KernelflowError, UnavailableError
+from ..protocol.runtime_file import (
+    RUNTIME_FILE_PREFIX,
+    is_loopback,
+    pid_alive,
+    read_runtime_file,
+    runtime_dir,
+    runtime_files,
+)
 
 log = logging.getLogger("kernelflow.client")
-
-RUNTIME_FILE_PREFIX = "kernelflow-"
-
-
-def runtime_dir() -> Path:
-    """Where servers write their runtime files: Jupyter's runtime dir, else ~/.kernelflow/runtime."""
-    try:
-        from jupyter_core.paths import jupyter_runtime_dir
-
-        return Path(jupyter_runtime_dir())
-    except ImportError:
-        return Path.home() / ".kernelflow" / "runtime"
-
 
 def default_state_dir() -> Path:
     """The local server's state dir: ``$KERNELFLOW_STATE_DIR``, else ``<jupyter data dir>/kernelflow/state``
@@ -52,34 +45,6 @@ def default_state_dir() -> Path:
         return Path.home() / ".kernelflow" / "state"
 
 
-def runtime_files() -> list[Path]:
-    """Runtime files of local servers, newest first."""
-    d = runtime_dir()
-    if not d.is_dir():
-        return []
-    files = [p for p in d.glob(f"{RUNTIME_FILE_PREFIX}*.json")]
-    return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
-
-
-def read_runtime_file(path: Path) -> dict | None:
-    """A runtime file's contents (JSON only, never unpickled), or None if unreadable."""
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) else None
-
-
-def is_loopback(host: str) -> bool:
-    """True for "localhost" and loopback addresses."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def token_for(host: str, port: int) -> str | None:
     """The token a server on this machine listening on ``port`` wrote to its runtime file."""
     if not is_loopback(host):
@@ -89,15 +54,6 @@ def token_for(host: str, port: int) -> str | None:
         if info and info.get("port") == port and isinstance(info.get("token"), str):
             return info["token"]
     return None
-
-
-def pid_alive(pid: Any) -> bool:
-    """True when a process with that pid exists."""
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError, TypeError):
-        return False
-    return True
 
 
 def connect_local(timeout: float | None = None, start: bool = True, start_timeout_s: float = 60.0) -> Any:

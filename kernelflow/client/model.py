@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError
 from ..graph.ir import Tensor
+from ..protocol.model_dir import MARKER, read_model_dir, versions_on_disk
 
 if TYPE_CHECKING:
     from .graph import RemoteGraph
@@ -55,7 +56,7 @@ def export(graph: RemoteGraph, name: str, inputs: dict, outputs: dict, version: 
     """
     ins, outs = _node_names(graph, inputs, "inputs"), _node_names(graph, outputs, "outputs")
     graph.sync()
-    r = graph.runtime._call("model.export", [graph.name, name, ins, outs, version])
+    r = graph.runtime.call("model.export", [graph.name, name, ins, outs, version])
     return int(r["version"])
 
 
@@ -81,16 +82,16 @@ class ModelHandle:
             >>> rt.model("digits").predict({"image": batch})["class"]
         """
         feed = {k: np.asarray(v) for k, v in inputs.items()}
-        return self.runtime._call("model.predict", [self.name, self.version, feed, outputs])
+        return self.runtime.call("model.predict", [self.name, self.version, feed, outputs])
 
     def status(self) -> dict:
         """Versions and their states (TF Serving's fields), the served version and its signature."""
-        return self.runtime._call("model.status", [self.name, self.version])
+        return self.runtime.call("model.status", [self.name, self.version])
 
 
 def list_models(runtime: Runtime) -> list[dict]:
     """Every model the runtime serves: ``[{"name", "model_version_status": [...]}]``."""
-    return runtime._call("model.list", [])
+    return runtime.call("model.list", [])
 
 
 class LocalModel:
@@ -150,15 +151,13 @@ def load_model(path: str | Path, runtime: Runtime | None = None) -> LocalModel:
         NotFoundError: no complete model version there.
         FailedPreconditionError: damaged files.
     """
-    # The on-disk format is the runtime's (lazily: a client machine may lack its kernels).
-    from ..runtime_server.serving.models import MARKER, _versions_on_disk, read_model_dir
-    from .runtime import connect
+    from .runtime import connect  # lazily: runtime imports this module
 
     p = Path(path)
     if p.is_file() and p.name.endswith((".tar.gz", ".tgz")):
         return _load_archive(p, runtime)
     if not (p / MARKER).is_file():
-        versions = _versions_on_disk(p)
+        versions = versions_on_disk(p)
         if not versions:
             raise NotFoundError(f"load_model: {p} holds no complete model version (no {MARKER})")
         p = p / str(versions[-1])

@@ -5,11 +5,12 @@ Contents: Runtime, connect, set_default_runtime.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import InvalidArgumentError
 from .graph import RemoteGraph
-from .transport import InprocTransport, Transport
+from .transport import Transport
 
 
 class Runtime:
@@ -20,7 +21,10 @@ class Runtime:
 
     def __init__(self, transport: Transport):
         self._transport = transport
-        self._call = transport.call
+        # call(method, params): one RPC to the runtime, its result or its error raised as the
+        # same kernelflow.errors type (docs/protocol.md lists the methods). The transport's own
+        # bound method, so the hot path pays no extra frame.
+        self.call: Callable[[str, list], Any] = transport.call
         self._graphs: dict[str, RemoteGraph] = {}
 
     @property
@@ -74,7 +78,7 @@ class Runtime:
 
     def info(self) -> dict:
         """Runtime version, backend, devices, memory in use, graphs."""
-        return self._call("info", [])
+        return self.call("info", [])
 
     def graph(self, name: str, seed: int = 0) -> RemoteGraph:
         """Create the graph ``name``, or re-attach to it with its nodes and variables.
@@ -88,16 +92,16 @@ class Runtime:
         g = self._graphs.get(name)
         if g is not None:
             return g
-        info = self._call("graph.open", [name, int(seed)])
+        info = self.call("graph.open", [name, int(seed)])
         g = RemoteGraph(self, name, seed=info.get("seed", seed))
         if info["version"]:
-            g._load(self._call("graph.get", [name, 0]))
+            g._load(self.call("graph.get", [name, 0]))
         self._graphs[name] = g
         return g
 
     def graphs(self) -> list[str]:
         """Names of the graphs the runtime holds."""
-        return [d["name"] for d in self._call("graph.list", [])]
+        return [d["name"] for d in self.call("graph.list", [])]
 
     def dataset(self, name: str, arrays: dict | None = None, **kwargs: Any) -> Any:
         """Upload ``arrays`` as dataset ``name``, or re-attach to it when ``arrays`` is None.
@@ -110,7 +114,7 @@ class Runtime:
 
     def datasets(self) -> list[dict]:
         """Info of every dataset the runtime holds."""
-        return self._call("dataset.list", [])
+        return self.call("dataset.list", [])
 
     def job(self, job_id: str) -> Any:
         """Re-attach to a job by id, with its full history."""
@@ -120,7 +124,7 @@ class Runtime:
 
     def jobs(self) -> list[dict]:
         """Status of every job the runtime knows."""
-        return self._call("job.list", [])
+        return self.call("job.list", [])
 
     def model(self, name: str, version: int | None = None) -> Any:
         """A `kernelflow.client.model.ModelHandle` on exported model ``name`` (latest version by default)."""
@@ -136,7 +140,7 @@ class Runtime:
 
     def delete_graph(self, name: str) -> None:
         """Delete a graph and its variables from the runtime."""
-        self._call("graph.delete", [name])
+        self.call("graph.delete", [name])
         self._graphs.pop(name, None)
 
 
@@ -191,6 +195,8 @@ def connect(url: str | None = None, *, token: str | None = None, timeout: float 
             return Runtime(connect_local(timeout=timeout))
         token = token or _env_token()
     if url == "inproc":
+        from .inproc import InprocTransport
+
         return Runtime(InprocTransport(device=device, soft_placement=soft_placement, state_dir=state_dir,
                                        compile=compile))
     if isinstance(url, str) and url.startswith(("kf://", "kfs://")):

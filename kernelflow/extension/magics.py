@@ -121,7 +121,7 @@ class KernelflowMagics(Magics):
     def _cmd_graphs(self, args: list[str]) -> Report:
         rt = self._runtime()
         # graph.list carries versions and variable counts; Runtime.graphs() keeps only the names.
-        rows = [[d["name"], d.get("version", ""), d.get("variables", "")] for d in rt._call("graph.list", [])]
+        rows = [[d["name"], d.get("version", ""), d.get("variables", "")] for d in rt.call("graph.list", [])]
         return _table(f"graphs on {rt.url}: {len(rows)}", ["name", "nodes", "variables"], rows)
 
     def _cmd_jobs(self, args: list[str]) -> Report | None:

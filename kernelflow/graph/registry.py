@@ -43,6 +43,8 @@ class OpDef:
         vjp: ``(g, out, *inputs, **attrs) -> cotangent per input`` built from graph ops, or None.
         differentiable: False marks an explicit opt-out of gradients (integer outputs, state).
         stateful: has side effects or randomness: never merged, always run when in a plan.
+        random: draws random numbers (an exported model must not hold one: it would answer
+            differently each time).
         alias: the kernel may return its first input or a view of it (identity, reshape...);
             the executor copies such values before handing them out of a run.
         mutates: input positions that must be variables, updated in place by the kernel.
@@ -57,6 +59,7 @@ class OpDef:
     vjp: Callable[..., tuple] | None = None
     differentiable: bool = True
     stateful: bool = False
+    random: bool = False
     alias: bool = False
     mutates: tuple[int, ...] = ()
     doc: str = ""

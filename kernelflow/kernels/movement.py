@@ -108,4 +108,3 @@ def pad_grad_kernel(xp, g, like, pad_width, mode):
     return out.reshape(like.shape)
 
 
-from . import indexing as _indexing  # noqa: E402,F401  (the indexing half of this family)

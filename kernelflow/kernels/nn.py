@@ -1,14 +1,9 @@
-"""Kernels of the neural-network ops (same order as graph/ops/nn.py).
-
-The conv and pool kernels live in `conv`; importing this module registers them too, as
-graph/ops/nn.py defines their ops.
-"""
+"""Kernels of the neural-network ops (same order as graph/ops/nn.py; conv and pool are in conv.py)."""
 
 from __future__ import annotations
 
 from ..errors import InvalidArgumentError
 from ..graph.ops import nn as N
-from . import conv  # noqa: F401  (registers the conv/pool kernels with the rest of the family)
 from .registry import kernel
 
 

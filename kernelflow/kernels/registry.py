@@ -106,5 +106,18 @@ def special(xp: Any) -> Any:
     return cupyx.scipy.special
 
 
+_loaded = False
+
+
 def _load_all() -> None:
-    from . import elementwise, linalg, movement, nn, random, reduce, state, training  # noqa: F401
+    """Import the kernel module of every op family (each registers its kernels), once."""
+    global _loaded
+    if _loaded:
+        return
+    import importlib
+
+    from ..graph.ops import FAMILIES
+
+    for family in FAMILIES:
+        importlib.import_module(f"{__package__}.{family}")
+    _loaded = True

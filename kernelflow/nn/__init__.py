@@ -1,5 +1,23 @@
-"""Graph builders: initialisers, layers, losses, optimisers. Imports graph only."""
+"""Graph builders: initialisers, layers, losses, metrics, optimisers, models. Imports graph only.
 
-from . import init, layers, optim
+The layer classes live here (``kf.nn.Dense``) and in ``kf.layers`` beside the function
+builders (``kf.layers.dense``).
+"""
 
-__all__ = ["init", "layers", "optim"]
+from . import callbacks, init, layers, losses, optim
+from . import models as nn_models
+from .attention import MultiHeadAttention
+from .conv_layers import AvgPool2D, Conv1D, Conv2D, Conv2DTranspose, GlobalAvgPool2D, MaxPool2D
+from .core import Activation, Add, Concatenate, Dense, Dropout, Embedding, Flatten, Reshape
+from .layer_base import L1, L1L2, L2, Input, Layer, Regularizer, SymbolicTensor, defaults
+from .norm import BatchNormalization, LayerNormalization
+
+LAYERS = ["Dense", "Conv1D", "Conv2D", "Conv2DTranspose", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Flatten",
+          "Reshape", "Dropout", "BatchNormalization", "LayerNormalization", "Embedding", "MultiHeadAttention", "Add",
+          "Concatenate", "Activation"]
+
+__all__ = ["init", "layers", "optim", "callbacks", "losses", "nn_models",
+           "Layer", "SymbolicTensor", "Input", "defaults", "Regularizer", "L1", "L2",
+           "L1L2", "Dense", "Conv1D", "Conv2D", "Conv2DTranspose", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
+           "Flatten", "Reshape", "Dropout", "BatchNormalization", "LayerNormalization", "Embedding",
+           "MultiHeadAttention", "Add", "Concatenate", "Activation"]

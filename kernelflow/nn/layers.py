@@ -4,7 +4,9 @@
 
 Variables live under the layer's name scope (``dense1/w``, ``dense1/b``), initialised at once.
 
-Contents: dense, conv2d.
+The layer classes (``kf.layers.Dense``...) are re-exported here from their modules.
+
+Contents: dense, conv2d, and the classes of `kernelflow.nn`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,15 @@ import numpy as np
 from ..errors import InvalidArgumentError
 from ..graph.ir import Tensor
 from . import init as kinit
+from .attention import MultiHeadAttention
+from .conv_layers import AvgPool2D, Conv1D, Conv2D, Conv2DTranspose, GlobalAvgPool2D, MaxPool2D
+from .core import Activation, Add, Concatenate, Dense, Dropout, Embedding, Flatten, Reshape
+from .layer_base import Input, Layer
+from .norm import BatchNormalization, LayerNormalization
 
-__all__ = ["dense", "conv2d"]
+__all__ = ["dense", "conv2d", "Layer", "Input", "Dense", "Conv1D", "Conv2D", "Conv2DTranspose", "MaxPool2D",
+           "AvgPool2D", "GlobalAvgPool2D", "Flatten", "Reshape", "Dropout", "BatchNormalization", "LayerNormalization",
+           "Embedding", "MultiHeadAttention", "Add", "Concatenate", "Activation"]
 
 
 def dense(x: Tensor, units: int, activation: Callable[[Tensor], Tensor] | None = None, name: str = "dense",

@@ -32,7 +32,8 @@ from ..errors import (
 from .engine.devices import Placement, to_host
 
 if TYPE_CHECKING:
-    from .service import RuntimeService
+    from .engine.devices import DeviceManager
+    from .persist.state import StateDir
 
 log = logging.getLogger("kernelflow.datasets")
 
@@ -110,20 +111,14 @@ class _Upload:
 
 
 class DatasetStore:
-    """The runtime's datasets; registers the ``dataset.*`` RPC methods on the service."""
+    """The runtime's datasets and the ``dataset.*`` RPC methods."""
 
-    def __init__(self, service: RuntimeService):
-        self.service = service
+    def __init__(self, devices: DeviceManager, state: StateDir | None):
+        self.devices = devices
+        self.state = state
         self.datasets: dict[str, StoredDataset] = {}
         self._uploads: dict[str, _Upload] = {}
         self._lock = threading.Lock()
-        for name, fn, peer in [("dataset.begin", self.begin, True), ("dataset.put", self.put, False),
-                               ("dataset.commit", self.commit, False), ("dataset.abort", self.abort, False),
-                               ("dataset.info", self.info, False), ("dataset.list", self.list, False),
-                               ("dataset.delete", self.delete, False), ("dataset.split", self.split, False),
-                               ("dataset.read", self.read, False)]:
-            service.register(name, fn, wants_peer=peer)
-        service.on_peer_closed(self._peer_closed)
 
     def get(self, name: Any) -> StoredDataset:
         """The dataset ``name``, or NotFoundError listing the known ones."""
@@ -134,7 +129,7 @@ class DatasetStore:
             return ds
 
     def _place(self, name: str) -> Placement:
-        return self.service.devices.resolve(None, f"<dataset {name}>")
+        return self.devices.resolve(None, f"<dataset {name}>")
 
     # ----------------------------------------------------------------- upload
     def begin(self, name: str, columns: dict, options: dict | None = None, *, peer: Any = None) -> dict:
@@ -202,7 +197,7 @@ class DatasetStore:
         if start < 0 or stop > up.length:
             raise InvalidArgumentError(f"dataset '{up.name}': chunk rows {start}:{stop} of {column!r} are outside "
                                        f"0:{up.length}")
-        dst[start:stop] = chunk if up.place.backend == "numpy" else self.service.devices.to_device(chunk, up.place)
+        dst[start:stop] = chunk if up.place.backend == "numpy" else self.devices.to_device(chunk, up.place)
         with self._lock:
             up.filled[column] += stop - start
             return up.filled[column]
@@ -220,8 +215,8 @@ class DatasetStore:
         ds = StoredDataset(up.name, up.columns, up.length, up.place, up.meta)
         with self._lock:
             self._drop_locked(up.name)  # an overwritten dataset and the splits made from it
-        if self.service.state is not None:
-            self.service.state.write_dataset(up.name, {c: to_host(a) for c, a in up.columns.items()}, up.meta)
+        if self.state is not None:
+            self.state.write_dataset(up.name, {c: to_host(a) for c, a in up.columns.items()}, up.meta)
         with self._lock:
             self.datasets[up.name] = ds
         log.info("dataset '%s': %d rows, %s on %s", up.name, up.length, sorted(up.columns), up.place.name)
@@ -232,7 +227,7 @@ class DatasetStore:
         with self._lock:
             return self._uploads.pop(upload_id, None) is not None if isinstance(upload_id, str) else False
 
-    def _peer_closed(self, peer: Any) -> None:
+    def peer_closed(self, peer: Any) -> None:
         with self._lock:
             for uid in [u.id for u in self._uploads.values() if u.peer is peer]:
                 del self._uploads[uid]
@@ -272,9 +267,9 @@ class DatasetStore:
         gone += [n for n, d in self.datasets.items() if d.view_of == name]
         for n in gone:
             del self.datasets[n]
-            if self.service.state is not None:
+            if self.state is not None:
                 try:
-                    self.service.state.delete_dataset(n)
+                    self.state.delete_dataset(n)
                 except Exception:
                     log.error("cannot delete dataset '%s' from the state dir", n, exc_info=True)
         return gone
@@ -312,8 +307,8 @@ class DatasetStore:
             index = np.ascontiguousarray(rows[sel], dtype=np.int64)
             meta = {"created": time.time(), "view_of": root, "split": {**split, "part": part}}
             view = self._make_view(n, base, index, meta)
-            if self.service.state is not None:
-                self.service.state.write_dataset(n, {_VIEW_INDEX: index}, meta)
+            if self.state is not None:
+                self.state.write_dataset(n, {_VIEW_INDEX: index}, meta)
             with self._lock:
                 self.datasets[n] = view
             out.append(view.info())
@@ -321,12 +316,12 @@ class DatasetStore:
 
     def _make_view(self, name: str, root: StoredDataset, index: np.ndarray, meta: dict) -> StoredDataset:
         return StoredDataset(name, root.columns, len(index), root.place, meta, index=index,
-                             device_index=self.service.devices.to_device(index, root.place), view_of=root.name)
+                             device_index=self.devices.to_device(index, root.place), view_of=root.name)
 
     # ----------------------------------------------------------------- state dir
     def load_from_state(self) -> None:
         """Bring back the datasets of the state dir (roots first, then their views)."""
-        state = self.service.state
+        state = self.state
         if state is None:
             return
         items = state.load_datasets()
@@ -337,7 +332,7 @@ class DatasetStore:
                                          meta)
                 else:
                     place = self._place(name)
-                    cols = {c: self.service.devices.to_device(np.ascontiguousarray(a), place)
+                    cols = {c: self.devices.to_device(np.ascontiguousarray(a), place)
                             for c, a in arrays.items()}
                     ds = StoredDataset(name, cols, len(next(iter(cols.values()))), place, dict(meta))
             except Exception:

@@ -69,17 +69,6 @@ def _attr_text(v: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def _sync_with_runtime(g: Graph) -> None:
-    """Send the graph's pending nodes, then take in nodes other clients added on the runtime."""
-    runtime = getattr(g, "runtime", None)
-    if runtime is None:
-        return
-    g.sync()  # type: ignore[attr-defined]
-    info = runtime._call("graph.get", [g.name, g.version])
-    if info.get("nodes"):
-        g._load(info)  # type: ignore[attr-defined]  # the re-attach path of RemoteGraph
-
-
 class GraphInspector(anywidget.AnyWidget):
     """A widget drawing graph ``g`` as its runtime holds it.
 
@@ -139,7 +128,8 @@ class GraphInspector(anywidget.AnyWidget):
     def refresh(self) -> None:
         """Re-read the graph from its runtime (nodes added by other clients included) and redraw."""
         try:
-            _sync_with_runtime(self.graph)
+            if hasattr(self.graph, "pull"):  # a RemoteGraph: take in what other clients added
+                self.graph.pull()
             self.status = ""
         except KernelflowError as e:
             self.status = f"showing the local graph; the runtime could not be read: {e}"

@@ -61,10 +61,7 @@ def _hms(seconds: float | None) -> str:
 
 def _cached_status(job: Any) -> dict:
     """The job's status as the notification stream last reported it (no RPC)."""
-    st = getattr(job, "last_status", None)
-    if isinstance(st, dict):
-        return st
-    return dict(job._m.status)  # the client's mirror, refreshed by every job.records notification
+    return job.last_status  # the client's mirror, refreshed by every job.records notification
 
 
 class _JobHeader:

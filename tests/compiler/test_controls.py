@@ -50,14 +50,14 @@ def test_run_option_of_wrong_type_raises(rt):
     y = kf.exp(x)
     g.run(y, {x: np.ones(2, np.float32)})
     with pytest.raises(InvalidArgumentError, match=r"option 'compile' must be true or false; got 'no'"):
-        rt._call("graph.run", ["opts", g.version, [], [y.name], [x.name], [np.ones(2, np.float32)],
+        rt.call("graph.run", ["opts", g.version, [], [y.name], [x.name], [np.ones(2, np.float32)],
                                {"compile": "no"}])
     with pytest.raises(InvalidArgumentError, match=r"unknown option\(s\) \['fast'\]"):
-        rt._call("graph.run", ["opts", g.version, [], [y.name], [x.name], [np.ones(2, np.float32)], {"fast": 1}])
+        rt.call("graph.run", ["opts", g.version, [], [y.name], [x.name], [np.ones(2, np.float32)], {"fast": 1}])
 
 
 def test_serve_no_compile_runs_plans_as_built(tmp_path):
-    from tests.runtime.test_server import ServerProcess
+    from tests.support.server import ServerProcess
 
     proc = ServerProcess(tmp_path, "--no-compile").wait_listening()
     try:

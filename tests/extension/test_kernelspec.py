@@ -119,7 +119,7 @@ def test_installed_kernel_connects_to_server_with_no_code(jupyter_dirs, tmp_path
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
 
-    from tests.runtime.test_server import ServerProcess
+    from tests.support.server import ServerProcess
 
     srv = ServerProcess(tmp_path).wait_listening()
     token_file = tmp_path / "token"

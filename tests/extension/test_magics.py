@@ -110,7 +110,7 @@ def test_kf_unknown_command_raises_usage_error(ip):
 
 
 def test_kf_connect_server_url_with_token(ip, tmp_path, capsys):
-    from tests.runtime.test_server import ServerProcess
+    from tests.support.server import ServerProcess
 
     srv = ServerProcess(tmp_path).wait_listening()
     try:

@@ -119,10 +119,23 @@ def test_print_op_passes_gradient_through(inproc_rt):
     y = kf.sum(kf.print_tensor(x, message="x=") * x)
     gx = kf.gradients(y, x)
     np.testing.assert_allclose(g.run(gx, {x: np.array([1.5, -2.0])}), [3.0, -4.0])
-    lines = rt._transport.service.graphs["test"].log_lines
+    lines = rt._transport.service.graphs.session("test").log_lines
     assert any(line.startswith("x=") and "[1.5, -2.0]" in line for line in lines)
 
 
 def test_unknown_op_name_suggests_the_closest():
     with pytest.raises(kf.errors.NotFoundError, match=r"unknown op 'expp'; did you mean 'exp'\?"):
         kf.graph.lookup("expp")
+
+
+def test_op_families_listed_once_and_each_has_ops_and_kernels():
+    import pathlib
+
+    from kernelflow.graph.ops import FAMILIES
+
+    root = pathlib.Path(kf.__file__).parent
+    graph_modules = {p.stem for p in (root / "graph" / "ops").glob("*.py") if p.stem != "__init__"}
+    kernel_modules = {p.stem for p in (root / "kernels").glob("*.py") if p.stem not in ("__init__", "registry")}
+    assert len(FAMILIES) == len(set(FAMILIES))
+    assert set(FAMILIES) == graph_modules
+    assert set(FAMILIES) <= kernel_modules

@@ -23,7 +23,7 @@ def jupyter_env(tmp_path, monkeypatch) -> pathlib.Path:
 def notebook_server(jupyter_env, monkeypatch) -> Iterator[object]:
     """A real `kernelflow serve` whose URL and token file kernels started now inherit
     (``KERNELFLOW_URL``, ``KERNELFLOW_TOKEN_FILE``), so ``kf.connect()`` reaches it with no code."""
-    from tests.runtime.test_server import ServerProcess
+    from tests.support.server import ServerProcess
 
     srv = ServerProcess(jupyter_env).wait_listening()
     token_file = jupyter_env / "token"

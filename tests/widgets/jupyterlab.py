@@ -93,7 +93,7 @@ def lab_process(tmp: pathlib.Path, root_dir: pathlib.Path, env: dict | None = No
 @contextlib.contextmanager
 def jupyterlab(tmp_path: pathlib.Path, nb_dir: pathlib.Path) -> Iterator[tuple[str, object]]:
     """JupyterLab serving ``nb_dir`` whose kernels reach a fresh runtime server; yields (base url, server)."""
-    from tests.runtime.test_server import ServerProcess
+    from tests.support.server import ServerProcess
 
     srv = ServerProcess(tmp_path).wait_listening()
     try:

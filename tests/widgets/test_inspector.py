@@ -90,7 +90,7 @@ def test_inspector_click_variable_summary_matches_value(graph):
 
 def test_inspector_summaries_add_no_nodes_to_the_graph(graph):
     graph.sync()
-    before, on_runtime = len(graph), len(graph.runtime._call("graph.get", [graph.name, 0])["nodes"])
+    before, on_runtime = len(graph), len(graph.runtime.call("graph.get", [graph.name, 0])["nodes"])
     w = GraphInspector(graph)
     xb = np.ones((2, 8, 8, 1), np.float32)
     summaries = [w.click("conv1/w")["summary"], w.select("conv1/relu", summary=True, feed={"x": xb})["summary"],
@@ -98,7 +98,7 @@ def test_inspector_summaries_add_no_nodes_to_the_graph(graph):
     assert [s["name"] for s in summaries] == ["conv1/w", "conv1/relu", "dense/b", "dense/b"]
     w.refresh()
     assert len(graph) == before and w.meta["nodes"] == before
-    assert len(graph.runtime._call("graph.get", [graph.name, 0])["nodes"]) == on_runtime
+    assert len(graph.runtime.call("graph.get", [graph.name, 0])["nodes"]) == on_runtime
 
 
 def test_inspector_summary_with_feed_and_refusal_of_side_effects(graph):

@@ -22,7 +22,8 @@ from kernelflow.widgets.downsample import (  # noqa: E402
     histogram_percentiles,
     outlier_range,
 )
-from tests.runtime.test_jobs import digits, mlp, wait_for  # noqa: E402
+from tests.support.models import digits, mlp
+from tests.support.waiting import wait_for  # noqa: E402
 
 
 def ema_reference(values: np.ndarray, w: float) -> np.ndarray:

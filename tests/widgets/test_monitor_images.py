@@ -15,7 +15,7 @@ Image = pytest.importorskip("PIL.Image")
 import kernelflow as kf  # noqa: E402
 from kernelflow.widgets import TrainingMonitor  # noqa: E402
 from kernelflow.widgets.images import ImagePanel, png_bytes  # noqa: E402
-from tests.runtime.test_jobs import wait_for  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 from tests.widgets.test_monitor import FakeJob, scalars  # noqa: E402
 
 

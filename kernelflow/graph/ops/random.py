@@ -49,7 +49,7 @@ def _seed(op: str, seed: Any) -> int | None:
     return int(seed)
 
 
-_random = dict(differentiable=False, stateful=True)
+_random = dict(differentiable=False, stateful=True, random=True)
 _sample_attrs = {"dtype": "float32", "seed": None}
 
 random_normal_op = define_op(

@@ -1,10 +1,11 @@
 """The runtime's compiler settings: which `Compiler` plans get, per-run options, and ``graph.plan``.
 
-Contents: make_compiler, run_options, register_plan_method.
+Contents: make_compiler, run_options, PlanMethods.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ...compiler import Compiler, compile_mode_from_env, format_plan
@@ -45,12 +46,20 @@ def run_options(options: Any) -> bool:
     return value
 
 
-def register_plan_method(service: Any) -> None:
-    """Add ``graph.plan``: the text of the plan a run of (fetches, feeds) executes."""
+class PlanMethods:
+    """``graph.plan``: the text of the plan a run of (fetches, feeds) executes.
 
-    def graph_plan(name: str, since: int, nodes: list, fetches: list, feed_names: list,
+    Args:
+        session: ``session(name) -> GraphSession`` (NotFoundError for an unknown graph).
+    """
+
+    def __init__(self, session: Callable[[Any], Any]):
+        self._session = session
+
+    def graph_plan(self, name: str, since: int, nodes: list, fetches: list, feed_names: list,
                    options: dict | None = None) -> str:
-        s = service.session(name)
+        """Extend with piggy-backed ``nodes``, build (or find) the plan, and print it."""
+        s = self._session(name)
         if nodes:
             s.extend(list(nodes), since)
         compile_on = run_options(options)
@@ -62,5 +71,3 @@ def register_plan_method(service: Any) -> None:
             stats = plan.optimized.stats if plan.optimized is not None else None
             head = "# optimised plan" if plan.compiler is not None else "# plan (compiler off)"
             return head + "\n" + format_plan(plan.order, fed, stats)
-
-    service.register("graph.plan", graph_plan)

@@ -9,12 +9,12 @@ where it lives, on its device, without running anything. Only the summary goes b
 Params: ``[graph, since, nodes, tensor, feed_names, feed_values, bins=30, allow_side_effects=False]``,
 laid out like ``graph.run``'s (``nodes`` piggy-backs nodes the client has not sent yet).
 
-Contents: DEFAULT_BINS, MAX_BINS, summarize, register.
+Contents: DEFAULT_BINS, MAX_BINS, summarize, SummaryMethods.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -132,12 +132,16 @@ def summarize(s: GraphSession, tensor: str, feed_names: Sequence[str], feed_valu
     return {"name": t.name, "shape": [int(d) for d in value.shape], "dtype": t.dtype, **summary}
 
 
-def register(service: Any) -> None:
-    """Add ``tensor.summary`` to ``service``."""
+class SummaryMethods:
+    """The ``tensor.summary`` RPC method over the sessions ``session(name)`` returns."""
 
-    def tensor_summary(graph: str, since: int, nodes: list, tensor: str, feed_names: list, feed_values: list,
+    def __init__(self, session: Callable[[str], GraphSession]):
+        self.session = session
+
+    def tensor_summary(self, graph: str, since: int, nodes: list, tensor: str, feed_names: list, feed_values: list,
                        bins: int = DEFAULT_BINS, allow_side_effects: bool = False) -> dict:
-        s = service.session(graph)
+        """Statistics and a histogram of ``tensor``'s value (piggy-backed ``nodes`` added first)."""
+        s = self.session(graph)
         if nodes:
             if not isinstance(nodes, (list, tuple)):
                 raise InvalidArgumentError(f"tensor.summary: nodes must be a list; got {type(nodes).__name__}")
@@ -148,5 +152,3 @@ def register(service: Any) -> None:
         if len(feed_names) != len(feed_values):
             raise InvalidArgumentError(f"tensor.summary: {len(feed_names)} feed names but {len(feed_values)} values")
         return summarize(s, tensor, list(feed_names), list(feed_values), bins, bool(allow_side_effects))
-
-    service.register("tensor.summary", tensor_summary)

@@ -22,7 +22,7 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from tornado.iostream import IOStream, StreamClosedError
 
@@ -31,12 +31,25 @@ from ...protocol.codec import MessageReader
 from ...protocol.rpc import error_to_map
 from ...protocol.rpc import notification as notification_frames
 
-if TYPE_CHECKING:
-    from .server import RuntimeServer
-
 log = logging.getLogger("kernelflow.server")
 
 READ_CHUNK_BYTES = 256 << 10
+
+
+class ConnectionDelegate(Protocol):
+    """What a connection needs from the server that owns it."""
+
+    max_message_bytes: int
+
+    def handle_message(self, conn: ConnectionState, msg: Any) -> bool | asyncio.Future:
+        """Answer one decoded message: True/False (answered; False ends the connection), or a
+        future resolving to that once the answer went out."""
+
+    def reply(self, conn: ConnectionState, msgid: int | None, error: dict | None, result: Any) -> None:
+        """Send a response (``msgid`` None: an error about bytes that were no request)."""
+
+    def connection_closed(self, conn: ConnectionState) -> None:
+        """The connection is gone (called once)."""
 
 
 class ConnectionState:
@@ -48,7 +61,7 @@ class ConnectionState:
 
     __slots__ = ("address", "is_authenticated", "loop", "server", "reader", "__weakref__")
 
-    def __init__(self, server: RuntimeServer, address: Any):
+    def __init__(self, server: ConnectionDelegate, address: Any):
         self.server = server
         self.address = address
         self.is_authenticated = False
@@ -85,7 +98,7 @@ class SocketConnection(ConnectionState):
     """A plain TCP connection served from loop callbacks.
 
     Args:
-        server: the server whose ``_handle`` answers each message.
+        server: the delegate whose ``handle_message`` answers each message.
         sock: the accepted socket (made non-blocking here).
         address: the peer's address, for logs.
         chunk: a scratch receive buffer; the server shares one among its connections (the
@@ -95,7 +108,7 @@ class SocketConnection(ConnectionState):
     __slots__ = ("sock", "_fd", "_chunk", "_view", "_out", "_reading", "_writing", "_busy", "_msgs", "_closing",
                  "_is_closed")
 
-    def __init__(self, server: RuntimeServer, sock: socket.socket, address: Any, chunk: bytearray):
+    def __init__(self, server: ConnectionDelegate, sock: socket.socket, address: Any, chunk: bytearray):
         super().__init__(server, address)
         sock.setblocking(False)
         self.sock = sock
@@ -163,7 +176,7 @@ class SocketConnection(ConnectionState):
 
     def _process(self, msgs: Iterator[Any]) -> None:
         """Answer the messages ``msgs`` yields; pauses while a call is in the pool or output is pending."""
-        handle = self.server._handle
+        handle = self.server.handle_message
         try:
             for msg in msgs:
                 r = handle(self, msg)
@@ -185,7 +198,7 @@ class SocketConnection(ConnectionState):
         except KernelflowError as e:
             # The byte stream cannot be resynchronised after bad framing: answer and drop.
             log.warning("dropping connection %s: %s", self.address, e)
-            self.server._reply(self, None, error_to_map(e), None)
+            self.server.reply(self, None, error_to_map(e), None)
             self._close_when_sent()
             return
         self._start_reading()
@@ -289,7 +302,7 @@ class SocketConnection(ConnectionState):
             self.sock.close()
         except OSError:
             pass
-        self.server._connection_closed(self)
+        self.server.connection_closed(self)
 
 
 class StreamConnection(ConnectionState):
@@ -297,7 +310,7 @@ class StreamConnection(ConnectionState):
 
     __slots__ = ("stream", "_last_write")
 
-    def __init__(self, server: RuntimeServer, stream: IOStream, address: Any):
+    def __init__(self, server: ConnectionDelegate, stream: IOStream, address: Any):
         super().__init__(server, address)
         self.stream = stream
         self._last_write: Any = None
@@ -328,7 +341,7 @@ class StreamConnection(ConnectionState):
 
     async def serve(self) -> None:
         """Read and answer messages until the stream closes or cannot be trusted any more."""
-        stream, reader, handle = self.stream, self.reader, self.server._handle
+        stream, reader, handle = self.stream, self.reader, self.server.handle_message
         try:
             while not stream.closed():
                 target = reader.want_into()
@@ -351,7 +364,7 @@ class StreamConnection(ConnectionState):
                 except KernelflowError as e:
                     # The byte stream cannot be resynchronised after bad framing: answer and drop.
                     log.warning("dropping connection %s: %s", self.address, e)
-                    self.server._reply(self, None, error_to_map(e), None)
+                    self.server.reply(self, None, error_to_map(e), None)
                     await self._drain()
                     return
         except StreamClosedError:
@@ -360,4 +373,4 @@ class StreamConnection(ConnectionState):
             log.error("connection %s failed", self.address, exc_info=True)
         finally:
             stream.close()
-            self.server._connection_closed(self)
+            self.server.connection_closed(self)

@@ -32,39 +32,17 @@ from tornado.tcpserver import TCPServer
 from ...errors import InvalidArgumentError, KernelflowError, UnauthenticatedError
 from ...protocol.codec import DEFAULT_MAX_MESSAGE_BYTES
 from ...protocol.rpc import Request, error_to_map, parse_message, response
+from ..methods import Method
 from ..service import PROTOCOL_VERSION, RuntimeService
 from .connection import READ_CHUNK_BYTES, ConnectionState, SocketConnection, StreamConnection
 
 log = logging.getLogger("kernelflow.server")
 
 _NOT_INLINE = object()
-# Methods cheap enough to answer on the IO loop itself (no session lock, no array work).
-_INLINE_METHODS = frozenset({"info", "graph.list", "graph.open"})
-# A run, read or assign whose last call with the same signature took less than this runs
-# on the IO loop when its graph is idle: a hop through the thread pool costs ~150 us on a
+# A "timed" method (runs, reads, assigns) whose last call of the same shape took less than this
+# runs on the IO loop when its graph is idle: a hop through the thread pool costs ~150 us on a
 # small machine, more than a small run itself; 2 ms keeps `info` far inside its 50 ms.
 INLINE_BUDGET_S = 0.002
-_TIMED_METHODS = frozenset({"graph.run", "variable.read", "variable.assign"})
-
-
-def _timing_key(method: str, params: list) -> tuple | None:
-    """What identifies "the same call" for the inline decision, or None (always the pool)."""
-    if method not in _TIMED_METHODS or not params or type(params[0]) is not str:
-        return None
-    if method == "graph.run":
-        if len(params) != 6 or params[2]:  # piggy-backed nodes: validation and a new plan
-            return None
-        fetches, feeds = params[3], params[4]
-        if type(fetches) is not list or type(feeds) is not list:
-            return None
-        for n in fetches:
-            if type(n) is not str:
-                return None
-        for n in feeds:
-            if type(n) is not str:
-                return None
-        return (method, params[0], tuple(fetches), tuple(feeds))
-    return (method, params[0], params[1]) if len(params) >= 2 and type(params[1]) is str else None
 
 
 def _array_bytes(params: list) -> int:
@@ -114,7 +92,6 @@ class RuntimeServer(TCPServer):
         self._chunk = bytearray(READ_CHUNK_BYTES)  # SocketConnection's receive scratch buffer
         self._durations: dict[tuple, tuple[float, int]] = {}  # timing key -> (seconds, request array bytes)
         self.stopped = asyncio.Event()
-        self.methods = sorted(set(service.methods) | {"auth", "server.shutdown"})
 
     def bound_port(self) -> int:
         """The TCP port the server listens on (useful after ``listen(0)``)."""
@@ -147,12 +124,12 @@ class RuntimeServer(TCPServer):
         self._connections.add(SocketConnection(self, stream.socket, address, self._chunk))
         return None
 
-    def _connection_closed(self, conn: ConnectionState) -> None:
+    def connection_closed(self, conn: ConnectionState) -> None:
         self._connections.discard(conn)
         self.service.peer_closed(conn)
         log.debug("connection from %s closed", conn.address)
 
-    def _handle(self, conn: ConnectionState, msg: Any) -> bool | asyncio.Future:
+    def handle_message(self, conn: ConnectionState, msg: Any) -> bool | asyncio.Future:
         """Answer one message: True/False (answered; False ends the connection), or a future
         resolving to that once a call running in the pool has been answered."""
         try:
@@ -160,7 +137,7 @@ class RuntimeServer(TCPServer):
         except KernelflowError as e:
             msgid = getattr(e, "msgid", None)
             log.warning("bad message from %s: %s", conn.address, e)
-            self._reply(conn, msgid, error_to_map(e), None)
+            self.reply(conn, msgid, error_to_map(e), None)
             return msgid is not None  # a request we could answer keeps the connection
         if type(parsed) is not Request:
             log.debug("ignoring %s from %s", type(parsed).__name__, conn.address)
@@ -170,29 +147,30 @@ class RuntimeServer(TCPServer):
             return self._auth(conn, parsed)
         if not conn.is_authenticated:
             err = UnauthenticatedError(f"{method}: authenticate first: the first request must be auth [token]")
-            self._reply(conn, parsed.msgid, error_to_map(err), None)
+            self.reply(conn, parsed.msgid, error_to_map(err), None)
             return True
         if method == "server.shutdown":
             log.info("shutdown requested by %s", conn.address)
-            self._reply(conn, parsed.msgid, None, True)
+            self.reply(conn, parsed.msgid, None, True)
             conn.loop.call_soon(self.shutdown)
             return False
         try:
-            if method in _INLINE_METHODS:
-                result = self.service.call(method, params, conn)
+            entry = self.service.methods.lookup(method)
+            if entry.policy == "loop":
+                result = entry.call(params, conn)
                 if method == "info":
-                    result = {**result, "methods": self.methods, "max_message_bytes": self.max_message_bytes}
+                    result = {**result, "max_message_bytes": self.max_message_bytes}
             else:
-                result = self._call_inline(method, params, conn)
+                result = self._call_inline(entry, params, conn) if entry.policy == "timed" else _NOT_INLINE
                 if result is _NOT_INLINE:
-                    return self._call_in_pool(conn, parsed)
+                    return self._call_in_pool(conn, entry, parsed)
         except Exception as e:
             self._failed(conn, parsed, e)
             return True
-        self._reply(conn, parsed.msgid, None, result)
+        self.reply(conn, parsed.msgid, None, result)
         return True
 
-    def _call_in_pool(self, conn: ConnectionState, req: Request) -> asyncio.Future:
+    def _call_in_pool(self, conn: ConnectionState, entry: Method, req: Request) -> asyncio.Future:
         loop = conn.loop
         answered = loop.create_future()
 
@@ -204,48 +182,48 @@ class RuntimeServer(TCPServer):
             if e is not None:
                 self._failed(conn, req, e)
             else:
-                self._reply(conn, req.msgid, None, fut.result())
+                self.reply(conn, req.msgid, None, fut.result())
             answered.set_result(True)
 
-        loop.run_in_executor(self._pool, self._timed_call, req.method, req.params, conn).add_done_callback(finish)
+        loop.run_in_executor(self._pool, self._timed_call, entry, req.params, conn).add_done_callback(finish)
         return answered
 
     def _failed(self, conn: ConnectionState, req: Request, e: BaseException) -> None:
         level = logging.ERROR if not isinstance(e, KernelflowError) else logging.DEBUG
         log.log(level, "%s from %s failed: %s", req.method, conn.address, e,
                 exc_info=e if level == logging.ERROR else None)
-        self._reply(conn, req.msgid, error_to_map(e), None)
+        self.reply(conn, req.msgid, error_to_map(e), None)
 
-    def _timed_call(self, method: str, params: list, peer: Any = None) -> Any:
-        key = _timing_key(method, params)
+    def _timed_call(self, entry: Method, params: list, peer: Any = None) -> Any:
+        key = entry.timing_key(params) if entry.timing_key is not None else None
         if key is None:
-            return self.service.call(method, params, peer)
+            return entry.call(params, peer)
         t0 = time.perf_counter()
-        result = self.service.call(method, params, peer)
+        result = entry.call(params, peer)
         if len(self._durations) > 10_000:  # many one-off signatures: forget them, relearn the hot ones
             self._durations.clear()
         self._durations[key] = (time.perf_counter() - t0, _array_bytes(params))
         return result
 
-    def _call_inline(self, method: str, params: list, peer: Any = None) -> Any:
+    def _call_inline(self, entry: Method, params: list, peer: Any = None) -> Any:
         """Run a call known to be quick on the IO loop if its graph is idle, else `_NOT_INLINE`."""
-        key = _timing_key(method, params)
+        key = entry.timing_key(params) if entry.timing_key is not None else None
         last = self._durations.get(key) if key is not None else None
         if last is None or last[0] > INLINE_BUDGET_S:
             return _NOT_INLINE
         nbytes = _array_bytes(params)
         if nbytes > 2 * last[1] + (64 << 10):
             return _NOT_INLINE
-        session = self.service.graphs.get(params[0])
-        if session is None or not session.lock.acquire(blocking=False):
+        lock = entry.graph_lock(params) if entry.graph_lock is not None else None
+        if lock is None or not lock.acquire(blocking=False):
             return _NOT_INLINE  # never wait for another run's lock on the IO loop
         try:
             t0 = time.perf_counter()
-            result = self.service.call(method, params, peer)
+            result = entry.call(params, peer)
             self._durations[key] = (time.perf_counter() - t0, nbytes)  # an existing key: the table doesn't grow
             return result
         finally:
-            session.lock.release()
+            lock.release()
 
     def _auth(self, conn: ConnectionState, req: Request) -> bool:
         given = req.params[0] if len(req.params) == 1 else None
@@ -254,13 +232,13 @@ class RuntimeServer(TCPServer):
             log.warning("wrong token from %s; closing the connection", conn.address)
             err = UnauthenticatedError("auth: wrong token; find it in the URL `kernelflow serve` printed or in its "
                                        "runtime file")
-            self._reply(conn, req.msgid, error_to_map(err), None)
+            self.reply(conn, req.msgid, error_to_map(err), None)
             return False
         conn.is_authenticated = True
-        self._reply(conn, req.msgid, None, {"protocol": PROTOCOL_VERSION, "max_message_bytes": self.max_message_bytes})
+        self.reply(conn, req.msgid, None, {"protocol": PROTOCOL_VERSION, "max_message_bytes": self.max_message_bytes})
         return True
 
-    def _reply(self, conn: ConnectionState, msgid: int | None, error: dict | None, result: Any) -> None:
+    def reply(self, conn: ConnectionState, msgid: int | None, error: dict | None, result: Any) -> None:
         try:
             frames = response(msgid, error, result)
         except KernelflowError as e:

@@ -12,6 +12,8 @@ Layout (all under the root given to ``kernelflow serve --state-dir DIR``)::
     jobs/<id>/job.msgpack             {"id", "created", "spec"}; status.msgpack, history.log beside it,
                                       and images.log (the pixels of image records, bounded)
     tensorboard/<job>/...             TensorBoard event files
+    models/<name>/<version>/          exported models (format: kernelflow.protocol.model_dir), which
+                                      the model manager serves
     trash/, quarantine/               deleted dirs on their way out; graphs that failed to load
 
 ``<name>`` is the name with every byte outside ``[A-Za-z0-9_-]`` written ``%XX`` (long names
@@ -42,8 +44,6 @@ import shutil
 import struct
 import threading
 import time
-import zlib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,71 +52,22 @@ from safetensors.numpy import load_file, save_file
 
 from ...errors import FailedPreconditionError, InternalError, InvalidArgumentError, KernelflowError, NotFoundError
 from ...protocol.codec import decode, encode
+from .records import (
+    RecordLogs,
+    fs_name,
+    fsync_dir,
+    mkdirs,
+    sha256_file,
+    tmp_path,
+    write_atomic,
+)
 
 log = logging.getLogger("kernelflow.state")
 
-LOG_MAGIC = b"KFLOG\x00\x01\n"
-_RECORD_HEAD = struct.Struct(">II")  # payload length, crc32 of the payload
+RECORD_HEAD = struct.Struct(">II")  # payload length, crc32 of the payload
 GRAPH_FORMAT = 1
 _TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
-_SAFE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _ST_METADATA = {"format": "kernelflow-checkpoint-1"}  # constant: equal variables give equal files
-
-
-def fs_name(name: str) -> str:
-    """A file name for ``name``: reversible ``%XX`` escaping, a hash suffix when very long."""
-    out = "".join(chr(b) if b in _SAFE_BYTES else f"%{b:02X}" for b in name.encode())
-    if len(out) > 120:
-        out = out[:100] + "~" + hashlib.sha256(name.encode()).hexdigest()[:16]
-    return out
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _mkdirs(path: Path) -> None:
-    """Create ``path`` and missing parents, fsyncing each parent so the new entries survive a crash."""
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        d.mkdir(exist_ok=True)
-        _fsync_dir(d.parent)
-
-
-def _tmp_path(path: Path) -> Path:
-    return path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def _write_atomic(path: Path, frames: Sequence[bytes | memoryview]) -> None:
-    """Write ``frames`` to ``path``: temp file, fsync, rename, fsync the dir."""
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            for fr in frames:
-                f.write(fr)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _st_ready(name: str, a: Any) -> np.ndarray:
@@ -131,18 +82,18 @@ def _st_ready(name: str, a: Any) -> np.ndarray:
 
 def _save_arrays(path: Path, arrays: dict[str, Any]) -> tuple[int, str]:
     """Write ``arrays`` as safetensors to a temp file, fsync, rename; returns (bytes, sha256)."""
-    tmp = _tmp_path(path)
+    tmp = tmp_path(path)
     try:
         save_file({k: _st_ready(k, v) for k, v in arrays.items()}, str(tmp), metadata=_ST_METADATA)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        sha = _sha256_file(tmp)
+        sha = sha256_file(tmp)
         size = tmp.stat().st_size
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return size, sha
 
 
@@ -157,32 +108,6 @@ def _json_default(o: Any) -> Any:
 
 
 # ----------------------------------------------------------------- record logs
-def read_records(path: Path) -> tuple[list[bytes], int, int, str | None]:
-    """(payloads, end of the last good record, file size, why reading stopped early or None)."""
-    data = path.read_bytes()
-    if not data.startswith(LOG_MAGIC):
-        return [], 0, len(data), "bad magic (not a kernelflow record log)"
-    pos, out = len(LOG_MAGIC), []
-    while pos < len(data):
-        if len(data) - pos < _RECORD_HEAD.size:
-            return out, pos, len(data), f"torn record header at byte {pos}"
-        n, crc = _RECORD_HEAD.unpack_from(data, pos)
-        start = pos + _RECORD_HEAD.size
-        if start + n > len(data):
-            return out, pos, len(data), f"record at byte {pos} claims {n} bytes; {len(data) - start} left"
-        payload = data[start:start + n]
-        if zlib.crc32(payload) != crc:
-            return out, pos, len(data), f"crc mismatch in the record at byte {pos}"
-        out.append(payload)
-        pos = start + n
-    return out, pos, len(data), None
-
-
-def _frame(obj: Any) -> bytes:
-    payload = b"".join(bytes(f) for f in encode(obj))
-    return _RECORD_HEAD.pack(len(payload), zlib.crc32(payload)) + payload
-
-
 class StateDir:
     """Reads and writes the runtime's state under ``root``.
 
@@ -203,12 +128,12 @@ class StateDir:
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().absolute()
         if not self.root.is_dir():
-            _mkdirs(self.root.parent)
+            mkdirs(self.root.parent)
             self.root.mkdir(mode=0o700, exist_ok=True)  # graphs and data are the user's alone
-            _fsync_dir(self.root.parent)
+            fsync_dir(self.root.parent)
         self._guard = threading.Lock()
         self._locks: dict[tuple[str, str], threading.RLock] = {}
-        self._log_ends: dict[Path, int] = {}  # end of the last good record of each log we append to
+        self.logs = RecordLogs()
         self._spec_digests: dict[str, str] = {}
         self._image_counts: dict[Path, dict[str, int]] = {}  # image records per name in each images.log
         self._lock_fd: int | None = None
@@ -290,62 +215,14 @@ class StateDir:
         if not path.exists():
             return
         trash = self.root / "trash"
-        _mkdirs(trash)
+        mkdirs(trash)
         dest = trash / f"{path.name}-{time.time_ns()}-{secrets.token_hex(2)}"
         os.replace(path, dest)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         # Gone for every reader now; the files themselves may take a while (big checkpoints).
         threading.Thread(target=shutil.rmtree, args=(dest, True), name="kf-state-trash", daemon=True).start()
 
     # ----------------------------------------------------------------- record logs
-    def _create_log(self, path: Path, first: list[Any]) -> None:
-        _mkdirs(path.parent)
-        _write_atomic(path, [LOG_MAGIC, *(_frame(r) for r in first)])
-        self._log_ends[path] = path.stat().st_size
-
-    def _append(self, path: Path, records: Sequence[Any]) -> None:
-        """Append records to a log and fsync; a failed append is cut off again."""
-        frames = [_frame(r) for r in records]
-        end = self._log_ends.get(path)
-        if end is None:
-            _, end, _, _ = read_records(path)
-            self._log_ends[path] = end
-        try:
-            with open(path, "r+b") as f:
-                f.truncate(end)  # drops a torn tail left by a crash or a failed append
-                f.seek(end)
-                for fr in frames:
-                    f.write(fr)
-                f.flush()
-                os.fsync(f.fileno())
-                self._log_ends[path] = f.tell()
-        except OSError as e:
-            with contextlib.suppress(OSError), open(path, "r+b") as f:
-                f.truncate(end)
-            raise InternalError(f"state dir: cannot append to {path}: {e}") from e
-
-    def _load_log(self, path: Path) -> list[Any]:
-        """Decoded records of a log; a torn or garbage tail is logged and cut off."""
-        payloads, end, size, why = read_records(path)
-        out = []
-        for i, p in enumerate(payloads):
-            try:
-                out.append(decode(p))
-            except KernelflowError as e:  # crc passed but the payload is not ours: stop here
-                end = len(LOG_MAGIC) + sum(_RECORD_HEAD.size + len(q) for q in payloads[:i])
-                why = f"undecodable record {i}: {e}"
-                break
-        if why is not None:
-            if end == 0:  # not a log at all: leave it for a human, load nothing
-                log.error("state dir: %s: %s; ignoring the file", path, why)
-                return []
-            log.warning("state dir: %s: %s; ignoring the last %d bytes (a crash mid-write)", path, why, size - end)
-            with open(path, "r+b") as f:
-                f.truncate(end)
-                os.fsync(f.fileno())
-        self._log_ends[path] = end
-        return out
-
     # ----------------------------------------------------------------- graphs
     def _graph_dir(self, graph: str) -> Path:
         return self.root / "graphs" / fs_name(graph)
@@ -365,15 +242,15 @@ class StateDir:
                 if since != 0:
                     raise NotFoundError(f"state dir: graph '{graph}' has no log to extend from version {since} "
                                         "(deleted meanwhile?)")
-                self._create_log(path, [{"graph": graph, "seed": int(seed), "format": GRAPH_FORMAT}])
+                self.logs.create(path, [{"graph": graph, "seed": int(seed), "format": GRAPH_FORMAT}])
             if node_dicts:
-                self._append(path, [{"since": int(since), "nodes": list(node_dicts)}])
+                self.logs.append(path, [{"since": int(since), "nodes": list(node_dicts)}])
 
     def delete_graph(self, graph: str) -> None:
         """Forget a graph: its nodes and checkpoints (durable on return)."""
         with self._key_lock("graph", graph), self._key_lock("ckpt", graph):
             d = self._graph_dir(graph)
-            self._log_ends.pop(d / "graph.log", None)
+            self.logs.forget(d / "graph.log")
             self._discard(d)
             self._discard(self._ckpt_dir(graph))
 
@@ -381,13 +258,13 @@ class StateDir:
         """Move a graph that cannot be rebuilt (and its checkpoints) to quarantine/; returns where."""
         with self._key_lock("graph", graph), self._key_lock("ckpt", graph):
             dest = self.root / "quarantine" / f"{fs_name(graph)}-{time.strftime('%Y%m%d-%H%M%S')}"
-            _mkdirs(dest)
+            mkdirs(dest)
             for src, sub in ((self._graph_dir(graph), "graph"), (self._ckpt_dir(graph), "checkpoints")):
                 if src.exists():
                     os.replace(src, dest / sub)
-                    _fsync_dir(src.parent)
-            _fsync_dir(dest)
-            self._log_ends.pop(self._graph_dir(graph) / "graph.log", None)
+                    fsync_dir(src.parent)
+            fsync_dir(dest)
+            self.logs.forget(self._graph_dir(graph) / "graph.log")
             return dest
 
     def load_graphs(self) -> list[tuple[str, int, list[dict]]]:
@@ -398,7 +275,7 @@ class StateDir:
             path = d / "graph.log"
             if d.name.startswith(".") or not path.is_file():
                 continue
-            records = self._load_log(path)
+            records = self.logs.load(path)
             head = records[0] if records else None
             if not (isinstance(head, dict) and isinstance(head.get("graph"), str)
                     and isinstance(head.get("seed"), int)):
@@ -445,7 +322,7 @@ class StateDir:
             raise InvalidArgumentError(f"keep_last must be a positive integer or None; got {keep_last!r}")
         with self._key_lock("ckpt", graph):
             d = self._ckpt_dir(graph)
-            _mkdirs(d)
+            mkdirs(d)
             existing = self.list_checkpoints(graph)
             seq = max((m["seq"] for m in existing), default=0) + 1
             tag = tag or f"ckpt-{seq:06d}"
@@ -457,13 +334,13 @@ class StateDir:
             if skip_if_unchanged and existing:
                 last = existing[-1]
                 same = last.get("sha256") == sha and last.get("variables") == sorted(arrays)
-                if same and _sha256_file(d / last["file"]) == sha:
+                if same and sha256_file(d / last["file"]) == sha:
                     path.unlink()
                     return last
             m = {"step": None, "job": None, "metrics": {}, **manifest, "graph": graph, "tag": tag, "seq": seq,
                  "file": path.name, "bytes": size, "sha256": sha, "variables": sorted(arrays)}
             m["time"] = manifest.get("time") or time.time()
-            _write_atomic(d / f"{tag}.json", [json.dumps(m, default=_json_default, indent=1).encode()])
+            write_atomic(d / f"{tag}.json", [json.dumps(m, default=_json_default, indent=1).encode()])
             replaced = [x for x in existing if x["tag"] == tag]
             for x in replaced:
                 (d / x["file"]).unlink(missing_ok=True)
@@ -472,7 +349,7 @@ class StateDir:
                 for x in kept[:-keep_last]:
                     (d / f"{x['tag']}.json").unlink(missing_ok=True)  # the manifest first: then it is gone
                     (d / x["file"]).unlink(missing_ok=True)
-            _fsync_dir(d)
+            fsync_dir(d)
             return m
 
     def list_checkpoints(self, graph: str) -> list[dict[str, Any]]:
@@ -540,7 +417,7 @@ class StateDir:
             raise _DamagedError(f"file missing: {e}") from None
         if size != m.get("bytes"):
             raise _DamagedError(f"{size} bytes on disk; the manifest says {m.get('bytes')}")
-        sha = _sha256_file(path)
+        sha = sha256_file(path)
         if sha != m.get("sha256"):
             raise _DamagedError(f"sha256 {sha[:12]}... differs from the manifest's {str(m.get('sha256'))[:12]}...")
         try:
@@ -562,19 +439,19 @@ class StateDir:
         """
         with self._key_lock("dataset", name):
             final = self._dataset_dir(name)
-            _mkdirs(final.parent)
+            mkdirs(final.parent)
             tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
             tmp.mkdir()
             try:
                 size, sha = _save_arrays(tmp / "arrays.safetensors", arrays)
-                _write_atomic(tmp / "meta.msgpack", encode({"name": name, "meta": meta, "bytes": size,
+                write_atomic(tmp / "meta.msgpack", encode({"name": name, "meta": meta, "bytes": size,
                                                             "sha256": sha}))
                 self._discard(final)
                 os.replace(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
 
     def delete_dataset(self, name: str) -> None:
         """Forget a dataset (durable on return)."""
@@ -611,7 +488,7 @@ class StateDir:
         """
         with self._key_lock("job", job_id):
             d = self._job_dir(job_id)
-            _mkdirs(d)
+            mkdirs(d)
             body = b"".join(bytes(f) for f in encode(spec))
             digest = hashlib.sha256(body).hexdigest()
             head = d / "job.msgpack"
@@ -619,9 +496,9 @@ class StateDir:
                 created = time.time()
                 with contextlib.suppress(OSError, KernelflowError, KeyError, TypeError):
                     created = decode(head.read_bytes())["created"]  # a changed spec keeps the job's place
-                _write_atomic(head, encode({"id": job_id, "created": created, "spec": spec}))
+                write_atomic(head, encode({"id": job_id, "created": created, "spec": spec}))
                 self._spec_digests[job_id] = digest
-            _write_atomic(d / "status.msgpack", encode(status))
+            write_atomic(d / "status.msgpack", encode(status))
 
     def append_job_records(self, job_id: str, records: list[dict[str, Any]], keep_images: int | None = None) -> None:
         """Append logged records (metrics, histograms, images) to a job's history (durable on return).
@@ -647,15 +524,15 @@ class StateDir:
 
     def _append_or_create(self, path: Path, records: list[Any]) -> None:
         if not path.exists():
-            self._create_log(path, list(records))
+            self.logs.create(path, list(records))
         else:
-            self._append(path, records)
+            self.logs.append(path, records)
 
     def _append_images(self, path: Path, records: list[dict[str, Any]], keep: int | None) -> None:
         counts = self._image_counts.get(path)
         if counts is None:
             counts = {}
-            for r in self._load_log(path) if path.exists() else ():
+            for r in self.logs.load(path) if path.exists() else ():
                 counts[r.get("name")] = counts.get(r.get("name"), 0) + 1
             self._image_counts[path] = counts
         self._append_or_create(path, records)
@@ -664,21 +541,20 @@ class StateDir:
         if keep is not None and max(counts.values()) > 2 * keep:
             kept: list[Any] = []
             per: dict[Any, int] = {}
-            for r in reversed(self._load_log(path)):  # newest first
+            for r in reversed(self.logs.load(path)):  # newest first
                 per[r.get("name")] = per.get(r.get("name"), 0) + 1
                 if per[r.get("name")] <= keep:
                     kept.append(r)
             kept.reverse()
-            _write_atomic(path, [LOG_MAGIC, *(_frame(r) for r in kept)])
-            self._log_ends[path] = path.stat().st_size
+            self.logs.create(path, kept)  # compacted: replaces the log whole
             self._image_counts[path] = {k: min(v, keep) for k, v in per.items()}
 
     def delete_job(self, job_id: str) -> None:
         """Forget a job: spec, status, history (durable on return)."""
         with self._key_lock("job", job_id):
             d = self._job_dir(job_id)
-            self._log_ends.pop(d / "history.log", None)
-            self._log_ends.pop(d / "images.log", None)
+            self.logs.forget(d / "history.log")
+            self.logs.forget(d / "images.log")
             self._image_counts.pop(d / "images.log", None)
             self._spec_digests.pop(job_id, None)
             self._discard(d)
@@ -703,16 +579,22 @@ class StateDir:
                 continue
             hist = d / "history.log"
             with self._key_lock("job", head["id"]):
-                records = self._load_log(hist) if hist.exists() else []
+                records = self.logs.load(hist) if hist.exists() else []
                 pix = d / "images.log"
                 if pix.exists():
-                    found = {(r.get("name"), r.get("step")): r.get("images") for r in self._load_log(pix)
+                    found = {(r.get("name"), r.get("step")): r.get("images") for r in self.logs.load(pix)
                              if isinstance(r, dict)}
                     records = [{**r, "images": found[r.get("name"), r.get("step")]}
                                if isinstance(r, dict) and r.get("kind") == "images" and r.get("images") is None
                                and (r.get("name"), r.get("step")) in found else r for r in records]
             out.append((float(head.get("created") or 0.0), head["id"], head["spec"], status, records))
         return [(i, spec, status, records) for _, i, spec, status, records in sorted(out, key=lambda t: t[0])]
+
+    def models_dir(self) -> Path:
+        """The base path of exported models (created now if missing)."""
+        d = self.root / "models"
+        mkdirs(d)
+        return d
 
     def tensorboard_dir(self, job_id: str) -> Path:
         """Where a job's TensorBoard event files go."""

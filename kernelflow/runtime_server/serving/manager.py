@@ -39,9 +39,10 @@ from typing import Any
 import numpy as np
 
 from ...errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError, UnavailableError
+from ...protocol.model_dir import NAME_RE, check_model_name, versions_on_disk
 from ..engine.devices import DeviceManager
 from .batching import BatchingOptions, check_option
-from .models import _NAME_RE, LoadedModel, _versions_on_disk, check_model_name
+from .loaded import LoadedModel
 
 log = logging.getLogger("kernelflow.models")
 
@@ -49,7 +50,6 @@ START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UN
 BATCHING_FIELDS = tuple(f.name for f in fields(BatchingOptions))
 KEEP_ENDED = 5  # END versions kept in a model's status (newest first), so it does not grow forever
 # Test hook: while <dir>/hold-<model name> exists, loads of that model wait in LOADING.
-LOAD_GATE_ENV = "KERNELFLOW_TEST_LOAD_GATE"
 _CODES = {"InvalidArgumentError": "INVALID_ARGUMENT", "ShapeError": "INVALID_ARGUMENT", "NotFoundError": "NOT_FOUND",
           "FailedPreconditionError": "FAILED_PRECONDITION", "ResourceExhaustedError": "RESOURCE_EXHAUSTED",
           "UnavailableError": "UNAVAILABLE", "InternalError": "INTERNAL"}
@@ -282,7 +282,7 @@ class ModelManager:
         if self.base is None or not self.base.is_dir():
             return []
         return sorted(e.name for e in os.scandir(self.base)
-                      if e.is_dir() and _NAME_RE.fullmatch(e.name) and ".." not in e.name)
+                      if e.is_dir() and NAME_RE.fullmatch(e.name) and ".." not in e.name)
 
     def _settings(self, name: str) -> ModelConfig:
         return self.config.get(name) or ModelConfig()
@@ -305,7 +305,7 @@ class ModelManager:
                     f.result()
 
     def _reconcile(self, name: str) -> list[Future]:
-        on_disk = _versions_on_disk(self.base / name) if self.base is not None else []
+        on_disk = versions_on_disk(self.base / name) if self.base is not None else []
         wanted = self._settings(name).policy.choose(on_disk)
         loads, unloads = [], []
         with self._lock:
@@ -348,14 +348,6 @@ class ModelManager:
         return f
 
     # ------------------------------------------------------------- load and unload
-    def _wait_gate(self, name: str) -> None:
-        gate = os.environ.get(LOAD_GATE_ENV)
-        if gate:
-            hold = Path(gate) / f"hold-{name}"
-            deadline = time.monotonic() + 120
-            while hold.exists() and time.monotonic() < deadline and not self._stop.is_set():
-                time.sleep(0.02)
-
     def _load(self, sv: ServedVersion) -> None:
         with self._lock:
             if sv.state != START or self._stop.is_set():
@@ -363,7 +355,6 @@ class ModelManager:
             sv.state = LOADING
         batcher = model = None
         try:
-            self._wait_gate(sv.name)
             model = LoadedModel(sv.name, sv.version, sv.path, self.devices)
             t0 = time.perf_counter()
             try:
@@ -438,7 +429,7 @@ class ModelManager:
         avail = [v for v, sv in vs.items() if sv.state == AVAILABLE]
         if avail and (version is None or version in avail):  # the hot path: no disk access
             return vs[max(avail) if version is None else version]
-        on_disk = _versions_on_disk(self.base / name) if self.base is not None else []
+        on_disk = versions_on_disk(self.base / name) if self.base is not None else []
         if not vs and not on_disk:
             raise NotFoundError(f"no model named '{name}'; models: {self.names()}")
         policy = self._settings(name).policy
@@ -537,7 +528,7 @@ class ModelManager:
     def names(self) -> list[str]:
         with self._lock:
             tracked = {n for n, vs in self._models.items() if vs}
-        return sorted(tracked | {n for n in self._names_on_disk() if _versions_on_disk(self.base / n)})  # type: ignore[operator]
+        return sorted(tracked | {n for n in self._names_on_disk() if versions_on_disk(self.base / n)})  # type: ignore[operator]
 
     def status(self, name: str, version: int | None = None) -> dict:
         """TensorFlow Serving's GetModelStatus document (newest version first).
@@ -548,7 +539,7 @@ class ModelManager:
         check_model_name(name)
         if not self.watching:
             self.poll(only=name, wait=True)
-        on_disk = _versions_on_disk(self.base / name) if self.base is not None else []
+        on_disk = versions_on_disk(self.base / name) if self.base is not None else []
         with self._lock:
             docs = {v: sv.status() for v, sv in self._models.get(name, {}).items()}
         if not docs and not on_disk:

@@ -32,10 +32,10 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from ...errors import InvalidArgumentError, KernelflowError, NotFoundError
 from ... import errors
+from ...errors import InvalidArgumentError, KernelflowError, NotFoundError
+from ...protocol.model_dir import check_model_name
 from .manager import ModelManager
-from .models import check_model_name
 
 log = logging.getLogger("kernelflow.rest")
 

@@ -8,7 +8,7 @@ resumed at step ``s`` sees the same batches it would have seen. Metrics are fetc
 logging steps, image tensors only on image steps, both in the same run as that step's train
 op; the other steps run the plan for the train op alone (no host sync).
 
-Contents: JobSpec, Bound, bind, Halt, FitLoop, to_uint8_images.
+Contents: Bound, bind, Halt, FitLoop, to_uint8_images.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,118 +24,16 @@ import numpy as np
 from ...errors import InvalidArgumentError, NotFoundError
 from ...graph.ir import Tensor, Variable
 from ...graph.shapes import format_shape
+from ...protocol.jobspec import JobSpec
 from ..engine.devices import to_host
 
 if TYPE_CHECKING:
-    from ..datasets import StoredDataset
+    from ..datasets import DatasetStore, StoredDataset
     from ..engine.session import GraphSession
+    from ..graphs import GraphStore
     from .jobs import Job
 
 log = logging.getLogger("kernelflow.jobs")
-
-
-@dataclass
-class JobSpec:
-    """What ``job.start`` asks for (the wire map of docs/protocol.md, checked)."""
-
-    graph: str
-    train_op: str
-    data: str
-    feed: dict[str, str]
-    batch_size: int = 32
-    epochs: int | None = None
-    steps: int | None = None
-    shuffle: bool = True
-    seed: int = 0
-    metrics: dict[str, str] = field(default_factory=dict)
-    log_every: int = 10
-    validation_data: str | None = None
-    validation_metrics: dict[str, str] = field(default_factory=dict)
-    validate_every: int | str | None = None
-    validation_batch_size: int | None = None
-    histograms: list[str] = field(default_factory=list)
-    histogram_every: int = 100
-    histogram_bins: int = 30
-    images: dict[str, str] = field(default_factory=dict)
-    image_every: int = 100
-    image_max: int = 16
-    image_keep: int = 100
-    checkpoint_every_s: float | None = 60.0
-    keep_checkpoints: int | None = None
-    stop_on_nan: bool = False
-    drop_remainder: bool = False
-    name: str | None = None
-
-    def to_map(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_map(cls, m: Any) -> JobSpec:
-        """Check a spec map's keys and types (values against the graph are checked by `bind`)."""
-        if not isinstance(m, dict):
-            raise InvalidArgumentError(f"job.start: spec must be a map; got {type(m).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(m) - known)
-        if unknown:
-            raise InvalidArgumentError(f"job.start: unknown spec field(s) {unknown}; known: {sorted(known)}")
-        for k in ("graph", "train_op", "data", "feed"):
-            if m.get(k) in (None, "", {}):
-                raise InvalidArgumentError(f"job.start: spec needs '{k}'")
-        s = cls(**m)
-        for k in ("graph", "train_op", "data"):
-            _want(isinstance(getattr(s, k), str), k, "a string", getattr(s, k))
-        for k in ("feed", "metrics", "validation_metrics", "images"):
-            v = getattr(s, k)
-            _want(isinstance(v, dict) and all(isinstance(a, str) and isinstance(b, str) for a, b in v.items()),
-                  k, "a map of strings", v)
-        _want(isinstance(s.histograms, list) and all(isinstance(h, str) for h in s.histograms), "histograms",
-              "a list of variable names", s.histograms)
-        _want(_is_int(s.batch_size) and s.batch_size >= 1, "batch_size", "an integer >= 1", s.batch_size)
-        if s.epochs is not None and s.steps is not None:
-            raise InvalidArgumentError(f"job.start: give epochs or steps, not both; got epochs={s.epochs}, "
-                                       f"steps={s.steps}")
-        if s.epochs is None and s.steps is None:
-            s.epochs = 1
-        for k in ("epochs", "steps"):
-            v = getattr(s, k)
-            _want(v is None or (_is_int(v) and v >= 1), k, "an integer >= 1", v)
-        _want(_is_int(s.seed), "seed", "an integer", s.seed)
-        _want(_is_int(s.log_every) and s.log_every >= 0, "log_every", "an integer >= 0 (0: never)", s.log_every)
-        _want(_is_int(s.histogram_every) and s.histogram_every >= 1, "histogram_every", "an integer >= 1",
-              s.histogram_every)
-        _want(_is_int(s.histogram_bins) and 1 <= s.histogram_bins <= 10_000, "histogram_bins", "1..10000",
-              s.histogram_bins)
-        _want(_is_int(s.image_every) and s.image_every >= 1, "image_every", "an integer >= 1", s.image_every)
-        _want(_is_int(s.image_max) and 1 <= s.image_max <= 1024, "image_max", "1..1024", s.image_max)
-        _want(_is_int(s.image_keep) and s.image_keep >= 1, "image_keep", "an integer >= 1", s.image_keep)
-        ve = s.validate_every
-        _want(ve is None or ve == "epoch" or (_is_int(ve) and ve >= 1), "validate_every",
-              "an integer >= 1 or 'epoch'", ve)
-        if s.validation_data is not None:
-            _want(isinstance(s.validation_data, str), "validation_data", "a dataset name", s.validation_data)
-            if not s.validation_metrics:
-                raise InvalidArgumentError("job.start: validation needs metrics: (dataset, {name: tensor})")
-            if s.validate_every is None:
-                s.validate_every = "epoch"
-        vbs = s.validation_batch_size
-        _want(vbs is None or (_is_int(vbs) and vbs >= 1), "validation_batch_size", "an integer >= 1", vbs)
-        c = s.checkpoint_every_s
-        _want(c is None or (isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0),
-              "checkpoint_every_s", "seconds > 0 or None", c)
-        k = s.keep_checkpoints
-        _want(k is None or (_is_int(k) and k >= 1), "keep_checkpoints", "an integer >= 1", k)
-        _want(s.name is None or isinstance(s.name, str), "name", "a string", s.name)
-        s.shuffle, s.stop_on_nan, s.drop_remainder = bool(s.shuffle), bool(s.stop_on_nan), bool(s.drop_remainder)
-        return s
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _want(ok: bool, key: str, what: str, got: Any) -> None:
-    if not ok:
-        raise InvalidArgumentError(f"job.start: {key} must be {what}; got {got!r}")
 
 
 @dataclass
@@ -161,7 +59,7 @@ class Bound:
     drop_remainder: bool
 
 
-def bind(service: Any, spec: JobSpec) -> Bound:
+def bind(graphs: GraphStore, datasets: DatasetStore, spec: JobSpec) -> Bound:
     """Resolve ``spec`` on the runtime and compile its plans, so that a bad spec fails at
     ``job.start`` (naming what is wrong) rather than at the job's first step.
 
@@ -170,7 +68,7 @@ def bind(service: Any, spec: JobSpec) -> Bound:
         InvalidArgumentError: a feed whose dataset array does not fit the node (dtype, shape),
             a non-scalar metric, a histogram of a non-variable, a placeholder left unfed.
     """
-    session = service.session(spec.graph)
+    session = graphs.session(spec.graph)
     g = session.graph
 
     def node(name: str, what: str) -> Tensor:
@@ -179,7 +77,7 @@ def bind(service: Any, spec: JobSpec) -> Bound:
         return g[name]
 
     train = node(spec.train_op, "train_op")
-    data = service.datasets.get(spec.data)
+    data = datasets.get(spec.data)
     feed_nodes = [node(n, "feed key") for n in spec.feed]
     drop = spec.drop_remainder
     for t, col in zip(feed_nodes, spec.feed.values()):
@@ -192,7 +90,7 @@ def bind(service: Any, spec: JobSpec) -> Bound:
                                        f"{format_shape(t.shape)} (reduce it, e.g. kf.mean)", node=t.name)
     val_data = None
     if spec.validation_data is not None:
-        val_data = service.datasets.get(spec.validation_data)
+        val_data = datasets.get(spec.validation_data)
         for t, col in zip(feed_nodes, spec.feed.values()):
             _check_feed(t, val_data, col, None)
     image_nodes = {k: node(v, f"image '{k}'") for k, v in spec.images.items()}

@@ -26,11 +26,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError
-from .fit_loop import Bound, FitLoop, Halt, JobSpec, bind
+from ...protocol.jobspec import JobSpec, KeptImages
+from .fit_loop import Bound, FitLoop, Halt, bind
 from .tb_events import EventWriter
 
 if TYPE_CHECKING:
-    from ..service import RuntimeService
+    from ..datasets import DatasetStore
+    from ..graphs import GraphStore
+    from ..persist.state import StateDir
 
 log = logging.getLogger("kernelflow.jobs")
 
@@ -52,7 +55,8 @@ class Job:
 
     def __init__(self, manager: JobManager, job_id: str, spec: JobSpec, created: float):
         self.manager = manager
-        self.service = manager.service
+        self.graphs = manager.graphs
+        self.state = manager.state
         self.id = job_id
         self.spec = spec
         self.created = created
@@ -61,7 +65,7 @@ class Job:
         self.error: dict | None = None
         self.request: str | None = None       # "pause", "stop" or "interrupt", seen at the next step boundary
         self.records: list[dict] = []
-        self._image_idx: dict[str, list[int]] = {}   # per image name: indices of records that keep pixels
+        self._kept = KeptImages(spec.image_keep)      # which image records keep their pixels
         self.subscribers: dict[Any, _Subscription] = {}
         self.version = 0
         self.step = 0
@@ -189,14 +193,11 @@ class Job:
 
     def _keep_images(self, i: int) -> None:
         """Record ``i`` is an image record with pixels: stub out the oldest beyond ``image_keep``."""
-        idx = self._image_idx.setdefault(self.records[i]["name"], [])
-        idx.append(i)
-        while len(idx) > self.spec.image_keep:
-            j = idx.pop(0)
+        for j in self._kept.add(self.records[i]["name"], i):
             self.records[j] = image_stub(self.records[j])  # a new dict: readers of the old one keep theirs
 
     def persist_records(self) -> None:
-        state = self.service.state
+        state = self.state
         if state is None:
             return
         with self._persist_lock:
@@ -210,7 +211,7 @@ class Job:
                 self.persisted = n
 
     def persist_status(self) -> None:
-        state = self.service.state
+        state = self.state
         if state is None:
             return
         with self._persist_lock:
@@ -223,14 +224,14 @@ class Job:
 
     # ----------------------------------------------------------------- checkpoints
     def can_checkpoint(self) -> bool:
-        return self.service.state is not None and hasattr(self.service, "checkpoint_graph")
+        return self.state is not None
 
     def checkpoint(self, reason: str) -> None:
         """Checkpoint the graph at this step boundary, after the history up to here is on disk."""
         if not self.can_checkpoint() or (self.last_checkpoint and self.last_checkpoint["step"] == self.step):
             return
         self.persist_records()
-        m = self.service.checkpoint_graph(self.spec.graph, tag=f"{self.id}-s{self.step:09d}",
+        m = self.graphs.checkpoint_graph(self.spec.graph, tag=f"{self.id}-s{self.step:09d}",
                                           manifest={"step": self.step, "job": self.id, "metrics": dict(self.latest),
                                                     "reason": reason}, keep_last=self.spec.keep_checkpoints)
         with self.cond:
@@ -240,12 +241,12 @@ class Job:
 
     def restore_checkpoint(self) -> None:
         """Set the graph's variables and the step from this job's newest intact checkpoint."""
-        state = self.service.state
+        state = self.state
         mine = [m for m in (state.list_checkpoints(self.spec.graph) if state is not None else [])
                 if m.get("job") == self.id and isinstance(m.get("step"), int)]
         for m in reversed(mine):
             try:
-                self.service.restore_graph(self.spec.graph, m["tag"])
+                self.graphs.restore_graph(self.spec.graph, m["tag"])
             except KernelflowError as e:
                 log.warning("job %s: checkpoint %s cannot be restored (%s); trying the previous one", self.id,
                             m["tag"], e)
@@ -330,10 +331,12 @@ def newest_images_only(recs: list[dict]) -> list[dict]:
 
 
 class JobManager:
-    """The runtime's jobs; registers the ``job.*`` RPC methods on the service."""
+    """The runtime's jobs and the ``job.*`` RPC methods."""
 
-    def __init__(self, service: RuntimeService):
-        self.service = service
+    def __init__(self, graphs: GraphStore, datasets: DatasetStore, state: StateDir | None):
+        self.graphs = graphs
+        self.datasets = datasets
+        self.state = state
         self.jobs: dict[str, Job] = {}
         self._cond = threading.Condition()           # guards jobs, the per-graph queues and turns
         self._queues: dict[str, list[Job]] = {}
@@ -341,13 +344,6 @@ class JobManager:
         self._closed = threading.Event()
         self._flusher: threading.Thread | None = None
         self.events = EventWriter()
-        for name, fn, peer in [("job.start", self.start, False), ("job.list", self.list, False),
-                               ("job.status", self.status, False), ("job.records", self.records, False),
-                               ("job.pause", self.pause, False), ("job.resume", self.resume, False),
-                               ("job.stop", self.stop, False), ("job.subscribe", self.subscribe, True),
-                               ("job.unsubscribe", self.unsubscribe, True), ("job.delete", self.delete, False)]:
-            service.register(name, fn, wants_peer=peer)
-        service.on_peer_closed(self._peer_closed)
 
     def get(self, job_id: Any) -> Job:
         with self._cond:
@@ -362,7 +358,7 @@ class JobManager:
         if self._closed.is_set():
             raise FailedPreconditionError("job.start: the runtime is shutting down")
         s = JobSpec.from_map(spec)
-        bound = bind(self.service, s)
+        bound = bind(self.graphs, self.datasets, s)
         job = Job(self, f"job-{secrets.token_hex(4)}", s, time.time())
         job.total_steps, job.steps_per_epoch = bound.total_steps, bound.steps_per_epoch
         with self._cond:
@@ -412,7 +408,7 @@ class JobManager:
                                               "(start a new one with g.fit)")
         if self._closed.is_set():
             raise FailedPreconditionError("job.resume: the runtime is shutting down")
-        bound = bind(self.service, job.spec)
+        bound = bind(self.graphs, self.datasets, job.spec)
         with job.cond:
             if job.status != "interrupted":  # another client resumed it meanwhile
                 return job._status_map_locked()
@@ -444,8 +440,8 @@ class JobManager:
             self.jobs.pop(job_id, None)
         with job._persist_lock:  # waits for a status or history write in flight, then forbids more
             job.deleted = True
-            if self.service.state is not None:
-                self.service.state.delete_job(job_id)
+            if self.state is not None:
+                self.state.delete_job(job_id)
         log.info("job %s deleted", job_id)
         return True
 
@@ -467,7 +463,7 @@ class JobManager:
         with job.cond:
             return job.subscribers.pop(peer, None) is not None
 
-    def _peer_closed(self, peer: Any) -> None:
+    def peer_closed(self, peer: Any) -> None:
         with self._cond:
             jobs = list(self.jobs.values())
         for job in jobs:
@@ -546,7 +542,7 @@ class JobManager:
 
     def open_tensorboard(self, job: Job) -> bool:
         """Start the job's TensorBoard event files (under the state dir, else in a temp dir)."""
-        state = self.service.state
+        state = self.state
         logdir = str(state.tensorboard_dir(job.id)) if state is not None else tempfile.mkdtemp(prefix=f"kf-{job.id}-")
         job.tensorboard_dir = logdir
         self.events.open(job.id, logdir)
@@ -556,7 +552,7 @@ class JobManager:
     def load_from_state(self) -> None:
         """Bring back the jobs of the state dir with their histories; those that were running
         (or paused, or queued) come back ``interrupted``."""
-        state = self.service.state
+        state = self.state
         if state is None:
             return
         for job_id, spec_map, st, records in state.load_jobs():

@@ -1,0 +1,272 @@
+"""``model.fit``: upload the data as resident datasets and train in a job on the runtime.
+
+Contents: fit, in_notebook.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from ..errors import FailedPreconditionError, InvalidArgumentError, error_class
+from .callbacks import Callback, History, epoch_logs
+from .layer_base import _flat
+
+__all__ = ["fit", "in_notebook"]
+
+_ENDED = ("completed", "stopped", "failed", "interrupted")
+
+
+def in_notebook() -> bool:
+    """True inside a running IPython kernel (a notebook), where fit returns at once by default."""
+    mod = sys.modules.get("ipykernel.kernelbase")
+    if mod is None:
+        return False
+    try:
+        return bool(mod.Kernel.initialized())
+    except Exception:  # noqa: BLE001 - an odd ipykernel: treat as a terminal
+        return False
+
+
+def _is_dataset(x: Any) -> bool:
+    return hasattr(x, "arrays") and hasattr(x, "split") and hasattr(x, "runtime")
+
+
+def _upload(model: Any, what: str, x: Any, y: Any) -> tuple[Any, dict, int]:
+    """A dataset on the model's runtime holding ``x`` and ``y``; returns (dataset, feed, rows)."""
+    feeds = model._inputs_feed(x)
+    n = feeds[0].shape[0]
+    labels = model._labels(y, n)
+    arrays = {f"x{i}": a for i, a in enumerate(feeds)}
+    arrays["y"] = labels
+    name = f"{model.graph.name}.{what}"
+    ds = model.graph.runtime.dataset(name, arrays, overwrite=True)
+    model._datasets[what] = ds
+    feed = {p: f"x{i}" for i, p in enumerate(model._tensors["inputs"])}
+    feed[model._tensors["y"]] = "y"
+    return ds, feed, n
+
+
+def fit(model: Any, x: Any = None, y: Any = None, batch_size: int = 32, epochs: int = 1, verbose: Any = "auto",
+        callbacks: list[Callback] | None = None, validation_split: float = 0.0, validation_data: Any = None,
+        shuffle: bool = True, initial_epoch: int = 0, wait: bool | None = None, seed: int = 0,
+        log_every: int = 10, columns: dict[str, str] | None = None, checkpoint_every_s: float | None = 60.0,
+        name: str | None = None) -> Any:
+    """Train ``model`` as a job on its runtime.
+
+    The data go up once as resident datasets (``<graph>.train``, ``<graph>.val``); minibatches
+    are cut on the runtime. Training metrics are logged every ``log_every`` steps; History
+    holds their mean per epoch, as Keras reports; validation runs at each epoch's end on the
+    inference pass.
+
+    Args:
+        model: a compiled model.
+        x: an array (or a list, one per model input), or a `kernelflow.client.dataset.Dataset`
+            already on the runtime (its arrays named by ``columns``).
+        y: labels (class ids for sparse cross-entropy; None with a dataset).
+        batch_size: rows per step.
+        epochs: the epoch to stop after (Keras' meaning with ``initial_epoch``).
+        verbose: 0 silent; 1 / "auto" a progress bar and one line per epoch (blocking form).
+        callbacks: `kernelflow.nn.callbacks.Callback` objects.
+        validation_split: the last fraction of the rows (before shuffling) held out, as Keras.
+        validation_data: ``(x_val, y_val)`` or a Dataset.
+        shuffle: reshuffle the training rows every epoch.
+        initial_epoch: the epoch to start at (epochs ``initial_epoch .. epochs-1`` run).
+        wait: True blocks and returns a `History`; False returns the running job at once (only
+            observer callbacks then). Default: False in a notebook, True elsewhere.
+        seed: seed of the shuffles.
+        log_every: steps between logged training metrics.
+        columns: for a Dataset x: ``{"x": array name, "y": array name}`` (multi-input:
+            ``"x0"``, ``"x1"``...); default the names fit uploads with (``x0``..., ``y``).
+        checkpoint_every_s: the job's periodic checkpoints (with a state dir), or None.
+        name: the job's name (default: the model's).
+
+    Returns:
+        A `History` when blocking, else the `kernelflow.client.job.Job`.
+
+    Raises:
+        FailedPreconditionError: the model is not compiled.
+        InvalidArgumentError: bad arguments (each named), or callbacks that act between epochs
+            with ``wait=False``.
+    """
+    model._require_compiled("fit")
+    callbacks = list(callbacks or [])
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise InvalidArgumentError(f"fit: callbacks must be kf.nn.callbacks.Callback objects; got {cb!r}")
+    epochs, initial_epoch, batch_size = int(epochs), int(initial_epoch), int(batch_size)
+    if batch_size < 1:
+        raise InvalidArgumentError(f"fit: batch_size must be >= 1; got {batch_size}")
+    if not 0 <= initial_epoch < epochs:
+        raise InvalidArgumentError(f"fit: need 0 <= initial_epoch < epochs; got initial_epoch={initial_epoch}, "
+                                   f"epochs={epochs}")
+    if not 0.0 <= validation_split < 1.0:
+        raise InvalidArgumentError(f"fit: validation_split must be in [0, 1); got {validation_split}")
+    if wait is None:
+        wait = not in_notebook()
+    control = [cb for cb in callbacks if cb.epoch_control]
+    if control and not wait:
+        raise InvalidArgumentError(f"fit: callbacks {[type(c).__name__ for c in control]} act between epochs; "
+                                   "they need fit(..., wait=True)")
+    # ---- data
+    val_ds = None
+    if _is_dataset(x):
+        if model.graph is None:
+            raise FailedPreconditionError("fit on a Dataset: build the model first (kf.Input or input_shape)")
+        if validation_split:
+            raise InvalidArgumentError("fit: validation_split takes rows from arrays; for a Dataset give "
+                                       "validation_data (e.g. train, val = ds.split(0.9))")
+        model._ensure_built(None)
+        cols = columns or {}
+        feed = {p: cols.get(f"x{i}", cols.get("x", f"x{i}") if i == 0 else f"x{i}")
+                for i, p in enumerate(model._tensors["inputs"])}
+        feed[model._tensors["y"]] = cols.get("y", "y")
+        train_ds, n = x, len(x)
+    else:
+        if x is None or y is None:
+            raise InvalidArgumentError("fit: give x and y arrays (or a Dataset as x)")
+        model._ensure_built(x)
+        xs = [np.asarray(a) for a in _flat(x)]
+        ya = np.asarray(y)
+        if validation_split and validation_data is None:
+            n_all = xs[0].shape[0]
+            cut = n_all - int(math.floor(n_all * validation_split))
+            if cut <= 0 or cut >= n_all:
+                raise InvalidArgumentError(f"fit: validation_split={validation_split} of {n_all} rows leaves an "
+                                           "empty part")
+            validation_data = ([a[cut:] for a in xs], ya[cut:])
+            xs, ya = [a[:cut] for a in xs], ya[:cut]
+        train_ds, feed, n = _upload(model, "train", xs if len(xs) > 1 else xs[0], ya)
+    if validation_data is not None:
+        if _is_dataset(validation_data):
+            val_ds = validation_data
+        else:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) < 2:
+                raise InvalidArgumentError("fit: validation_data must be (x_val, y_val) or a Dataset")
+            val_ds, _, _ = _upload(model, "val", validation_data[0], validation_data[1])
+    spe = math.ceil(n / batch_size)
+    t = model._tensors
+    job_args: dict[str, Any] = dict(data=train_ds, feed=feed, batch_size=batch_size, shuffle=shuffle,
+                                    metrics=t["metrics"], log_every=log_every, checkpoint_every_s=checkpoint_every_s,
+                                    name=name or model.name)
+    if val_ds is not None:
+        job_args["validation"] = (val_ds, t["val_metrics"])
+    history = History()
+    params = {"epochs": epochs, "steps": spe, "batch_size": batch_size, "verbose": verbose}
+    for cb in [history, *callbacks]:
+        cb.set_model(model)
+        cb.set_params(params)
+    model.history, model.stop_training = history, False
+    verbose_on = verbose not in (0, False)
+    if not control:
+        job = model.graph.fit(t["train_op"], epochs=epochs - initial_epoch,
+                              seed=seed * 1_000_003 + initial_epoch, **job_args)
+        model.last_job = history.job = job
+        history.jobs.append(job)
+        observer = _Observer([*callbacks, history], spe, initial_epoch, val_ds is not None, model)
+        for cb in callbacks:
+            cb.on_train_begin()
+        job.subscribe(observer)
+        if not wait:
+            return job
+        status = job.wait(progress=True) if verbose_on else _wait_fast(job)
+        _ = job.history  # catches up: the records the stream has not delivered yet reach the observer now
+        job.unsubscribe(observer)
+        _raise_if_failed(job, status)
+        if verbose_on:  # under the progress bar, Keras' line per epoch
+            for i, e in enumerate(history.epoch):
+                print(_epoch_line(e, epochs, {k: v[i] for k, v in history.history.items() if i < len(v)}),
+                      flush=True)
+        for cb in callbacks:
+            cb.on_train_end()
+        return history
+    # ---- one job per epoch: callbacks see the model exactly as each epoch left it
+    for cb in [history, *callbacks]:
+        cb.on_train_begin()
+    for epoch in range(initial_epoch, epochs):
+        for cb in callbacks:
+            cb.on_epoch_begin(epoch)
+        job = model.graph.fit(t["train_op"], epochs=1, seed=seed * 1_000_003 + epoch, **job_args)
+        model.last_job = history.job = job
+        history.jobs.append(job)
+        status = _wait_fast(job)
+        _raise_if_failed(job, status)
+        logs = epoch_logs(job.history, spe, 0)
+        for cb in [*callbacks, history]:  # History last: it records what the others added (learning_rate)
+            cb.on_epoch_end(epoch, logs)
+        if verbose_on:
+            print(_epoch_line(epoch, epochs, logs), flush=True)
+        if model.stop_training:
+            break
+    for cb in [history, *callbacks]:
+        cb.on_train_end()
+    return history
+
+
+def _wait_fast(job: Any) -> str:
+    """Wait for a short job, polling every few milliseconds (a per-epoch job is often brief)."""
+    interval = 0.002
+    while True:
+        st = job.refresh()["status"]
+        if st in _ENDED:
+            return st
+        time.sleep(interval)
+        interval = min(interval * 1.5, 0.05)
+
+
+def _raise_if_failed(job: Any, status: str) -> None:
+    if status == "failed":
+        err = job.error or {}
+        raise error_class(err.get("type", "InternalError"))(
+            f"fit: the training job failed at step {err.get('step')}: {err.get('message')}",
+            node=err.get("node"), source=err.get("source"))
+
+
+def _epoch_line(epoch: int, epochs: int, logs: dict) -> str:
+    parts = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+    return f"Epoch {epoch + 1}/{epochs} - {parts}"
+
+
+class _Observer:
+    """Turns a job's streamed records into callback calls (training steps, epoch ends)."""
+
+    def __init__(self, callbacks: list[Callback], spe: int, first_epoch: int, has_val: bool, model: Any):
+        self.callbacks, self.spe, self.first_epoch, self.has_val = callbacks, spe, first_epoch, has_val
+        self.model = model
+        self.done_epochs = 0
+        self.train: dict[str, list[tuple[int, float]]] = {}
+        self.val: dict[int, dict[str, float]] = {}
+
+    def __call__(self, records: list[dict]) -> None:
+        for r in records:
+            if r.get("kind") != "scalars":
+                continue
+            step, values = int(r["step"]), r["values"]
+            if any(k.startswith("val_") for k in values):
+                self.val.setdefault(step, {}).update(values)
+            else:
+                for k, v in values.items():
+                    self.train.setdefault(k, []).append((step, v))
+                for cb in self.callbacks:
+                    cb.on_train_batch_end(step, dict(values))
+            self._epochs_ready(step)
+
+    def _epochs_ready(self, step: int) -> None:
+        while (self.done_epochs + 1) * self.spe <= step:
+            end = (self.done_epochs + 1) * self.spe
+            if self.has_val and end not in self.val:
+                return
+            self._emit(self.done_epochs)
+
+    def _emit(self, e: int) -> None:
+        lo, hi = e * self.spe, (e + 1) * self.spe
+        logs = {k: float(np.mean([v for s, v in pts if lo < s <= hi])) for k, pts in self.train.items()
+                if any(lo < s <= hi for s, _ in pts)}
+        logs.update(self.val.get(hi, {}))
+        for cb in self.callbacks:
+            cb.on_epoch_end(self.first_epoch + e, logs)
+        self.done_epochs += 1

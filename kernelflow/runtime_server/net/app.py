@@ -1,0 +1,151 @@
+"""``serve()``: the runtime server as a process — service, TCP server, REST, runtime file, signals, shutdown.
+
+``kernelflow serve`` parses its flags into `ServeOptions` and calls `serve`; everything that
+happens from there on (building the service, listening, announcing the URL, the TF Serving
+REST API, SIGTERM/SIGINT, a clean shutdown that checkpoints every graph before the runtime
+file goes) is here.
+
+Contents: ServeOptions, serve, tune_malloc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import ssl
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..._version import __version__
+from ...errors import KernelflowError
+from ...protocol.runtime_file import write_runtime_file
+from ..service import PROTOCOL_VERSION, RuntimeService
+from .server import RuntimeServer, tune_malloc
+
+log = logging.getLogger("kernelflow.server")
+
+__all__ = ["ServeOptions", "serve", "tune_malloc"]
+
+
+@dataclass
+class ServeOptions:
+    """What ``kernelflow serve`` was asked for (checked by the command line parser).
+
+    Attributes:
+        host: the address to listen on.
+        port: the RPC port (0: any free one).
+        token: the secret clients authenticate with.
+        token_given: the user chose the token (then it is not printed).
+        ssl_context: serve TLS with it (None: plain TCP).
+        device: default device ("cpu", "gpu:N", "auto").
+        state_dir: where state persists (None: memory only).
+        max_message_bytes: the largest request accepted.
+        workers: threads running service calls.
+        http_port: the REST port (None: RPC port + 1 when the RPC port was given, else any;
+            negative: no REST API).
+        http_max_body_bytes: the largest REST request body.
+        model_config: per-model settings (the parsed ``--model-config-file``).
+        batching: default batching options.
+        poll_wait_s: how often the model base path is looked at.
+        compile: the graph compiler's mode ("on", "sync", "off"; None: ``$KERNELFLOW_COMPILE``, else on).
+    """
+
+    host: str
+    port: int
+    token: str
+    token_given: bool = False
+    ssl_context: ssl.SSLContext | None = None
+    device: str = "cpu"
+    state_dir: str | None = None
+    max_message_bytes: int = 4 << 30
+    workers: int = 4
+    http_port: int | None = None
+    http_max_body_bytes: int = 64 << 20
+    model_config: dict = field(default_factory=dict)
+    batching: dict = field(default_factory=dict)
+    poll_wait_s: float = 1.0
+    compile: str | None = None
+
+
+def serve(opts: ServeOptions) -> int:
+    """Run a runtime server until ``server.shutdown``, SIGTERM or Ctrl-C, then shut the service down
+    cleanly (jobs stopped, every graph checkpointed when there is a state dir); returns the exit code."""
+    tune_malloc()
+    try:
+        service = RuntimeService(device=opts.device, state_dir=opts.state_dir, compile=opts.compile)
+        if service.compiler is not None:
+            service.compiler.prewarm()  # numba's import and warm-up (~1 s) off the first run's path
+    except KernelflowError as e:  # the state dir is held by another server
+        print(f"kernelflow serve: {e}", file=sys.stderr)
+        return 1
+    server = RuntimeServer(service, opts.token, max_message_bytes=opts.max_message_bytes,
+                           ssl_context=opts.ssl_context, workers=opts.workers)
+    service.models.configure(opts.model_config, opts.batching)
+    try:
+        asyncio.run(_serve(opts, service, server))
+    finally:
+        service.shutdown()  # idempotent; covers a loop that ended before serving (port in use)
+    return 0
+
+
+async def _serve(opts: ServeOptions, service: RuntimeService, server: RuntimeServer) -> None:
+    server.listen(opts.port, opts.host)
+    port = server.bound_port()
+    shown = opts.host if ":" not in opts.host else f"[{opts.host}]"
+    url = f"{'kfs' if opts.ssl_context else 'kf'}://{shown}:{port}"
+    path = write_runtime_file({"url": url, "host": opts.host, "port": port, "pid": os.getpid(),
+                               "token": opts.token, "tls": opts.ssl_context is not None, "version": __version__,
+                               "protocol": PROTOCOL_VERSION})
+    _announce(opts, service, url, path)
+    if service.models.base is not None:
+        # Load the models there on the manager's loader threads, then watch for new versions.
+        # Not waiting for the loads: they take as long as the models need, and RPC clients
+        # must not wait for them (a model request meanwhile gets UnavailableError: START/LOADING).
+        service.models.start(opts.poll_wait_s, wait=False)
+    _start_rest(opts, service, port, shown)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.shutdown)
+    try:
+        await server.stopped.wait()
+    finally:
+        # Stop jobs and checkpoint every graph while the signal handlers still hold off a
+        # second SIGTERM, and before the runtime file goes (a successor waits for the state dir).
+        if service.state is not None:
+            print("kernelflow serve: checkpointing before exit", flush=True)
+        service.shutdown()
+        path.unlink(missing_ok=True)
+        print("kernelflow serve: stopped", flush=True)
+
+
+def _announce(opts: ServeOptions, service: RuntimeService, url: str, path: Path) -> None:
+    print(f"kernelflow {__version__} runtime server (protocol {PROTOCOL_VERSION}), device "
+          f"{service.devices.default}", flush=True)
+    if service.state is not None:
+        print(f"    state dir: {service.state.root} ({len(service.graphs)} graphs loaded)", flush=True)
+    else:
+        print("    no state dir: graphs and variables live in memory only (--state-dir DIR keeps them)", flush=True)
+    print(f"    listening on {url}", flush=True)
+    if opts.token_given:
+        print("    token: the one given with --token/--token-file", flush=True)
+    else:
+        print(f"    connect with kf.connect(\"{url}/?token={opts.token}\")", flush=True)
+    print(f"    runtime file: {path}", flush=True)
+
+
+def _start_rest(opts: ServeOptions, service: RuntimeService, port: int, shown: str) -> None:
+    """TF Serving's REST API on this IO loop (RPC port + 1 by default)."""
+    if opts.http_port is not None and opts.http_port < 0:
+        return
+    http_port = opts.http_port if opts.http_port is not None else (port + 1 if opts.port else 0)
+    try:
+        http_bound = service.listen_rest(http_port, opts.host, opts.http_max_body_bytes)
+    except OSError as e:
+        if opts.http_port is not None:
+            raise
+        print(f"    REST: port {http_port} unavailable ({e}); no REST API (give --http-port)", flush=True)
+        return
+    print(f"    REST (TensorFlow Serving API) on http://{shown}:{http_bound}/v1/models", flush=True)

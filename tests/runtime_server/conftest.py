@@ -1,0 +1,3 @@
+"""Fixtures of the server tests: a real server subprocess per module (tests/support/fixtures.py)."""
+
+from tests.support.fixtures import remote, server  # noqa: F401
