@@ -138,7 +138,10 @@ def default_cache_dir() -> str:
 
 def numba_available() -> bool:
     """Whether numba can be imported (checked without importing it)."""
-    return importlib.util.find_spec("numba") is not None
+    try:
+        return importlib.util.find_spec("numba") is not None
+    except (ImportError, ValueError):  # a blocked or broken install counts as none
+        return False
 
 
 def digest(src: str) -> str:

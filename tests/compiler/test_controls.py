@@ -106,3 +106,24 @@ def test_cupy_fused_kernel_matches_numpy_on_gpu(rng):
         np.testing.assert_allclose(v, u, rtol=1e-5)
     assert cupy.cuda.runtime.getDeviceCount() > 0
     rt.close()
+
+
+def test_without_numba_plans_get_the_passes_and_run_numpy_kernels():
+    """The GPU box has no numba: CPU groups are not fused, results equal compile=False."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['numba'] = None\n"
+        "import numpy as np, kernelflow as kf\n"
+        "rt = kf.connect('inproc', compile='sync')\n"
+        "g = rt.graph('n')\n"
+        "x = g.placeholder((None, 6, 6, 2), 'float32', name='x')\n"
+        "f = g.constant(np.linspace(-1, 1, 36, dtype=np.float32).reshape(3, 3, 2, 2))\n"
+        "y = kf.max_pool2d(kf.relu(kf.conv2d(x, f, padding='SAME') * 2.0 + 1.0), 2)\n"
+        "xv = np.random.default_rng(0).standard_normal((70, 6, 6, 2)).astype(np.float32)\n"
+        "a, b = g.run(y, {x: xv}), g.run(y, {x: xv}, compile=False)\n"
+        "plan = g.plan(y, feeds=[x])\n"
+        "print(np.array_equal(a, b), 'fused[' in plan, 'numba' in sys.modules and sys.modules['numba'] is not None)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False", "False"], out.stderr[-2000:]
