@@ -46,6 +46,15 @@ def rebuild(n: Tensor, inputs: Sequence[Tensor], control: Sequence[Tensor], op: 
                n.aval, n.device, n.source, n.index)
 
 
+def _plain(v: Any) -> bool:
+    """An attr value whose repr is its identity: numbers, strings, None, and tuples/lists of them."""
+    if v is None or isinstance(v, (bool, int, float, str, np.integer, np.floating)):
+        return True
+    if isinstance(v, (tuple, list)):
+        return all(_plain(x) for x in v)
+    return False
+
+
 def _static(shape: tuple) -> bool:
     return all(isinstance(d, int) for d in shape)
 
@@ -144,11 +153,9 @@ class Rewriter:
             if v.size > 64:
                 return None
             return (op, v.dtype.str, v.shape, v.tobytes(), n.device)
-        try:
-            attrs = repr(sorted(n.attrs.items()))
-        except TypeError:
-            return None
-        return (op, tuple(id(i) for i in n.inputs), attrs, n.device)
+        if not all(_plain(v) for v in n.attrs.values()):
+            return None  # e.g. a control-flow op's sub-graphs: no reliable equality, never merged
+        return (op, tuple(id(i) for i in n.inputs), repr(sorted(n.attrs.items())), n.device)
 
     def _simplify(self, n: Tensor) -> Tensor | None:
         op, ins = n.op, n.inputs

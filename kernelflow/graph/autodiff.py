@@ -109,9 +109,14 @@ def _build(graph: Any, y_list: list[Tensor], x_list: list[Tensor], seeds: list[A
         # scope of thousands of nodes.
         scope = node.name.rpartition("/")[0]
         with graph.name_scope(scope) if scope else contextlib.nullcontext():
-            ct = cts[0]
-            for c in cts[1:]:
-                ct = ct + c
+            if node.aval.parts is not None:  # a control-flow node: one cotangent (or None) per part
+                ct = _sum_parts(cts)
+                if all(c is None for c in ct):
+                    continue
+            else:
+                ct = cts[0]
+                for c in cts[1:]:
+                    ct = ct + c
             grads[id(node)] = ct
             if not node.inputs or not node.op.differentiable or not any(id(i) in reaches_x for i in node.inputs):
                 continue
@@ -121,7 +126,12 @@ def _build(graph: Any, y_list: list[Tensor], x_list: list[Tensor], seeds: list[A
                 raise InternalError(f"vjp of {node.op.name} returned {got} cotangents for {len(node.inputs)} inputs",
                                     node=node.name)
             for x, c in zip(node.inputs, in_cts):
-                if c is None or id(x) not in reaches_x or x.dtype not in FLOATING:
+                if c is None or id(x) not in reaches_x:
+                    continue
+                if x.aval.parts is not None:
+                    pending.setdefault(id(x), []).append(list(c))
+                    continue
+                if x.dtype not in FLOATING:
                     continue
                 if not _fits(c, x):
                     c = sum_to(c, x)
@@ -136,6 +146,16 @@ def _build(graph: Any, y_list: list[Tensor], x_list: list[Tensor], seeds: list[A
             g = broadcast_like(graph.constant(0, dtype=x.dtype), x)
         out.append(g)
     return out[0] if single else out
+
+
+def _sum_parts(cts: list[list[Any]]) -> list[Any]:
+    """Per-part sums of the cotangent lists a multi-output node received (None: no cotangent)."""
+    out = list(cts[0])
+    for c in cts[1:]:
+        for i, part in enumerate(c):
+            if part is not None:
+                out[i] = part if out[i] is None else out[i] + part
+    return out
 
 
 _ = Sequence

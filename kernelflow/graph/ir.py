@@ -31,10 +31,15 @@ _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @dataclass(frozen=True)
 class Aval:
-    """Abstract value: static shape (ints or None per dim) and dtype name (None: no value)."""
+    """Abstract value: static shape (ints or None per dim) and dtype name (None: no value).
+
+    A control-flow node yields several values at once: its aval has ``parts`` (one `Aval`
+    per output, read with ``tuple_get``), shape ``()`` and dtype None.
+    """
 
     shape: tuple
     dtype: str | None
+    parts: tuple | None = None
 
     @property
     def ndim(self) -> int:
@@ -388,9 +393,12 @@ class Graph:
                 _check_arity(op, inputs)
                 avals = [t.aval for t in inputs]
                 for t in inputs:
-                    if t.dtype is None:
+                    if t.dtype is None and t.aval.parts is None:
                         raise InvalidArgumentError(f"{op.name}: input '{t.name}' ({t.op.name}) has no value")
-                aval = Aval(tuple(op.shape_rule(*avals, **attrs)), op.dtype_rule(*avals, **attrs))
+                if op.parts_rule is not None:
+                    aval = Aval((), None, tuple(op.parts_rule(*avals, **attrs)))
+                else:
+                    aval = Aval(tuple(op.shape_rule(*avals, **attrs)), op.dtype_rule(*avals, **attrs))
             except KernelflowError as e:
                 e.node = e.node or node_name
                 e.source = e.source or source
@@ -484,7 +492,7 @@ class Graph:
         attrs = d.get("attrs") or {}
         if not isinstance(attrs, dict):
             raise InvalidArgumentError(f"graph.extend: attrs of node '{name}' must be a map", node=name)
-        attrs = {str(k): _detuple(v) for k, v in attrs.items()}
+        attrs = {str(k): _detuple(v, name) for k, v in attrs.items()}
         device = d.get("device")
         if device is not None:
             device = normalize_device(device)
@@ -508,10 +516,24 @@ def _list_field(d: dict, key: str, name: str) -> list:
     return list(v)
 
 
-def _detuple(v: Any) -> Any:
-    """Lists from the wire back to tuples, so attrs compare and hash as built."""
+def _detuple(v: Any, node: str = "") -> Any:
+    """Lists from the wire back to tuples, so attrs compare and hash as built; maps are sub-graphs."""
     if isinstance(v, list):
-        return tuple(_detuple(x) for x in v)
+        return tuple(_detuple(x, node) for x in v)
+    if isinstance(v, dict):
+        from .subgraph import Subgraph  # subgraph imports this module
+
+        return Subgraph.from_dict(v, node)
+    return v
+
+
+def _attr_to_wire(v: Any) -> Any:
+    from .subgraph import Subgraph
+
+    if isinstance(v, tuple):
+        return [_attr_to_wire(x) for x in v]
+    if isinstance(v, Subgraph):
+        return v.to_dict()
     return v
 
 
@@ -521,7 +543,7 @@ def node_to_dict(n: Tensor) -> dict:
         "name": n.name,
         "op": n.op.name,
         "inputs": [t.name for t in n.inputs],
-        "attrs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in n.attrs.items()},
+        "attrs": {k: _attr_to_wire(v) for k, v in n.attrs.items()},
     }
     if n.control_inputs:
         d["control_inputs"] = [t.name for t in n.control_inputs]
@@ -574,11 +596,25 @@ def current_graph(values: Iterable[Any]) -> Graph:
             if graph is None:
                 graph = v.graph
             elif v.graph is not graph:
-                raise InvalidArgumentError(
-                    f"tensors from different graphs cannot be combined: '{graph.name}' and '{v.graph.name}'")
+                # Inside a control-flow function, outer tensors are captured by the inner graph.
+                if _is_ancestor(graph, v.graph):
+                    graph = v.graph
+                elif not _is_ancestor(v.graph, graph):
+                    raise InvalidArgumentError(
+                        f"tensors from different graphs cannot be combined: '{graph.name}' and '{v.graph.name}'")
     if graph is None:
         raise InvalidArgumentError("this op needs at least one kf.Tensor input to know its graph")
     return graph
+
+
+def _is_ancestor(outer: Graph, inner: Graph) -> bool:
+    """True when ``inner`` is a sub-graph being traced (at any depth) inside ``outer``."""
+    g = getattr(inner, "parent", None)
+    while g is not None:
+        if g is outer:
+            return True
+        g = getattr(g, "parent", None)
+    return False
 
 
 def weak_dtype(value: Any, like: str | None) -> str | None:

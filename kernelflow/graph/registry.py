@@ -49,6 +49,8 @@ class OpDef:
             the executor copies such values before handing them out of a run.
         mutates: input positions that must be variables, updated in place by the kernel.
         doc: one line for error messages and docs.
+        parts_rule: for ops yielding several values (control flow): ``(*in_avals, **attrs) ->
+            tuple of Avals``; the node's aval then has those ``parts`` (read with ``tuple_get``).
     """
 
     name: str
@@ -63,6 +65,7 @@ class OpDef:
     alias: bool = False
     mutates: tuple[int, ...] = ()
     doc: str = ""
+    parts_rule: Callable[..., tuple] | None = None
 
     def __repr__(self) -> str:
         return f"<op {self.name}>"

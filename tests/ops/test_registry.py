@@ -13,7 +13,8 @@ from kernelflow.graph.registry import all_ops
 from kernelflow.kernels.registry import has_kernel
 from tests.ops.opcheck import OpCase, check_forward, check_gradient
 
-CASE_MODULES = ["test_core_smoke", "test_elementwise", "test_reduce", "test_linalg", "test_movement", "test_nn"]
+CASE_MODULES = ["test_core_smoke", "test_elementwise", "test_reduce", "test_linalg", "test_movement", "test_nn",
+                "test_control_flow"]
 
 # Ops whose gradient rule is checked by a dedicated test instead of an OpCase table.
 GRADIENT_CHECKED_ELSEWHERE = {

@@ -34,7 +34,7 @@ log = logging.getLogger("kernelflow.executor")
 class NodeContext:
     """What a stateful kernel may touch: its node, the variable storage, its RNG, the log."""
 
-    __slots__ = ("session", "node", "place", "xp", "_const")
+    __slots__ = ("session", "node", "place", "xp", "_const", "plan_nodes", "_subs")
 
     def __init__(self, session: GraphSession, node: Tensor, place: Placement, xp: Any):
         self.session = session
@@ -42,6 +42,8 @@ class NodeContext:
         self.place = place
         self.xp = xp
         self._const: Any = None
+        self.plan_nodes: list[Tensor] = []
+        self._subs: dict[int, Any] = {}
 
     def storage(self, var: Tensor) -> Any:
         """The live storage array of variable node ``var`` (kernels update it in place)."""
@@ -60,6 +62,20 @@ class NodeContext:
     def log(self, message: str) -> None:
         """Write to the runtime's log (the ``print`` op)."""
         self.session.log_line(message)
+
+    # Control flow (kernels/control_flow.py): sub-graphs run as plans of their own.
+    def consumers(self) -> list[Tensor]:
+        """The nodes of this run's plan that take this node's value as an input."""
+        return [c for c in self.plan_nodes if any(i is self.node for i in c.inputs)]
+
+    def subgraph(self, sub: Any) -> Any:
+        """``run(values) -> values`` for sub-graph ``sub`` of this node, planned once (engine/subgraphs.py)."""
+        run = self._subs.get(id(sub))
+        if run is None:
+            from .subgraphs import subgraph_runner
+
+            run = self._subs[id(sub)] = subgraph_runner(self, sub)
+        return run
 
 
 def _storage_alias(n: Tensor, memo: dict[int, bool]) -> bool:
@@ -211,6 +227,8 @@ class Plan:
             xp = array_module(place.backend)
             entry = self.compiler.kernel_for(n, place.backend) if self.compiler else get_kernel(n.op, place.backend)
             ctx = NodeContext(session, n, place, xp) if entry.needs_ctx else None
+            if ctx is not None:
+                ctx.plan_nodes = steps_nodes
             attrs = n.attrs
             if n.op is variable_op:
                 attrs = {"initial": None, "trainable": attrs.get("trainable", True)}
@@ -222,6 +240,7 @@ class Plan:
                 fn = _moving(fn, session.devices, place, moves)
             ins = tuple(slot[id(i)] for i in n.inputs)
             self.steps.append((fn, ins, slot[id(n)], tuple(frees.get(k, ()))))
+        self.template: list[Any] = [None] * self.nslots  # slot values at the start of a run
         self.gpu = any(p.backend != "numpy" for p in place_of.values())
         memo: dict[int, bool] = {}
         self.copy_fetch = [_storage_alias(t, memo) for t in self.fetches]
@@ -229,21 +248,35 @@ class Plan:
     # ----------------------------------------------------------------- running
     def run(self, feed_values: Sequence[Any]) -> list[Any]:
         """Execute the plan; returns host numpy arrays (None for ops with no value)."""
-        vals: list[Any] = [None] * self.nslots
+        with np.errstate(all="ignore"):  # NaN and Inf are values, not crashes
+            vals = self.execute(feed_values)
+        out_vals = []
+        for v, copy in zip(vals, self.copy_fetch):
+            if v is not None:
+                v = to_host(v) if self.gpu else v
+                if not isinstance(v, np.ndarray):
+                    v = np.asarray(v)
+                elif copy:
+                    v = v.copy()
+            out_vals.append(v)
+        return out_vals
+
+    def execute(self, feed_values: Sequence[Any]) -> list[Any]:
+        """Run the steps; returns the fetches' values as the kernels made them (device arrays)."""
+        vals = self.template.copy()
         for s, v in zip(self.feed_slots, feed_values):
             vals[s] = v
         k = 0
         try:
-            with np.errstate(all="ignore"):  # NaN and Inf are values, not crashes
-                for k, (fn, ins, out, free) in enumerate(self.steps):  # noqa: B007
-                    if len(ins) == 1:
-                        vals[out] = fn(vals[ins[0]])
-                    elif len(ins) == 2:
-                        vals[out] = fn(vals[ins[0]], vals[ins[1]])
-                    else:
-                        vals[out] = fn(*[vals[i] for i in ins])
-                    for f in free:
-                        vals[f] = None
+            for k, (fn, ins, out, free) in enumerate(self.steps):  # noqa: B007
+                if len(ins) == 1:
+                    vals[out] = fn(vals[ins[0]])
+                elif len(ins) == 2:
+                    vals[out] = fn(vals[ins[0]], vals[ins[1]])
+                else:
+                    vals[out] = fn(*[vals[i] for i in ins])
+                for f in free:
+                    vals[f] = None
         except KernelflowError as e:
             node = self.step_nodes[k]
             e.node = e.node or node.name
@@ -262,17 +295,7 @@ class Plan:
                 cls = ResourceExhaustedError
             raise cls(f"{node.name} ({node.op.name}) failed at run time: {type(e).__name__}: {e}; inputs: "
                       f"{shapes or 'none'}", node=node.name, source=node.source) from e
-        out_vals = []
-        for s, copy in zip(self.fetch_slots, self.copy_fetch):
-            v = vals[s]
-            if v is not None:
-                v = to_host(v) if self.gpu else v
-                if not isinstance(v, np.ndarray):
-                    v = np.asarray(v)
-                elif copy:
-                    v = v.copy()
-            out_vals.append(v)
-        return out_vals
+        return [vals[s] for s in self.fetch_slots]
 
 
 def _describe(v: Any) -> str:

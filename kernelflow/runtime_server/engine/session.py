@@ -178,6 +178,11 @@ class GraphSession:
         plan = self._plans.get(key)
         if plan is None:
             fetches = [self._node(n, "fetch") for n in fetch_names]
+            for t in fetches:
+                if t.aval.parts is not None:
+                    raise InvalidArgumentError(f"graph.run: fetch '{t.name}' is a {t.op.name} node, which yields "
+                                               f"{len(t.aval.parts)} values; fetch its tuple_get outputs",
+                                               node=t.name)
             feeds = [self._node(n, "feed") for n in feed_names]
             if len(set(feed_names)) != len(feed_names):
                 raise InvalidArgumentError(f"graph.run: a node is fed twice in {list(feed_names)}")

@@ -1,0 +1,144 @@
+"""Recurrent layers (issue #13) against Keras's layers with the same weights, float64: outputs,
+final states and gradients (inputs and weights), with and without sequence_length masking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kernelflow as kf
+
+B, T, F, U = 3, 5, 4, 6
+LENGTHS = np.array([5, 2, 3])
+
+
+@pytest.fixture(scope="module")
+def keras():
+    pytest.importorskip("tensorflow")
+    import keras
+
+    return keras
+
+
+@pytest.fixture
+def g():
+    rt = kf.connect("inproc")
+    yield rt.graph("rnn")
+    rt.close()
+
+
+def _inputs():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((B, T, F)), rng.standard_normal
+
+
+def _keras_run(keras, layer, x, masked, ct):
+    import tensorflow as tf
+
+    xv = tf.Variable(x)
+    mask = tf.constant(np.arange(T)[None, :] < LENGTHS[:, None]) if masked else None
+    with tf.GradientTape() as tape:
+        outs = layer(xv, mask=mask)
+        outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+        obj = sum(tf.reduce_sum(o * c) for o, c in zip(outs, ct))
+    grads = tape.gradient(obj, [xv] + list(layer.weights))
+    return [o.numpy() for o in outs], [gr.numpy() for gr in grads]
+
+
+def _kf_run(g, layer, x, masked, ct, weights):
+    xp = g.placeholder((None, None, F), "float64", name="x")
+    lengths = g.placeholder((None,), "int64", name="lengths")
+    outs = layer(xp, sequence_length=lengths if masked else None)
+    outs = outs if isinstance(outs, list) else [outs]
+    kf_weights = layer.weights
+    for v, w in zip(kf_weights, weights):
+        v.set(w)
+    obj = kf.sum(outs[0] * ct[0])
+    for o, c in zip(outs[1:], ct[1:]):
+        obj = obj + kf.sum(o * c)
+    grads = kf.gradients(obj, [xp] + kf_weights)
+    return g.run([outs, grads], {xp: x, lengths: LENGTHS})
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "SimpleRNN"])
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
+def test_recurrent_layer_matches_keras(keras, g, kind, masked):
+    x, _ = _inputs()
+    k_layer = getattr(keras.layers, kind)(U, return_sequences=True, return_state=True, dtype="float64")
+    k_layer.build((B, T, F))
+    rng = np.random.default_rng(1)
+    weights = [rng.standard_normal(w.shape) * 0.4 for w in k_layer.weights]
+    k_layer.set_weights(weights)
+    n_out = len(k_layer(x))
+    ct = [rng.standard_normal((B, T, U))] + [rng.standard_normal((B, U)) for _ in range(n_out - 1)]
+    k_outs, k_grads = _keras_run(keras, k_layer, x, masked, ct)
+    layer = getattr(kf.nn, kind)(U, return_sequences=True, return_state=True)
+    outs, grads = _kf_run(g, layer, x, masked, ct, weights)
+    assert [w.shape for w in layer.weights] == [tuple(w.shape) for w in k_layer.weights]
+    for a, b in zip(outs, k_outs):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+    for a, b in zip(grads, k_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_masked_steps_change_neither_output_nor_state(g):
+    x, _ = _inputs()
+    layer = kf.nn.LSTM(U, return_sequences=True, return_state=True, seed=0)
+    xp = g.placeholder((B, T, F), "float64", name="x")
+    y, h, c = layer(xp, sequence_length=LENGTHS)
+    noisy = x.copy()
+    for b, n in enumerate(LENGTHS):
+        noisy[b, n:] = 1e3  # padding content must not matter
+    a = g.run([y, h, c], {xp: x})
+    b = g.run([y, h, c], {xp: noisy})
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+    np.testing.assert_array_equal(a[0][1, 2:], np.repeat(a[0][1, 1:2], T - 2, axis=0))
+    np.testing.assert_array_equal(a[1][1], a[0][1, 1])
+
+
+def test_bidirectional_matches_keras(keras, g):
+    import tensorflow as tf
+
+    x, _ = _inputs()
+    k_layer = keras.layers.Bidirectional(keras.layers.LSTM(U, return_sequences=True, dtype="float64"),
+                                         dtype="float64")
+    k_layer.build((B, T, F))
+    rng = np.random.default_rng(2)
+    weights = [rng.standard_normal(w.shape) * 0.4 for w in k_layer.weights]
+    k_layer.set_weights(weights)
+    mask = tf.constant(np.arange(T)[None, :] < LENGTHS[:, None])
+    want = k_layer(x, mask=mask).numpy()
+    layer = kf.nn.Bidirectional(kf.nn.LSTM(U, return_sequences=True))
+    xp = g.placeholder((None, T, F), "float64", name="x")
+    y = layer(xp, sequence_length=LENGTHS)
+    for v, w in zip(layer.forward_layer.weights + layer.backward_layer.weights, weights):
+        v.set(w)
+    np.testing.assert_allclose(g.run(y, {xp: x}), want, rtol=1e-9, atol=1e-10)
+
+
+def test_lstm_cell_inside_a_user_while_loop(g):
+    cell = kf.nn.LSTMCell(U, seed=3)
+    x = g.placeholder((B, F), "float64", name="x")
+    h0 = g.constant(np.zeros((B, U)))
+
+    def body(i, h, c):
+        out, (h2, c2) = cell(x * kf.cast(i + 1, "float64"), [h, c])
+        return i + 1, h2, c2
+
+    _, h, c = kf.while_loop(lambda i, h, c: i < 3, body, (0, h0, h0))
+    assert sorted(v.name for v in g.variables()) == ["lstm_cell/bias", "lstm_cell/kernel",
+                                                     "lstm_cell/recurrent_kernel"]
+    xv = np.random.default_rng(4).standard_normal((B, F))
+    kv, rv, bv = (g.run(cell.kernel), g.run(cell.recurrent_kernel), g.run(cell.bias))
+    hv, cv = np.zeros((B, U)), np.zeros((B, U))
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    for i in range(3):
+        z = (xv * (i + 1)) @ kv + hv @ rv + bv
+        ig, fg, gg, og = sig(z[:, :U]), sig(z[:, U:2 * U]), np.tanh(z[:, 2 * U:3 * U]), sig(z[:, 3 * U:])
+        cv = fg * cv + ig * gg
+        hv = og * np.tanh(cv)
+    got = g.run([h, c], {x: xv})
+    np.testing.assert_allclose(got[0], hv, rtol=1e-12)
+    np.testing.assert_allclose(got[1], cv, rtol=1e-12)
+    assert all(gr is not None for gr in kf.gradients(kf.sum(h), g.variables()))

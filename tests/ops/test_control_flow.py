@@ -1,0 +1,155 @@
+"""Control-flow op checks: cond, switch_case, while_loop, scan, map_fn, fori_loop against plain
+numpy loops, forward (float32/float64) and gradients by finite differences, on both runtimes
+(the real server case carries the sub-graphs over the wire)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kernelflow as kf
+from tests.ops.opcheck import OpCase, check_forward, check_gradient
+
+
+def _norm(*shapes):
+    return lambda r, d: [r.standard_normal(s).astype(d) for s in shapes]
+
+
+def _np_while(x, w):
+    v = x
+    for _ in range(4):
+        v = np.tanh(v * w + x)
+    return v
+
+
+def _kf_while(x, w):
+    _, v = kf.while_loop(lambda i, v: i < 4, lambda i, v: (i + 1, kf.tanh(v * w + x)), (0, x))
+    return v
+
+
+def _np_nested(x, w):
+    v = x
+    for _ in range(3):
+        u = v
+        for _ in range(2):
+            u = np.sin(u * w) + v
+        v = u * 0.5
+    return v
+
+
+def _kf_nested(x, w):
+    def outer(i, v):
+        _, u = kf.while_loop(lambda j, u: j < 2, lambda j, u: (j + 1, kf.sin(u * w) + v), (0, v))
+        return i + 1, u * 0.5
+
+    return kf.while_loop(lambda i, v: i < 3, outer, (0, x))[1]
+
+
+def _np_cond_in_loop(x, w):
+    v = x
+    for _ in range(5):
+        v = v * w if v.sum() > 0 else v + w * w
+    return v
+
+
+def _kf_cond_in_loop(x, w):
+    return kf.fori_loop(0, 5, lambda i, v: kf.cond(kf.sum(v) > 0, lambda: v * w, lambda: v + w * w), x)
+
+
+def _np_loop_in_cond(x, w):
+    if x.sum() > 0:
+        v = x
+        for _ in range(3):
+            v = v * w + 1.0
+        return v
+    return x * x
+
+
+def _kf_loop_in_cond(x, w):
+    return kf.cond(kf.sum(x) > 0, lambda: kf.fori_loop(0, 3, lambda i, v: v * w + 1.0, x), lambda: x * x)
+
+
+def _np_scan(xs, w):
+    acc, out = np.zeros(xs.shape[1:]), []
+    for e in xs:
+        acc = np.tanh(acc * w) + e
+        out.append(acc)
+    return np.stack(out)
+
+
+def _np_scan_rev(xs, w):
+    return _np_scan(xs[::-1], w)[::-1]
+
+
+def _np_grow(x, w):
+    v = x
+    for _ in range(3):
+        v = np.concatenate([v * w[0], v[:1] * w[1]])
+    return v
+
+
+def _kf_grow(x, w):
+    # The loop variable grows each iteration: its static shape relaxes to (None,).
+    _, v = kf.while_loop(lambda i, v: i < 3, lambda i, v: (i + 1, kf.concat([v * w[0], v[:1] * w[1]])), (0, x))
+    return v
+
+
+def _np_switch(k, x):
+    return [lambda: x * 2.0, lambda: np.sin(x), lambda: x * x][min(int(k), 2)]()
+
+
+def _np_trip(n, x, w):
+    v = x
+    for _ in range(int(n)):
+        v = v * w + 0.1
+    return v
+
+
+def _np_lstm_cell(z, c):
+    u = c.shape[1]
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    i, f, g, o = sig(z[:, :u]), sig(z[:, u:2 * u]), np.tanh(z[:, 2 * u:3 * u]), sig(z[:, 3 * u:])
+    c2 = f * c + i * g
+    return np.concatenate([o * np.tanh(c2), c2 * 0.5], axis=1)
+
+
+def _kf_lstm_cell(z, c):
+    h, c2 = kf.lstm_cell(z, c)
+    return kf.concat([h, c2 * 0.5], axis=1)
+
+
+CASES = [
+    OpCase("lstm_cell", _kf_lstm_cell, _np_lstm_cell, _norm((3, 8), (3, 2))),
+    OpCase("while_loop_captures", _kf_while, _np_while, _norm((3,), (3,))),
+    OpCase("while_loop_nested", _kf_nested, _np_nested, _norm((2, 3), (3,))),
+    OpCase("cond_in_while_loop", _kf_cond_in_loop, _np_cond_in_loop, lambda r, d: [
+        np.array([0.3, -0.2, 0.4], d), np.array([0.9, 1.1, -0.5], d)]),
+    OpCase("while_loop_in_cond_taken", _kf_loop_in_cond, _np_loop_in_cond, lambda r, d: [
+        np.abs(r.standard_normal(3)).astype(d), r.standard_normal(3).astype(d)]),
+    OpCase("while_loop_in_cond_not_taken", _kf_loop_in_cond, _np_loop_in_cond, lambda r, d: [
+        -np.abs(r.standard_normal(3)).astype(d), r.standard_normal(3).astype(d)]),
+    OpCase("scan", lambda xs, w: kf.scan(lambda a, e: kf.tanh(a * w) + e, xs, initializer=xs[0] * 0.0),
+           _np_scan, _norm((5, 3), (3,))),
+    OpCase("scan_reverse", lambda xs, w: kf.scan(lambda a, e: kf.tanh(a * w) + e, xs, initializer=xs[0] * 0.0,
+                                                 reverse=True), _np_scan_rev, _norm((4, 2), (2,))),
+    OpCase("scan_dynamic_length", lambda xs, w: kf.scan(lambda a, e: kf.tanh(a * w) + e, xs,
+                                                        initializer=xs[0] * 0.0),
+           _np_scan, _norm((6, 3), (3,)), static_shapes=False),
+    OpCase("map_fn", lambda xs, w: kf.map_fn(lambda e: kf.sum(kf.sin(e) * w), xs),
+           lambda xs, w: (np.sin(xs) * w).sum(1), _norm((4, 3), (3,))),
+    OpCase("while_loop_relaxed_shape", _kf_grow, _np_grow, _norm((2,), (2,))),
+    OpCase("switch_case", lambda k, x: kf.switch_case(k, [lambda: x * 2.0, lambda: kf.sin(x), lambda: x * x]),
+           _np_switch, lambda r, d: [np.array(1, "int32"), r.standard_normal(3).astype(d)]),
+    OpCase("switch_case_default", lambda k, x: kf.switch_case(k, [lambda: x * 2.0, lambda: kf.sin(x), lambda: x * x]),
+           _np_switch, lambda r, d: [np.array(7, "int32"), r.standard_normal(3).astype(d)]),
+    OpCase("while_loop_trip_count_fed", lambda n, x, w: kf.while_loop(
+        lambda i, v: i < n, lambda i, v: (i + 1, v * w + 0.1), (kf.cast(n * 0, "int64"), x))[1],
+        _np_trip, lambda r, d: [np.array(3, "int64"), r.standard_normal(3).astype(d), r.standard_normal(3).astype(d)]),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_control_flow_forward_and_gradient(case, rng):
+    for dtype in case.dtypes:
+        check_forward(case, dtype, rng)
+    check_gradient(case, rng)
