@@ -9,9 +9,18 @@ import numpy as np
 import pytest
 
 import kernelflow as kf
-from tests.ops import opcheck, test_core_smoke, test_elementwise, test_linalg, test_movement, test_nn, test_reduce
+from tests.ops import (
+    opcheck,
+    test_control_flow,
+    test_core_smoke,
+    test_elementwise,
+    test_linalg,
+    test_movement,
+    test_nn,
+    test_reduce,
+)
 
-MODULES = (test_core_smoke, test_elementwise, test_reduce, test_movement, test_linalg, test_nn)
+MODULES = (test_core_smoke, test_elementwise, test_reduce, test_movement, test_linalg, test_nn, test_control_flow)
 CASES = [c for m in MODULES for c in m.CASES]
 FORWARD = [(c, d) for c in CASES for d in c.dtypes]
 
