@@ -110,6 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     return serve(ServeOptions(host=args.host, port=args.port, token=token, token_given=user_token, ssl_context=ctx,
                               device=args.device, state_dir=args.state_dir, max_message_bytes=args.max_message_bytes,
+                              compile="off" if args.no_compile else None,
                               workers=args.workers, http_port=args.http_port,
                               http_max_body_bytes=args.http_max_body_bytes, model_config=model_config,
                               batching=batching, poll_wait_s=args.file_system_poll_wait_seconds,
@@ -326,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(--distributed; default 60)")
     s.add_argument("--fusion-bytes", type=int, default=16 << 20,
                    help="tensor-fusion bucket size of the gradient all-reduce in bytes; 0: no fusion (default 16 MiB)")
+    s.add_argument("--no-compile", action="store_true",
+                   help="run plans as built: no graph compiler passes or fused kernels (default: "
+                        "$KERNELFLOW_COMPILE, else on)")
     s.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     s.set_defaults(fn=cmd_serve)
 

@@ -100,8 +100,10 @@ class RemoteGraph(Graph):
         self._synced = self.version
 
     # ----------------------------------------------------------------- running
-    def run(self, fetches: Any, feed: dict | None = None) -> Any:
+    def run(self, fetches: Any, feed: dict | None = None, compile: bool = True) -> Any:
         """Run ``fetches`` with ``feed`` ({tensor or name: value}); numpy results in the same structure.
+
+        ``compile=False`` runs the plan as built: no graph compiler passes, no fused kernels.
 
         Example:
             >>> out = g.run({"loss": loss, "acc": acc}, feed={x: xb, y: yb})
@@ -112,8 +114,10 @@ class RemoteGraph(Graph):
         feed_names, feed_values = self._feed(feed)
         since, nodes = self._pending()
         version = self.version
-        vals = self.runtime.call("graph.run", [self.name, since, nodes, [t.name for t in flat], feed_names,
-                                                feed_values])
+        params = [self.name, since, nodes, [t.name for t in flat], feed_names, feed_values]
+        if not compile:
+            params.append({"compile": False})
+        vals = self.runtime.call("graph.run", params)
         self._synced = max(self._synced, version)
         return rebuild(vals)
 
@@ -132,8 +136,9 @@ class RemoteGraph(Graph):
             values.append(v if isinstance(v, np.ndarray) else _python_feed(v, k))
         return names, values
 
-    def make_callable(self, fetches: Any, feed_list: Sequence[Tensor | str] = ()) -> Callable[..., Any]:
-        """A function ``f(*feed_values)`` running ``fetches``, with names resolved once.
+    def make_callable(self, fetches: Any, feed_list: Sequence[Tensor | str] = (),
+                      compile: bool = True) -> Callable[..., Any]:
+        """A function ``f(*feed_values)`` running ``fetches``, with names resolved once (``compile`` as in `run`).
 
         Example:
             >>> step = g.make_callable([train, loss], feed_list=[x, y])
@@ -146,6 +151,7 @@ class RemoteGraph(Graph):
         call = self.runtime.call
         name = self.name
         n_feeds = len(feed_names)
+        extra = [] if compile else [{"compile": False}]
 
         def run_callable(*values: Any) -> Any:
             __tracebackhide__ = True  # noqa: F841
@@ -153,12 +159,29 @@ class RemoteGraph(Graph):
                 raise InvalidArgumentError(f"callable: expected {n_feeds} feed values {feed_names}; got {len(values)}")
             since, nodes = self._pending()
             version = self.version
-            vals = call("graph.run", [name, since, nodes, fetch_names, feed_names, list(values)])
+            vals = call("graph.run", [name, since, nodes, fetch_names, feed_names, list(values), *extra])
             if nodes:
                 self._synced = max(self._synced, version)
             return rebuild(vals)
 
         return run_callable
+
+    def plan(self, fetches: Any, feeds: Sequence[Tensor | str] = (), compile: bool = True) -> str:
+        """The plan a run of ``fetches`` (with ``feeds`` fed) executes, as text: one node a line,
+        fused groups with their members, and what the compiler passes did (as XLA's HLO dumps).
+
+        Example:
+            >>> print(g.plan(train_op, feeds=[x, y]))
+        """
+        flat: list[Tensor] = []
+        _flatten(fetches, flat, self)
+        feed_names = [(t.name if isinstance(t, Tensor) else self[t].name) for t in feeds]
+        since, nodes = self._pending()
+        version = self.version
+        opts = {} if compile else {"compile": False}
+        text = self.runtime.call("graph.plan", [self.name, since, nodes, [t.name for t in flat], feed_names, opts])
+        self._synced = max(self._synced, version)
+        return text
 
     def summary(self, t: Tensor | str, feed: dict | None = None, bins: int = 30,
                 allow_side_effects: bool = False) -> dict:

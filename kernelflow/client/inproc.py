@@ -32,11 +32,12 @@ class InprocTransport(Transport):
 
     url = "inproc"
 
-    def __init__(self, device: str = "cpu", soft_placement: bool = False, state_dir: str | None = None):
+    def __init__(self, device: str = "cpu", soft_placement: bool = False, state_dir: str | None = None,
+                 compile: str | None = None):
         from ..runtime_server.service import RuntimeService  # lazily: a client machine may lack kernels
 
         self.service = RuntimeService(device=device, soft_placement=soft_placement,
-                                      state_dir=str(state_dir) if state_dir is not None else None)
+                                      state_dir=str(state_dir) if state_dir is not None else None, compile=compile)
         self._call = self.service.call
         self._handlers: dict[str, list[Callable[[list], Any]]] = {}
         self._queue: queue.SimpleQueue = queue.SimpleQueue()

@@ -191,7 +191,7 @@ class Runtime:
 
 def connect(url: str | None = None, *, token: str | None = None, timeout: float | None = None,
             device: str = "cpu", soft_placement: bool = False, ssl_context: Any = None,
-            state_dir: str | None = None) -> Runtime:
+            state_dir: str | None = None, compile: str | None = None) -> Runtime:
     """Connect to a kernelflow runtime.
 
     Args:
@@ -210,6 +210,9 @@ def connect(url: str | None = None, *, token: str | None = None, timeout: float 
         state_dir: for ``"inproc"``: keep graphs, checkpoints, datasets, job histories and
             exported models in this dir (`kernelflow serve --state-dir` does the same for a server);
             ``close()`` then checkpoints and releases it.
+        compile: for ``"inproc"``: the graph compiler's mode: "on" (fused kernels compile in the
+            background; runs meanwhile are unfused), "sync" (compile before running), "off"
+            (None: ``$KERNELFLOW_COMPILE``, else "on"). A server's is `kernelflow serve --no-compile`.
 
     Returns:
         A `Runtime`.
@@ -239,7 +242,8 @@ def connect(url: str | None = None, *, token: str | None = None, timeout: float 
     if url == "inproc":
         from .inproc import InprocTransport
 
-        return Runtime(InprocTransport(device=device, soft_placement=soft_placement, state_dir=state_dir))
+        return Runtime(InprocTransport(device=device, soft_placement=soft_placement, state_dir=state_dir,
+                                       compile=compile))
     if isinstance(url, str) and url.startswith(("kf://", "kfs://")):
         from .tcp import TcpTransport
 

@@ -176,6 +176,7 @@ def build_method_table(service: RuntimeService) -> MethodTable:
         Method("graph.checkpoints", g.graph_checkpoints),
         Method("graph.restore", g.graph_restore),
         Method("tensor.summary", su.tensor_summary),
+        Method("graph.plan", service.plans.graph_plan),
         Method("dataset.begin", d.begin, needs_peer=True),
         Method("dataset.put", d.put),
         Method("dataset.commit", d.commit),

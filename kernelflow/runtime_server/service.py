@@ -22,6 +22,7 @@ from .distributed.data_parallel import DataParallel
 from .distributed.fusion import DEFAULT_BUCKET_BYTES
 from .distributed.launch import attach_leader, leave_world, run_follower, start_world
 from .distributed.world import World, local_world
+from .engine.compile_options import PlanMethods, make_compiler
 from .engine.devices import DeviceManager
 from .engine.summaries import SummaryMethods
 from .graphs import GraphStore
@@ -49,6 +50,9 @@ class RuntimeService:
             bigger world replicates its mutating methods to the others (docs/distributed.md).
         collective_timeout_s: how long a rank waits for the others (commands, collectives).
         fusion_bytes: the fusion threshold of the data-parallel gradient all-reduce.
+        compile: the graph compiler: "on" (plans optimised, fused kernels compile in the background),
+            "sync" (kernels compile before the run that needs them), "off"; None: ``$KERNELFLOW_COMPILE``,
+            default "on".
 
     Raises:
         FailedPreconditionError: another live server holds ``state_dir``.
@@ -56,10 +60,11 @@ class RuntimeService:
 
     def __init__(self, device: str = "cpu", soft_placement: bool = False, state_dir: str | None = None,
                  world: World | None = None, collective_timeout_s: float = DEFAULT_TIMEOUT_S,
-                 fusion_bytes: int = DEFAULT_BUCKET_BYTES):
+                 fusion_bytes: int = DEFAULT_BUCKET_BYTES, compile: str | None = None):
         self.devices = DeviceManager(device, soft_placement)
+        self.compiler = make_compiler(compile)
         self.state: StateDir | None = StateDir(state_dir) if state_dir else None
-        self.graphs = GraphStore(self.devices, self.state)
+        self.graphs = GraphStore(self.devices, self.state, self.compiler)
         self.datasets = DatasetStore(self.devices, self.state)
         self.jobs = JobManager(self.graphs, self.datasets, self.state)
         self.models = ModelManager(self.state.models_dir() if self.state is not None else None, self.devices)
@@ -70,6 +75,7 @@ class RuntimeService:
         self.world: World = world if world is not None else local_world(timeout_s=collective_timeout_s)
         self.jobs.data_parallel = DataParallel(self.world, fusion_bytes)
         self.leader: Any = None  # rank 0's command stream in a world of several ranks
+        self.plans = PlanMethods(self.graphs.session)
         self.methods: MethodTable = build_method_table(self)
         self._is_shut_down = False
         if self.state is not None:
@@ -173,8 +179,8 @@ def join_world(collective_timeout_s: float = DEFAULT_TIMEOUT_S, device: str = "c
 
 
 def serve_follower(world: World, device: str = "cpu", collective_timeout_s: float = DEFAULT_TIMEOUT_S,
-                   fusion_bytes: int = DEFAULT_BUCKET_BYTES) -> int:
+                   fusion_bytes: int = DEFAULT_BUCKET_BYTES, compile: str | None = None) -> int:
     """A rank > 0 of ``world``: a service without state dir or clients, driven by rank 0 until it stops."""
     service = RuntimeService(device=device, world=world, collective_timeout_s=collective_timeout_s,
-                             fusion_bytes=fusion_bytes)
+                             fusion_bytes=fusion_bytes, compile=compile)
     return run_follower(world, service)

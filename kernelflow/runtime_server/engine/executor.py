@@ -94,13 +94,15 @@ class Plan:
         session: the graph's session (variables, devices, RNGs).
         fetches: tensors to return, in order (duplicates allowed).
         feeds: tensors whose values the caller supplies, in the order `run` receives them.
+        compiler: a `kernelflow.compiler.Compiler` to optimise the plan with (None: run it as built).
 
     Raises:
         InvalidArgumentError: naming a placeholder the fetches need that is not fed.
         FailedPreconditionError: naming a node placed on a missing device.
     """
 
-    def __init__(self, session: GraphSession, fetches: Sequence[Tensor], feeds: Sequence[Tensor]):
+    def __init__(self, session: GraphSession, fetches: Sequence[Tensor], feeds: Sequence[Tensor],
+                 compiler: Any = None):
         self.session = session
         self.fetches = list(fetches)
         self.feeds = list(feeds)
@@ -112,6 +114,12 @@ class Plan:
                     f"placeholder '{n.name}' ({n.dtype}{format_shape(n.shape)}) must be fed: the fetches "
                     f"depend on it", node=n.name, source=n.source)
         order = self._schedule(nodes, fed)
+        self.compiler = compiler if not self._copy_reads else None
+        self.optimized: Any = None
+        if self.compiler is not None:
+            self.optimized = self.compiler.optimize(order, fed, self.fetches, session.placement)
+            order, self.fetches = self.optimized.order, self.optimized.fetches
+        self.order = order
         self._compile(order, fed)
 
     # ----------------------------------------------------------------- planning
@@ -218,7 +226,7 @@ class Plan:
             place = session.placement(n)
             place_of[id(n)] = place
             xp = array_module(place.backend)
-            entry = get_kernel(n.op, place.backend)
+            entry = self.compiler.kernel_for(n, place.backend) if self.compiler else get_kernel(n.op, place.backend)
             ctx = NodeContext(session, n, place, xp) if entry.needs_ctx else None
             if ctx is not None:
                 ctx.plan_nodes = steps_nodes

@@ -53,6 +53,7 @@ class ServeOptions:
         distributed: join an MPI world (under ``mpiexec``): rank 0 serves, the other ranks follow it.
         collective_timeout_s: how long a rank waits for the others before a job is interrupted.
         fusion_bytes: the fusion threshold of the data-parallel gradient all-reduce (0: off).
+        compile: the graph compiler's mode ("on", "sync", "off"; None: ``$KERNELFLOW_COMPILE``, else on).
     """
 
     host: str
@@ -72,6 +73,7 @@ class ServeOptions:
     distributed: bool = False
     collective_timeout_s: float = 60.0
     fusion_bytes: int = 16 << 20
+    compile: str | None = None
 
 
 def serve(opts: ServeOptions) -> int:
@@ -84,10 +86,13 @@ def serve(opts: ServeOptions) -> int:
 
         world = join_world(opts.collective_timeout_s, opts.device)
         if world.rank != 0:
-            return serve_follower(world, opts.device, opts.collective_timeout_s, opts.fusion_bytes)
+            return serve_follower(world, opts.device, opts.collective_timeout_s, opts.fusion_bytes, opts.compile)
     try:
         service = RuntimeService(device=opts.device, state_dir=opts.state_dir, world=world,
-                                 collective_timeout_s=opts.collective_timeout_s, fusion_bytes=opts.fusion_bytes)
+                                 collective_timeout_s=opts.collective_timeout_s, fusion_bytes=opts.fusion_bytes,
+                                 compile=opts.compile)
+        if service.compiler is not None:
+            service.compiler.prewarm()  # numba's import and warm-up (~1 s) off the first run's path
     except KernelflowError as e:  # the state dir is held by another server
         print(f"kernelflow serve: {e}", file=sys.stderr)
         return 1
