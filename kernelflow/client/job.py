@@ -25,7 +25,16 @@ import numpy as np
 
 from ..errors import DeadlineExceededError, InvalidArgumentError, KernelflowError, NotFoundError
 from ..graph.ir import Tensor
-from ..protocol.jobspec import FIT_OPTIONS, IMAGE_KEEP_DEFAULT, MEDIA, JobSpec, KeptImages, has_media, media_key, media_stub
+from ..protocol.jobspec import (
+    FIT_OPTIONS,
+    IMAGE_KEEP_DEFAULT,
+    MEDIA,
+    JobSpec,
+    KeptImages,
+    has_media,
+    media_key,
+    media_stub,
+)
 from .notebook import live_sleep
 
 if TYPE_CHECKING:
