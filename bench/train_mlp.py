@@ -33,7 +33,7 @@ from _common import Contender, machine_facts, median, print_facts, print_table, 
 SIZES = (784, 512, 512, 10)
 LR, BETA1, BETA2, EPS = 1e-3, 0.9, 0.999, 1e-7
 IMPLS = ("kf", "numpy", "tf1", "torch")
-EXTRA_IMPLS = ("kf-unfused",)
+EXTRA_IMPLS = ("kf-unfused", "kf-nocompile")
 
 
 # --------------------------------------------------------------------------- data and weights
@@ -85,17 +85,21 @@ def build_kf_graph(rt: Any, name: str, weights: list, fused_adam: bool = True) -
     return {"g": g, "x": x, "y": y, "loss": loss, "train": train}
 
 
-def build_kf(weights: list, threads: int, fused_adam: bool = True) -> Callable[[np.ndarray, np.ndarray], Any]:
+def build_kf(weights: list, threads: int, fused_adam: bool = True, compile: bool = True
+             ) -> Callable[[np.ndarray, np.ndarray], Any]:
     """kernelflow in-process runtime: placeholders, autodiff, kf.optim.Adam, one callable per step.
 
     With ``fused_adam=False`` the update is built from kf.gradients and assign ops instead of
-    the optimiser's fused in-place kernel (the ``kf-unfused`` contender).
+    the optimiser's fused in-place kernel (the ``kf-unfused`` contender); with ``compile=False``
+    the graph compiler is off for its runs (the ``kf-nocompile`` contender).
     """
     import kernelflow as kf
 
-    m = build_kf_graph(kf.connect("inproc"), f"mlp_{id(weights)}", weights, fused_adam)
+    rt = kf.connect("inproc")
+    m = build_kf_graph(rt, f"mlp_{id(weights)}_{compile}", weights, fused_adam)
     g, x, y, loss, train = m["g"], m["x"], m["y"], m["loss"], m["train"]
-    step = g.make_callable([train, loss], feed_list=[x, y])
+    step = g.make_callable([train, loss], feed_list=[x, y], compile=compile)
+    build_kf.runtimes = [*getattr(build_kf, "runtimes", []), rt]
     build_kf.graph = g  # for --profile and node counts
     return lambda xb, yb: step(xb, yb)[1]
 
@@ -217,7 +221,16 @@ def build_torch(weights: list, threads: int) -> Callable[[np.ndarray, np.ndarray
 
 
 BUILDERS = {"kf": build_kf, "numpy": build_numpy, "tf1": build_tf1, "torch": build_torch,
-            "kf-unfused": lambda w, t: build_kf(w, t, fused_adam=False)}
+            "kf-unfused": lambda w, t: build_kf(w, t, fused_adam=False),
+            "kf-nocompile": lambda w, t: build_kf(w, t, compile=False)}
+
+
+def wait_for_kernels() -> None:
+    """Let background kernel compiles finish before timing (compile cost is measured on its own)."""
+    for rt in getattr(build_kf, "runtimes", []):
+        comp = rt._transport.service.compiler  # bench only: the in-process runtime's compiler
+        if comp is not None:
+            comp.wait_idle()
 
 
 def available(name: str) -> bool:
@@ -240,6 +253,7 @@ def bench_batch(batch: int, impls: list[str], args: argparse.Namespace) -> None:
     for name, step in steps.items():
         seq = [float(step(*batches[k % len(batches)])) for k in range(n)]
         losses[name] = (seq[0], seq[-1])
+    wait_for_kernels()
     print(f"\n## batch {batch}  (threads={args.threads}, rounds={args.rounds}, block ~{args.block_s}s, malloc "
           f"{'tuned' if args.malloc_tuned else 'default'})")
     contenders = []
@@ -272,6 +286,7 @@ def profile_kf(batch: int, args: argparse.Namespace) -> None:
     step = build_kf(make_weights(), args.threads)
     for k in range(20):
         step(*batches[k % len(batches)])
+    wait_for_kernels()
     prof = cProfile.Profile()
     prof.enable()
     for k in range(args.profile_steps):

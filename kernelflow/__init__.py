@@ -16,6 +16,7 @@ from .graph import Graph, Tensor, Variable, gradients
 from .graph.control_flow import cond, fori_loop, map_fn, scan, switch_case, while_loop
 from .graph.ops import *  # builders: add, matmul, relu, softmax_cross_entropy, ...
 from .graph.ops import __all__ as _ops_all
+from .graph.ops import summary
 from .graph.shapes import canonical_dtype as as_dtype
 from .nn import callbacks, init, layers, losses, optim
 from .nn import nn_models as models
@@ -26,7 +27,8 @@ set_runtime_factory(connect)
 
 __all__ = ["errors", "connect", "load_model", "Runtime", "Graph", "Tensor", "Variable", "gradients", "init",
            "layers", "optim", "losses", "callbacks", "models", "nn", "Input", "Model", "Sequential", "as_dtype",
-           "__version__", "cond", "switch_case", "while_loop", "scan", "map_fn", "fori_loop"] + list(_ops_all)
+           "__version__", "summary", "cond", "switch_case", "while_loop", "scan", "map_fn",
+           "fori_loop"] + list(_ops_all)
 
 
 def load_ipython_extension(ipython: object) -> None:

@@ -1,6 +1,6 @@
 """The ``kernelflow`` command: ``serve`` runs a runtime server, ``status`` lists the local
 ones, ``stop`` shuts one down, ``serve-models`` serves a model base path over REST,
-``export-model`` copies a model version out of a state dir or base path.
+``export-model`` copies a model version out of a state dir or base path (or converts it to ONNX).
 
 Contents: runtime_dir, main (and the serve/status/stop/serve-models/export-model commands).
 """
@@ -92,6 +92,11 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``kernelflow serve``: check the flags, then `kernelflow.runtime_server.net.app.serve`."""
+    if args.distributed:
+        from .runtime_server.distributed.launch import needs_supervisor, supervise
+
+        if needs_supervisor():  # the MPI launcher's direct child only watches the real rank
+            return supervise([sys.executable, "-m", "kernelflow", *sys.argv[1:]])
     from .runtime_server.net.app import ServeOptions, serve
 
     token, user_token = _read_token(args)
@@ -105,12 +110,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     return serve(ServeOptions(host=args.host, port=args.port, token=token, token_given=user_token, ssl_context=ctx,
                               device=args.device, state_dir=args.state_dir, max_message_bytes=args.max_message_bytes,
+                              compile="off" if args.no_compile else None,
                               workers=args.workers, max_run_seconds=args.max_run_seconds,
                               unauth_message_bytes=args.unauth_message_bytes, auth_timeout_s=args.auth_timeout_s,
                               max_buffered_input_bytes=args.max_buffered_input_bytes,
                               max_message_elements=args.max_message_elements, http_port=args.http_port,
                               http_max_body_bytes=args.http_max_body_bytes, model_config=model_config,
-                              batching=batching, poll_wait_s=args.file_system_poll_wait_seconds))
+                              batching=batching, poll_wait_s=args.file_system_poll_wait_seconds,
+                              distributed=args.distributed, collective_timeout_s=args.collective_timeout,
+                              fusion_bytes=args.fusion_bytes))
 
 
 def cmd_serve_models(args: argparse.Namespace) -> int:
@@ -171,6 +179,8 @@ def cmd_export_model(args: argparse.Namespace) -> int:
               f"{versions}", file=sys.stderr)
         return 1
     to = Path(args.to)
+    if args.format == "onnx":
+        return _export_onnx(args.name, version, src, to)
     archive = to.name.endswith((".tar.gz", ".tgz"))
     dest = to if archive else to / args.name / str(version)
     if dest.exists():
@@ -197,6 +207,32 @@ def cmd_export_model(args: argparse.Namespace) -> int:
         else:
             tmp.unlink(missing_ok=True)
     print(f"exported model '{args.name}' version {version} to {dest}", flush=True)
+    return 0
+
+
+def _export_onnx(name: str, version: int, src: Path, to: Path) -> int:
+    """``export-model --format onnx``: the model version dir's graph as one ``.onnx`` file."""
+    from .graph.ir import Graph
+    from .interop import export_onnx
+    from .protocol.model_dir import read_model_dir
+
+    if to.suffix != ".onnx":
+        print(f"kernelflow export-model: --format onnx writes a .onnx file; got --to {to}", file=sys.stderr)
+        return 2
+    try:
+        dicts, signature = read_model_dir(src)
+        g = Graph(f"{name}@{version}")
+        g.extend_from_dicts(dicts)  # variables carry their exported values as their initial attr
+        info = export_onnx(g, to, {k: s["name"] for k, s in signature["inputs"].items()},
+                           {k: s["name"] for k, s in signature["outputs"].items()})
+    except KernelflowError as e:
+        print(f"kernelflow export-model: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"kernelflow export-model: cannot write {to}: {e}", file=sys.stderr)
+        return 1
+    print(f"exported model '{name}' version {version} as onnx (opset {info['opset']}, {info['nodes']} nodes) "
+          f"to {to}", flush=True)
     return 0
 
 
@@ -227,6 +263,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         found += 1
         print(f"{info['url']}  pid {info.get('pid')}  kernelflow {i['version']}  device {i['default_device']}  "
               f"graphs {len(i['graphs'])}")
+        from .client.local import is_same_environment
+
+        prefix = info.get("prefix") or i.get("python_prefix") or "?"
+        here = "  (this environment: kf.connect() re-uses it)" if is_same_environment(info) else ""
+        print(f"    REST {i.get('rest_url') or info.get('rest_url') or '(none)'}  python {prefix}  "
+              f"kernelflow from {info.get('package') or '?'}{here}")
     if not found:
         print("no kernelflow runtime server is running")
     return 0 if found else 1
@@ -292,6 +334,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--http-max-body-bytes", type=int, default=64 << 20,
                    help="largest REST predict body, in bytes (default 64 MiB)")
     _add_model_flags(s)
+    s.add_argument("--distributed", action="store_true",
+                   help="one runtime over the ranks of an MPI world: run under `mpiexec -disable-auto-cleanup -n N`; "
+                        "rank 0 serves clients, the others follow it (needs kernelflow[distributed])")
+    s.add_argument("--collective-timeout", type=float, default=60.0,
+                   help="seconds a rank waits for the others in a collective before the job is interrupted "
+                        "(--distributed; default 60)")
+    s.add_argument("--fusion-bytes", type=int, default=16 << 20,
+                   help="tensor-fusion bucket size of the gradient all-reduce in bytes; 0: no fusion (default 16 MiB)")
+    s.add_argument("--no-compile", action="store_true",
+                   help="run plans as built: no graph compiler passes or fused kernels (default: "
+                        "$KERNELFLOW_COMPILE, else on)")
     s.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     s.set_defaults(fn=cmd_serve)
 
@@ -310,7 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--state-dir", help="the runtime's state dir (models are in <state dir>/models)")
     em.add_argument("--model-base-path", help="a dir holding <name>/<version>/ model dirs")
     em.add_argument("--version", type=int, default=None, help="the version (default: the highest complete one)")
-    em.add_argument("--to", required=True, help="a dir (gets <name>/<version>/) or a file ending in .tar.gz")
+    em.add_argument("--to", required=True, help="a dir (gets <name>/<version>/), a file ending in .tar.gz, or with "
+                    "--format onnx a file ending in .onnx")
+    em.add_argument("--format", choices=("kernelflow", "onnx"), default="kernelflow",
+                    help="kernelflow: the model dir as it is (default); onnx: one ONNX file onnxruntime runs")
     em.set_defaults(fn=cmd_export_model)
 
     st = sub.add_parser("status", help="list the local runtime servers")

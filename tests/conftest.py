@@ -4,6 +4,7 @@ against a real `kernelflow serve` subprocess on 127.0.0.1 (one per test session)
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -13,6 +14,18 @@ from tests.ops import opcheck
 
 RUNTIMES = ["inproc", "server"]
 _names = itertools.count()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compiler_cache_dir(tmp_path_factory):
+    """Kernels the graph compiler generates in this session go to a tmp dir, not the user's cache."""
+    old = os.environ.get("KERNELFLOW_CACHE_DIR")
+    os.environ["KERNELFLOW_CACHE_DIR"] = str(tmp_path_factory.mktemp("kf-cache"))
+    yield os.environ["KERNELFLOW_CACHE_DIR"]
+    if old is None:
+        os.environ.pop("KERNELFLOW_CACHE_DIR", None)
+    else:
+        os.environ["KERNELFLOW_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="session")

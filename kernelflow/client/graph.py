@@ -100,19 +100,24 @@ class RemoteGraph(Graph):
         self._synced = self.version
 
     # ----------------------------------------------------------------- running
-    def run(self, fetches: Any, feed: dict | None = None) -> Any:
+    def run(self, fetches: Any, feed: dict | None = None, compile: bool = True) -> Any:
         """Run ``fetches`` with ``feed`` ({tensor or name: value}); numpy results in the same structure.
+
+        ``compile=False`` runs the plan as built: no graph compiler passes, no fused kernels.
 
         Example:
             >>> out = g.run({"loss": loss, "acc": acc}, feed={x: xb, y: yb})
         """
+        __tracebackhide__ = True  # noqa: F841
         flat: list[Tensor] = []
         rebuild = _flatten(fetches, flat, self)
         feed_names, feed_values = self._feed(feed)
         since, nodes = self._pending()
         version = self.version
-        vals = self.runtime.call("graph.run", [self.name, since, nodes, [t.name for t in flat], feed_names,
-                                                feed_values])
+        params = [self.name, since, nodes, [t.name for t in flat], feed_names, feed_values]
+        if not compile:
+            params.append({"compile": False})
+        vals = self.runtime.call("graph.run", params)
         self._synced = max(self._synced, version)
         return rebuild(vals)
 
@@ -131,8 +136,9 @@ class RemoteGraph(Graph):
             values.append(v if isinstance(v, np.ndarray) else _python_feed(v, k))
         return names, values
 
-    def make_callable(self, fetches: Any, feed_list: Sequence[Tensor | str] = ()) -> Callable[..., Any]:
-        """A function ``f(*feed_values)`` running ``fetches``, with names resolved once.
+    def make_callable(self, fetches: Any, feed_list: Sequence[Tensor | str] = (),
+                      compile: bool = True) -> Callable[..., Any]:
+        """A function ``f(*feed_values)`` running ``fetches``, with names resolved once (``compile`` as in `run`).
 
         Example:
             >>> step = g.make_callable([train, loss], feed_list=[x, y])
@@ -145,18 +151,37 @@ class RemoteGraph(Graph):
         call = self.runtime.call
         name = self.name
         n_feeds = len(feed_names)
+        extra = [] if compile else [{"compile": False}]
 
         def run_callable(*values: Any) -> Any:
+            __tracebackhide__ = True  # noqa: F841
             if len(values) != n_feeds:
                 raise InvalidArgumentError(f"callable: expected {n_feeds} feed values {feed_names}; got {len(values)}")
             since, nodes = self._pending()
             version = self.version
-            vals = call("graph.run", [name, since, nodes, fetch_names, feed_names, list(values)])
+            vals = call("graph.run", [name, since, nodes, fetch_names, feed_names, list(values), *extra])
             if nodes:
                 self._synced = max(self._synced, version)
             return rebuild(vals)
 
         return run_callable
+
+    def plan(self, fetches: Any, feeds: Sequence[Tensor | str] = (), compile: bool = True) -> str:
+        """The plan a run of ``fetches`` (with ``feeds`` fed) executes, as text: one node a line,
+        fused groups with their members, and what the compiler passes did (as XLA's HLO dumps).
+
+        Example:
+            >>> print(g.plan(train_op, feeds=[x, y]))
+        """
+        flat: list[Tensor] = []
+        _flatten(fetches, flat, self)
+        feed_names = [(t.name if isinstance(t, Tensor) else self[t].name) for t in feeds]
+        since, nodes = self._pending()
+        version = self.version
+        opts = {} if compile else {"compile": False}
+        text = self.runtime.call("graph.plan", [self.name, since, nodes, [t.name for t in flat], feed_names, opts])
+        self._synced = max(self._synced, version)
+        return text
 
     def summary(self, t: Tensor | str, feed: dict | None = None, bins: int = 30,
                 allow_side_effects: bool = False) -> dict:
@@ -195,10 +220,12 @@ class RemoteGraph(Graph):
 
     # ----------------------------------------------------------------- variables
     def read_variable(self, v: Variable) -> np.ndarray:
+        """The value of variable ``v`` on the runtime (``v.value()`` calls this)."""
         self.sync()
         return self.runtime.call("variable.read", [self.name, v.name])
 
     def write_variable(self, v: Variable, value: Any) -> None:
+        """Set variable ``v`` on the runtime to ``value`` (``v.set(...)`` calls this)."""
         self.sync()
         arr = np.asarray(value)
         if arr.dtype.name != v.dtype and not isinstance(value, np.ndarray):
@@ -228,16 +255,73 @@ class RemoteGraph(Graph):
     def fit(self, train_op: Any, *, data: Any, feed: dict, metrics: dict | None = None,
             validation: tuple | None = None, histograms: list | None = None, images: dict | None = None,
             **options: Any) -> Job:
+        __tracebackhide__ = True  # noqa: F841
         return _job.fit(self, train_op, data=data, feed=feed, metrics=metrics, validation=validation,
                         histograms=histograms, images=images, **options)
 
     fit.__doc__ = (_job.fit.__doc__ or "").replace("        graph: the graph to train.\n", "")
+    fit.__signature__ = _job.fit_signature(with_self=True)  # type: ignore[attr-defined]  # help(), Shift-Tab
+
+    def jobs(self) -> Any:
+        """The jobs that trained or train this graph (a `kernelflow.client.joblist.JobList`)."""
+        from .job import Job
+        from .joblist import JobList
+
+        jobs = self.runtime.call("job.list", [])
+        return JobList(Job(self.runtime, st) for st in jobs if st.get("graph") == self.name)
 
     def export(self, name: str, inputs: dict, outputs: dict, version: int | None = None) -> int:
         """Export the inference subgraph as a served model version; see `kernelflow.client.model.export`."""
         from .model import export
 
         return export(self, name, inputs, outputs, version)
+
+    def export_onnx(self, path: Any, inputs: dict, outputs: dict, opset: int | None = None) -> dict:
+        """Write the inference subgraph from ``inputs`` to ``outputs`` as an ONNX file.
+
+        The subgraph is the one `export` writes (training flags bound to False, dropout folded
+        away); variables become initializers holding their current values on the runtime;
+        a None dim stays symbolic (the batch size is free). See `kernelflow.interop.export_onnx`.
+
+        Args:
+            path: the ``.onnx`` file to write (replaced whole, or left alone on error).
+            inputs: {ONNX input name: tensor}, e.g. ``{"image": x}``.
+            outputs: {ONNX output name: tensor}, e.g. ``{"probabilities": p}``.
+            opset: the ONNX opset (default `kernelflow.interop.DEFAULT_OPSET`).
+
+        Returns:
+            ``{"path", "opset", "inputs", "outputs", "nodes", "initializers"}``.
+
+        Raises:
+            kernelflow.interop.OnnxExportError: naming a node whose op has no ONNX form.
+            InvalidArgumentError: naming a placeholder the outputs need that is not an input.
+
+        Example:
+            >>> g.export_onnx("digits.onnx", inputs={"image": x}, outputs={"probabilities": probs})
+        """
+        from ..graph.inference import inference_nodes
+        from ..interop import DEFAULT_OPSET, export_onnx  # lazily: onnx is an optional dependency
+
+        ins = {k: self[t] if isinstance(t, str) else t for k, t in dict(inputs).items()}
+        outs = {k: self[t] if isinstance(t, str) else t for k, t in dict(outputs).items()}
+        plan = inference_nodes(list(outs.values()), list(ins.values()), "export_onnx")
+        variables = [i.node for i in plan if i.role == "node" and isinstance(i.node, Variable)]
+        values = dict(zip((v.name for v in variables), self.run(variables))) if variables else {}
+        return export_onnx(self, path, ins, outs, variables=values, opset=opset or DEFAULT_OPSET)
+
+    def to_tensorboard(self, logdir: Any) -> Any:
+        """Write the graph as a TensorBoard GraphDef event file in ``logdir`` (its Graphs dashboard draws it).
+
+        Node names keep their scopes (TensorBoard folds each scope into a box), with op names,
+        data and ``^control`` inputs, devices and output shapes. Needs neither TensorFlow nor
+        tensorboard. Returns the event file's path.
+
+        Example:
+            >>> g.to_tensorboard("runs/digits")   # then: tensorboard --logdir runs
+        """
+        from ..interop.graphdef import write_graph  # lazily: the client needs it only here
+
+        return write_graph(self, logdir)
 
     def inspect(self, **kwargs: Any) -> Any:
         """A `kernelflow.widgets.GraphInspector` of this graph (in a notebook, it displays itself)."""

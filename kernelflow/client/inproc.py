@@ -32,11 +32,12 @@ class InprocTransport(Transport):
 
     url = "inproc"
 
-    def __init__(self, device: str = "cpu", soft_placement: bool = False, state_dir: str | None = None):
+    def __init__(self, device: str = "cpu", soft_placement: bool = False, state_dir: str | None = None,
+                 compile: str | None = None):
         from ..runtime_server.service import RuntimeService  # lazily: a client machine may lack kernels
 
         self.service = RuntimeService(device=device, soft_placement=soft_placement,
-                                      state_dir=str(state_dir) if state_dir is not None else None)
+                                      state_dir=str(state_dir) if state_dir is not None else None, compile=compile)
         self._call = self.service.call
         self._handlers: dict[str, list[Callable[[list], Any]]] = {}
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -44,6 +45,7 @@ class InprocTransport(Transport):
         self.closed = False
 
     def call(self, method: str, params: list) -> Any:
+        __tracebackhide__ = True  # noqa: F841  (IPython: the error's traceback ends in the user's code)
         return self._call(method, params, self)
 
     # The transport is its own peer: notifications from the runtime's threads are queued and

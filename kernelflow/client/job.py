@@ -12,6 +12,8 @@ Contents: Job, fit, attach_job.
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import inspect
 import logging
 import threading
 import time
@@ -21,9 +23,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import DeadlineExceededError, InvalidArgumentError, KernelflowError
+from ..errors import DeadlineExceededError, InvalidArgumentError, KernelflowError, NotFoundError
 from ..graph.ir import Tensor
-from ..protocol.jobspec import FIT_OPTIONS, IMAGE_KEEP_DEFAULT, JobSpec, KeptImages
+from ..protocol.jobspec import (
+    FIT_OPTIONS,
+    IMAGE_KEEP_DEFAULT,
+    MEDIA,
+    JobSpec,
+    KeptImages,
+    has_media,
+    media_key,
+    media_stub,
+)
+from .notebook import live_sleep
 
 if TYPE_CHECKING:
     from .graph import RemoteGraph
@@ -67,9 +79,9 @@ class _Mirror:
                     self.records.extend(fresh)
                     new.extend(fresh)
                     for i, r in enumerate(fresh, first):
-                        if r.get("kind") == "images":
-                            self._names_idx.setdefault(r["name"], []).append(i)
-                            if r.get("images") is not None:
+                        if r.get("kind") in MEDIA:
+                            self._names_idx.setdefault(media_key(r), []).append(i)
+                            if has_media(r):
                                 self._keep_image(i)
                             else:
                                 self._stubs.add(i)
@@ -80,8 +92,8 @@ class _Mirror:
     def _keep_image(self, i: int) -> None:
         if self._kept is None:
             self._kept = KeptImages(self.status.get("image_keep") or IMAGE_KEEP_DEFAULT)
-        for j in self._kept.add(self.records[i]["name"], i):
-            self.records[j] = {**self.records[j], "images": None}
+        for j in self._kept.add(media_key(self.records[i]), i):
+            self.records[j] = media_stub(self.records[j])
 
     def missing_images(self) -> int | None:
         """Index of the oldest image record among the newest ``image_keep`` per name that came
@@ -92,25 +104,29 @@ class _Mirror:
                 return None
             wanted = []
             for i in self._stubs:
-                idx = self._names_idx[self.records[i]["name"]]
+                idx = self._names_idx[media_key(self.records[i])]
                 newer = len(idx) - bisect.bisect_right(idx, i)
                 if newer < keep:  # the runtime still keeps its pixels
                     wanted.append(i)
             self._stubs = set(wanted)  # the others' pixels are gone on the runtime too
             return min(wanted) if wanted else None
 
-    def fill_images(self, start: int, records: list[dict]) -> None:
-        """Put the pixels of ``records`` (history from ``start``) into image records that lack them."""
+    def fill_images(self, start: int, records: list[dict]) -> list[dict]:
+        """Put the payloads of ``records`` (history from ``start``) into image and audio records that
+        lack them; returns the records that got theirs."""
+        filled = []
         with self.lock:
             for i, r in enumerate(records, start):
                 if i >= len(self.records):
                     break
-                if r.get("kind") != "images":
+                if r.get("kind") not in MEDIA:
                     continue
-                self._stubs.discard(i)  # asked for once: the runtime had the pixels or dropped them
-                if r.get("images") is not None and self.records[i].get("images") is None:
+                self._stubs.discard(i)  # asked for once: the runtime had the payload or dropped it
+                if has_media(r) and not has_media(self.records[i]):
                     self.records[i] = r
                     self._keep_image(i)
+                    filled.append(r)
+        return filled
 
 
 class _Streams:
@@ -175,8 +191,20 @@ def _streams(runtime: Runtime) -> _Streams:
         return s
 
 
+class JobStatus(str):
+    """A job's status word (``"running"``, ...); ``job.status`` reads it, and ``job.status()`` works
+    too, like ``job.pause()`` / ``job.resume()`` / ``job.stop()``."""
+
+    def __call__(self) -> str:
+        """The status word itself (``job.status()``)."""
+        return str(self)
+
+
 class Job:
-    """A training job on the runtime. Made by ``g.fit(...)`` or ``rt.job(id)``.
+    """A training job on the runtime. Made by ``g.fit(...)`` or ``rt.job(name_or_id)``.
+
+    A job also reads like its status map as last heard (``job["status"]``, ``job.get("step")``),
+    which is what ``rt.jobs()`` returned before it returned handles.
 
     Attributes:
         id: the job's id on the runtime.
@@ -197,9 +225,23 @@ class Job:
         return (f"<kf.Job {self.id} '{st.get('name')}' on graph '{st.get('graph')}': {st.get('status')}, step "
                 f"{st.get('step')}/{st.get('total_steps')}>")
 
+    def __getitem__(self, key: str) -> Any:
+        """A field of the status map as last heard (no request): ``job["status"]``, ``job["step"]``."""
+        return self._m.status[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A field of the status map as last heard, or ``default``."""
+        return self._m.status.get(key, default)
+
+    def _repr_html_(self) -> str:
+        from .joblist import JobList
+
+        return JobList([self])._repr_html_()
+
     # ----------------------------------------------------------------- status
     def refresh(self) -> dict:
         """The job's status map, fresh from the runtime."""
+        __tracebackhide__ = True  # noqa: F841
         st = self.runtime.call("job.status", [self.id])
         self._m.status = st
         return st
@@ -212,6 +254,7 @@ class Job:
 
     @property
     def name(self) -> str:
+        """The job's name (``g.fit(..., name=...)``; its id when it has none)."""
         return self._m.status.get("name") or self.id
 
     @property
@@ -220,9 +263,10 @@ class Job:
         return self._m.status["graph"]
 
     @property
-    def status(self) -> str:
-        """queued, running, paused, completed, stopped, failed or interrupted."""
-        return self.refresh()["status"]
+    def status(self) -> JobStatus:
+        """queued, running, paused, completed, stopped, failed or interrupted (fresh from the runtime;
+        ``job.status()`` works too)."""
+        return JobStatus(self.refresh()["status"])
 
     @property
     def error(self) -> dict | None:
@@ -248,16 +292,25 @@ class Job:
         self._m.apply(int(r["start"]), list(r["records"]))
         return self._m.records
 
-    def _fill_images(self) -> None:
+    def fill_media(self) -> list[dict]:
+        """Fetch the payloads that notifications left out and the runtime still keeps; returns the image
+        and audio records that got theirs (oldest first; none, usually, and then no call is made).
+
+        A notification carries the pixels (or samples) of only the newest record per name; the
+        others come as stubs (``"images": None``). Subscribers that want every kept record (the
+        training monitor's step sliders) call this off the notification thread.
+        """
         gap = self._m.missing_images()
-        if gap is not None:  # pixels the stream left out: the runtime still has them (image_keep)
-            r = self.runtime.call("job.records", [self.id, gap])
-            self._m.fill_images(int(r["start"]), list(r["records"]))
-            self._hist_cache = None
+        if gap is None:
+            return []
+        r = self.runtime.call("job.records", [self.id, gap])
+        filled = self._m.fill_images(int(r["start"]), list(r["records"]))
+        self._hist_cache = None
+        return filled
 
     def _built(self) -> tuple[dict, dict, dict]:
         records = self._catch_up()
-        self._fill_images()
+        self.fill_media()
         n = len(records)
         if self._hist_cache is not None and self._hist_cache[0] == n:
             return self._hist_cache[1:]
@@ -300,6 +353,37 @@ class Job:
         """Every image record still kept (the newest ``image_keep`` per name): ``{name: [(step, images)]}``."""
         return self._built()[2]
 
+    @property
+    def audio(self) -> dict[str, tuple[int, np.ndarray, float]]:
+        """The newest logged audio of every name: ``{name: (step, int16 PCM (clips, frames, channels),
+        sample_rate)}``."""
+        out = {}
+        for r in self._catch_up():
+            if r.get("kind") == "audio" and r.get("audio") is not None:
+                out[r["name"]] = (int(r["step"]), np.asarray(r["audio"]), float(r["sample_rate"]))
+        return out
+
+    @property
+    def audio_history(self) -> dict[str, list[tuple[int, np.ndarray, float]]]:
+        """Every audio record still kept (the newest ``image_keep`` per name): ``{name: [(step, int16 PCM,
+        sample_rate), ...]}``, in step order."""
+        self._catch_up()
+        self.fill_media()
+        out: dict[str, list[tuple[int, np.ndarray, float]]] = {}
+        for r in self._m.records:
+            if r.get("kind") == "audio" and r.get("audio") is not None:
+                out.setdefault(r["name"], []).append((int(r["step"]), np.asarray(r["audio"]), float(r["sample_rate"])))
+        return out
+
+    @property
+    def text(self) -> dict[str, list[tuple[int, list[str]]]]:
+        """Every logged text record: ``{name: [(step, [row strings]), ...]}``, in step order."""
+        out: dict[str, list[tuple[int, list[str]]]] = {}
+        for r in self._catch_up():
+            if r.get("kind") == "text":
+                out.setdefault(r["name"], []).append((int(r["step"]), list(r["text"])))
+        return out
+
     def history_frame(self) -> Any:
         """The history as a pandas DataFrame: one row per logged step (index ``step``), one column per
         metric, plus ``wall_time``."""
@@ -317,6 +401,12 @@ class Job:
 
     # ----------------------------------------------------------------- control
     def _wait_while(self, statuses: tuple[str, ...], timeout: float | None, bar: Any = None) -> str:
+        # In a notebook cell the wait handles widget messages (the monitor's Pause) as it sleeps.
+        with live_sleep() as sleep:
+            return self._wait_loop(statuses, timeout, bar, sleep)
+
+    def _wait_loop(self, statuses: tuple[str, ...], timeout: float | None, bar: Any, sleep: Callable) -> str:
+        __tracebackhide__ = True  # noqa: F841  (IPython: the user's frame raises, not this one)
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.01
         while True:
@@ -329,7 +419,7 @@ class Job:
                 raise DeadlineExceededError(f"job {self.id} is still {st['status']} (step {st['step']}/"
                                             f"{st['total_steps']}) after {timeout} s")
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            time.sleep(interval if left is None else min(interval, left))
+            sleep(interval if left is None else min(interval, left))
             interval = min(interval * 1.5, 0.25)
 
     def monitor(self, **kwargs: Any) -> Any:
@@ -356,6 +446,10 @@ class Job:
 
     def wait(self, timeout: float | None = None, progress: bool = False) -> str:
         """Block until the job is no longer queued or running; returns its status.
+
+        In a notebook cell the widgets stay live meanwhile (jupyter-ui-poll): the monitor's Pause
+        and Stop act during the wait (a pause ends it: it returns "paused"). Cells run meanwhile
+        wait for this one.
 
         Args:
             timeout: seconds to wait at most (None: no limit).
@@ -430,7 +524,7 @@ class Job:
                 raise
             m.status = r["status"]
             m.apply(0, list(r["records"]))
-        self._fill_images()  # the history handed over has the kept pixels, also on a live connection
+        self.fill_media()  # the history handed over has the kept pixels, also on a live connection
         with m.lock:
             if m.records:
                 callback(list(m.records))
@@ -463,9 +557,24 @@ def _update_bar(bar: Any, st: dict) -> None:
     bar.refresh()
 
 
-def attach_job(runtime: Runtime, job_id: str) -> Job:
-    """``rt.job(id)``: a handle on an existing job, with its full history."""
-    return Job(runtime, runtime.call("job.status", [job_id]))
+def attach_job(runtime: Runtime, name_or_id: str) -> Job:
+    """``rt.job(name_or_id)``: a handle on an existing job, with its full history. A name that several
+    jobs share means the newest of them.
+
+    Raises:
+        NotFoundError: no job has that id or name (the message lists the names there are).
+    """
+    __tracebackhide__ = True  # noqa: F841
+    try:
+        return Job(runtime, runtime.call("job.status", [name_or_id]))
+    except NotFoundError:
+        jobs = runtime.call("job.list", [])
+        named = [j for j in jobs if j.get("name") == name_or_id]
+        if not named:
+            names = sorted({str(j.get("name") or j["id"]) for j in jobs})
+            raise NotFoundError(f"no job '{name_or_id}' (by id or name) on {runtime.url}; jobs: "
+                                f"{names or 'none'}") from None
+        return Job(runtime, max(named, key=lambda j: (j.get("created") or 0.0, j["id"])))
 
 
 def _node_name(graph: RemoteGraph, t: Any, what: str) -> str:
@@ -485,9 +594,27 @@ def _dataset_name(d: Any, what: str) -> str:
     return name
 
 
+def fit_signature(with_self: bool = False) -> inspect.Signature:
+    """`fit`'s signature with every job option spelled out (``batch_size=32``, ...) instead of
+    ``**options``, so ``help(g.fit)`` and Jupyter's Shift-Tab show them (issue #14)."""
+    base = inspect.signature(fit)
+    params = [p for p in base.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    if with_self:
+        params[0] = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    defaults = {f.name: f for f in dataclasses.fields(JobSpec)}
+    named = {p.name for p in params}
+    for name in FIT_OPTIONS:
+        if name in named:  # metrics, histograms, images: fit's own arguments
+            continue
+        f = defaults[name]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=f.type))
+    return base.replace(parameters=params)
+
+
 def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, metrics: dict | None = None,
         validation: tuple | None = None, histograms: list | None = None, images: dict | None = None,
-        **options: Any) -> Job:
+        audio: dict | None = None, text: dict | None = None, **options: Any) -> Job:
     """Start a training job on the runtime (``g.fit``); returns a `Job` at once.
 
     The runtime runs the loop on its own thread: minibatches are cut (and shuffled, per epoch,
@@ -504,12 +631,18 @@ def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, metrics: di
             (the mean of batch values weighted by batch size).
         histograms: variables whose value histograms are recorded every ``histogram_every`` steps.
         images: ``{name: image tensor}`` logged every ``image_every`` steps; see ``job.images``.
+        audio: ``{name: waveform tensor}`` (float ``[batch, frames]`` or ``[batch, frames, channels]`` in
+            [-1, 1], at ``audio_sample_rate`` samples/s) logged with the images; see ``job.audio``.
+        text: ``{name: character-code tensor}`` (``[batch, length]`` ints, 0 = padding) logged with the
+            images; see ``job.text``. In-graph summaries (``kf.summary.*``) are logged without being listed.
         **options: the other fields of `kernelflow.protocol.jobspec.JobSpec`, with its defaults and
             meanings: batch_size=32, epochs=None (1), steps=None, shuffle=True, seed=0, log_every=10,
             validate_every=None ("epoch" with validation), validation_batch_size=None,
             histogram_every=100, histogram_bins=30, image_every=100, image_max=16, image_keep=100,
+            audio_sample_rate=16000, audio_max=4, summaries=True,
             checkpoint_every_s=60.0, keep_checkpoints=None, stop_on_nan=False,
-            drop_remainder=False, name=None.
+            drop_remainder=False, name=None, replicas=None (``"all"``: data-parallel over every rank
+            of a distributed runtime, ``batch_size`` being the global batch; docs/distributed.md).
 
     Returns:
         A `Job`.
@@ -524,14 +657,16 @@ def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, metrics: di
         ...             metrics={"loss": loss}, validation=(val_ds, {"val_accuracy": acc}))
         >>> job.wait(progress=True)
     """
+    __tracebackhide__ = True  # noqa: F841
     unknown = sorted(k for k in options if k not in FIT_OPTIONS)
     if unknown:
         raise InvalidArgumentError(f"fit: unknown option(s) {unknown}; known: {sorted(FIT_OPTIONS)}")
     if not isinstance(feed, dict) or not feed:
         raise InvalidArgumentError("fit: feed must map placeholders to dataset array names, e.g. {x: 'x', y: 'y'}")
-    if images is not None and not isinstance(images, dict):
-        raise InvalidArgumentError(f"fit: images must map names to image tensors, e.g. {{'samples': t}}; got "
-                                   f"{type(images).__name__}")
+    for what, m in (("images", images), ("audio", audio), ("text", text)):
+        if m is not None and not isinstance(m, dict):
+            raise InvalidArgumentError(f"fit: {what} must map names to tensors, e.g. {{'samples': t}}; got "
+                                       f"{type(m).__name__}")
     graph.sync()
     spec = JobSpec(graph=graph.name, train_op=_node_name(graph, train_op, "train_op"),
                    data=_dataset_name(data, "data"),
@@ -539,6 +674,8 @@ def fit(graph: RemoteGraph, train_op: Any, *, data: Any, feed: dict, metrics: di
                    metrics={str(k): _node_name(graph, v, f"metric '{k}'") for k, v in (metrics or {}).items()},
                    histograms=[_node_name(graph, v, "histogram") for v in (histograms or [])],
                    images={str(k): _node_name(graph, v, f"image '{k}'") for k, v in (images or {}).items()},
+                   audio={str(k): _node_name(graph, v, f"audio '{k}'") for k, v in (audio or {}).items()},
+                   text={str(k): _node_name(graph, v, f"text '{k}'") for k, v in (text or {}).items()},
                    **options)
     if validation is not None:
         if not (isinstance(validation, (tuple, list)) and len(validation) == 2 and isinstance(validation[1], dict)):

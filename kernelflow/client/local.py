@@ -10,6 +10,7 @@ Contents: default_state_dir, token_for, connect_local (the runtime file itself: 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._version import __version__
 from ..errors import KernelflowError, UnavailableError
 from ..protocol.runtime_file import (
     RUNTIME_FILE_PREFIX,
@@ -69,19 +71,66 @@ def connect_local(timeout: float | None = None, start: bool = True, start_timeou
     """
     from .tcp import TcpTransport
 
+    for info in _local_servers():
+        try:
+            t = TcpTransport("127.0.0.1", int(info["port"]), info.get("token"), timeout=timeout)
+        except (KernelflowError, KeyError, ValueError) as e:
+            log.info("local runtime %s does not answer: %s", info.get("url"), e)
+            continue
+        t.resolver = _resolve_local
+        return t
+    if not start:
+        raise UnavailableError("no local kernelflow runtime of this environment answers; start one with "
+                               "`kernelflow serve`")
+    t = TcpTransport("127.0.0.1", *_start_server(start_timeout_s), timeout=timeout)
+    t.resolver = _resolve_local
+    return t
+
+
+def is_same_environment(info: dict) -> bool:
+    """True when the server of runtime file ``info`` runs this kernelflow version, from this
+    checkout (`package_dir`), in this Python environment (``sys.prefix``): only such a local
+    server is re-used (another checkout's or venv's server runs other code, and holds other graphs)."""
+    return (info.get("version") == __version__ and info.get("prefix") == sys.prefix
+            and info.get("package") == package_dir())
+
+
+def package_dir() -> str:
+    """The directory kernelflow is imported from: two checkouts sharing one venv differ here."""
+    return str(Path(__file__).resolve().parents[1])
+
+
+def _local_servers() -> list[dict]:
+    """Runtime files of live loopback servers of this environment, newest first."""
+    out = []
     for path in runtime_files():
         info = read_runtime_file(path)
         if not info or info.get("tls") or not is_loopback(str(info.get("host", ""))):
             continue
-        if not pid_alive(info.get("pid")):
-            continue
-        try:
-            return TcpTransport("127.0.0.1", int(info["port"]), info.get("token"), timeout=timeout)
-        except (KernelflowError, KeyError, ValueError) as e:
-            log.info("local runtime in %s does not answer: %s", path, e)
-    if not start:
-        raise UnavailableError("no local kernelflow runtime answers; start one with `kernelflow serve`")
-    return TcpTransport("127.0.0.1", *_start_server(start_timeout_s), timeout=timeout)
+        if pid_alive(info.get("pid")) and is_same_environment(info) and "port" in info:
+            out.append(info)
+    return out
+
+
+def _resolve_local() -> tuple[str, int, str | None] | None:
+    """Where the local runtime of this environment listens now (it may have been restarted on
+    another port): ``(host, port, token)``, or None. The transport asks when it cannot reconnect."""
+    servers = _local_servers()
+    if not servers:
+        return None
+    return "127.0.0.1", int(servers[0]["port"]), servers[0].get("token")
+
+
+def _state_dir_for_new_server() -> Path:
+    """`default_state_dir`, unless a live server of another environment holds it (its lock): then a
+    state dir of this environment beside it, ``state-<version>-<hash of sys.prefix>``."""
+    base = default_state_dir()
+    for path in runtime_files():
+        info = read_runtime_file(path)
+        if info and pid_alive(info.get("pid")) and info.get("state_dir") == str(base) and not is_same_environment(info):
+            tag = hashlib.sha1(f"{sys.prefix}:{package_dir()}".encode()).hexdigest()[:8]
+            return base.with_name(f"{base.name}-{__version__}-{tag}")
+    return base
 
 
 def _start_server(start_timeout_s: float) -> tuple[int, str]:
@@ -98,7 +147,7 @@ def _start_server(start_timeout_s: float) -> tuple[int, str]:
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "kernelflow", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--token-file", str(token_path), "--state-dir", str(default_state_dir())],
+             "--token-file", str(token_path), "--state-dir", str(_state_dir_for_new_server())],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
             start_new_session=True,  # detached: survives the kernel that started it
         )

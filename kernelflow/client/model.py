@@ -84,6 +84,16 @@ class ModelHandle:
         feed = {k: np.asarray(v) for k, v in inputs.items()}
         return self.runtime.call("model.predict", [self.name, self.version, feed, outputs])
 
+    @property
+    def rest_url(self) -> str | None:
+        """The model's REST URL (TensorFlow Serving's API): ``<runtime REST>/v1/models/NAME``
+        (``/versions/N`` when the handle names a version); POST to ``rest_url + ":predict"``.
+        None when the runtime serves no REST."""
+        base = self.runtime.rest_url
+        if base is None:
+            return None
+        return f"{base}/v1/models/{self.name}" + (f"/versions/{self.version}" if self.version else "")
+
     def status(self) -> dict:
         """Versions and their states (TF Serving's fields), the served version and its signature."""
         return self.runtime.call("model.status", [self.name, self.version])

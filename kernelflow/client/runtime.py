@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import InvalidArgumentError
+from ..errors import FailedPreconditionError, InvalidArgumentError
 from .graph import RemoteGraph
 from .transport import Transport
 
@@ -29,6 +29,7 @@ class Runtime:
 
     @property
     def url(self) -> str:
+        """Where the runtime is: ``kf://host:port``, ``kfs://...`` or ``inproc``."""
         return self._transport.url
 
     def __repr__(self) -> str:
@@ -80,15 +81,34 @@ class Runtime:
         """Runtime version, backend, devices, memory in use, graphs."""
         return self.call("info", [])
 
-    def graph(self, name: str, seed: int = 0) -> RemoteGraph:
+    def graph(self, name: str, seed: int = 0, reset: bool = False) -> RemoteGraph:
         """Create the graph ``name``, or re-attach to it with its nodes and variables.
 
         Args:
             name: the graph's name in the runtime.
             seed: graph-level seed for random ops (used when the graph is created).
+            reset: start the graph afresh: an existing graph of that name is deleted first (its
+                nodes and variables; jobs that trained it keep their histories). The cell that
+                builds a model can then run again without making ``x_1``, ``dense1/w_1``, ...
+
+        Raises:
+            FailedPreconditionError: with ``reset``, while a job still trains the graph.
+
+        Example:
+            >>> g = rt.graph("mnist", reset=True)   # re-runnable model-building cell
         """
         if not isinstance(name, str) or not name:
             raise InvalidArgumentError(f"graph: name must be a non-empty string; got {name!r}")
+        if reset:
+            active = [j for j in self.call("job.list", []) if j.get("graph") == name
+                      and j.get("status") in ("queued", "running", "paused")]
+            if active:
+                raise FailedPreconditionError(
+                    f"graph: cannot reset '{name}' while job {active[0].get('name') or active[0]['id']} "
+                    f"({active[0]['status']}) trains it; stop it first (rt.job(name).stop())")
+            if name in self.graphs():
+                self.delete_graph(name)
+            self._graphs.pop(name, None)
         g = self._graphs.get(name)
         if g is not None:
             return g
@@ -116,15 +136,35 @@ class Runtime:
         """Info of every dataset the runtime holds."""
         return self.call("dataset.list", [])
 
-    def job(self, job_id: str) -> Any:
-        """Re-attach to a job by id, with its full history."""
+    def job(self, name_or_id: str) -> Any:
+        """Re-attach to a job by name (``g.fit(..., name=...)``; the newest of that name) or id,
+        with its full history.
+
+        Raises:
+            NotFoundError: no job has that name or id (the message lists the names).
+        """
         from .job import attach_job
 
-        return attach_job(self, job_id)
+        return attach_job(self, name_or_id)
 
-    def jobs(self) -> list[dict]:
-        """Status of every job the runtime knows."""
-        return self.call("job.list", [])
+    def jobs(self) -> Any:
+        """Every job the runtime knows, as `Job` handles (a `JobList`: a table in Jupyter,
+        ``.frame()`` for a DataFrame). Each reads like its status map: ``j["status"]``."""
+        from .job import Job
+        from .joblist import JobList
+
+        return JobList(Job(self, st) for st in self.call("job.list", []))
+
+    @property
+    def rest_url(self) -> str | None:
+        """Base URL of the runtime's REST API (TensorFlow Serving's), e.g. ``http://127.0.0.1:7071``,
+        as this client reaches the runtime's host; None when it serves no REST."""
+        port = self.info().get("rest_port")
+        if not port:
+            return None
+        host = getattr(self._transport, "host", "127.0.0.1")
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{port}"
 
     def model(self, name: str, version: int | None = None) -> Any:
         """A `kernelflow.client.model.ModelHandle` on exported model ``name`` (latest version by default)."""
@@ -158,14 +198,19 @@ class Runtime:
         return aside(method, params) if aside is not None else self._call(method, params)
 
     def delete_graph(self, name: str) -> None:
-        """Delete a graph and its variables from the runtime."""
+        """Delete a graph and its variables from the runtime (jobs that trained it keep their
+        histories; ``%kf gc`` tidies many at once).
+
+        Raises:
+            NotFoundError: no graph of that name.
+        """
         self.call("graph.delete", [name])
         self._graphs.pop(name, None)
 
 
 def connect(url: str | None = None, *, token: str | None = None, timeout: float | None = None,
             device: str = "cpu", soft_placement: bool = False, ssl_context: Any = None,
-            state_dir: str | None = None) -> Runtime:
+            state_dir: str | None = None, compile: str | None = None) -> Runtime:
     """Connect to a kernelflow runtime.
 
     Args:
@@ -184,6 +229,9 @@ def connect(url: str | None = None, *, token: str | None = None, timeout: float 
         state_dir: for ``"inproc"``: keep graphs, checkpoints, datasets, job histories and
             exported models in this dir (`kernelflow serve --state-dir` does the same for a server);
             ``close()`` then checkpoints and releases it.
+        compile: for ``"inproc"``: the graph compiler's mode: "on" (fused kernels compile in the
+            background; runs meanwhile are unfused), "sync" (compile before running), "off"
+            (None: ``$KERNELFLOW_COMPILE``, else "on"). A server's is `kernelflow serve --no-compile`.
 
     Returns:
         A `Runtime`.
@@ -213,7 +261,8 @@ def connect(url: str | None = None, *, token: str | None = None, timeout: float 
     if url == "inproc":
         from .inproc import InprocTransport
 
-        return Runtime(InprocTransport(device=device, soft_placement=soft_placement, state_dir=state_dir))
+        return Runtime(InprocTransport(device=device, soft_placement=soft_placement, state_dir=state_dir,
+                                       compile=compile))
     if isinstance(url, str) and url.startswith(("kf://", "kfs://")):
         from .tcp import TcpTransport
 

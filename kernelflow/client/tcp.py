@@ -118,6 +118,9 @@ class TcpTransport(Transport):
         self._closed = False
         self._notifier: threading.Thread | None = None
         self._reconnect_hooks: list[Callable[[], Any]] = []
+        # () -> (host, port, token) | None: where the server is now, asked when a reconnect finds
+        # nobody at the old address (connect_local sets it: a restarted local runtime has a new port)
+        self.resolver: Callable[[], tuple[str, int, str | None] | None] | None = None
         self._connected_once = False
         self._connect()
 
@@ -144,6 +147,8 @@ class TcpTransport(Transport):
         except OSError as e:
             if raw is not None:
                 raw.close()
+            if self._re_resolve():  # the local runtime came back elsewhere (another port)
+                return self._connect(connect_timeout)
             raise UnavailableError(f"connect: cannot reach {self.url}: {e}; is `kernelflow serve` running?") from e
         self._sock = sock
         self._spin_ok = self._ssl is None and SPIN_WAIT_S > 0  # TLS sockets take no recv flags
@@ -167,6 +172,24 @@ class TcpTransport(Transport):
                 except Exception:
                     log.error("reconnect hook failed", exc_info=True)
         self._connected_once = True
+
+    def _re_resolve(self) -> bool:
+        """Ask `resolver` (set for the local runtime) where the server is now; True when it moved."""
+        if self.resolver is None:
+            return False
+        try:
+            where = self.resolver()
+        except Exception:
+            log.debug("resolving the local runtime failed", exc_info=True)
+            return False
+        if where is None or (where[0], int(where[1])) == (self.host, self.port):
+            return False
+        log.info("the local runtime moved from %s to port %s", self.url, where[1])
+        self.host, self.port = where[0], int(where[1])
+        self.url = f"kf://{self.host if ':' not in self.host else f'[{self.host}]'}:{self.port}"
+        if where[2] is not None:
+            self._token = where[2]
+        return True
 
     def _drop(self) -> None:
         sock, self._sock = self._sock, None
@@ -196,6 +219,9 @@ class TcpTransport(Transport):
 
     # ----------------------------------------------------------------- calls
     def call(self, method: str, params: list) -> Any:
+        # IPython hides frames that set __tracebackhide__: a remote error's traceback ends in the
+        # user's code, not in five frames of this transport (issue #14)
+        __tracebackhide__ = True  # noqa: F841
         with self._lock:
             if self._closed:
                 raise UnavailableError(f"{method}: the connection to {self.url} is closed")
@@ -220,6 +246,7 @@ class TcpTransport(Transport):
             other.close()
 
     def _request(self, method: str, params: list) -> Any:
+        __tracebackhide__ = True  # noqa: F841
         self._msgid = self._msgid + 1 if self._msgid < MAX_MSGID else 1
         msgid = self._msgid
         frames = request(msgid, method, params)

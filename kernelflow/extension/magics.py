@@ -1,4 +1,4 @@
-"""The ``%kf`` line magic: connect, status, graphs, jobs, monitor, inspect.
+"""The ``%kf`` line magic: connect, status, graphs, jobs, monitor, inspect, gc.
 
 Contents: KernelflowMagics, Report.
 """
@@ -15,8 +15,10 @@ from IPython.core.magic import Magics, line_magic, magics_class
 
 from ..client.runtime import Runtime, connect, set_default_runtime
 from ..errors import KernelflowError, NotFoundError
+from .tidy import parse_duration, plan_tidy, run_tidy
 
 _USAGE = """usage: %kf connect [URL] | status | graphs | jobs | monitor [JOB] | inspect [GRAPH]
+       | gc [--older-than DURATION] [--graphs GLOB] [--dry-run]
 (%kf? for details)"""
 
 
@@ -62,11 +64,17 @@ class KernelflowMagics(Magics):
                             from ?token=..., $KERNELFLOW_TOKEN or $KERNELFLOW_TOKEN_FILE); without
                             URL: $KERNELFLOW_URL, else the local runtime server. From then on
                             kf.connect() with no arguments returns this runtime in this kernel.
-        %kf status          server version, backend, devices, memory in use, graphs and jobs.
+        %kf status          server URL and REST base URL, version, backend, devices, memory in
+                            use, graphs and jobs.
         %kf graphs          the graphs the runtime holds: name, nodes, variables.
         %kf jobs            the runtime's training jobs and their status.
         %kf monitor [JOB]   the live training monitor of a job (the newest one by default).
         %kf inspect [GRAPH] the graph inspector widget (GRAPH may be omitted when there is one).
+        %kf gc [--older-than DURATION] [--graphs GLOB] [--dry-run]
+                            delete the ended jobs (completed, stopped, failed; not interrupted
+                            ones, which can resume) that finished DURATION ago or earlier (90s,
+                            30m, 2h, 1d; default: all), and with --graphs the graphs matching GLOB
+                            that no remaining job trains. --dry-run lists them and deletes nothing.
 
         Commands other than connect use the runtime that kf.connect() returns (connecting
         first when there is none yet).
@@ -110,7 +118,9 @@ class KernelflowMagics(Magics):
         info = rt.info()
         mem = ", ".join(f"{k} {v}" for k, v in (info.get("memory") or {}).items())
         jobs = _jobs(rt)
-        lines = [f"runtime   {rt.url}", f"version   {info.get('version')} (protocol {info.get('protocol')})",
+        lines = [f"runtime   {rt.url}", f"REST      {info.get('rest_url') or '(none)'}"
+                 + ("  (TensorFlow Serving API: POST <REST>/v1/models/NAME:predict)" if info.get("rest_url") else ""),
+                 f"version   {info.get('version')} (protocol {info.get('protocol')})",
                  f"backend   {info.get('backend')}",
                  f"devices   {', '.join(map(str, info.get('devices', [])))} (default {info.get('default_device')})",
                  f"memory    {mem}", f"graphs    {', '.join(info.get('graphs', [])) or '(none)'}",
@@ -162,6 +172,38 @@ class KernelflowMagics(Magics):
         from ..widgets import GraphInspector
 
         return GraphInspector(rt.graph(args[0]))
+
+    def _cmd_gc(self, args: list[str]) -> Report:
+        older, graphs, dry = _gc_args(args)
+        rt = self._runtime()
+        plan = plan_tidy(rt, older, graphs)
+        errors = [] if dry else run_tidy(rt, plan)
+        verb = "would delete" if dry else "deleted"
+        rows = [["job", j.get("name") or j["id"], f"{j.get('status')}, graph {j.get('graph')}"] for j in plan.jobs]
+        rows += [["graph", name, "no job left trains it"] for name in plan.graphs]
+        rows += [["graph (kept)", name, why] for name, why in plan.kept_graphs.items()]
+        rows += [["error", "", e] for e in errors]
+        title = f"%kf gc on {rt.url}: {verb} {len(plan.jobs)} jobs and {len(plan.graphs)} graphs"
+        return _table(title, ["what", "name", "why"], rows)
+
+
+def _gc_args(args: list[str]) -> tuple[float, str | None, bool]:
+    older, graphs, dry = 0.0, None, False
+    it = iter(args)
+    for a in it:
+        if a in ("--dry-run", "-n"):
+            dry = True
+        elif a in ("--older-than", "--graphs"):
+            value = next(it, None)
+            if value is None:
+                raise UsageError(f"%kf gc: {a} needs a value\n{_USAGE}")
+            if a == "--graphs":
+                graphs = value
+            else:
+                older = parse_duration(value)
+        else:
+            raise UsageError(f"%kf gc: unknown argument {a!r}\n{_USAGE}")
+    return older, graphs, dry
 
 
 def _jobs(rt: Runtime) -> list[dict] | None:

@@ -16,6 +16,7 @@ import contextlib
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,14 +51,43 @@ class Aval:
 
 
 def _user_source() -> str | None:
-    """``file:line`` of the innermost stack frame outside the kernelflow package."""
+    """``file:line`` of the innermost stack frame outside the kernelflow package; in an IPython
+    cell ``Cell In[n], line k``, as IPython's own tracebacks say, not the cell's temp file."""
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
         if not os.path.abspath(filename).startswith(_PKG_DIR + os.sep):
-            return f"{filename}:{frame.f_lineno}"
+            return _cell_label(filename, frame.f_lineno) or f"{filename}:{frame.f_lineno}"
         frame = frame.f_back
     return None
+
+
+def _user_stacklevel() -> int:
+    """``stacklevel`` for `warnings.warn` that points at the innermost frame outside kernelflow."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PKG_DIR + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _cell_label(filename: str, lineno: int) -> str | None:
+    """``Cell In[n], line k`` when ``filename`` is a cell of the running IPython shell, else None.
+
+    IPython is looked up in ``sys.modules``, never imported: outside a shell this costs a dict
+    lookup. The shell's compiler maps the cells' file names to their execution counts.
+    """
+    ipython = sys.modules.get("IPython")
+    get = getattr(ipython, "get_ipython", None)
+    if get is None:
+        return None
+    try:
+        shell = get()
+        label = shell.compile.format_code_name(filename) if shell is not None else None
+    except (AttributeError, TypeError):  # a shell of another make (no CachingCompiler)
+        return None
+    if not label:
+        return None
+    return f"{label[0]} {label[1]}, line {lineno}"
 
 
 class Tensor:
@@ -72,7 +102,7 @@ class Tensor:
         attrs: the op's attrs, defaults filled in.
         aval: static shape and dtype.
         device: ``"cpu"``, ``"gpu"``, ``"gpu:1"`` or None (the runtime's default).
-        source: ``file:line`` of the user code that created it.
+        source: ``file:line`` of the user code that created it (``Cell In[n], line k`` in a notebook).
     """
 
     __array_priority__ = 100  # so ndarray <op> Tensor defers to Tensor's reflected operators
@@ -254,6 +284,7 @@ class Graph:
         self._nodes: list[Tensor] = []
         self._by_name: dict[str, Tensor] = {}
         self._name_counts: dict[str, int] = {}
+        self._warned_cells: set[str] = set()  # cells already warned of a taken name (_warn_renamed)
         self._scope: list[str] = []
         self._devices: list[str | None] = []
         self._controls: list[tuple[Tensor, ...]] = []
@@ -350,6 +381,21 @@ class Graph:
                 out.extend(entry)
         return tuple(dict.fromkeys(out))
 
+    def _scoped(self, name: str) -> str:
+        name = name.strip("/")
+        return "/".join([*self._scope, name]) if self._scope else name
+
+    def _warn_renamed(self, wanted: str, got: str, source: str) -> None:
+        """Once per cell run: a name given in a notebook cell was taken (the cell ran before, TF1's trap)."""
+        cell = source.partition(",")[0]
+        if cell in self._warned_cells:
+            return
+        self._warned_cells.add(cell)
+        warnings.warn(
+            f"graph '{self.name}': the name '{wanted}' is taken, so this node is '{got}' ({source}). Running a "
+            f"cell again adds its nodes again; to start the graph afresh use rt.graph('{self.name}', reset=True) "
+            f"(kf.Graph: make a new one)", UserWarning, stacklevel=_user_stacklevel())
+
     def unique_name(self, base: str, scoped: bool = True) -> str:
         """``base`` under the current scope, with ``_1``, ``_2``... appended if taken."""
         base = base.strip("/")
@@ -385,6 +431,8 @@ class Graph:
                 node_name = self.unique_name(name or op.name)
             if source is None:
                 source = _user_source()
+            if name and not exact_name and node_name != self._scoped(name) and source and source.startswith("Cell In["):
+                self._warn_renamed(self._scoped(name), node_name, source)
             if device is None and self._devices:
                 device = self._devices[-1]
             controls = tuple(dict.fromkeys(tuple(control_inputs) + self._current_controls()))

@@ -16,7 +16,7 @@ from .recurrent import GRU, LSTM, Bidirectional, GRUCell, LSTMCell, SimpleRNN, S
 
 LAYERS = ["Dense", "Conv1D", "Conv2D", "Conv2DTranspose", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Flatten",
           "Reshape", "Dropout", "BatchNormalization", "LayerNormalization", "Embedding", "MultiHeadAttention", "Add",
-          "Concatenate", "Activation"]
+          "Concatenate", "Activation", "SimpleRNN", "LSTM", "GRU", "Bidirectional"]
 
 __all__ = ["init", "layers", "optim", "callbacks", "losses", "nn_models", "recurrent", "decoding",
            "Layer", "SymbolicTensor", "Input", "defaults", "Regularizer", "L1", "L2",

@@ -55,7 +55,7 @@ def fit(model: Any, x: Any = None, y: Any = None, batch_size: int = 32, epochs: 
         callbacks: list[Callback] | None = None, validation_split: float = 0.0, validation_data: Any = None,
         shuffle: bool = True, initial_epoch: int = 0, wait: bool | None = None, seed: int = 0,
         log_every: int = 10, columns: dict[str, str] | None = None, checkpoint_every_s: float | None = 60.0,
-        name: str | None = None) -> Any:
+        name: str | None = None, replicas: int | str | None = None) -> Any:
     """Train ``model`` as a job on its runtime.
 
     The data go up once as resident datasets (``<graph>.train``, ``<graph>.val``); minibatches
@@ -84,6 +84,8 @@ def fit(model: Any, x: Any = None, y: Any = None, batch_size: int = 32, epochs: 
             ``"x0"``, ``"x1"``...); default the names fit uploads with (``x0``..., ``y``).
         checkpoint_every_s: the job's periodic checkpoints (with a state dir), or None.
         name: the job's name (default: the model's).
+        replicas: ``"all"``: data-parallel over every rank of a distributed runtime, ``batch_size``
+            being the global batch (docs/distributed.md); None: an ordinary job.
 
     Returns:
         A `History` when blocking, else the `kernelflow.client.job.Job`.
@@ -153,6 +155,8 @@ def fit(model: Any, x: Any = None, y: Any = None, batch_size: int = 32, epochs: 
     job_args: dict[str, Any] = dict(data=train_ds, feed=feed, batch_size=batch_size, shuffle=shuffle,
                                     metrics=t["metrics"], log_every=log_every, checkpoint_every_s=checkpoint_every_s,
                                     name=name or model.name)
+    if replicas is not None:
+        job_args["replicas"] = replicas
     if val_ds is not None:
         job_args["validation"] = (val_ds, t["val_metrics"])
     history = History()

@@ -24,10 +24,12 @@ from .conv_layers import AvgPool2D, Conv1D, Conv2D, Conv2DTranspose, GlobalAvgPo
 from .core import Activation, Add, Concatenate, Dense, Dropout, Embedding, Flatten, Reshape
 from .layer_base import Input, Layer
 from .norm import BatchNormalization, LayerNormalization
+from .recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 
 __all__ = ["dense", "conv2d", "Layer", "Input", "Dense", "Conv1D", "Conv2D", "Conv2DTranspose", "MaxPool2D",
            "AvgPool2D", "GlobalAvgPool2D", "Flatten", "Reshape", "Dropout", "BatchNormalization", "LayerNormalization",
-           "Embedding", "MultiHeadAttention", "Add", "Concatenate", "Activation"]
+           "Embedding", "MultiHeadAttention", "Add", "Concatenate", "Activation", "SimpleRNN", "LSTM", "GRU",
+           "Bidirectional"]
 
 
 def dense(x: Tensor, units: int, activation: Callable[[Tensor], Tensor] | None = None, name: str = "dense",

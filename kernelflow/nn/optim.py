@@ -42,7 +42,7 @@ from ..graph.ops import training as T
 from ..graph.ops.elementwise import cast, minimum, sqrt, square
 from ..graph.ops.reduce import sum as reduce_sum
 from ..graph.ops.state import assign_add, group, variable_op
-from ..graph.shapes import FLOATING, INTEGER
+from ..graph.shapes import FLOATING, INTEGER, format_shape
 from .schedules import (
     Constant,
     CosineDecay,
@@ -163,12 +163,19 @@ class Optimizer:
             The training op: running it performs one step.
 
         Raises:
-            InvalidArgumentError: when ``loss`` depends on none of the variables.
+            InvalidArgumentError: when ``loss`` is not a scalar (PyTorch's ``backward`` refuses one
+                too: summing it silently scales the step with the batch), or depends on none of the
+                variables.
 
         Example:
             >>> train = kf.optim.Adam(1e-3).minimize(loss)
             >>> _, l = g.run([train, loss], feed={x: xb, y: yb})
         """
+        if isinstance(loss, Tensor) and loss.shape != ():
+            raise InvalidArgumentError(
+                f"{type(self).__name__}.minimize: the loss must be a scalar; got '{loss.name}' of shape "
+                f"{format_shape(loss.shape)}. Reduce it first, e.g. minimize(kf.mean(loss)) "
+                f"(or kf.sum(...)); compute_gradients sums a non-scalar loss if that is what you want")
         pairs = self.compute_gradients(loss, var_list)
         if all(gr is None for gr, _ in pairs):
             names = [v.name for _, v in pairs]

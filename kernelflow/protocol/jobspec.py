@@ -54,13 +54,26 @@ class JobSpec:
         image_every: steps between logged images.
         image_max: first images of each tensor kept per record.
         image_keep: image records per name that keep their pixels (runtime memory, state dir,
-            client); older ones are dropped.
+            client); older ones are dropped. Audio records follow the same rule.
+        audio: ``{name: waveform node}`` logged on the image steps (every ``image_every``): float
+            ``[batch, frames]`` or ``[batch, frames, channels]`` in [-1, 1] (clipped), kept as 16-bit PCM.
+        audio_sample_rate: samples per second of the ``audio`` tensors.
+        audio_max: first clips of each audio tensor kept per record.
+        text: ``{name: node}`` logged on the image steps: integer character codes ``[length]`` or
+            ``[batch, length]`` (one string per row, the first ``image_max`` rows; Unicode code
+            points, UTF-8 bytes for uint8; zeros are padding), e.g. decoded sequences.
+        summaries: collect the graph's in-graph summaries (``kf.summary.*``) whose inputs the
+            feed provides, on the logging steps (every ``log_every``).
         checkpoint_every_s: seconds between checkpoints (the job also checkpoints when it starts
             and ends); needs a runtime with a state dir.
         keep_checkpoints: keep only this many newest checkpoints of the graph.
         stop_on_nan: end the job as failed when a logged metric is NaN or infinite.
         drop_remainder: skip an epoch's last, smaller batch.
         name: a name to show (default: the job's id).
+        replicas: ``"all"`` (or the world's size): a data-parallel job over every rank of a
+            distributed runtime (``kernelflow serve --distributed``, docs/distributed.md);
+            ``batch_size`` is then the global batch, split across the ranks, whose gradients are
+            averaged before the same update everywhere. None: an ordinary job.
     """
 
     graph: str
@@ -85,11 +98,17 @@ class JobSpec:
     image_every: int = 100
     image_max: int = 16
     image_keep: int = IMAGE_KEEP_DEFAULT
+    audio: dict[str, str] = field(default_factory=dict)
+    audio_sample_rate: int = 16000
+    audio_max: int = 4
+    text: dict[str, str] = field(default_factory=dict)
+    summaries: bool = True
     checkpoint_every_s: float | None = 60.0
     keep_checkpoints: int | None = None
     stop_on_nan: bool = False
     drop_remainder: bool = False
     name: str | None = None
+    replicas: int | str | None = None
 
     def to_map(self) -> dict[str, Any]:
         """The wire map (every field)."""
@@ -120,7 +139,7 @@ class JobSpec:
         s = self
         for k in ("graph", "train_op", "data"):
             _want(isinstance(getattr(s, k), str), k, "a string", getattr(s, k))
-        for k in ("feed", "metrics", "validation_metrics", "images"):
+        for k in ("feed", "metrics", "validation_metrics", "images", "audio", "text"):
             v = getattr(s, k)
             _want(isinstance(v, dict) and all(isinstance(a, str) and isinstance(b, str) for a, b in v.items()),
                   k, "a map of strings", v)
@@ -144,6 +163,9 @@ class JobSpec:
         _want(_is_int(s.image_every) and s.image_every >= 1, "image_every", "an integer >= 1", s.image_every)
         _want(_is_int(s.image_max) and 1 <= s.image_max <= 1024, "image_max", "1..1024", s.image_max)
         _want(_is_int(s.image_keep) and s.image_keep >= 1, "image_keep", "an integer >= 1", s.image_keep)
+        _want(_is_int(s.audio_sample_rate) and 1 <= s.audio_sample_rate <= 384_000, "audio_sample_rate",
+              "an integer in 1..384000 (samples per second)", s.audio_sample_rate)
+        _want(_is_int(s.audio_max) and 1 <= s.audio_max <= 64, "audio_max", "1..64", s.audio_max)
         ve = s.validate_every
         _want(ve is None or ve == "epoch" or (_is_int(ve) and ve >= 1), "validate_every",
               "an integer >= 1 or 'epoch'", ve)
@@ -161,7 +183,10 @@ class JobSpec:
         k = s.keep_checkpoints
         _want(k is None or (_is_int(k) and k >= 1), "keep_checkpoints", "an integer >= 1", k)
         _want(s.name is None or isinstance(s.name, str), "name", "a string", s.name)
+        r = s.replicas
+        _want(r is None or r == "all" or (_is_int(r) and r >= 1), "replicas", "'all' or an integer >= 1", r)
         s.shuffle, s.stop_on_nan, s.drop_remainder = bool(s.shuffle), bool(s.stop_on_nan), bool(s.drop_remainder)
+        s.summaries = bool(s.summaries)
 
 
 # The spec fields a user sets as keyword arguments of ``g.fit`` (the others come from its
@@ -177,6 +202,26 @@ def _is_int(v: Any) -> bool:
 def _want(ok: bool, key: str, what: str, got: Any) -> None:
     if not ok:
         raise InvalidArgumentError(f"job.start: {key} must be {what}; got {got!r}")
+
+
+MEDIA = {"images": "images", "audio": "audio"}
+"""Record kinds whose payload only the newest ``image_keep`` per name keep: kind -> payload key."""
+
+
+def media_key(rec: dict) -> str:
+    """The name `KeptImages` counts a media record under (images by their name; audio apart from them)."""
+    return rec.get("name") if rec.get("kind") != "audio" else f"audio:{rec.get('name')}"
+
+
+def media_stub(rec: dict) -> dict:
+    """An image (or audio) record without its payload (it keeps its place in the history)."""
+    return {**rec, MEDIA[rec["kind"]]: None}
+
+
+def has_media(rec: dict) -> bool:
+    """``rec`` is an image or audio record that carries its payload."""
+    kind = rec.get("kind")
+    return kind in MEDIA and rec.get(MEDIA[kind]) is not None
 
 
 class KeptImages:

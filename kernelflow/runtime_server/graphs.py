@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError
+from .engine.compile_options import run_options
 from .engine.devices import DeviceManager
 from .engine.session import GraphSession
 from .persist.state import StateDir
@@ -44,9 +45,10 @@ class GraphStore:
             ``graph.save`` / ``graph.restore`` answer FailedPreconditionError).
     """
 
-    def __init__(self, devices: DeviceManager, state: StateDir | None):
+    def __init__(self, devices: DeviceManager, state: StateDir | None, compiler: Any = None):
         self.devices = devices
         self.state = state
+        self.compiler = compiler  # a kernelflow.compiler.Compiler every session's plans use (None: off)
         self.graphs: dict[str, GraphSession] = {}
         self.lock = threading.Lock()  # guards ``graphs``
         self.max_kernel_elements = GraphSession.max_kernel_elements  # the runtime lowers it (--max-run-seconds)
@@ -109,8 +111,12 @@ class GraphStore:
                     "nodes": s.graph.to_dicts(int(since))}
 
     def graph_run(self, name: str, since: int, nodes: list, fetches: list, feed_names: list,
-                  feed_values: list) -> list:
-        """Extend with piggy-backed ``nodes`` (if any), then run; returns one value per fetch."""
+                  feed_values: list, options: dict | None = None) -> list:
+        """Extend with piggy-backed ``nodes`` (if any), then run; returns one value per fetch.
+
+        ``options`` (optional): ``{"compile": bool}`` (False runs the plan as built, unoptimised).
+        """
+        compile_on = run_options(options)
         s = self.session(name)
         if nodes:
             s.extend(_list(nodes, "graph.run: nodes"), since)
@@ -118,7 +124,7 @@ class GraphStore:
         feed_values = _list(feed_values, "graph.run: feed values")
         if len(feed_names) != len(feed_values):
             raise InvalidArgumentError(f"graph.run: {len(feed_names)} feed names but {len(feed_values)} values")
-        return s.run(_list(fetches, "graph.run: fetches"), feed_names, feed_values)
+        return s.run(_list(fetches, "graph.run: fetches"), feed_names, feed_values, compile=compile_on)
 
     def variable_read(self, name: str, var: str) -> np.ndarray:
         """A variable's current value."""
@@ -133,6 +139,7 @@ class GraphStore:
     def _session_for(self, name: str, seed: int) -> GraphSession:
         s = GraphSession(name, self.devices, seed=seed)
         s.max_kernel_elements = self.max_kernel_elements
+        s.compiler = self.compiler
         return s
 
     def _new_session(self, name: str, seed: int) -> GraphSession:

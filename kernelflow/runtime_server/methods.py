@@ -307,6 +307,7 @@ def build_method_table(service: RuntimeService) -> MethodTable:
                runs=service.runs),
         Method("run.list", service.run_list, policy="loop"),
         Method("run.cancel", service.run_cancel, policy="loop"),
+        Method("graph.plan", service.plans.graph_plan),
         Method("dataset.begin", d.begin, needs_peer=True),
         Method("dataset.put", d.put),
         Method("dataset.commit", d.commit),
@@ -330,4 +331,5 @@ def build_method_table(service: RuntimeService) -> MethodTable:
         Method("model.list", mo.list),
         Method("model.predict", mo.predict, types={"output_keys": list[str] | None}),
         Method("model.status", mo.status),
+        Method("world.report", service.world_report),
     ])

@@ -3,13 +3,14 @@
 The same service answers the TCP server (net/) and the in-process transport. Params are
 always a list; results are msgpack-able (maps, lists, scalars, ndarrays).
 
-Contents: PROTOCOL_VERSION, RuntimeService.
+Contents: PROTOCOL_VERSION, RuntimeService, join_world, serve_follower.
 """
 
 from __future__ import annotations
 
 import logging
 import platform
+import sys
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,12 @@ from .._version import __version__
 from ..errors import InvalidArgumentError
 from . import logsafe
 from .datasets import DatasetStore
+from .distributed.comm import DEFAULT_TIMEOUT_S
+from .distributed.data_parallel import DataParallel
+from .distributed.fusion import DEFAULT_BUCKET_BYTES
+from .distributed.launch import attach_leader, leave_world, run_follower, start_world
+from .distributed.world import World, local_world
+from .engine.compile_options import PlanMethods, make_compiler
 from .engine.devices import DeviceManager
 from .engine.runs import RunRegistry, kernel_element_limit
 from .engine.summaries import SummaryMethods
@@ -51,26 +58,42 @@ class RuntimeService:
         max_run_seconds: cancel a run (``graph.run``, ``tensor.summary``) that takes longer, at
             its next kernel; kernels certain to outlast it are refused before they start (None:
             no limit; kernels over `engine.runs.MAX_KERNEL_ELEMENTS` are refused all the same).
+        world: the world of ranks this service is a rank of (None: a one-rank world). Rank 0 of a
+            bigger world replicates its mutating methods to the others (docs/distributed.md).
+        collective_timeout_s: how long a rank waits for the others (commands, collectives).
+        fusion_bytes: the fusion threshold of the data-parallel gradient all-reduce.
+        compile: the graph compiler: "on" (plans optimised, fused kernels compile in the background),
+            "sync" (kernels compile before the run that needs them), "off"; None: ``$KERNELFLOW_COMPILE``,
+            default "on".
 
     Raises:
         FailedPreconditionError: another live server holds ``state_dir``.
     """
 
     def __init__(self, device: str = "cpu", soft_placement: bool = False, state_dir: str | None = None,
-                 max_run_seconds: float | None = None):
+                 max_run_seconds: float | None = None, world: World | None = None,
+                 collective_timeout_s: float = DEFAULT_TIMEOUT_S, fusion_bytes: int = DEFAULT_BUCKET_BYTES,
+                 compile: str | None = None):
         if max_run_seconds is not None and not max_run_seconds > 0:
             raise InvalidArgumentError(f"RuntimeService: max_run_seconds must be > 0 or None; got {max_run_seconds}")
         logsafe.install()  # names from clients are logged escaped (issue #15)
         self.devices = DeviceManager(device, soft_placement)
+        self.compiler = make_compiler(compile)
         self.state: StateDir | None = StateDir(state_dir) if state_dir else None
         self.runs = RunRegistry(max_run_seconds)
-        self.graphs = GraphStore(self.devices, self.state)
+        self.graphs = GraphStore(self.devices, self.state, self.compiler)
         self.graphs.max_kernel_elements = kernel_element_limit(max_run_seconds)
         self.datasets = DatasetStore(self.devices, self.state)
         self.jobs = JobManager(self.graphs, self.datasets, self.state)
         self.models = ModelManager(self.state.models_dir() if self.state is not None else None, self.devices)
+        self.rest_url: str | None = None   # set by `serve` once REST listens (in-process: none)
+        self.rest_port: int | None = None
         self.model_methods = ModelMethods(self.graphs.session, self.models)
         self.summaries = SummaryMethods(self.graphs.session)
+        self.world: World = world if world is not None else local_world(timeout_s=collective_timeout_s)
+        self.jobs.data_parallel = DataParallel(self.world, fusion_bytes)
+        self.leader: Any = None  # rank 0's command stream in a world of several ranks
+        self.plans = PlanMethods(self.graphs.session)
         self.methods: MethodTable = build_method_table(self)
         self._is_shut_down = False
         if self.state is not None:
@@ -78,6 +101,8 @@ class RuntimeService:
             self.graphs.load_from_state()
             self.datasets.load_from_state()
             self.jobs.load_from_state()
+        if self.world.size > 1 and self.world.rank == 0:
+            self.leader = attach_leader(self, self.world, collective_timeout_s)
 
     def call(self, method: str, params: list, peer: Any = None) -> Any:
         """Dispatch one request from ``peer`` (a connection; None when no notifications can go back).
@@ -114,7 +139,25 @@ class RuntimeService:
             "memory": {"variables_bytes": nbytes, **self.devices.memory_in_use()},
             "graphs": sorted(s.name for s in sessions),
             "methods": self.methods.names(),
+            "rest_url": self.rest_url,
+            "rest_port": self.rest_port,
+            "python_prefix": sys.prefix,
+            "world": self._world_info(),
         }
+
+    def _world_info(self) -> dict:
+        w = self.world.info()
+        if self.world.size == 1:
+            w["ranks"][0]["devices"] = self.devices.devices()
+        return w
+
+    def world_report(self) -> list[dict]:
+        """Per rank: graphs with their versions and variable checksums, datasets, divergences from rank 0."""
+        from .distributed.follower import variable_checksums
+
+        me = {"rank": 0, "graphs": variable_checksums(self),
+              "datasets": {d["name"]: d["length"] for d in self.datasets.list()}, "divergences": []}
+        return [me, *(self.leader.report() if self.leader is not None else [])]
 
     def listen_rest(self, port: int, host: str, max_body_bytes: int) -> int:
         """Serve TF Serving's REST API for this runtime's models on the running IO loop; returns the port.
@@ -156,6 +199,8 @@ class RuntimeService:
                 close()
             except Exception:
                 log.error("%s at shutdown failed", what, exc_info=True)
+        if self.leader is not None:
+            self.leader.close()  # the followers stop and leave MPI with rank 0
         if self.state is None:
             return
         self.graphs.checkpoint_all("shutdown", runs=self.runs, lock_wait_s=SHUTDOWN_LOCK_WAIT_S)
@@ -164,3 +209,20 @@ class RuntimeService:
     def busy_runs(self) -> int:
         """Runs still in flight (after `shutdown`: runs stuck in a kernel)."""
         return len(self.runs.runs())
+
+    def leave_world(self) -> None:
+        """At process exit, after `shutdown`: leave MPI (at once when the world is broken)."""
+        leave_world(self.world)
+
+
+def join_world(collective_timeout_s: float = DEFAULT_TIMEOUT_S, device: str = "cpu") -> World:
+    """Start MPI and learn this process's rank (``kernelflow serve --distributed``, every rank)."""
+    return start_world(collective_timeout_s, device)
+
+
+def serve_follower(world: World, device: str = "cpu", collective_timeout_s: float = DEFAULT_TIMEOUT_S,
+                   fusion_bytes: int = DEFAULT_BUCKET_BYTES, compile: str | None = None) -> int:
+    """A rank > 0 of ``world``: a service without state dir or clients, driven by rank 0 until it stops."""
+    service = RuntimeService(device=device, world=world, collective_timeout_s=collective_timeout_s,
+                             fusion_bytes=fusion_bytes, compile=compile)
+    return run_follower(world, service)

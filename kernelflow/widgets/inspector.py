@@ -1,9 +1,12 @@
 """`GraphInspector`: a notebook widget drawing a graph held by a runtime, TensorBoard style.
 
 The picture is a layered top-to-bottom drawing (`kernelflow.widgets.layout`) with name
-scopes as collapsible groups; a graph over ~150 nodes opens with its top-level scopes
-collapsed. Search and "trace inputs" highlight boxes; a click on a node fills a details
-panel (op, attrs, inputs/outputs, device, source line) and, for variables, a value summary
+scopes as collapsible groups; a graph over 60 nodes opens with its top-level scopes collapsed,
+a smaller one with only the gradient and optimiser scopes collapsed (one box each), and the
+front end shows it at a zoom where every label is at least 10 px (TensorBoard's first view).
+Edge labels go where they overlap nothing, the others show while the pointer is on their edge.
+Search and "trace inputs" highlight boxes; a click on a node fills a details panel (op, attrs,
+inputs/outputs, device, source line) and, for variables, a value summary
 computed on the runtime by its ``tensor.summary`` method (`kernelflow.widgets.summary`): no
 node is added to the graph, and the tensor itself is not transferred. The front end is a
 small anywidget ES module shipped with the package (``static/inspector.js``): nothing is
@@ -12,12 +15,13 @@ fetched at run time.
 Everything the front end can do has a Python twin (`click`, `expand`, `collapse`, `search`,
 `trace_inputs`, `compute_summary`, `refresh`), which is how tests drive it.
 
-Contents: GraphInspector, node_category.
+Contents: GraphInspector, node_category, auxiliary_scopes.
 """
 
 from __future__ import annotations
 
 import pathlib
+import re
 from typing import Any
 
 import anywidget
@@ -35,6 +39,7 @@ _KIND_CODES = {"node": 0, "scope": 1, "group": 2}
 _OWN_CATEGORY = {"variable": "variable", "placeholder": "placeholder", "constant": "constant"}
 _FAMILIES = ("elementwise", "reduce", "movement", "indexing", "linalg", "nn", "conv", "state", "random", "training")
 _family_of: dict[str, str] = {}
+_GRADIENT_SCOPE = re.compile(r"gradients(_\d+)?")
 
 
 def node_category(op_name: str) -> str:
@@ -52,6 +57,20 @@ def node_category(op_name: str) -> str:
                 if isinstance(value, OpDef):
                     _family_of.setdefault(value.name, fam)
     return _family_of.get(op_name, "other")
+
+
+def auxiliary_scopes(nodes: list[Tensor]) -> set[str]:
+    """Top-level scopes that hold the training machinery rather than the model: ``gradients``
+    (``gradients_1``, ...) and every scope with an optimiser update op (``Adam``, ``SGD``, ...).
+    The inspector opens with each of them as one closed box."""
+    out = set()
+    for n in nodes:
+        top, sep, _ = n.name.partition("/")
+        if not sep:
+            continue
+        if _GRADIENT_SCOPE.fullmatch(top) or node_category(n.op.name) == "training":
+            out.add(top)
+    return out
 
 
 def _edge_label(t: Tensor) -> str:
@@ -74,7 +93,8 @@ class GraphInspector(anywidget.AnyWidget):
 
     Args:
         graph: a graph (``rt.graph(name)``; a plain `kernelflow.Graph` works without value summaries).
-        expanded: scopes to open (default: all of them, or none for a graph over ``collapse_above`` nodes).
+        expanded: scopes to open (default: none for a graph over ``collapse_above`` nodes, else all but
+            the gradient and optimiser scopes).
         collapse_above: node count above which the graph opens with its top-level scopes collapsed.
 
     Example:
@@ -144,9 +164,10 @@ class GraphInspector(anywidget.AnyWidget):
             exp = self._initial_expanded & set(self._scope_sizes)
             self._initial_expanded = None
         elif self.graph_layout is None:
-            exp = default_expanded([n.name for n in self._nodes], self._collapse_above)
+            exp = default_expanded([n.name for n in self._nodes], self._collapse_above, auxiliary_scopes(self._nodes))
         else:  # scopes new since the last refresh open as they would in a fresh inspector
-            new = default_expanded([n.name for n in self._nodes], self._collapse_above) - known
+            new = default_expanded([n.name for n in self._nodes], self._collapse_above,
+                                   auxiliary_scopes(self._nodes)) - known
             exp = (set(self.expanded) | new) & set(self._scope_sizes)
         self._relayout(exp)
         if self.selected and self.selected not in self.graph_layout.index:  # type: ignore[union-attr]

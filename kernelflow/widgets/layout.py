@@ -41,7 +41,7 @@ MARGIN = 12.0
 CHAR_W = 6.6  # 11px sans-serif, average advance
 DUMMY_BUDGET_PER_BOX = 6  # dummy points per box of a group, at most (plus DUMMY_BUDGET_MIN)
 DUMMY_BUDGET_MIN = 2000
-COLLAPSE_ABOVE = 150  # a graph with more nodes opens with its top-level scopes collapsed (TensorBoard's rule)
+COLLAPSE_ABOVE = 60  # a graph with more nodes opens with its top-level scopes collapsed (readable at 100%)
 
 
 @dataclass(frozen=True)
@@ -145,9 +145,14 @@ def scope_sizes(names: Iterable[str]) -> dict[str, int]:
     return sizes
 
 
-def default_expanded(names: Sequence[str], collapse_above: int = COLLAPSE_ABOVE) -> set[str]:
-    """Scopes expanded when an inspector opens: all of them for a small graph, none above ``collapse_above``."""
-    return set() if len(names) > collapse_above else set(scope_sizes(names))
+def default_expanded(names: Sequence[str], collapse_above: int = COLLAPSE_ABOVE,
+                     closed: Iterable[str] = ()) -> set[str]:
+    """Scopes expanded when an inspector opens: none for a graph over ``collapse_above`` nodes
+    (TensorBoard opens with its top-level scopes closed), else all but the ``closed`` ones
+    (gradients, optimiser updates: one box each, their inner scopes open once they are)."""
+    if len(names) > collapse_above:
+        return set()
+    return set(scope_sizes(names)) - set(closed)
 
 
 def _text_w(*lines: str) -> float:

@@ -27,18 +27,20 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 
-from ..errors import KernelflowError
-from .charts import HistogramPanel, MetricChart, Series, metric_group
+from ..errors import DeadlineExceededError, KernelflowError, UnavailableError
+from .charts import HistogramPanel, MetricChart, Series, metric_group, series_color
 from .downsample import MAX_POINTS
 from .images import ImagePanel
+from .media import AudioPanel, TextPanel
 
 log = logging.getLogger("kernelflow.widgets.monitor")
 
 ENDED = ("completed", "stopped", "failed", "interrupted")
 BADGE_COLORS = {"queued": "#757575", "running": "#1565c0", "paused": "#ef6c00", "completed": "#2e7d32",
-                "stopped": "#546e7a", "failed": "#c62828", "interrupted": "#6a1b9a"}
+                "stopped": "#546e7a", "failed": "#c62828", "interrupted": "#6a1b9a", "disconnected": "#37474f"}
 STATUS_POLL_S = 0.25   # the render thread reads the cached job status this often when no records come
 IDLE_EXIT_S = 2.0      # once every job has ended, the render thread stops after this long without news
+HEARTBEAT_S = 1.0      # with no news for this long, the render thread asks the runtime (a lost server shows)
 # Redraws may take at most this share of one core: a slow redraw (many series, a busy kernel)
 # stretches the interval. The kernel shares the machine with the training job on a laptop,
 # where every percent of a core taken from the job's BLAS threads slows its steps.
@@ -65,13 +67,16 @@ def _cached_status(job: Any) -> dict:
 
 
 class _JobHeader:
-    """Name, badge, progress numbers and bar, and Pause / Resume / Stop for one job."""
+    """Name, badge, progress numbers and bar, and Pause / Resume / Stop for one job.
+
+    Every part has a fixed width, so the buttons stay where they are whatever the state says.
+    """
 
     def __init__(self, monitor: TrainingMonitor, job: Any, color: str):
         self.monitor, self.job = monitor, job
-        self.title = widgets.HTML()
-        self.numbers = widgets.HTML()
-        self.bar = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="220px"))
+        self.title = widgets.HTML(layout=widgets.Layout(width="250px", overflow="hidden"))
+        self.numbers = widgets.HTML(layout=widgets.Layout(width="400px", overflow="hidden"))
+        self.bar = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="200px"))
         self.bar.style.bar_color = color
         self.pause = widgets.Button(description="Pause", icon="pause", layout=widgets.Layout(width="90px"))
         self.resume = widgets.Button(description="Resume", icon="play", layout=widgets.Layout(width="95px"))
@@ -82,10 +87,15 @@ class _JobHeader:
         self.pause.on_click(lambda _: self.act("pause"))
         self.resume.on_click(lambda _: self.act("resume"))
         self.stop.on_click(lambda _: self.act("stop"))
-        self.widget = widgets.HBox([self.title, self.bar, self.numbers, self.pause, self.resume, self.stop],
+        self.buttons = widgets.HBox([self.pause, self.resume, self.stop],
+                                    layout=widgets.Layout(flex_flow="row nowrap", flex="0 0 auto"))
+        self.buttons.add_class("kf-buttons")
+        self.widget = widgets.HBox([self.title, self.bar, self.numbers, self.buttons],
                                    layout=widgets.Layout(align_items="center", flex_flow="row wrap"))
         self.widget.add_class("kf-monitor-header")
         self.status: str | None = None
+        self.connected = True
+        self._st: dict = {}
         self._shown: tuple | None = None
 
     def act(self, action: str) -> None:
@@ -98,15 +108,23 @@ class _JobHeader:
             else:
                 self.job.stop(timeout=30)
             self.monitor.message.value = ""
+            self.show(self.job.refresh())
         except KernelflowError as e:
             self.monitor.message.value = f'<span style="color:#c62828">{html.escape(f"{action}: {e}")}</span>'
-        self.show(self.job.refresh())
         self.monitor._ensure_thread()
 
+    def set_connected(self, connected: bool) -> None:
+        """Show the job as reachable again, or the "disconnected" badge (numbers frozen, buttons off)."""
+        if connected != self.connected:
+            self.connected = connected
+            self.show(self._st)
+
     def show(self, st: dict) -> None:
+        self._st = st
         status = st.get("status", "?")
         step, total = st.get("step") or 0, st.get("total_steps")
-        key = (status, step, total, st.get("examples_per_s"), st.get("eta_s"), round(st.get("elapsed_s") or 0))
+        key = (status, self.connected, step, total, st.get("examples_per_s"), st.get("eta_s"),
+               round(st.get("elapsed_s") or 0))
         if key == self._shown:
             return
         self._shown = key
@@ -114,22 +132,29 @@ class _JobHeader:
         rate = st.get("examples_per_s")
         epochs = st.get("epochs")
         parts = [f"step <b>{step}</b>" + (f" / {total}" if total else ""),
-                 f"epoch {st.get('epoch', 0)}" + (f" / {epochs}" if epochs else ""),
-                 f"{rate:,.0f} ex/s" if rate else "– ex/s",
-                 f"elapsed {_hms(st.get('elapsed_s'))}", f"ETA {_hms(st.get('eta_s'))}"]
+                 f"epoch {st.get('epoch', 0)}" + (f" / {epochs}" if epochs else "")]
+        if status == "running" and self.connected:  # a rate and an ETA only while it runs (and we hear it)
+            parts += [f"{rate:,.0f} ex/s" if rate else "– ex/s", f"elapsed {_hms(st.get('elapsed_s'))}",
+                      f"ETA {_hms(st.get('eta_s'))}"]
+        else:
+            parts.append(f"elapsed {_hms(st.get('elapsed_s'))}")
+        badge = status_badge(status) if self.connected else status_badge("disconnected")
         with self.widget.hold_sync():
-            self.title.value = (f'<b class="kf-job-name">{html.escape(str(st.get("name") or self.job.id))}</b> '
-                                f"{status_badge(status)}")
-            self.numbers.value = '<span class="kf-numbers">' + " · ".join(parts) + "</span>"
+            # one line each (no wrap): the row keeps its height, so the buttons do not move
+            self.title.value = (f'<span style="white-space:nowrap"><b class="kf-job-name">'
+                                f'{html.escape(str(st.get("name") or self.job.id))}</b> {badge}</span>')
+            self.numbers.value = ('<span class="kf-numbers" style="white-space:nowrap">' + " · ".join(parts)
+                                  + "</span>")
             self.bar.value = min(1.0, step / total) if total else 0.0
-            self.pause.disabled = status not in ("running", "queued")
-            self.resume.disabled = status not in ("paused", "interrupted")
-            self.stop.disabled = status not in ("running", "queued", "paused")
+            on = self.connected
+            self.pause.disabled = not on or status not in ("running", "queued")
+            self.resume.disabled = not on or status not in ("paused", "interrupted")
+            self.stop.disabled = not on or status not in ("running", "queued", "paused")
 
 
 class TrainingMonitor(widgets.VBox):
     """A live view of one or more training jobs: header and controls per job, one chart per metric
-    group, histograms, images, and a CSV download.
+    group, histograms, images, audio, text, and a CSV download.
 
     Args:
         jobs: a `Job` or a list of jobs (their curves overlay, with a legend).
@@ -143,6 +168,8 @@ class TrainingMonitor(widgets.VBox):
         charts: ``{group: MetricChart}``.
         histograms: the `HistogramPanel`.
         images: the `ImagePanel` (hidden until an image record arrives).
+        audio: the `AudioPanel` (playable clips; hidden until an audio record arrives).
+        text: the `TextPanel` (hidden until a text record arrives).
         records_received: records handed to the monitor so far.
         redraws: redraws that sent data.
         delivery_threads: names of the threads records came on.
@@ -163,11 +190,14 @@ class TrainingMonitor(widgets.VBox):
         self.series: dict[tuple[int, str], Series] = {}
         self.histograms = HistogramPanel()
         self.images = ImagePanel()
+        self.audio = AudioPanel()
+        self.text = TextPanel()
         self.records_received = 0
         self.redraws = 0
         self.delivery_threads: set[str] = set()
         self._t0: dict[int, float] = {}
         self._pending: list[tuple[int, list[dict]]] = []
+        self._stubbed: set[int] = set()       # jobs whose media records came without payload (fill_media)
         self._lock = threading.RLock()        # guards the series and the charts
         self._qlock = threading.Lock()        # guards the queue (the notification thread takes only this)
         self._wake = threading.Event()
@@ -175,16 +205,15 @@ class TrainingMonitor(widgets.VBox):
         self._thread: threading.Thread | None = None
         self._parent = _kernel_parent()
         self._callbacks: list[tuple[Any, Any]] = []
+        self._last_news = self._last_probe = time.monotonic()
 
-        from .charts import PALETTE
-
-        self.headers = [_JobHeader(self, j, PALETTE[i % len(PALETTE)]) for i, j in enumerate(self.jobs)]
+        self.headers = [_JobHeader(self, j, series_color(i, False)) for i, j in enumerate(self.jobs)]
         self.smoothing = widgets.FloatSlider(value=smoothing, min=0.0, max=0.99, step=0.01, description="smoothing",
                                              readout_format=".2f", continuous_update=False)
         self.ignore_outliers = widgets.Checkbox(value=False, description="ignore outliers", indent=False)
         self.log_scale = widgets.Checkbox(value=False, description="log scale", indent=False)
-        self.x_axis = widgets.ToggleButtons(options=[("step", "step"), ("wall time", "wall")], value="step",
-                                            style={"button_width": "80px"})
+        self.x_axis = widgets.ToggleButtons(options=[("step", "step"), ("epoch", "epoch"), ("wall time", "wall")],
+                                            value="step", style={"button_width": "86px"})
         self.reset_zoom = widgets.Button(description="reset zoom", icon="expand", layout=widgets.Layout(width="110px"))
         self.csv_button = widgets.Button(description="CSV", icon="download", tooltip="prepare a CSV download link",
                                          layout=widgets.Layout(width="80px"))
@@ -201,7 +230,7 @@ class TrainingMonitor(widgets.VBox):
                                                                                         align_items="center"))
         self.chart_box = widgets.Box(layout=widgets.Layout(flex_flow="row wrap"))
         super().__init__([*[h.widget for h in self.headers], controls, self.message, self.chart_box,
-                          self.histograms.widget, self.images.widget])
+                          self.histograms.widget, self.images.widget, self.audio.widget, self.text.widget])
         self.add_class("kf-monitor")
         for h, j in zip(self.headers, self.jobs):
             h.show(_cached_status(j))
@@ -217,6 +246,7 @@ class TrainingMonitor(widgets.VBox):
     def _callback(self, job_index: int) -> Any:
         def on_records(records: list[dict]) -> None:
             # the notification thread: queue and wake, nothing more
+            self._last_news = time.monotonic()
             with self._qlock:
                 self._pending.append((job_index, records))
                 self.records_received += len(records)
@@ -228,25 +258,49 @@ class TrainingMonitor(widgets.VBox):
         with self._qlock:
             batches, self._pending = self._pending, []
         for job_index, records in batches:
-            cols: dict[str, tuple[list, list, list]] = {}
+            cols: dict[str, tuple[list, list, list, list]] = {}
             for r in records:
                 kind = r.get("kind")
                 if kind == "scalars":
                     self._t0.setdefault(job_index, float(r["wall_time"]))
                     for k, v in r["values"].items():
-                        c = cols.setdefault(k, ([], [], []))
+                        c = cols.setdefault(k, ([], [], [], []))
                         c[0].append(r["step"])
                         c[1].append(r["wall_time"])
                         c[2].append(np.nan if v is None else v)
+                        c[3].append(r.get("epoch", np.nan))
                 elif kind == "histogram":
-                    key = r["name"] if len(self.jobs) == 1 else f"{self._job_name(job_index)}: {r['name']}"
-                    self.histograms.add(key, r["step"], r["edges"], r["counts"])
+                    self.histograms.add(self._key(job_index, r), r["step"], r["edges"], r["counts"])
                 elif kind == "images" and r.get("images") is not None:
-                    key = r["name"] if len(self.jobs) == 1 else f"{self._job_name(job_index)}: {r['name']}"
-                    self.images.add(key, r["step"], r["images"])
-            for metric, (s, w, v) in cols.items():
-                self._series(job_index, metric).extend(s, w, v)
+                    self.images.add(self._key(job_index, r), r["step"], r["images"])
+                elif kind == "audio" and r.get("audio") is not None:
+                    self.audio.add(self._key(job_index, r), r["step"], r["audio"], r["sample_rate"])
+                elif kind in ("images", "audio"):
+                    self._stubbed.add(job_index)  # a notification sends the payload of the newest per name only
+                elif kind == "text":
+                    self.text.add(self._key(job_index, r), r["step"], r["text"])
+            for metric, (s, w, v, e) in cols.items():
+                self._series(job_index, metric).extend(s, w, v, e)
         return bool(batches)
+
+    def _fill_stubs(self) -> None:
+        """Fetch the payloads of media records that came as stubs (not on the notification thread)."""
+        jobs, self._stubbed = self._stubbed, set()
+        for i in sorted(jobs):
+            fill = getattr(self.jobs[i], "fill_media", None)
+            if fill is None:
+                continue
+            try:
+                records = fill()
+            except Exception:  # a lost connection: the next stub asks again
+                log.debug("training monitor: fetching %s's media failed", self.jobs[i].id, exc_info=True)
+                continue
+            if records:
+                with self._qlock:
+                    self._pending.append((i, records))
+
+    def _key(self, job_index: int, r: dict) -> str:
+        return r["name"] if len(self.jobs) == 1 else f"{self._job_name(job_index)}: {r['name']}"
 
     def _job_name(self, i: int) -> str:
         return str(_cached_status(self.jobs[i]).get("name") or self.jobs[i].id)
@@ -261,7 +315,7 @@ class TrainingMonitor(widgets.VBox):
             if chart is None:
                 chart = self.charts[group] = MetricChart(group, x_by=self.x_axis.value, log_y=self.log_scale.value,
                                                          ignore_outliers=self.ignore_outliers.value)
-                self.chart_box.children = [*self.chart_box.children, chart.figure]
+                self.chart_box.children = [*self.chart_box.children, chart.widget]
             chart.add(s, show_job=len(self.jobs) > 1)
         return s
 
@@ -273,9 +327,14 @@ class TrainingMonitor(widgets.VBox):
     def _draw(self, throttle: bool) -> int:
         with self._lock:
             self._ingest()
+            if self._stubbed:
+                self._fill_stubs()
+                self._ingest()
             sent = sum(c.redraw(self._t0) for c in self.charts.values())
             self.histograms.redraw()
             self.images.redraw(throttle=throttle)  # the render thread: new images at most once a second
+            self.audio.redraw(throttle=throttle)
+            self.text.redraw()
             for h, j in zip(self.headers, self.jobs):
                 h.show(_cached_status(j))
             if sent:
@@ -328,10 +387,44 @@ class TrainingMonitor(widgets.VBox):
             now = time.monotonic()
             if woke or sent:
                 last_draw = quiet_since = now
-            ended = all(h.status in ENDED for h in self.headers)
+            if now - max(self._last_news, self._last_probe) > HEARTBEAT_S:
+                self._probe()
+            ended = all(h.status in ENDED and h.connected for h in self.headers)
             if ended and now - quiet_since > IDLE_EXIT_S:
                 self.flush()
                 return
+
+    def _probe(self) -> None:
+        """Ask the runtime for each job's status: a failure to reach it shows the "disconnected"
+        badge, the next success (the transport reconnects by itself, and re-subscribes) clears it."""
+        self._last_probe = time.monotonic()
+        lost = []
+        for h, job in zip(self.headers, self.jobs):
+            if h.status in ENDED and h.connected:
+                continue
+            try:
+                st = job.refresh()
+            except (UnavailableError, DeadlineExceededError) as e:
+                lost.append(str(e))
+                h.set_connected(False)
+                continue
+            except KernelflowError as e:  # reachable, but the job is not (deleted, a new runtime)
+                self.message.value = f'<span style="color:#c62828">{html.escape(str(e))}</span>'
+                h.set_connected(True)
+                continue
+            h.set_connected(True)
+            h.show(st)
+        text = ""
+        if lost:
+            text = (f'<span class="kf-connection" style="color:#c62828">lost the runtime ({html.escape(lost[0])}); '
+                    f"retrying every {HEARTBEAT_S:g} s</span>")
+        if text or "kf-connection" in self.message.value:
+            self.message.value = text
+
+    @property
+    def connected(self) -> bool:
+        """False while the runtime of some job cannot be reached (the header shows "disconnected")."""
+        return all(h.connected for h in self.headers)
 
     def close(self) -> None:
         """Stop the render thread, unsubscribe from the jobs and close the widgets."""

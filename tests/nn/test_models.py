@@ -195,10 +195,11 @@ def test_functional_model_with_two_inputs_trains(rt):
     out = kf.nn.Dense(1)(kf.nn.LayerNormalization()(h))
     model = kf.Model([a, b], out, rt=rt)
     model.compile("adam", "mse", metrics=["mae"])
-    xa, xb = RNG.normal(size=(256, 4)), RNG.normal(size=(256, 3))
+    rng = np.random.default_rng(11)  # its own data: the module RNG's state depends on which tests ran before
+    xa, xb = rng.normal(size=(256, 4)), rng.normal(size=(256, 3))
     y = xa[:, :1] - xb[:, 1:2]
     first = model.evaluate([xa, xb], y)[0]
-    hist = model.fit([xa, xb], y, epochs=20, batch_size=32, verbose=0)
+    hist = model.fit([xa, xb], y, epochs=40, batch_size=32, verbose=0)
     assert hist.history["loss"][-1] < first / 4
     assert model.predict([xa, xb]).shape == (256, 1)
     assert model.graph["a"].shape == (None, 4)

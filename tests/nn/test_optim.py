@@ -552,3 +552,18 @@ def test_fused_update_ops_are_stateful_in_place_and_not_differentiable():
         n_slots = op.inputs.index("grad")
         assert op.stateful and op.alias and not op.differentiable
         assert op.mutates == tuple(range(n_slots)), op.name
+
+
+def test_minimize_non_scalar_loss_raises_with_the_fix(g):
+    # issue #14 item 9: a per-example loss was summed silently (PyTorch refuses it too)
+    _, w, _ = _model(g)
+    per_example = kf.square(w * 2.0)  # shape (D, K)
+    with pytest.raises(kf.errors.InvalidArgumentError,
+                       match=r"Adam.minimize: the loss must be a scalar; got '.*' of shape \(3, 2\)"
+                             r".*kf.mean\(loss\)"):
+        kf.optim.Adam(0.1).minimize(per_example)
+    w0 = g.run(w)
+    train = kf.optim.SGD(0.1).minimize(kf.mean(per_example))  # the fix the message names works
+    g.run(train)
+    # d/dw mean(4 w^2) = 8 w / w.size
+    np.testing.assert_allclose(g.run(w), w0 - 0.1 * 8 * w0 / w0.size, rtol=1e-10)

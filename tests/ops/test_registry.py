@@ -23,6 +23,7 @@ GRADIENT_CHECKED_ELSEWHERE = {
     "print": "test_print_op_passes_gradient_through below",
     "identity": "test_identity_and_stop_gradient_gradients below",
     "stop_gradient": "test_identity_and_stop_gradient_gradients below",
+    "summary": "tests/ops/test_summary.py (the value and its gradient pass through)",
 }
 
 

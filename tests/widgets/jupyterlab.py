@@ -61,7 +61,9 @@ def lab_process(tmp: pathlib.Path, root_dir: pathlib.Path, env: dict | None = No
         d = tmp / var.lower()
         d.mkdir()
         env[var] = str(d)
-    for ext, name, body in (("notebook-extension", "tracker", '{"autoStartDefaultKernel": true}'),
+    # windowingMode none: every cell stays in the DOM (tests read outputs far down a long notebook)
+    for ext, name, body in (("notebook-extension", "tracker",
+                             '{"autoStartDefaultKernel": true, "windowingMode": "none"}'),
                             ("apputils-extension", "notification", '{"fetchNews": "false"}')):
         d = tmp / "jupyterlab_settings_dir" / "@jupyterlab" / ext
         d.mkdir(parents=True)

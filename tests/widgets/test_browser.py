@@ -1,16 +1,14 @@
 """The inspector in a real browser: JupyterLab + Debian's chromium + Playwright (marker ``browser``).
 
 Runs examples/inspect_cnn.ipynb in JupyterLab against a real runtime server, then clicks the
-drawing: a closed scope opens, a variable shows its details and value summary. Saves a
-screenshot (to docs/img/inspector.png with KF_SAVE_SCREENSHOTS=1, else to the test's tmp dir, so a
-test run leaves the tree clean). A second notebook draws closed scopes that form a cycle: the
+drawing: a closed scope opens, a variable shows its details and value summary, search highlights.
+A second notebook draws closed scopes that form a cycle: the
 back edge must come out as two downward stubs. Skipped when chromium, playwright or jupyterlab
 is missing.
 """
 
 from __future__ import annotations
 
-import os
 import pathlib
 import shutil
 import time
@@ -22,7 +20,6 @@ from tests.widgets.jupyterlab import CHROMIUM, CHROMIUM_ARGS, TOKEN, get_json, j
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SCREENSHOT = ROOT / "docs" / "img" / "inspector.png"
 
 
 @pytest.fixture
@@ -62,23 +59,22 @@ def test_inspector_renders_and_reacts_to_clicks_in_jupyterlab(lab, tmp_path):
             _run_all(page, lab, "inspect_cnn.ipynb")
             root = page.locator(".jp-OutputArea .kf-inspector").first
             root.wait_for(timeout=90_000)
-            # the last cell closes gradients/ and selects conv2/relu with a summary
-            page.wait_for_selector(".kf-inspector .kf-box[data-id='gradients/']", timeout=90_000)
+            # the graph opened with its scopes closed; the last cell opened conv1/ and selected conv2/relu
+            page.wait_for_selector(".kf-inspector .kf-group[data-id='conv1/']", timeout=90_000)
             page.wait_for_function("document.querySelector('.kf-inspector .kf-details-title')?.textContent"
                                    " === 'conv2/relu'", timeout=90_000)
-            assert root.locator(".kf-box").count() > 20
-            assert root.locator(".kf-edge").count() > 20
-            # a click on the closed scope opens it: a group with a header appears
+            assert root.locator(".kf-box").count() >= 10
+            assert root.locator(".kf-edge").count() >= 10
+            # a click on the closed scope opens it: a group with a header appears, its inner scopes closed
             # dispatch_event: the box may lie outside the clipped canvas (the drawing is taller than it)
             root.locator(".kf-box[data-id='gradients/']").dispatch_event("click")
             root.locator(".kf-group[data-id='gradients/']").wait_for(timeout=30_000)
-            # its sub-scopes keep their state (all open in this small graph): gradients/conv1/ is a group
-            root.locator(".kf-group[data-id='gradients/conv1/']").wait_for(timeout=30_000)
-            assert root.locator(".kf-box[data-id='gradients/conv1/relu_grad']").count() == 1
-            # close the two big scopes (header clicks) for a readable picture
-            for scope in ("gradients/", "Adam/"):
-                root.locator(f".kf-header[data-id='{scope}']").dispatch_event("click")
-                root.locator(f".kf-box.kf-scope[data-id='{scope}']").wait_for(timeout=30_000)
+            root.locator(".kf-box.kf-scope[data-id='gradients/conv1/']").wait_for(timeout=30_000)
+            # close it again (a header click); open conv2/ for the search below
+            root.locator(".kf-header[data-id='gradients/']").dispatch_event("click")
+            root.locator(".kf-box.kf-scope[data-id='gradients/']").wait_for(timeout=30_000)
+            root.locator(".kf-box[data-id='conv2/']").dispatch_event("click")
+            root.locator(".kf-group[data-id='conv2/']").wait_for(timeout=30_000)
             # a click on a variable shows its details and its value summary from the runtime
             root.locator(".kf-box[data-id='conv1/w']").dispatch_event("click")
             page.wait_for_function("document.querySelector('.kf-inspector .kf-details-title')?.textContent"
@@ -96,8 +92,7 @@ def test_inspector_renders_and_reacts_to_clicks_in_jupyterlab(lab, tmp_path):
             assert root.locator(".kf-box.kf-hl[data-id='conv2/relu']").count() == 1
             assert root.locator(".kf-box.kf-hl[data-id='dense/matmul']").count() == 0
             root.locator(".kf-fit").click()
-            shot = SCREENSHOT if os.environ.get("KF_SAVE_SCREENSHOTS") == "1" else tmp_path / "inspector.png"
-            shot.parent.mkdir(parents=True, exist_ok=True)
+            shot = tmp_path / "inspector.png"  # docs/img/inspector.png is the first view (test_inspector_browser.py)
             root.screenshot(path=str(shot))
             assert shot.stat().st_size > 10_000
         finally:

@@ -11,6 +11,7 @@ pytest.importorskip("anywidget")
 pytest.importorskip("igraph")
 
 from kernelflow.widgets import GraphInspector  # noqa: E402
+from kernelflow.widgets.inspector import auxiliary_scopes  # noqa: E402
 from kernelflow.widgets.summary import value_summary  # noqa: E402
 
 
@@ -147,6 +148,33 @@ def test_inspector_refresh_shows_nodes_added_by_another_client(server):
         rt1.delete_graph("shared")
         rt1.close()
         rt2.close()
+
+
+def test_inspector_cnn_with_optimiser_opens_with_every_scope_closed(rt):
+    # issue #14 item 12: the CNN opened fully expanded, gradients/ and Adam/ edges across everything
+    g, loss = _cnn(rt, "cnn-train")
+    kf.optim.Adam(1e-2).minimize(loss)
+    w = GraphInspector(g)
+    assert len(g) > 60 and w.expanded == []
+    ids = w.meta["ids"]
+    for scope in ("conv1/", "dense/", "gradients/", "Adam/"):
+        assert w.graph_layout.box(scope).kind == "scope"
+    assert len(ids) <= 12 and w.meta["width"] < 900  # a picture that is readable at 100%
+    w.click("gradients/")  # one level at a time, as TensorBoard opens it
+    assert "gradients" in w.expanded and w.graph_layout.box("gradients/conv1/").kind == "scope"
+
+
+def test_inspector_small_graph_keeps_gradient_and_optimiser_scopes_closed(rt):
+    g = rt.graph("small-train")
+    x = g.placeholder((None, 3), name="x")
+    loss = kf.mean(kf.square(kf.layers.dense(x, 2, name="dense")))
+    kf.optim.SGD(0.1).minimize(loss)
+    assert len(g) <= 60
+    w = GraphInspector(g)
+    assert auxiliary_scopes(list(g.nodes())) == {"gradients", "SGD"}
+    assert set(w.expanded) == {"dense", "gradients/dense", "SGD/update_dense"}  # inner ones show once opened
+    assert w.graph_layout.box("gradients/").kind == "scope" and w.graph_layout.box("SGD/").kind == "scope"
+    assert w.graph_layout.box("dense/").kind == "group"
 
 
 def test_inspector_big_graph_opens_collapsed():

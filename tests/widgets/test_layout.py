@@ -169,9 +169,12 @@ def test_layout_long_edges_get_dummy_points_between_layers():
     _assert_no_overlap(lay)
 
 
-def test_default_expanded_collapses_big_graphs():
+def test_default_expanded_collapses_big_graphs_and_the_closed_scopes():
     names = [n.name for n in CNN]
-    assert default_expanded(names) == ALL_SCOPES
+    assert len(names) > COLLAPSE_ABOVE and default_expanded(names) == set()  # issue #14: the CNN opens closed
+    assert default_expanded(names, collapse_above=len(names)) == ALL_SCOPES
+    # gradients/ and Adam/ closed, the scopes inside them open once they are
+    assert default_expanded(names, len(names), closed={"gradients", "Adam"}) == ALL_SCOPES - {"gradients", "Adam"}
     big = [f"s{i % 7}/n{i}" for i in range(COLLAPSE_ABOVE + 1)]
     assert default_expanded(big) == set()
     assert scope_chain("a/b/c") == ["a", "a/b"]

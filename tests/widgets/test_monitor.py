@@ -172,6 +172,7 @@ def test_monitor_after_100k_records_draws_downsampled_series_with_extremes():
     np.testing.assert_array_equal(chart.smooth_marks[1].x, vals)  # small series: every point
     assert [m.labels for m in chart.smooth_marks] == [["loss"], ["val_loss"]]
     assert chart.smooth_marks[1].line_style == "dashed"
+    assert chart.smooth_marks[0].colors != chart.smooth_marks[1].colors  # issue #14: not only dashes
     assert len(chart.hover_marks[0].x) <= 201 and chart.hover_marks[0].x[-1] == n
     # the full history stays with the monitor's series (and in job.history)
     assert len(mon.series[(0, "loss")].value) == n
@@ -218,7 +219,7 @@ def test_monitor_toggles_log_scale_wall_time_and_outliers():
     mon.ignore_outliers.value = True
     assert chart.ys_lin.min > -0.5  # the -1 dip does not stretch the range
     mon.ignore_outliers.value = False
-    assert chart.ys_lin.min is None
+    assert (chart.ys_lin.min, chart.ys_lin.max) == (-1.0, 1.0)  # the whole data range again
     mon.close()
 
 

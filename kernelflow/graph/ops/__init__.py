@@ -1,7 +1,8 @@
 """Every op family; importing this package defines every op in the registry.
 
 The builders (``add``, ``matmul``, ``softmax_cross_entropy``...) are re-exported here and
-from the top-level ``kernelflow`` namespace.
+from the top-level ``kernelflow`` namespace; the summaries stay in their own namespace
+(``kf.summary.scalar``).
 """
 
 from . import (  # noqa: F401
@@ -17,6 +18,7 @@ from . import (  # noqa: F401
     reduce,
     search,
     state,
+    summary,
     training,
 )
 from .elementwise import *  # noqa: F403
@@ -34,7 +36,7 @@ from .training import *  # noqa: F403
 # Every op family, once: graph/ops/<family>.py declares its ops, kernels/<family>.py implements them
 # (kernels.registry loads the kernels of exactly these; tests/ops/test_registry.py checks both sides).
 FAMILIES = ("elementwise", "reduce", "movement", "indexing", "linalg", "conv", "nn", "random", "state", "training",
-            "control_flow", "search", "recurrent")
+            "control_flow", "search", "recurrent", "summary")
 
 __all__ = (elementwise.__all__ + linalg.__all__ + movement.__all__ + nn.__all__ + reduce.__all__
            + state.__all__ + random.__all__ + training.__all__ + search.__all__ + recurrent.__all__ + ["getitem"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -94,13 +95,15 @@ class Plan:
         session: the graph's session (variables, devices, RNGs).
         fetches: tensors to return, in order (duplicates allowed).
         feeds: tensors whose values the caller supplies, in the order `run` receives them.
+        compiler: a `kernelflow.compiler.Compiler` to optimise the plan with (None: run it as built).
 
     Raises:
         InvalidArgumentError: naming a placeholder the fetches need that is not fed.
         FailedPreconditionError: naming a node placed on a missing device.
     """
 
-    def __init__(self, session: GraphSession, fetches: Sequence[Tensor], feeds: Sequence[Tensor]):
+    def __init__(self, session: GraphSession, fetches: Sequence[Tensor], feeds: Sequence[Tensor],
+                 compiler: Any = None):
         self.session = session
         self.fetches = list(fetches)
         self.feeds = list(feeds)
@@ -112,6 +115,12 @@ class Plan:
                     f"placeholder '{n.name}' ({n.dtype}{format_shape(n.shape)}) must be fed: the fetches "
                     f"depend on it", node=n.name, source=n.source)
         order = self._schedule(nodes, fed)
+        self.compiler = compiler if not self._copy_reads else None
+        self.optimized: Any = None
+        if self.compiler is not None:
+            self.optimized = self.compiler.optimize(order, fed, self.fetches, session.placement)
+            order, self.fetches = self.optimized.order, self.optimized.fetches
+        self.order = order
         self._compile(order, fed)
 
     # ----------------------------------------------------------------- planning
@@ -218,7 +227,7 @@ class Plan:
             place = session.placement(n)
             place_of[id(n)] = place
             xp = array_module(place.backend)
-            entry = get_kernel(n.op, place.backend)
+            entry = self.compiler.kernel_for(n, place.backend) if self.compiler else get_kernel(n.op, place.backend)
             ctx = NodeContext(session, n, place, xp) if entry.needs_ctx else None
             if ctx is not None:
                 ctx.plan_nodes = steps_nodes
@@ -239,14 +248,15 @@ class Plan:
         self.copy_fetch = [_storage_alias(t, memo) for t in self.fetches]
 
     # ----------------------------------------------------------------- running
-    def run(self, feed_values: Sequence[Any], control: Any = None) -> list[Any]:
+    def run(self, feed_values: Sequence[Any], control: Any = None, steps: list[tuple] | None = None) -> list[Any]:
         """Execute the plan; returns host numpy arrays (None for ops with no value).
 
         ``control`` (an engine.runs.RunControl) is told each kernel before it runs and raises
-        to stop a cancelled run between kernels.
+        to stop a cancelled run between kernels. ``steps`` replaces the plan's steps for this run
+        (`run_profiled` wraps them).
         """
         with np.errstate(all="ignore"):  # NaN and Inf are values, not crashes
-            vals = self.execute(feed_values, control)
+            vals = self.execute(feed_values, control, steps)
         out_vals = []
         for v, copy in zip(vals, self.copy_fetch):
             if v is not None:
@@ -258,8 +268,9 @@ class Plan:
             out_vals.append(v)
         return out_vals
 
-    def execute(self, feed_values: Sequence[Any], control: Any = None) -> list[Any]:
-        """Run the steps; returns the fetches' values as the kernels made them (device arrays).
+    def execute(self, feed_values: Sequence[Any], control: Any = None, steps: list[tuple] | None = None) -> list[Any]:
+        """Run the steps (``steps``: in place of the plan's); returns the fetches' values as the kernels
+        made them (device arrays).
 
         ``control``: see `run`. Without one, a run this thread serves (a sub-graph of a
         control-flow op) is still checked between kernels, its progress left alone.
@@ -270,7 +281,7 @@ class Plan:
         nested = current_run() if control is None else None
         k = 0
         try:
-            for k, (fn, ins, out, free) in enumerate(self.steps):  # noqa: B007
+            for k, (fn, ins, out, free) in enumerate(steps or self.steps):  # noqa: B007
                 if control is not None:
                     control.at(k)  # cancellation point (issue #15)
                 elif nested is not None:
@@ -302,6 +313,23 @@ class Plan:
             raise cls(f"{node.name} ({node.op.name}) failed at run time: {type(e).__name__}: {e}; inputs: "
                       f"{shapes or 'none'}", node=node.name, source=node.source) from e
         return [vals[s] for s in self.fetch_slots]
+
+    def run_profiled(self, feed_values: Sequence[Any]) -> tuple[list[Any], list[tuple[Tensor, str, float, float]]]:
+        """`run`, timing each step: (outputs, [(node, device, start, end)]) with ``time.time()``
+        seconds, host side (a GPU kernel's time is its launch unless it synchronises)."""
+        times: list[tuple[Tensor, str, float, float]] = []
+
+        def timed(fn: Any, node: Tensor, device: str) -> Any:
+            def call(*args: Any) -> Any:
+                t0 = time.time()
+                out = fn(*args)
+                times.append((node, device, t0, time.time()))
+                return out
+            return call
+
+        steps = [(timed(fn, n, self.session.placement(n).name), ins, out, free)
+                 for (fn, ins, out, free), n in zip(self.steps, self.step_nodes)]
+        return self.run(feed_values, steps=steps), times
 
 
 def _describe(v: Any) -> str:

@@ -48,6 +48,7 @@ class GraphSession:
         self._placements: dict[int, Placement] = {}
         self._rngs: dict[str, Any] = {}
         self.log_lines: list[str] = []
+        self.compiler: Any = None  # a kernelflow.compiler.Compiler when the runtime compiles plans
         # Called as persist(since, node_dicts) under the lock after new nodes validate and
         # before extend returns; if it raises, the nodes are taken back (the state dir hook).
         self.persist: Callable[[int, list[dict]], None] | None = None
@@ -184,9 +185,10 @@ class GraphSession:
             return {"restored": restored, "missing": missing, "unknown": unknown}
 
     # ----------------------------------------------------------------- running
-    def plan(self, fetch_names: Sequence[str], feed_names: Sequence[str]) -> Plan:
-        """The cached plan for this signature, compiled on first use."""
-        key = (tuple(fetch_names), tuple(feed_names))
+    def plan(self, fetch_names: Sequence[str], feed_names: Sequence[str], compile: bool = True) -> Plan:
+        """The cached plan for this signature, built on first use (optimised by `compiler` if set and ``compile``)."""
+        compiler = self.compiler if compile else None
+        key = (tuple(fetch_names), tuple(feed_names), compiler is not None)
         plan = self._plans.get(key)
         if plan is None:
             fetches = [self._node(n, "fetch") for n in fetch_names]
@@ -198,7 +200,7 @@ class GraphSession:
             feeds = [self._node(n, "feed") for n in feed_names]
             if len(set(feed_names)) != len(feed_names):
                 raise InvalidArgumentError(f"graph.run: a node is fed twice in {list(feed_names)}")
-            plan = Plan(self, fetches, feeds)
+            plan = Plan(self, fetches, feeds, compiler)
             self._check_costs(plan)
             self._plans[key] = plan
         return plan
@@ -219,10 +221,11 @@ class GraphSession:
             raise NotFoundError(f"graph.run: {what} '{name}' is not a node of graph '{self.name}'")
         return self.graph[name]
 
-    def run(self, fetch_names: Sequence[str], feed_names: Sequence[str], feed_values: Sequence[Any]) -> list:
+    def run(self, fetch_names: Sequence[str], feed_names: Sequence[str], feed_values: Sequence[Any],
+            compile: bool = True) -> list:
         """Run the plan for (fetches, feeds) with ``feed_values``; returns host arrays."""
         with self.lock:
-            plan = self.plan(fetch_names, feed_names)
+            plan = self.plan(fetch_names, feed_names, compile)
             values = [self._check_feed(t, v) for t, v in zip(plan.feeds, feed_values)]
             ctl = current_run()
             if ctl is not None:

@@ -62,6 +62,10 @@ class ServeOptions:
         model_config: per-model settings (the parsed ``--model-config-file``).
         batching: default batching options.
         poll_wait_s: how often the model base path is looked at.
+        distributed: join an MPI world (under ``mpiexec``): rank 0 serves, the other ranks follow it.
+        collective_timeout_s: how long a rank waits for the others before a job is interrupted.
+        fusion_bytes: the fusion threshold of the data-parallel gradient all-reduce (0: off).
+        compile: the graph compiler's mode ("on", "sync", "off"; None: ``$KERNELFLOW_COMPILE``, else on).
     """
 
     host: str
@@ -83,14 +87,29 @@ class ServeOptions:
     model_config: dict = field(default_factory=dict)
     batching: dict = field(default_factory=dict)
     poll_wait_s: float = 1.0
+    distributed: bool = False
+    collective_timeout_s: float = 60.0
+    fusion_bytes: int = 16 << 20
+    compile: str | None = None
 
 
 def serve(opts: ServeOptions) -> int:
     """Run a runtime server until ``server.shutdown``, SIGTERM or Ctrl-C, then shut the service down
     cleanly (jobs stopped, every graph checkpointed when there is a state dir); returns the exit code."""
     tune_malloc()
+    world = None
+    if opts.distributed:  # every rank gets here; only rank 0 goes on to serve clients
+        from ..service import join_world, serve_follower
+
+        world = join_world(opts.collective_timeout_s, opts.device)
+        if world.rank != 0:
+            return serve_follower(world, opts.device, opts.collective_timeout_s, opts.fusion_bytes, opts.compile)
     try:
-        service = RuntimeService(device=opts.device, state_dir=opts.state_dir, max_run_seconds=opts.max_run_seconds)
+        service = RuntimeService(device=opts.device, state_dir=opts.state_dir, max_run_seconds=opts.max_run_seconds,
+                                 world=world, collective_timeout_s=opts.collective_timeout_s,
+                                 fusion_bytes=opts.fusion_bytes, compile=opts.compile)
+        if service.compiler is not None:
+            service.compiler.prewarm()  # numba's import and warm-up (~1 s) off the first run's path
     except KernelflowError as e:  # the state dir is held by another server
         print(f"kernelflow serve: {e}", file=sys.stderr)
         return 1
@@ -104,6 +123,7 @@ def serve(opts: ServeOptions) -> int:
         asyncio.run(_serve(opts, service, server))
     finally:
         service.shutdown()  # idempotent; covers a loop that ended before serving (port in use)
+        service.leave_world()
     if service.busy_runs():
         # Everything is saved; a kernel cannot be interrupted and its pool thread would keep the
         # process alive (issue #15): leave without waiting for it.
@@ -118,16 +138,22 @@ async def _serve(opts: ServeOptions, service: RuntimeService, server: RuntimeSer
     port = server.bound_port()
     shown = opts.host if ":" not in opts.host else f"[{opts.host}]"
     url = f"{'kfs' if opts.ssl_context else 'kf'}://{shown}:{port}"
+    # REST first, so the runtime file and `info` carry its URL (with --port 0 it is any free port)
+    rest_port = _start_rest(opts, service, port, shown)
+    service.rest_port = rest_port
+    service.rest_url = f"http://{shown}:{rest_port}" if rest_port else None
     path = write_runtime_file({"url": url, "host": opts.host, "port": port, "pid": os.getpid(),
                                "token": opts.token, "tls": opts.ssl_context is not None, "version": __version__,
-                               "protocol": PROTOCOL_VERSION})
+                               "protocol": PROTOCOL_VERSION, "rest_url": service.rest_url, "rest_port": rest_port,
+                               "python": sys.executable, "prefix": sys.prefix,
+                               "package": str(Path(__file__).resolve().parents[2]),
+                               "state_dir": str(service.state.root) if service.state is not None else None})
     _announce(opts, service, url, path)
     if service.models.base is not None:
         # Load the models there on the manager's loader threads, then watch for new versions.
         # Not waiting for the loads: they take as long as the models need, and RPC clients
         # must not wait for them (a model request meanwhile gets UnavailableError: START/LOADING).
         service.models.start(opts.poll_wait_s, wait=False)
-    _start_rest(opts, service, port, shown)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.shutdown)
@@ -146,6 +172,10 @@ async def _serve(opts: ServeOptions, service: RuntimeService, server: RuntimeSer
 def _announce(opts: ServeOptions, service: RuntimeService, url: str, path: Path) -> None:
     print(f"kernelflow {__version__} runtime server (protocol {PROTOCOL_VERSION}), device "
           f"{service.devices.default}", flush=True)
+    if opts.distributed:
+        w = service.world
+        print(f"    world: {w.size} rank(s) on {', '.join(sorted({r['host'] for r in w.ranks}))} (collective "
+              f"timeout {opts.collective_timeout_s:g} s)", flush=True)
     if service.state is not None:
         print(f"    state dir: {service.state.root} ({len(service.graphs)} graphs loaded)", flush=True)
     else:
@@ -158,10 +188,10 @@ def _announce(opts: ServeOptions, service: RuntimeService, url: str, path: Path)
     print(f"    runtime file: {path}", flush=True)
 
 
-def _start_rest(opts: ServeOptions, service: RuntimeService, port: int, shown: str) -> None:
-    """TF Serving's REST API on this IO loop (RPC port + 1 by default)."""
+def _start_rest(opts: ServeOptions, service: RuntimeService, port: int, shown: str) -> int | None:
+    """TF Serving's REST API on this IO loop (RPC port + 1 by default); returns its port (None: off)."""
     if opts.http_port is not None and opts.http_port < 0:
-        return
+        return None
     http_port = opts.http_port if opts.http_port is not None else (port + 1 if opts.port else 0)
     try:
         http_bound = service.listen_rest(http_port, opts.host, opts.http_max_body_bytes)
@@ -169,5 +199,6 @@ def _start_rest(opts: ServeOptions, service: RuntimeService, port: int, shown: s
         if opts.http_port is not None:
             raise
         print(f"    REST: port {http_port} unavailable ({e}); no REST API (give --http-port)", flush=True)
-        return
+        return None
     print(f"    REST (TensorFlow Serving API) on http://{shown}:{http_bound}/v1/models", flush=True)
+    return int(http_bound)

@@ -52,6 +52,7 @@ from safetensors.numpy import load_file, save_file
 
 from ...errors import FailedPreconditionError, InternalError, InvalidArgumentError, KernelflowError, NotFoundError
 from ...protocol.codec import decode, encode
+from ...protocol.jobspec import MEDIA, media_key
 from .records import (
     RecordLogs,
     fs_name,
@@ -516,9 +517,10 @@ class StateDir:
             return
         heads, pixels = [], []
         for r in records:
-            if r.get("kind") == "images" and r.get("images") is not None:
+            key = MEDIA.get(r.get("kind"))  # audio records' samples go to images.log too
+            if key is not None and r.get(key) is not None:
                 pixels.append(r)
-                r = {**r, "images": None}
+                r = {**r, key: None}
             heads.append(r)
         with self._key_lock("job", job_id):
             d = self._job_dir(job_id)
@@ -537,17 +539,17 @@ class StateDir:
         if counts is None:
             counts = {}
             for r in self.logs.load(path) if path.exists() else ():
-                counts[r.get("name")] = counts.get(r.get("name"), 0) + 1
+                counts[media_key(r)] = counts.get(media_key(r), 0) + 1
             self._image_counts[path] = counts
         self._append_or_create(path, records)
         for r in records:
-            counts[r["name"]] = counts.get(r["name"], 0) + 1
+            counts[media_key(r)] = counts.get(media_key(r), 0) + 1
         if keep is not None and max(counts.values()) > 2 * keep:
             kept: list[Any] = []
             per: dict[Any, int] = {}
             for r in reversed(self.logs.load(path)):  # newest first
-                per[r.get("name")] = per.get(r.get("name"), 0) + 1
-                if per[r.get("name")] <= keep:
+                per[media_key(r)] = per.get(media_key(r), 0) + 1
+                if per[media_key(r)] <= keep:
                     kept.append(r)
             kept.reverse()
             self.logs.create(path, kept)  # compacted: replaces the log whole
@@ -586,11 +588,12 @@ class StateDir:
                 records = self.logs.load(hist) if hist.exists() else []
                 pix = d / "images.log"
                 if pix.exists():
-                    found = {(r.get("name"), r.get("step")): r.get("images") for r in self.logs.load(pix)
-                             if isinstance(r, dict)}
-                    records = [{**r, "images": found[r.get("name"), r.get("step")]}
-                               if isinstance(r, dict) and r.get("kind") == "images" and r.get("images") is None
-                               and (r.get("name"), r.get("step")) in found else r for r in records]
+                    found = {(media_key(r), r.get("step")): r.get(MEDIA.get(r.get("kind"), "images"))
+                             for r in self.logs.load(pix) if isinstance(r, dict)}
+                    records = [{**r, MEDIA[r["kind"]]: found[media_key(r), r.get("step")]}
+                               if isinstance(r, dict) and r.get("kind") in MEDIA
+                               and r.get(MEDIA[r["kind"]]) is None
+                               and (media_key(r), r.get("step")) in found else r for r in records]
             out.append((float(head.get("created") or 0.0), head["id"], head["spec"], status, records))
         return [(i, spec, status, records) for _, i, spec, status, records in sorted(out, key=lambda t: t[0])]
 

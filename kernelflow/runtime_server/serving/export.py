@@ -1,12 +1,11 @@
 """Export: a graph's inference subgraph written as a model version (format: `kernelflow.protocol.model_dir`).
 
-Export binds training-mode switches to inference: a bool scalar placeholder the outputs need
-that is not among the inputs (the ``training`` flag of dropout / batch norm) becomes the
-constant False, and a ``where`` on it keeps only its inference branch, so the random mask of
-dropout is not in the exported graph. A random op left on the path is InvalidArgumentError
-naming it (dropout built with ``training=True``).
+Which nodes are exported, and how training-mode switches are bound to inference, is
+`kernelflow.graph.inference` (shared with the ONNX exporter): a bool scalar training-flag
+placeholder becomes the constant False, a ``where`` on it keeps only its inference branch, and
+a random op left on the path is InvalidArgumentError naming it.
 
-Contents: export_model, prune_for_inference.
+Contents: export_model.
 """
 
 from __future__ import annotations
@@ -16,43 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import InvalidArgumentError
+from ...graph.inference import inference_nodes
 from ...graph.ir import Tensor, node_to_dict
-from ...graph.ops.elementwise import where_op
-from ...graph.ops.state import placeholder_op, variable_op
-from ...graph.shapes import format_shape
+from ...graph.ops.state import variable_op
 from ...protocol.model_dir import FORMAT, KEY_RE, PREDICT_METHOD, SIGNATURE_NAME, check_model_name, write_version
 from ..engine.session import GraphSession
-
-
-def _is_training_flag(t: Tensor) -> bool:
-    return t.op is placeholder_op and t.dtype == "bool" and len(t.shape) == 0
-
-
-def prune_for_inference(outputs: list[Tensor], inputs: dict[int, Tensor]) -> tuple[list[Tensor], dict[int, Tensor]]:
-    """The nodes the outputs need by data edges, stopping at inputs; control edges are dropped
-    (they order training updates, which inference does not run).
-
-    A ``where(flag, a, b)`` whose condition is a training flag (see `_is_training_flag`) that is
-    not an input is walked into ``b`` only: with the flag bound to False it is ``b``. Returns
-    (nodes in graph order, {id(where node): its inference branch}).
-    """
-    seen: dict[int, Tensor] = {}
-    folded: dict[int, Tensor] = {}
-    stack = list(outputs)
-    while stack:
-        t = stack.pop()
-        if id(t) in seen:
-            continue
-        seen[id(t)] = t
-        if id(t) in inputs:
-            continue
-        if t.op is where_op and _is_training_flag(t.inputs[0]) and id(t.inputs[0]) not in inputs \
-                and t.inputs[2].shape == t.shape and t.inputs[2].dtype == t.dtype:
-            folded[id(t)] = t.inputs[2]
-            stack.append(t.inputs[2])
-            continue
-        stack.extend(t.inputs)
-    return sorted(seen.values(), key=lambda t: t.index), folded
 
 
 def _tensor_spec(t: Tensor) -> dict:
@@ -87,7 +54,7 @@ def export_model(session: GraphSession, base: Path, name: str, inputs: dict, out
         for k, t in out_nodes.items():
             if t.dtype is None:
                 raise InvalidArgumentError(f"model.export: output '{k}' (node '{t.name}', op {t.op.name}) has no value")
-        dicts, var_names, bound = _inference_dicts(in_nodes, out_nodes, sorted(inputs))
+        dicts, var_names, bound = _inference_dicts(in_nodes, out_nodes)
         values = session.snapshot_variables()
         arrays = {v: np.ascontiguousarray(values[v]) for v in var_names}
     signature = {"signature_name": SIGNATURE_NAME, "method_name": PREDICT_METHOD, "format": FORMAT,
@@ -115,47 +82,32 @@ def _check_request(session: GraphSession, name: str, inputs: dict, outputs: dict
         raise InvalidArgumentError(f"model.export: version must be a positive integer; got {version!r}")
 
 
-def _inference_dicts(in_nodes: dict[str, Tensor], out_nodes: dict[str, Tensor],
-                     input_keys: list[str]) -> tuple[list[dict], list[str], dict[str, bool]]:
+def _inference_dicts(in_nodes: dict[str, Tensor],
+                     out_nodes: dict[str, Tensor]) -> tuple[list[dict], list[str], dict[str, bool]]:
     """The node dicts of the inference subgraph (inputs as placeholders, training flags bound to False),
-    the names of the variables it reads, and the bound flags."""
-    fed = {id(t): t for t in in_nodes.values()}
-    nodes, folded = prune_for_inference(list(out_nodes.values()), fed)
+    the names of the variables it reads, and the bound flags. The walk and its errors are
+    `kernelflow.graph.inference.inference_nodes` (the ONNX exporter takes the same subgraph)."""
     dicts, var_names, bound = [], [], {}
-    for n in nodes:
-        if id(n) in fed:
+    for item in inference_nodes(list(out_nodes.values()), list(in_nodes.values()), "model.export"):
+        n = item.node
+        if item.role == "input":
             # An input that is not a placeholder (e.g. a hidden layer) becomes one.
             dicts.append({"name": n.name, "op": "placeholder", "inputs": [],
                           "attrs": {"shape": list(n.shape), "dtype": n.dtype}})
-            continue
-        if id(n) in folded:  # where(training, train_branch, inference_branch) -> the inference branch
-            dicts.append({"name": n.name, "op": "identity", "inputs": [folded[id(n)].name], "attrs": {}})
+        elif item.role == "fold":  # where(training, train_branch, inference_branch) -> the inference branch
+            assert item.branch is not None
+            dicts.append({"name": n.name, "op": "identity", "inputs": [item.branch.name], "attrs": {}})
             bound[n.inputs[0].name] = False
-            continue
-        if n.op is placeholder_op and _is_training_flag(n):
+        elif item.role == "flag":
             # A training-mode switch (dropout, batch norm): served models run in inference mode.
             dicts.append({"name": n.name, "op": "constant", "inputs": [], "attrs": {"value": np.array(False)}})
             bound[n.name] = False
-            continue
-        if n.op is placeholder_op:
-            raise InvalidArgumentError(
-                f"model.export: the outputs need placeholder '{n.name}' ({n.dtype}{format_shape(n.shape)}), "
-                f"which is not among the inputs {input_keys}; add it to inputs",
-                node=n.name, source=n.source)
-        if n.op.mutates:
-            raise InvalidArgumentError(f"model.export: node '{n.name}' ({n.op.name}) updates a variable; "
-                                       "an exported model only reads its variables", node=n.name)
-        if n.op.random:
-            raise InvalidArgumentError(
-                f"model.export: the outputs need random node '{n.name}' ({n.op.name}), so the served model "
-                "would answer differently each time (dropout built with training=True?); build the exported "
-                "outputs with training=False, or pass a bool scalar placeholder as training (export binds "
-                "it to False)", node=n.name, source=n.source)
-        d = node_to_dict(n)
-        d.pop("control_inputs", None)
-        d.pop("device", None)
-        if n.op is variable_op:
-            d["attrs"] = {k: v for k, v in d["attrs"].items() if k != "initial"}
-            var_names.append(n.name)
-        dicts.append(d)
+        else:
+            d = node_to_dict(n)
+            d.pop("control_inputs", None)
+            d.pop("device", None)
+            if n.op is variable_op:
+                d["attrs"] = {k: v for k, v in d["attrs"].items() if k != "initial"}
+                var_names.append(n.name)
+            dicts.append(d)
     return dicts, var_names, bound

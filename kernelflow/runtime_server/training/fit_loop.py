@@ -5,8 +5,9 @@ Each step takes the graph session's lock only for the step itself, so a ``graph.
 any client is served between two steps. Minibatches are cut on the device from the resident
 dataset; the row order of epoch ``e`` is a permutation drawn from ``(seed, e)``, so a job
 resumed at step ``s`` sees the same batches it would have seen. Metrics are fetched only on
-logging steps, image tensors only on image steps, both in the same run as that step's train
-op; the other steps run the plan for the train op alone (no host sync).
+logging steps (with the graph's in-graph summaries), image, audio and text tensors only on
+image steps, all in the same run as that step's train op; the other steps run the plan for
+the train op alone (no host sync).
 
 Contents: Bound, bind, Halt, FitLoop, to_uint8_images.
 """
@@ -26,6 +27,7 @@ from ...graph.ir import Tensor, Variable
 from ...graph.shapes import format_shape
 from ...protocol.jobspec import JobSpec
 from ..engine.devices import to_host
+from .media import Summaries, check_audio, check_text, find_summaries, to_pcm16, to_text_rows
 
 if TYPE_CHECKING:
     from ..datasets import DatasetStore, StoredDataset
@@ -54,6 +56,11 @@ class Bound:
     histograms: list[str]
     image_names: list[str]               # the keys of spec.images, in fetch order
     image_fetch: list[str]               # their nodes
+    audio_names: list[str]
+    audio_fetch: list[str]
+    text_names: list[str]
+    text_fetch: list[str]
+    summaries: Summaries                 # in-graph summaries fetched on logging steps
     steps_per_epoch: int
     total_steps: int
     drop_remainder: bool
@@ -96,6 +103,12 @@ def bind(graphs: GraphStore, datasets: DatasetStore, spec: JobSpec) -> Bound:
     image_nodes = {k: node(v, f"image '{k}'") for k, v in spec.images.items()}
     for k, t in image_nodes.items():
         _check_image(k, t)
+    audio_nodes = {k: node(v, f"audio '{k}'") for k, v in spec.audio.items()}
+    for k, t in audio_nodes.items():
+        check_audio(k, t)
+    text_nodes = {k: node(v, f"text '{k}'") for k, v in spec.text.items()}
+    for k, t in text_nodes.items():
+        check_text(k, t)
     for h in spec.histograms:
         if not isinstance(node(h, "histogram"), Variable):
             raise InvalidArgumentError(f"fit: histograms are of variables; '{h}' is a {g[h].op.name} node")
@@ -106,23 +119,41 @@ def bind(graphs: GraphStore, datasets: DatasetStore, spec: JobSpec) -> Bound:
                                    f"{spec.batch_size} (with drop_remainder)")
     total = spec.steps if spec.steps is not None else spec.epochs * spe
     feed_names = [t.name for t in feed_nodes]
+    summaries = find_summaries(g.nodes(), feed_names) if spec.summaries else Summaries()
+    for tag, need in summaries.skipped.items():
+        log.info("fit: summary '%s' of graph '%s' is not collected: the feed lacks %s", tag, g.name, need)
     places = [session.placement(t) for t in feed_nodes]
     b = Bound(session, data, list(spec.feed.values()), feed_names,
               [None if p == data.place else p for p in places], [train.name],
               [train.name, *[t.name for t in metrics.values()]], list(metrics), val_data,
               [t.name for t in val_metrics.values()], list(val_metrics), list(spec.histograms),
-              list(image_nodes), [t.name for t in image_nodes.values()], spe, total, drop)
+              list(image_nodes), [t.name for t in image_nodes.values()], list(audio_nodes),
+              [t.name for t in audio_nodes.values()], list(text_nodes), [t.name for t in text_nodes.values()],
+              summaries, spe, total, drop)
     with session.lock:  # compile now: an unfed placeholder is an error of job.start
-        session.plan(b.train_fetch, feed_names)
-        if b.metric_names:
-            session.plan(b.log_fetch, feed_names)
-        if b.image_fetch:
-            session.plan(b.train_fetch + b.image_fetch, feed_names)
-            if b.metric_names:
-                session.plan(b.log_fetch + b.image_fetch, feed_names)
+        for is_log in (False, True):
+            for is_media in (False, True):
+                if (is_log and not has_log(b)) or (is_media and not media_fetch(b)):
+                    continue
+                session.plan(step_fetch(b, is_log, is_media), feed_names)
         if val_data is not None:
             session.plan(b.val_fetch, feed_names)
     return b
+
+
+def has_log(b: Bound) -> bool:
+    """Whether logging steps fetch anything (metrics or in-graph summaries)."""
+    return bool(b.metric_names or b.summaries.nodes)
+
+
+def media_fetch(b: Bound) -> list[str]:
+    """The nodes of an image step: images, then audio, then text."""
+    return b.image_fetch + b.audio_fetch + b.text_fetch
+
+
+def step_fetch(b: Bound, is_log: bool, is_media: bool) -> list[str]:
+    """A step's fetch list: the train op, [metrics, summaries], [images, audio, text]."""
+    return (b.log_fetch + b.summaries.fetch if is_log else b.train_fetch) + (media_fetch(b) if is_media else [])
 
 
 def _check_feed(t: Tensor, data: StoredDataset, col: str, batch_size: int | None) -> bool:
@@ -235,10 +266,8 @@ class FitLoop:
         spec = job.spec
         self.log_every = spec.log_every
         self.hist_every = spec.histogram_every if b.histograms else 0
-        self.img_every = spec.image_every if b.image_fetch else 0
-        # fetch lists by (log step, image step): the train op, then metrics, then images
-        self.fetches = {(False, False): b.train_fetch, (True, False): b.log_fetch,
-                        (False, True): b.train_fetch + b.image_fetch, (True, True): b.log_fetch + b.image_fetch}
+        self.img_every = spec.image_every if media_fetch(b) else 0
+        self.fetches = {(lg, md): step_fetch(b, lg, md) for lg in (False, True) for md in (False, True)}
         ve = spec.validate_every if b.val_data is not None else None
         self.val_every = b.steps_per_epoch if ve == "epoch" else (ve or 0)
         self.ckpt_every_s = spec.checkpoint_every_s if job.can_checkpoint() else None
@@ -252,6 +281,7 @@ class FitLoop:
         last_ckpt = time.monotonic()
         cached_epoch, rows = -1, None
         mark_t, mark_step = time.monotonic(), job.step
+        profile = job.tensorboard_dir is not None  # the first step of this run: per-node times for TensorBoard
         while job.step < total:
             if job.request is not None:
                 job.boundary()
@@ -267,21 +297,38 @@ class FitLoop:
                 if place is not None:
                     batch[i] = self.devices.to_device(batch[i], place)
             step_no = s + 1
-            is_log = bool(self.log_every and b.metric_names and (step_no % self.log_every == 0 or step_no == total))
+            is_log = bool(self.log_every and has_log(b) and (step_no % self.log_every == 0 or step_no == total))
             is_img = bool(self.img_every and (step_no % self.img_every == 0 or step_no == total))
             fetch = self.fetches[is_log, is_img]
             job.failing_step = step_no
             with session.lock:
-                out = session.plan(fetch, b.feed_names).run(batch)
+                if profile:
+                    out, times = session.plan(fetch, b.feed_names).run_profiled(batch)
+                else:
+                    out = session.plan(fetch, b.feed_names).run(batch)
+            if profile:
+                job.profiled(step_no, times)
+                profile = False
             job.step = step_no
             now = time.monotonic()
             if now - mark_t >= (0.5 if job.steps_per_s else 0.05) or step_no == total:  # a first rate soon
                 job.note_rate((step_no - mark_step) / (now - mark_t) if now > mark_t else None, bs)
                 mark_t, mark_step = now, step_no
             if is_log:
-                self._scalars(step_no, dict(zip(b.metric_names, (float(v) for v in out[1:len(b.log_fetch)]))))
+                n_sum = len(b.summaries.nodes)
+                sums = out[len(b.log_fetch):len(b.log_fetch) + n_sum]
+                values = dict(zip(b.metric_names, (float(v) for v in out[1:len(b.log_fetch)])))
+                values.update((t.attrs["tag"], float(v)) for t, v in zip(b.summaries.nodes, sums)
+                              if t.attrs["kind"] == "scalar")
+                if values:
+                    self._scalars(step_no, values)
+                self._summaries(step_no, sums)
             if is_img:
-                self._images(step_no, out[len(fetch) - len(b.image_fetch):])
+                media = out[len(fetch) - len(media_fetch(b)):]
+                ni, na = len(b.image_fetch), len(b.audio_fetch)
+                self._images(step_no, media[:ni])
+                self._audio(step_no, b.audio_names, media[ni:ni + na], self.job.spec.audio_sample_rate)
+                self._text(step_no, b.text_names, media[ni + na:])
             if self.hist_every and (step_no % self.hist_every == 0 or step_no == total):
                 self._histograms(step_no)
             if self.val_every and (step_no % self.val_every == 0 or step_no == total):
@@ -309,6 +356,39 @@ class FitLoop:
         t = time.time()
         for k, a in zip(self.b.image_names, arrays):
             self.job.add_record({"kind": "images", "step": step, "wall_time": t, "name": k, "images": a})
+
+    def _audio(self, step: int, names: list[str], values: list, rate: float) -> None:
+        clips = [to_pcm16(k, v, self.job.spec.audio_max) for k, v in zip(names, values)]
+        t = time.time()
+        for k, a in zip(names, clips):
+            self.job.add_record({"kind": "audio", "step": step, "wall_time": t, "name": k, "audio": a,
+                                 "sample_rate": float(rate)})
+
+    def _text(self, step: int, names: list[str], values: list) -> None:
+        rows = [to_text_rows(k, v, self.job.spec.image_max) for k, v in zip(names, values)]
+        t = time.time()
+        for k, r in zip(names, rows):
+            self.job.add_record({"kind": "text", "step": step, "wall_time": t, "name": k, "text": r})
+
+    def _summaries(self, step: int, values: list) -> None:
+        """Records of the in-graph summaries (the scalars went into the step's scalars record)."""
+        t = time.time()
+        for node, v in zip(self.b.summaries.nodes, values):
+            kind, tag = node.attrs["kind"], node.attrs["tag"]
+            if kind == "histogram":
+                st = _histogram(v, self.job.spec.histogram_bins)
+                if st is not None:
+                    counts, edges, *stats = (to_host(x) for x in st)
+                    self.job.add_record({"kind": "histogram", "step": step, "wall_time": t, "name": tag,
+                                         "edges": np.asarray(edges, np.float64),
+                                         "counts": np.asarray(counts, np.int64), "stats": [float(x) for x in stats]})
+            elif kind == "image":
+                self.job.add_record({"kind": "images", "step": step, "wall_time": t, "name": tag,
+                                     "images": to_uint8_images(tag, v, self.job.spec.image_max)})
+            elif kind == "audio":
+                self._audio(step, [tag], [v], node.attrs["sample_rate"])
+            elif kind == "text":
+                self._text(step, [tag], [v])
 
     def _histograms(self, step: int) -> None:
         session, bins = self.b.session, self.job.spec.histogram_bins

@@ -2,12 +2,13 @@
 
 A job runs on its own thread (`fit_loop.FitLoop`); jobs on one graph run one at a time in
 the order they were started (the others wait as ``queued``), jobs on different graphs run
-at once. Logged records (scalars, histograms, images) are appended to the job's history; one
+at once. Logged records (scalars, histograms, images, audio, text) are appended to the job's history; one
 flusher thread pushes them to subscribed connections as ``job.records`` notifications at
 most every 100 ms (records in between go together, none dropped; of the image records in one
 notification only the newest per name keeps its pixels) and appends them to the state dir.
 Only the newest ``image_keep`` image records per name keep their pixels, in memory and in the
 state dir; older ones stay in the history as stubs (``"images": None``) so indices hold.
+Audio records (``"audio"``: 16-bit PCM) follow the same rule, counted apart from images.
 A subscriber gets the history in the answer to ``job.subscribe`` and the stream
 from there on: both are cut at the same record index under the job's lock, and every
 notification carries the index of its first record, so a client sees each record once.
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError
-from ...protocol.jobspec import JobSpec, KeptImages
+from ...protocol.jobspec import MEDIA, JobSpec, KeptImages, has_media, media_key, media_stub
 from .fit_loop import Bound, FitLoop, Halt, bind
 from .tb_events import EventWriter
 
@@ -184,17 +185,26 @@ class Job:
             self.records.append(rec)
             if rec["kind"] == "scalars":
                 self.latest.update(rec["values"])
-            elif rec["kind"] == "images":
+            elif rec["kind"] in MEDIA:
                 self._keep_images(len(self.records) - 1)
             self.version += 1
         if self.tensorboard_dir is not None:
             self.manager.events.write(self.id, rec)
         return True
 
+    def profiled(self, step: int, times: list) -> None:
+        """Per-node times of a profiled step, as TensorBoard run metadata (tag ``step N``)."""
+        if self.tensorboard_dir is None:
+            return
+        from ...interop.graphdef import run_metadata  # lazily, as open_tensorboard
+
+        self.manager.events.run_metadata(self.id, f"step {step}",
+                                         run_metadata((n.name, dev, t0, t1) for n, dev, t0, t1 in times))
+
     def _keep_images(self, i: int) -> None:
-        """Record ``i`` is an image record with pixels: stub out the oldest beyond ``image_keep``."""
-        for j in self._kept.add(self.records[i]["name"], i):
-            self.records[j] = image_stub(self.records[j])  # a new dict: readers of the old one keep theirs
+        """Record ``i`` is an image (or audio) record with its payload: stub out the oldest beyond ``image_keep``."""
+        for j in self._kept.add(media_key(self.records[i]), i):
+            self.records[j] = media_stub(self.records[j])  # a new dict: readers of the old one keep theirs
 
     def persist_records(self) -> None:
         state = self.state
@@ -277,10 +287,10 @@ class Job:
                 with b.session.lock:
                     self.restore_checkpoint()
                 self.logged_upto = max((r["step"] for r in self.records), default=0)
-            tb = self.manager.open_tensorboard(self)
+            tb = self.manager.open_tensorboard(self, b)
             self.set_status("running")
             self.checkpoint("start")
-            FitLoop(self, b).run()
+            self.manager.make_loop(self, b).run()
         except Halt as h:
             final = h.status
         except Exception as e:
@@ -310,23 +320,18 @@ class Job:
             log.info("job %s %s at step %d", self.id, final, self.step)
 
 
-def image_stub(rec: dict) -> dict:
-    """An image record without its pixels (it keeps its place in the history)."""
-    return {**rec, "images": None}
-
-
 def newest_images_only(recs: list[dict]) -> list[dict]:
     """``recs`` with every image record but the newest per name stubbed (what one notification sends)."""
     seen: set[str] = set()
     out = None
     for i in range(len(recs) - 1, -1, -1):
         r = recs[i]
-        if r["kind"] == "images" and r["images"] is not None:
-            if r["name"] in seen:
+        if has_media(r):
+            if media_key(r) in seen:
                 if out is None:
                     out = list(recs)
-                out[i] = image_stub(r)
-            seen.add(r["name"])
+                out[i] = media_stub(r)
+            seen.add(media_key(r))
     return recs if out is None else out
 
 
@@ -344,6 +349,23 @@ class JobManager:
         self._closed = threading.Event()
         self._flusher: threading.Thread | None = None
         self.events = EventWriter()
+        # Data-parallel jobs (``replicas``, issue #18): the service hands in the world's
+        # `distributed.data_parallel.DataParallel` (check_start, make_loop); None: refused.
+        self.data_parallel: Any = None
+
+    def make_loop(self, job: Job, b: Bound) -> FitLoop:
+        """The loop of ``job``: a `FitLoop`, or a data-parallel one over the world's ranks (``replicas``)."""
+        if job.spec.replicas is None:
+            return FitLoop(job, b)
+        return self.data_parallel.make_loop(job, b)
+
+    def _check_replicas(self, spec: JobSpec, b: Bound) -> None:
+        if spec.replicas is None:
+            return
+        if self.data_parallel is None:
+            raise FailedPreconditionError("fit(replicas=...): this runtime has no world of ranks to run a "
+                                          "data-parallel job on")
+        self.data_parallel.check_start(spec, b)
 
     def get(self, job_id: Any) -> Job:
         with self._cond:
@@ -359,6 +381,7 @@ class JobManager:
             raise FailedPreconditionError("job.start: the runtime is shutting down")
         s = JobSpec.from_map(spec)
         bound = bind(self.graphs, self.datasets, s)
+        self._check_replicas(s, bound)
         job = Job(self, f"job-{secrets.token_hex(4)}", s, time.time())
         job.total_steps, job.steps_per_epoch = bound.total_steps, bound.steps_per_epoch
         with self._cond:
@@ -409,6 +432,7 @@ class JobManager:
         if self._closed.is_set():
             raise FailedPreconditionError("job.resume: the runtime is shutting down")
         bound = bind(self.graphs, self.datasets, job.spec)
+        self._check_replicas(job.spec, bound)
         with job.cond:
             if job.status != "interrupted":  # another client resumed it meanwhile
                 return job._status_map_locked()
@@ -540,12 +564,19 @@ class JobManager:
         for peer, start, recs in sends:
             peer.notify("job.records", [job.id, start, recs, status])
 
-    def open_tensorboard(self, job: Job) -> bool:
-        """Start the job's TensorBoard event files (under the state dir, else in a temp dir)."""
+    def open_tensorboard(self, job: Job, b: Bound) -> bool:
+        """Start the job's TensorBoard event files (under the state dir, else in a temp dir), the
+        graph first (TensorBoard's Graphs dashboard), with the device each node runs on."""
+        from ...interop.graphdef import graph_def  # lazily: only jobs write GraphDefs
+
         state = self.state
         logdir = str(state.tensorboard_dir(job.id)) if state is not None else tempfile.mkdtemp(prefix=f"kf-{job.id}-")
         job.tensorboard_dir = logdir
         self.events.open(job.id, logdir)
+        with b.session.lock:
+            nodes = b.session.graph.nodes()
+        default = b.session.devices.default
+        self.events.graph(job.id, graph_def(nodes, {n.name: n.device or default for n in nodes}))
         return True
 
     # ----------------------------------------------------------------- state dir and shutdown
@@ -564,7 +595,7 @@ class JobManager:
             job.records = list(records)
             job.persisted = len(records)
             for i, r in enumerate(job.records):
-                if r.get("kind") == "images" and r.get("images") is not None:
+                if has_media(r):
                     job._keep_images(i)
             job.status = st.get("status") if st.get("status") in STATUSES else "interrupted"
             job.error = st.get("error")

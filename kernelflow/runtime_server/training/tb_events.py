@@ -17,6 +17,8 @@ import queue
 import threading
 from typing import Any
 
+from ...protocol.jobspec import MEDIA, has_media
+
 log = logging.getLogger("kernelflow.jobs")
 
 MAX_QUEUED_IMAGE_BYTES = 64 << 20
@@ -43,9 +45,17 @@ class EventWriter:
         """Start (or continue, after a resume) the event files of ``job_id`` in ``logdir``."""
         self._put(("open", job_id, logdir))
 
+    def graph(self, job_id: str, graph_def: bytes) -> None:
+        """Write a serialized GraphDef (`kernelflow.interop.graphdef.graph_def`) to the job's file."""
+        self._put(("graph", job_id, graph_def))
+
+    def run_metadata(self, job_id: str, tag: str, run_metadata: bytes) -> None:
+        """Write a serialized RunMetadata (a profiled step) under ``tag`` to the job's file."""
+        self._put(("run_metadata", job_id, (tag, run_metadata)))
+
     def write(self, job_id: str, record: dict) -> None:
-        """Write one logged record (scalars, a histogram with its ``stats``, images); image records
-        are dropped while `MAX_QUEUED_IMAGE_BYTES` of pixels wait already."""
+        """Write one logged record (scalars, a histogram with its ``stats``, images, audio, text); image and
+        audio records are dropped while `MAX_QUEUED_IMAGE_BYTES` of their payloads wait already."""
         nbytes = _image_bytes(record)
         if nbytes:
             with self._lock:
@@ -88,6 +98,10 @@ class EventWriter:
                     w = writers.pop(job_id, None)
                     if w is not None:
                         w.close()
+                elif kind == "graph" and job_id in writers:
+                    _write_graph(writers[job_id], arg)
+                elif kind == "run_metadata" and job_id in writers:
+                    _write_run_metadata(writers[job_id], *arg)
                 elif job_id in writers:
                     _write(writers[job_id], arg)
             except Exception:
@@ -128,9 +142,10 @@ def _import_writer() -> Any:
 
 
 def _image_bytes(r: Any) -> int:
-    if not isinstance(r, dict) or r.get("kind") != "images" or r.get("images") is None:
+    """The bytes of an image or audio record's payload (0 for other records and stubs)."""
+    if not isinstance(r, dict) or not has_media(r):
         return 0
-    return int(getattr(r["images"], "nbytes", 0))
+    return int(getattr(r[MEDIA[r["kind"]]], "nbytes", 0))
 
 
 def _write(w: Any, r: dict) -> None:
@@ -144,3 +159,48 @@ def _write(w: Any, r: dict) -> None:
                             global_step=step, walltime=t)
     elif r["kind"] == "images" and r.get("images") is not None:
         w.add_images(r["name"], r["images"], global_step=step, walltime=t, dataformats="NHWC")
+    elif r["kind"] == "audio" and r.get("audio") is not None:
+        # One summary per clip, tagged as tf.summary.audio tags them (name/audio/i).
+        for i, clip in enumerate(r["audio"]):
+            _write_audio(w, f"{r['name']}/audio/{i}", clip, int(r["sample_rate"]), step, t)
+    elif r["kind"] == "text":
+        w.add_text(r["name"], "\n\n".join(r["text"]) or "(empty)", global_step=step, walltime=t)
+
+
+def wav_bytes(pcm16: Any, sample_rate: int) -> bytes:
+    """A WAV file of int16 samples ``(frames, channels)``."""
+    import io
+    import wave
+
+    import numpy as np
+
+    a = np.ascontiguousarray(pcm16, dtype="<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as f:
+        f.setnchannels(a.shape[1])
+        f.setsampwidth(2)
+        f.setframerate(sample_rate)
+        f.writeframes(a.tobytes())
+    return buf.getvalue()
+
+
+def _write_audio(w: Any, tag: str, clip: Any, rate: int, step: int, t: float) -> None:
+    # tensorboardX's add_audio needs the soundfile package; the WAV is written here instead.
+    from tensorboardX.proto.summary_pb2 import Summary
+
+    audio = Summary.Audio(sample_rate=rate, num_channels=clip.shape[1], length_frames=clip.shape[0],
+                          encoded_audio_string=wav_bytes(clip, rate), content_type="audio/wav")
+    w._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, audio=audio)]), step, t)
+
+
+def _write_run_metadata(w: Any, tag: str, run_metadata: bytes) -> None:
+    from tensorboardX.proto import event_pb2
+
+    trm = event_pb2.TaggedRunMetadata(tag=tag, run_metadata=run_metadata)
+    w._get_file_writer().add_event(event_pb2.Event(tagged_run_metadata=trm))
+
+
+def _write_graph(w: Any, graph_def: bytes) -> None:
+    from tensorboardX.proto import event_pb2
+
+    w._get_file_writer().add_event(event_pb2.Event(graph_def=graph_def))

@@ -11,6 +11,11 @@ const OP_COLORS = {
 };
 const DEVICE_COLORS = ["#a6cee3", "#fdbf6f", "#b2df8a", "#fb9a99", "#cab2d6", "#ffff99", "#e0e0e0"];
 const MAX_EDGE_LABELS = 800;
+const READABLE_SCALE = 1;       // the first view's least zoom: edge labels (10 px) stay 10 px
+const MAX_FIRST_SCALE = 1.25;   // and its largest, for a small graph
+const LABEL_CHAR_W = 6.2;       // a 10 px label's advance per character (generous: no overlap)
+const LABEL_H = 11;
+const MIN_CANVAS_H = 420, MAX_CANVAS_H = 900;
 
 function el(tag, attrs = {}, parent = null, ns = null) {
   const node = ns ? document.createElementNS(ns, tag) : document.createElement(tag);
@@ -61,13 +66,25 @@ function render({ model, el: root }) {
   let vw = { x: 0, y: 0, k: 1 };
   let fitted = false;
   const applyView = () => scene.setAttribute("transform", `translate(${vw.x},${vw.y}) scale(${vw.k})`);
-  // Fit the whole drawing (the Fit button), or, at first, as much as stays readable.
-  const fit = (minScale = 0) => {
+  // The Fit button: the whole drawing, however small its text gets.
+  const fit = () => {
     const meta = model.get("meta") || {};
     const w = canvas.clientWidth || 800, h = canvas.clientHeight || 560;
-    const all = Math.min(1, w / Math.max(1, meta.width || 1), h / Math.max(1, meta.height || 1));
-    const k = Math.max(all, Math.min(minScale, w / Math.max(1, meta.width || 1)));
+    const k = Math.min(1, w / Math.max(1, meta.width || 1), h / Math.max(1, meta.height || 1));
     vw = { x: Math.max(0, (w - (meta.width || 0) * k) / 2), y: 0, k };
+    applyView();
+  };
+  // The first view (TensorBoard's): the whole drawing when it fits at a readable zoom (text at
+  // least READABLE_SCALE times its size, so no label under 10 px), else its top at that zoom,
+  // centred, to pan from.
+  const firstView = () => {
+    const meta = model.get("meta") || {};
+    const mw = Math.max(1, meta.width || 1), mh = Math.max(1, meta.height || 1);
+    // a taller canvas, up to MAX_CANVAS_H, rather than a smaller drawing
+    main.style.height = `${Math.round(Math.min(MAX_CANVAS_H, Math.max(MIN_CANVAS_H, mh * READABLE_SCALE + 8)))}px`;
+    const w = canvas.clientWidth || 800, h = canvas.clientHeight || 560;
+    const k = Math.max(READABLE_SCALE, Math.min(MAX_FIRST_SCALE, w / mw, h / mh));
+    vw = { x: (w - mw * k) / 2, y: Math.max(0, (h - mh * k) / 2), k };
     applyView();
   };
 
@@ -148,6 +165,14 @@ function render({ model, el: root }) {
     const nEdges = offs.length ? offs.length - 1 : 0;
     edgeEls = new Array(nEdges);
     const labels = nEdges <= MAX_EDGE_LABELS;
+    // Labels go where they collide with no box and no other label; the rest show while the
+    // pointer is on their edge.
+    const taken = [];
+    for (let i = 0; i < meta.ids.length; i++) {
+      if (meta.kinds[i] !== "group") taken.push([xywh[4 * i], xywh[4 * i + 1], xywh[4 * i + 2], xywh[4 * i + 3]]);
+      else taken.push([xywh[4 * i], xywh[4 * i + 1], xywh[4 * i + 2], 22]);  // a group's header
+    }
+    const free = (r) => r[0] >= 0 && r[0] + r[2] <= meta.width && !taken.some((t) => r[0] < t[0] + t[2] && t[0] < r[0] + r[2] && r[1] < t[1] + t[3] && t[1] < r[1] + r[3]);
     for (let e = 0; e < nEdges; e++) {
       // A back edge (it closes a cycle of boxes) is two downward stubs, points 0-1 out of its
       // source and 2-3 into its target, each labelled with the box at its other end.
@@ -159,26 +184,40 @@ function render({ model, el: root }) {
       }
       const cls = "kf-edge" + (back ? " kf-back" : "") + (flags[e] & 2 ? " kf-control" : "");
       const path = svg("path", { d, class: cls, "marker-end": "url(#kf-arrow)" }, gEdges);
-      if (back) {
-        svg("title", { text: `${meta.ids[ends[2 * e]]} \u2192 ${meta.ids[ends[2 * e + 1]]} ` +
-          "(closes a cycle between boxes: drawn as two stubs)" }, path);
-      }
+      const hit = svg("path", { d, class: "kf-edge-hit" }, gEdges);
+      const src = meta.ids[ends[2 * e]], dst = meta.ids[ends[2 * e + 1]];
+      svg("title", { text: back ? `${src} \u2192 ${dst} (closes a cycle between boxes: drawn as two stubs)`
+        : `${src} \u2192 ${dst}${meta.edge_labels[e] ? ": " + meta.edge_labels[e] : ""}` }, hit);
       edgeEls[e] = path;
       const label = meta.edge_labels[e];
       if (back) {
         const p = offs[e];
-        svg("text", { x: pts[2 * p + 2] + 3, y: pts[2 * p + 3] + 9, class: "kf-edge-label kf-back-label",
-          text: `\u2192 ${meta.ids[ends[2 * e + 1]]}` }, gEdges);
-        svg("text", { x: pts[2 * p + 4] + 3, y: pts[2 * p + 5] - 1, class: "kf-edge-label kf-back-label",
-          text: `${meta.ids[ends[2 * e]]} \u2192` }, gEdges);
+        const a = `\u2192 ${dst}`, b = `${src} \u2192`;
+        svg("text", { x: pts[2 * p + 2] + 3, y: pts[2 * p + 3] + 9, class: "kf-edge-label kf-back-label", text: a }, gEdges);
+        svg("text", { x: pts[2 * p + 4] + 3, y: pts[2 * p + 5] - 1, class: "kf-edge-label kf-back-label", text: b }, gEdges);
+        taken.push([pts[2 * p + 2] + 3, pts[2 * p + 3], a.length * LABEL_CHAR_W, LABEL_H]);
+        taken.push([pts[2 * p + 4] + 3, pts[2 * p + 5] - 10, b.length * LABEL_CHAR_W, LABEL_H]);
       } else if (labels && label) {
-        const last = offs[e + 1] - 1;
-        svg("text", { x: pts[2 * last] + 4, y: pts[2 * last + 1] - 6, class: "kf-edge-label", text: label }, gEdges);
+        const w = label.length * LABEL_CHAR_W;
+        const first = offs[e], last = offs[e + 1] - 1, mid = (first + last) >> 1;
+        // candidates (text baseline at x, y): above the arrow's tip, below the source, beside the middle
+        const spots = [[pts[2 * last] + 4, pts[2 * last + 1] - 6], [pts[2 * first] + 4, pts[2 * first + 1] + 12],
+          [pts[2 * mid] + 4, pts[2 * mid + 1] + 4], [pts[2 * last] - 4 - w, pts[2 * last + 1] - 6]];
+        let spot = spots.find(([x, y]) => free([x, y - LABEL_H + 2, w, LABEL_H]));
+        const hidden = spot === undefined;
+        if (hidden) spot = spots[0];
+        else taken.push([spot[0], spot[1] - LABEL_H + 2, w, LABEL_H]);
+        const t = svg("text", { x: spot[0], y: spot[1], class: "kf-edge-label" + (hidden ? " kf-label-hidden" : ""),
+          text: label }, gEdges);
+        if (hidden) {
+          hit.addEventListener("pointerenter", () => t.classList.add("kf-label-hover"));
+          hit.addEventListener("pointerleave", () => t.classList.remove("kf-label-hover"));
+        }
       }
     }
     info.textContent = `${model.get("graph_name")}: ${meta.nodes} nodes, ${meta.scopes} scopes, ` +
       `${meta.ids.length} boxes drawn`;
-    if (!fitted) { fit(0.4); fitted = true; }
+    if (!fitted) { firstView(); fitted = true; }
     decorate();
   }
 
@@ -296,7 +335,7 @@ function render({ model, el: root }) {
     timer = setTimeout(() => { model.set("query", search.value); model.save_changes(); }, 200);
   });
   colorSel.addEventListener("change", () => { model.set("color_by", colorSel.value); model.save_changes(); });
-  btnFit.addEventListener("click", () => fit(0));
+  btnFit.addEventListener("click", () => fit());
   btnCollapse.addEventListener("click", () => model.send({ type: "collapse_all" }));
   btnRefresh.addEventListener("click", () => model.send({ type: "refresh" }));
   search.value = model.get("query") || "";

@@ -1,0 +1,174 @@
+"""The compiler the executor calls: runs the passes on a plan and hands out kernels for its nodes.
+
+Contents: Compiler, OptimizedPlan, compile_mode_from_env, format_plan.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidArgumentError
+from ..graph.ir import Tensor
+from ..kernels.registry import KernelEntry, get_kernel
+from .fusion import FusedOp, fuse
+from .passes import rebuild, run_passes
+
+MODES = ("on", "sync", "off")
+
+
+def compile_mode_from_env(default: str = "on") -> str:
+    """``$KERNELFLOW_COMPILE`` ("on": compile in the background, "sync": compile before running, "off")."""
+    mode = os.environ.get("KERNELFLOW_COMPILE", default).strip().lower() or default
+    mode = {"1": "on", "true": "on", "0": "off", "false": "off", "background": "on"}.get(mode, mode)
+    if mode not in MODES:
+        raise InvalidArgumentError(f"KERNELFLOW_COMPILE must be one of {MODES}; got {mode!r}")
+    return mode
+
+
+@dataclass
+class OptimizedPlan:
+    """What `Compiler.optimize` returns."""
+
+    order: list[Tensor]
+    fetches: list[Tensor]
+    fused: list[Tensor] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+class Compiler:
+    """Passes and kernel backends shared by a runtime's plans.
+
+    Args:
+        mode: "on" (kernels compile on a background thread; runs meanwhile are unfused) or
+            "sync" (a plan's kernels compile when it first runs them).
+        cache_dir: where generated sources and numba's cache live (default: `default_cache_dir`).
+        threads: CPU threads a kernel may use (default: ``$KERNELFLOW_COMPILE_THREADS``, else 1).
+    """
+
+    def __init__(self, mode: str = "on", cache_dir: str | None = None, threads: int | None = None):
+        from .numba_backend import KernelCache, default_cache_dir, numba_available
+
+        if mode not in ("on", "sync"):
+            raise InvalidArgumentError(f"Compiler: mode must be 'on' or 'sync'; got {mode!r}")
+        self.mode = mode
+        self.has_numba = numba_available()
+        self.cache = KernelCache(cache_dir or default_cache_dir(), background=mode == "on")
+        env = os.environ.get("KERNELFLOW_COMPILE_THREADS", "")
+        # Serial kernels unless asked: a parallel kernel is a fork-join of OpenMP threads per call,
+        # and on a loaded machine (or beside BLAS's own threads) each join waits for a descheduled
+        # thread; docs/benchmarks.md has the measurements.
+        self.threads = threads or (int(env) if env.isdigit() and int(env) > 0 else 1)
+        self._lock = threading.Lock()
+        self._cpu: dict | None = None
+
+    def optimize(self, order: list[Tensor], fed: set[int], fetches: Sequence[Tensor],
+                 placement: Callable[[Tensor], Any]) -> OptimizedPlan:
+        """Fold, CSE, drop no-ops and dead nodes, then fuse; fetched nodes map to their new nodes."""
+        rw = run_passes(order, fed, fetches)
+
+        def device_ok(n: Tensor) -> bool:
+            backend = placement(n).backend
+            return backend == "cupy" or backend == "numpy" and self.has_numba
+
+        new_order, fused_for, made = fuse(rw.order, fed, [rw.resolve(f) for f in fetches], device_ok)
+        if fused_for:  # consumers of a group's root now read the fused node
+            subst: dict[int, Tensor] = dict(fused_for)
+
+            def res(t: Tensor) -> Tensor:
+                while id(t) in subst:
+                    t = subst[id(t)]
+                return t
+
+            settled = []
+            for n in new_order:
+                ins = [res(i) for i in n.inputs]
+                ctl = [res(i) for i in n.control_inputs]
+                if any(a is not b for a, b in zip(ins, n.inputs)) or any(
+                        a is not b for a, b in zip(ctl, n.control_inputs)):
+                    new = rebuild(n, ins, ctl, op=n.op, attrs=n.attrs)
+                    subst[id(n)] = new
+                    n = new
+                settled.append(n)
+            new_order = settled
+        else:
+            subst = {}
+        out_fetches = []
+        for f in fetches:
+            t = rw.resolve(f)
+            while id(t) in subst:
+                t = subst[id(t)]
+            out_fetches.append(t)
+        stats = dict(rw.stats, fused_groups=len(made), fused_ops=sum(len(m.op.program.members) for m in made))
+        return OptimizedPlan(new_order, out_fetches, made, stats)
+
+    def kernel_for(self, node: Tensor, backend: str) -> KernelEntry:
+        """The kernel of a plan node: a fused kernel for a fused node, else the registered one."""
+        op = node.op
+        if not isinstance(op, FusedOp):
+            if backend == "numpy" and self.has_numba:
+                entry = self._overrides().get(op)
+                if entry is not None:
+                    return entry
+            return get_kernel(op, backend)
+        program = op.program
+        if backend == "numpy":
+            from .numba_backend import FusedKernel
+
+            fk = FusedKernel(program, self.cache, self.threads)
+            return KernelEntry(lambda xp, *ins: fk(*ins))
+        from .cupy_backend import CupyFusedKernel
+
+        ck = CupyFusedKernel(program)
+        return KernelEntry(lambda xp, *ins: ck(xp, *ins))
+
+    def _overrides(self) -> dict:
+        with self._lock:
+            if self._cpu is None:
+                from .cpu_kernels import overrides
+
+                self._cpu = overrides(self.cache, self.threads)
+            return self._cpu
+
+    def prewarm(self) -> None:
+        """Import and warm numba on a daemon thread now (a server at start): a first run's kernels then only
+        load from disk or compile."""
+        if self.has_numba:
+            from .numba_backend import prewarm_numba
+
+            threading.Thread(target=prewarm_numba, name="kf-compiler-prewarm", daemon=True).start()
+
+    def wait_idle(self, timeout_s: float = 120.0) -> bool:
+        """Block until no kernel is compiling (benchmarks, tests); True when idle."""
+        return self.cache.wait_idle(timeout_s)
+
+
+def format_plan(order: Sequence[Tensor], fed: set[int], stats: dict | None = None) -> str:
+    """The plan as text, one node a line, fused groups with their members (as XLA's HLO dumps)."""
+    lines = []
+    for n in order:
+        ins = ", ".join(i.name for i in n.inputs)
+        if id(n) in fed:
+            lines.append(f"{n.name} = feed : {n.aval}")
+            continue
+        if isinstance(n.op, FusedOp):
+            prog = n.op.program
+            lines.append(f"{n.name} = fused[{' '.join(m.op.name for m in prog.members)}]({ins}) : {n.aval}")
+            for m in prog.members:
+                lines.append(f"    | {m.name} = {m.op.name}({', '.join(i.name for i in m.inputs)})")
+            continue
+        if n.op.name == "constant":
+            v = np.asarray(n.attrs["value"])
+            shown = repr(v.item()) if v.size == 1 else f"<{v.size} values>"
+            lines.append(f"{n.name} = constant {shown} : {n.aval}")
+            continue
+        ctl = f" after {', '.join(c.name for c in n.control_inputs)}" if n.control_inputs else ""
+        lines.append(f"{n.name} = {n.op.name}({ins}){ctl} : {n.aval}")
+    if stats:
+        lines.append("# " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+    return "\n".join(lines)

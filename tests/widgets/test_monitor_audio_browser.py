@@ -1,0 +1,81 @@
+"""The monitor's audio and text panels in a real browser (issue #17): JupyterLab + Debian's chromium +
+Playwright (marker ``browser``). A notebook trains a tiny job logging audio and text on a real
+runtime server; the browser must hold ``<audio>`` elements whose source is set and whose
+duration (decoded from the WAV by chromium) is the clip's, and the text rows."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.widgets.jupyterlab import CHROMIUM, CHROMIUM_ARGS, TOKEN, get_json, jupyterlab, require_browser
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CELLS = [
+    "import numpy as np\nimport kernelflow as kf\nrt = kf.connect()",
+    "FRAMES, RATE = 4000, 8000  # half a second per clip\n"
+    "w = (np.sin(np.arange(32 * FRAMES).reshape(32, FRAMES) * 0.2) * 0.5).astype('float32')\n"
+    "codes = np.tile(np.array([75, 70, 33, 0], 'int32'), (32, 1))\n"
+    "ds = rt.dataset('audio-browser', {'w': w, 'c': codes}, overwrite=True)\n"
+    "g = rt.graph('audio_browser')\n"
+    "x = g.placeholder((None, FRAMES), 'float32', name='w')\n"
+    "c = g.placeholder((None, 4), 'int32', name='c')\n"
+    "v = g.variable(np.ones(FRAMES, 'float32'), name='v')\n"
+    "train = kf.optim.SGD(0.01).minimize(kf.mean(x * v))\n"
+    "job = g.fit(train, data=ds, feed={x: 'w', c: 'c'}, batch_size=4, steps=8, shuffle=False, log_every=0,\n"
+    "            audio={'wave': x}, text={'codes': c}, audio_sample_rate=RATE, audio_max=2, image_every=4,\n"
+    "            checkpoint_every_s=None)\n"
+    "job.wait()",
+    "kf.widgets.TrainingMonitor(job)",
+]
+
+AUDIO_JS = """() => [...document.querySelectorAll('.kf-monitor .kf-monitor-audio audio')]
+  .map(a => ({src: a.getAttribute('src') || a.currentSrc || '', duration: a.duration, ready: a.readyState}))"""
+
+
+def test_monitor_plays_audio_and_shows_text_in_jupyterlab(tmp_path):
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    nb_dir = tmp_path / "nb"
+    nb_dir.mkdir()
+    nb = {"cells": [{"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": s}
+                    for s in CELLS],
+          "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    (nb_dir / "audio.ipynb").write_text(json.dumps(nb))
+    with jupyterlab(tmp_path, nb_dir) as (base, srv), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=[*CHROMIUM_ARGS, "--autoplay-policy=no-user-gesture-required"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.goto(f"{base}/lab/tree/audio.ipynb?token={TOKEN}")
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+            deadline = time.monotonic() + 60
+            while True:  # "Run All" before the kernel is connected silently runs nothing
+                kernels = get_json(f"{base}/api/kernels?token={TOKEN}")
+                if kernels and kernels[0]["execution_state"] == "idle" and kernels[0]["connections"] >= 1:
+                    break
+                if page.locator(".jp-Dialog .jp-mod-accept").count():
+                    page.locator(".jp-Dialog .jp-mod-accept").first.click()
+                assert time.monotonic() < deadline, kernels
+                time.sleep(0.3)
+            page.locator(".lm-MenuBar-itemLabel:text-is('Run')").click()
+            page.locator(".lm-Menu-itemLabel:text-is('Run All Cells')").click()
+            root = page.locator(".jp-OutputArea .kf-monitor").first
+            root.wait_for(timeout=120_000)
+            page.wait_for_function(f"({AUDIO_JS})().length === 2 && ({AUDIO_JS})().every(a => a.duration > 0)",
+                                   timeout=60_000)
+            players = page.evaluate(AUDIO_JS)
+            assert all(a["src"] for a in players), players
+            assert all(abs(a["duration"] - 0.5) < 0.01 for a in players), players  # 4000 frames at 8 kHz
+            assert "step" in root.locator(".kf-monitor-audio .kf-audio-step").inner_text()
+            rows = root.locator(".kf-monitor-text-rows li")
+            rows.first.wait_for(timeout=30_000)
+            assert rows.count() == 4 and rows.first.inner_text() == "KF!"
+            root.screenshot(path=str(tmp_path / "audio.png"))
+        finally:
+            browser.close()
