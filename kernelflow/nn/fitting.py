@@ -97,59 +97,11 @@ def fit(model: Any, x: Any = None, y: Any = None, batch_size: int = 32, epochs: 
     """
     model._require_compiled("fit")
     callbacks = list(callbacks or [])
-    for cb in callbacks:
-        if not isinstance(cb, Callback):
-            raise InvalidArgumentError(f"fit: callbacks must be kf.nn.callbacks.Callback objects; got {cb!r}")
     epochs, initial_epoch, batch_size = int(epochs), int(initial_epoch), int(batch_size)
-    if batch_size < 1:
-        raise InvalidArgumentError(f"fit: batch_size must be >= 1; got {batch_size}")
-    if not 0 <= initial_epoch < epochs:
-        raise InvalidArgumentError(f"fit: need 0 <= initial_epoch < epochs; got initial_epoch={initial_epoch}, "
-                                   f"epochs={epochs}")
-    if not 0.0 <= validation_split < 1.0:
-        raise InvalidArgumentError(f"fit: validation_split must be in [0, 1); got {validation_split}")
     if wait is None:
         wait = not in_notebook()
-    control = [cb for cb in callbacks if cb.epoch_control]
-    if control and not wait:
-        raise InvalidArgumentError(f"fit: callbacks {[type(c).__name__ for c in control]} act between epochs; "
-                                   "they need fit(..., wait=True)")
-    # ---- data
-    val_ds = None
-    if _is_dataset(x):
-        if model.graph is None:
-            raise FailedPreconditionError("fit on a Dataset: build the model first (kf.Input or input_shape)")
-        if validation_split:
-            raise InvalidArgumentError("fit: validation_split takes rows from arrays; for a Dataset give "
-                                       "validation_data (e.g. train, val = ds.split(0.9))")
-        model._ensure_built(None)
-        cols = columns or {}
-        feed = {p: cols.get(f"x{i}", cols.get("x", f"x{i}") if i == 0 else f"x{i}")
-                for i, p in enumerate(model._tensors["inputs"])}
-        feed[model._tensors["y"]] = cols.get("y", "y")
-        train_ds, n = x, len(x)
-    else:
-        if x is None or y is None:
-            raise InvalidArgumentError("fit: give x and y arrays (or a Dataset as x)")
-        model._ensure_built(x)
-        xs = [np.asarray(a) for a in _flat(x)]
-        ya = np.asarray(y)
-        if validation_split and validation_data is None:
-            n_all = xs[0].shape[0]
-            cut = n_all - int(math.floor(n_all * validation_split))
-            if cut <= 0 or cut >= n_all:
-                raise InvalidArgumentError(f"fit: validation_split={validation_split} of {n_all} rows leaves an "
-                                           "empty part")
-            validation_data = ([a[cut:] for a in xs], ya[cut:])
-            xs, ya = [a[:cut] for a in xs], ya[:cut]
-        train_ds, feed, n = _upload(model, "train", xs if len(xs) > 1 else xs[0], ya)
-    if validation_data is not None:
-        if _is_dataset(validation_data):
-            val_ds = validation_data
-        else:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) < 2:
-                raise InvalidArgumentError("fit: validation_data must be (x_val, y_val) or a Dataset")
-            val_ds, _, _ = _upload(model, "val", validation_data[0], validation_data[1])
+    control = _check_fit_args(callbacks, epochs, initial_epoch, batch_size, validation_split, wait)
+    train_ds, feed, n, val_ds = _fit_data(model, x, y, validation_split, validation_data, columns)
     spe = math.ceil(n / batch_size)
     t = model._tensors
     job_args: dict[str, Any] = dict(data=train_ds, feed=feed, batch_size=batch_size, shuffle=shuffle,
@@ -188,7 +140,74 @@ def fit(model: Any, x: Any = None, y: Any = None, batch_size: int = 32, epochs: 
         for cb in callbacks:
             cb.on_train_end()
         return history
-    # ---- one job per epoch: callbacks see the model exactly as each epoch left it
+    return _fit_epoch_by_epoch(model, history, callbacks, job_args, initial_epoch, epochs, seed, spe, verbose_on)
+
+
+def _check_fit_args(callbacks: list, epochs: int, initial_epoch: int, batch_size: int, validation_split: float,
+                    wait: bool) -> list:
+    """InvalidArgumentError for a bad argument of `fit`; returns the callbacks that act between epochs."""
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise InvalidArgumentError(f"fit: callbacks must be kf.nn.callbacks.Callback objects; got {cb!r}")
+    if batch_size < 1:
+        raise InvalidArgumentError(f"fit: batch_size must be >= 1; got {batch_size}")
+    if not 0 <= initial_epoch < epochs:
+        raise InvalidArgumentError(f"fit: need 0 <= initial_epoch < epochs; got initial_epoch={initial_epoch}, "
+                                   f"epochs={epochs}")
+    if not 0.0 <= validation_split < 1.0:
+        raise InvalidArgumentError(f"fit: validation_split must be in [0, 1); got {validation_split}")
+    control = [cb for cb in callbacks if cb.epoch_control]
+    if control and not wait:
+        raise InvalidArgumentError(f"fit: callbacks {[type(c).__name__ for c in control]} act between epochs; "
+                                   "they need fit(..., wait=True)")
+    return control
+
+
+def _fit_data(model: Any, x: Any, y: Any, validation_split: float, validation_data: Any,
+              columns: dict[str, str] | None) -> tuple[Any, dict, int, Any]:
+    """The training data on the runtime: (train dataset, feed, rows, validation dataset or None)."""
+    val_ds = None
+    if _is_dataset(x):
+        if model.graph is None:
+            raise FailedPreconditionError("fit on a Dataset: build the model first (kf.Input or input_shape)")
+        if validation_split:
+            raise InvalidArgumentError("fit: validation_split takes rows from arrays; for a Dataset give "
+                                       "validation_data (e.g. train, val = ds.split(0.9))")
+        model._ensure_built(None)
+        cols = columns or {}
+        feed = {p: cols.get(f"x{i}", cols.get("x", f"x{i}") if i == 0 else f"x{i}")
+                for i, p in enumerate(model._tensors["inputs"])}
+        feed[model._tensors["y"]] = cols.get("y", "y")
+        train_ds, n = x, len(x)
+    else:
+        if x is None or y is None:
+            raise InvalidArgumentError("fit: give x and y arrays (or a Dataset as x)")
+        model._ensure_built(x)
+        xs = [np.asarray(a) for a in _flat(x)]
+        ya = np.asarray(y)
+        if validation_split and validation_data is None:
+            n_all = xs[0].shape[0]
+            cut = n_all - int(math.floor(n_all * validation_split))
+            if cut <= 0 or cut >= n_all:
+                raise InvalidArgumentError(f"fit: validation_split={validation_split} of {n_all} rows leaves an "
+                                           "empty part")
+            validation_data = ([a[cut:] for a in xs], ya[cut:])
+            xs, ya = [a[:cut] for a in xs], ya[:cut]
+        train_ds, feed, n = _upload(model, "train", xs if len(xs) > 1 else xs[0], ya)
+    if validation_data is not None:
+        if _is_dataset(validation_data):
+            val_ds = validation_data
+        else:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) < 2:
+                raise InvalidArgumentError("fit: validation_data must be (x_val, y_val) or a Dataset")
+            val_ds, _, _ = _upload(model, "val", validation_data[0], validation_data[1])
+    return train_ds, feed, n, val_ds
+
+
+def _fit_epoch_by_epoch(model: Any, history: History, callbacks: list, job_args: dict, initial_epoch: int,
+                        epochs: int, seed: int, spe: int, verbose_on: bool) -> History:
+    """One job per epoch: callbacks that act between epochs see the model exactly as each epoch left it."""
+    t = model._tensors
     for cb in [history, *callbacks]:
         cb.on_train_begin()
     for epoch in range(initial_epoch, epochs):

@@ -373,8 +373,19 @@ def compute_layout(nodes: Sequence[LayoutNode], expanded: Iterable[str] = ()) ->
     Returns:
         A `Layout`: groups come before their members in ``boxes``.
     """
-    expanded = set(expanded)
-    sizes_by_scope = scope_sizes(n.name for n in nodes)
+    rep = _representatives(nodes, set(expanded))
+    groups, boxes = _groups_and_boxes(nodes, rep)
+    drawn, routed = _route_edges(nodes, rep, groups)
+    _size_groups(groups, boxes)
+    order, index = _place(groups, boxes)
+    edges = _edge_points(groups, boxes, drawn, routed, index)
+    width = max((b.x + b.w for b in order), default=0.0) + MARGIN
+    height = max((b.bottom for b in order), default=0.0) + MARGIN
+    return Layout(order, edges, width, height, index)
+
+
+def _representatives(nodes: Sequence[LayoutNode], expanded: set[str]) -> dict[str, str]:
+    """Each node's visible item: itself, or ``"scope/"`` of its outermost collapsed scope."""
     rep: dict[str, str] = {}
     for n in nodes:
         r = n.name
@@ -383,10 +394,14 @@ def compute_layout(nodes: Sequence[LayoutNode], expanded: Iterable[str] = ()) ->
                 r = s + "/"
                 break
         rep[n.name] = r
+    return rep
 
+
+def _groups_and_boxes(nodes: Sequence[LayoutNode], rep: dict[str, str]) -> tuple[dict[str, _Group], dict[str, Box]]:
+    """The open groups (``""``: the top level) with their children in order, and a box per visible item."""
+    sizes_by_scope = scope_sizes(n.name for n in nodes)
     groups: dict[str, _Group] = {"": _Group("")}
     boxes: dict[str, Box] = {}
-    by_name = {n.name: n for n in nodes}
     for n in nodes:
         item = rep[n.name]
         if item in boxes:
@@ -402,10 +417,16 @@ def compute_layout(nodes: Sequence[LayoutNode], expanded: Iterable[str] = ()) ->
                     boxes.setdefault(child, _scope_box(child[:-1], "group", sizes_by_scope[child[:-1]]))
                 grp.children.append(child)
                 grp.child_set.add(child)
+    return groups, boxes
 
-    # Node edges -> drawn edges between visible items, each routed in the innermost common group.
+
+def _route_edges(nodes: Sequence[LayoutNode], rep: dict[str, str], groups: dict[str, _Group]
+                 ) -> tuple[dict[tuple[str, str], Edge], list[tuple[str, int, tuple[str, str]]]]:
+    """Node edges -> drawn edges between visible items (parallel ones merged), each routed in the
+    innermost group that holds both ends: (drawn edges by item pair, [(group, group edge, drawn key)])."""
+    by_name = {n.name: n for n in nodes}
     drawn: dict[tuple[str, str], Edge] = {}
-    routed: list[tuple[str, int, tuple[str, str]]] = []  # (group, group edge, drawn key)
+    routed: list[tuple[str, int, tuple[str, str]]] = []
     for n in nodes:
         rv = rep[n.name]
         for names, is_control in ((n.inputs, False), (n.control_inputs, True)):
@@ -430,8 +451,12 @@ def compute_layout(nodes: Sequence[LayoutNode], expanded: Iterable[str] = ()) ->
                 b = cv[depth + 1] if len(cv) > depth + 1 else rv
                 pair_id = grp.pairs.setdefault((a, b), len(grp.pairs))
                 routed.append((grp.id, pair_id, key))
+    return drawn, routed
 
-    # Innermost groups first, so a group knows its size before its parent places it.
+
+def _size_groups(groups: dict[str, _Group], boxes: dict[str, Box]) -> None:
+    """Place each group's children inside it, innermost groups first (a group knows its size
+    before its parent places it), and size the group boxes."""
     sizes: dict[str, tuple[float, float]] = {k: (b.w, b.h) for k, b in boxes.items() if b.kind != "group"}
     for gid in sorted(groups, key=lambda g: -g.count("/")):
         grp = groups[gid]
@@ -442,6 +467,9 @@ def compute_layout(nodes: Sequence[LayoutNode], expanded: Iterable[str] = ()) ->
             box.h = grp.h + GROUP_HEADER + 2 * GROUP_PAD
             sizes[gid] = (box.w, box.h)
 
+
+def _place(groups: dict[str, _Group], boxes: dict[str, Box]) -> tuple[list[Box], dict[str, int]]:
+    """Absolute positions, top-down: the boxes with each group before its members, and their indices."""
     order: list[Box] = []
     index: dict[str, int] = {}
 
@@ -456,19 +484,23 @@ def compute_layout(nodes: Sequence[LayoutNode], expanded: Iterable[str] = ()) ->
                 emit(c, box.x + GROUP_PAD, box.y + GROUP_HEADER + GROUP_PAD, index[c])
 
     emit("", MARGIN, MARGIN, -1)
+    return order, index
+
+
+def _edge_points(groups: dict[str, _Group], boxes: dict[str, Box], drawn: dict[tuple[str, str], Edge],
+                 routed: list[tuple[str, int, tuple[str, str]]], index: dict[str, int]) -> list[Edge]:
+    """The drawn edges with their ends and polyline points in absolute coordinates."""
     offsets = {"": (MARGIN, MARGIN)}
     for gid in groups:
         if gid:
             b = boxes[gid]
             offsets[gid] = (b.x + GROUP_PAD, b.y + GROUP_HEADER + GROUP_PAD)
-
     edges = []
     for gid, pair_id, key in routed:
         grp = groups[gid]
         ox, oy = offsets[gid]
         e = drawn[key]
         su, sv = boxes[key[0]], boxes[key[1]]
-        a, b = grp.pair_list[pair_id]
         e.src, e.dst = index[key[0]], index[key[1]]
         e.is_back = pair_id in grp.reversed
         if e.is_back:  # two stubs, both downward: out of the source, into the target
@@ -477,6 +509,4 @@ def compute_layout(nodes: Sequence[LayoutNode], expanded: Iterable[str] = ()) ->
         else:
             e.points = [(su.cx, su.bottom), *[(ox + x, oy + y) for x, y in grp.routes[pair_id]], (sv.cx, sv.y)]
         edges.append(e)
-    width = max((b.x + b.w for b in order), default=0.0) + MARGIN
-    height = max((b.bottom for b in order), default=0.0) + MARGIN
-    return Layout(order, edges, width, height, index)
+    return edges

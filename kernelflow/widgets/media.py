@@ -5,34 +5,21 @@ An audio record is int16 PCM ``(clips, frames, channels)`` and its sample rate; 
 becomes an ``ipywidgets.Audio`` (a WAV the browser plays in an ``<audio>`` element with its
 controls), encoded once, when first shown. A text record is a list of strings, shown as rows.
 
-Contents: AudioPanel, TextPanel, wav_bytes.
+Contents: AudioPanel, TextPanel (and wav_bytes, from kernelflow.protocol.media).
 """
 
 from __future__ import annotations
 
 import html
-import io
-import wave
 from typing import Any
 
 import ipywidgets as widgets
 import numpy as np
 
+from ..protocol.media import wav_bytes
 from .records import KEEP, RecordPanel
 
 AUDIO_MIN_INTERVAL_S = 1.0  # as the images panel: new clips at most once a second from the render thread
-
-
-def wav_bytes(pcm16: np.ndarray, sample_rate: float) -> bytes:
-    """A WAV file of int16 samples ``(frames, channels)``."""
-    a = np.ascontiguousarray(pcm16, dtype="<i2")
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as f:
-        f.setnchannels(a.shape[1])
-        f.setsampwidth(2)
-        f.setframerate(int(round(sample_rate)))
-        f.writeframes(a.tobytes())
-    return buf.getvalue()
 
 
 class AudioPanel(RecordPanel):

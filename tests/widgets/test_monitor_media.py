@@ -13,8 +13,8 @@ import pytest
 pytest.importorskip("bqplot")
 
 import kernelflow as kf  # noqa: E402
+from kernelflow.protocol.media import wav_bytes  # noqa: E402
 from kernelflow.widgets import TrainingMonitor  # noqa: E402
-from kernelflow.widgets.media import wav_bytes  # noqa: E402
 from tests.support.waiting import wait_for  # noqa: E402
 from tests.widgets.test_monitor import FakeJob, scalars  # noqa: E402
 

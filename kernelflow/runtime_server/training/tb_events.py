@@ -18,6 +18,7 @@ import threading
 from typing import Any
 
 from ...protocol.jobspec import MEDIA, has_media
+from ...protocol.media import wav_bytes
 
 log = logging.getLogger("kernelflow.jobs")
 
@@ -165,23 +166,6 @@ def _write(w: Any, r: dict) -> None:
             _write_audio(w, f"{r['name']}/audio/{i}", clip, int(r["sample_rate"]), step, t)
     elif r["kind"] == "text":
         w.add_text(r["name"], "\n\n".join(r["text"]) or "(empty)", global_step=step, walltime=t)
-
-
-def wav_bytes(pcm16: Any, sample_rate: int) -> bytes:
-    """A WAV file of int16 samples ``(frames, channels)``."""
-    import io
-    import wave
-
-    import numpy as np
-
-    a = np.ascontiguousarray(pcm16, dtype="<i2")
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as f:
-        f.setnchannels(a.shape[1])
-        f.setsampwidth(2)
-        f.setframerate(sample_rate)
-        f.writeframes(a.tobytes())
-    return buf.getvalue()
 
 
 def _write_audio(w: Any, tag: str, clip: Any, rate: int, step: int, t: float) -> None:
