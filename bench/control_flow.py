@@ -15,7 +15,7 @@ Three parts, one table each:
     trips). Reported: the speed-up.
 
 Contenders are timed in interleaved rounds (bench/_common.py); medians, because the machine
-is small and shared. Usage: ``python bench/control_flow.py [--quick]``.
+is small and shared. Usage: ``python bench/control_flow.py [--quick] [--rounds N] [--part a,b,c]``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -224,11 +225,25 @@ def _table(title: str, contenders: list[Contender], unit: str, per: float, ref: 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer rounds (a smoke test)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 9, 3 with --quick)")
+    p.add_argument("--part", default="a,b,c", help="which parts to run, comma-separated (default a,b,c)")
     args = p.parse_args(argv)
-    rounds = 3 if args.quick else 9
+    rounds = args.rounds or (3 if args.quick else 9)
+    parts = set(args.part.split(","))
     print_facts(machine_facts())
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
 
+    if "a" in parts:
+        part_a(rounds, log)
+    if "b" in parts:
+        part_b(rounds, log)
+    if "c" in parts:
+        part_c(rounds, log)
+    return 0
+
+
+def part_a(rounds: int, log: Any) -> None:
+    """(a) the trivial while_loop beside TF1."""
     wc = while_contenders()
     run_interleaved(wc, rounds=rounds, block_s=0.5, log=log)
     _table(f"(a) trivial while_loop, {N_ITERS} iterations per run: time per iteration", wc, "us", 1 / N_ITERS, 1)
@@ -236,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntarget < 15 us/iteration and below TF1: {us:.1f} us -> "
           f"{'met' if us < 15 and median(wc[0].rates) > median(wc[1].rates) else 'MISSED'}")
 
+
+def part_b(rounds: int, log: Any) -> None:
+    """(b) the LSTM forward+backward beside TF1 and PyTorch."""
     lc = lstm_contenders()
     run_interleaved(lc, rounds=rounds, block_s=1.0, log=log)
     _table(f"(b) LSTM forward+backward, batch {B}, {U} units, {T} steps: time per step", lc, "ms", 1e-3, 2)
@@ -243,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntargets: ahead of TF1 ({kf_r / tf_r:.2f}x -> {'met' if kf_r > tf_r else 'MISSED'}), within 1.2x of "
           f"PyTorch ({pt_r / kf_r:.2f}x slower -> {'met' if pt_r / kf_r <= 1.2 else 'MISSED'})")
 
+
+def part_c(rounds: int, log: Any) -> None:
+    """(c) beam search as one g.run beside a Python loop of g.run, over TCP."""
     proc, url = _start_server()
     try:
         bc, rt = beam_contenders(url)
@@ -254,7 +275,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    return 0
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from ..graph.ir import Graph, Tensor
 from ..graph.ops import elementwise as E
 from ..graph.ops import movement as M
 from ..graph.ops import recurrent as R
+from ..graph.ops import search as S
 from ..graph.subgraph import TraceGraph
 from .layer_base import Layer, SymbolicTensor, activation_name, get_activation
 
@@ -152,6 +153,20 @@ class _Cell(Layer):
     def step(self, xk: Tensor, states: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         raise NotImplementedError
 
+    def sequence(self, xks: Tensor, states: list[Tensor], mask: Tensor | None) -> tuple[Tensor, list[Tensor]] | None:
+        """Every step at once with a fused whole-sequence op, or None where there is none.
+
+        Args:
+            xks: (time, batch, k) input projections, time-major, in processing order.
+            states: the initial states.
+            mask: None or (time, batch) bool, False where a row keeps its state.
+
+        Returns:
+            ``(outputs, final_states)`` with outputs (time, batch, units) (a masked step
+            repeats the previous output), or None: the layer then runs `step` in a scan.
+        """
+        return None
+
     def _act(self) -> Any:
         return get_activation(self.activation) or (lambda t: t)
 
@@ -201,6 +216,12 @@ class LSTMCell(_Cell):
         c2 = f * c + i * cc
         h2 = o * act(c2)
         return h2, [h2, c2]
+
+    def sequence(self, xks: Tensor, states: list[Tensor], mask: Tensor | None) -> tuple[Tensor, list[Tensor]] | None:
+        if not (self._act() is E.tanh and self._ract() is E.sigmoid):
+            return None
+        hs, cs = R.lstm_sequence(xks, states[0], states[1], self.recurrent_kernel, mask)  # one kernel each way
+        return hs, [hs[-1], cs[-1]]
 
 
 class GRUCell(_Cell):
@@ -328,6 +349,19 @@ class RNN(Layer):
         # The output of these cells is their first state (h), and a padded step keeps h, so the
         # stacked first states are the outputs; only zero_output_for_mask carries its own output.
         own_out = masked and self.zero_output_for_mask
+        xs = xk[::-1] if self.go_backwards else xk
+        mask = None
+        if masked:
+            times = S.arange(steps)  # the time of each processing step
+            if self.go_backwards:
+                times = steps - 1 - times
+            mask = E.less(M.expand_dims(times, 1), M.expand_dims(lengths, 0))  # (time, batch)
+        fused = cell.sequence(xs, states, mask)
+        if fused is not None:
+            outputs, final = fused
+            if own_out:
+                outputs = E.where(M.expand_dims(mask, 2), outputs, 0)
+            return self._result(outputs, final)
         n_s = cell.n_states
 
         def fn(acc: Any, xk_t: Tensor) -> Any:
@@ -343,9 +377,11 @@ class RNN(Layer):
         acc0: tuple = tuple(states)
         if masked:
             acc0 = acc0 + (t0,) + ((states[0],) if own_out else ())
-        seq = cf.scan(fn, xk[::-1] if self.go_backwards else xk, initializer=acc0)
-        final = [s[-1] for s in seq[:n_s]]
-        outputs = seq[-1] if own_out else seq[0]
+        seq = cf.scan(fn, xs, initializer=acc0)
+        return self._result(seq[-1] if own_out else seq[0], [s[-1] for s in seq[:n_s]])
+
+    def _result(self, outputs: Tensor, final: list[Tensor]) -> Any:
+        """The layer's value from the time-major outputs and the final states."""
         y = M.transpose(outputs, (1, 0, 2)) if self.return_sequences else final[0]
         return [y, *final] if self.return_state else y
 

@@ -1,24 +1,28 @@
-"""Fused recurrent-cell ops: lstm_cell and its gradient.
+"""Fused recurrent ops: lstm_cell (one step), lstm_sequence (a whole sequence) and their gradients.
 
 A primitive for speed: one LSTM step (gates i, f, c, o from the pre-activations, Keras's
 order) as one kernel instead of about a dozen elementwise nodes, and its backward pass as one
 more instead of about thirty; a 50-step LSTM runs these once per step. Both yield two values
 (read with ``tuple_get``).
 
-Contents: lstm_cell.
+``lstm_sequence`` runs every step of an LSTM in one kernel and saves the gate activations;
+its gradient runs backpropagation through time in one more (as cuDNN and PyTorch do): no
+per-step dispatch, no forward recomputation. kf.nn.LSTM uses it for its sigmoid/tanh cell.
+
+Contents: lstm_cell, lstm_sequence.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ...errors import ShapeError
+from ...errors import InvalidArgumentError, ShapeError
 from ..ir import Aval, Tensor
 from ..registry import define_op
 from ..shapes import FLOATING, format_shape
 from .control_flow import tuple_get, zeros_like
 
-__all__ = ["lstm_cell"]
+__all__ = ["lstm_cell", "lstm_sequence"]
 
 
 def _lstm_parts(z: Any, c: Any) -> tuple:
@@ -66,4 +70,103 @@ def lstm_cell(z: Tensor, c: Tensor, name: str | None = None) -> tuple[Tensor, Te
         ``(h, c)`` of the step, each (batch, units).
     """
     node = lstm_cell_op.bind(z, c, name=name)
+    return tuple_get(node, 0), tuple_get(node, 1)
+
+
+# --------------------------------------------------------------------------- whole-sequence LSTM
+def _dim(op: str, what: str, *dims: Any) -> Any:
+    """The one known value among ``dims`` (None when none is known); disagreeing dims raise."""
+    known = {d for d in dims if d is not None}
+    if len(known) > 1:
+        raise ShapeError(f"{op}: {what} disagree: {sorted(known)}")
+    return known.pop() if known else None
+
+
+def _seq_dims(op: str, x: Any, h0: Any, c0: Any, rk: Any, mask: tuple) -> tuple:
+    """(T, B, U) of an lstm_sequence's inputs, checked."""
+    dt = x.dtype
+    if dt not in FLOATING or any(a.dtype != dt for a in (h0, c0, rk)):
+        raise ShapeError(f"{op}: x, h0, c0 and recurrent_kernel must share a floating dtype; got {x}, {h0}, {c0}, "
+                         f"{rk}")
+    if x.ndim != 3 or h0.ndim != 2 or c0.ndim != 2 or rk.ndim != 2:
+        raise ShapeError(f"{op}: expected x (time, batch, 4 * units), h0 and c0 (batch, units), recurrent_kernel "
+                         f"(units, 4 * units); got x{format_shape(x.shape)}, h0{format_shape(h0.shape)}, "
+                         f"c0{format_shape(c0.shape)}, recurrent_kernel{format_shape(rk.shape)}")
+    quarter = [None if d is None else d / 4 for d in (x.shape[2], rk.shape[1])]
+    u = _dim(op, "the units (h0, c0 and recurrent_kernel dims; x's and recurrent_kernel's last dim / 4)",
+             h0.shape[1], c0.shape[1], rk.shape[0], *quarter)
+    if u is not None and u != int(u):
+        raise ShapeError(f"{op}: the last dim of x and recurrent_kernel must be 4 * units; got "
+                         f"x{format_shape(x.shape)}, recurrent_kernel{format_shape(rk.shape)}")
+    if len(mask) > 1:
+        raise InvalidArgumentError(f"{op}: at most one mask; got {len(mask)}")
+    m = mask[0] if mask else None
+    if m is not None and (m.dtype != "bool" or m.ndim != 2):
+        raise ShapeError(f"{op}: the mask must be a (time, batch) bool tensor; got {m}")
+    t = _dim(op, "the time dims (x, mask)", x.shape[0], *(m.shape[:1] if m is not None else ()))
+    b = _dim(op, "the batch dims (x, h0, c0, mask)", x.shape[1], h0.shape[0], c0.shape[0],
+             *(m.shape[1:] if m is not None else ()))
+    return t, b, None if u is None else int(u)
+
+
+def _seq_parts(x: Any, h0: Any, c0: Any, rk: Any, *mask: Any) -> tuple:
+    t, b, u = _seq_dims("lstm_sequence", x, h0, c0, rk, mask)
+    return (Aval((t, b, u), x.dtype), Aval((t, b, u), x.dtype), Aval((t, b, None if u is None else 5 * u), x.dtype))
+
+
+def _seq_vjp(ct: list, out: Tensor, x: Tensor, h0: Tensor, c0: Tensor, rk: Tensor, *mask: Tensor) -> tuple:
+    if ct[2] is not None:
+        raise InvalidArgumentError("lstm_sequence: output 2 (the saved gate activations, for the gradient) is not "
+                                   "differentiable; differentiate outputs 0 (h) and 1 (c)")
+    hs, cs, res = (tuple_get(out, i) for i in range(3))
+    dhs = ct[0] if ct[0] is not None else zeros_like(hs)
+    dcs = ct[1] if ct[1] is not None else zeros_like(cs)
+    grad = lstm_sequence_grad_op.bind(h0, c0, rk, hs, cs, res, dhs, dcs, *mask)
+    return tuple(tuple_get(grad, i) for i in range(4)) + (None,) * len(mask)
+
+
+lstm_sequence_op = define_op(
+    "lstm_sequence", ("x", "h0", "c0", "recurrent_kernel", "*mask"), shape_rule=lambda *a: (),
+    dtype_rule=lambda *a: None, parts_rule=_seq_parts, vjp=_seq_vjp,
+    doc="(h, c, saved gates) of every step of an LSTM over x = inputs @ kernel + bias (time-major, gates i, f, c, o)")
+
+
+def _seq_grad_parts(h0: Any, c0: Any, rk: Any, hs: Any, cs: Any, res: Any, dhs: Any, dcs: Any, *mask: Any) -> tuple:
+    t, b, u = _seq_dims("lstm_sequence_grad", Aval(hs.shape[:2] + (None,), hs.dtype), h0, c0, rk, mask)
+    g = None if u is None else 4 * u
+    return (Aval((t, b, g), h0.dtype), Aval(h0.shape, h0.dtype), Aval(c0.shape, c0.dtype), Aval(rk.shape, rk.dtype))
+
+
+lstm_sequence_grad_op = define_op(
+    "lstm_sequence_grad", ("h0", "c0", "recurrent_kernel", "hs", "cs", "reserve", "dhs", "dcs", "*mask"),
+    shape_rule=lambda *a: (), dtype_rule=lambda *a: None, parts_rule=_seq_grad_parts, differentiable=False,
+    doc="(dx, dh0, dc0, drecurrent_kernel) of lstm_sequence: backpropagation through time in one kernel")
+
+
+def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, recurrent_kernel: Tensor, mask: Tensor | None = None,
+                  name: str | None = None) -> tuple[Tensor, Tensor]:
+    """A whole LSTM sequence in one op (sigmoid gates, tanh): every step's ``(h, c)``.
+
+    Step t computes ``z = x[t] + h @ recurrent_kernel``, gates i, f, c, o (Keras's order),
+    ``c' = f * c + i * tanh(z_c)``, ``h' = o * tanh(c')``; where ``mask[t, b]`` is False, row b
+    keeps its ``(h, c)`` (Keras's masking). The forward pass saves the gate activations, so the
+    gradient is one backward sweep (no recomputation) with the recurrent kernel's gradient as
+    one matrix product over all steps.
+
+    Args:
+        x: (time, batch, 4 * units) input projections ``inputs @ kernel + bias``, time-major.
+        h0: (batch, units) the initial output state.
+        c0: (batch, units) the initial cell state.
+        recurrent_kernel: (units, 4 * units).
+        mask: optional (time, batch) bool; False steps leave a row's state unchanged.
+        name: optional node name.
+
+    Returns:
+        ``(hs, cs)``, each (time, batch, units): the states after every step (``hs[-1]``,
+        ``cs[-1]`` are the final ones; a masked step repeats the previous state).
+
+    Example:
+        >>> hs, cs = kf.lstm_sequence(xs @ w + b, h0, c0, u)
+    """
+    node = lstm_sequence_op.bind(x, h0, c0, recurrent_kernel, *(() if mask is None else (mask,)), name=name)
     return tuple_get(node, 0), tuple_get(node, 1)
