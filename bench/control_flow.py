@@ -15,7 +15,9 @@ Three parts, one table each:
     trips). Reported: the speed-up.
 
 Contenders are timed in interleaved rounds (bench/_common.py); medians, because the machine
-is small and shared. Usage: ``python bench/control_flow.py [--quick] [--rounds N] [--part a,b,c]``.
+is small and shared. glibc's malloc is tuned as ``kernelflow serve`` tunes it (for every
+contender; ``--malloc-default`` leaves it). Usage:
+``python bench/control_flow.py [--quick] [--rounds N] [--part a,b,c] [--malloc-default]``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,15 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
-from _common import Contender, machine_facts, median, print_facts, print_table, run_interleaved  # noqa: E402
+from _common import (  # noqa: E402
+    Contender,
+    machine_facts,
+    median,
+    print_facts,
+    print_table,
+    run_interleaved,
+    tune_malloc,
+)
 
 # One BLAS/compute thread for every contender: on a small shared machine, multi-threaded BLAS on
 # (32, 128) @ (128, 512) spends more time waking threads than multiplying (36 ms instead of 0.1 ms).
@@ -227,7 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer rounds (a smoke test)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 9, 3 with --quick)")
     p.add_argument("--part", default="a,b,c", help="which parts to run, comma-separated (default a,b,c)")
+    p.add_argument("--malloc-default", action="store_true",
+                   help="leave glibc's malloc as is (default: tuned as `kernelflow serve` tunes it, for every "
+                        "contender alike, so the LSTM's MB-sized per-step arrays reuse freed heap, not fresh pages)")
     args = p.parse_args(argv)
+    if not args.malloc_default:
+        tune_malloc()
     rounds = args.rounds or (3 if args.quick else 9)
     parts = set(args.part.split(","))
     print_facts(machine_facts())

@@ -220,8 +220,8 @@ class LSTMCell(_Cell):
     def sequence(self, xks: Tensor, states: list[Tensor], mask: Tensor | None) -> tuple[Tensor, list[Tensor]] | None:
         if not (self._act() is E.tanh and self._ract() is E.sigmoid):
             return None
-        hs, cs = R.lstm_sequence(xks, states[0], states[1], self.recurrent_kernel, mask)  # one kernel each way
-        return hs, [hs[-1], cs[-1]]
+        hs, c = R.lstm_sequence(xks, states[0], states[1], self.recurrent_kernel, mask)  # one kernel each way
+        return hs, [hs[-1], c]
 
 
 class GRUCell(_Cell):

@@ -111,41 +111,45 @@ def _seq_dims(op: str, x: Any, h0: Any, c0: Any, rk: Any, mask: tuple) -> tuple:
 
 def _seq_parts(x: Any, h0: Any, c0: Any, rk: Any, *mask: Any) -> tuple:
     t, b, u = _seq_dims("lstm_sequence", x, h0, c0, rk, mask)
-    return (Aval((t, b, u), x.dtype), Aval((t, b, u), x.dtype), Aval((t, b, None if u is None else 5 * u), x.dtype))
+    return (Aval((t, b, u), x.dtype), Aval((b, u), x.dtype), Aval((t, 6, b, u), x.dtype))
 
 
 def _seq_vjp(ct: list, out: Tensor, x: Tensor, h0: Tensor, c0: Tensor, rk: Tensor, *mask: Tensor) -> tuple:
     if ct[2] is not None:
-        raise InvalidArgumentError("lstm_sequence: output 2 (the saved gate activations, for the gradient) is not "
-                                   "differentiable; differentiate outputs 0 (h) and 1 (c)")
-    hs, cs, res = (tuple_get(out, i) for i in range(3))
+        raise InvalidArgumentError("lstm_sequence: output 2 (the reserve saved for the gradient) is not "
+                                   "differentiable; differentiate outputs 0 (every h) and 1 (the last c)")
+    hs, c, res = (tuple_get(out, i) for i in range(3))
     dhs = ct[0] if ct[0] is not None else zeros_like(hs)
-    dcs = ct[1] if ct[1] is not None else zeros_like(cs)
-    grad = lstm_sequence_grad_op.bind(h0, c0, rk, hs, cs, res, dhs, dcs, *mask)
+    dc = ct[1] if ct[1] is not None else zeros_like(c)
+    grad = lstm_sequence_grad_op.bind(h0, c0, rk, hs, res, dhs, dc, *mask)
     return tuple(tuple_get(grad, i) for i in range(4)) + (None,) * len(mask)
 
 
 lstm_sequence_op = define_op(
     "lstm_sequence", ("x", "h0", "c0", "recurrent_kernel", "*mask"), shape_rule=lambda *a: (),
     dtype_rule=lambda *a: None, parts_rule=_seq_parts, vjp=_seq_vjp,
-    doc="(h, c, saved gates) of every step of an LSTM over x = inputs @ kernel + bias (time-major, gates i, f, c, o)")
+    doc="(every h, the last c, a reserve for the gradient) of an LSTM over x = inputs @ kernel + bias "
+        "(time-major, gates i, f, c, o)")
 
 
-def _seq_grad_parts(h0: Any, c0: Any, rk: Any, hs: Any, cs: Any, res: Any, dhs: Any, dcs: Any, *mask: Any) -> tuple:
+def _seq_grad_parts(h0: Any, c0: Any, rk: Any, hs: Any, res: Any, dhs: Any, dc: Any, *mask: Any) -> tuple:
     t, b, u = _seq_dims("lstm_sequence_grad", Aval(hs.shape[:2] + (None,), hs.dtype), h0, c0, rk, mask)
+    if res.ndim != 4 or dhs.ndim != 3 or dc.ndim != 2:
+        raise ShapeError(f"lstm_sequence_grad: expected reserve (time, 6, batch, units), dhs (time, batch, units) "
+                         f"and dc (batch, units); got {res}, {dhs}, {dc}")
     g = None if u is None else 4 * u
     return (Aval((t, b, g), h0.dtype), Aval(h0.shape, h0.dtype), Aval(c0.shape, c0.dtype), Aval(rk.shape, rk.dtype))
 
 
 lstm_sequence_grad_op = define_op(
-    "lstm_sequence_grad", ("h0", "c0", "recurrent_kernel", "hs", "cs", "reserve", "dhs", "dcs", "*mask"),
+    "lstm_sequence_grad", ("h0", "c0", "recurrent_kernel", "hs", "reserve", "dhs", "dc", "*mask"),
     shape_rule=lambda *a: (), dtype_rule=lambda *a: None, parts_rule=_seq_grad_parts, differentiable=False,
     doc="(dx, dh0, dc0, drecurrent_kernel) of lstm_sequence: backpropagation through time in one kernel")
 
 
 def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, recurrent_kernel: Tensor, mask: Tensor | None = None,
                   name: str | None = None) -> tuple[Tensor, Tensor]:
-    """A whole LSTM sequence in one op (sigmoid gates, tanh): every step's ``(h, c)``.
+    """A whole LSTM sequence in one op (sigmoid gates, tanh): every step's h and the last c.
 
     Step t computes ``z = x[t] + h @ recurrent_kernel``, gates i, f, c, o (Keras's order),
     ``c' = f * c + i * tanh(z_c)``, ``h' = o * tanh(c')``; where ``mask[t, b]`` is False, row b
@@ -162,11 +166,12 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, recurrent_kernel: Tensor, m
         name: optional node name.
 
     Returns:
-        ``(hs, cs)``, each (time, batch, units): the states after every step (``hs[-1]``,
-        ``cs[-1]`` are the final ones; a masked step repeats the previous state).
+        ``(hs, c)``: hs (time, batch, units) the output state after every step (a masked step
+        repeats the previous one, so ``hs[-1]`` is the final h), c (batch, units) the final
+        cell state.
 
     Example:
-        >>> hs, cs = kf.lstm_sequence(xs @ w + b, h0, c0, u)
+        >>> hs, c = kf.lstm_sequence(xs @ w + b, h0, c0, u)
     """
     node = lstm_sequence_op.bind(x, h0, c0, recurrent_kernel, *(() if mask is None else (mask,)), name=name)
     return tuple_get(node, 0), tuple_get(node, 1)
