@@ -41,11 +41,13 @@ def lstm_cell_grad_kernel(xp, z, c, dh, dc):
 
 # --------------------------------------------------------------------------- whole-sequence LSTM
 # The reserve (saved for the gradient) is gate-major, (time, 6, batch, units): per step the
-# activations of gates i, f, o, then the candidate g, then tanh(c) before masking and c after
-# it, so every elementwise operation below runs on contiguous (batch, units) blocks (numpy is
-# 2-3x slower on column slices of a (batch, 4 * units) array). The projections themselves,
-# x and dx, stay in Keras's (batch, 4 * units) layout with gates i, f, c, o.
-_I, _F, _O, _G, _TC, _C = range(6)
+# activations of gates i, f, o, then the candidate g, the cell state the step started from
+# (c_prev) and tanh of its new c before masking. Every elementwise operation below then runs
+# on contiguous (batch, units) blocks (numpy is 2-3x slower on column slices of a (batch,
+# 4 * units) array), and the three sigmoid gates' derivative partners (g, c_prev, tanh(c))
+# are one contiguous block too. x and dx stay in Keras's (batch, 4 * units) layout, gates
+# i, f, c, o.
+_I, _F, _O, _G, _CP, _TC = range(6)
 
 
 def _quiet(xp):
@@ -53,40 +55,52 @@ def _quiet(xp):
     return np.errstate(over="ignore") if xp is np else contextlib.nullcontext()
 
 
+def _gate_major(a, u):
+    """(batch, 4 * units) -> a (4, batch, units) view, Keras's gate order i, f, c, o."""
+    return a.reshape(a.shape[0], 4, u).transpose(1, 0, 2)
+
+
 @kernel(R.lstm_sequence_op)
 def lstm_sequence_kernel(xp, x, h0, c0, rk, *mask):
     n_t, b, g4 = x.shape
     u = g4 // 4
     hs = xp.empty((n_t, b, u), x.dtype)
+    c_last = xp.empty((b, u), x.dtype)
     res = xp.empty((n_t, 6, b, u), x.dtype)
+    if n_t == 0:
+        c_last[...] = c0
+        return hs, c_last, res
+    neg_rk = -rk  # z = h @ -rk: then -(x + h @ rk) = z - x, the sigmoid's exp(-.) argument, in one pass
     z = xp.empty((b, g4), x.dtype)
-    zg = z.reshape(b, 4, u).transpose(1, 0, 2)  # gate-major view of z: i, f, c, o
+    zg = _gate_major(z, u)
     tmp = xp.empty((b, u), x.dtype)
     pad = ~mask[0][:, :, None] if mask else None  # (T, B, 1): True where a row keeps its state
-    h, c = h0, c0
+    res[0, _CP] = c0
+    h = h0
     with _quiet(xp):
         for t in range(n_t):
-            xp.matmul(h, rk, out=z)
-            z += x[t]
             r = res[t]
+            xg = _gate_major(x[t], u)
+            xp.matmul(h, neg_rk, out=z)
             sig = r[:_G]
-            xp.negative(zg[:2], out=sig[:2])  # sigmoid(z) = 1 / (1 + exp(-z)), TensorFlow's formula
-            xp.negative(zg[3], out=sig[2])
+            xp.subtract(zg[:2], xg[:2], out=sig[:2])  # sigmoid(v) = 1 / (1 + exp(-v)), TensorFlow's formula
+            xp.subtract(zg[3], xg[3], out=sig[2])
             xp.exp(sig, out=sig)
             sig += 1
             xp.reciprocal(sig, out=sig)
-            xp.tanh(zg[2], out=r[_G])
-            cn, hn = r[_C], hs[t]
-            xp.multiply(r[_F], c, out=cn)
+            xp.subtract(xg[2], zg[2], out=r[_G])
+            xp.tanh(r[_G], out=r[_G])
+            cn, hn = (res[t + 1, _CP] if t + 1 < n_t else c_last), hs[t]
+            xp.multiply(r[_F], r[_CP], out=cn)
             xp.multiply(r[_I], r[_G], out=tmp)
             cn += tmp
             xp.tanh(cn, out=r[_TC])
             xp.multiply(r[_O], r[_TC], out=hn)
             if pad is not None:
                 xp.copyto(hn, h, where=pad[t])
-                xp.copyto(cn, c, where=pad[t])
-            h, c = hn, cn
-    return hs, (res[-1, _C].copy() if n_t else c0.copy()), res
+                xp.copyto(cn, r[_CP], where=pad[t])
+            h = hn
+    return hs, c_last, res
 
 
 @kernel(R.lstm_sequence_grad_op)
@@ -96,49 +110,43 @@ def lstm_sequence_grad_kernel(xp, h0, c0, rk, hs, res, dhs, dc_last, *mask):
     dx = xp.empty((n_t, b, g4), hs.dtype)
     dh = xp.zeros((b, u), hs.dtype)  # the cotangents carried back into the previous step
     dc = dc_last.astype(hs.dtype, copy=True)
-    dcc = xp.empty((b, u), hs.dtype)  # of c before masking
-    dzg = xp.empty((4, b, u), hs.dtype)  # of the pre-activations, gate-major: i, f, o, g
+    dcc = xp.empty((b, u), hs.dtype)  # of the step's new c before masking
+    ds = xp.empty((3, b, u), hs.dtype)  # of the sigmoid gates' pre-activations, over the cotangent
+    dg = xp.empty((b, u), hs.dtype)  # of the candidate's, likewise
     keep = mask[0][:, :, None].astype(hs.dtype) if mask else None  # 1 where a step counts, 0 where it is padding
     rk_t = rk.T
     for t in range(n_t - 1, -1, -1):
         r = res[t]
-        c_prev = res[t - 1, _C] if t else c0
         dh += dhs[t]
         if keep is not None:
             m = keep[t]
-            dhn, dcn = dh * m, dc * m  # what reaches the step's new (h, c); the rest skips it
+            dhn, dcn = dh * m, dc * m  # what reaches the step's new (h, c); the rest skips the step
             dh -= dhn
             dc -= dcn
         else:
             dhn, dcn = dh, dc
-        tc = r[_TC]
-        xp.multiply(tc, tc, out=dcc)  # dc' = dcn + dhn * o * (1 - tanh(c')^2)
+        xp.multiply(r[_TC], r[_TC], out=dcc)  # dc' = dcn + dhn * o * (1 - tanh(c')^2)
         xp.subtract(1, dcc, out=dcc)
         dcc *= r[_O]
         dcc *= dhn
         dcc += dcn
-        sig = dzg[:_G]
-        xp.subtract(1, r[:_G], out=sig)  # sigmoid' = s (1 - s) for i, f, o
-        sig *= r[:_G]
-        xp.multiply(r[_G], r[_G], out=dzg[_G])  # tanh' = 1 - g^2 for the candidate
-        xp.subtract(1, dzg[_G], out=dzg[_G])
-        dzg[_I] *= r[_G]
-        dzg[_F] *= c_prev
-        dzg[_O] *= tc
-        dzg[_G] *= r[_I]
-        dzg[_I:_F + 1] *= dcc
-        dzg[_G] *= dcc
-        dzg[_O] *= dhn
-        dzt = dx[t].reshape(b, 4, u).transpose(1, 0, 2)  # Keras's order i, f, c, o
-        dzt[:2] = dzg[:2]
-        dzt[2] = dzg[_G]
-        dzt[3] = dzg[_O]
+        xp.subtract(1, r[:_G], out=ds)  # i, f, o: s (1 - s) times g, c_prev, tanh(c') respectively
+        ds *= r[:_G]
+        ds *= r[_G:]
+        xp.multiply(r[_G], r[_G], out=dg)  # g: (1 - g^2) times i
+        xp.subtract(1, dg, out=dg)
+        dg *= r[_I]
+        dz = dx[t]
+        dzg = _gate_major(dz, u)
+        xp.multiply(ds[:2], dcc, out=dzg[:2])
+        xp.multiply(dg, dcc, out=dzg[2])
+        xp.multiply(ds[2], dhn, out=dzg[3])
         if keep is not None:
             dc += dcc * r[_F]
-            dh += xp.matmul(dx[t], rk_t)
+            dh += xp.matmul(dz, rk_t)
         else:
             xp.multiply(dcc, r[_F], out=dc)
-            xp.matmul(dx[t], rk_t, out=dh)
+            xp.matmul(dz, rk_t, out=dh)
     if n_t:
         # The recurrent kernel's gradient, one product over all steps: sum_t h_{t-1}^T dz_t.
         drk = xp.matmul(h0.T, dx[0])
