@@ -81,6 +81,73 @@ def test_recurrent_layer_matches_keras(keras, g, kind, masked):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("kwargs", [{"go_backwards": True}, {"activation": "relu"}, {"unit_forget_bias": False}],
+                         ids=["go_backwards", "relu_scan_path", "no_forget_bias"])
+def test_lstm_variants_match_keras_with_mask(keras, g, kwargs):
+    x, _ = _inputs()
+    k_layer = keras.layers.LSTM(U, return_sequences=True, return_state=True, dtype="float64", **kwargs)
+    k_layer.build((B, T, F))
+    rng = np.random.default_rng(5)
+    weights = [rng.standard_normal(w.shape) * 0.4 for w in k_layer.weights]
+    k_layer.set_weights(weights)
+    ct = [rng.standard_normal((B, T, U)), rng.standard_normal((B, U)), rng.standard_normal((B, U))]
+    k_outs, k_grads = _keras_run(keras, k_layer, x, True, ct)
+    layer = kf.nn.LSTM(U, return_sequences=True, return_state=True, **kwargs)
+    outs, grads = _kf_run(g, layer, x, True, ct, weights)
+    ops = {n.op.name for n in g.nodes()}
+    assert ("lstm_sequence" in ops) == ("activation" not in kwargs)  # relu: the generic scan path
+    for a, b in zip(outs, k_outs):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+    for a, b in zip(grads, k_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
+@pytest.mark.parametrize("go_backwards", [False, True], ids=["forward", "backward"])
+def test_fused_lstm_equals_the_scan_of_its_cell(g, masked, go_backwards):
+    """kf.nn.LSTM's whole-sequence op against the same layer run step by step (kf.scan of the
+    cell's formulas, forced by an activation that is tanh but not the tanh op object)."""
+    x, _ = _inputs()
+    rng = np.random.default_rng(6)
+    cts = [rng.standard_normal((B, T, U)), rng.standard_normal((B, U)), rng.standard_normal((B, U))]
+    weights = [rng.standard_normal(s) * 0.4 for s in ((F, 4 * U), (U, 4 * U), (4 * U,))]
+    xp = g.placeholder((None, None, F), "float64", name="x")
+    res = []
+    for act in ("tanh", lambda v: kf.tanh(v)):
+        layer = kf.nn.LSTM(U, return_sequences=True, return_state=True, go_backwards=go_backwards,
+                           zero_output_for_mask=True, activation=act)
+        outs = layer(xp, sequence_length=LENGTHS if masked else None)
+        for v, w in zip(layer.weights, weights):
+            v.set(w)
+        obj = sum(kf.sum(o * c) for o, c in zip(outs, cts))
+        res.append(g.run([outs, kf.gradients(obj, [xp] + layer.weights)], {xp: x}))
+    ops = [n.op.name for n in g.nodes()]
+    assert ops.count("lstm_sequence") == 1 and ops.count("scan") == 1
+    (fused_outs, fused_grads), (scan_outs, scan_grads) = res
+    for a, b in zip(fused_outs + fused_grads, scan_outs + scan_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+    if masked:  # zero_output_for_mask: padded steps output zeros
+        np.testing.assert_array_equal(fused_outs[0][1, 2:] if not go_backwards else fused_outs[0][1, :T - 2], 0)
+
+
+def test_lstm_sequence_rejects_bad_shapes(g):
+    x = g.placeholder((5, 3, 8), "float32", name="x")
+    h = g.placeholder((3, 2), "float32", name="h")
+    rk = g.placeholder((2, 8), "float32", name="rk")
+    with pytest.raises(kf.errors.ShapeError, match="lstm_sequence: the units"):
+        kf.lstm_sequence(x, h, h, g.placeholder((3, 12), "float32", name="rk3"))
+    with pytest.raises(kf.errors.ShapeError, match="lstm_sequence: x, h0, c0 and recurrent_kernel must share"):
+        kf.lstm_sequence(x, h, h, g.placeholder((2, 8), "float64", name="rk64"))
+    with pytest.raises(kf.errors.ShapeError, match=r"lstm_sequence: the mask must be a \(time, batch\) bool"):
+        kf.lstm_sequence(x, h, h, rk, g.placeholder((5, 3), "float32", name="m"))
+    with pytest.raises(kf.errors.ShapeError, match="lstm_sequence: the time dims"):
+        kf.lstm_sequence(x, h, h, rk, g.placeholder((4, 3), "bool", name="m4"))
+    with pytest.raises(kf.errors.ShapeError, match="lstm_sequence: expected x"):
+        kf.lstm_sequence(h, h, h, rk)
+    hs, c = kf.lstm_sequence(x, h, h, rk)
+    assert (hs.shape, c.shape) == ((5, 3, 2), (3, 2))
+
+
 def test_masked_steps_change_neither_output_nor_state(g):
     x, _ = _inputs()
     layer = kf.nn.LSTM(U, return_sequences=True, return_state=True, seed=0)
