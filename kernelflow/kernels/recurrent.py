@@ -70,25 +70,29 @@ def lstm_sequence_kernel(xp, x, h0, c0, rk, *mask):
     if n_t == 0:
         c_last[...] = c0
         return hs, c_last, res
-    neg_rk = -rk  # z = h @ -rk: then -(x + h @ rk) = z - x, the sigmoid's exp(-.) argument, in one pass
-    z = xp.empty((b, g4), x.dtype)
-    zg = _gate_major(z, u)
-    tmp = xp.empty((b, u), x.dtype)
+    # The recurrent product goes straight into the reserve's gate blocks as one batched product
+    # h @ (4, units, units): negated for the sigmoid gates, whose exp(-v) it then feeds.
+    r4 = rk.reshape(u, 4, u).transpose(1, 0, 2)  # Keras's i, f, c, o
+    nr4 = xp.empty((4, u, u), rk.dtype)
+    xp.negative(r4[:2], out=nr4[:2])
+    xp.negative(r4[3], out=nr4[_O])
+    nr4[_G] = r4[2]
     pad = ~mask[0][:, :, None] if mask else None  # (T, B, 1): True where a row keeps its state
+    tmp = xp.empty((b, u), x.dtype)
     res[0, _CP] = c0
     h = h0
     with _quiet(xp):
         for t in range(n_t):
             r = res[t]
             xg = _gate_major(x[t], u)
-            xp.matmul(h, neg_rk, out=z)
+            xp.matmul(h, nr4, out=r[:4])
             sig = r[:_G]
-            xp.subtract(zg[:2], xg[:2], out=sig[:2])  # sigmoid(v) = 1 / (1 + exp(-v)), TensorFlow's formula
-            xp.subtract(zg[3], xg[3], out=sig[2])
+            sig[:2] -= xg[:2]  # -(x + h @ rk); sigmoid(v) = 1 / (1 + exp(-v)), TensorFlow's formula
+            sig[_O] -= xg[3]
+            r[_G] += xg[2]
             xp.exp(sig, out=sig)
             sig += 1
             xp.reciprocal(sig, out=sig)
-            xp.subtract(xg[2], zg[2], out=r[_G])
             xp.tanh(r[_G], out=r[_G])
             cn, hn = (res[t + 1, _CP] if t + 1 < n_t else c_last), hs[t]
             xp.multiply(r[_F], r[_CP], out=cn)
@@ -114,7 +118,7 @@ def lstm_sequence_grad_kernel(xp, h0, c0, rk, hs, res, dhs, dc_last, *mask):
     ds = xp.empty((3, b, u), hs.dtype)  # of the sigmoid gates' pre-activations, over the cotangent
     dg = xp.empty((b, u), hs.dtype)  # of the candidate's, likewise
     keep = mask[0][:, :, None].astype(hs.dtype) if mask else None  # 1 where a step counts, 0 where it is padding
-    rk_t = rk.T
+    rk_t = xp.ascontiguousarray(rk.T)  # (numpy's product is 1.6x faster with it contiguous)
     for t in range(n_t - 1, -1, -1):
         r = res[t]
         dh += dhs[t]
