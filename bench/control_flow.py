@@ -109,7 +109,7 @@ def lstm_contenders() -> list[Contender]:
     grads = kf.gradients(loss, [x] + layer.weights)
     kf_step = g.make_callable(grads, [x])
     kf_step(xv)
-    out.append(Contender("kf.nn.LSTM (scan), in-process", lambda: kf_step(xv)))
+    out.append(Contender("kf.nn.LSTM (fused lstm_sequence), in-process", lambda: kf_step(xv)))
 
     tf, tf1 = _tf1()
     graph = tf.Graph()
