@@ -61,7 +61,7 @@ def _gate_major(a, u):
 
 
 @kernel(R.lstm_sequence_op)
-def lstm_sequence_kernel(xp, x, h0, c0, rk, *mask):
+def lstm_sequence_kernel(xp, x, h0, c0, rk, bias, *mask):
     n_t, b, g4 = x.shape
     u = g4 // 4
     hs = xp.empty((n_t, b, u), x.dtype)
@@ -80,12 +80,14 @@ def lstm_sequence_kernel(xp, x, h0, c0, rk, *mask):
     pad = ~mask[0][:, :, None] if mask else None  # (T, B, 1): True where a row keeps its state
     tmp = xp.empty((b, u), x.dtype)
     xc = xp.empty((4, b, u), x.dtype)  # x[t] gate-major: one strided copy, then contiguous arithmetic
+    b4 = bias.reshape(4, 1, u)
     res[0, _CP] = c0
     h = h0
     with _quiet(xp):
         for t in range(n_t):
             r = res[t]
             xc[...] = _gate_major(x[t], u)
+            xc += b4
             xp.matmul(h, nr4, out=r[:4])
             sig = r[:_G]
             sig[:2] -= xc[:2]  # -(x + h @ rk); sigmoid(v) = 1 / (1 + exp(-v)), TensorFlow's formula
@@ -119,6 +121,7 @@ def lstm_sequence_grad_kernel(xp, h0, c0, rk, hs, res, dhs, dc_last, *mask):
     ds = xp.empty((3, b, u), hs.dtype)  # of the sigmoid gates' pre-activations, over the cotangent
     dg = xp.empty((b, u), hs.dtype)  # of the candidate's, likewise
     dzc = xp.empty((4, b, u), hs.dtype)  # dz gate-major (Keras's order), copied into dx in one pass
+    db = xp.zeros((4, b, u), hs.dtype)  # the bias's gradient, summed over batch at the end
     keep = mask[0][:, :, None].astype(hs.dtype) if mask else None  # 1 where a step counts, 0 where it is padding
     rk_t = xp.ascontiguousarray(rk.T)  # (numpy's product is 1.6x faster with it contiguous)
     for t in range(n_t - 1, -1, -1):
@@ -145,6 +148,7 @@ def lstm_sequence_grad_kernel(xp, h0, c0, rk, hs, res, dhs, dc_last, *mask):
         xp.multiply(ds[:2], dcc, out=dzc[:2])
         xp.multiply(dg, dcc, out=dzc[2])
         xp.multiply(ds[2], dhn, out=dzc[3])
+        db += dzc
         dz = dx[t]
         _gate_major(dz, u)[...] = dzc
         if keep is not None:
@@ -160,4 +164,4 @@ def lstm_sequence_grad_kernel(xp, h0, c0, rk, hs, res, dhs, dc_last, *mask):
             drk += xp.matmul(hs[:-1].reshape(-1, u).T, dx[1:].reshape(-1, g4))
     else:
         drk = xp.zeros_like(rk)
-    return dx, dh, dc, drk
+    return dx, dh, dc, drk, db.sum(axis=1).reshape(g4)

@@ -110,7 +110,7 @@ class _Cell(Layer):
             setattr(self, n, v)
         self._graph = g
 
-    def input_projection(self, x: Tensor) -> Tensor:
+    def input_projection(self, x: Tensor, with_bias: bool = True) -> Tensor:
         """``x @ kernel (+ bias)`` for any leading dims: done once for all steps by the layers."""
         if not self.built:
             raise InvalidArgumentError(f"{self.name}: the cell is not built; call it (or its layer) first")
@@ -119,7 +119,7 @@ class _Cell(Layer):
             y = M.reshape(M.reshape(x, (-1, x.shape[2])) @ self.kernel, (-1, x.shape[1], self.kernel.shape[1]))
         else:
             y = x @ self.kernel
-        if self.use_bias:
+        if self.use_bias and with_bias:
             y = y + (self.bias if self.bias.ndim == 1 else self.bias[0])
         return y
 
@@ -153,19 +153,24 @@ class _Cell(Layer):
     def step(self, xk: Tensor, states: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         raise NotImplementedError
 
-    def sequence(self, xks: Tensor, states: list[Tensor], mask: Tensor | None) -> tuple[Tensor, list[Tensor]] | None:
-        """Every step at once with a fused whole-sequence op, or None where there is none.
+    def fuses(self) -> bool:
+        """Whether `sequence` runs the whole sequence as one op (else the layer scans `step`)."""
+        return False
+
+    def sequence(self, xks: Tensor, states: list[Tensor], mask: Tensor | None) -> tuple[Tensor, list[Tensor]]:
+        """Every step at once with a fused whole-sequence op (only where `fuses`).
 
         Args:
-            xks: (time, batch, k) input projections, time-major, in processing order.
+            xks: (time, batch, k) input projections without the bias, time-major, in
+                processing order.
             states: the initial states.
             mask: None or (time, batch) bool, False where a row keeps its state.
 
         Returns:
             ``(outputs, final_states)`` with outputs (time, batch, units) (a masked step
-            repeats the previous output), or None: the layer then runs `step` in a scan.
+            repeats the previous output).
         """
-        return None
+        raise NotImplementedError
 
     def _act(self) -> Any:
         return get_activation(self.activation) or (lambda t: t)
@@ -217,10 +222,12 @@ class LSTMCell(_Cell):
         h2 = o * act(c2)
         return h2, [h2, c2]
 
-    def sequence(self, xks: Tensor, states: list[Tensor], mask: Tensor | None) -> tuple[Tensor, list[Tensor]] | None:
-        if not (self._act() is E.tanh and self._ract() is E.sigmoid):
-            return None
-        hs, c = R.lstm_sequence(xks, states[0], states[1], self.recurrent_kernel, mask)  # one kernel each way
+    def fuses(self) -> bool:
+        return self._act() is E.tanh and self._ract() is E.sigmoid
+
+    def sequence(self, xks: Tensor, states: list[Tensor], mask: Tensor | None) -> tuple[Tensor, list[Tensor]]:
+        bias = self.bias if self.use_bias else None
+        hs, c = R.lstm_sequence(xks, states[0], states[1], self.recurrent_kernel, bias, mask)  # one kernel each way
         return hs, [hs[-1], c]
 
 
@@ -328,7 +335,9 @@ class RNN(Layer):
         g = inputs.graph
         cell = self.cell
         cell._bind(g)
-        xk = cell.input_projection(M.transpose(inputs, (1, 0, 2)))  # one matmul for all steps, outside the loop
+        fused = cell.fuses()
+        # One matmul for all steps, outside the loop (a fused op adds the bias itself, per step).
+        xk = cell.input_projection(M.transpose(inputs, (1, 0, 2)), with_bias=not fused)
         if initial_state is not None:
             states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
             if len(states) != cell.n_states:
@@ -356,9 +365,8 @@ class RNN(Layer):
             if self.go_backwards:
                 times = steps - 1 - times
             mask = E.less(M.expand_dims(times, 1), M.expand_dims(lengths, 0))  # (time, batch)
-        fused = cell.sequence(xs, states, mask)
-        if fused is not None:
-            outputs, final = fused
+        if fused:
+            outputs, final = cell.sequence(xs, states, mask)
             if own_out:
                 outputs = E.where(M.expand_dims(mask, 2), outputs, 0)
             return self._result(outputs, final)

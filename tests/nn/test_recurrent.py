@@ -81,8 +81,9 @@ def test_recurrent_layer_matches_keras(keras, g, kind, masked):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("kwargs", [{"go_backwards": True}, {"activation": "relu"}, {"unit_forget_bias": False}],
-                         ids=["go_backwards", "relu_scan_path", "no_forget_bias"])
+@pytest.mark.parametrize("kwargs", [{"go_backwards": True}, {"activation": "relu"}, {"unit_forget_bias": False},
+                                    {"use_bias": False}],
+                         ids=["go_backwards", "relu_scan_path", "no_forget_bias", "no_bias"])
 def test_lstm_variants_match_keras_with_mask(keras, g, kwargs):
     x, _ = _inputs()
     k_layer = keras.layers.LSTM(U, return_sequences=True, return_state=True, dtype="float64", **kwargs)
@@ -136,12 +137,14 @@ def test_lstm_sequence_rejects_bad_shapes(g):
     rk = g.placeholder((2, 8), "float32", name="rk")
     with pytest.raises(kf.errors.ShapeError, match="lstm_sequence: the units"):
         kf.lstm_sequence(x, h, h, g.placeholder((3, 12), "float32", name="rk3"))
-    with pytest.raises(kf.errors.ShapeError, match="lstm_sequence: x, h0, c0 and recurrent_kernel must share"):
+    with pytest.raises(kf.errors.ShapeError, match="lstm_sequence: the units"):
+        kf.lstm_sequence(x, h, h, rk, g.placeholder((12,), "float32", name="b12"))
+    with pytest.raises(kf.errors.ShapeError, match="lstm_sequence: x, h0, c0, recurrent_kernel and bias must share"):
         kf.lstm_sequence(x, h, h, g.placeholder((2, 8), "float64", name="rk64"))
     with pytest.raises(kf.errors.ShapeError, match=r"lstm_sequence: the mask must be a \(time, batch\) bool"):
-        kf.lstm_sequence(x, h, h, rk, g.placeholder((5, 3), "float32", name="m"))
+        kf.lstm_sequence(x, h, h, rk, mask=g.placeholder((5, 3), "float32", name="m"))
     with pytest.raises(kf.errors.ShapeError, match="lstm_sequence: the time dims"):
-        kf.lstm_sequence(x, h, h, rk, g.placeholder((4, 3), "bool", name="m4"))
+        kf.lstm_sequence(x, h, h, rk, mask=g.placeholder((4, 3), "bool", name="m4"))
     with pytest.raises(kf.errors.ShapeError, match="lstm_sequence: expected x"):
         kf.lstm_sequence(h, h, h, rk)
     hs, c = kf.lstm_sequence(x, h, h, rk)

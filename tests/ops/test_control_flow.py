@@ -118,13 +118,13 @@ def _kf_lstm_cell(z, c):
     return kf.concat([h, c2 * 0.5], axis=1)
 
 
-def _np_lstm_sequence(x, h0, c0, rk, mask=None):
+def _np_lstm_sequence(x, h0, c0, rk, bias, mask=None):
     """Every h and the last c, one step at a time (the unfused formulas, Keras's masking)."""
     u = h0.shape[1]
     sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
     h, c, hs = h0, c0, []
     for t in range(x.shape[0]):
-        z = x[t] + h @ rk
+        z = x[t] + bias + h @ rk
         i, f, g, o = sig(z[:, :u]), sig(z[:, u:2 * u]), np.tanh(z[:, 2 * u:3 * u]), sig(z[:, 3 * u:])
         c2 = f * c + i * g
         h2 = o * np.tanh(c2)
@@ -136,15 +136,15 @@ def _np_lstm_sequence(x, h0, c0, rk, mask=None):
     return np.concatenate([np.stack(hs).reshape(-1), (c * 0.5).reshape(-1)])
 
 
-def _kf_lstm_sequence(x, h0, c0, rk, mask=None):
-    hs, c = kf.lstm_sequence(x, h0, c0, rk, mask)
+def _kf_lstm_sequence(x, h0, c0, rk, bias, mask=None):
+    hs, c = kf.lstm_sequence(x, h0, c0, rk, bias, mask)
     return kf.concat([kf.reshape(hs, (-1,)), kf.reshape(c * 0.5, (-1,))])
 
 
 def _lstm_seq_args(t, b, u, masked=False):
     def make(r, d):
         args = [r.standard_normal((t, b, 4 * u)), r.standard_normal((b, u)) * 0.5, r.standard_normal((b, u)),
-                r.standard_normal((u, 4 * u)) * 0.5]
+                r.standard_normal((u, 4 * u)) * 0.5, r.standard_normal(4 * u) * 0.5]
         args = [a.astype(d) for a in args]
         if masked:  # rows of lengths 3, 1 and 0 (a fully padded row keeps h0, c0)
             args.append(np.arange(t)[:, None] < np.array([3, 1, 0])[None, :])
@@ -159,11 +159,12 @@ CASES = [
     OpCase("lstm_sequence_masked", _kf_lstm_sequence, _np_lstm_sequence, _lstm_seq_args(4, 3, 2, masked=True)),
     OpCase("lstm_sequence_dynamic_time", _kf_lstm_sequence, _np_lstm_sequence, _lstm_seq_args(5, 2, 3),
            static_shapes=False),
-    OpCase("lstm_sequence_hs_only", lambda x, h0, c0, rk: kf.lstm_sequence(x, h0, c0, rk)[0],
+    OpCase("lstm_sequence_hs_only", lambda x, h0, c0, rk, b: kf.lstm_sequence(x, h0, c0, rk, b)[0],
            lambda *a: _np_lstm_sequence(*a)[:-a[1].size].reshape(a[0].shape[:2] + a[1].shape[1:]),
            _lstm_seq_args(3, 2, 2)),
-    OpCase("lstm_sequence_last_c_only", lambda x, h0, c0, rk: kf.lstm_sequence(x, h0, c0, rk)[1],
-           lambda *a: _np_lstm_sequence(*a)[-a[1].size:].reshape(a[1].shape) * 2, _lstm_seq_args(3, 2, 2)),
+    OpCase("lstm_sequence_last_c_only_no_bias", lambda x, h0, c0, rk, b: kf.lstm_sequence(x, h0, c0, rk)[1],
+           lambda x, h0, c0, rk, b: _np_lstm_sequence(x, h0, c0, rk, b * 0)[-h0.size:].reshape(h0.shape) * 2,
+           _lstm_seq_args(3, 2, 2)),
     OpCase("while_loop_captures", _kf_while, _np_while, _norm((3,), (3,))),
     OpCase("while_loop_nested", _kf_nested, _np_nested, _norm((2, 3), (3,))),
     OpCase("cond_in_while_loop", _kf_cond_in_loop, _np_cond_in_loop, lambda r, d: [

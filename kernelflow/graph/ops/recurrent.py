@@ -82,22 +82,24 @@ def _dim(op: str, what: str, *dims: Any) -> Any:
     return known.pop() if known else None
 
 
-def _seq_dims(op: str, x: Any, h0: Any, c0: Any, rk: Any, mask: tuple) -> tuple:
+def _seq_dims(op: str, x: Any, h0: Any, c0: Any, rk: Any, bias: Any, mask: tuple) -> tuple:
     """(T, B, U) of an lstm_sequence's inputs, checked."""
     dt = x.dtype
-    if dt not in FLOATING or any(a.dtype != dt for a in (h0, c0, rk)):
-        raise ShapeError(f"{op}: x, h0, c0 and recurrent_kernel must share a floating dtype; got {x}, {h0}, {c0}, "
-                         f"{rk}")
-    if x.ndim != 3 or h0.ndim != 2 or c0.ndim != 2 or rk.ndim != 2:
+    if dt not in FLOATING or any(a.dtype != dt for a in (h0, c0, rk, bias)):
+        raise ShapeError(f"{op}: x, h0, c0, recurrent_kernel and bias must share a floating dtype; got {x}, {h0}, "
+                         f"{c0}, {rk}, {bias}")
+    if x.ndim != 3 or h0.ndim != 2 or c0.ndim != 2 or rk.ndim != 2 or bias.ndim != 1:
         raise ShapeError(f"{op}: expected x (time, batch, 4 * units), h0 and c0 (batch, units), recurrent_kernel "
-                         f"(units, 4 * units); got x{format_shape(x.shape)}, h0{format_shape(h0.shape)}, "
-                         f"c0{format_shape(c0.shape)}, recurrent_kernel{format_shape(rk.shape)}")
-    quarter = [None if d is None else d / 4 for d in (x.shape[2], rk.shape[1])]
-    u = _dim(op, "the units (h0, c0 and recurrent_kernel dims; x's and recurrent_kernel's last dim / 4)",
+                         f"(units, 4 * units), bias (4 * units,); got x{format_shape(x.shape)}, "
+                         f"h0{format_shape(h0.shape)}, c0{format_shape(c0.shape)}, "
+                         f"recurrent_kernel{format_shape(rk.shape)}, bias{format_shape(bias.shape)}")
+    quarter = [None if d is None else d / 4 for d in (x.shape[2], rk.shape[1], bias.shape[0])]
+    u = _dim(op, "the units (h0, c0 and recurrent_kernel dims; x's, recurrent_kernel's and bias's last dim / 4)",
              h0.shape[1], c0.shape[1], rk.shape[0], *quarter)
     if u is not None and u != int(u):
-        raise ShapeError(f"{op}: the last dim of x and recurrent_kernel must be 4 * units; got "
-                         f"x{format_shape(x.shape)}, recurrent_kernel{format_shape(rk.shape)}")
+        raise ShapeError(f"{op}: the last dim of x, recurrent_kernel and bias must be 4 * units; got "
+                         f"x{format_shape(x.shape)}, recurrent_kernel{format_shape(rk.shape)}, "
+                         f"bias{format_shape(bias.shape)}")
     if len(mask) > 1:
         raise InvalidArgumentError(f"{op}: at most one mask; got {len(mask)}")
     m = mask[0] if mask else None
@@ -109,12 +111,13 @@ def _seq_dims(op: str, x: Any, h0: Any, c0: Any, rk: Any, mask: tuple) -> tuple:
     return t, b, None if u is None else int(u)
 
 
-def _seq_parts(x: Any, h0: Any, c0: Any, rk: Any, *mask: Any) -> tuple:
-    t, b, u = _seq_dims("lstm_sequence", x, h0, c0, rk, mask)
+def _seq_parts(x: Any, h0: Any, c0: Any, rk: Any, bias: Any, *mask: Any) -> tuple:
+    t, b, u = _seq_dims("lstm_sequence", x, h0, c0, rk, bias, mask)
     return (Aval((t, b, u), x.dtype), Aval((b, u), x.dtype), Aval((t, 6, b, u), x.dtype))
 
 
-def _seq_vjp(ct: list, out: Tensor, x: Tensor, h0: Tensor, c0: Tensor, rk: Tensor, *mask: Tensor) -> tuple:
+def _seq_vjp(ct: list, out: Tensor, x: Tensor, h0: Tensor, c0: Tensor, rk: Tensor, bias: Tensor,
+             *mask: Tensor) -> tuple:
     if ct[2] is not None:
         raise InvalidArgumentError("lstm_sequence: output 2 (the reserve saved for the gradient) is not "
                                    "differentiable; differentiate outputs 0 (every h) and 1 (the last c)")
@@ -122,46 +125,49 @@ def _seq_vjp(ct: list, out: Tensor, x: Tensor, h0: Tensor, c0: Tensor, rk: Tenso
     dhs = ct[0] if ct[0] is not None else zeros_like(hs)
     dc = ct[1] if ct[1] is not None else zeros_like(c)
     grad = lstm_sequence_grad_op.bind(h0, c0, rk, hs, res, dhs, dc, *mask)
-    return tuple(tuple_get(grad, i) for i in range(4)) + (None,) * len(mask)
+    return tuple(tuple_get(grad, i) for i in range(5)) + (None,) * len(mask)
 
 
 lstm_sequence_op = define_op(
-    "lstm_sequence", ("x", "h0", "c0", "recurrent_kernel", "*mask"), shape_rule=lambda *a: (),
+    "lstm_sequence", ("x", "h0", "c0", "recurrent_kernel", "bias", "*mask"), shape_rule=lambda *a: (),
     dtype_rule=lambda *a: None, parts_rule=_seq_parts, vjp=_seq_vjp,
-    doc="(every h, the last c, a reserve for the gradient) of an LSTM over x = inputs @ kernel + bias "
+    doc="(every h, the last c, a reserve for the gradient) of an LSTM over x = inputs @ kernel "
         "(time-major, gates i, f, c, o)")
 
 
 def _seq_grad_parts(h0: Any, c0: Any, rk: Any, hs: Any, res: Any, dhs: Any, dc: Any, *mask: Any) -> tuple:
-    t, b, u = _seq_dims("lstm_sequence_grad", Aval(hs.shape[:2] + (None,), hs.dtype), h0, c0, rk, mask)
+    t, b, u = _seq_dims("lstm_sequence_grad", Aval(hs.shape[:2] + (None,), hs.dtype), h0, c0, rk,
+                        Aval((None,), hs.dtype), mask)
     if res.ndim != 4 or dhs.ndim != 3 or dc.ndim != 2:
         raise ShapeError(f"lstm_sequence_grad: expected reserve (time, 6, batch, units), dhs (time, batch, units) "
                          f"and dc (batch, units); got {res}, {dhs}, {dc}")
     g = None if u is None else 4 * u
-    return (Aval((t, b, g), h0.dtype), Aval(h0.shape, h0.dtype), Aval(c0.shape, c0.dtype), Aval(rk.shape, rk.dtype))
+    return (Aval((t, b, g), h0.dtype), Aval(h0.shape, h0.dtype), Aval(c0.shape, c0.dtype), Aval(rk.shape, rk.dtype),
+            Aval((g,), h0.dtype))
 
 
 lstm_sequence_grad_op = define_op(
     "lstm_sequence_grad", ("h0", "c0", "recurrent_kernel", "hs", "reserve", "dhs", "dc", "*mask"),
     shape_rule=lambda *a: (), dtype_rule=lambda *a: None, parts_rule=_seq_grad_parts, differentiable=False,
-    doc="(dx, dh0, dc0, drecurrent_kernel) of lstm_sequence: backpropagation through time in one kernel")
+    doc="(dx, dh0, dc0, drecurrent_kernel, dbias) of lstm_sequence: backpropagation through time in one kernel")
 
 
-def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, recurrent_kernel: Tensor, mask: Tensor | None = None,
-                  name: str | None = None) -> tuple[Tensor, Tensor]:
+def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, recurrent_kernel: Tensor, bias: Tensor | None = None,
+                  mask: Tensor | None = None, name: str | None = None) -> tuple[Tensor, Tensor]:
     """A whole LSTM sequence in one op (sigmoid gates, tanh): every step's h and the last c.
 
-    Step t computes ``z = x[t] + h @ recurrent_kernel``, gates i, f, c, o (Keras's order),
+    Step t computes ``z = x[t] + bias + h @ recurrent_kernel``, gates i, f, c, o (Keras's order),
     ``c' = f * c + i * tanh(z_c)``, ``h' = o * tanh(c')``; where ``mask[t, b]`` is False, row b
     keeps its ``(h, c)`` (Keras's masking). The forward pass saves the gate activations, so the
     gradient is one backward sweep (no recomputation) with the recurrent kernel's gradient as
     one matrix product over all steps.
 
     Args:
-        x: (time, batch, 4 * units) input projections ``inputs @ kernel + bias``, time-major.
+        x: (time, batch, 4 * units) input projections ``inputs @ kernel``, time-major.
         h0: (batch, units) the initial output state.
         c0: (batch, units) the initial cell state.
         recurrent_kernel: (units, 4 * units).
+        bias: optional (4 * units,) (added each step; default zeros).
         mask: optional (time, batch) bool; False steps leave a row's state unchanged.
         name: optional node name.
 
@@ -171,7 +177,9 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, recurrent_kernel: Tensor, m
         cell state.
 
     Example:
-        >>> hs, c = kf.lstm_sequence(xs @ w + b, h0, c0, u)
+        >>> hs, c = kf.lstm_sequence(xs @ w, h0, c0, u, b)
     """
-    node = lstm_sequence_op.bind(x, h0, c0, recurrent_kernel, *(() if mask is None else (mask,)), name=name)
+    if bias is None:
+        bias = zeros_like(recurrent_kernel[0])
+    node = lstm_sequence_op.bind(x, h0, c0, recurrent_kernel, bias, *(() if mask is None else (mask,)), name=name)
     return tuple_get(node, 0), tuple_get(node, 1)
