@@ -1,4 +1,4 @@
-"""Recurrent layers on `kf.scan`: LSTM, GRU, SimpleRNN, their cells, and Bidirectional.
+"""Recurrent layers: LSTM (one fused lstm_sequence op), GRU and SimpleRNN (on `kf.scan`), cells, Bidirectional.
 
 Weights follow Keras's layout and gate order, so Keras weights load as they are:
 LSTM ``kernel (in, 4u)``, ``recurrent_kernel (u, 4u)``, ``bias (4u,)``, gates i, f, c, o;
@@ -255,7 +255,8 @@ class GRUCell(_Cell):
 
 # --------------------------------------------------------------------------- layers
 class RNN(Layer):
-    """Runs a cell over a (batch, time, features) sequence with `kf.scan`.
+    """Runs a cell over a (batch, time, features) sequence: one fused op where the cell has one
+    (an LSTM with tanh/sigmoid: ``lstm_sequence``), else `kf.scan` of the cell's step.
 
     Called as ``layer(inputs, training=None, sequence_length=None, initial_state=None)``:
     ``sequence_length`` (batch,) integer lengths (steps at or after a row's length change
