@@ -6,7 +6,10 @@ import contextlib
 
 import numpy as np
 
+from ..errors import ResourceExhaustedError
+from ..graph.ops import control_flow as cf
 from ..graph.ops import recurrent as R
+from .control_flow import DEFAULT_SAVED_LIMIT_BYTES
 from .registry import kernel, special
 
 
@@ -60,16 +63,36 @@ def _gate_major(a, u):
     return a.reshape(a.shape[0], 4, u).transpose(1, 0, 2)
 
 
-@kernel(R.lstm_sequence_op)
-def lstm_sequence_kernel(xp, x, h0, c0, rk, bias, *mask):
+def _reserve(ctx, xp, n_t, b, u, dtype):
+    """(time, 6, batch, units) when this run's plan takes the gradient (the reserve output is
+    read), else two steps' worth used in turn: a forward-only run keeps no history.
+
+    Raises:
+        ResourceExhaustedError: the reserve would exceed the saved-values memory limit of loops.
+    """
+    wanted = ctx is None or any(c.op is cf.tuple_get_op and c.attrs["index"] == 2 for c in ctx.consumers())
+    if not wanted:
+        return xp.empty((2, 6, b, u), dtype), False
+    nbytes = n_t * 6 * b * u * np.dtype(dtype).itemsize
+    if nbytes > DEFAULT_SAVED_LIMIT_BYTES:
+        node = ctx.node
+        raise ResourceExhaustedError(
+            f"lstm_sequence '{node.name}': the values saved for the gradient ({nbytes} bytes for {n_t} steps) exceed "
+            f"the memory limit of {DEFAULT_SAVED_LIMIT_BYTES} bytes (KERNELFLOW_SAVED_LIMIT_BYTES); use shorter "
+            "sequences or smaller batches", node=node.name, source=node.source)
+    return xp.empty((n_t, 6, b, u), dtype), True
+
+
+@kernel(R.lstm_sequence_op, needs_ctx=True)
+def lstm_sequence_kernel(ctx, xp, x, h0, c0, rk, bias, *mask):
     n_t, b, g4 = x.shape
     u = g4 // 4
     hs = xp.empty((n_t, b, u), x.dtype)
     c_last = xp.empty((b, u), x.dtype)
-    res = xp.empty((n_t, 6, b, u), x.dtype)
     if n_t == 0:
         c_last[...] = c0
-        return hs, c_last, res
+        return hs, c_last, xp.empty((0, 6, b, u), x.dtype)
+    res, saving = _reserve(ctx, xp, n_t, b, u, x.dtype)
     # The recurrent product goes straight into the reserve's gate blocks as one batched product
     # h @ (4, units, units): negated for the sigmoid gates, whose exp(-v) it then feeds.
     r4 = rk.reshape(u, 4, u).transpose(1, 0, 2)  # Keras's i, f, c, o
@@ -86,7 +109,7 @@ def lstm_sequence_kernel(xp, x, h0, c0, rk, bias, *mask):
     h = h0
     with _quiet(xp):
         for t in range(n_t):
-            r = res[t]
+            r = res[t if saving else t % 2]
             xp.add(_gate_major(x[t], u), b4, out=xc)
             xp.matmul(h, nr4, out=r[:4])
             sig = r[:_G]
@@ -97,7 +120,7 @@ def lstm_sequence_kernel(xp, x, h0, c0, rk, bias, *mask):
             sig += 1
             xp.reciprocal(sig, out=sig)
             xp.tanh(r[_G], out=r[_G])
-            cn, hn = (res[t + 1, _CP] if t + 1 < n_t else c_last), hs[t]
+            cn, hn = (res[t + 1 if saving else (t + 1) % 2, _CP] if t + 1 < n_t else c_last), hs[t]
             xp.multiply(r[_F], r[_CP], out=cn)
             xp.multiply(r[_I], r[_G], out=tmp)
             cn += tmp
@@ -107,7 +130,7 @@ def lstm_sequence_kernel(xp, x, h0, c0, rk, bias, *mask):
                 xp.copyto(hn, h, where=pad[t])
                 xp.copyto(cn, r[_CP], where=pad[t])
             h = hn
-    return hs, c_last, res
+    return hs, c_last, res if saving else None
 
 
 @kernel(R.lstm_sequence_grad_op)

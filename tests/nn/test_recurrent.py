@@ -212,3 +212,35 @@ def test_lstm_cell_inside_a_user_while_loop(g):
     np.testing.assert_allclose(got[0], hv, rtol=1e-12)
     np.testing.assert_allclose(got[1], cv, rtol=1e-12)
     assert all(gr is not None for gr in kf.gradients(kf.sum(h), g.variables()))
+
+
+def test_forward_only_runs_keep_no_history_and_agree_with_training_runs(g):
+    """A run without the gradient computes the LSTM with a two-step workspace, not the (time, 6,
+    batch, units) reserve; its outputs (masked too) equal those of a run that takes the gradient."""
+    x, _ = _inputs()
+    xp = g.placeholder((None, None, F), "float64", name="x")
+    layer = kf.nn.LSTM(U, return_sequences=True, return_state=True, seed=8)
+    outs = layer(xp, sequence_length=LENGTHS)
+    grads = kf.gradients(kf.sum(outs[0]) + kf.sum(outs[2]), layer.weights)
+    alone = g.run(outs, {xp: x})
+    with_grads, _ = g.run([outs, grads], {xp: x})
+    for a, b in zip(alone, with_grads):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_lstm_reserve_over_the_saved_memory_limit_is_a_typed_error(g, monkeypatch):
+    from kernelflow.kernels import recurrent as kernels
+
+    x, _ = _inputs()
+    xp = g.placeholder((None, None, F), "float64", name="x")
+    layer = kf.nn.LSTM(U, return_sequences=True, seed=9)
+    y = layer(xp)
+    grads = kf.gradients(kf.sum(y), layer.weights)
+    need = T * 6 * B * U * 8
+    monkeypatch.setattr(kernels, "DEFAULT_SAVED_LIMIT_BYTES", need - 1)
+    with pytest.raises(kf.errors.ResourceExhaustedError, match=f"lstm_sequence '.*': the values saved for the "
+                                                              f"gradient \\({need} bytes for {T} steps\\) exceed"):
+        g.run(grads, {xp: x})
+    assert g.run(y, {xp: x}).shape == (B, T, U)  # a forward-only run saves nothing: not limited
+    monkeypatch.setattr(kernels, "DEFAULT_SAVED_LIMIT_BYTES", need)
+    assert all(np.isfinite(v).all() for v in g.run(grads, {xp: x}))
