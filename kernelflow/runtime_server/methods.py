@@ -77,7 +77,7 @@ def _compile(a: Any) -> tuple[Callable[[Any], bool] | None, str]:
         ec, et = _compile(elem)
         if ec is None:
             return (lambda v: type(v) is list), "array"
-        return (lambda v: type(v) is list and all(ec(x) for x in v)), f"array of {et}"
+        return (lambda v: type(v) is list and all(map(ec, v))), f"array of {et}"
     if origin is dict or a is dict:
         return (lambda v: type(v) is dict), "map"
     if a is list:
@@ -178,8 +178,11 @@ class Method:
         self.check_types(params)
         try:
             if self.runs is not None:
-                with self.runs.track(self.name, params[0] if params and type(params[0]) is str else None, peer):
+                ctl, prev = self.runs.begin(self.name, params[0] if params and type(params[0]) is str else None, peer)
+                try:
                     return self.fn(*params, peer=peer) if self.needs_peer else self.fn(*params)
+                finally:
+                    self.runs.end(ctl, prev)
             if self.needs_peer:
                 return self.fn(*params, peer=peer)
             return self.fn(*params)
