@@ -44,9 +44,9 @@ _OWN_CATEGORY = {"variable": "variable", "placeholder": "placeholder", "constant
 _FAMILIES = ("elementwise", "reduce", "movement", "indexing", "linalg", "nn", "conv", "state", "random", "training")
 _family_of: dict[str, str] = {}
 _GRADIENT_SCOPE = re.compile(r"gradients(_\d+)?")
-# outline colours of fused groups (Tableau 10): group i gets FUSED_COLORS[i % 10]
-FUSED_COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
-                "#9c755f", "#79706e")
+# outline colours of fused groups, group i gets FUSED_COLORS[i % 8]: Tableau 10 without its blue and
+# red, which the front end uses for the selection and the search highlight
+FUSED_COLORS = ("#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#9c755f", "#ff9da7", "#b6992d", "#79706e")
 
 
 def node_category(op_name: str) -> str:
