@@ -348,7 +348,7 @@ class RemoteGraph(Graph):
         return write_graph(self, logdir)
 
     def inspect(self, plan: Any = None, feeds: Sequence[Tensor | str] | None = None,
-                expanded: Sequence[str] | None = None) -> Any:
+                expanded: Sequence[str] | None = None, collapse_above: int | None = None) -> Any:
         """A `kernelflow.widgets.GraphInspector` of this graph (in a notebook, it displays itself).
 
         Args:
@@ -356,10 +356,12 @@ class RemoteGraph(Graph):
                 fuses into one kernel in a run of them are outlined, one colour per kernel.
             feeds: the tensors that run feeds (default: every placeholder ``plan`` needs).
             expanded: scopes to open (default: TensorBoard's first view; see `GraphInspector`).
+            collapse_above: node count above which it opens with every top-level scope closed (default 60).
 
         Example:
             >>> g.inspect(plan=train_op)
         """
         from ..widgets import GraphInspector  # lazily: the widget layer sits above the client
 
-        return GraphInspector(self, expanded=expanded, plan=plan, feeds=feeds)
+        extra = {} if collapse_above is None else {"collapse_above": collapse_above}
+        return GraphInspector(self, expanded=expanded, plan=plan, feeds=feeds, **extra)

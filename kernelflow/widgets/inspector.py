@@ -214,8 +214,13 @@ class GraphInspector(anywidget.AnyWidget):
         if fetches is not None and not hasattr(self.graph, "fused_groups"):
             raise InvalidArgumentError(f"GraphInspector.show_plan: graph '{self.graph.name}' is a local "
                                        "kf.Graph; fused groups come from a runtime's compiler")
-        self._plan = None if fetches is None else (fetches, feeds)
-        self._load_plan(raise_errors=True)
+        old, self._plan = self._plan, None if fetches is None else (fetches, feeds)
+        try:
+            self._load_plan(raise_errors=True)
+        except KernelflowError:
+            self._plan = old  # the marking on show stays what it was
+            self._load_plan()
+            raise
         self._relayout(set(self.expanded))
         return self.fused
 

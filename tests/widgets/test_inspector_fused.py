@@ -84,10 +84,11 @@ def test_inspector_show_plan_changes_and_clears_the_marking(rt):
     assert {f["name"]: f["members"] for f in forward} == _printed_groups(g.plan(loss, feeds=[x, y]))
     full = w.show_plan([train])
     assert len(full) > len(forward) and any(m.startswith("gradients/") for f in full for m in f["members"])
-    w.show_plan(None)
-    assert w.fused == [] and w.meta["fused"] == [] and set(np.frombuffer(w.box_fused, np.int32)) == {-1}
     with pytest.raises(kf.errors.NotFoundError, match="nosuch"):
         w.show_plan("nosuch")
+    assert [f["name"] for f in w.fused] == [f["name"] for f in full]  # a failed switch keeps what was shown
+    w.show_plan(None)
+    assert w.fused == [] and w.meta["fused"] == [] and set(np.frombuffer(w.box_fused, np.int32)) == {-1}
 
 
 def test_inspector_plan_refresh_follows_a_grown_graph(rt):
