@@ -103,10 +103,13 @@ def test_inspector_plan_refresh_follows_a_grown_graph(rt):
 
 def test_inspector_plan_with_the_compiler_off_marks_nothing():
     rt = kf.connect("inproc", compile="off")
-    g, x, y, loss, train = _cnn_train(rt, "fused-off")
-    w = g.inspect(plan=train)
-    assert w.fused == [] and set(np.frombuffer(w.box_fused, np.int32)) == {-1}
-    assert "fused" not in g.plan(train, feeds=[x, y])
+    try:
+        g, x, y, loss, train = _cnn_train(rt, "fused-off")
+        w = g.inspect(plan=train)
+        assert w.fused == [] and set(np.frombuffer(w.box_fused, np.int32)) == {-1}
+        assert "fused" not in g.plan(train, feeds=[x, y])
+    finally:
+        rt.close()
 
 
 def test_inspector_plan_of_a_local_graph_raises():
