@@ -188,6 +188,7 @@ def bench_overlap(args: argparse.Namespace) -> dict:
         try:
             rt = kf.connect(url, token=TOKEN, timeout=600)
             for model in args.models:
+                _job(rt, model, 10, "all", 99)  # warm-up: plans, compiled kernels (the first server fills the cache)
                 runs = [_job(rt, model, args.steps, "all", k) for k in range(args.rounds)]
                 out.setdefault(model, {})[fb] = runs
                 print(f"  {model} / fusion {fb} B: {[round(r['steps_per_s'], 1) for r in runs]} steps/s", flush=True)
