@@ -61,6 +61,7 @@ from ..training.fit_loop import Bound, FitLoop, Halt, bind
 from .comm import check_agreement
 from .fusion import DEFAULT_BUCKET_BYTES, GradientReducer, ReduceRound
 from .replication import ensure_delivery
+from .shards import global_length, shard_order, shard_range, shard_rows
 
 log = logging.getLogger("kernelflow.jobs")
 
@@ -219,6 +220,7 @@ class DataParallelLoop(FitLoop):
         g = b.session.graph
         self.split = split_train_op(g[job.spec.train_op])
         self.timings: dict[str, float] = {"compute_s": 0.0, "comm_s": 0.0, "steps": 0, "overlap": 0.0}
+        self.sharded = bool(getattr(world, "shard_datasets", False)) and world.size > 1
 
     # ----------------------------------------------------------------- set-up
     def _facts(self) -> dict[str, Any]:
@@ -227,7 +229,8 @@ class DataParallelLoop(FitLoop):
                 "grads": [[v, t.name, list(t.shape), t.dtype] for v, t in zip(self.split.grad_vars, self.split.grads)],
                 "buckets": self.reducer.signature(), "overlap": self.overlap,
                 "averaged": self.split.averaged, "total_steps": b.total_steps, "steps_per_epoch": b.steps_per_epoch,
-                "data": [b.data.name, b.data.length, sorted(b.columns)], "bind_error": None}
+                "data": [b.data.name, global_length(b.data), sorted(b.columns)], "sharded": self.sharded,
+                "bind_error": None}
 
     def _plans(self) -> None:
         s, b = self.b.session, self.b
@@ -346,8 +349,11 @@ class DataParallelLoop(FitLoop):
     def _steps(self) -> None:
         job, b, spec = self.job, self.b, self.job.spec
         data, session, comm = b.data, b.session, self.comm
-        spe, total, bs, n = b.steps_per_epoch, b.total_steps, spec.batch_size, data.length
+        spe, total, bs, n = b.steps_per_epoch, b.total_steps, spec.batch_size, global_length(data)
         rank, size = self.world.rank, self.world.size
+        # sharded: rank 0 holds the whole dataset and uses shard 0's rows; a follower holds its shard
+        base = shard_rows(n, rank, size) if self.sharded and data.meta.get("shard") is None else None
+        n_local = len(base) if base is not None else data.length
         last_ckpt = time.monotonic()
         cached_epoch, rows = -1, None
         mark_t, mark_step = time.monotonic(), job.step
@@ -359,11 +365,18 @@ class DataParallelLoop(FitLoop):
             _, _, is_log = self._control(want_log)
             epoch, pos = divmod(s, spe)
             if epoch != cached_epoch:
-                order = np.random.default_rng([spec.seed, epoch]).permutation(n) if spec.shuffle else None
+                if self.sharded:
+                    local = shard_order(spec.seed, epoch, rank, n_local, spec.shuffle)
+                    order = base[local] if base is not None else (local if spec.shuffle else None)
+                else:
+                    order = np.random.default_rng([spec.seed, epoch]).permutation(n) if spec.shuffle else None
                 rows, cached_epoch = data.epoch_rows(order, self.devices), epoch
             lo = pos * bs
             m = min(lo + bs, n) - lo
-            r_lo, r_hi = lo + m * rank // size, lo + m * (rank + 1) // size
+            if self.sharded:  # the epoch interleaves the ranks' shuffled shards (shards.py)
+                r_lo, r_hi = shard_range(lo, m, rank, size)
+            else:
+                r_lo, r_hi = lo + m * rank // size, lo + m * (rank + 1) // size
             n_r = r_hi - r_lo
             is_img = bool(self.is_front and self.img_every and (step_no % self.img_every == 0 or step_no == total))
             job.failing_step = step_no
