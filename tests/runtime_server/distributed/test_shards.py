@@ -92,3 +92,26 @@ def test_followers_keep_shards_and_the_job_trains_on_the_sharded_batch_sequence(
         assert np.abs(u.g.run(u.g["w1"]) - got["w1"]).max() > 1e-4
     finally:
         ref_rt.close()
+
+
+def test_a_restarted_sharded_world_sends_each_follower_its_shard_of_the_state_dir(tmp_path):
+    require_mpi()
+    state = tmp_path / "state"
+    X = np.arange(50 * 3, dtype="float32").reshape(50, 3)
+    srv = WorldServer(tmp_path / "a", 2, "--state-dir", str(state)).wait_listening()
+    try:
+        rt = srv.connect()
+        rt.dataset("kept", {"x": X}).split(0.6, seed=3)
+        assert rt.call("world.report", [])[1]["datasets"] == {"kept": 50, "kept.train": 30, "kept.val": 20}
+        rt.close()
+    finally:
+        srv.stop()
+    srv = WorldServer(tmp_path / "b", 2, "--state-dir", str(state), "--shard-datasets").wait_listening()
+    try:
+        rt = srv.connect()
+        reps = rt.call("world.report", [])
+        assert reps[0]["datasets"] == {"kept": 50, "kept.train": 30, "kept.val": 20}
+        assert reps[1]["datasets"] == {"kept": 25, "kept.train": 15, "kept.val": 10}  # views sent as their rows
+        rt.close()
+    finally:
+        srv.stop()
