@@ -23,6 +23,8 @@ step): ranks draw different masks, and a step draws the same masks whenever it r
 Global batch = ``batch_size`` rows, cut from the epoch's permutation exactly as a one-rank job
 cuts it; rank r takes rows ``[lo + m*r//N, lo + m*(r+1)//N)`` of a batch of m rows. So an
 N-rank job sees the batches a one-rank job sees (same seed, same order) and resumes on them.
+With sharded datasets (``--shard-datasets``) each rank draws its rows from its own shard
+instead (shards.py: other batches than a one-rank job's, depending on N).
 
 Every step starts with a control word broadcast by rank 0 (run / pause / stop / interrupt,
 the step number, whether metrics are fetched), so job control reaches every rank at the same

@@ -70,6 +70,11 @@ def test_followers_keep_shards_and_the_job_trains_on_the_sharded_batch_sequence(
         reps = rt.call("world.report", [])
         sums = [r["graphs"]["sharded"]["variables"] for r in reps]
         assert sums[0] == sums[1] == sums[2]
+        m2 = mlp(rt, "sharded-in-order")
+        job = m2.g.fit(m2.train, data=train, feed={m2.x: "x", m2.y: "y"}, batch_size=48, epochs=1, shuffle=False,
+                       replicas="all")
+        assert job.wait(timeout=120) == "completed", job.error
+        in_order = m2.g.run(m2.w1)
         rt.close()
     finally:
         srv.stop()
@@ -90,6 +95,11 @@ def test_followers_keep_shards_and_the_job_trains_on_the_sharded_batch_sequence(
         job = u.g.fit(u.train, data=uds, feed={u.x: "x", u.y: "y"}, batch_size=48, epochs=2, seed=4)
         assert job.wait(timeout=120) == "completed", job.error
         assert np.abs(u.g.run(u.g["w1"]) - got["w1"]).max() > 1e-4
+        # unshuffled, position p is row p: the one-rank job's batches
+        o = mlp(ref_rt, "in-order")
+        job = o.g.fit(o.train, data=uds, feed={o.x: "x", o.y: "y"}, batch_size=48, epochs=1, shuffle=False)
+        assert job.wait(timeout=120) == "completed", job.error
+        np.testing.assert_allclose(in_order, o.g.run(o.w1), rtol=1e-4, atol=2e-5)
     finally:
         ref_rt.close()
 
