@@ -167,3 +167,24 @@ def test_import_kernelflow_and_a_plain_runtime_never_load_mpi4py():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_the_loop_overlaps_only_with_several_buckets_and_several_ranks(inproc_rt):
+    from kernelflow.protocol.jobspec import JobSpec
+    from kernelflow.runtime_server.distributed.data_parallel import DataParallelLoop, ReplicaJob
+    from kernelflow.runtime_server.training.fit_loop import bind
+    from tests.support.models import digits, mlp
+
+    tr, _ = digits(inproc_rt)
+    m = mlp(inproc_rt, "ov-rule")
+    m.g.sync()
+    svc = inproc_rt._transport.service
+    spec = JobSpec(graph="ov-rule", train_op=m.train.name, data=tr.name, feed={"x": "x", "y": "y"}, epochs=1,
+                   replicas="all")
+    b = bind(svc.graphs, svc.datasets, spec)
+    for bucket_bytes, buckets in ((4096, 2), (16 << 20, 1)):
+        loop = DataParallelLoop(ReplicaJob("j", spec), b, svc.world, None, bucket_bytes)
+        loop._plans()
+        assert len(loop.reducer.buckets) == buckets
+        assert loop.overlap is False  # one rank: nothing to overlap, the plan runs plainly
+        assert loop._facts()["buckets"] == loop.reducer.signature()
