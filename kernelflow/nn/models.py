@@ -236,6 +236,7 @@ class Model:
         Raises:
             NotFoundError: no layer of that name, listing the names.
         """
+        self._ensure_built_spec()
         for layer in self._layers:
             if layer.name == name:
                 return layer
@@ -531,7 +532,11 @@ class Model:
         self._need_built("get_weights")
         return [v for layer in self._layers for v in layer.variables(self.graph)]
 
+    def _ensure_built_spec(self) -> None:
+        """Build now if the input shape is known (a `Sequential` led by ``kf.Input``); functional models are built."""
+
     def _need_built(self, what: str) -> None:
+        self._ensure_built_spec()
         if not self.built:
             raise FailedPreconditionError(f"{what}: model '{self.name}' is not built yet: its input shape is unknown "
                                           "until the first fit/predict, or give kf.Input / input_shape")
