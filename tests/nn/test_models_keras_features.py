@@ -331,3 +331,28 @@ def test_nested_model_errors(rt, data):
     two = kf.Model([a := kf.Input((2,)), b := kf.Input((2,))], kf.nn.Add()([a, b]), rt=rt)
     with pytest.raises(InvalidArgumentError, match=r"expected 2 input\(s\); got 1"):
         two(kf.Input((2,)))
+
+
+def test_model_called_twice_shares_one_set_of_variables(rt, data):
+    enc = _encoder(kf, rt)
+    a, b = kf.Input((4,), dtype="float64"), kf.Input((4,), dtype="float64")
+    siamese = kf.Model([a, b], kf.nn.Concatenate()([enc(a), enc(b)]), rt=rt)
+    assert siamese.count_params() == enc.count_params()
+    left, right = data["x"][:12], data["x"][12:]
+    out = siamese.predict([left, right])
+    np.testing.assert_allclose(out, np.concatenate([enc.predict(left), enc.predict(right)], axis=1), rtol=1e-12)
+
+
+def test_multi_output_weighted_fit_on_a_resident_dataset_by_column_names(rt, data):
+    model = _two_heads(kf, rt)
+    model.compile(kf.optim.SGD(lr=0.1), **MULTI)
+    ds = rt.dataset("heads", {"feat": data["x"], "c": data["cls"].astype("int64"), "r": data["reg"], "w": data["sw"]})
+    twin = _two_heads(kf, rt)
+    twin.compile(kf.optim.SGD(lr=0.1), **MULTI)
+    twin.set_weights(model.get_weights())
+    cols = {"x": "feat", "cls": "c", "reg": "r", "sample_weight": "w"}
+    model.fit(ds, columns=cols, batch_size=N, epochs=1, shuffle=False, verbose=0)
+    twin.fit(data["x"], [data["cls"], data["reg"]], sample_weight=data["sw"], batch_size=N, epochs=1, shuffle=False,
+             verbose=0)
+    for a, b in zip(model.get_weights(), twin.get_weights()):  # the same weighted step from arrays or columns
+        np.testing.assert_allclose(a, b, rtol=1e-12)
