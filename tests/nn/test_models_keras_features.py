@@ -299,7 +299,8 @@ def test_nested_model_trains_a_copy_of_its_weights_and_step_matches_keras(rt, da
     start = dict(zip([v.name for v in ours._variables()], w0))
     for mine, keras_layer in pairs:
         for v, a, b in zip(mine.variables(ours.graph), mine.get_weights(), keras_layer.get_weights()):
-            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=v.name)
+            # 1e-7: after other Keras tests ran in the process, Keras' batch-norm step rounds through float32
+            np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-10, err_msg=v.name)
             assert not np.allclose(a, start[v.name]), v.name  # the step and the moving-statistics updates
     assert sum(len(m.variables(ours.graph)) for m, _ in pairs) == len(w0)
     for a, b in zip(enc.get_weights(), inner_before):  # the inner model's own graph is left alone
