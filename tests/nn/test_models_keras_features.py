@@ -357,3 +357,20 @@ def test_multi_output_weighted_fit_on_a_resident_dataset_by_column_names(rt, dat
              verbose=0)
     for a, b in zip(model.get_weights(), twin.get_weights()):  # the same weighted step from arrays or columns
         np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_epoch_callbacks_see_per_output_validation_logs_of_a_weighted_fit(rt, data):
+    model = _two_heads(kf, rt)
+    model.compile(kf.optim.SGD(lr=0.05), **MULTI)
+    seen = []
+    keep = kf.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen.append((e, sorted(logs))))
+    keep.epoch_control = True  # one job per epoch: the path EarlyStopping and friends take
+    stop = kf.callbacks.EarlyStopping(monitor="val_cls_loss", patience=100)
+    hist = model.fit(data["x"], [data["cls"], data["reg"]], sample_weight=data["sw"], validation_split=0.25,
+                     epochs=3, batch_size=6, callbacks=[keep, stop], verbose=0)
+    assert len(hist.jobs) == 3 and [e for e, _ in seen] == [0, 1, 2]
+    assert seen[0][1] == sorted(["loss", "cls_loss", "reg_loss", "cls_accuracy", "reg_mae", "val_loss", "val_cls_loss",
+                                 "val_reg_loss", "val_cls_accuracy", "val_reg_mae"])
+    vx, vy = data["x"][18:], [data["cls"][18:], data["reg"][18:]]
+    expect = model.evaluate(vx, vy, sample_weight=data["sw"][18:], return_dict=True)
+    assert hist.history["val_cls_loss"][-1] == pytest.approx(expect["cls_loss"], rel=1e-9)
