@@ -374,3 +374,20 @@ def test_epoch_callbacks_see_per_output_validation_logs_of_a_weighted_fit(rt, da
     vx, vy = data["x"][18:], [data["cls"][18:], data["reg"][18:]]
     expect = model.evaluate(vx, vy, sample_weight=data["sw"][18:], return_dict=True)
     assert hist.history["val_cls_loss"][-1] == pytest.approx(expect["cls_loss"], rel=1e-9)
+
+
+def test_nested_multi_output_model_exports_every_output(tmp_path, data):
+    with kf.connect("inproc", state_dir=str(tmp_path / "state")) as rt_state:
+        enc = _encoder(kf, rt_state)
+        inp = kf.Input((4,), dtype="float64", name="features")
+        h = enc(inp)
+        model = kf.Model(inp, [kf.nn.Dense(3, activation="softmax", name="cls")(h), kf.nn.Dense(1, name="reg")(h)],
+                         rt=rt_state)
+        model.compile(kf.optim.Adam(lr=0.01), **MULTI)
+        model.fit(data["x"], [data["cls"], data["reg"]], sample_weight=data["sw"], epochs=2, batch_size=8, verbose=0)
+        assert model.export("heads") == 1
+        served = rt_state.model("heads").predict({"features": data["x"]})
+        want = model.predict(data["x"])  # inference pass: the moving batch-norm statistics of the nested encoder
+        assert sorted(served) == ["output_0", "output_1"]
+        np.testing.assert_allclose(served["output_0"], want[0], rtol=1e-12)
+        np.testing.assert_allclose(served["output_1"], want[1], rtol=1e-12)
