@@ -98,8 +98,8 @@ def fit(model: Any, x: Any = None, y: Any = None, batch_size: int = 32, epochs: 
 
     Args:
         model: a compiled model.
-        x: an array (or a list, one per model input), or a `kernelflow.client.dataset.Dataset`
-            already on the runtime (its arrays named by ``columns``).
+        x: an array (or a list, one per model input, or a dict by input name), or a
+            `kernelflow.client.dataset.Dataset` already on the runtime (its arrays named by ``columns``).
         y: labels (class ids for sparse cross-entropy; None with a dataset); with several
             outputs a list in output order or a dict by output name.
         batch_size: rows per step.
@@ -241,6 +241,7 @@ def _fit_data(model: Any, x: Any, y: Any, validation_split: float, validation_da
     else:
         if x is None or y is None:
             raise InvalidArgumentError("fit: give x and y arrays (or a Dataset as x)")
+        x = model._input_list(x)
         model._ensure_built(x)
         xs = [np.asarray(a) for a in _flat(x)]
         n_all = xs[0].shape[0]
@@ -264,7 +265,7 @@ def _fit_data(model: Any, x: Any, y: Any, validation_split: float, validation_da
         if _is_dataset(validation_data):
             val_ds = validation_data
         else:
-            vx, vy = validation_data[0], validation_data[1]
+            vx, vy = model._input_list(validation_data[0]), validation_data[1]
             vn = np.asarray(_flat(vx)[0]).shape[0]
             vw = None
             if weighted:

@@ -36,6 +36,21 @@ class ArrayMethods:
     def _variant(self, weighted: bool) -> dict[str, Any]:  # pragma: no cover - Model defines it
         raise NotImplementedError
 
+    def _input_names(self) -> list[str]:  # pragma: no cover - Model defines it
+        raise NotImplementedError
+
+    def _input_list(self, x: Any) -> Any:
+        """``x`` as fit/predict/evaluate take it: a dict by input name (Keras' form) becomes a list in input order."""
+        if not isinstance(x, dict):
+            return x
+        names = [p.name for p in self._tensors["inputs"]] if "inputs" in self._tensors else self._input_names()
+        unknown = sorted(set(x) - set(names), key=str)
+        missing = [n for n in names if n not in x]
+        if unknown or missing:
+            raise InvalidArgumentError(f"model '{self.name}': inputs by name must give exactly {names}; unknown "
+                                       f"{unknown}, missing {missing}")
+        return [x[n] for n in names] if len(names) > 1 else x[names[0]]
+
     def _inputs_feed(self, x: Any) -> list[np.ndarray]:
         arrays = _flat(x)
         phs = self._tensors["inputs"]
@@ -107,7 +122,9 @@ class ArrayMethods:
         return w
 
     def predict(self, x: Any, batch_size: int = 256, verbose: Any = 0) -> Any:
-        """Outputs of the inference pass for ``x``, in batches of ``batch_size`` rows run on the runtime."""
+        """Outputs of the inference pass for ``x`` (an array, a list or a dict by input name), in batches of
+        ``batch_size`` rows run on the runtime; a list of arrays for several outputs."""
+        x = self._input_list(x)
         self._ensure_built(x)
         feeds = self._inputs_feed(x)
         n = feeds[0].shape[0]
@@ -126,7 +143,7 @@ class ArrayMethods:
         """Loss and metrics of the inference pass over ``(x, y)``.
 
         Args:
-            x: an array, or a list of them (one per input).
+            x: an array, a list of them (one per input) or a dict by input name.
             y: labels; with several outputs a list in output order or a dict by output name.
             batch_size: rows per run.
             verbose: ignored (Keras' argument).
@@ -139,6 +156,7 @@ class ArrayMethods:
             *metrics]`` (Keras' order); with ``return_dict``, ``{"loss": ..., "accuracy": ...}``.
         """
         self._require_compiled("evaluate")
+        x = self._input_list(x)
         self._ensure_built(x)
         feeds = self._inputs_feed(x)
         n = feeds[0].shape[0]

@@ -391,3 +391,19 @@ def test_nested_multi_output_model_exports_every_output(tmp_path, data):
         assert sorted(served) == ["output_0", "output_1"]
         np.testing.assert_allclose(served["output_0"], want[0], rtol=1e-12)
         np.testing.assert_allclose(served["output_1"], want[1], rtol=1e-12)
+
+
+def test_inputs_by_name_as_keras_takes_them(rt, data):
+    a, b = kf.Input((4,), dtype="float64", name="left"), kf.Input((2,), dtype="float64", name="right")
+    out = kf.nn.Dense(1, name="y")(kf.nn.Concatenate()([a, kf.nn.Dense(3)(b)]))
+    model = kf.Model([a, b], out, rt=rt)
+    model.compile(kf.optim.SGD(lr=0.05), "mse")
+    xl, xr = data["x"], data["x"][:, :2] * 2
+    np.testing.assert_array_equal(model.predict({"right": xr, "left": xl}), model.predict([xl, xr]))
+    assert model.evaluate({"left": xl, "right": xr}, data["reg"]) == model.evaluate([xl, xr], data["reg"])
+    hist = model.fit({"left": xl, "right": xr}, data["reg"], validation_data=({"left": xl, "right": xr}, data["reg"]),
+                     epochs=2, verbose=0)
+    assert len(hist.history["val_loss"]) == 2
+    with pytest.raises(InvalidArgumentError, match=r"must give exactly \['left', 'right'\]; unknown \['rigth'\], "
+                                                   r"missing \['right'\]"):
+        model.predict({"left": xl, "rigth": xr})
