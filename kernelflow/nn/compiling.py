@@ -41,6 +41,8 @@ class CompileSpec:
         loss_weights: the factor of each output's loss in the total.
         metrics: per output, the unweighted metrics.
         weighted_metrics: per output, the metrics weighted by the sample weights.
+        var_list: the variables the train op updates (set when the graph part is built: the
+            layers' ``trainable`` flags as they are at compile, as Keras reads them).
     """
 
     optimizer: Any
@@ -49,6 +51,7 @@ class CompileSpec:
     loss_weights: list[float]
     metrics: list[list[Metric]]
     weighted_metrics: list[list[Metric]]
+    var_list: list | None = None
 
 
 def _per_output(value: Any, names: list[str], what: str) -> list:
@@ -186,7 +189,9 @@ def build_compiled(g: Any, spec: CompileSpec, train_outs: list, infer_outs: list
 
         metrics = scalars(train_outs, "")
         val = scalars(infer_outs, "val_")
-        train_op = spec.optimizer.minimize(metrics["loss"])
+        if spec.var_list is not None and not spec.var_list:
+            raise InvalidArgumentError("compile: every layer is frozen (trainable=False): nothing to train")
+        train_op = spec.optimizer.minimize(metrics["loss"], var_list=spec.var_list)
         weight_sum = None
         if sw is not None:
             weight_sum = identity(R.sum(sw), name="weight_sum")

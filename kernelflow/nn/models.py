@@ -297,6 +297,7 @@ class Model(ArrayMethods):
             with g.name_scope("compile"):
                 self._lr_var = g.variable(np.asarray(opt.lr, var_dtype), name="learning_rate", trainable=False)
             opt.lr = self._lr_var
+        self._compiled["spec"].var_list = [v for layer in self._layers for v in _live_variables(layer, g)]
         built = build_compiled(g, self._compiled["spec"], self._tensors["train_outputs"], self._tensors["outputs"])
         labels = built["labels"]
         self._tensors.update(built, y=next(iter(labels.values())))
@@ -538,6 +539,15 @@ class Model(ArrayMethods):
     def __repr__(self) -> str:
         where = f" graph='{self.graph.name}'" if self.graph is not None else " (not built)"
         return f"<kf.{type(self).__name__} '{self.name}'{where}>"
+
+
+def _live_variables(layer: Layer, g: Any) -> list:
+    """The variables of ``layer`` in ``g`` that training updates now: trainable ones of layers not frozen."""
+    if not layer.trainable:
+        return []
+    if isinstance(layer, ModelLayer):
+        return [v for inner in layer.model._layers for v in _live_variables(inner, g)]
+    return [v for v in layer.variables(g) if v.trainable]
 
 
 def _variant_config(t: dict) -> dict:

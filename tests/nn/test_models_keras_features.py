@@ -407,3 +407,27 @@ def test_inputs_by_name_as_keras_takes_them(rt, data):
     with pytest.raises(InvalidArgumentError, match=r"must give exactly \['left', 'right'\]; unknown \['rigth'\], "
                                                    r"missing \['right'\]"):
         model.predict({"left": xl, "rigth": xr})
+
+
+def test_trainable_flags_are_read_at_compile_as_keras_reads_them(rt, data):
+    enc = _encoder(kf, rt)
+    model = kf.Sequential([enc, kf.nn.Dense(3, activation="softmax", name="head")], rt=rt)
+    model.build((4,))  # built with everything trainable; freezing afterwards takes effect at the next compile
+    enc.trainable = False
+    model.compile(kf.optim.SGD(lr=0.5), "sparse_categorical_crossentropy")
+    frozen = [w for v, w in zip(model._variables(), model.get_weights()) if v.trainable]
+    model.fit(data["x"], data["cls"], epochs=1, batch_size=8, verbose=0)
+    after = [w for v, w in zip(model._variables(), model.get_weights()) if v.trainable]
+    n_enc = sum(v.trainable for v in model.get_layer("encoder").variables())
+    for a, b in zip(after[:n_enc], frozen[:n_enc]):  # the encoder's kernels, biases, gamma, beta: untouched
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(after[-2], frozen[-2])  # the head trained
+    enc.trainable = True  # fine-tuning: recompile, and the encoder trains too
+    model.compile(kf.optim.SGD(lr=0.5), "sparse_categorical_crossentropy")
+    model.fit(data["x"], data["cls"], epochs=1, batch_size=8, verbose=0)
+    tuned = [w for v, w in zip(model._variables(), model.get_weights()) if v.trainable]
+    assert not np.allclose(tuned[0], after[0])
+    model.get_layer("head").trainable = False
+    enc.trainable = False
+    with pytest.raises(InvalidArgumentError, match="every layer is frozen"):
+        model.compile("sgd", "sparse_categorical_crossentropy")
