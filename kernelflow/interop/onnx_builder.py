@@ -96,8 +96,8 @@ class OnnxBuilder:
         return outs
 
     def initializer(self, name: str, value: np.ndarray) -> str:
-        """Add an initializer of the given name."""
-        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(value), name))
+        """Add an initializer of the given name (a 0-d value stays 0-d: not np.ascontiguousarray)."""
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.array(value, order="C"), name))
         return name
 
     def const(self, value: Any) -> str:

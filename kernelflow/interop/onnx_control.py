@@ -32,13 +32,18 @@ from .onnx_ops import INT64_MAX, INT64_MIN, _conv
 if TYPE_CHECKING:
     from .onnx_builder import OnnxBuilder
 
-_SCALAR_I64 = Aval((), "int64")
 _SCALAR_BOOL = Aval((), "bool")
 
 
 @_conv("tuple_get", form="Identity of one output of the multi-output node it reads")
 def _tuple_get(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
     b.op("Identity", [part(xs[0], int(n.attrs["index"]))], out)
+
+
+def _loop_heads(c: OnnxBuilder, label: str) -> tuple[str, str, list]:
+    """A Loop body's first two inputs (iteration number, condition: scalars) and their ValueInfos."""
+    it, keep = c.unique(f"{label}::iter"), c.unique(f"{label}::cond_in")
+    return it, keep, [c.value_info(it, Aval((), "int64")), c.value_info(keep, _SCALAR_BOOL)]
 
 
 def _parts(n: Tensor, out: str) -> list[str]:
@@ -99,13 +104,12 @@ def _while(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
     init, caps = xs[1:1 + nv], xs[1 + nv:]
     cond0 = b.inline(cond, init + caps, f"{n.name}/cond0")[0]
     c = b.child()
-    it, keep = c.unique(f"{n.name}/body::iter"), c.unique(f"{n.name}/body::cond_in")
+    _, _, heads = _loop_heads(c, f"{n.name}/body")
     vars_in = [c.unique(f"{n.name}/body::var{i}") for i in range(nv)]
     new = c.inline(body, vars_in + caps, f"{n.name}/body")
     go = c.inline(cond, new + caps, f"{n.name}/body/cond")[0]
     avals = body.in_avals[:nv]
-    g = c.graph(f"{n.name}/body", [c.value_info(it, _SCALAR_I64), c.value_info(keep, _SCALAR_BOOL)]
-                + [c.value_info(v, a) for v, a in zip(vars_in, avals)],
+    g = c.graph(f"{n.name}/body", heads + [c.value_info(v, a) for v, a in zip(vars_in, avals)],
                 [(go, _SCALAR_BOOL)] + list(zip(new, body.out_avals)))
     b.ops("Loop", [_trip_count(b, xs[0], n.inputs[0].dtype), cond0, *init], _parts(n, out), body=g)
 
@@ -127,8 +131,8 @@ def _scan(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
         dirs = {"scan_input_directions": [1] * nx, **({"scan_output_directions": [1] * ny} if ny else {})}
         b.ops("Scan", carry + elems, _parts(n, out), body=g, num_scan_inputs=nx, **(dirs if reverse else {}))
         return
-    it, keep = c.unique(f"{n.name}/fn::iter"), c.unique(f"{n.name}/fn::cond_in")
-    g = c.graph(f"{n.name}/fn", [c.value_info(it, _SCALAR_I64), c.value_info(keep, _SCALAR_BOOL)] + ins,
+    _, keep, heads = _loop_heads(c, f"{n.name}/fn")
+    g = c.graph(f"{n.name}/fn", heads + ins,
                 [(keep, _SCALAR_BOOL)] + results)
     trips = b.const(np.asarray(int(n.attrs["length"]), np.int64))
     parts = _parts(n, out)
