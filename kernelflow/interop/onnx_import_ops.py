@@ -264,7 +264,7 @@ def _pad(env: Env, node: Any, args: list, attrs: dict) -> list:
         raise env.fail(f"mode {mode.decode()!r} or an axes input is not imported (kernelflow pads "
                        f"{sorted(m.decode() for m in _PAD)} over all axes)")
     pads = [int(p) for p in env.static(args[1], "pads")]
-    value = env.static(args[2], "constant value") if len(args) > 2 and args[2] is not None else 0
+    value = env.static(args[2], "constant value").item() if len(args) > 2 and args[2] is not None else 0
     r = x.ndim
     return [K.pad(x, [(pads[i], pads[i + r]) for i in range(r)], mode=_PAD[mode], constant_values=value)]
 
@@ -298,7 +298,10 @@ def _range(env: Env, node: Any, args: list, attrs: dict) -> list:
     if float(start) != 0 or float(delta) != 1:
         raise env.fail(f"only Range(0, n, 1) is imported (kernelflow's arange); got start {start}, delta {delta}")
     n = env.tensor(args[1])
-    return [K.arange(n, dtype=n.dtype)]
+    dtype = n.dtype
+    if np.dtype(dtype).kind == "f":  # ONNX counts ceil(limit) steps; kernelflow's arange takes an integer count
+        n = K.cast(K.negative(K.floor_divide(K.negative(n), np.ones((), dtype))), "int64")
+    return [K.arange(n, dtype=dtype)]
 
 
 # --------------------------------------------------------------------------- convolutions and pools

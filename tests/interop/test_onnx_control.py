@@ -40,8 +40,8 @@ def _train(g, loss, feeds: list[dict], steps: int = 3) -> None:
         g.run(train, feed=feeds[k % len(feeds)])
 
 
-def test_lstm_model_with_lengths_and_backwards_layer(rt, tmp_path):
-    g = rt.graph("onnx_lstm")
+def lstm_program(rt, name="onnx_lstm"):
+    g = rt.graph(name)
     x = g.placeholder((None, None, 4), "float32", name="x")
     lengths = g.placeholder((None,), "int64", name="lengths")
     labels = g.placeholder((None,), "int64", name="labels")
@@ -51,26 +51,34 @@ def test_lstm_model_with_lengths_and_backwards_layer(rt, tmp_path):
     loss = kf.mean(kf.softmax_cross_entropy(logits, labels))
     _train(g, loss, [{x: _f(5, 7, 4), lengths: np.array([7, 3, 5, 1, 7]), labels: np.array([0, 1, 2, 1, 0])}])
     feeds = [{"x": _f(n, t, 4), "lengths": R.integers(1, t + 1, n).astype("int64")} for n, t in ((1, 7), (5, 3))]
-    model = onnx_matches_run(g, tmp_path / "lstm.onnx", {"x": x, "lengths": lengths},
-                             {"logits": logits, "h": h_state, "c": c_state}, feeds, rtol=1e-4, atol=1e-5)
+    return g, {"x": x, "lengths": lengths}, {"logits": logits, "h": h_state, "c": c_state}, feeds
+
+
+def test_lstm_model_with_lengths_and_backwards_layer(rt, tmp_path):
+    g, ins, outs, feeds = lstm_program(rt)
+    model = onnx_matches_run(g, tmp_path / "lstm.onnx", ins, outs, feeds, rtol=1e-4, atol=1e-5)
     ops = _ops(model.graph)
     assert ops.count("Scan") == 2  # one per layer: the time loop stays a loop, any sequence length
     assert {"Split", "Sigmoid", "Tanh"} <= set(ops)  # the fused lstm_cell, decomposed
     assert {"lstm1/kernel", "lstm2/recurrent_kernel", "head/kernel"} <= {i.name for i in model.graph.initializer}
 
 
-def test_gru_bidirectional_and_simple_rnn(rt, tmp_path):
-    g = rt.graph("onnx_gru")
+def gru_program(rt, name="onnx_gru"):
+    g = rt.graph(name)
     x = g.placeholder((None, 6, 3), "float32", name="x")
     h = kf.nn.Bidirectional(kf.nn.GRU(5, return_sequences=True, seed=4), name="bi")(x)
     y = kf.nn.SimpleRNN(4, name="rnn", seed=5)(h)
     _train(g, kf.mean(kf.square(y - 0.5)), [{x: _f(4, 6, 3)}])
-    feeds = [{"x": _f(n, 6, 3)} for n in (1, 4)]
-    onnx_matches_run(g, tmp_path / "gru.onnx", {"x": x}, {"y": y, "seq": h}, feeds, rtol=1e-4, atol=1e-5)
+    return g, {"x": x}, {"y": y, "seq": h}, [{"x": _f(n, 6, 3)} for n in (1, 4)]
 
 
-def test_while_loop_newton_sqrt_with_tensor_and_missing_bounds(rt, tmp_path):
-    g = rt.graph("onnx_while")
+def test_gru_bidirectional_and_simple_rnn(rt, tmp_path):
+    g, ins, outs, feeds = gru_program(rt)
+    onnx_matches_run(g, tmp_path / "gru.onnx", ins, outs, feeds, rtol=1e-4, atol=1e-5)
+
+
+def while_program(rt, name="onnx_while"):
+    g = rt.graph(name)
     x = g.placeholder((None,), "float32", name="x")
     cap = g.placeholder((), "int32", name="cap")
 
@@ -84,14 +92,19 @@ def test_while_loop_newton_sqrt_with_tensor_and_missing_bounds(rt, tmp_path):
     total = kf.fori_loop(0, 4, lambda i, s: s + kf.cast(i, "float32") * x, x * 0.0)
     outs = {"steps": steps, "root": root, "capped_steps": capped_steps, "capped": capped, "total": total}
     feeds = [{"x": np.abs(_f(n)) * 10 + 0.1, "cap": np.array(c, "int32")} for n, c in ((1, 2), (6, 100), (3, -1))]
-    model = onnx_matches_run(g, tmp_path / "while.onnx", {"x": x, "cap": cap}, outs, feeds)
+    return g, {"x": x, "cap": cap}, outs, feeds
+
+
+def test_while_loop_newton_sqrt_with_tensor_and_missing_bounds(rt, tmp_path):
+    g, ins, outs, feeds = while_program(rt)
+    model = onnx_matches_run(g, tmp_path / "while.onnx", ins, outs, feeds)
     assert _ops(model.graph).count("Loop") == 3
-    got = g.run({"steps": steps, "capped_steps": capped_steps}, feed={x: feeds[0]["x"], cap: feeds[0]["cap"]})
+    got = g.run({k: outs[k] for k in ("steps", "capped_steps")}, feed={ins[k]: v for k, v in feeds[0].items()})
     assert got["steps"] > 2 and got["capped_steps"] == 2  # both ways of stopping were exercised
 
 
-def test_cond_and_switch_case_take_each_branch(rt, tmp_path):
-    g = rt.graph("onnx_cond")
+def cond_program(rt, name="onnx_cond"):
+    g = rt.graph(name)
     x = g.placeholder((None,), "float32", name="x")
     k = g.placeholder((), "int32", name="k")
     w = g.variable(np.array([1.5, -2.0, 0.5], "float32"), name="w")
@@ -102,13 +115,19 @@ def test_cond_and_switch_case_take_each_branch(rt, tmp_path):
     outs = {"big": big, "small": small, "picked": picked, "plain": plain}
     feeds = [{"x": _f(n) + shift, "k": np.array(i, "int32")}
              for n, shift, i in ((3, 5.0, 0), (4, -5.0, 1), (2, 5.0, 2), (5, -5.0, 3), (1, 5.0, -1), (3, 5.0, 9))]
-    model = onnx_matches_run(g, tmp_path / "cond.onnx", {"x": x, "k": k}, outs, feeds)
+    return g, {"x": x, "k": k}, outs, feeds
+
+
+def test_cond_and_switch_case_take_each_branch(rt, tmp_path):
+    g, ins, outs, feeds = cond_program(rt)
+    model = onnx_matches_run(g, tmp_path / "cond.onnx", ins, outs, feeds)
     assert "If" in _ops(model.graph)
-    assert g.run(picked, feed={x: np.ones(2, "float32"), k: np.int32(-1)}).tolist() == [-7.0, -7.0]
+    feed = {ins["x"]: np.ones(2, "float32"), ins["k"]: np.int32(-1)}
+    assert g.run(outs["picked"], feed=feed).tolist() == [-7.0, -7.0]
 
 
-def test_scan_forms_map_fn_and_nesting(rt, tmp_path):
-    g = rt.graph("onnx_scan")
+def scan_program(rt, name="onnx_scan"):
+    g = rt.graph(name)
     x = g.placeholder((None, 3), "float32", name="x")
     scale = g.placeholder((3,), "float32", name="scale")
     outs = {
@@ -121,7 +140,12 @@ def test_scan_forms_map_fn_and_nesting(rt, tmp_path):
         "nested": kf.map_fn(lambda e: kf.fori_loop(0, 3, lambda i, p: p * e, e * 0.0 + 1.0), x),
     }
     feeds = [{"x": _f(n, 3), "scale": _f(3)} for n in (2, 6)]  # (not 1: onnxruntime's Scan refuses 0 steps)
-    model = onnx_matches_run(g, tmp_path / "scan.onnx", {"x": x, "scale": scale}, outs, feeds)
+    return g, {"x": x, "scale": scale}, outs, feeds
+
+
+def test_scan_forms_map_fn_and_nesting(rt, tmp_path):
+    g, ins, outs, feeds = scan_program(rt)
+    model = onnx_matches_run(g, tmp_path / "scan.onnx", ins, outs, feeds)
     ops = _ops(model.graph)
     assert ops.count("Scan") == 5 and "Loop" in ops and "If" in ops
 
