@@ -47,6 +47,15 @@ class ImportedModel:
 
 
 @dataclass
+class Init:
+    """An initializer: static for the ops that need a static value, a constant or variable (named after
+    it, made once) for the others."""
+
+    name: str
+    value: np.ndarray
+
+
+@dataclass
 class ShapeOf:
     """The value of ONNX ``Shape(x)``: kept symbolic for the Reshape / Expand that read it."""
 
@@ -56,8 +65,8 @@ class ShapeOf:
 class Env:
     """ONNX value name -> kernelflow value, one per graph scope (a body sees its outer scopes).
 
-    A value is a Tensor, a static numpy array (an initializer or Constant; made a tensor on
-    first use as one), or a `ShapeOf`.
+    A value is a Tensor, an `Init`, a static numpy array (a Constant's), or a `ShapeOf`; the
+    static ones become tensors on first use as one.
     """
 
     def __init__(self, onnx: Any, graph: Graph, parent: Env | None = None, trainable: bool = True):
@@ -68,6 +77,7 @@ class Env:
         self.values: dict[str, Any] = {}
         self.variables: dict[str, Tensor] = parent.variables if parent else {}
         self.node: Any = None  # the ONNX node being built (for messages)
+        self.made: dict[str, Tensor] = {}  # initializer name -> its tensor (the root's)
 
     def fail(self, what: str) -> OnnxImportError:
         n = self.node
@@ -83,11 +93,7 @@ class Env:
         raise self.fail(f"reads value '{name}', which no earlier node, input or initializer defines")
 
     def tensor(self, v: Any) -> Tensor:
-        """``v`` (a value or a value name) as a tensor; a static array becomes a constant or variable."""
-        if isinstance(v, str):
-            name, v = v, self.lookup(v)
-        else:
-            name = None
+        """Value ``v`` as a tensor; an initializer becomes a variable or constant, once."""
         if isinstance(v, Tensor):
             return v
         if isinstance(v, ShapeOf):
@@ -95,21 +101,22 @@ class Env:
         root = self
         while root.parent is not None:
             root = root.parent
-        arr = np.asarray(v)
-        if name is not None and self.trainable and arr.dtype.kind == "f" and arr.ndim >= 1:
-            t = root.graph.variable(arr, name=name)
-            self.variables[name] = t
-        else:
-            t = root.graph.constant(arr)
-        if name is not None:
-            owner = self
-            while name not in owner.values:
-                owner = owner.parent  # type: ignore[assignment]
-            owner.values[name] = t
-        return t
+        if not isinstance(v, Init):
+            return root.graph.constant(np.asarray(v))
+        made = root.made.get(v.name)
+        if made is None:
+            arr = v.value
+            if self.trainable and arr.dtype.kind == "f" and arr.ndim >= 1:
+                made = self.variables[v.name] = root.graph.variable(arr, name=v.name)
+            else:
+                made = root.graph.constant(arr)
+            root.made[v.name] = made
+        return made
 
     def static(self, v: Any, what: str) -> np.ndarray:
         """``v`` as a numpy array known now (an initializer or Constant)."""
+        if isinstance(v, Init):
+            return v.value
         if isinstance(v, (np.ndarray, np.generic)):
             return np.asarray(v)
         if isinstance(v, Tensor) and v.op.name == "constant":
@@ -153,9 +160,9 @@ class Env:
         for vi, a in zip(graph_proto.input, args):
             inner.values[vi.name] = a
         for init in graph_proto.initializer:
-            inner.values[init.name] = self.onnx.numpy_helper.to_array(init)
+            inner.values[init.name] = Init(init.name, self.onnx.numpy_helper.to_array(init))
         inner.run(graph_proto.node)
-        return [inner.tensor(o.name) for o in graph_proto.output]
+        return [inner.tensor(inner.lookup(o.name)) for o in graph_proto.output]
 
 
 def _load(model: Any, onnx: Any) -> Any:
@@ -197,7 +204,7 @@ def import_onnx(model: Any, graph: Graph, trainable: bool = True) -> ImportedMod
     m = _load(model, onnx)
     env = Env(onnx, graph, trainable=trainable)
     for init in m.graph.initializer:
-        env.values[init.name] = onnx.numpy_helper.to_array(init)
+        env.values[init.name] = Init(init.name, onnx.numpy_helper.to_array(init))
     inputs = {}
     for vi in m.graph.input:
         if vi.name in env.values:
@@ -206,5 +213,5 @@ def import_onnx(model: Any, graph: Graph, trainable: bool = True) -> ImportedMod
         shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
         inputs[vi.name] = env.values[vi.name] = graph.placeholder(shape, env.dtype(tt.elem_type), name=vi.name)
     env.run(m.graph.node)
-    outputs = {o.name: env.tensor(o.name) for o in m.graph.output}
+    outputs = {o.name: env.tensor(env.lookup(o.name)) for o in m.graph.output}
     return ImportedModel(graph, inputs, outputs, dict(env.variables))
