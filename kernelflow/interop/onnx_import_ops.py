@@ -229,10 +229,8 @@ def _split(env: Env, node: Any, args: list, attrs: dict) -> list:
     return list(parts)
 
 
-def _bound(v: int, step: int, start: bool) -> int | None:
-    if v >= _BIG or v <= -_BIG:
-        return None
-    return v
+def _bound(v: int) -> int | None:
+    return None if v >= _BIG or v <= -_BIG else v
 
 
 @_imp("Slice")
@@ -243,7 +241,7 @@ def _slice(env: Env, node: Any, args: list, attrs: dict) -> list:
     steps = env.static(args[4], "steps").reshape(-1) if len(args) > 4 and args[4] is not None else [1] * len(starts)
     index: list[Any] = [slice(None)] * x.ndim
     for s, e, a, st in zip(starts, ends, axes, steps):
-        index[int(a) % x.ndim] = slice(_bound(int(s), int(st), True), _bound(int(e), int(st), False), int(st))
+        index[int(a) % x.ndim] = slice(_bound(int(s)), _bound(int(e)), int(st))
     return [x[tuple(index)]]
 
 
