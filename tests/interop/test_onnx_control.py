@@ -195,3 +195,25 @@ def test_random_op_inside_a_loop_is_refused(rt, tmp_path):
     with pytest.raises(OnnxExportError, match=r"node '[^']*noise' \(op random_uniform_like\) has no ONNX form: random"):
         g.export_onnx(tmp_path / "m.onnx", inputs={"x": x}, outputs={"y": y})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_exports_an_lstm_model_directory_to_onnx(tmp_path):
+    import subprocess
+    import sys
+
+    import onnxruntime as ort
+
+    rt = kf.connect("inproc", state_dir=tmp_path / "state")
+    try:
+        g, ins, outs, feeds = lstm_program(rt, name="seq")
+        g.export("seq", inputs=ins, outputs={"logits": outs["logits"]})
+        want = g.run(outs["logits"], feed={ins[k]: v for k, v in feeds[1].items()})
+    finally:
+        rt.close()
+    out = tmp_path / "seq.onnx"
+    r = subprocess.run([sys.executable, "-m", "kernelflow", "export-model", "seq", "--state-dir",
+                        str(tmp_path / "state"), "--format", "onnx", "--to", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, feeds[1])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
