@@ -150,6 +150,34 @@ def test_scan_forms_map_fn_and_nesting(rt, tmp_path):
     assert ops.count("Scan") == 5 and "Loop" in ops and "If" in ops
 
 
+def decode_program(rt, name="onnx_decode"):
+    """Greedy decoding with an LSTM cell (a while_loop whose loop variables grow), and a growing concat."""
+    g = rt.graph(name)
+    h0 = g.placeholder((None, 8), "float32", name="h0")
+    start = g.placeholder((None,), "int64", name="start")
+    emb = g.variable(_f(12, 8), name="emb")
+    proj = g.variable(_f(8, 12), name="proj")
+    cell = kf.nn.LSTMCell(8, name="cell", seed=1)
+
+    def step(tokens, state, t):
+        out, new = cell(kf.embedding(emb, tokens), list(state))
+        return kf.log_softmax(out @ proj), tuple(new)
+
+    ids, scores, lengths = kf.nn.greedy_decode(step, (h0, h0 * 0.0), start, end_token=0, max_length=6)
+    x = g.placeholder((None,), "float32", name="x")
+    _, grown = kf.while_loop(lambda i, s: i < 3, lambda i, s: (i + 1, kf.concat([s, s * 2.0], 0)),
+                             (g.constant(np.int64(0)), x))
+    feeds = [{"h0": _f(n, 8), "start": R.integers(1, 12, n).astype("int64"), "x": _f(m)} for n, m in ((1, 1), (4, 3))]
+    return g, {"h0": h0, "start": start, "x": x}, {"ids": ids, "scores": scores, "lengths": lengths,
+                                                     "grown": grown}, feeds
+
+
+def test_greedy_decoding_and_growing_loop_variables(rt, tmp_path):
+    g, ins, outs, feeds = decode_program(rt)
+    onnx_matches_run(g, tmp_path / "decode.onnx", ins, outs, feeds, rtol=1e-5, atol=1e-5)
+    assert g.run(outs["grown"], feed={ins["x"]: feeds[1]["x"]}).shape == (24,)
+
+
 def test_scan_without_elems_becomes_a_loop_of_length_trips(rt, tmp_path):
     g = rt.graph("onnx_scan_len")
     x = g.placeholder((None,), "float32", name="x")
