@@ -144,12 +144,50 @@ def _scan(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
 
 
 # --------------------------------------------------------------------------- fused recurrent cells
+def _lstm_step(b: OnnxBuilder, z: str, c: str, outs: tuple = (None, None)) -> tuple[str, str]:
+    """(h', c') of one LSTM step from pre-activations z (gates i, f, c, o) and the cell state c."""
+    i, f, g, o = b.ops("Split", [z], [None] * 4, axis=1, num_outputs=4)
+    c2 = b.op("Add", [b.op("Mul", [b.op("Sigmoid", [f]), c]),
+                      b.op("Mul", [b.op("Sigmoid", [i]), b.op("Tanh", [g])])], outs[1])
+    return b.op("Mul", [b.op("Sigmoid", [o]), b.op("Tanh", [c2])], outs[0]), c2
+
+
 @_conv("lstm_cell", form="Split(z, 4) into the gates i, f, c, o (Keras's order); c' = Sigmoid(f) * c + "
        "Sigmoid(i) * Tanh(g), h' = Sigmoid(o) * Tanh(c')")
 def _lstm_cell(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
-    z, c = xs
-    i, f, g, o = b.ops("Split", [z], [None] * 4, axis=1, num_outputs=4)
-    h_out, c_out = _parts(n, out)
-    c2 = b.op("Add", [b.op("Mul", [b.op("Sigmoid", [f]), c]),
-                      b.op("Mul", [b.op("Sigmoid", [i]), b.op("Tanh", [g])])], c_out)
-    b.op("Mul", [b.op("Sigmoid", [o]), b.op("Tanh", [c2])], h_out)
+    _lstm_step(b, xs[0], xs[1], tuple(_parts(n, out)))
+
+
+def _gate_order(units: int) -> np.ndarray:
+    """Column indices taking Keras's gate blocks (i, f, c, o) to ONNX LSTM's (i, o, f, c)."""
+    return np.concatenate([np.arange(units) + k * units for k in (0, 3, 1, 2)]).astype(np.int64)
+
+
+@_conv("lstm_sequence", form="ONNX LSTM (x as its input through a gate-reordering identity W, R the recurrent "
+       "kernel's columns reordered to ONNX's i, o, f, c and transposed); with a mask, a Scan of the lstm_cell "
+       "form whose steps keep (h, c) where the mask is False")
+def _lstm_sequence(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
+    hs_out, c_out = _parts(n, out)[:2]  # part 2 (the gradient's reserve) is never read by inference
+    units = n.inputs[3].shape[0]
+    if len(xs) == 4 and units is not None:
+        order = _gate_order(int(units))
+        w = b.const(np.eye(4 * units, dtype=n.inputs[0].dtype)[order][None])
+        r = b.op("Unsqueeze", [b.op("Transpose", [b.op("Gather", [xs[3], b.ints(order)], axis=1)]), b.ints([0])])
+        h0, c0 = (b.op("Unsqueeze", [x, b.ints([0])]) for x in xs[1:3])
+        y, _, y_c = b.ops("LSTM", [xs[0], w, r, "", "", h0, c0], [None, None, None], hidden_size=int(units))
+        b.op("Squeeze", [y, b.ints([1])], hs_out)
+        b.op("Squeeze", [y_c, b.ints([0])], c_out)
+        return
+    c = b.child()
+    h, cc, x_t = (c.unique(f"{n.name}/step::{k}") for k in ("h", "c", "x"))
+    ins = [c.value_info(h, n.inputs[1].aval), c.value_info(cc, n.inputs[2].aval),
+           c.value_info(x_t, Aval(n.inputs[0].shape[1:], n.inputs[0].dtype))]
+    h2, c2 = _lstm_step(c, c.op("Add", [x_t, c.op("MatMul", [h, xs[3]])]), cc)
+    if len(xs) == 5:
+        m = c.unique(f"{n.name}/step::mask")
+        ins.append(c.value_info(m, Aval(n.inputs[4].shape[1:], "bool")))
+        keep = c.op("Unsqueeze", [m, c.ints([1])])
+        h2, c2 = c.op("Where", [keep, h2, h]), c.op("Where", [keep, c2, cc])
+    aval = n.inputs[1].aval
+    g = c.graph(f"{n.name}/step", ins, [(h2, aval), (c2, aval), (h2, aval)])
+    b.ops("Scan", [xs[1], xs[2], xs[0], *xs[4:]], [None, c_out, hs_out], body=g, num_scan_inputs=len(xs) - 3)

@@ -428,3 +428,35 @@ def _scan(env: Env, node: Any, args: list, attrs: dict) -> list:
 
     scan_node, *_ = cf._scan("scan", fn2, carry, elems, reverse, None, "the state")
     return [tuple_get(scan_node, i) for i in range(nc + ny)]
+
+
+@_imp("LSTM")
+def _lstm(env: Env, node: Any, args: list, attrs: dict) -> list:
+    """ONNX LSTM (forward, default activations) as a scan of kernelflow's lstm_cell, gates back in Keras's order."""
+    from ..graph.ops.recurrent import lstm_cell
+
+    plain = {"hidden_size", "direction", "layout"}
+    if set(attrs) - plain or attrs.get("direction", b"forward") not in (b"forward", "forward") \
+            or attrs.get("layout", 0) or (len(args) > 4 and args[4] is not None):
+        raise env.fail("only a forward LSTM with default activations, layout 0 and no sequence_lens, clip or "
+                       f"input_forget is imported; got attributes {sorted(attrs)}")
+    x, w, r = _ts(env, args[:3])
+    u = int(attrs["hidden_size"])
+    back = np.concatenate([np.arange(u) + k * u for k in (0, 2, 3, 1)]).astype(np.int64)  # i,o,f,c -> i,f,c,o
+    kernel = K.transpose(K.take(K.reshape(w, (4 * u, -1)), back, axis=0))  # (input, 4u), Keras's layout
+    recurrent = K.transpose(K.take(K.reshape(r, (4 * u, u)), back, axis=0))  # (u, 4u)
+    xk = K.matmul(x, kernel)
+    if len(args) > 3 and args[3] is not None:
+        bias = K.reshape(env.tensor(args[3]), (2, 4 * u))
+        xk = xk + K.take(bias[0] + bias[1], back)
+    zero = K.broadcast_like(env.tensor(np.zeros((), x.dtype)), xk[0][:, :u])
+    h0, c0 = (K.reshape(env.tensor(args[i]), (-1, u)) if len(args) > i and args[i] is not None else zero
+              for i in (5, 6))
+
+    def fn2(carry: Any, x_t: Any) -> tuple:
+        h, c = lstm_cell(x_t[0] + K.matmul(carry[0], recurrent), carry[1])
+        return (h, c), (h,)
+
+    node_, *_ = cf._scan("scan", fn2, (h0, c0), (xk,), False, None, "(h, c)")
+    h_last, c_last, hs = (tuple_get(node_, i) for i in range(3))
+    return [K.expand_dims(hs, 1), K.expand_dims(h_last, 0), K.expand_dims(c_last, 0)]

@@ -131,3 +131,36 @@ def test_every_onnx_op_the_exporter_writes_is_imported():
         written |= set(table.values())
     assert len(written) > 50
     assert written - set(IMPORTERS) == {"ScatterND"}  # scatter_add's form; docs/onnx.md says so
+
+
+def test_onnx_lstm_op_imports_as_a_scan_equal_to_onnxruntime(rt):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    u, i = 5, 3
+    inits = [numpy_helper.from_array(R.standard_normal(s).astype("float32") * 0.5, n)
+             for n, s in (("W", (1, 4 * u, i)), ("R", (1, 4 * u, u)), ("B", (1, 8 * u)))]
+    node = helper.make_node("LSTM", ["X", "W", "R", "B", "", "h0", "c0"], ["Y", "Y_h", "Y_c"], name="lstm",
+                            hidden_size=u)
+    model = _model([node], [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "N", i]),
+                            helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, "N", u]),
+                            helper.make_tensor_value_info("c0", TensorProto.FLOAT, [1, "N", u])],
+                   [helper.make_tensor_value_info(k, TensorProto.FLOAT, None) for k in ("Y", "Y_h", "Y_c")], inits)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    m = kf.import_onnx(model, rt.graph("rt_onnx_lstm"))
+    assert "scan" in {n.op.name for n in m.graph.nodes()}
+    for t, n in ((6, 2), (1, 4)):
+        feed = {"X": R.standard_normal((t, n, i)).astype("float32"),
+                "h0": R.standard_normal((1, n, u)).astype("float32"),
+                "c0": R.standard_normal((1, n, u)).astype("float32")}
+        want = dict(zip(("Y", "Y_h", "Y_c"), sess.run(None, feed)))
+        got = m.graph.run(m.outputs, feed={m.inputs[k]: v for k, v in feed.items()})
+        for k in want:
+            assert got[k].shape == want[k].shape
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    bi = helper.make_node("LSTM", ["X", "W", "R"], ["Y"], name="bi", hidden_size=u, direction="bidirectional")
+    bad = _model([bi],
+                 [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "N", i])],
+                 [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits[:2])
+    with pytest.raises(OnnxImportError, match=r"node 'bi' \(LSTM\): only a forward LSTM"):
+        kf.import_onnx(bad, rt.graph("rt_onnx_lstm_bad"))
