@@ -169,7 +169,7 @@ def _load(model: Any, onnx: Any) -> Any:
     if isinstance(model, (str, os.PathLike)):
         try:
             return onnx.load(os.fspath(model), load_external_data=False)
-        except (OSError, Exception) as e:  # onnx raises DecodeError for a file that is not ONNX
+        except Exception as e:  # OSError, or protobuf's DecodeError for a file that is not ONNX
             raise InvalidArgumentError(f"import_onnx: cannot read an ONNX model from '{model}': {e}") from e
     if isinstance(model, onnx.ModelProto):
         return model
