@@ -18,6 +18,7 @@ import numpy as np
 
 from ..graph import control_flow as cf
 from ..graph import ops as K
+from ..graph.ir import Tensor
 from ..graph.ops.control_flow import tuple_get
 from ..graph.ops.conv import window_geometry
 from ..graph.ops.movement import reshape_like
@@ -396,7 +397,7 @@ def _loop(env: Env, node: Any, args: list, attrs: dict) -> list:
     body = attrs["body"]
     n_vars = len(args) - 2
     if len(body.output) != 1 + n_vars:
-        raise env.fail("a Loop with scan outputs is not imported (kernelflow's while_loop stacks nothing)")
+        return _counted_loop(env, body, args, n_vars)
     limit = env.tensor(args[0]) if args[0] is not None else None
     keep = env.tensor(args[1]) if args[1] is not None else env.tensor(np.asarray(True))
     init = (env.tensor(np.asarray(0, np.int64)), K.reshape(keep, ()), *_ts(env, args[2:]))
@@ -408,6 +409,33 @@ def _loop(env: Env, node: Any, args: list, attrs: dict) -> list:
     res = cf.while_loop(lambda i, go, *vs: go, step, init,
                         maximum_iterations=None if limit is None else K.reshape(limit, ()))
     return list(res[2:])
+
+
+def _passes_condition_through(body: Any) -> bool:
+    """True when a Loop body's condition output is its condition input (through Identities)."""
+    made = {o: n for n in body.node for o in n.output}
+    name = body.output[0].name
+    while name in made and made[name].op_type == "Identity":
+        name = made[name].input[0]
+    return name == body.input[1].name
+
+
+def _counted_loop(env: Env, body: Any, args: list, n_vars: int) -> list:
+    """A Loop with scan outputs that runs exactly M times: a scan over arange(M) (the iteration numbers)."""
+    cond = args[1]
+    always = cond is None or (not isinstance(cond, Tensor) and bool(env.static(cond, "condition")))
+    if args[0] is None or not always or not _passes_condition_through(body):
+        raise env.fail("a Loop with scan outputs is imported only when it runs exactly M times (condition "
+                       "always true); kernelflow's while_loop stacks nothing")
+    steps = K.arange(K.reshape(K.cast(env.tensor(args[0]), "int64"), ()))
+    true = env.tensor(np.asarray(True))
+
+    def fn2(carry: Any, i: Any) -> tuple:
+        outs = env.body(body, [i[0], true, *carry])
+        return tuple(outs[1:1 + n_vars]), tuple(outs[1 + n_vars:])
+
+    node_, *_ = cf._scan("scan", fn2, tuple(_ts(env, args[2:])), (steps,), False, None, "the loop variables")
+    return [tuple_get(node_, i) for i in range(len(body.output) - 1)]
 
 
 @_imp("Scan")

@@ -180,8 +180,8 @@ def test_greedy_decoding_and_growing_loop_variables(rt, tmp_path):
     assert g.run(outs["grown"], feed={ins["x"]: feeds[1]["x"]}).shape == (24,)
 
 
-def test_scan_without_elems_becomes_a_loop_of_length_trips(rt, tmp_path):
-    g = rt.graph("onnx_scan_len")
+def length_scan_program(rt, name="onnx_scan_len"):
+    g = rt.graph(name)
     x = g.placeholder((None,), "float32", name="x")
     nodes = {}
     for reverse in (False, True):
@@ -191,9 +191,13 @@ def test_scan_without_elems_becomes_a_loop_of_length_trips(rt, tmp_path):
                                                 "reverse": reverse})
         nodes[reverse] = (tuple_get(node, 0), tuple_get(node, 1))
     outs = {"last": nodes[False][0], "ys": nodes[False][1], "ys_rev": nodes[True][1]}
-    feeds = [{"x": _f(n)} for n in (1, 3)]
-    onnx_matches_run(g, tmp_path / "len.onnx", {"x": x}, outs, feeds)
-    ys, rev = g.run([outs["ys"], outs["ys_rev"]], feed={x: feeds[1]["x"]})
+    return g, {"x": x}, outs, [{"x": _f(n)} for n in (1, 3)]
+
+
+def test_scan_without_elems_becomes_a_loop_of_length_trips(rt, tmp_path):
+    g, ins, outs, feeds = length_scan_program(rt)
+    onnx_matches_run(g, tmp_path / "len.onnx", ins, outs, feeds)
+    ys, rev = g.run([outs["ys"], outs["ys_rev"]], feed={ins["x"]: feeds[1]["x"]})
     np.testing.assert_array_equal(ys[::-1], rev)  # reverse stacks the steps back to front
 
 

@@ -24,12 +24,13 @@ def test_op_cases_round_trip(rt, tmp_path, case):
     onnx_round_trip(rt, g, tmp_path / f"{case}.onnx", phs, outs, feeds)
 
 
-@pytest.mark.parametrize("program", ["lstm", "gru", "while", "cond", "scan", "decode"])
+@pytest.mark.parametrize("program", ["lstm", "gru", "while", "cond", "scan", "decode", "length_scan"])
 def test_control_flow_programs_round_trip(rt, tmp_path, program):
     g, ins, outs, feeds = getattr(control, f"{program}_program")(rt, name=f"rt_{program}")
     m = onnx_round_trip(rt, g, tmp_path / f"{program}.onnx", ins, outs, feeds, rtol=1e-4, atol=1e-5)
     ops = {n.op.name for n in m.graph.nodes()}
-    want = {"lstm": "scan", "gru": "scan", "while": "while", "cond": "case", "scan": "scan", "decode": "while"}[program]
+    want = {"lstm": "scan", "gru": "scan", "while": "while", "cond": "case", "scan": "scan", "decode": "while",
+            "length_scan": "scan"}[program]
     assert want in ops  # a loop stays a loop (any sequence length), a branch a branch
 
 
@@ -110,6 +111,19 @@ def test_unsupported_onnx_op_or_form_names_the_node(rt, tmp_path):
                        [numpy_helper.from_array(np.array([3], np.int64), "e")])
     with pytest.raises(OnnxImportError, match=r"node 'sl' \(Slice\): needs its starts as an initializer"):
         kf.import_onnx(slice_dyn, rt.graph("bad3"))
+    f = TensorProto.FLOAT
+    body = helper.make_graph(
+        [helper.make_node("Add", ["v", "one"], ["v2"]), helper.make_node("Less", ["v2", "ten"], ["go"]),
+         helper.make_node("Identity", ["v2"], ["y"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("c", TensorProto.BOOL, []), helper.make_tensor_value_info("v", f, [])],
+        [helper.make_tensor_value_info(k, t, []) for k, t in (("go", TensorProto.BOOL), ("v2", f), ("y", f))])
+    until = _model([helper.make_node("Loop", ["m", "t", "v0"], ["vf", "ys"], name="until", body=body)],
+                   [helper.make_tensor_value_info("v0", f, [])], [helper.make_tensor_value_info("ys", f, None)],
+                   [numpy_helper.from_array(np.array(9, np.int64), "m"), numpy_helper.from_array(np.array(True), "t"),
+                    numpy_helper.from_array(np.float32(1), "one"), numpy_helper.from_array(np.float32(10), "ten")])
+    with pytest.raises(OnnxImportError, match=r"node 'until' \(Loop\): a Loop with scan outputs is imported only"):
+        kf.import_onnx(until, rt.graph("bad5"))
     bad = tmp_path / "not.onnx"
     bad.write_bytes(b"not a model")
     with pytest.raises(kf.errors.InvalidArgumentError, match="cannot read an ONNX model"):
