@@ -282,6 +282,17 @@ def _gather_elements(env: Env, node: Any, args: list, attrs: dict) -> list:
     return [K.take_along_axis(x, ids)]
 
 
+@_imp("ScatterND")
+def _scatter_nd(env: Env, node: Any, args: list, attrs: dict) -> list:
+    data, idx, upd = _ts(env, args)
+    red = attrs.get("reduction", b"none")
+    if (red.decode() if isinstance(red, bytes) else red) != "add" or idx.shape[-1] != 1:
+        raise env.fail("only ScatterND(reduction='add') with indices of last dim 1 is imported (kernelflow's "
+                       "scatter_add along axis 0)")
+    ids = K.squeeze(K.cast(idx, "int64"), axis=-1)
+    return [data + K.scatter_add(upd, ids, data, axis=0)]
+
+
 @_imp("TopK")
 def _top_k(env: Env, node: Any, args: list, attrs: dict) -> list:
     x = env.tensor(args[0])

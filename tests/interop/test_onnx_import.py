@@ -17,10 +17,13 @@ from .test_onnx_ops import CASES, _build
 R = np.random.default_rng(23)
 
 
-@pytest.mark.parametrize("case", sorted(set(CASES) - {"scatter"}))
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_op_cases_round_trip(rt, tmp_path, case):
     specs, fn = CASES[case]
     g, phs, outs, feeds = _build(rt, f"rt_{case}", specs, fn)
+    if case == "scatter":  # one index per row of updates
+        for f in feeds:
+            f["ids"] = R.integers(0, 4, f["u"].shape[0]).astype("int64")
     onnx_round_trip(rt, g, tmp_path / f"{case}.onnx", phs, outs, feeds)
 
 
@@ -144,7 +147,7 @@ def test_every_onnx_op_the_exporter_writes_is_imported():
     for table in (onnx_ops._SIMPLE_BINARY, onnx_ops._COMPARE, onnx_ops._UNARY, onnx_ops._REDUCE):
         written |= set(table.values())
     assert len(written) > 50
-    assert written - set(IMPORTERS) == {"ScatterND"}  # scatter_add's form; docs/onnx.md says so
+    assert written <= set(IMPORTERS), written - set(IMPORTERS)
 
 
 def test_onnx_lstm_op_imports_as_a_scan_equal_to_onnxruntime(rt):
