@@ -6,9 +6,10 @@ Three parts, one table each:
     run: kernelflow in-process beside TF1's ``tf.compat.v1.while_loop`` in a Session.
     Target: < 15 us per iteration and below TF1.
 (b) LSTM forward+backward step, batch 32, 128 inputs and units, 50 steps, float32 (loss
-    ``sum(outputs * c)``, gradients w.r.t. the inputs and the three weights): kf.nn.LSTM on
-    kf.scan (in-process) beside TF1's ``dynamic_rnn`` with ``LSTMCell`` in a Session and
-    PyTorch's ``nn.LSTM`` (autograd). Targets: ahead of TF1, within 1.2x of PyTorch.
+    ``sum(outputs * c)``, gradients w.r.t. the inputs and the three weights): kf.nn.LSTM (one
+    fused ``lstm_sequence`` op and its BPTT gradient, in-process) beside TF1's ``dynamic_rnn``
+    with ``LSTMCell`` in a Session and PyTorch's ``nn.LSTM`` (autograd over oneDNN's fused RNN
+    kernels). Targets: ahead of TF1, within 1.2x of PyTorch.
 (c) Beam search (width 5, 30 steps, batch 8, vocab 1000, a 128-unit tanh RNN step) through a
     ``kernelflow serve`` on loopback: ``kf.nn.beam_search`` as one ``g.run`` beside a Python
     loop doing the search in numpy with one ``g.run`` of the step per time step (30 round
