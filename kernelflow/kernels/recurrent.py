@@ -63,24 +63,24 @@ def _gate_major(a, u):
     return a.reshape(a.shape[0], 4, u).transpose(1, 0, 2)
 
 
-def _reserve(ctx, xp, n_t, b, u, dtype):
+def _reserve(ctx, xp, n_t, b, u, dtype, blocks=6, index=2, what="lstm_sequence"):
     """(time, 6, batch, units) when this run's plan takes the gradient (the reserve output is
     read), else two steps' worth used in turn: a forward-only run keeps no history.
 
     Raises:
         ResourceExhaustedError: the reserve would exceed the saved-values memory limit of loops.
     """
-    wanted = ctx is None or any(c.op is cf.tuple_get_op and c.attrs["index"] == 2 for c in ctx.consumers())
+    wanted = ctx is None or any(c.op is cf.tuple_get_op and c.attrs["index"] == index for c in ctx.consumers())
     if not wanted:
-        return xp.empty((2, 6, b, u), dtype), False
-    nbytes = n_t * 6 * b * u * np.dtype(dtype).itemsize
+        return xp.empty((2, blocks, b, u), dtype), False
+    nbytes = n_t * blocks * b * u * np.dtype(dtype).itemsize
     if nbytes > DEFAULT_SAVED_LIMIT_BYTES:
         node = ctx.node
         raise ResourceExhaustedError(
-            f"lstm_sequence '{node.name}': the values saved for the gradient ({nbytes} bytes for {n_t} steps) exceed "
+            f"{what} '{node.name}': the values saved for the gradient ({nbytes} bytes for {n_t} steps) exceed "
             f"the memory limit of {DEFAULT_SAVED_LIMIT_BYTES} bytes (KERNELFLOW_SAVED_LIMIT_BYTES); use shorter "
             "sequences or smaller batches", node=node.name, source=node.source)
-    return xp.empty((n_t, 6, b, u), dtype), True
+    return xp.empty((n_t, blocks, b, u), dtype), True
 
 
 @kernel(R.lstm_sequence_op, needs_ctx=True)
@@ -190,3 +190,118 @@ def lstm_sequence_grad_kernel(xp, h0, c0, rk, hs, res, dhs, dc_last, *mask):
     else:
         drk = xp.zeros_like(rk)
     return dx, dh, dc, drk, db.sum(axis=1).reshape(g4)
+
+
+# --------------------------------------------------------------------------- whole-sequence GRU
+# Reserve (time, 4, batch, units): z, r, the candidate hh and the recurrent part of its
+# pre-activation (h @ recurrent_kernel_h + recurrent bias_h), which the reset gate scales.
+_Z, _R, _HH, _IH = range(4)
+
+
+def _gates3(a, u):
+    """(batch, 3 * units) -> a (3, batch, units) view, Keras's gate order z, r, h."""
+    return a.reshape(a.shape[0], 3, u).transpose(1, 0, 2)
+
+
+@kernel(R.gru_sequence_op, needs_ctx=True)
+def gru_sequence_kernel(ctx, xp, x, h0, rk, bias, *mask):
+    n_t, b, g3 = x.shape
+    u = g3 // 3
+    hs = xp.empty((n_t, b, u), x.dtype)
+    if n_t == 0:
+        return hs, xp.empty((0, 4, b, u), x.dtype)
+    res, saving = _reserve(ctx, xp, n_t, b, u, x.dtype, blocks=4, index=1, what="gru_sequence")
+    r3 = xp.ascontiguousarray(rk.reshape(u, 3, u).transpose(1, 0, 2))  # per gate k: rk_k
+    bx = xp.empty((3, b, u), x.dtype)  # the biases per gate and row (a broadcast add is 2x slower)
+    bx[...] = bias[0].reshape(3, 1, u)
+    bi = xp.empty((3, b, u), x.dtype)
+    bi[...] = bias[1].reshape(3, 1, u)
+    xc = xp.empty((3, b, u), x.dtype)
+    inner = xp.empty((3, b, u), x.dtype)
+    tmp = xp.empty((b, u), x.dtype)
+    pad = ~mask[0][:, :, None] if mask else None
+    h = h0
+    with _quiet(xp):
+        for t in range(n_t):
+            r = res[t if saving else t % 2]
+            xp.add(_gates3(x[t], u), bx, out=xc)
+            xp.matmul(h, r3, out=inner)
+            inner += bi
+            sig = r[:_HH]
+            xp.add(xc[:2], inner[:2], out=sig)  # z, r = sigmoid(x + inner)
+            xp.negative(sig, out=sig)
+            xp.exp(sig, out=sig)
+            sig += 1
+            xp.reciprocal(sig, out=sig)
+            r[_IH] = inner[2]
+            hh = r[_HH]
+            xp.multiply(r[_R], inner[2], out=hh)  # hh = tanh(x_h + r * inner_h)
+            hh += xc[2]
+            xp.tanh(hh, out=hh)
+            hn = hs[t]
+            xp.multiply(r[_Z], h, out=hn)  # h' = z * h + (1 - z) * hh, Keras's form
+            xp.subtract(1, r[_Z], out=tmp)
+            tmp *= hh
+            hn += tmp
+            if pad is not None:
+                xp.copyto(hn, h, where=pad[t])
+            h = hn
+    return hs, res if saving else None
+
+
+@kernel(R.gru_sequence_grad_op)
+def gru_sequence_grad_kernel(xp, h0, rk, hs, res, dhs, *mask):
+    n_t, b, u = hs.shape
+    g3 = 3 * u
+    dx = xp.empty((n_t, b, g3), hs.dtype)
+    di = xp.empty((n_t, b, g3), hs.dtype)  # of the recurrent pre-activations h @ rk + bias[1]
+    dh = xp.zeros((b, u), hs.dtype)
+    rt3 = xp.ascontiguousarray(rk.reshape(u, 3, u).transpose(1, 2, 0))  # per gate k: rk_k.T
+    dxc = xp.empty((3, b, u), hs.dtype)
+    dic = xp.empty((3, b, u), hs.dtype)
+    dhg = xp.empty((3, b, u), hs.dtype)
+    tmp = xp.empty((b, u), hs.dtype)
+    tmp2 = xp.empty((b, u), hs.dtype)
+    direct = xp.empty((b, u), hs.dtype)
+    keep = mask[0][:, :, None].astype(hs.dtype) if mask else None
+    for t in range(n_t - 1, -1, -1):
+        r = res[t]
+        z, rr, hh, ih = r[_Z], r[_R], r[_HH], r[_IH]
+        hp = hs[t - 1] if t else h0
+        dh += dhs[t]
+        if keep is not None:
+            dhn = dh * keep[t]  # what reaches the step's new h; the rest skips the step
+            dh -= dhn
+        else:
+            dhn = dh
+        xp.subtract(hp, hh, out=tmp)  # z: dhn * (h - hh) * z (1 - z)
+        tmp *= dhn
+        xp.subtract(1, z, out=tmp2)
+        tmp2 *= z
+        xp.multiply(tmp, tmp2, out=dxc[0])
+        xp.subtract(1, z, out=tmp)  # the candidate's pre-activation: dhn * (1 - z) * (1 - hh^2)
+        tmp *= dhn
+        xp.multiply(hh, hh, out=tmp2)
+        xp.subtract(1, tmp2, out=tmp2)
+        xp.multiply(tmp, tmp2, out=dxc[2])
+        xp.multiply(dxc[2], ih, out=tmp)  # r: that * inner_h * r (1 - r)
+        xp.subtract(1, rr, out=tmp2)
+        tmp2 *= rr
+        xp.multiply(tmp, tmp2, out=dxc[1])
+        dic[:2] = dxc[:2]
+        xp.multiply(dxc[2], rr, out=dic[2])
+        xp.multiply(dhn, z, out=direct)  # h' = z * h + ...: the direct path to h
+        _gates3(dx[t], u)[...] = dxc
+        _gates3(di[t], u)[...] = dic
+        xp.matmul(dic, rt3, out=dhg)
+        if keep is not None:
+            dh += direct
+            dh += dhg.sum(axis=0)
+        else:
+            xp.sum(dhg, axis=0, out=dh)
+            dh += direct
+    drk = xp.matmul(h0.T, di[0]) if n_t else xp.zeros_like(rk)
+    if n_t > 1:
+        drk += xp.matmul(hs[:-1].reshape(-1, u).T, di[1:].reshape(-1, g3))
+    dbias = xp.stack([dx.reshape(-1, g3).sum(axis=0), di.reshape(-1, g3).sum(axis=0)])
+    return dx, dh, drk, dbias

@@ -1,4 +1,4 @@
-"""Recurrent layers: LSTM (one fused lstm_sequence op), GRU and SimpleRNN (on `kf.scan`), cells, Bidirectional.
+"""Recurrent layers: LSTM and GRU (one fused op each), SimpleRNN (on `kf.scan`), cells, Bidirectional.
 
 Weights follow Keras's layout and gate order, so Keras weights load as they are:
 LSTM ``kernel (in, 4u)``, ``recurrent_kernel (u, 4u)``, ``bias (4u,)``, gates i, f, c, o;
@@ -252,11 +252,19 @@ class GRUCell(_Cell):
         h2 = z * h + (1 - z) * hh
         return h2, [h2]
 
+    def fuses(self) -> bool:
+        return self._act() is E.tanh and self._ract() is E.sigmoid
+
+    def sequence(self, xks: Tensor, states: list[Tensor], mask: Tensor | None) -> tuple[Tensor, list[Tensor]]:
+        bias = self.bias if self.use_bias else None
+        hs = R.gru_sequence(xks, states[0], self.recurrent_kernel, bias, mask)  # one kernel each way
+        return hs, [hs[-1]]
+
 
 # --------------------------------------------------------------------------- layers
 class RNN(Layer):
     """Runs a cell over a (batch, time, features) sequence: one fused op where the cell has one
-    (an LSTM with tanh/sigmoid: ``lstm_sequence``), else `kf.scan` of the cell's step.
+    (LSTM, GRU with tanh/sigmoid: ``lstm_sequence``, ``gru_sequence``), else `kf.scan` of its step.
 
     Called as ``layer(inputs, training=None, sequence_length=None, initial_state=None)``:
     ``sequence_length`` (batch,) integer lengths (steps at or after a row's length change

@@ -85,18 +85,28 @@ def test_recurrent_layer_matches_keras(keras, g, kind, masked):
                                     {"use_bias": False}],
                          ids=["go_backwards", "relu_scan_path", "no_forget_bias", "no_bias"])
 def test_lstm_variants_match_keras_with_mask(keras, g, kwargs):
+    _variant_matches_keras(keras, g, "LSTM", kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"go_backwards": True}, {"activation": "relu"}, {"use_bias": False}],
+                         ids=["go_backwards", "relu_scan_path", "no_bias"])
+def test_gru_variants_match_keras_with_mask(keras, g, kwargs):
+    _variant_matches_keras(keras, g, "GRU", kwargs)
+
+
+def _variant_matches_keras(keras, g, kind, kwargs):
     x, _ = _inputs()
-    k_layer = keras.layers.LSTM(U, return_sequences=True, return_state=True, dtype="float64", **kwargs)
+    k_layer = getattr(keras.layers, kind)(U, return_sequences=True, return_state=True, dtype="float64", **kwargs)
     k_layer.build((B, T, F))
     rng = np.random.default_rng(5)
     weights = [rng.standard_normal(w.shape) * 0.4 for w in k_layer.weights]
     k_layer.set_weights(weights)
-    ct = [rng.standard_normal((B, T, U)), rng.standard_normal((B, U)), rng.standard_normal((B, U))]
+    ct = [rng.standard_normal((B, T, U))] + [rng.standard_normal((B, U)) for _ in range(2 if kind == "LSTM" else 1)]
     k_outs, k_grads = _keras_run(keras, k_layer, x, True, ct)
-    layer = kf.nn.LSTM(U, return_sequences=True, return_state=True, **kwargs)
+    layer = getattr(kf.nn, kind)(U, return_sequences=True, return_state=True, **kwargs)
     outs, grads = _kf_run(g, layer, x, True, ct, weights)
     ops = {n.op.name for n in g.nodes()}
-    assert ("lstm_sequence" in ops) == ("activation" not in kwargs)  # relu: the generic scan path
+    assert (f"{kind.lower()}_sequence" in ops) == ("activation" not in kwargs)  # relu: the generic scan path
     for a, b in zip(outs, k_outs):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
     for a, b in zip(grads, k_grads):
@@ -105,25 +115,28 @@ def test_lstm_variants_match_keras_with_mask(keras, g, kwargs):
 
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
 @pytest.mark.parametrize("go_backwards", [False, True], ids=["forward", "backward"])
-def test_fused_lstm_equals_the_scan_of_its_cell(g, masked, go_backwards):
-    """kf.nn.LSTM's whole-sequence op against the same layer run step by step (kf.scan of the
-    cell's formulas, forced by an activation that is tanh but not the tanh op object)."""
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_fused_layer_equals_the_scan_of_its_cell(g, kind, masked, go_backwards):
+    """kf.nn.LSTM's / GRU's whole-sequence op against the same layer run step by step (kf.scan
+    of the cell's formulas, forced by an activation that is tanh but not the tanh op object)."""
     x, _ = _inputs()
     rng = np.random.default_rng(6)
-    cts = [rng.standard_normal((B, T, U)), rng.standard_normal((B, U)), rng.standard_normal((B, U))]
-    weights = [rng.standard_normal(s) * 0.4 for s in ((F, 4 * U), (U, 4 * U), (4 * U,))]
+    n_s = 2 if kind == "LSTM" else 1
+    cts = [rng.standard_normal((B, T, U))] + [rng.standard_normal((B, U)) for _ in range(n_s)]
+    k = 4 if kind == "LSTM" else 3
+    weights = [rng.standard_normal(s) * 0.4 for s in ((F, k * U), (U, k * U), (k * U,) if k == 4 else (2, k * U))]
     xp = g.placeholder((None, None, F), "float64", name="x")
     res = []
     for act in ("tanh", lambda v: kf.tanh(v)):
-        layer = kf.nn.LSTM(U, return_sequences=True, return_state=True, go_backwards=go_backwards,
-                           zero_output_for_mask=True, activation=act)
+        layer = getattr(kf.nn, kind)(U, return_sequences=True, return_state=True, go_backwards=go_backwards,
+                                     zero_output_for_mask=True, activation=act)
         outs = layer(xp, sequence_length=LENGTHS if masked else None)
         for v, w in zip(layer.weights, weights):
             v.set(w)
         obj = sum(kf.sum(o * c) for o, c in zip(outs, cts))
         res.append(g.run([outs, kf.gradients(obj, [xp] + layer.weights)], {xp: x}))
     ops = [n.op.name for n in g.nodes()]
-    assert ops.count("lstm_sequence") == 1 and ops.count("scan") == 1
+    assert ops.count(f"{kind.lower()}_sequence") == 1 and ops.count("scan") == 1
     (fused_outs, fused_grads), (scan_outs, scan_grads) = res
     for a, b in zip(fused_outs + fused_grads, scan_outs + scan_grads):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)

@@ -141,6 +141,34 @@ def _kf_lstm_sequence(x, h0, c0, rk, bias, mask=None):
     return kf.concat([kf.reshape(hs, (-1,)), kf.reshape(c * 0.5, (-1,))])
 
 
+def _np_gru_sequence(x, h0, rk, bias, mask=None):
+    """Every h, one step at a time (Keras's GRU with reset_after=True, and its masking)."""
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    h, hs = h0, []
+    for t in range(x.shape[0]):
+        xz, xr, xh = np.split(x[t] + bias[0], 3, axis=1)
+        iz, ir, ih = np.split(h @ rk + bias[1], 3, axis=1)
+        z, r = sig(xz + iz), sig(xr + ir)
+        h2 = z * h + (1 - z) * np.tanh(xh + r * ih)
+        if mask is not None:
+            h2 = np.where(mask[t][:, None], h2, h)
+        h = h2
+        hs.append(h)
+    return np.stack(hs)
+
+
+def _gru_seq_args(t, b, u, masked=False):
+    def make(r, d):
+        args = [r.standard_normal((t, b, 3 * u)), r.standard_normal((b, u)) * 0.5, r.standard_normal((u, 3 * u)) * 0.5,
+                r.standard_normal((2, 3 * u)) * 0.5]
+        args = [a.astype(d) for a in args]
+        if masked:
+            args.append(np.arange(t)[:, None] < np.array([3, 1, 0])[None, :])
+        return args
+
+    return make
+
+
 def _lstm_seq_args(t, b, u, masked=False):
     def make(r, d):
         args = [r.standard_normal((t, b, 4 * u)), r.standard_normal((b, u)) * 0.5, r.standard_normal((b, u)),
@@ -162,6 +190,12 @@ CASES = [
     OpCase("lstm_sequence_hs_only", lambda x, h0, c0, rk, b: kf.lstm_sequence(x, h0, c0, rk, b)[0],
            lambda *a: _np_lstm_sequence(*a)[:-a[1].size].reshape(a[0].shape[:2] + a[1].shape[1:]),
            _lstm_seq_args(3, 2, 2)),
+    OpCase("gru_sequence", lambda x, h0, rk, b: kf.gru_sequence(x, h0, rk, b), _np_gru_sequence,
+           _gru_seq_args(4, 3, 2)),
+    OpCase("gru_sequence_masked", lambda x, h0, rk, b, m: kf.gru_sequence(x, h0, rk, b, m), _np_gru_sequence,
+           _gru_seq_args(4, 3, 2, masked=True)),
+    OpCase("gru_sequence_dynamic_time_no_bias", lambda x, h0, rk, b: kf.gru_sequence(x, h0, rk),
+           lambda x, h0, rk, b: _np_gru_sequence(x, h0, rk, b * 0), _gru_seq_args(5, 2, 3), static_shapes=False),
     OpCase("lstm_sequence_last_c_only_no_bias", lambda x, h0, c0, rk, b: kf.lstm_sequence(x, h0, c0, rk)[1],
            lambda x, h0, c0, rk, b: _np_lstm_sequence(x, h0, c0, rk, b * 0)[-h0.size:].reshape(h0.shape) * 2,
            _lstm_seq_args(3, 2, 2)),

@@ -1,4 +1,4 @@
-"""Fused recurrent ops: lstm_cell (one step), lstm_sequence (a whole sequence) and their gradients.
+"""Fused recurrent ops: lstm_cell (one step), lstm_sequence and gru_sequence (whole sequences), gradients.
 
 A primitive for speed: one LSTM step (gates i, f, c, o from the pre-activations, Keras's
 order) as one kernel instead of about a dozen elementwise nodes, and its backward pass as one
@@ -7,9 +7,10 @@ more instead of about thirty; a 50-step LSTM runs these once per step. Both yiel
 
 ``lstm_sequence`` runs every step of an LSTM in one kernel and saves the gate activations;
 its gradient runs backpropagation through time in one more (as cuDNN and PyTorch do): no
-per-step dispatch, no forward recomputation. kf.nn.LSTM uses it for its sigmoid/tanh cell.
+per-step dispatch, no forward recomputation. kf.nn.LSTM uses it for its sigmoid/tanh cell;
+``gru_sequence`` does the same for kf.nn.GRU (Keras's reset_after form).
 
-Contents: lstm_cell, lstm_sequence.
+Contents: lstm_cell, lstm_sequence, gru_sequence.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..registry import define_op
 from ..shapes import FLOATING, format_shape
 from .control_flow import tuple_get, zeros_like
 
-__all__ = ["lstm_cell", "lstm_sequence"]
+__all__ = ["lstm_cell", "lstm_sequence", "gru_sequence"]
 
 
 def _lstm_parts(z: Any, c: Any) -> tuple:
@@ -183,3 +184,96 @@ def lstm_sequence(x: Tensor, h0: Tensor, c0: Tensor, recurrent_kernel: Tensor, b
         bias = zeros_like(recurrent_kernel[0])
     node = lstm_sequence_op.bind(x, h0, c0, recurrent_kernel, bias, *(() if mask is None else (mask,)), name=name)
     return tuple_get(node, 0), tuple_get(node, 1)
+
+
+# --------------------------------------------------------------------------- whole-sequence GRU
+def _gru_dims(op: str, x: Any, h0: Any, rk: Any, bias: Any, mask: tuple) -> tuple:
+    """(T, B, U) of a gru_sequence's inputs, checked."""
+    dt = x.dtype
+    if dt not in FLOATING or any(a.dtype != dt for a in (h0, rk, bias)):
+        raise ShapeError(f"{op}: x, h0, recurrent_kernel and bias must share a floating dtype; got {x}, {h0}, {rk}, "
+                         f"{bias}")
+    if x.ndim != 3 or h0.ndim != 2 or rk.ndim != 2 or bias.ndim != 2 or bias.shape[0] not in (None, 2):
+        raise ShapeError(f"{op}: expected x (time, batch, 3 * units), h0 (batch, units), recurrent_kernel "
+                         f"(units, 3 * units), bias (2, 3 * units); got x{format_shape(x.shape)}, "
+                         f"h0{format_shape(h0.shape)}, recurrent_kernel{format_shape(rk.shape)}, "
+                         f"bias{format_shape(bias.shape)}")
+    third = [None if d is None else d / 3 for d in (x.shape[2], rk.shape[1], bias.shape[1])]
+    u = _dim(op, "the units (h0 and recurrent_kernel dims; x's, recurrent_kernel's and bias's last dim / 3)",
+             h0.shape[1], rk.shape[0], *third)
+    if u is not None and u != int(u):
+        raise ShapeError(f"{op}: the last dim of x, recurrent_kernel and bias must be 3 * units; got "
+                         f"x{format_shape(x.shape)}, recurrent_kernel{format_shape(rk.shape)}")
+    if len(mask) > 1:
+        raise InvalidArgumentError(f"{op}: at most one mask; got {len(mask)}")
+    m = mask[0] if mask else None
+    if m is not None and (m.dtype != "bool" or m.ndim != 2):
+        raise ShapeError(f"{op}: the mask must be a (time, batch) bool tensor; got {m}")
+    t = _dim(op, "the time dims (x, mask)", x.shape[0], *(m.shape[:1] if m is not None else ()))
+    b = _dim(op, "the batch dims (x, h0, mask)", x.shape[1], h0.shape[0], *(m.shape[1:] if m is not None else ()))
+    return t, b, None if u is None else int(u)
+
+
+def _gru_parts(x: Any, h0: Any, rk: Any, bias: Any, *mask: Any) -> tuple:
+    t, b, u = _gru_dims("gru_sequence", x, h0, rk, bias, mask)
+    return (Aval((t, b, u), x.dtype), Aval((t, 4, b, u), x.dtype))
+
+
+def _gru_vjp(ct: list, out: Tensor, x: Tensor, h0: Tensor, rk: Tensor, bias: Tensor, *mask: Tensor) -> tuple:
+    if ct[1] is not None:
+        raise InvalidArgumentError("gru_sequence: output 1 (the reserve saved for the gradient) is not "
+                                   "differentiable; differentiate output 0 (every h)")
+    hs, res = tuple_get(out, 0), tuple_get(out, 1)
+    grad = gru_sequence_grad_op.bind(h0, rk, hs, res, ct[0], *mask)
+    return tuple(tuple_get(grad, i) for i in range(4)) + (None,) * len(mask)
+
+
+gru_sequence_op = define_op(
+    "gru_sequence", ("x", "h0", "recurrent_kernel", "bias", "*mask"), shape_rule=lambda *a: (),
+    dtype_rule=lambda *a: None, parts_rule=_gru_parts, vjp=_gru_vjp,
+    doc="(every h, a reserve for the gradient) of a GRU (Keras's reset_after) over x = inputs @ kernel "
+        "(time-major, gates z, r, h)")
+
+
+def _gru_grad_parts(h0: Any, rk: Any, hs: Any, res: Any, dhs: Any, *mask: Any) -> tuple:
+    t, b, u = _gru_dims("gru_sequence_grad", Aval(hs.shape[:2] + (None,), hs.dtype), h0, rk,
+                        Aval((2, None), hs.dtype), mask)
+    if res.ndim != 4 or dhs.ndim != 3:
+        raise ShapeError(f"gru_sequence_grad: expected reserve (time, 4, batch, units) and dhs (time, batch, units); "
+                         f"got {res}, {dhs}")
+    g = None if u is None else 3 * u
+    return (Aval((t, b, g), h0.dtype), Aval(h0.shape, h0.dtype), Aval(rk.shape, rk.dtype), Aval((2, g), h0.dtype))
+
+
+gru_sequence_grad_op = define_op(
+    "gru_sequence_grad", ("h0", "recurrent_kernel", "hs", "reserve", "dhs", "*mask"),
+    shape_rule=lambda *a: (), dtype_rule=lambda *a: None, parts_rule=_gru_grad_parts, differentiable=False,
+    doc="(dx, dh0, drecurrent_kernel, dbias) of gru_sequence: backpropagation through time in one kernel")
+
+
+def gru_sequence(x: Tensor, h0: Tensor, recurrent_kernel: Tensor, bias: Tensor | None = None,
+                 mask: Tensor | None = None, name: str | None = None) -> Tensor:
+    """A whole GRU sequence in one op (Keras's ``reset_after=True``, sigmoid gates, tanh): every h.
+
+    Step t computes ``xz, xr, xh = x[t] + bias[0]`` and ``iz, ir, ih = h @ recurrent_kernel +
+    bias[1]`` (gates z, r, h), ``z = sigmoid(xz + iz)``, ``r = sigmoid(xr + ir)``,
+    ``hh = tanh(xh + r * ih)``, ``h' = z * h + (1 - z) * hh``; where ``mask[t, b]`` is False,
+    row b keeps its h. The gradient is one backward sweep over the saved activations.
+
+    Args:
+        x: (time, batch, 3 * units) input projections ``inputs @ kernel``, time-major.
+        h0: (batch, units) the initial state.
+        recurrent_kernel: (units, 3 * units).
+        bias: optional (2, 3 * units): the input bias, then the recurrent one (default zeros).
+        mask: optional (time, batch) bool; False steps leave a row's state unchanged.
+        name: optional node name.
+
+    Returns:
+        hs (time, batch, units): the state after every step (``hs[-1]`` is the final one).
+    """
+    if bias is None:
+        from .movement import stack
+
+        bias = zeros_like(stack([recurrent_kernel[0]] * 2))
+    node = gru_sequence_op.bind(x, h0, recurrent_kernel, bias, *(() if mask is None else (mask,)), name=name)
+    return tuple_get(node, 0)
