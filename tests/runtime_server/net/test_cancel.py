@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import _thread
 import signal
+import ssl
 import threading
 import time
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 import kernelflow as kf
+from tests.support.certs import self_signed_cert
 from tests.support.server import ServerProcess
 
 # A run of many quick kernels: minutes if it ran to the end, one kernel's time once cancelled.
@@ -199,3 +201,24 @@ def test_rt_cancel_stops_a_loop_inside_one_control_flow_kernel(server):
         t.join(WAIT_S)
         assert len(got) == 1 and isinstance(got[0], kf.errors.CancelledError), got
         assert g.run(v + 1.0) == pytest.approx(1.0)
+
+
+def test_tls_client_deadline_cancels_server_run_and_frees_graph(tmp_path):
+    """A TLS connection watches for the client hanging up while its call runs, as plain TCP does."""
+    cert, key = self_signed_cert(tmp_path)
+    srv = ServerProcess(tmp_path, "--certfile", str(cert), "--keyfile", str(key)).wait_listening()
+    try:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        with srv.connect(ssl_context=ctx, timeout=0.5) as rt, srv.connect(ssl_context=ctx) as watcher:
+            g = rt.graph("cancel-tls")
+            v = g.variable(np.float32(0.0), name="v")
+            endless = kf.fori_loop(0, 10**9, lambda i, x: x + 1.0, v)  # hours if nothing cancels it
+            g.sync()
+            with pytest.raises(kf.errors.DeadlineExceededError):
+                g.run(endless)
+            # Before, only run.cancel stopped it: the TLS connection did not notice the hang-up.
+            _wait_for(lambda: not _runs_on(watcher, "cancel-tls"), "the server to cancel the TLS client's run")
+            rt._transport.timeout = WAIT_S
+            assert g.run(v + 1.0) == pytest.approx(1.0)
+    finally:
+        srv.stop()
