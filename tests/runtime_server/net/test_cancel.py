@@ -11,12 +11,13 @@ import ssl
 import threading
 import time
 
+import msgpack
 import numpy as np
 import pytest
 
 import kernelflow as kf
 from tests.support.certs import self_signed_cert
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, raw_exchange
 
 # A run of many quick kernels: minutes if it ran to the end, one kernel's time once cancelled.
 CHAIN = 3000
@@ -222,3 +223,33 @@ def test_tls_client_deadline_cancels_server_run_and_frees_graph(tmp_path):
             assert g.run(v + 1.0) == pytest.approx(1.0)
     finally:
         srv.stop()
+
+
+def test_io_loop_and_graph_open_not_held_up_while_a_delete_waits_for_a_busy_graph(server):
+    """``graph.delete`` waits for the run in flight on its graph. Meanwhile every other client is
+    answered: ``info`` and ``graph.list`` on the IO loop, ``graph.open`` of another graph (issue #15
+    item 10: ``graph.open`` used to run on the IO loop, and the delete held the lock of the graph
+    table while it waited, so the loop stalled until the run ended)."""
+    with server.connect() as rt, server.connect(timeout=20.0) as other:
+        g = rt.graph("del-busy")
+        v = g.variable(np.float32(0.0), name="v")
+        endless = kf.fori_loop(0, 10**9, lambda i, x: x + 1.0, v)
+        g.sync()
+        got: list[BaseException] = []
+        threading.Thread(target=lambda: _swallow(lambda: g.run(endless), got), daemon=True).start()
+        _wait_for(lambda: _runs_on(other, "del-busy"), "the run to start")
+        deleter = server.raw()
+        replies, _ = raw_exchange(deleter, [0, 0, "auth", [server.token]])
+        assert replies[0][2] is None
+        deleter.sendall(msgpack.packb([0, 1, "graph.delete", ["del-busy"]]))
+        for _ in range(50):  # the delete is waiting for the run by now; these are answered all the same
+            assert other.call("info", [])["version"] == kf.__version__
+            assert "del-busy" in [d["name"] for d in other.call("graph.list", [])]
+        assert other.call("graph.open", ["opened-meanwhile"])["created"]
+        assert other.call("run.cancel", ["del-busy"]) == 1
+        replies, _ = raw_exchange(deleter, n_replies=1, timeout_s=WAIT_S)
+        assert replies[0][1:] == [1, None, True]
+        deleter.close()
+        assert [d["name"] for d in other.call("graph.list", []) if d["name"] == "del-busy"] == []
+        _wait_for(lambda: got, "the run to be answered")
+        assert isinstance(got[0], kf.errors.CancelledError), got
