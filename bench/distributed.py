@@ -16,10 +16,17 @@ through the watchdog communicator and through plain blocking ``MPI.Allreduce``, 
 reduced with fusion off (one collective per tensor) and on (16 MiB buckets); and MPI's own
 ping-pong (``python -m mpi4py.bench pingpong``) for the latency and bandwidth of the machine.
 
+Part 3 (``overlap``): 2 ranks x 1 thread, the same jobs with the fusion threshold at 16 MiB
+(one bucket for both models: the all-reduce follows the backward pass) and smaller
+(``--fusion``: several buckets, whose all-reduces start during the backward pass); median
+steps/s, the exposed all-reduce share of a step, and the share of buckets started before the
+backward pass made its last gradient, with the speed-up over the one-bucket run.
+
 Usage:
-    python bench/distributed.py                 # both parts
+    python bench/distributed.py                 # parts 1, 2 and the projection
     python bench/distributed.py --part train --steps 200 --rounds 3
     python bench/distributed.py --part allreduce
+    python bench/distributed.py --part overlap --steps 200 --rounds 3
 """
 
 from __future__ import annotations
@@ -54,10 +61,10 @@ def _env(threads: int) -> dict[str, str]:
     return env
 
 
-def _start(ranks: int, threads: int, tmp: Path) -> tuple[subprocess.Popen, str]:
+def _start(ranks: int, threads: int, tmp: Path, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     serve = [sys.executable, "-m", "kernelflow", "serve", "--port", "0", "--http-port", "-1", "--token", TOKEN]
     if ranks:
-        cmd = [str(MPIEXEC), "-disable-auto-cleanup", "-n", str(ranks), *serve, "--distributed"]
+        cmd = [str(MPIEXEC), "-disable-auto-cleanup", "-n", str(ranks), *serve, "--distributed", *extra]
     else:
         cmd = serve
     env = {**_env(threads), "JUPYTER_RUNTIME_DIR": str(tmp)}
@@ -167,6 +174,45 @@ def report_train(res: dict) -> None:
             share = median([w[f"world/rank{rank}_comm_share"] for w in recs])
             rows.append([model, rank, f"{ms:.2f}", f"{ms * (1 - share):.2f}", f"{ms * share:.2f}", f"{share:.0%}"])
     print_table(["model", "rank", "step ms", "compute ms", "all-reduce ms", "comm share"], rows)
+
+
+# --------------------------------------------------------------------------- part 3: overlap
+def bench_overlap(args: argparse.Namespace) -> dict:
+    import kernelflow as kf
+
+    out: dict[str, dict] = {}
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"kf-bench-overlap-{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    for fb in [16 << 20, *[f for f in args.fusion if f != 16 << 20]]:
+        p, url = _start(2, 1, tmp, ("--fusion-bytes", str(fb)))
+        try:
+            rt = kf.connect(url, token=TOKEN, timeout=600)
+            for model in args.models:
+                _job(rt, model, 10, "all", 99)  # warm-up: plans, compiled kernels (the first server fills the cache)
+                runs = [_job(rt, model, args.steps, "all", k) for k in range(args.rounds)]
+                out.setdefault(model, {})[fb] = runs
+                print(f"  {model} / fusion {fb} B: {[round(r['steps_per_s'], 1) for r in runs]} steps/s", flush=True)
+            rt.close()
+        finally:
+            p.terminate()
+            p.wait(timeout=60)
+    return out
+
+
+def report_overlap(res: dict) -> None:
+    print("\n### All-reduce overlapped with the backward pass (2 ranks x 1 thread; medians)\n")
+    rows = []
+    for model, by in res.items():
+        base = median([r["steps_per_s"] for r in by[16 << 20]])
+        for fb, runs in by.items():
+            recs = [w for r in runs for w in r["world"]]
+            rate = median([r["steps_per_s"] for r in runs])
+            share = median([w[f"world/rank{k}_comm_share"] for w in recs for k in (0, 1)])
+            early = median([w.get(f"world/rank{k}_overlap", 0.0) for w in recs for k in (0, 1)])
+            rows.append([model, f"{fb // 1024} KiB", f"{rate:.1f}", f"{share:.0%}", f"{early:.0%}",
+                         f"{rate / base:.2f}x"])
+    print_table(["model", "fusion", "steps/s", "exposed all-reduce share", "buckets started early",
+                 "vs one bucket"], rows)
 
 
 # --------------------------------------------------------------------------- part 2: the all-reduce
@@ -303,7 +349,9 @@ def report_projection() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=("all", "train", "allreduce", "project"), default="all")
+    ap.add_argument("--part", choices=("all", "train", "allreduce", "project", "overlap"), default="all")
+    ap.add_argument("--fusion", nargs="+", type=int, default=[1 << 20, 16 << 10],
+                    help="fusion thresholds (bytes) of the overlap part, beside 16 MiB")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=list(MODELS))
@@ -319,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         report_allreduce(bench_allreduce())
     if args.part in ("all", "project"):
         report_projection()
+    if args.part == "overlap":
+        report_overlap(bench_overlap(args))
     return 0
 
 

@@ -118,7 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               http_max_body_bytes=args.http_max_body_bytes, model_config=model_config,
                               batching=batching, poll_wait_s=args.file_system_poll_wait_seconds,
                               distributed=args.distributed, collective_timeout_s=args.collective_timeout,
-                              fusion_bytes=args.fusion_bytes))
+                              fusion_bytes=args.fusion_bytes, shard_datasets=args.shard_datasets))
 
 
 def cmd_serve_models(args: argparse.Namespace) -> int:
@@ -342,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(--distributed; default 60)")
     s.add_argument("--fusion-bytes", type=int, default=16 << 20,
                    help="tensor-fusion bucket size of the gradient all-reduce in bytes; 0: no fusion (default 16 MiB)")
+    s.add_argument("--shard-datasets", action="store_true",
+                   help="(--distributed) each follower keeps one shard of every dataset instead of a replica; "
+                        "data-parallel jobs then draw each rank's rows from its shard (other batches than one "
+                        "rank's; docs/distributed.md)")
     s.add_argument("--no-compile", action="store_true",
                    help="run plans as built: no graph compiler passes or fused kernels (default: "
                         "$KERNELFLOW_COMPILE, else on)")

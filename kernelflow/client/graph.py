@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from ..graph.ir import Graph, Tensor, Variable
+from ..graph.ir import Graph, Tensor, Variable, toposort
 from . import job as _job
 
 if TYPE_CHECKING:
@@ -173,15 +173,39 @@ class RemoteGraph(Graph):
         Example:
             >>> print(g.plan(train_op, feeds=[x, y]))
         """
+        return self._plan_call(fetches, feeds, {} if compile else {"compile": False})
+
+    def fused_groups(self, fetches: Any, feeds: Sequence[Tensor | str] | None = None) -> list[dict]:
+        """The nodes the runtime's compiler fuses into one kernel in a run of ``fetches`` (what
+        `plan` prints as ``fused[...]``); the inspector draws them (``g.inspect(plan=...)``).
+
+        Args:
+            fetches: a tensor, a node name, or a nesting of them, as for `run`.
+            feeds: the tensors the run feeds (default: every placeholder ``fetches`` need).
+
+        Returns:
+            ``[{"name": the fused node (named after its last member), "members": [node names],
+            "ops": [op names]}]`` in plan order; ``[]`` when the runtime's compiler is off.
+
+        Example:
+            >>> [grp["ops"] for grp in g.fused_groups(train_op)]
+            [['add', 'relu'], ...]
+        """
+        if feeds is None:
+            flat: list[Tensor] = []
+            _flatten(fetches, flat, self)
+            feeds = [n for n in toposort(flat) if n.op.name == "placeholder"]
+        return self._plan_call(fetches, feeds, {"format": "groups"})["groups"]
+
+    def _plan_call(self, fetches: Any, feeds: Sequence[Tensor | str], opts: dict) -> Any:
         flat: list[Tensor] = []
         _flatten(fetches, flat, self)
         feed_names = [(t.name if isinstance(t, Tensor) else self[t].name) for t in feeds]
         since, nodes = self._pending()
         version = self.version
-        opts = {} if compile else {"compile": False}
-        text = self.runtime.call("graph.plan", [self.name, since, nodes, [t.name for t in flat], feed_names, opts])
+        out = self.runtime.call("graph.plan", [self.name, since, nodes, [t.name for t in flat], feed_names, opts])
         self._synced = max(self._synced, version)
-        return text
+        return out
 
     def summary(self, t: Tensor | str, feed: dict | None = None, bins: int = 30,
                 allow_side_effects: bool = False) -> dict:
@@ -323,8 +347,21 @@ class RemoteGraph(Graph):
 
         return write_graph(self, logdir)
 
-    def inspect(self, **kwargs: Any) -> Any:
-        """A `kernelflow.widgets.GraphInspector` of this graph (in a notebook, it displays itself)."""
+    def inspect(self, plan: Any = None, feeds: Sequence[Tensor | str] | None = None,
+                expanded: Sequence[str] | None = None, collapse_above: int | None = None) -> Any:
+        """A `kernelflow.widgets.GraphInspector` of this graph (in a notebook, it displays itself).
+
+        Args:
+            plan: fetches (e.g. the train op) whose compiled plan to show: the nodes the compiler
+                fuses into one kernel in a run of them are outlined, one colour per kernel.
+            feeds: the tensors that run feeds (default: every placeholder ``plan`` needs).
+            expanded: scopes to open (default: TensorBoard's first view; see `GraphInspector`).
+            collapse_above: node count above which it opens with every top-level scope closed (default 60).
+
+        Example:
+            >>> g.inspect(plan=train_op)
+        """
         from ..widgets import GraphInspector  # lazily: the widget layer sits above the client
 
-        return GraphInspector(self, **kwargs)
+        extra = {} if collapse_above is None else {"collapse_above": collapse_above}
+        return GraphInspector(self, expanded=expanded, plan=plan, feeds=feeds, **extra)

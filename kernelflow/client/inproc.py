@@ -76,7 +76,6 @@ class InprocTransport(Transport):
             self.closed = True
             self.service.peer_closed(self)
             self._queue.put(None)
-            if self.service.state is not None:
-                # This process owns the runtime: like a server's clean exit, stop jobs at a
-                # checkpoint, checkpoint the graphs and release the state dir's lock.
-                self.service.shutdown()
+            # This process owns the runtime: like a server's clean exit, stop jobs (at a
+            # checkpoint), checkpoint the graphs and release the state dir's lock, if it has one.
+            self.service.shutdown()

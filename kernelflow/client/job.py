@@ -422,12 +422,15 @@ class Job:
             sleep(interval if left is None else min(interval, left))
             interval = min(interval * 1.5, 0.25)
 
-    def monitor(self, **kwargs: Any) -> Any:
+    def monitor(self, *, smoothing: float = 0.6, max_points: int | None = None,
+                redraw_interval_s: float = 0.1) -> Any:
         """A live `kernelflow.widgets.TrainingMonitor` of this job in a notebook; outside one (no
         running IPython kernel), the terminal progress bar of ``wait(progress=True)``.
 
         Args:
-            **kwargs: passed to `TrainingMonitor` (``smoothing``, ``max_points``, ``redraw_interval_s``).
+            smoothing: the charts' EMA weight (TensorBoard's slider), 0 to 1.
+            max_points: points per series on screen (default: the monitor's, 2,000).
+            redraw_interval_s: the least time between two redraws.
 
         Returns:
             The monitor widget, or the job's final status outside a notebook.
@@ -442,7 +445,8 @@ class Job:
             return self.wait(progress=True)
         from ..widgets import TrainingMonitor  # lazily: the widget layer sits above the client
 
-        return TrainingMonitor(self, **kwargs)
+        extra = {} if max_points is None else {"max_points": max_points}
+        return TrainingMonitor(self, smoothing=smoothing, redraw_interval_s=redraw_interval_s, **extra)
 
     def wait(self, timeout: float | None = None, progress: bool = False) -> str:
         """Block until the job is no longer queued or running; returns its status.

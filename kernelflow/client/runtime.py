@@ -123,14 +123,26 @@ class Runtime:
         """Names of the graphs the runtime holds."""
         return [d["name"] for d in self.call("graph.list", [])]
 
-    def dataset(self, name: str, arrays: dict | None = None, **kwargs: Any) -> Any:
+    def dataset(self, name: str, arrays: dict | None = None, *, overwrite: bool = False,
+                chunk_bytes: int | None = None, progress: bool | None = None) -> Any:
         """Upload ``arrays`` as dataset ``name``, or re-attach to it when ``arrays`` is None.
 
-        See `kernelflow.client.dataset.Dataset`.
+        Args:
+            name: the dataset's name (letters, digits, ``_``, ``.``, ``-``).
+            arrays: ``{name: array}``, all with the same first dimension (one row per example).
+            overwrite: replace a dataset of that name with other contents (else AlreadyExistsError).
+            chunk_bytes: bytes per upload message (default 64 MiB).
+            progress: show a progress bar (default: for uploads over 64 MiB).
+
+        Returns:
+            A `kernelflow.client.dataset.Dataset`.
+
+        Example:
+            >>> ds = rt.dataset("digits", {"x": X.astype("float32"), "y": y})
         """
         from .dataset import open_dataset
 
-        return open_dataset(self, name, arrays, **kwargs)
+        return open_dataset(self, name, arrays, overwrite=overwrite, chunk_bytes=chunk_bytes, progress=progress)
 
     def datasets(self) -> list[dict]:
         """Info of every dataset the runtime holds."""

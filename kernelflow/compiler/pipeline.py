@@ -1,6 +1,6 @@
 """The compiler the executor calls: runs the passes on a plan and hands out kernels for its nodes.
 
-Contents: Compiler, OptimizedPlan, compile_mode_from_env, format_plan.
+Contents: Compiler, OptimizedPlan, compile_mode_from_env, format_plan, fused_groups.
 """
 
 from __future__ import annotations
@@ -172,3 +172,11 @@ def format_plan(order: Sequence[Tensor], fed: set[int], stats: dict | None = Non
     if stats:
         lines.append("# " + ", ".join(f"{k} {v}" for k, v in stats.items()))
     return "\n".join(lines)
+
+
+def fused_groups(order: Sequence[Tensor]) -> list[dict]:
+    """The fused nodes of a plan, in plan order: ``{"name": the fused node (its root's name),
+    "members": [node names], "ops": [op names]}``, members in the order they compute."""
+    return [{"name": n.name, "members": [m.name for m in n.op.program.members],
+             "ops": [m.op.name for m in n.op.program.members]}
+            for n in order if isinstance(n.op, FusedOp)]

@@ -116,7 +116,7 @@ def _compile(a: Any) -> tuple[Callable[[Any], bool] | None, str]:
         ec, et = _compile(elem)
         if ec is None:
             return (lambda v: type(v) is list), "array"
-        return (lambda v: type(v) is list and all(ec(x) for x in v)), f"array of {et}"
+        return (lambda v: type(v) is list and all(map(ec, v))), f"array of {et}"
     if origin is dict or a is dict:
         return (lambda v: type(v) is dict), "map"
     if a is list:
@@ -179,6 +179,7 @@ class Method:
     runs: RunRegistry | None = None
     signature: inspect.Signature = field(init=False, repr=False, compare=False)
     param_types: tuple[tuple[str, ParamType], ...] = field(init=False, repr=False, compare=False)
+    arity: tuple[int, float] = field(init=False, repr=False, compare=False)  # (fewest, most) params
 
     def __post_init__(self) -> None:
         sig = inspect.signature(self.fn)
@@ -196,6 +197,12 @@ class Method:
         for p in sig.parameters.values():
             if p.name in NAME_PARAMS and p.name not in (self.types or {}):
                 hints[p.name] = _as_name(hints.get(p.name, Any))
+        params = list(sig.parameters.values())
+        if any(p.kind is p.KEYWORD_ONLY and p.default is p.empty for p in params):
+            raise ValueError(f"method table: {self.name}: a required keyword-only param cannot come over the wire")
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        most = float("inf") if any(p.kind is p.VAR_POSITIONAL for p in params) else len(positional)
+        object.__setattr__(self, "arity", (sum(p.default is p.empty for p in positional), most))
         object.__setattr__(self, "param_types", tuple(
             (p.name, ParamType(hints.get(p.name, Any))) for p in sig.parameters.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)))
@@ -208,16 +215,18 @@ class Method:
         """
         if not isinstance(params, (list, tuple)):
             raise InvalidArgumentError(f"{self.name}: params must be an array; got {type(params).__name__}")
-        try:
-            self.signature.bind(*params)
-        except TypeError:
+        fewest, most = self.arity  # what Signature.bind would check, at a tenth of its cost
+        if not fewest <= len(params) <= most:
             raise InvalidArgumentError(f"{self.name}: wrong number of params: it takes {self.describe()}; got "
-                                       f"{len(params)}") from None
+                                       f"{len(params)}")
         self.check_types(params)
         try:
             if self.runs is not None:
-                with self.runs.track(self.name, params[0] if params and type(params[0]) is str else None, peer):
+                ctl, prev = self.runs.begin(self.name, params[0] if params and type(params[0]) is str else None, peer)
+                try:
                     return self.fn(*params, peer=peer) if self.needs_peer else self.fn(*params)
+                finally:
+                    self.runs.end(ctl, prev)
             if self.needs_peer:
                 return self.fn(*params, peer=peer)
             return self.fn(*params)

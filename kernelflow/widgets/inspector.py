@@ -6,11 +6,15 @@ a smaller one with only the gradient and optimiser scopes collapsed (one box eac
 front end shows it at a zoom where every label is at least 10 px (TensorBoard's first view).
 Edge labels go where they overlap nothing, the others show while the pointer is on their edge.
 Search and "trace inputs" highlight boxes; a click on a node fills a details panel (op, attrs,
-inputs/outputs, device, source line) and, for variables, a value summary
+inputs/outputs, device, source line, the fused kernel it belongs to) and, for variables, a value summary
 computed on the runtime by its ``tensor.summary`` method (`kernelflow.widgets.summary`): no
 node is added to the graph, and the tensor itself is not transferred. The front end is a
 small anywidget ES module shipped with the package (``static/inspector.js``): nothing is
 fetched at run time.
+
+Given ``plan=fetches`` (or `show_plan`), it asks the runtime which nodes its compiler fuses into
+one kernel in a run of those fetches (``g.fused_groups``) and outlines each fused group's boxes, and
+the edges inside it, in a colour of its own.
 
 Everything the front end can do has a Python twin (`click`, `expand`, `collapse`, `search`,
 `trace_inputs`, `compute_summary`, `refresh`), which is how tests drive it.
@@ -28,7 +32,7 @@ import anywidget
 import numpy as np
 import traitlets
 
-from ..errors import KernelflowError
+from ..errors import InvalidArgumentError, KernelflowError
 from ..graph.ir import Graph, Tensor, Variable, toposort
 from ..graph.shapes import format_shape
 from .layout import COLLAPSE_ABOVE, Layout, LayoutNode, compute_layout, default_expanded, scope_chain, scope_sizes
@@ -40,6 +44,9 @@ _OWN_CATEGORY = {"variable": "variable", "placeholder": "placeholder", "constant
 _FAMILIES = ("elementwise", "reduce", "movement", "indexing", "linalg", "nn", "conv", "state", "random", "training")
 _family_of: dict[str, str] = {}
 _GRADIENT_SCOPE = re.compile(r"gradients(_\d+)?")
+# outline colours of fused groups, group i gets FUSED_COLORS[i % 8]: Tableau 10 without its blue and
+# red, which the front end uses for the selection and the search highlight
+FUSED_COLORS = ("#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#9c755f", "#ff9da7", "#b6992d", "#79706e")
 
 
 def node_category(op_name: str) -> str:
@@ -96,11 +103,16 @@ class GraphInspector(anywidget.AnyWidget):
         expanded: scopes to open (default: none for a graph over ``collapse_above`` nodes, else all but
             the gradient and optimiser scopes).
         collapse_above: node count above which the graph opens with its top-level scopes collapsed.
+        plan: fetches (a tensor, a name, or a list of them) whose compiled plan to show: the nodes
+            the runtime's compiler fuses into one kernel in a run of them are outlined, one colour per
+            kernel (needs a graph held by a runtime; see `show_plan`).
+        feeds: the tensors that run feeds (default: every placeholder ``plan`` needs).
 
     Example:
         >>> w = kf.widgets.GraphInspector(g)   # or %kf inspect NAME
         >>> w.click("conv1/")                  # expand the conv1 scope
         >>> w.click("conv1/w")["summary"]["mean"]
+        >>> kf.widgets.GraphInspector(g, plan=train_op).fused[0]["ops"]   # ['add', 'relu']
     """
 
     _esm = _STATIC / "inspector.js"
@@ -115,6 +127,8 @@ class GraphInspector(anywidget.AnyWidget):
     edge_offsets = traitlets.Bytes(b"", help="int32 start of each edge's points in edge_points, plus the end")\
         .tag(sync=True)
     edge_points = traitlets.Bytes(b"", help="float32 (x, y) polyline points of all edges").tag(sync=True)
+    box_fused = traitlets.Bytes(b"", help="int32 per box: index of the fused group (in meta['fused']) the node "
+                                          "belongs to, -1 for none and for scopes").tag(sync=True)
     edge_flags = traitlets.Bytes(b"", help="uint8 per edge: 1 back edge (two stubs: points 0-1 and 2-3), "
                                        "2 control dependency")\
         .tag(sync=True)
@@ -126,7 +140,8 @@ class GraphInspector(anywidget.AnyWidget):
     color_by = traitlets.Unicode("op", help="box colours: 'op' (op family) or 'device'").tag(sync=True)
     status = traitlets.Unicode("", help="a one-line message (errors, what a click did)").tag(sync=True)
 
-    def __init__(self, graph: Graph, expanded: Any = None, collapse_above: int = COLLAPSE_ABOVE, **kwargs: Any):
+    def __init__(self, graph: Graph, expanded: Any = None, collapse_above: int = COLLAPSE_ABOVE,
+                 plan: Any = None, feeds: Any = None, **kwargs: Any):
         super().__init__(**kwargs)
         if not isinstance(graph, Graph):
             raise TypeError(f"GraphInspector: expected a kernelflow graph; got {type(graph).__name__}")
@@ -140,6 +155,14 @@ class GraphInspector(anywidget.AnyWidget):
         self._scope_sizes: dict[str, int] = {}
         self._feed: dict | None = None
         self._trace: list[str] | None = None  # names highlighted by trace_inputs (None: the search's)
+        self._plan: tuple[Any, Any] | None = None
+        self.fused: list[dict] = []             # the compiler's fused groups of the plan shown
+        self._fused_of: dict[str, int] = {}     # node name -> index in `fused`
+        if plan is not None:
+            if not hasattr(graph, "fused_groups"):
+                raise InvalidArgumentError(f"GraphInspector: plan= needs a graph held by a runtime "
+                                           f"(rt.graph('{graph.name}')); '{graph.name}' is a local kf.Graph")
+            self._plan = (plan, feeds)
         self.on_msg(self._on_front_end_msg)
         self.observe(self._on_query, names=["query"])
         self.refresh()
@@ -154,6 +177,7 @@ class GraphInspector(anywidget.AnyWidget):
         except KernelflowError as e:
             self.status = f"showing the local graph; the runtime could not be read: {e}"
         self._nodes = list(self.graph.nodes())
+        self._load_plan(raise_errors=self.graph_layout is None)  # a bad plan= fails the constructor
         self._consumers = {}
         for n in self._nodes:
             for i in (*n.inputs, *n.control_inputs):
@@ -172,6 +196,51 @@ class GraphInspector(anywidget.AnyWidget):
         self._relayout(exp)
         if self.selected and self.selected not in self.graph_layout.index:  # type: ignore[union-attr]
             self.selected, self.details = "", {}
+
+    def show_plan(self, fetches: Any, feeds: Any = None) -> list[dict]:
+        """Outline what the runtime's compiler fuses into one kernel in a run of ``fetches``.
+
+        Args:
+            fetches: a tensor, a node name or a list of them; None clears the marking.
+            feeds: the tensors the run feeds (default: every placeholder ``fetches`` need).
+
+        Returns:
+            The fused groups (`fused`): ``[{"name", "members", "ops", "color"}]``, in plan order.
+
+        Raises:
+            InvalidArgumentError: a local graph (no runtime, no compiler), or fetches the runtime
+                cannot plan (a placeholder left unfed, named).
+        """
+        if fetches is not None and not hasattr(self.graph, "fused_groups"):
+            raise InvalidArgumentError(f"GraphInspector.show_plan: graph '{self.graph.name}' is a local "
+                                       "kf.Graph; fused groups come from a runtime's compiler")
+        old, self._plan = self._plan, None if fetches is None else (fetches, feeds)
+        try:
+            self._load_plan(raise_errors=True)
+        except KernelflowError:
+            self._plan = old  # the marking on show stays what it was
+            self._load_plan()
+            raise
+        self._relayout(set(self.expanded))
+        return self.fused
+
+    def _load_plan(self, raise_errors: bool = False) -> None:
+        self.fused, self._fused_of = [], {}
+        if self._plan is None:
+            return
+        try:
+            groups = self.graph.fused_groups(*self._plan)  # type: ignore[attr-defined]
+        except KernelflowError as e:
+            if raise_errors:
+                raise
+            self.status = f"the compiled plan could not be read: {e}"
+            return
+        known = {n.name for n in self._nodes}
+        for i, grp in enumerate(groups):
+            self.fused.append({**grp, "color": FUSED_COLORS[i % len(FUSED_COLORS)]})
+            for m in grp["members"]:
+                if m in known:
+                    self._fused_of[m] = i
 
     def _layout_nodes(self) -> list[LayoutNode]:
         return [LayoutNode(n.name, tuple(i.name for i in n.inputs), tuple(c.name for c in n.control_inputs),
@@ -198,7 +267,11 @@ class GraphInspector(anywidget.AnyWidget):
                 "categories": cats, "devices": devices, "edge_labels": [e.label for e in lay.edges],
                 "width": lay.width, "height": lay.height, "nodes": len(self._nodes),
                 "scopes": len(self._scope_sizes),
+                "fused": [{"name": f["name"], "ops": " ".join(f["ops"]), "members": len(f["members"]),
+                           "color": f["color"]} for f in self.fused],
             }
+            self.box_fused = np.array([self._fused_of.get(b.id, -1) if b.kind == "node" else -1
+                                       for b in lay.boxes], np.int32).tobytes()
             self.boxes = xywh.tobytes()
             self.box_parents = np.array([b.parent for b in lay.boxes], np.int32).tobytes()
             self.edge_ends = np.array([(e.src, e.dst) for e in lay.edges], np.int32).reshape(-1, 2).tobytes()
@@ -298,6 +371,7 @@ class GraphInspector(anywidget.AnyWidget):
             "control_inputs": [c.name for c in t.control_inputs],
             "outputs": [{"name": c, "op": self.graph[c].op.name} for c in self._consumers.get(name, [])],
             "is_variable": isinstance(t, Variable), "summary": None, "summary_error": "", **status,
+            "fused": self._fused_entry(self._fused_of[name]) if name in self._fused_of else None,
         }
         if isinstance(t, Variable):
             d["params"] = int(np.prod(t.shape, dtype=np.int64))
@@ -314,7 +388,14 @@ class GraphInspector(anywidget.AnyWidget):
         return {"id": scope + "/", "kind": "scope", "name": scope, "members": len(members),
                 "expanded": scope in self.expanded,
                 "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])), "variables": variables,
-                "params": sum(v["params"] for v in variables)}
+                "params": sum(v["params"] for v in variables),
+                "fused": [self._fused_entry(i) for i in sorted({self._fused_of[n.name] for n in members
+                                                                if n.name in self._fused_of})]}
+
+    def _fused_entry(self, i: int) -> dict:
+        f = self.fused[i]
+        return {"index": i, "name": f["name"], "members": list(f["members"]), "ops": list(f["ops"]),
+                "color": f["color"]}
 
     # ----------------------------------------------------------------- highlighting
     def _box_of(self, name: str) -> str:

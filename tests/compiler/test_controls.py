@@ -30,6 +30,20 @@ def test_plan_text_shows_fused_groups_and_compile_false_does_not(rt):
     assert "fused" not in off and "relu = relu(add)" in off and off.startswith("# plan (compiler off)")
 
 
+def test_plan_groups_format_lists_the_fused_nodes_and_a_bad_format_raises(rt):
+    g = rt.graph("plan-groups")
+    x, h, s = _mlp_bits(g)
+    assert g.fused_groups([h, s], feeds=[x]) == [
+        {"name": "relu", "members": ["multiply", "add", "relu"], "ops": ["multiply", "add", "relu"]},
+        {"name": "sum", "members": ["multiply_1", "sum"], "ops": ["multiply", "sum"]}]
+    assert g.fused_groups([h, s]) == g.fused_groups([h, s], feeds=[x])  # feeds default to the placeholders
+    off = rt.call("graph.plan", ["plan-groups", g.version, [], [h.name], [x.name], {"format": "groups",
+                                                                                   "compile": False}])
+    assert off == {"compiled": False, "groups": []}
+    with pytest.raises(InvalidArgumentError, match=r"option 'format' must be 'text' or 'groups'; got 'xml'"):
+        rt.call("graph.plan", ["plan-groups", g.version, [], [h.name], [x.name], {"format": "xml"}])
+
+
 def test_run_with_and_without_compile_agree(rt, rng):
     g = rt.graph("agree")
     x, h, s = _mlp_bits(g)

@@ -32,6 +32,10 @@ def test_node_source_in_a_cell_is_cell_in_n_line_k(ip):
     assert ip.user_ns["x"].source == f"Cell In[{n}], line 3"
     assert ip.user_ns["y"].source == f"Cell In[{n}], line 5"
     assert "ipykernel" not in ip.user_ns["y"].source and ".py" not in ip.user_ns["y"].source
+    pytest.importorskip("anywidget")
+    from kernelflow.widgets import GraphInspector
+
+    assert GraphInspector(ip.user_ns["g"]).click("exp")["source"] == f"Cell In[{n}], line 5"  # the inspector's field
 
 
 def test_shape_error_raised_in_a_cell_names_the_cell_line(ip):

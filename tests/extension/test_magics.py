@@ -118,6 +118,9 @@ def test_kf_connect_server_url_with_token(ip, tmp_path, capsys):
         assert f"connected to {srv.url}" in capsys.readouterr().out
         rt = kf.connect()
         assert rt.info()["version"] == kf.__version__
+        status = ip.run_line_magic("kf", "status").text  # issue #14 item 1: where REST listens
+        assert rt.rest_url and rt.rest_url.startswith("http://127.0.0.1:")
+        assert f"REST      {rt.rest_url}" in status, status
         rt.close()
     finally:
         srv.stop()

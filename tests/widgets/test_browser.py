@@ -65,6 +65,10 @@ def test_inspector_renders_and_reacts_to_clicks_in_jupyterlab(lab, tmp_path):
                                    " === 'conv2/relu'", timeout=90_000)
             assert root.locator(".kf-box").count() >= 10
             assert root.locator(".kf-edge").count() >= 10
+            # the notebook's last cell showed the train step's plan: conv1's fused add + relu outlined
+            root.locator(".kf-box.kf-fused[data-id='conv1/add']").wait_for(timeout=90_000)
+            assert root.locator(".kf-box[data-id='conv1/relu']").get_attribute("data-fused") == "conv1/relu"
+            assert root.locator(".kf-box.kf-fused[data-id='conv1/conv2d']").count() == 0
             # a click on the closed scope opens it: a group with a header appears, its inner scopes closed
             # dispatch_event: the box may lie outside the clipped canvas (the drawing is taller than it)
             root.locator(".kf-box[data-id='gradients/']").dispatch_event("click")

@@ -2,7 +2,10 @@
 more than 100 nodes with its optimiser (the size of the one in the issue, 122) opens with every
 scope closed, gradients/ and Adam/ one box each, at a zoom where every visible label is at least
 10 px high (font size times the drawing's scale, as the browser renders it), with no two edge
-labels overprinting and none over a box. Saves docs/img/inspector.png with KF_SAVE_SCREENSHOTS=1.
+labels overprinting and none over a box. A second inspector of the same graph, opened with its
+model scopes and the compiled plan of the train op (issue #16), outlines each fused kernel's boxes in
+its colour, and an edge label that did not fit shows while the pointer is on its edge.
+Saves docs/img/inspector.png and inspector_fused.png with KF_SAVE_SCREENSHOTS=1.
 """
 
 from __future__ import annotations
@@ -37,7 +40,11 @@ CNN_NB = {
         "accuracy = kf.mean(kf.cast(kf.equal(kf.argmax(logits, axis=1), y), 'float32'))\n"
         "train = kf.optim.Adam(1e-2).minimize(loss)\n"
         "assert len(g) > 100, len(g)\n"
-        "GraphInspector(g)")}],
+        "GraphInspector(g)")},
+        {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": (
+            "w2 = g.inspect(plan=train, expanded=['conv1', 'conv2', 'hidden', 'dense'])\n"
+            "assert [f['name'] for f in w2.fused][:3] == ['conv1/relu', 'conv2/relu', 'hidden/relu'], w2.fused\n"
+            "w2")}],
     "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
     "nbformat": 4, "nbformat_minor": 5}
 
@@ -57,6 +64,26 @@ LABELS_JS = """() => {
   const boxes = [...root.querySelectorAll('.kf-box .kf-box-rect')].map(b => {
     const r = b.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; });
   return {labels: out, boxes};
+}"""
+
+
+# A point on an edge whose label is hidden, where that edge (its wide transparent hit path) is
+# what the pointer would touch, in client coordinates; null when there is none.
+HIDDEN_LABEL_SPOT_JS = """(root) => {
+  for (const t of root.querySelectorAll('.kf-edge-label.kf-label-hidden')) {
+    const hit = t.previousElementSibling;
+    if (!hit || !hit.classList.contains('kf-edge-hit')) continue;
+    const len = hit.getTotalLength(), m = hit.getScreenCTM();
+    for (let f = 0.5; f > 0.05; f -= 0.1) for (const s of [f, 1 - f]) {
+      const p = hit.getPointAtLength(len * s);
+      const x = m.a * p.x + m.c * p.y + m.e, y = m.b * p.x + m.d * p.y + m.f;
+      if (document.elementFromPoint(x, y) === hit) {
+        const all = [...root.querySelectorAll('.kf-edge-label')];
+        return {x, y, index: all.indexOf(t), text: t.textContent};
+      }
+    }
+  }
+  return null;
 }"""
 
 
@@ -107,5 +134,42 @@ def test_inspector_first_view_of_a_big_cnn_is_closed_and_readable(lab, tmp_path)
                     assert not _overlap(a["box"], b["box"]), (a, b)
                 for box in info["boxes"]:
                     assert not _overlap(a["box"], box), (a, box)
+            fused_shot = (SCREENSHOT.with_name("inspector_fused.png") if os.environ.get("KF_SAVE_SCREENSHOTS") == "1"
+                          else tmp_path / "inspector_fused.png")
+            _check_fused_outlines_and_hover_label(page, fused_shot)
         finally:
             browser.close()
+
+
+def _check_fused_outlines_and_hover_label(page, shot: pathlib.Path) -> None:
+    w2 = page.locator(".jp-OutputArea .kf-inspector").nth(1)
+    w2.locator(".kf-box.kf-fused[data-id='conv1/relu']").wait_for(timeout=90_000)
+    # both members of the conv1 kernel (add, relu) are outlined in its colour, the edge between them too
+    strokes = page.evaluate("""(root) => ['conv1/add', 'conv1/relu', 'conv1/conv2d'].map(id => {
+        const r = root.querySelector(`.kf-box[data-id='${id}'] .kf-box-rect`);
+        return getComputedStyle(r).stroke; })""", w2.element_handle())
+    assert strokes[0] == strokes[1] == "rgb(242, 142, 43)", strokes  # FUSED_COLORS[0], #f28e2b
+    assert strokes[2] != strokes[0]  # conv2d is not fused
+    assert w2.locator(".kf-box[data-id='conv1/add']").get_attribute("data-fused") == "conv1/relu"
+    assert w2.locator(".kf-box[data-id='conv2/relu']").evaluate(
+        "b => getComputedStyle(b.querySelector('.kf-box-rect')).stroke") == "rgb(89, 161, 79)"  # #59a14f
+    assert w2.locator(".kf-edge.kf-fused-edge").count() >= 3
+    assert "fused kernels outlined" in w2.locator(".kf-info").text_content()
+    w2.locator(".kf-box[data-id='conv1/add']").dispatch_event("click")  # its details name the kernel
+    w2.locator(".kf-fused-tag").first.wait_for(timeout=30_000)
+    details = w2.locator(".kf-details").text_content()
+    assert "add relu" in details and "Cell In[1], line 7" in details  # issue #14 item 8: no temp file path
+    w2.evaluate("e => e.scrollIntoView({block: 'start'})")
+    w2.screenshot(path=str(shot))
+    # an edge label hidden for lack of room shows while the pointer is on its edge, and goes after
+    w2.locator(".kf-canvas").scroll_into_view_if_needed()
+    spot = page.evaluate(HIDDEN_LABEL_SPOT_JS, w2.element_handle())
+    assert spot is not None, "no hidden edge label to hover"
+    label = w2.locator(".kf-edge-label").nth(spot["index"])
+    assert label.evaluate("t => getComputedStyle(t).display") == "none"
+    page.mouse.move(spot["x"], spot["y"])
+    page.wait_for_function("t => getComputedStyle(t).display !== 'none'", arg=label.element_handle(),
+                           timeout=10_000)
+    page.mouse.move(1, 1)
+    page.wait_for_function("t => getComputedStyle(t).display === 'none'", arg=label.element_handle(),
+                           timeout=10_000)

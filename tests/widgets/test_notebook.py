@@ -37,3 +37,7 @@ def test_inspect_cnn_notebook_runs_on_real_kernel(notebook_server, run_notebook)
     assert "'shape': [3, 3, 1, 4]" in summary_out
     relus = "['conv1/relu', 'conv2/relu', 'gradients/conv2/relu_grad', 'gradients/conv1/relu_grad']"
     assert relus in code[5].outputs[0]["text"]
+    # issue #16: the last cell outlines the compiler's fused groups of the train step
+    assert "fused kernels: ['add relu'," in code[6].outputs[0]["text"]
+    fused = widget["meta"]["fused"]
+    assert fused[0]["name"] == "conv1/relu" and fused[0]["ops"] == "add relu"

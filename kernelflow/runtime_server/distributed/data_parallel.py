@@ -10,9 +10,21 @@ forward and backward pass away and applies the same update on every rank, so var
 identical. Floating variables that the train op writes from the batch outside the optimizer
 (batch-norm moving statistics) are averaged the same way after the update.
 
+Overlap: the buckets are filled in the order plan A makes the gradients, and while plan A runs
+the executor reports each gradient as its kernel finishes (`Ready`); a bucket's all-reduce
+starts as soon as its last gradient is in, while the backward pass goes on, and the update
+waits for every bucket (`reduce_gradients`). With one bucket or one rank there is nothing to
+overlap and the plan runs plainly.
+
+Random ops (dropout) in plan A draw, at each step, from streams keyed by (job seed, rank,
+step): ranks draw different masks, and a step draws the same masks whenever it runs again
+(also after a resume with the same number of ranks).
+
 Global batch = ``batch_size`` rows, cut from the epoch's permutation exactly as a one-rank job
 cuts it; rank r takes rows ``[lo + m*r//N, lo + m*(r+1)//N)`` of a batch of m rows. So an
 N-rank job sees the batches a one-rank job sees (same seed, same order) and resumes on them.
+With sharded datasets (``--shard-datasets``) each rank draws its rows from its own shard
+instead (shards.py: other batches than a one-rank job's, depending on N).
 
 Every step starts with a control word broadcast by rank 0 (run / pause / stop / interrupt,
 the step number, whether metrics are fetched), so job control reaches every rank at the same
@@ -23,7 +35,8 @@ rank 0 only). Every collective has the communicator's watchdog: a dead rank ends
 ``interrupted`` instead of hanging it. Metrics are row-weighted means over the ranks; on
 logging steps rank 0 also records each rank's step time and the share spent communicating.
 
-Contents: TrainSplit, split_train_op, check_start, ReplicaJob, DataParallelLoop, run_replica, DataParallel.
+Contents: TrainSplit, split_train_op, check_start, reduce_gradients, ReplicaJob, DataParallelLoop,
+run_replica, DataParallel.
 """
 
 from __future__ import annotations
@@ -32,7 +45,9 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -43,15 +58,17 @@ from ...graph.ops.state import placeholder_op
 from ...graph.shapes import FLOATING
 from ...protocol.jobspec import JobSpec
 from ..engine.devices import to_host
-from ..engine.executor import Plan
+from ..engine.executor import Plan, Ready
 from ..training.fit_loop import Bound, FitLoop, Halt, bind
 from .comm import check_agreement
-from .fusion import DEFAULT_BUCKET_BYTES, GradientReducer
+from .fusion import DEFAULT_BUCKET_BYTES, GradientReducer, ReduceRound
 from .replication import ensure_delivery
+from .shards import global_length, shard_order, shard_range, shard_rows
 
 log = logging.getLogger("kernelflow.jobs")
 
 RUN, PAUSE, STOP, INTERRUPT = 0, 1, 2, 3
+_SEED_MASK = (1 << 64) - 1
 _HALT_CODE = {"stopped": STOP, "interrupted": INTERRUPT}
 
 
@@ -120,6 +137,52 @@ def check_start(world: Any, spec: JobSpec, b: Bound) -> None:
     ensure_delivery(world, "fit(replicas=...)")
 
 
+def ready_order(plan: Plan, k: int) -> list[int]:
+    """Fetches ``0..k-1`` of ``plan`` in the order its kernels make them (ties: fetch order)."""
+    at = plan.ready_steps(range(k))
+    return sorted(range(k), key=lambda i: (at[i], i))
+
+
+def reduce_gradients(plan: Plan, batch: list[Any], reducer: GradientReducer, k: int, what: str, scale: float,
+                     overlap: bool, events: list | None = None,
+                     control: Any = None) -> tuple[list[Any], Callable[[], list[Any]]]:
+    """Run ``plan`` (its first ``k`` fetches are the gradients) and sum ``scale *`` gradients over the ranks.
+
+    With ``overlap``, each bucket's all-reduce starts while the plan still runs, as soon as the
+    executor has made the bucket's gradients; otherwise all of them after the plan. ``events``
+    (if given) records ``("ready", i)``, ``("start", bucket)`` and ``("done",)`` (the plan
+    returned) in the order they happen.
+
+    Returns:
+        (the plan's outputs, ``finish``): ``finish()`` waits for the collectives (those not yet
+        started start first) and returns the sums as views of the fusion buffers. Call it
+        outside the graph's lock: the wait is the communication the backward pass did not hide.
+    """
+    if not overlap:
+        out = plan.run(batch, control)
+        if events is not None:
+            events.append(("done",))
+        return out, lambda: reducer.reduce(out[:k], what, scale=scale)
+    rnd: ReduceRound = reducer.begin(what, scale, events)
+
+    def ready(i: int, value: Any) -> None:
+        if events is not None:
+            events.append(("ready", i))
+        rnd.add(i, value)
+
+    out = plan.run(batch, control, ready=Ready(range(k), ready))
+    if events is not None:
+        events.append(("done",))
+    return out, rnd.finish
+
+
+def overlap_share(events: list, buckets: int) -> float:
+    """The share of the buckets whose all-reduce started before the last gradient was made."""
+    last = max((j for j, e in enumerate(events) if e[0] == "ready"), default=-1)
+    early = sum(1 for e in events[:last] if e[0] == "start")
+    return early / buckets if buckets else 0.0
+
+
 class ReplicaJob:
     """The follower-side stand-in of a `Job`: a step counter and the spec, nothing persisted."""
 
@@ -158,15 +221,18 @@ class DataParallelLoop(FitLoop):
         self.bucket_bytes = bucket_bytes
         g = b.session.graph
         self.split = split_train_op(g[job.spec.train_op])
-        self.timings: dict[str, float] = {"compute_s": 0.0, "comm_s": 0.0, "steps": 0}
+        self.timings: dict[str, float] = {"compute_s": 0.0, "comm_s": 0.0, "steps": 0, "overlap": 0.0}
+        self.sharded = bool(getattr(world, "shard_datasets", False)) and world.size > 1
 
     # ----------------------------------------------------------------- set-up
     def _facts(self) -> dict[str, Any]:
         b, spec = self.b, self.job.spec
         return {"job": self.job.id, "graph": spec.graph, "version": b.session.graph.version,
                 "grads": [[v, t.name, list(t.shape), t.dtype] for v, t in zip(self.split.grad_vars, self.split.grads)],
+                "buckets": self.reducer.signature(), "overlap": self.overlap,
                 "averaged": self.split.averaged, "total_steps": b.total_steps, "steps_per_epoch": b.steps_per_epoch,
-                "data": [b.data.name, b.data.length, sorted(b.columns)], "bind_error": None}
+                "data": [b.data.name, global_length(b.data), sorted(b.columns)], "sharded": self.sharded,
+                "bind_error": None}
 
     def _plans(self) -> None:
         s, b = self.b.session, self.b
@@ -179,18 +245,21 @@ class DataParallelLoop(FitLoop):
                 feeds = self.split.grads + [s.graph[n] for n in b.feed_names]
                 self.apply_plan = Plan(s, [s.graph[self.job.spec.train_op]], feeds)
                 self.apply_feeds_batch = True
-            s.plan(grad_names, b.feed_names)
+            grad_plan = s.plan(grad_names, b.feed_names)
         self.grad_names = grad_names
         specs = [(t.name, tuple(t.shape), t.dtype) for t in self.split.grads]
+        order = ready_order(grad_plan, len(grad_names))  # buckets fill as the backward pass makes them
         self.grad_places = [s.placement(t) for t in self.split.grads]
         on_gpu = any(p.backend != "numpy" for p in self.grad_places)
         if on_gpu and self.world.device_comm is not None:  # NCCL on the device buffers, never via the host
             import cupy
 
             with cupy.cuda.Device(self.grad_places[0].index):
-                self.reducer = GradientReducer(self.world.device_comm, specs, self.bucket_bytes, xp=cupy)
+                self.reducer = GradientReducer(self.world.device_comm, specs, self.bucket_bytes, xp=cupy, order=order)
         else:  # MPI on host buffers (device gradients are copied to the host and back)
-            self.reducer = GradientReducer(self.comm, specs, self.bucket_bytes)
+            self.reducer = GradientReducer(self.comm, specs, self.bucket_bytes, order=order)
+        self.overlap = self.comm.size > 1 and len(self.reducer.buckets) > 1
+        self.events: list = []  # the last step's ("ready", i) / ("start", bucket) / ("done",) in order
         avg = [(n, tuple(s.graph[n].shape), s.graph[n].dtype) for n in self.split.averaged]
         self.avg_reducer = GradientReducer(self.comm, avg, self.bucket_bytes) if avg else None
 
@@ -282,8 +351,11 @@ class DataParallelLoop(FitLoop):
     def _steps(self) -> None:
         job, b, spec = self.job, self.b, self.job.spec
         data, session, comm = b.data, b.session, self.comm
-        spe, total, bs, n = b.steps_per_epoch, b.total_steps, spec.batch_size, data.length
+        spe, total, bs, n = b.steps_per_epoch, b.total_steps, spec.batch_size, global_length(data)
         rank, size = self.world.rank, self.world.size
+        # sharded: rank 0 holds the whole dataset and uses shard 0's rows; a follower holds its shard
+        base = shard_rows(n, rank, size) if self.sharded and data.meta.get("shard") is None else None
+        n_local = len(base) if base is not None else data.length
         last_ckpt = time.monotonic()
         cached_epoch, rows = -1, None
         mark_t, mark_step = time.monotonic(), job.step
@@ -295,11 +367,18 @@ class DataParallelLoop(FitLoop):
             _, _, is_log = self._control(want_log)
             epoch, pos = divmod(s, spe)
             if epoch != cached_epoch:
-                order = np.random.default_rng([spec.seed, epoch]).permutation(n) if spec.shuffle else None
+                if self.sharded:
+                    local = shard_order(spec.seed, epoch, rank, n_local, spec.shuffle)
+                    order = base[local] if base is not None else (local if spec.shuffle else None)
+                else:
+                    order = np.random.default_rng([spec.seed, epoch]).permutation(n) if spec.shuffle else None
                 rows, cached_epoch = data.epoch_rows(order, self.devices), epoch
             lo = pos * bs
             m = min(lo + bs, n) - lo
-            r_lo, r_hi = lo + m * rank // size, lo + m * (rank + 1) // size
+            if self.sharded:  # the epoch interleaves the ranks' shuffled shards (shards.py)
+                r_lo, r_hi = shard_range(lo, m, rank, size)
+            else:
+                r_lo, r_hi = lo + m * rank // size, lo + m * (rank + 1) // size
             n_r = r_hi - r_lo
             is_img = bool(self.is_front and self.img_every and (step_no % self.img_every == 0 or step_no == total))
             job.failing_step = step_no
@@ -309,19 +388,26 @@ class DataParallelLoop(FitLoop):
                 if place is not None:
                     batch[i] = self.devices.to_device(batch[i], place)
             fetch = self.grad_names + (b.log_fetch[1:] if is_log else []) + (b.image_fetch if is_img else [])
+            what = f"job {job.id} step {step_no}: gradients"
+            events: list = []
             if n_r > 0:
-                with session.lock:
-                    out = session.plan(fetch, b.feed_names).run(batch)
+                with session.lock, session.keyed_random((spec.seed & _SEED_MASK, rank, step_no)):
+                    out, finish = reduce_gradients(session.plan(fetch, b.feed_names), batch, self.reducer, k,
+                                                   what, n_r, self.overlap, events)
             else:  # a last batch smaller than the world: this rank adds nothing (weight 0)
                 out = [np.zeros(t.shape, t.dtype) for t in self.split.grads] + [0.0] * (len(fetch) - k)
-            t1 = time.perf_counter()
-            summed = self.reducer.reduce(out[:k], f"job {job.id} step {step_no}: gradients", scale=n_r)
+                events.append(("done",))
+                finish = partial(self.reducer.reduce, out[:k], what, scale=0)
+            t1 = time.perf_counter()  # with overlap, [t0, t1] includes the collectives the backward pass hid
+            summed = finish()
+            t2 = time.perf_counter()
+            self.events = events
+            self.timings["overlap"] = overlap_share(events, len(self.reducer.buckets))
             inv = 1.0 / m
             for i, a in enumerate(summed):
                 a *= a.dtype.type(inv)
                 if self.grad_places[i].backend != "numpy" and isinstance(a, np.ndarray):
                     summed[i] = self.devices.to_device(a, self.grad_places[i])
-            t2 = time.perf_counter()
             with session.lock:
                 self.apply_plan.run(summed + (batch if self.apply_feeds_batch else []))
                 if self.avg_reducer is not None:
@@ -334,7 +420,7 @@ class DataParallelLoop(FitLoop):
             job.step = step_no
             if is_log:
                 vals = [float(to_host(v)) * n_r for v in out[k:k + len(b.metric_names)]]
-                mine = np.array([n_r, t3 - t0, comm_s, *vals], np.float64)
+                mine = np.array([n_r, t3 - t0, comm_s, self.timings["overlap"], *vals], np.float64)
                 table = comm.allgather(mine, f"job {job.id} step {step_no}: metrics")
                 if self.is_front:
                     self._log_world(step_no, table, m)
@@ -365,13 +451,14 @@ class DataParallelLoop(FitLoop):
 
     def _log_world(self, step: int, table: np.ndarray, m: int) -> None:
         names = self.b.metric_names
-        metrics = {k: float(table[:, 3 + i].sum() / m) for i, k in enumerate(names)}
+        metrics = {k: float(table[:, 4 + i].sum() / m) for i, k in enumerate(names)}
         self._scalars(step, metrics)
         world = {}
         for r in range(table.shape[0]):
             step_s, comm_s = float(table[r, 1]), float(table[r, 2])
             world[f"world/rank{r}_step_ms"] = step_s * 1e3
             world[f"world/rank{r}_comm_share"] = comm_s / step_s if step_s > 0 else 0.0
+            world[f"world/rank{r}_overlap"] = float(table[r, 3])
         self.job.add_record({"kind": "scalars", "step": step, "epoch": round(step / self.b.steps_per_epoch, 6),
                              "wall_time": time.time(), "values": world})
 

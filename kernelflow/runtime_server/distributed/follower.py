@@ -151,11 +151,12 @@ class Follower:
         ds = self.service.datasets
         spec = {c: {"dtype": a.dtype.str, "shape": list(a.shape)} for c, a in columns.items()}
         up = ds.begin(name, spec, {"overwrite": True, "fingerprint": meta.get("fingerprint")})
-        if up.get("reused"):
-            return
-        for c, a in columns.items():
-            ds.put(up["upload"], c, 0, a)
-        ds.commit(up["upload"])
+        if not up.get("reused"):
+            for c, a in columns.items():
+                ds.put(up["upload"], c, 0, a)
+            ds.commit(up["upload"])
+        if meta.get("shard"):  # this rank's shard of a dataset of meta["shard"][2] rows (shards.py)
+            ds.get(name).meta["shard"] = [int(x) for x in meta["shard"]]
 
     def _install_view(self, name: str, root: str, index: np.ndarray, meta: dict) -> None:
         ds = self.service.datasets

@@ -120,7 +120,12 @@ def attach_leader(service: Any, world: World, timeout_s: float) -> Any:
 
     datasets = sorted(service.datasets.datasets.values(), key=lambda d: d.view_of is not None)
     for ds in datasets:
-        if ds.view_of is None:
+        if world.shard_datasets:  # each follower gets its shard (a view's rows copied)
+            from .replication import PerRank
+            from .shards import shard_commands
+
+            leader.send_each(PerRank("dataset.install", lambda r, ds=ds: shard_commands(ds, r, world.size)))
+        elif ds.view_of is None:
             cols = {c: np.ascontiguousarray(to_host(a)) for c, a in ds.columns.items()}
             meta = {"fingerprint": ds.meta.get("fingerprint"), "created": ds.meta.get("created")}
             leader.send(["dataset.install", ds.name, cols, meta])

@@ -6,15 +6,17 @@ method table (`REPLICATED`); each wrapper runs the method under one order lock a
 succeeded, sends a command derived from (method, params, result): mostly the same call, but
 ``dataset.commit`` becomes ``dataset.install`` with the arrays (an upload's id means nothing
 on a follower) and ``graph.restore`` becomes ``graph.set_variables`` (followers hold no state
-dir). A ``graph.run`` is replicated only when its plan writes a variable or draws random
-numbers; pure reads run on rank 0 alone. Failed calls are not sent (they fail the same way).
+dir). With ``--shard-datasets``, ``dataset.commit`` and ``dataset.split`` send each follower
+its own shard of the new dataset(s) instead (`PerRank`, shards.py). A ``graph.run`` is
+replicated only when its plan writes a variable or draws random numbers; pure reads run on
+rank 0 alone. Failed calls are not sent (they fail the same way).
 
 The stream is point-to-point on its own communicator: one message per command per follower,
 msgpack with arrays as ext values (never pickle), sent with ``Isend`` and waited for under
 the watchdog, so a dead follower is marked lost instead of hanging rank 0. Followers answer
 only ``world.report`` (variable checksums, divergences), on a reply tag.
 
-Contents: REPLICATED, Leader, install_replication, encode_command, decode_command.
+Contents: REPLICATED, PerRank, Leader, install_replication, encode_command, decode_command.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from ...graph.ops.state import print_op, read_variable_op, variable_op
 from ...protocol.codec import decode, encode
 from ..engine.devices import to_host
 from .comm import wait_all
+from .shards import shard_commands
 from .world import World
 
 log = logging.getLogger("kernelflow.distributed")
@@ -65,6 +68,14 @@ def plan_mutates(plan: Any) -> bool:
     """True when running ``plan`` changes state: a variable written or an RNG advanced."""
     return any(n.op.mutates or n.op in _SUBGRAPH_OPS or (n.op.stateful and n.op not in _PURE_STATEFUL)
                for n in plan.step_nodes)
+
+
+@dataclasses.dataclass
+class PerRank:
+    """Commands that differ per follower: ``build(rank)`` gives the commands rank ``rank`` gets."""
+
+    name: str
+    build: Callable[[int], list[list]]
 
 
 class Leader:
@@ -104,11 +115,21 @@ class Leader:
         with self._send_lock:
             self._send_locked(data, cmd[0])
 
-    def _send_locked(self, data: bytes, name: str) -> None:
+    def send_each(self, cmds: PerRank) -> None:
+        """Send each live follower its own commands (`PerRank`), in the order of calls; as `send`."""
+        with self._send_lock:
+            per_rank = {r: [encode_command(c) for c in cmds.build(r)] for r in self.followers()}
+            for k in range(max((len(v) for v in per_rank.values()), default=0)):
+                self._send_locked({r: v[k] for r, v in per_rank.items() if k < len(v)}, cmds.name)
+
+    def _send_locked(self, data: bytes | dict[int, bytes], name: str) -> None:
         pending = []
         for r in self.followers():
+            msg = data.get(r) if isinstance(data, dict) else data
+            if msg is None:
+                continue
             try:
-                pending.append((r, self.comm.Isend(data, dest=r, tag=TAG_COMMAND)))
+                pending.append((r, self.comm.Isend(msg, dest=r, tag=TAG_COMMAND)))
             except self.MPI.Exception as e:
                 self._lose(r, f"sending {name}: {e}")
         deadline = time.monotonic() + self.timeout_s
@@ -212,10 +233,19 @@ def _restore(service: Any, params: list, result: Any) -> list:
     return ["graph.set_variables", s.name, s.snapshot_variables()]
 
 
-def _commit(service: Any, params: list, result: Any) -> list:
+def _commit(service: Any, params: list, result: Any) -> list | PerRank:
     ds = service.datasets.get(result["name"])
+    if service.world.shard_datasets:
+        return PerRank("dataset.install", lambda r: shard_commands(ds, r, service.world.size))
     return ["dataset.install", ds.name, {c: np.ascontiguousarray(to_host(a)) for c, a in ds.columns.items()},
             {"fingerprint": ds.meta.get("fingerprint"), "created": ds.meta.get("created")}]
+
+
+def _split(service: Any, params: list, result: Any) -> list | PerRank:
+    if not service.world.shard_datasets:
+        return ["dataset.split", *params]
+    parts = [service.datasets.get(info["name"]) for info in result]
+    return PerRank("dataset.install", lambda r: [c for ds in parts for c in shard_commands(ds, r, service.world.size)])
 
 
 def _run(service: Any, params: list, result: Any) -> list | None:
@@ -231,7 +261,7 @@ def _run(service: Any, params: list, result: Any) -> list | None:
 
 
 # method -> (command builder, graph whose data-parallel job forbids it: the position of the graph param or None)
-REPLICATED: dict[str, tuple[Callable[[Any, list, Any], list | None], int | None]] = {
+REPLICATED: dict[str, tuple[Callable[[Any, list, Any], list | PerRank | None], int | None]] = {
     "graph.open": (_same("graph.open"), None),
     "graph.extend": (_same("graph.extend"), None),
     "graph.delete": (_same("graph.delete"), 0),
@@ -239,7 +269,7 @@ REPLICATED: dict[str, tuple[Callable[[Any, list, Any], list | None], int | None]
     "variable.assign": (_same("variable.assign"), 0),
     "graph.restore": (_restore, 0),
     "dataset.commit": (_commit, None),
-    "dataset.split": (_same("dataset.split"), None),
+    "dataset.split": (_split, None),
     "dataset.delete": (_same("dataset.delete"), None),
 }
 
@@ -260,7 +290,7 @@ def install_replication(service: Any, leader: Leader) -> None:
     service.methods = MethodTable(entries)
 
 
-def _wrap(method: str, fn: Callable[..., Any], build: Callable[[Any, list, Any], list | None],
+def _wrap(method: str, fn: Callable[..., Any], build: Callable[[Any, list, Any], list | PerRank | None],
           guard_pos: int | None, service: Any, leader: Leader) -> Callable[..., Any]:
     def replicated(*params: Any, **kw: Any) -> Any:
         with leader.order_lock:
@@ -271,7 +301,9 @@ def _wrap(method: str, fn: Callable[..., Any], build: Callable[[Any, list, Any],
             result = fn(*params, **kw)
             try:
                 cmd = build(service, list(params), result)
-                if cmd is not None:
+                if isinstance(cmd, PerRank):
+                    leader.send_each(cmd)
+                elif cmd is not None:
                     leader.send(cmd)
             except (DeadlineExceededError, UnavailableError):
                 log.error("world: %s could not be replicated", method, exc_info=True)
@@ -305,5 +337,5 @@ def ensure_delivery(world: World, what: str) -> None:
                                "--distributed) to run data-parallel jobs again")
 
 
-__all__ = ["REPLICATED", "Leader", "install_replication", "encode_command", "decode_command", "plan_mutates",
+__all__ = ["REPLICATED", "PerRank", "Leader", "install_replication", "encode_command", "decode_command", "plan_mutates",
            "ensure_delivery", "wait_all"]

@@ -38,6 +38,7 @@ class World:
         control: the communicator of the command stream (None in a one-rank local world).
         backend: "local" (no MPI) or "mpi".
         lost: ranks found dead (the world is broken once any is).
+        shard_datasets: followers keep one shard of each dataset, not a replica (``--shard-datasets``).
     """
 
     rank: int
@@ -50,6 +51,7 @@ class World:
     failure_notice: threading.Event = field(default_factory=threading.Event)
     mpi: Any = None
     device_comm: Communicator | None = None   # NCCL over this rank's GPU, when the runtime runs on GPUs
+    shard_datasets: bool = False               # followers keep a shard of each dataset (shards.py)
 
     @property
     def is_leader(self) -> bool:
@@ -71,7 +73,7 @@ class World:
         return {"size": self.size, "rank": self.rank, "backend": self.backend, "collectives": collectives,
                 "timeout_s": self.data.timeout_s, "ranks": [dict(r) for r in self.ranks],
                 "hosts": sorted({r["host"] for r in self.ranks}), "lost": sorted(self.lost),
-                "broken": self.broken()}
+                "broken": self.broken(), "shard_datasets": self.shard_datasets}
 
     def notice_failure(self) -> None:
         """The launcher reported a dead process: collectives in flight give up now."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ...compiler import Compiler, compile_mode_from_env, format_plan
+from ...compiler import Compiler, compile_mode_from_env, format_plan, fused_groups
 from ...errors import InvalidArgumentError
 
 
@@ -47,7 +47,7 @@ def run_options(options: Any) -> bool:
 
 
 class PlanMethods:
-    """``graph.plan``: the text of the plan a run of (fetches, feeds) executes.
+    """``graph.plan``: the plan a run of (fetches, feeds) executes, as text or as its fused groups.
 
     Args:
         session: ``session(name) -> GraphSession`` (NotFoundError for an unknown graph).
@@ -57,16 +57,28 @@ class PlanMethods:
         self._session = session
 
     def graph_plan(self, name: str, since: int, nodes: list, fetches: list, feed_names: list,
-                   options: dict | None = None) -> str:
-        """Extend with piggy-backed ``nodes``, build (or find) the plan, and print it."""
+                   options: dict | None = None) -> str | dict:
+        """Extend with piggy-backed ``nodes``, build (or find) the plan, and print it.
+
+        ``options`` takes ``graph.run``'s plus ``"format"``: ``"text"`` (the default) or ``"groups"``,
+        which answers ``{"compiled": bool, "groups": [{"name", "members", "ops"}]}`` (`fused_groups`).
+        """
         s = self._session(name)
         if nodes:
             s.extend(list(nodes), since)
+        fmt = "text"
+        if isinstance(options, dict) and "format" in options:
+            options = dict(options)
+            fmt = options.pop("format")
+            if fmt not in ("text", "groups"):
+                raise InvalidArgumentError(f"graph.plan: option 'format' must be 'text' or 'groups'; got {fmt!r}")
         compile_on = run_options(options)
         if not isinstance(fetches, list) or not isinstance(feed_names, list):
             raise InvalidArgumentError("graph.plan: fetches and feed names must be lists")
         with s.lock:
             plan = s.plan(fetches, feed_names, compile_on)
+            if fmt == "groups":
+                return {"compiled": plan.compiler is not None, "groups": fused_groups(plan.order)}
             fed = {id(t) for t in plan.feeds}
             stats = plan.optimized.stats if plan.optimized is not None else None
             head = "# optimised plan" if plan.compiler is not None else "# plan (compiler off)"

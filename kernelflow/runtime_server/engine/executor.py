@@ -6,7 +6,11 @@ sees its value from before the run's updates. Updates work in place, so every co
 a pre-update read (or of a view of it) is ordered before the update. Each intermediate
 buffer is dropped right after its last use. Later runs of the same signature reuse the plan.
 
-Contents: NodeContext, Plan.
+A run may watch fetches (`Ready`): a callback hears each watched fetch's value right after the
+kernel that makes it, while the rest of the plan still runs (the data-parallel loop starts a
+gradient bucket's all-reduce that way during the backward pass). Unwatched runs use the plain steps.
+
+Contents: NodeContext, Ready, Plan.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -78,6 +83,23 @@ class NodeContext:
 
             run = self._subs[id(sub)] = subgraph_runner(self, sub)
         return run
+
+
+@dataclass
+class Ready:
+    """A per-run hook: ``callback(i, value)`` right after the kernel that makes fetch ``i`` runs.
+
+    Args:
+        fetches: positions in the plan's fetch list to watch (a position whose value is fed, or
+            that no kernel makes, is reported before the first kernel).
+        callback: called once per watched position, in the order the plan makes them, with the
+            value as its kernel made it (a device array on a GPU; no copy). The value stays
+            unchanged until the run returns; the callback must not modify it. What it raises
+            ends the run like a failing kernel.
+    """
+
+    fetches: Sequence[int]
+    callback: Callable[[int, Any], None]
 
 
 def _storage_alias(n: Tensor, memo: dict[int, bool]) -> bool:
@@ -248,15 +270,16 @@ class Plan:
         self.copy_fetch = [_storage_alias(t, memo) for t in self.fetches]
 
     # ----------------------------------------------------------------- running
-    def run(self, feed_values: Sequence[Any], control: Any = None, steps: list[tuple] | None = None) -> list[Any]:
+    def run(self, feed_values: Sequence[Any], control: Any = None, steps: list[tuple] | None = None,
+            ready: Ready | None = None) -> list[Any]:
         """Execute the plan; returns host numpy arrays (None for ops with no value).
 
         ``control`` (an engine.runs.RunControl) is told each kernel before it runs and raises
         to stop a cancelled run between kernels. ``steps`` replaces the plan's steps for this run
-        (`run_profiled` wraps them).
+        (`run_profiled` wraps them). ``ready`` watches fetches as they are made (see `Ready`).
         """
         with np.errstate(all="ignore"):  # NaN and Inf are values, not crashes
-            vals = self.execute(feed_values, control, steps)
+            vals = self.execute(feed_values, control, steps, ready)
         out_vals = []
         for v, copy in zip(vals, self.copy_fetch):
             if v is not None:
@@ -268,16 +291,20 @@ class Plan:
             out_vals.append(v)
         return out_vals
 
-    def execute(self, feed_values: Sequence[Any], control: Any = None, steps: list[tuple] | None = None) -> list[Any]:
+    def execute(self, feed_values: Sequence[Any], control: Any = None, steps: list[tuple] | None = None,
+                ready: Ready | None = None) -> list[Any]:
         """Run the steps (``steps``: in place of the plan's); returns the fetches' values as the kernels
         made them (device arrays).
 
         ``control``: see `run`. Without one, a run this thread serves (a sub-graph of a
-        control-flow op) is still checked between kernels, its progress left alone.
+        control-flow op) is still checked between kernels, its progress left alone. ``ready``:
+        see `Ready`.
         """
         vals = self.template.copy()
         for s, v in zip(self.feed_slots, feed_values):
             vals[s] = v
+        if ready is not None:
+            steps = self._watching(steps or self.steps, ready, vals)
         nested = current_run() if control is None else None
         k = 0
         try:
@@ -314,6 +341,28 @@ class Plan:
                       f"{shapes or 'none'}", node=node.name, source=node.source) from e
         return [vals[s] for s in self.fetch_slots]
 
+    def ready_steps(self, fetches: Sequence[int]) -> list[int]:
+        """For each fetch position: the index of the step that makes its value (-1: fed or made by none)."""
+        made = getattr(self, "_made_by", None)
+        if made is None:
+            made = self._made_by = {out: k for k, (_, _, out, _) in enumerate(self.steps)}
+        return [made.get(self.fetch_slots[i], -1) for i in fetches]
+
+    def _watching(self, steps: list[tuple], ready: Ready, vals: list[Any]) -> list[tuple]:
+        """``steps`` with the callback after each step that makes a watched fetch; reports the others now."""
+        at: dict[int, list[int]] = {}
+        for i, k in zip(ready.fetches, self.ready_steps(ready.fetches)):
+            at.setdefault(k, []).append(i)
+        for i in at.pop(-1, ()):
+            ready.callback(i, vals[self.fetch_slots[i]])
+        if not at:
+            return steps
+        steps = list(steps)
+        for k, positions in at.items():
+            fn, ins, out, free = steps[k]
+            steps[k] = (_reporting(fn, ready.callback, positions), ins, out, free)
+        return steps
+
     def run_profiled(self, feed_values: Sequence[Any]) -> tuple[list[Any], list[tuple[Tensor, str, float, float]]]:
         """`run`, timing each step: (outputs, [(node, device, start, end)]) with ``time.time()``
         seconds, host side (a GPU kernel's time is its launch unless it synchronises)."""
@@ -336,6 +385,16 @@ def _describe(v: Any) -> str:
     if v is None:
         return "None"
     return f"{getattr(v, 'dtype', type(v).__name__)}{tuple(getattr(v, 'shape', ()))}"
+
+
+def _reporting(fn: Any, callback: Callable[[int, Any], None], positions: list[int]) -> Any:
+    def call(*args: Any) -> Any:
+        out = fn(*args)
+        for i in positions:
+            callback(i, out)
+        return out
+
+    return call
 
 
 def _copying(fn: Any) -> Any:

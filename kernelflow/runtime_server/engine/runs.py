@@ -122,17 +122,27 @@ class RunRegistry:
     @contextmanager
     def track(self, method: str, graph: str | None, peer: Any = None) -> Iterator[RunControl]:
         """Register a run for the calling thread while the block runs."""
+        ctl, prev = self.begin(method, graph, peer)
+        try:
+            yield ctl
+        finally:
+            self.end(ctl, prev)
+
+    def begin(self, method: str, graph: str | None, peer: Any = None) -> tuple[RunControl, RunControl | None]:
+        """`track` for a hot path, without a generator: register a run for the calling thread;
+        returns it and the run it shadows, for `end`."""
         ctl = RunControl(method, graph, peer, self.max_run_seconds)
         prev = getattr(_local, "run", None)
         with self._lock:
             self._runs[ctl.id] = ctl
         _local.run = ctl
-        try:
-            yield ctl
-        finally:
-            _local.run = prev
-            with self._lock:
-                self._runs.pop(ctl.id, None)
+        return ctl, prev
+
+    def end(self, ctl: RunControl, prev: RunControl | None) -> None:
+        """The run ``ctl`` of `begin` is over."""
+        _local.run = prev
+        with self._lock:
+            self._runs.pop(ctl.id, None)
 
     def runs(self) -> list[RunControl]:
         with self._lock:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,7 @@ class GraphSession:
         self._plans: dict[tuple, Plan] = {}
         self._placements: dict[int, Placement] = {}
         self._rngs: dict[str, Any] = {}
+        self._keyed: tuple[list[int], dict[str, Any]] | None = None  # see keyed_random
         self.log_lines: list[str] = []
         self.compiler: Any = None  # a kernelflow.compiler.Compiler when the runtime compiles plans
         # Called as persist(since, node_dicts) under the lock after new nodes validate and
@@ -247,22 +249,56 @@ class GraphSession:
         return arr if place.backend == "numpy" else self.devices.to_device(arr, place)
 
     def rng_for(self, node: Tensor, xp: Any) -> Any:
-        """The random generator of ``node``: seeded by (graph seed, op seed or node index)."""
+        """The random generator of ``node``: seeded by (graph seed, op seed or node index), or, inside
+        `keyed_random`, by (key, graph seed, op seed or node index)."""
+        if self._keyed is not None:
+            key, rngs = self._keyed
+            rng = rngs.get(node.name)
+            if rng is None:
+                rng = rngs[node.name] = _generator(xp, [*key, *self._node_seed(node)])
+            return rng
         rng = self._rngs.get(node.name)
         if rng is None:
-            op_seed = node.attrs.get("seed")
-            seed = [int(self.graph.seed) & 0xFFFFFFFF, int(op_seed if op_seed is not None else node.index)]
-            if xp is np:
-                rng = np.random.Generator(np.random.PCG64(seed))
-            else:
-                rng = xp.random.default_rng(seed[0] * 1_000_003 + seed[1])
-            self._rngs[node.name] = rng
+            rng = self._rngs[node.name] = _generator(xp, self._node_seed(node))
         return rng
+
+    def _node_seed(self, node: Tensor) -> list[int]:
+        op_seed = node.attrs.get("seed")
+        return [int(self.graph.seed) & 0xFFFFFFFF, int(op_seed if op_seed is not None else node.index)]
+
+    @contextmanager
+    def keyed_random(self, key: Sequence[int]) -> Iterator[None]:
+        """Inside the block, random ops draw from fresh streams seeded by ``key`` (non-negative ints)
+        plus the usual (graph seed, op seed): the same key gives the same draws, and the graph's
+        own streams (used by every other run) do not advance. Hold `lock` around the block.
+
+        The data-parallel loop keys each step by (job seed, rank, step), so that ranks draw
+        different dropout masks and a step draws the same ones whenever it is run again.
+
+        Raises:
+            InvalidArgumentError: a key entry that is not a non-negative integer.
+        """
+        if any(not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0 for k in key):
+            raise InvalidArgumentError(f"keyed_random: the key must be non-negative integers; got {list(key)}")
+        prev = self._keyed
+        self._keyed = ([int(k) for k in key], {})
+        try:
+            yield
+        finally:
+            self._keyed = prev
 
     def log_line(self, message: str) -> None:
         self.log_lines.append(message)
         del self.log_lines[:-1000]
         log.info("[%s] %s", self.name, message)
+
+
+def _generator(xp: Any, seed: list[int]) -> Any:
+    if xp is np:
+        return np.random.Generator(np.random.PCG64(seed))
+    if len(seed) == 2:  # the graph's own streams: as they always were seeded
+        return xp.random.default_rng(seed[0] * 1_000_003 + seed[1])
+    return xp.random.default_rng(int(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0]))
 
 
 def _static_size(t: Tensor) -> int:

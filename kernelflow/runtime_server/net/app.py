@@ -65,6 +65,7 @@ class ServeOptions:
         distributed: join an MPI world (under ``mpiexec``): rank 0 serves, the other ranks follow it.
         collective_timeout_s: how long a rank waits for the others before a job is interrupted.
         fusion_bytes: the fusion threshold of the data-parallel gradient all-reduce (0: off).
+        shard_datasets: followers keep one shard of each dataset instead of a replica (docs/distributed.md).
         compile: the graph compiler's mode ("on", "sync", "off"; None: ``$KERNELFLOW_COMPILE``, else on).
     """
 
@@ -90,6 +91,7 @@ class ServeOptions:
     distributed: bool = False
     collective_timeout_s: float = 60.0
     fusion_bytes: int = 16 << 20
+    shard_datasets: bool = False
     compile: str | None = None
 
 
@@ -102,6 +104,7 @@ def serve(opts: ServeOptions) -> int:
         from ..service import join_world, serve_follower
 
         world = join_world(opts.collective_timeout_s, opts.device)
+        world.shard_datasets = opts.shard_datasets and world.size > 1
         if world.rank != 0:
             return serve_follower(world, opts.device, opts.collective_timeout_s, opts.fusion_bytes, opts.compile)
     try:

@@ -112,7 +112,7 @@ def bind(graphs: GraphStore, datasets: DatasetStore, spec: JobSpec) -> Bound:
     for h in spec.histograms:
         if not isinstance(node(h, "histogram"), Variable):
             raise InvalidArgumentError(f"fit: histograms are of variables; '{h}' is a {g[h].op.name} node")
-    n = data.length
+    n = int(data.meta.get("shard", [0, 1, data.length])[2])  # a follower's shard: the whole dataset's rows
     spe = n // spec.batch_size if drop else math.ceil(n / spec.batch_size)
     if spe == 0:
         raise InvalidArgumentError(f"fit: dataset '{data.name}' has {n} rows, fewer than one batch of "

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shutil
 import tempfile
 import threading
 import time
@@ -345,6 +346,7 @@ class JobManager:
         self._queues: dict[str, list[Job]] = {}
         self._active: dict[str, Job] = {}
         self._closed = threading.Event()
+        self._temp_logdirs: set[str] = set()  # TensorBoard dirs of an in-memory runtime
         self._flusher: threading.Thread | None = None
         self.events = EventWriter()
         # Data-parallel jobs (``replicas``, issue #18): the service hands in the world's
@@ -466,6 +468,9 @@ class JobManager:
             job.history.close()
             if self.state is not None:
                 self.state.delete_job(job_id)
+        if job.tensorboard_dir in self._temp_logdirs:
+            self.events.close(job_id)
+            self._remove_temp_logdir(job.tensorboard_dir)
         log.info("job %s deleted", job_id)
         return True
 
@@ -573,7 +578,11 @@ class JobManager:
         from ...interop.graphdef import graph_def  # lazily: only jobs write GraphDefs
 
         state = self.state
-        logdir = str(state.tensorboard_dir(job.id)) if state is not None else tempfile.mkdtemp(prefix=f"kf-{job.id}-")
+        if state is not None:
+            logdir = str(state.tensorboard_dir(job.id))
+        else:  # an in-memory runtime: removed with the job or when the runtime shuts down
+            logdir = tempfile.mkdtemp(prefix=f"kf-{job.id}-")
+            self._temp_logdirs.add(logdir)
         job.tensorboard_dir = logdir
         self.events.open(job.id, logdir)
         with b.session.lock:
@@ -644,3 +653,9 @@ class JobManager:
         for job in jobs:
             if self.state is None:
                 job.history.close()  # a temp log: nothing keeps it
+        for logdir in list(self._temp_logdirs):
+            self._remove_temp_logdir(logdir)
+
+    def _remove_temp_logdir(self, logdir: str) -> None:
+        self._temp_logdirs.discard(logdir)
+        shutil.rmtree(logdir, ignore_errors=True)

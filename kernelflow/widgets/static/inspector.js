@@ -133,6 +133,10 @@ function render({ model, el: root }) {
     const offs = view(model.get("edge_offsets"), Int32Array);
     const pts = view(model.get("edge_points"), Float32Array);
     const flags = view(model.get("edge_flags"), Uint8Array);
+    // index into meta.fused of the compiled kernel each node box belongs to (-1: none)
+    const fusedOf = view(model.get("box_fused"), Int32Array);
+    const fused = meta.fused || [];
+    const groupOf = (i) => (i < fusedOf.length && fusedOf[i] >= 0 ? fused[fusedOf[i]] : null);
     scene.textContent = "";
     const gGroups = svg("g", {}, scene), gEdges = svg("g", {}, scene), gNodes = svg("g", {}, scene);
     const deviceIndex = new Map();
@@ -152,13 +156,17 @@ function render({ model, el: root }) {
         boxEls[i] = g;
         continue;
       }
-      const g = svg("g", { class: `kf-box kf-${kind} kf-cat-${meta.categories[i]}`, "data-id": id }, gNodes);
+      const fg = groupOf(i);
+      const g = svg("g", { class: `kf-box kf-${kind} kf-cat-${meta.categories[i]}${fg ? " kf-fused" : ""}`,
+        "data-id": id }, gNodes);
+      if (fg) { g.style.setProperty("--kf-fused", fg.color); g.setAttribute("data-fused", fg.name); }
       svg("rect", { x, y, width: w, height: h, rx: kind === "scope" ? 8 : 4, fill: colorOf(meta, i, deviceIndex),
         class: "kf-box-rect" }, g);
       const t1 = kind === "scope" ? `\u25B8 ${meta.titles[i]}` : meta.titles[i];
       svg("text", { x: x + w / 2, y: y + 15, class: "kf-title", "text-anchor": "middle", text: t1 }, g);
       svg("text", { x: x + w / 2, y: y + 28, class: "kf-sub", "text-anchor": "middle", text: meta.subtitles[i] }, g);
-      svg("title", { text: kind === "scope" ? `${id} (click to expand)` : `${id}\n${meta.subtitles[i]}` }, g);
+      const fusedNote = fg ? `\nfused kernel '${fg.name}': ${fg.ops} (${fg.members} nodes, one kernel)` : "";
+      svg("title", { text: kind === "scope" ? `${id} (click to expand)` : `${id}\n${meta.subtitles[i]}${fusedNote}` }, g);
       g.addEventListener("click", (ev) => { ev.stopPropagation(); model.send({ type: "click", id }); });
       boxEls[i] = g;
     }
@@ -182,8 +190,11 @@ function render({ model, el: root }) {
         const move = p === offs[e] || (back && p === offs[e] + 2);
         d += (move ? "M" : "L") + pts[2 * p] + " " + pts[2 * p + 1];
       }
-      const cls = "kf-edge" + (back ? " kf-back" : "") + (flags[e] & 2 ? " kf-control" : "");
+      const fs = groupOf(ends[2 * e]), inside = fs !== null && fs === groupOf(ends[2 * e + 1]);
+      const cls = "kf-edge" + (back ? " kf-back" : "") + (flags[e] & 2 ? " kf-control" : "") +
+        (inside ? " kf-fused-edge" : "");
       const path = svg("path", { d, class: cls, "marker-end": "url(#kf-arrow)" }, gEdges);
+      if (inside) path.style.setProperty("--kf-fused", fs.color);
       const hit = svg("path", { d, class: "kf-edge-hit" }, gEdges);
       const src = meta.ids[ends[2 * e]], dst = meta.ids[ends[2 * e + 1]];
       svg("title", { text: back ? `${src} \u2192 ${dst} (closes a cycle between boxes: drawn as two stubs)`
@@ -216,7 +227,7 @@ function render({ model, el: root }) {
       }
     }
     info.textContent = `${model.get("graph_name")}: ${meta.nodes} nodes, ${meta.scopes} scopes, ` +
-      `${meta.ids.length} boxes drawn`;
+      `${meta.ids.length} boxes drawn` + (fused.length ? `, ${fused.length} fused kernels outlined` : "");
     if (!fitted) { firstView(); fitted = true; }
     decorate();
   }
@@ -264,6 +275,12 @@ function render({ model, el: root }) {
       svg("text", { x: W, y: H + 12, class: "kf-sub", "text-anchor": "end", text: fmt(e[e.length - 1]) }, s);
     }
   }
+  function fusedRow(t, f, label) {
+    const s = el("span", { class: "kf-fused-tag", text: `${f.ops.join(" ")} ` });
+    s.style.setProperty("--kf-fused", f.color);
+    s.appendChild(link(f.name));
+    return row(t, label, s);
+  }
   function drawDetails() {
     const d = model.get("details") || {};
     panel.textContent = "";
@@ -275,6 +292,7 @@ function render({ model, el: root }) {
       row(t, "scope", `${d.members} nodes (${d.expanded ? "open" : "closed"})`);
       row(t, "ops", Object.entries(d.ops || {}).slice(0, 12).map(([k, v]) => `${k}\u00D7${v}`).join(", "));
       if (d.params) row(t, "parameters", fmt(d.params));
+      for (const f of (d.fused || []).slice(0, 12)) fusedRow(t, f, "fused kernel");
       for (const v of (d.variables || []).slice(0, 20)) row(t, "", link(v.name)).lastChild.append(` ${v.dtype}${v.shape}`);
       return;
     }
@@ -282,6 +300,10 @@ function render({ model, el: root }) {
     row(t, "output", `${d.dtype}${d.shape}`);
     row(t, "device", d.device);
     if (d.source) row(t, "source", d.source);
+    if (d.fused) {
+      fusedRow(t, d.fused, "fused into");
+      row(t, "", el("span", { class: "kf-sub", text: `with ${d.fused.members.filter((m) => m !== d.name).join(", ")}` }));
+    }
     for (const [k, v] of Object.entries(d.attrs || {})) row(t, `attr ${k}`, v);
     (d.inputs || []).forEach((i, n) => row(t, n ? "" : "inputs", link(i.name)).lastChild.append(` ${i.dtype}${i.shape}`));
     if ((d.control_inputs || []).length) row(t, "after", d.control_inputs.join(", "));
@@ -323,7 +345,7 @@ function render({ model, el: root }) {
     if (pending) return;
     pending = requestAnimationFrame(() => { pending = 0; draw(); });
   };
-  const geometry = ["meta", "boxes", "edge_ends", "edge_offsets", "edge_points", "edge_flags", "color_by"];
+  const geometry = ["meta", "boxes", "edge_ends", "edge_offsets", "edge_points", "edge_flags", "box_fused", "color_by"];
   for (const name of geometry) model.on(`change:${name}`, redraw);
   model.on("change:highlight", decorate);
   model.on("change:selected", decorate);

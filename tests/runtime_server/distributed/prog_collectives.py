@@ -25,6 +25,51 @@ def grads_of(rank: int) -> list[np.ndarray]:
     return [rng.standard_normal(s).astype(d) for _, s, d in SPECS]
 
 
+def overlap(w) -> dict:
+    """The data-parallel loop's gradient step (`reduce_gradients`) on an MLP, overlapped and not."""
+    import kernelflow as kf
+    from kernelflow.runtime_server.distributed.data_parallel import (
+        overlap_share,
+        ready_order,
+        reduce_gradients,
+        split_train_op,
+    )
+    from tests.support.models import mlp
+
+    rt = kf.connect("inproc")
+    m = mlp(rt, "ov")
+    m.g.sync()
+    s = rt._transport.service.graphs.session("ov")
+    split = split_train_op(s.graph[m.train.name])
+    names = [t.name for t in split.grads]
+    specs = [(t.name, tuple(t.shape), t.dtype) for t in split.grads]
+
+    def rows(r: int) -> list[np.ndarray]:
+        rng = np.random.default_rng(50 + r)
+        return [rng.standard_normal((8 + r, 64)).astype("float32"), rng.integers(0, 10, 8 + r)]
+
+    plan = s.plan(names, ["x", "y"])
+    per_rank = [plan.run(rows(r)) for r in range(w.size)]
+    ref = [sum(per_rank[r][i].astype(np.float64) * (8 + r) for r in range(w.size)) for i in range(len(names))]
+    out: dict = {}
+    for bucket_bytes in (4096, 16 << 20):
+        red = GradientReducer(w.data, specs, bucket_bytes, order=ready_order(plan, len(names)))
+        for overlapped in (True, False):
+            events: list = []
+            fetched, finish = reduce_gradients(plan, rows(w.rank), red, len(names), "test gradients", 8 + w.rank,
+                                               overlapped, events)
+            summed = finish()
+            key = f"{bucket_bytes}_{int(overlapped)}"
+            out[f"events_{key}"] = [list(e) for e in events]
+            out[f"share_{key}"] = overlap_share(events, len(red.buckets))
+            out[f"buckets_{key}"] = [b.members for b in red.buckets]
+            out[f"maxerr_{key}"] = max(float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in zip(summed, ref))
+            out[f"fetched_same_{key}"] = all(np.array_equal(a, b) for a, b in zip(fetched, per_rank[w.rank]))
+    out["grad_vars"] = list(split.grad_vars)
+    rt.close()
+    return out
+
+
 def main(out_dir: str, mode: str) -> None:
     w = mpi_world(timeout_s=60.0 if mode == "killed" else 3.0)
     rank, size = w.rank, w.size
@@ -50,6 +95,8 @@ def main(out_dir: str, mode: str) -> None:
         except FailedPreconditionError as e:
             res["agreement"] = str(e)
         res["agree_same"] = len(check_agreement(w.data, {"version": 7, "tensors": ["a"]}, "job y"))
+    elif mode == "overlap":
+        res.update(overlap(w))
     elif mode in ("absent", "killed"):
         if rank == size - 1:
             if mode == "killed":  # mid-run, while the others wait in the collective

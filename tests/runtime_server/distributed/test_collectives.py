@@ -46,6 +46,35 @@ def test_reducer_one_rank_returns_scaled_values_of_each_tensor():
         red.reduce([grads[0], grads[1].astype("float64"), grads[2]], "t")
 
 
+def test_round_fills_buckets_in_ready_order_and_starts_them_in_bucket_order():
+    specs = [("w1", (64, 32), "float32"), ("b1", (32,), "float32"), ("w2", (32, 10), "float32"),
+             ("b2", (10,), "float32")]
+    order = [3, 2, 1, 0]  # as a backward pass makes them: last layer first
+    red = GradientReducer(LocalCommunicator(), specs, 4096, order=order)
+    assert [b.members for b in red.buckets] == [[3, 2, 1], [0]]
+    rng = np.random.default_rng(1)
+    grads = [rng.standard_normal(s).astype(d) for _, s, d in specs]
+    events: list = []
+    rnd = red.begin("t", scale=2.0, events=events)
+    for i in (3, 0):  # bucket 1 complete first: it must wait for bucket 0
+        rnd.add(i, grads[i])
+    assert events == []
+    rnd.add(2, grads[2])
+    assert events == []
+    rnd.add(1, grads[1])
+    assert events == [("start", 0), ("start", 1)]
+    for g, o in zip(grads, rnd.finish()):
+        np.testing.assert_allclose(o, 2.0 * g.astype(np.float64), rtol=1e-6)
+    rnd = red.begin("t")
+    rnd.add(3, grads[3])
+    with pytest.raises(InvalidArgumentError, match="gradient 'b2' reported twice"):
+        rnd.add(3, grads[3])
+    with pytest.raises(InvalidArgumentError, match=r"gradients \['w1', 'b1', 'w2'\] were never reported"):
+        rnd.finish()
+    with pytest.raises(InvalidArgumentError, match=r"order must list each of the 4 gradients once; got \[0, 0, 1, 2\]"):
+        GradientReducer(LocalCommunicator(), specs, 4096, order=[0, 0, 1, 2])
+
+
 def test_broken_communicator_refuses_every_later_call():
     c = LocalCommunicator()
     c.mark_broken("a test")
@@ -77,6 +106,30 @@ def test_mpi_allreduce_broadcast_gather_and_agreement(tmp_path, n):
         assert d["allgather"] == [[k, 10 * k] for k in range(n)]
         assert "job x: the ranks disagree: tensors: rank 1 has ['extra'] that rank 0 lacks" in d["agreement"]
         assert d["agree_same"] == n
+
+
+def test_mpi_gradient_all_reduce_overlaps_the_backward_pass_with_several_buckets(tmp_path):
+    require_mpi()
+    p = run_ranks(2, "-m", PROG, str(tmp_path), "overlap")
+    assert p.returncode == 0, p.stderr
+    for r in range(2):
+        d = json.loads((tmp_path / f"rank{r}.json").read_text())
+        assert d["grad_vars"] == ["w1", "b1", "w2", "b2"]
+        # buckets fill in the order the backward pass makes the gradients: b2, w2, b1, then w1 (8 KiB)
+        assert d["buckets_4096_1"] == [[3, 2, 1], [0]] and d["buckets_16777216_1"] == [[3, 2, 1, 0]]
+        ev = d["events_4096_1"]
+        kinds = [e[0] for e in ev]
+        last_ready = max(i for i, k in enumerate(kinds) if k == "ready")
+        assert [e[1] for e in ev if e[0] == "ready"] == [3, 2, 1, 0]
+        assert ev.index(["start", 0]) < last_ready < ev.index(["start", 1]) < kinds.index("done")
+        assert d["share_4096_1"] == 0.5
+        # one bucket, or overlap off: every all-reduce starts after the last gradient
+        assert kinds.count("start") == 2
+        assert d["share_16777216_1"] == 0.0 and d["events_16777216_1"][-3:] == [["ready", 0], ["start", 0], ["done"]]
+        assert d["events_4096_0"] == [["done"]] and d["share_4096_0"] == 0.0
+        for key in ("4096_1", "4096_0", "16777216_1", "16777216_0"):
+            assert d[f"maxerr_{key}"] < 1e-5, key  # the row-weighted sum over both ranks (float64 reference)
+            assert d[f"fetched_same_{key}"], key
 
 
 def test_mpi_watchdog_times_out_on_an_absent_rank_and_breaks_the_communicator(tmp_path):
@@ -114,3 +167,24 @@ def test_import_kernelflow_and_a_plain_runtime_never_load_mpi4py():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_the_loop_overlaps_only_with_several_buckets_and_several_ranks(inproc_rt):
+    from kernelflow.protocol.jobspec import JobSpec
+    from kernelflow.runtime_server.distributed.data_parallel import DataParallelLoop, ReplicaJob
+    from kernelflow.runtime_server.training.fit_loop import bind
+    from tests.support.models import digits, mlp
+
+    tr, _ = digits(inproc_rt)
+    m = mlp(inproc_rt, "ov-rule")
+    m.g.sync()
+    svc = inproc_rt._transport.service
+    spec = JobSpec(graph="ov-rule", train_op=m.train.name, data=tr.name, feed={"x": "x", "y": "y"}, epochs=1,
+                   replicas="all")
+    b = bind(svc.graphs, svc.datasets, spec)
+    for bucket_bytes, buckets in ((4096, 2), (16 << 20, 1)):
+        loop = DataParallelLoop(ReplicaJob("j", spec), b, svc.world, None, bucket_bytes)
+        loop._plans()
+        assert len(loop.reducer.buckets) == buckets
+        assert loop.overlap is False  # one rank: nothing to overlap, the plan runs plainly
+        assert loop._facts()["buckets"] == loop.reducer.signature()

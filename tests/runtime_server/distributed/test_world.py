@@ -27,7 +27,8 @@ from .mpirun import WorldServer, require_mpi
 @pytest.fixture(scope="module")
 def world2(tmp_path_factory):
     require_mpi()
-    srv = WorldServer(tmp_path_factory.mktemp("world2"), 2).wait_listening()
+    # 4 KiB fusion buckets: the MLP's gradients fill two (b2, w2, b1 | w1), so the 2-rank jobs overlap
+    srv = WorldServer(tmp_path_factory.mktemp("world2"), 2, "--fusion-bytes", "4096").wait_listening()
     yield srv
     srv.stop()
 
@@ -165,6 +166,8 @@ def test_two_rank_job_ends_with_the_variables_of_the_one_rank_job(rt2):
     scalars = [r for r in rt2.call("job.records", [job.id, 0])["records"] if r["kind"] == "scalars"]
     world = [r["values"] for r in scalars if "world/rank1_step_ms" in r["values"]]
     assert world and all(v["world/rank0_step_ms"] > 0 and 0 <= v["world/rank1_comm_share"] <= 1 for v in world)
+    # the first bucket's all-reduce started before the backward pass made w1's gradient, on both ranks
+    assert all(v["world/rank0_overlap"] == v["world/rank1_overlap"] == 0.5 for v in world)
 
 
 def _keras_mlp(rt: kf.Runtime, name: str):
@@ -211,6 +214,10 @@ def test_three_rank_job_with_uneven_slices_matches_the_one_rank_job(tmp_path):
         job = fit(m, tr, replicas="all", epochs=1, batch_size=50)
         assert job.wait(timeout=120) == "completed", job.error
         assert_same_as_reference(rt, m, job, reference("ref3", epochs=1, batch_size=50), 3)
+        scalars = [r["values"] for r in rt.call("job.records", [job.id, 0])["records"] if r["kind"] == "scalars"]
+        world = [v for v in scalars if "world/rank2_overlap" in v]
+        # the default 16 MiB fusion makes one bucket: nothing to overlap (it starts after the last gradient)
+        assert world and all(v[f"world/rank{r}_overlap"] == 0.0 for v in world for r in range(3))
         rt.close()
     finally:
         srv.stop()
@@ -245,6 +252,59 @@ def test_replicas_must_fit_the_world_and_the_train_op_must_update(rt2):
         fit(m, tr, replicas=3, steps=5)
     with pytest.raises(InvalidArgumentError, match="train op 'scale' applies no optimizer update"):
         m.g.fit(m.scale, data=tr, feed={m.x: "x", m.y: "y"}, steps=5, replicas="all")
+
+
+def _dropout_net(rt: kf.Runtime, name: str):
+    g = rt.graph(name, seed=5)
+    x = g.placeholder((None, 8), "float32", name="x")
+    y = g.placeholder((None, 4), "float32", name="y")
+    w = g.variable((np.random.default_rng(2).standard_normal((8, 4)) * 0.3).astype("float32"), name="w")
+    h = kf.dropout(x @ w, 0.5, seed=3, name="drop")
+    loss = kf.mean(kf.square(h - y))
+    return g, x, y, w, loss
+
+
+def _dropout_reference(X, Y, steps: int, job_seed: int, ranks: list[int]) -> np.ndarray:
+    """SGD of the dropout net as the data-parallel loop defines it: rank r's masks at step s drawn
+    under the key (job seed, r, s); the mean gradient of the global batch of 20 rows (10 per rank)."""
+    rt = kf.connect("inproc")
+    try:
+        g, x, y, w, loss = _dropout_net(rt, "drop-ref")
+        (gw,) = kf.gradients(loss, [w])
+        g.run(gw, {x: X[:2], y: Y[:2]})
+        s = rt._transport.service.graphs.session("drop-ref")
+        cur = g.run(w).astype(np.float64)
+        for step in range(1, steps + 1):
+            lo = ((step - 1) % 2) * 20
+            total = np.zeros_like(cur)
+            for slot, r in enumerate(ranks):
+                rows = slice(lo + 10 * slot, lo + 10 * slot + 10)
+                with s.lock, s.keyed_random((job_seed, r, step)):
+                    total += s.run([gw.name], ["x", "y"], [X[rows], Y[rows]])[0] * 10
+            cur -= 0.1 * total / 20
+            w.set(cur.astype("float32"))
+        return cur
+    finally:
+        rt.close()
+
+
+def test_dropout_masks_are_drawn_per_rank_from_job_seed_rank_and_step(rt2):
+    rng = np.random.default_rng(8)
+    X, Y = rng.standard_normal((40, 8)).astype("float32"), rng.standard_normal((40, 4)).astype("float32")
+    ds = rt2.dataset("drop-data", {"x": X, "y": Y})
+    g, x, y, w, loss = _dropout_net(rt2, "drop")
+    train = kf.optim.SGD(lr=0.1).minimize(loss)
+    w0 = g.run(w)
+    job = g.fit(train, data=ds, feed={x: "x", y: "y"}, batch_size=20, steps=4, shuffle=False, seed=9,
+                metrics={"loss": loss}, log_every=2, replicas="all")
+    assert job.wait(timeout=120) == "completed", job.error
+    got = g.run(w)
+    assert not np.allclose(got, w0, atol=1e-3)
+    np.testing.assert_allclose(got, _dropout_reference(X, Y, 4, 9, [0, 1]), rtol=1e-4, atol=1e-5)
+    same_masks = _dropout_reference(X, Y, 4, 9, [0, 0])  # what drawing rank 0's masks on every rank would give
+    assert np.abs(got - same_masks).max() > 1e-3
+    reps = report(rt2)
+    assert reps[0]["graphs"]["drop"]["variables"] == reps[1]["graphs"]["drop"]["variables"]
 
 
 # ----------------------------------------------------------------- faults

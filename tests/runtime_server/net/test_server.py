@@ -276,15 +276,17 @@ def test_connect_bad_url_raises_invalid_argument():
 
 
 def test_call_deadline_exceeded_then_connection_still_usable(server):
-    with server.connect(timeout=0.05) as rt:
+    with server.connect(timeout=60.0) as rt:
         g = rt.graph("deadline")
         w = g.variable(np.ones((800, 800), "float32") / 800, name="w")
         y = w
         for _ in range(60):
             y = y @ w
-        g.sync()
+        total = kf.sum(y)
+        g.sync()  # the graph is on the server: only the run below has the short deadline
+        rt._transport.timeout = 0.05
         with pytest.raises(kf.errors.DeadlineExceededError, match="within 0.05 s"):
-            g.run(kf.sum(y))
+            g.run(total)
         rt._transport.timeout = 60.0
         assert g.run(kf.sum(w)) == pytest.approx(800.0)  # the late answer to the timed-out run is skipped
 

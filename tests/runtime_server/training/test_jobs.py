@@ -340,6 +340,25 @@ def test_job_wait_timeout_raises_deadline_exceeded(local):
         job.wait(timeout=0.05)
 
 
+def test_an_in_memory_runtime_removes_its_jobs_temp_event_dirs_on_delete_and_on_close():
+    rt = kf.connect("inproc")
+    train, _ = digits(rt)
+    m = mlp(rt, "temp-events")
+    dirs = []
+    for _ in range(2):
+        job = m.g.fit(m.train, data=train, feed={m.x: "x", m.y: "y"}, steps=20, metrics={"loss": m.loss},
+                      log_every=5)
+        job.wait(timeout=WAIT_S)
+        logdir = job.refresh()["tensorboard_dir"]
+        assert Path(logdir).is_dir() and not logdir.startswith(str(Path.cwd()))
+        dirs.append((job, Path(logdir)))
+    (first, first_dir), (_, second_dir) = dirs
+    first.delete()
+    assert not first_dir.exists() and second_dir.is_dir()
+    rt.close()
+    assert not second_dir.exists()
+
+
 # ----------------------------------------------------------------- state dir: shutdown, kill -9, resume
 def test_delete_refuses_a_running_job_then_forgets_it_in_memory_and_state_dir(tmp_path):
     from kernelflow.runtime_server.persist.records import fs_name
