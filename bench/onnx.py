@@ -1,10 +1,11 @@
 """ONNX benchmark (issue #17): onnxruntime's CPU latency on an exported model against kernelflow's own run.
 
-Two models, each exported with ``g.export_onnx`` and run on the same inputs:
+Three models, each exported with ``g.export_onnx`` and run on the same inputs:
 
-- the digits MLP of tests/serving (64 -> 32 -> 10, softmax), and
+- the digits MLP of tests/serving (64 -> 32 -> 10, softmax),
 - the CNN of tests/interop (16x16x3 input; conv 3x3x8, max pool, conv 3x3x16 stride 2, avg pool,
-  dense 10, softmax).
+  dense 10, softmax), and
+- an LSTM classifier (20 steps of 8 features; kf.nn.LSTM(32), dense 4, softmax): a Scan in ONNX.
 
 For batch 1 and 64, contenders run interleaved in rounds (`_common.run_interleaved`), so drift
 of the machine hits all alike:
@@ -61,11 +62,21 @@ def build_cnn(rt):
     return g, x, kf.softmax(logits), (16, 16, 3)
 
 
+def build_lstm(rt):
+    import kernelflow as kf
+
+    g = rt.graph("bench_lstm")
+    x = g.placeholder((None, 20, 8), "float32", name="x")
+    logits = kf.nn.Dense(4, name="fc", seed=2)(kf.nn.LSTM(32, name="lstm", seed=1)(x))
+    return g, x, kf.softmax(logits), (20, 8)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--block-s", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
+    ap.add_argument("--models", default="mlp,cnn,lstm", help="comma-separated subset of mlp, cnn, lstm")
     args = ap.parse_args()
 
     import onnxruntime as ort
@@ -78,7 +89,9 @@ def main() -> None:
     rt = kf.connect("inproc")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, build in (("digits MLP", build_mlp), ("CNN 16x16x3", build_cnn)):
+        models = {"mlp": ("digits MLP", build_mlp), "cnn": ("CNN 16x16x3", build_cnn),
+                  "lstm": ("LSTM 20x8 -> 32", build_lstm)}
+        for name, build in (models[m] for m in args.models.split(",")):
             g, x, probs, shape = build(rt)
             path = Path(tmp) / f"{g.name}.onnx"
             g.export_onnx(path, inputs={"x": x}, outputs={"probs": probs})

@@ -28,7 +28,18 @@ set_runtime_factory(connect)
 __all__ = ["errors", "connect", "load_model", "Runtime", "Graph", "Tensor", "Variable", "gradients", "init",
            "layers", "optim", "losses", "callbacks", "models", "nn", "Input", "Model", "Sequential", "as_dtype",
            "__version__", "summary", "cond", "switch_case", "while_loop", "scan", "map_fn",
-           "fori_loop"] + list(_ops_all)
+           "fori_loop", "import_onnx"] + list(_ops_all)
+
+
+def import_onnx(model: object, graph: Graph, trainable: bool = True) -> object:
+    """Build an ONNX model (a path or ModelProto) into ``graph``; see `kernelflow.interop.import_onnx`.
+
+    Returns:
+        An `kernelflow.interop.ImportedModel` with ``inputs`` and ``outputs`` by ONNX name.
+    """
+    from .interop import import_onnx as build  # lazily: onnx is an optional dependency
+
+    return build(model, graph, trainable)
 
 
 def load_ipython_extension(ipython: object) -> None:

@@ -8,7 +8,7 @@ given; each kernelflow node becomes the ONNX nodes of `kernelflow.interop.onnx_o
 after it. The model passes ``onnx.checker`` (with shape inference) before a byte is written,
 and the file appears whole (temp file, then rename) or not at all.
 
-Contents: OnnxExportError, OnnxBuilder, to_onnx, export_onnx, DEFAULT_OPSET.
+Contents: to_onnx, export_onnx, DEFAULT_OPSET (OnnxExportError and OnnxBuilder: `onnx_builder`).
 """
 
 from __future__ import annotations
@@ -22,17 +22,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import FailedPreconditionError, InvalidArgumentError
-from ..graph.inference import inference_nodes
+from ..graph.inference import InferenceNode, inference_nodes
 from ..graph.ir import Graph, Tensor
-from .onnx_ops import CONVERTERS, NO_ONNX
+from . import onnx_control  # noqa: F401  (registers the control-flow converters in the table)
+from .onnx_builder import OnnxBuilder, OnnxExportError
 
 DEFAULT_OPSET = 18
 """ONNX opset of the exports: every op we use has its current form there (Reduce* take axes
 as an input from 18 on), and onnxruntime >= 1.14 runs it."""
-
-
-class OnnxExportError(InvalidArgumentError):
-    """A graph that cannot become ONNX: an op with no ONNX form, or a node it cannot express."""
 
 
 def _onnx() -> Any:
@@ -41,50 +38,6 @@ def _onnx() -> Any:
     except ImportError as e:  # an optional dependency
         raise FailedPreconditionError("export_onnx needs the 'onnx' package: pip install 'kernelflow[onnx]'") from e
     return onnx
-
-
-class OnnxBuilder:
-    """Collects ONNX nodes and initializers; converters add to it through `op`, `const`, `ints`, `cast`."""
-
-    def __init__(self, onnx: Any):
-        self.onnx = onnx
-        self.nodes: list = []
-        self.initializers: list = []
-        self.scope = ""
-        self._count = 0
-
-    def _fresh(self, hint: str) -> str:
-        self._count += 1
-        return f"{self.scope}/_onnx{self._count}_{hint}" if self.scope else f"_onnx{self._count}_{hint}"
-
-    def op(self, op_type: str, inputs: list, out: str | None = None, **attrs: Any) -> str:
-        """Append one ONNX node; returns its output value name (``out``, or a fresh one)."""
-        out = out or self._fresh(op_type)
-        self.nodes.append(self.onnx.helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
-        return out
-
-    def initializer(self, name: str, value: np.ndarray) -> str:
-        """Add an initializer of the given name."""
-        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(value), name))
-        return name
-
-    def const(self, value: Any) -> str:
-        """A fresh initializer holding ``value`` (an array or scalar with its dtype)."""
-        return self.initializer(self._fresh("const"), np.asarray(value))
-
-    def ints(self, values: list) -> str:
-        """An int64 vector initializer (shapes, axes, pads)."""
-        return self.const(np.asarray(values, dtype=np.int64).reshape(-1))
-
-    def onnx_dtype(self, dtype: str) -> int:
-        """The TensorProto element type of a numpy dtype name."""
-        return int(self.onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
-
-    def cast(self, x: str, have: str | None, want: str | None) -> str:
-        """``x`` cast from ``have`` to ``want`` (``x`` itself when they agree)."""
-        if have == want or want is None:
-            return x
-        return self.op("Cast", [x], to=self.onnx_dtype(want))
 
 
 def _resolve(graph: Graph, m: Any, what: str) -> dict[str, Tensor]:
@@ -105,6 +58,45 @@ def _resolve(graph: Graph, m: Any, what: str) -> dict[str, Tensor]:
 
 def _dims(shape: tuple, key: str) -> list:
     return [d if d is not None else ("batch" if i == 0 else f"{key}_dim{i}") for i, d in enumerate(shape)]
+
+
+def _signature(graph: Graph, inputs: Any, outputs: Any) -> tuple[dict, dict, list[InferenceNode]]:
+    """The resolved inputs and outputs and the inference plan between them."""
+    ins, outs = _resolve(graph, inputs, "inputs"), _resolve(graph, outputs, "outputs")
+    plan = inference_nodes(list(outs.values()), list(ins.values()), "export_onnx")
+    if len(set(ins) | set(outs)) != len(ins) + len(outs):
+        raise InvalidArgumentError(f"export_onnx: input and output names must differ; both have "
+                                   f"{sorted(set(ins) & set(outs))}")
+    return ins, outs, plan
+
+
+def _emit_plan(b: OnnxBuilder, plan: list[InferenceNode], ins: dict, keys: set,
+               variables: Mapping[str, np.ndarray] | None) -> tuple[list, dict[int, str]]:
+    """The main graph's inputs and nodes; returns (input ValueInfos, {id(node): ONNX value name})."""
+    input_key = {id(t): k for k, t in ins.items()}
+    names: dict[int, str] = {}
+    for item in plan:  # value names are the node names, unless one is an input or output key
+        n = item.node
+        names[id(n)] = input_key.get(id(n)) or (n.name if n.name not in keys else f"{n.name}:kf")
+    b.reserve(list(names.values()) + list(keys))
+    graph_inputs = []
+    for item in plan:
+        n, name = item.node, names[id(item.node)]
+        if item.role == "input":
+            graph_inputs.append(b.onnx.helper.make_tensor_value_info(name, b.onnx_dtype(n.dtype), _dims(n.shape, name)))
+        elif item.role == "fold":
+            assert item.branch is not None
+            b.op("Identity", [names[id(item.branch)]], name)
+        elif item.role == "flag":
+            b.initializer(name, np.asarray(False))
+        elif n.op.name == "variable":
+            value = variables.get(n.name) if variables is not None else n.attrs.get("initial")
+            if not isinstance(value, np.ndarray):
+                raise InvalidArgumentError(f"export_onnx: no value for variable '{n.name}'", node=n.name)
+            b.initializer(name, value.astype(n.dtype, copy=False))
+        else:
+            b.emit(n, [names[id(i)] for i in n.inputs], name)
+    return graph_inputs, names
 
 
 def to_onnx(graph: Graph, inputs: Mapping[str, Any], outputs: Mapping[str, Any],
@@ -128,69 +120,29 @@ def to_onnx(graph: Graph, inputs: Mapping[str, Any], outputs: Mapping[str, Any],
             input, a random op or a variable update on the path; a missing variable value.
     """
     onnx = _onnx()
-    ins, outs = _resolve(graph, inputs, "inputs"), _resolve(graph, outputs, "outputs")
-    plan = inference_nodes(list(outs.values()), list(ins.values()), "export_onnx")
-    keys = set(ins) | set(outs)
-    if len(keys) != len(ins) + len(outs):
-        raise InvalidArgumentError(f"export_onnx: input and output names must differ; both have "
-                                   f"{sorted(set(ins) & set(outs))}")
-    input_key = {id(t): k for k, t in ins.items()}
-    names: dict[int, str] = {}  # id(node) -> ONNX value name
-
-    def value_name(n: Tensor) -> str:
-        return n.name if n.name not in keys else f"{n.name}:kf"
-
+    ins, outs, plan = _signature(graph, inputs, outputs)
     b = OnnxBuilder(onnx)
-    graph_inputs = []
-    for item in plan:
-        n = item.node
-        if item.role == "input":
-            key = input_key[id(n)]
-            graph_inputs.append(onnx.helper.make_tensor_value_info(key, b.onnx_dtype(n.dtype), _dims(n.shape, key)))
-            names[id(n)] = key
-            continue
-        name = names[id(n)] = value_name(n)
-        b.scope = n.name
-        if item.role == "fold":
-            assert item.branch is not None
-            b.op("Identity", [names[id(item.branch)]], name)
-        elif item.role == "flag":
-            b.initializer(name, np.asarray(False))
-        elif n.op.name == "constant":
-            b.initializer(name, np.asarray(n.attrs["value"], dtype=n.dtype))
-        elif n.op.name == "variable":
-            value = variables.get(n.name) if variables is not None else n.attrs.get("initial")
-            if not isinstance(value, np.ndarray):
-                raise InvalidArgumentError(f"export_onnx: no value for variable '{n.name}'", node=n.name)
-            b.initializer(name, value.astype(n.dtype, copy=False))
-        elif n.op.name in CONVERTERS:
-            try:
-                CONVERTERS[n.op.name](b, n, [names[id(i)] for i in n.inputs], name)
-            except OnnxExportError:
-                raise
-            except InvalidArgumentError as e:
-                raise OnnxExportError(e.message, node=n.name, source=n.source) from e
-        else:
-            why = NO_ONNX.get(n.op.name, "it has no ONNX mapping")
-            raise OnnxExportError(f"export_onnx: node '{n.name}' (op {n.op.name}) has no ONNX form: {why}",
-                                  node=n.name, source=n.source)
-    b.scope = ""
+    graph_inputs, names = _emit_plan(b, plan, ins, set(ins) | set(outs), variables)
     graph_outputs = []
     batch_free = any(t.shape and t.shape[0] is None for t in ins.values())
     for key, t in outs.items():
         b.op("Identity", [names[id(t)]], key)
         dims = [d if d is not None else ("batch" if i == 0 and batch_free else None) for i, d in enumerate(t.shape)]
         graph_outputs.append(onnx.helper.make_tensor_value_info(key, b.onnx_dtype(t.dtype), dims))
+    return _checked_model(onnx, onnx.helper.make_graph(b.nodes, graph.name, graph_inputs, graph_outputs,
+                                                       initializer=b.initializers), graph.name, opset)
+
+
+def _checked_model(onnx: Any, g: Any, name: str, opset: int) -> Any:
     from .._version import __version__
 
-    g = onnx.helper.make_graph(b.nodes, graph.name, graph_inputs, graph_outputs, initializer=b.initializers)
     model = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", int(opset))],
                                    producer_name="kernelflow", producer_version=__version__)
     model.ir_version = min(model.ir_version, 9)  # readable by onnxruntime releases of the last two years
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise OnnxExportError(f"export_onnx: the ONNX model of graph '{graph.name}' fails onnx.checker: {e}") from e
+        raise OnnxExportError(f"export_onnx: the ONNX model of graph '{name}' fails onnx.checker: {e}") from e
     return model
 
 

@@ -2,10 +2,12 @@
 
 A converter ``fn(b, n, xs, out)`` gets the `OnnxBuilder`, the kernelflow node, the ONNX value
 names of its inputs and the value name its result must have; it appends ONNX nodes through
-``b`` and must end with one that writes ``out``. Layouts: kernelflow convolutions are NHWC
-with HWIO filters and ONNX's are NCHW with OIHW, so a conv or pool is wrapped in two
-Transposes (onnxruntime folds the ones on constant filters). TensorFlow's ``SAME`` padding
-becomes explicit pads (the odd pixel at the end), or ``SAME_UPPER`` for unknown spatial dims.
+``b`` and must end with one that writes ``out`` (a multi-output op writes ``part(out, i)``
+for each output instead; the control-flow ops and lstm_cell are in `onnx_control`).
+Layouts: kernelflow convolutions are NHWC with HWIO filters and ONNX's are NCHW with OIHW,
+so a conv or pool is wrapped in two Transposes (onnxruntime folds the ones on constant
+filters). TensorFlow's ``SAME`` padding becomes explicit pads (the odd pixel at the end), or
+``SAME_UPPER`` for unknown spatial dims.
 
 Contents: CONVERTERS, NO_ONNX, onnx_form (the one-line description docs/onnx.md shows).
 """
@@ -21,7 +23,7 @@ from ..errors import InvalidArgumentError
 from ..graph.ir import Tensor
 
 if TYPE_CHECKING:
-    from .onnx_export import OnnxBuilder
+    from .onnx_builder import OnnxBuilder
 
 Converter = Callable[["OnnxBuilder", Tensor, list, str], None]
 CONVERTERS: dict[str, Converter] = {}
@@ -408,9 +410,7 @@ def _take_along_axis(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
 @_conv("top_k", form="TopK(axis=-1, largest, sorted): its indices output (ties: the lower index first, as "
        "kernelflow)")
 def _top_k(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
-    values = b._fresh("TopK_values")
-    b.nodes.append(b.onnx.helper.make_node("TopK", [xs[0], b.ints([int(n.attrs["k"])])], [values, out], name=out,
-                                           axis=-1, largest=1, sorted=1))
+    b.ops("TopK", [xs[0], b.ints([int(n.attrs["k"])])], [None, out], axis=-1, largest=1, sorted=1)
 
 
 @_conv("arange", form="Range(0, n, 1) in the output dtype")
@@ -510,14 +510,10 @@ NO_ONNX: dict[str, str] = {
     **{name: "random: an exported model must answer the same each time (dropout is folded to its inference "
              "branch first)" for name in ("random_normal", "random_normal_like", "random_permutation",
                                           "random_shuffle", "random_uniform", "random_uniform_like")},
-    **{name: "control flow: its sub-graphs would become ONNX If / Loop / Scan bodies; that mapping is not "
-             "written yet (so recurrent layers and decoding do not export)" for name in ("case", "while", "scan")},
-    "tuple_get": "picks one output of a control-flow or multi-output node; exported with them (not yet)",
-    "lstm_cell": "two outputs (h, c) read through tuple_get; not mapped yet (would be Sigmoid/Tanh/Mul of the "
-                 "gate slices, or ONNX LSTM for a whole scan)",
     "lstm_cell_grad": _GRAD,
+    "lstm_sequence_grad": _GRAD,
     "loop_grad": _GRAD,
-    "gather_tree": "beam-search backtracking: no ONNX op; would need a Loop (not written)",
+    "gather_tree": "beam-search backtracking: no ONNX op; would be a Loop over the steps (not written)",
     "group": "yields no value: it only orders other ops (control edges are not exported)",
     "no_op": "yields no value: a target for control dependencies (not exported)",
 }

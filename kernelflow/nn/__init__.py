@@ -11,6 +11,7 @@ from .conv_layers import AvgPool2D, Conv1D, Conv2D, Conv2DTranspose, GlobalAvgPo
 from .core import Activation, Add, Concatenate, Dense, Dropout, Embedding, Flatten, Reshape
 from .decoding import beam_search, gather_tree, greedy_decode, tile_batch
 from .layer_base import L1, L1L2, L2, Input, Layer, Regularizer, SymbolicTensor, defaults
+from .nesting import ModelLayer
 from .norm import BatchNormalization, LayerNormalization
 from .recurrent import GRU, LSTM, Bidirectional, GRUCell, LSTMCell, SimpleRNN, SimpleRNNCell
 
@@ -24,4 +25,4 @@ __all__ = ["init", "layers", "optim", "callbacks", "losses", "nn_models", "recur
            "Flatten", "Reshape", "Dropout", "BatchNormalization", "LayerNormalization", "Embedding",
            "MultiHeadAttention", "Add", "Concatenate", "Activation",
            "beam_search", "greedy_decode", "gather_tree", "tile_batch", "LSTM", "GRU", "SimpleRNN", "LSTMCell",
-           "GRUCell", "SimpleRNNCell", "Bidirectional"]
+           "GRUCell", "SimpleRNNCell", "Bidirectional", "ModelLayer"]

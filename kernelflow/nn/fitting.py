@@ -36,24 +36,57 @@ def _is_dataset(x: Any) -> bool:
     return hasattr(x, "arrays") and hasattr(x, "split") and hasattr(x, "runtime")
 
 
-def _upload(model: Any, what: str, x: Any, y: Any) -> tuple[Any, dict, int]:
-    """A dataset on the model's runtime holding ``x`` and ``y``; returns (dataset, feed, rows)."""
+def _label_columns(model: Any) -> list[str]:
+    labels = model._tensors["labels"]
+    return ["y"] if len(labels) == 1 else [f"y{i}" for i in labels]
+
+
+def _feed(model: Any, weighted: bool, columns: dict[str, str] | None = None) -> dict:
+    """{placeholder: dataset array name}: inputs ``x0``..., labels ``y`` (``y<i>`` per output), ``sample_weight``."""
+    cols = columns or {}
+    t = model._tensors
+    feed = {p: cols.get(f"x{i}", cols.get("x", "x0")) if i == 0 else cols.get(f"x{i}", f"x{i}")
+            for i, p in enumerate(t["inputs"])}
+    names = model.output_names
+    for (i, p), col in zip(t["labels"].items(), _label_columns(model)):
+        feed[p] = cols.get(col, cols.get(names[i], col) if len(names) > 1 else col)
+    if weighted:
+        feed[model._variant(True)["sample_weight"]] = cols.get("sample_weight", "sample_weight")
+    return feed
+
+
+def _upload(model: Any, what: str, x: Any, y: Any, sw: np.ndarray | None) -> tuple[Any, dict, int]:
+    """A dataset on the model's runtime holding ``x``, ``y`` (and weights); returns (dataset, feed, rows)."""
     feeds = model._inputs_feed(x)
     n = feeds[0].shape[0]
-    labels = model._labels(y, n)
     arrays = {f"x{i}": a for i, a in enumerate(feeds)}
-    arrays["y"] = labels
+    arrays.update(zip(_label_columns(model), model._label_arrays(y, n)))
+    if sw is not None:
+        arrays["sample_weight"] = sw.astype(model._variant(True)["sample_weight"].dtype)
     name = f"{model.graph.name}.{what}"
     ds = model.graph.runtime.dataset(name, arrays, overwrite=True)
     model._datasets[what] = ds
-    feed = {p: f"x{i}" for i, p in enumerate(model._tensors["inputs"])}
-    feed[model._tensors["y"]] = "y"
-    return ds, feed, n
+    return ds, _feed(model, sw is not None), n
+
+
+def class_weights(y: np.ndarray, class_weight: dict) -> np.ndarray:
+    """Keras' per-row weights of ``class_weight`` ({class index: weight}; missing classes weigh 1).
+
+    The class of a row is its integer label, or the argmax of a one-hot / probability row.
+    """
+    try:
+        table = {int(k): float(v) for k, v in class_weight.items()}
+    except (AttributeError, TypeError, ValueError) as e:
+        raise InvalidArgumentError(f"fit: class_weight must map class indices to numbers; got {class_weight!r}") from e
+    a = np.asarray(y)
+    cls = a.argmax(-1) if a.ndim > 1 and a.shape[-1] > 1 else np.round(a.reshape(len(a), -1)[:, 0]).astype(np.int64)
+    return np.array([table.get(int(c), 1.0) for c in cls], np.float64)
 
 
 def fit(model: Any, x: Any = None, y: Any = None, batch_size: int = 32, epochs: int = 1, verbose: Any = "auto",
         callbacks: list[Callback] | None = None, validation_split: float = 0.0, validation_data: Any = None,
-        shuffle: bool = True, initial_epoch: int = 0, wait: bool | None = None, seed: int = 0,
+        shuffle: bool = True, class_weight: dict | None = None, sample_weight: Any = None, initial_epoch: int = 0,
+        wait: bool | None = None, seed: int = 0,
         log_every: int = 10, columns: dict[str, str] | None = None, checkpoint_every_s: float | None = 60.0,
         name: str | None = None, replicas: int | str | None = None) -> Any:
     """Train ``model`` as a job on its runtime.
@@ -65,23 +98,29 @@ def fit(model: Any, x: Any = None, y: Any = None, batch_size: int = 32, epochs: 
 
     Args:
         model: a compiled model.
-        x: an array (or a list, one per model input), or a `kernelflow.client.dataset.Dataset`
-            already on the runtime (its arrays named by ``columns``).
-        y: labels (class ids for sparse cross-entropy; None with a dataset).
+        x: an array (or a list, one per model input, or a dict by input name), or a
+            `kernelflow.client.dataset.Dataset` already on the runtime (its arrays named by ``columns``).
+        y: labels (class ids for sparse cross-entropy; None with a dataset); with several
+            outputs a list in output order or a dict by output name.
         batch_size: rows per step.
         epochs: the epoch to stop after (Keras' meaning with ``initial_epoch``).
         verbose: 0 silent; 1 / "auto" a progress bar and one line per epoch (blocking form).
         callbacks: `kernelflow.nn.callbacks.Callback` objects.
         validation_split: the last fraction of the rows (before shuffling) held out, as Keras.
-        validation_data: ``(x_val, y_val)`` or a Dataset.
+        validation_data: ``(x_val, y_val)``, ``(x_val, y_val, val_sample_weight)`` or a Dataset.
         shuffle: reshuffle the training rows every epoch.
+        class_weight: {class index: weight} (one output): each training row's loss is scaled by
+            its class's weight (Keras' meaning; validation is not).
+        sample_weight: (rows,) weights of the training rows' losses, times ``class_weight``'s.
+            The loss is ``sum(l * w) / batch rows``; ``weighted_metrics`` weigh by them too.
         initial_epoch: the epoch to start at (epochs ``initial_epoch .. epochs-1`` run).
         wait: True blocks and returns a `History`; False returns the running job at once (only
             observer callbacks then). Default: False in a notebook, True elsewhere.
         seed: seed of the shuffles.
         log_every: steps between logged training metrics.
         columns: for a Dataset x: ``{"x": array name, "y": array name}`` (multi-input:
-            ``"x0"``, ``"x1"``...); default the names fit uploads with (``x0``..., ``y``).
+            ``"x0"``, ``"x1"``...; several outputs: ``"y<i>"`` or the output's name; weights:
+            ``"sample_weight"``); default the names fit uploads with (``x0``..., ``y``).
         checkpoint_every_s: the job's periodic checkpoints (with a state dir), or None.
         name: the job's name (default: the model's).
         replicas: ``"all"``: data-parallel over every rank of a distributed runtime, ``batch_size``
@@ -101,9 +140,10 @@ def fit(model: Any, x: Any = None, y: Any = None, batch_size: int = 32, epochs: 
     if wait is None:
         wait = not in_notebook()
     control = _check_fit_args(callbacks, epochs, initial_epoch, batch_size, validation_split, wait)
-    train_ds, feed, n, val_ds = _fit_data(model, x, y, validation_split, validation_data, columns)
+    train_ds, feed, n, val_ds, weighted = _fit_data(model, x, y, validation_split, validation_data, columns,
+                                                    sample_weight, class_weight)
     spe = math.ceil(n / batch_size)
-    t = model._tensors
+    t = model._variant(weighted)
     job_args: dict[str, Any] = dict(data=train_ds, feed=feed, batch_size=batch_size, shuffle=shuffle,
                                     metrics=t["metrics"], log_every=log_every, checkpoint_every_s=checkpoint_every_s,
                                     name=name or model.name)
@@ -140,7 +180,8 @@ def fit(model: Any, x: Any = None, y: Any = None, batch_size: int = 32, epochs: 
         for cb in callbacks:
             cb.on_train_end()
         return history
-    return _fit_epoch_by_epoch(model, history, callbacks, job_args, initial_epoch, epochs, seed, spe, verbose_on)
+    return _fit_epoch_by_epoch(model, t["train_op"], history, callbacks, job_args, initial_epoch, epochs, seed, spe,
+                               verbose_on)
 
 
 def _check_fit_args(callbacks: list, epochs: int, initial_epoch: int, batch_size: int, validation_split: float,
@@ -164,8 +205,25 @@ def _check_fit_args(callbacks: list, epochs: int, initial_epoch: int, batch_size
 
 
 def _fit_data(model: Any, x: Any, y: Any, validation_split: float, validation_data: Any,
-              columns: dict[str, str] | None) -> tuple[Any, dict, int, Any]:
-    """The training data on the runtime: (train dataset, feed, rows, validation dataset or None)."""
+              columns: dict[str, str] | None, sample_weight: Any, class_weight: dict | None
+              ) -> tuple[Any, dict, int, Any, bool]:
+    """The training data on the runtime: (train dataset, feed, rows, validation dataset or None, weighted).
+
+    With weights anywhere (``sample_weight``, ``class_weight``, or a third item of
+    ``validation_data``) both datasets carry a ``sample_weight`` column (ones where none was
+    given): the job feeds the validation set the training feed's columns.
+    """
+    val_sw = None
+    if validation_data is not None and not _is_dataset(validation_data):
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise InvalidArgumentError("fit: validation_data must be (x_val, y_val), (x_val, y_val, sample_weight) "
+                                       "or a Dataset")
+        if len(validation_data) == 3:
+            val_sw = validation_data[2]
+    weighted = sample_weight is not None or class_weight is not None or val_sw is not None
+    if class_weight is not None and len(model.output_names) > 1:
+        raise InvalidArgumentError(f"fit: class_weight is for models with one output; model '{model.name}' has "
+                                   f"{model.output_names}: give sample_weight instead")
     val_ds = None
     if _is_dataset(x):
         if model.graph is None:
@@ -173,47 +231,67 @@ def _fit_data(model: Any, x: Any, y: Any, validation_split: float, validation_da
         if validation_split:
             raise InvalidArgumentError("fit: validation_split takes rows from arrays; for a Dataset give "
                                        "validation_data (e.g. train, val = ds.split(0.9))")
+        if sample_weight is not None or class_weight is not None:
+            raise InvalidArgumentError("fit on a Dataset: weights come from its array named by "
+                                       "columns={'sample_weight': ...}, not sample_weight/class_weight")
         model._ensure_built(None)
-        cols = columns or {}
-        feed = {p: cols.get(f"x{i}", cols.get("x", f"x{i}") if i == 0 else f"x{i}")
-                for i, p in enumerate(model._tensors["inputs"])}
-        feed[model._tensors["y"]] = cols.get("y", "y")
+        weighted = weighted or "sample_weight" in (columns or {})
+        feed = _feed(model, weighted, columns)
         train_ds, n = x, len(x)
     else:
         if x is None or y is None:
             raise InvalidArgumentError("fit: give x and y arrays (or a Dataset as x)")
+        x = model._input_list(x)
         model._ensure_built(x)
         xs = [np.asarray(a) for a in _flat(x)]
-        ya = np.asarray(y)
+        n_all = xs[0].shape[0]
+        sw = None
+        if weighted:
+            sw = np.ones(n_all) if sample_weight is None else model._sample_weights(sample_weight, n_all)
+            if class_weight is not None:
+                sw = sw * class_weights(model._label_arrays(y, n_all)[0], class_weight)
         if validation_split and validation_data is None:
-            n_all = xs[0].shape[0]
             cut = n_all - int(math.floor(n_all * validation_split))
             if cut <= 0 or cut >= n_all:
                 raise InvalidArgumentError(f"fit: validation_split={validation_split} of {n_all} rows leaves an "
                                            "empty part")
-            validation_data = ([a[cut:] for a in xs], ya[cut:])
-            xs, ya = [a[:cut] for a in xs], ya[:cut]
-        train_ds, feed, n = _upload(model, "train", xs if len(xs) > 1 else xs[0], ya)
+            validation_data = ([a[cut:] for a in xs], _rows(model, y, cut, None))
+            if sample_weight is not None:  # Keras: the held-out rows keep their sample weights, not class weights
+                val_sw = model._sample_weights(sample_weight, n_all)[cut:]
+            xs, y = [a[:cut] for a in xs], _rows(model, y, 0, cut)
+            sw = sw[:cut] if sw is not None else None
+        train_ds, feed, n = _upload(model, "train", xs if len(xs) > 1 else xs[0], y, sw)
     if validation_data is not None:
         if _is_dataset(validation_data):
             val_ds = validation_data
         else:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) < 2:
-                raise InvalidArgumentError("fit: validation_data must be (x_val, y_val) or a Dataset")
-            val_ds, _, _ = _upload(model, "val", validation_data[0], validation_data[1])
-    return train_ds, feed, n, val_ds
+            vx, vy = model._input_list(validation_data[0]), validation_data[1]
+            vn = np.asarray(_flat(vx)[0]).shape[0]
+            vw = None
+            if weighted:
+                vw = np.ones(vn) if val_sw is None else model._sample_weights(val_sw, vn)
+            val_ds, _, _ = _upload(model, "val", vx, vy, vw)
+    return train_ds, feed, n, val_ds, weighted
 
 
-def _fit_epoch_by_epoch(model: Any, history: History, callbacks: list, job_args: dict, initial_epoch: int,
-                        epochs: int, seed: int, spe: int, verbose_on: bool) -> History:
+def _rows(model: Any, y: Any, lo: int, hi: int | None) -> Any:
+    """Rows ``lo:hi`` of labels given as an array, a list (one per output) or a dict by output name."""
+    if isinstance(y, dict):
+        return {k: None if v is None else np.asarray(v)[lo:hi] for k, v in y.items()}
+    if len(model.output_names) > 1 and isinstance(y, (list, tuple)):
+        return [None if v is None else np.asarray(v)[lo:hi] for v in y]
+    return np.asarray(y)[lo:hi]
+
+
+def _fit_epoch_by_epoch(model: Any, train_op: Any, history: History, callbacks: list, job_args: dict,
+                        initial_epoch: int, epochs: int, seed: int, spe: int, verbose_on: bool) -> History:
     """One job per epoch: callbacks that act between epochs see the model exactly as each epoch left it."""
-    t = model._tensors
     for cb in [history, *callbacks]:
         cb.on_train_begin()
     for epoch in range(initial_epoch, epochs):
         for cb in callbacks:
             cb.on_epoch_begin(epoch)
-        job = model.graph.fit(t["train_op"], epochs=1, seed=seed * 1_000_003 + epoch, **job_args)
+        job = model.graph.fit(train_op, epochs=1, seed=seed * 1_000_003 + epoch, **job_args)
         model.last_job = history.job = job
         history.jobs.append(job)
         status = _wait_fast(job)

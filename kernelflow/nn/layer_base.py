@@ -298,6 +298,8 @@ class Layer:
 
     #: True for layers that compute differently in training (dropout, batch norm)
     uses_training: bool = False
+    #: True for layers that run as in inference when frozen (``trainable=False``), as Keras 3's batch norm
+    inference_when_frozen: bool = False
     #: the input rank the layer takes (with batch), or None for any; checked on call
     input_ndim: int | tuple[int, ...] | None = None
 
@@ -356,6 +358,8 @@ class Layer:
                                        f"{[type(t).__name__ for t in flat]}")
         g = flat[0].graph
         self._check_input(inputs)
+        if self.inference_when_frozen and not self.trainable:
+            training = False
         with g.name_scope(self.name):
             if g not in self._vars:
                 self._vars[g] = {}

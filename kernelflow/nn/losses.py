@@ -17,6 +17,7 @@ from ..errors import InvalidArgumentError, ShapeError
 from ..graph.ir import Tensor
 from ..graph.ops import elementwise as E
 from ..graph.ops import indexing as I
+from ..graph.ops import movement as M
 from ..graph.ops import nn as N
 from ..graph.ops import reduce as R
 from ..graph.shapes import format_shape
@@ -45,6 +46,15 @@ class Loss:
     def per_example(self, y_true: Tensor, y_pred: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def weighted(self, y_true: Tensor, y_pred: Tensor, sample_weight: Tensor) -> Tensor:
+        """Keras' weighted loss: ``sum(per_example * sample_weight) / count`` (the mean of the products).
+
+        Args:
+            sample_weight: (batch,) weights, broadcast over any further dims of the per-example loss.
+        """
+        per = self.per_example(y_true, y_pred)
+        return R.mean(per * expand_to(E.cast(sample_weight, per.dtype), per.ndim))
+
     def label_spec(self, y_pred_shape: tuple, y_pred_dtype: str) -> tuple[tuple, str]:
         """(shape, dtype) of the label placeholder for an output of this shape and dtype."""
         return tuple(y_pred_shape), y_pred_dtype
@@ -57,6 +67,13 @@ class Loss:
 
     def __repr__(self) -> str:
         return f"kf.nn.losses.{type(self).__name__}(from_logits={self.from_logits})"
+
+
+def expand_to(w: Tensor, ndim: int) -> Tensor:
+    """(batch,) weights with trailing size-1 dims up to rank ``ndim``, to broadcast over per-example values."""
+    for _ in range(ndim - w.ndim):
+        w = M.expand_dims(w, -1)
+    return w
 
 
 def _clip(p: Tensor) -> Tensor:
@@ -149,28 +166,46 @@ def get_loss(loss: Any) -> Loss:
 
 # --------------------------------------------------------------------------- metrics
 class Metric:
-    """A batch-mean metric ``f(y_true, y_pred) -> scalar`` with its History name."""
+    """A metric with its History name: ``fn(y_true, y_pred)`` gives per-example values; the metric is their mean.
+
+    Weighted (``compile(weighted_metrics=...)``), it is Keras' weighted mean
+    ``sum(values * w) / sum(w)``.
+    """
 
     def __init__(self, name: str, fn: Any):
         self.name, self.fn = name, fn
 
     def __call__(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
-        return self.fn(y_true, y_pred)
+        return R.mean(self.fn(y_true, y_pred))
+
+    def weighted(self, y_true: Tensor, y_pred: Tensor, sample_weight: Tensor) -> Tensor:
+        """``sum(values * w) / sum(w)`` with (batch,) weights broadcast over the values.
+
+        Raises:
+            InvalidArgumentError: the metric function returns a scalar (nothing to weight).
+        """
+        v = self.fn(y_true, y_pred)
+        if v.ndim == 0:
+            raise InvalidArgumentError(f"compile: weighted metric '{self.name}' must return per-example values; "
+                                       "it returns a scalar")
+        w = M.broadcast_like(expand_to(E.cast(sample_weight, v.dtype), v.ndim), v)
+        return R.sum(v * w) / R.sum(w)
 
     def __repr__(self) -> str:
         return f"kf.nn.losses.Metric('{self.name}')"
 
 
 def _sparse_accuracy(y_true: Tensor, y_pred: Tensor) -> Tensor:
-    return R.mean(E.cast(E.equal(R.argmax(y_pred, axis=-1), E.cast(y_true, "int64")), y_pred.dtype))
+    return E.cast(E.equal(R.argmax(y_pred, axis=-1), E.cast(y_true, "int64")), y_pred.dtype)
 
 
 def _categorical_accuracy(y_true: Tensor, y_pred: Tensor) -> Tensor:
-    return R.mean(E.cast(E.equal(R.argmax(y_pred, axis=-1), R.argmax(y_true, axis=-1)), y_pred.dtype))
+    return E.cast(E.equal(R.argmax(y_pred, axis=-1), R.argmax(y_true, axis=-1)), y_pred.dtype)
 
 
 def _binary_accuracy(y_true: Tensor, y_pred: Tensor, threshold: float = 0.5) -> Tensor:
-    return R.mean(E.cast(E.equal(E.cast(E.greater(y_pred, threshold), y_pred.dtype), y_true), y_pred.dtype))
+    # Keras: the mean over the last axis per example
+    return R.mean(E.cast(E.equal(E.cast(E.greater(y_pred, threshold), y_pred.dtype), y_true), y_pred.dtype), axis=-1)
 
 
 METRICS = ("accuracy", "acc", "sparse_categorical_accuracy", "categorical_accuracy", "binary_accuracy", "mse",
@@ -186,7 +221,7 @@ def get_metric(m: Any, loss: Loss) -> Metric:
     if isinstance(m, Metric):
         return m
     if isinstance(m, Loss):
-        return Metric(m.name, m)
+        return Metric(m.name, m.per_example)
     if isinstance(m, str):
         if m in ("accuracy", "acc"):
             if isinstance(loss, SparseCategoricalCrossentropy):
@@ -195,8 +230,9 @@ def get_metric(m: Any, loss: Loss) -> Metric:
                 return Metric("accuracy", _binary_accuracy)
             return Metric("accuracy", _categorical_accuracy)
         table = {"sparse_categorical_accuracy": _sparse_accuracy, "categorical_accuracy": _categorical_accuracy,
-                 "binary_accuracy": _binary_accuracy, "mse": MeanSquaredError(), "mae": MeanAbsoluteError(),
-                 "mean_squared_error": MeanSquaredError(), "mean_absolute_error": MeanAbsoluteError()}
+                 "binary_accuracy": _binary_accuracy, "mse": MeanSquaredError().per_example,
+                 "mae": MeanAbsoluteError().per_example, "mean_squared_error": MeanSquaredError().per_example,
+                 "mean_absolute_error": MeanAbsoluteError().per_example}
         if m not in table:
             raise InvalidArgumentError(f"compile: unknown metric '{m}'; known: {list(METRICS)}")
         return Metric(m, table[m])

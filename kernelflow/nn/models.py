@@ -34,12 +34,13 @@ import numpy as np
 
 from ..errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError, ShapeError
 from ..graph.ir import Tensor
-from ..graph.ops import reduce as R
 from ..graph.ops.state import identity
 from ..graph.shapes import format_shape
 from . import optim as kopt
+from .compiling import build_compiled, resolve_compile
 from .layer_base import Layer, SymbolicTensor, _flat
-from .losses import Loss, get_loss, get_metric
+from .model_arrays import ArrayMethods
+from .nesting import ModelLayer
 
 __all__ = ["Model", "Sequential", "load", "set_runtime_factory", "OPTIMIZERS"]
 
@@ -81,7 +82,7 @@ def get_optimizer(opt: Any) -> kopt.Optimizer:
     raise InvalidArgumentError(f"compile: optimizer must be a name or a kf.optim optimiser; got {opt!r}")
 
 
-class Model:
+class Model(ArrayMethods):
     """A functional model: ``kf.Model(inputs, outputs)`` from `kernelflow.nn.Input` tensors.
 
     Args:
@@ -107,6 +108,8 @@ class Model:
         self._explicit_name = name is not None
         self._rt = rt
         self.seed = int(seed)
+        self.trainable = True
+        self._as_layer: Any = None
         self.stop_training = False
         self.history: Any = None
         self.graph: Any = None
@@ -209,6 +212,9 @@ class Model:
         else:
             train = infer
         outs = [identity(o, name="output" if len(infer) == 1 else f"output_{i}") for i, o in enumerate(infer)]
+        for layer in self._layers:
+            if isinstance(layer, ModelLayer):  # a nested model starts from its current weights
+                layer.copy_inner_weights(g)
         self.graph = g
         self._tensors = {"inputs": phs, "outputs": outs, "train_outputs": train}
         self._summary_rows = self._make_summary_rows()
@@ -216,10 +222,31 @@ class Model:
     def _input_names(self) -> list[str]:
         return [t.name for t in self._sym_inputs]
 
+    def _n_inputs(self) -> int | None:
+        return len(self._sym_inputs)
+
+    def _input_spec_for_nesting(self) -> tuple[tuple, str] | None:
+        """(shape without batch, dtype) of the one input, for a `Sequential` this model leads."""
+        if len(self._sym_inputs) != 1:
+            return None
+        return self._sym_inputs[0].shape[1:], self._sym_inputs[0].dtype
+
+    def get_layer(self, name: str) -> Layer:
+        """The layer called ``name`` (a nested model is a `kernelflow.nn.nesting.ModelLayer`).
+
+        Raises:
+            NotFoundError: no layer of that name, listing the names.
+        """
+        self._ensure_built_spec()
+        for layer in self._layers:
+            if layer.name == name:
+                return layer
+        raise NotFoundError(f"model '{self.name}' has no layer '{name}'; layers: {[x.name for x in self._layers]}")
+
     # ----------------------------------------------------------------- compile
-    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, metrics: Sequence[Any] | None = None,
-                loss_weights: Any = None) -> None:
-        """Choose the optimiser, the loss and the metrics (Keras' meanings).
+    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, metrics: Any = None,
+                loss_weights: Any = None, weighted_metrics: Any = None) -> None:
+        """Choose the optimiser, the loss(es) and the metrics (Keras' meanings).
 
         Args:
             optimizer: ``"adam"``, ``"sgd"``, ``"rmsprop"``, ``"adamw"``, ``"adagrad"`` (Keras'
@@ -227,61 +254,68 @@ class Model:
             loss: ``"sparse_categorical_crossentropy"``, ``"categorical_crossentropy"``,
                 ``"binary_crossentropy"`` (all expecting probabilities), ``"mse"``, ``"mae"``, or a
                 `kernelflow.nn.losses.Loss` (``SparseCategoricalCrossentropy(from_logits=True)``).
-            metrics: names (``"accuracy"`` follows the loss, as in Keras), losses or callables.
-            loss_weights: not supported (one output's loss); must be None.
+                With several outputs: one loss for all, a list in output order, or a dict by
+                output name (`output_names`); None for an output leaves it untrained.
+            metrics: names (``"accuracy"`` follows the loss, as in Keras), losses or callables;
+                with several outputs a dict by output name, a list of lists, or one list for all.
+            loss_weights: factors of the outputs' losses in the total (a list or a dict by
+                output name; default 1 each).
+            weighted_metrics: metrics weighted by ``sample_weight`` / ``class_weight``
+                (``weighted_<name>``: ``sum(v * w) / sum(w)``), in the forms ``metrics`` takes.
 
         Raises:
-            InvalidArgumentError: an unknown optimizer, loss or metric name, listing the known ones.
+            InvalidArgumentError: an unknown optimizer, loss or metric name, listing the known ones;
+                an output name that is not the model's.
         """
         if self._loaded is not None:
             raise FailedPreconditionError(f"model '{self.name}' was loaded with the compile it was saved with; "
                                           "build a new model to compile differently")
-        if loss is None:
-            raise InvalidArgumentError("compile: give a loss, e.g. loss='sparse_categorical_crossentropy'")
-        if loss_weights is not None:
-            raise InvalidArgumentError("compile: loss_weights is not supported (models have one loss)")
-        self._optimizer = get_optimizer(optimizer)
-        loss_obj = get_loss(loss)
-        ms = [get_metric(m, loss_obj) for m in (metrics or [])]
-        self._compiled = {"optimizer": self._optimizer, "loss": loss_obj, "metrics": ms}
+        spec = resolve_compile(get_optimizer(optimizer), loss, metrics, loss_weights, weighted_metrics,
+                               self.output_names)
+        self._optimizer = spec.optimizer
+        self._compiled = {"spec": spec}
         if self.built:
             self._compile_graph()
+
+    @property
+    def output_names(self) -> list[str]:
+        """Names of the outputs (the layers making them): the keys of per-output losses, labels and logs."""
+        if self._loaded is not None:
+            return list(self._loaded.get("output_names", ["output"]))
+        names = []
+        for t in self._sym_outputs:
+            base = t.layer.name if t.layer is not None else t.name
+            names.append(base if base not in names else f"{base}_{t.index}")
+        return names
 
     def _compile_graph(self) -> None:
         assert self._compiled is not None and self.graph is not None
         g = self.graph
-        loss_obj: Loss = self._compiled["loss"]
-        out_train = self._tensors["train_outputs"][0]
-        out_infer = self._tensors["outputs"][0]
-        if len(self._tensors["outputs"]) > 1:
-            raise InvalidArgumentError("compile: models with several outputs are not supported by compile/fit yet; "
-                                       "train them through the graph (g.fit)")
-        shape, dtype = loss_obj.label_spec(out_infer.shape, out_infer.dtype)
-        with g.name_scope("compile"):
-            y = g.placeholder(shape, dtype, name="y_true")
-            reg = list(g.collections.get("regularization_losses", ()))
-            penalty = None
-            for p in reg:
-                penalty = p if penalty is None else penalty + p
-            train_loss = loss_obj(y, out_train)
-            val_loss = loss_obj(y, out_infer)
-            if penalty is not None:
-                train_loss = train_loss + penalty
-                val_loss = val_loss + penalty
-            train_loss = identity(train_loss, name="loss")
-            val_loss = identity(val_loss, name="val_loss")
-            opt = self._optimizer
-            if isinstance(opt.lr, (int, float)):
-                var_dtype = next((v.dtype for v in g.trainable_variables()), "float32")
+        opt = self._optimizer
+        if isinstance(opt.lr, (int, float)):
+            var_dtype = next((v.dtype for v in g.trainable_variables()), "float32")
+            with g.name_scope("compile"):
                 self._lr_var = g.variable(np.asarray(opt.lr, var_dtype), name="learning_rate", trainable=False)
-                opt.lr = self._lr_var
-            train_op = opt.minimize(train_loss)
-            metrics = {"loss": train_loss}
-            val = {"val_loss": val_loss}
-            for m in self._compiled["metrics"]:
-                metrics[m.name] = identity(R.mean(m(y, out_train)), name=m.name)
-                val[f"val_{m.name}"] = identity(R.mean(m(y, out_infer)), name=f"val_{m.name}")
-        self._tensors.update(y=y, train_op=train_op, metrics=metrics, val_metrics=val)
+            opt.lr = self._lr_var
+        self._compiled["spec"].var_list = [v for layer in self._layers for v in _live_variables(layer, g)]
+        built = build_compiled(g, self._compiled["spec"], self._tensors["train_outputs"], self._tensors["outputs"])
+        labels = built["labels"]
+        self._tensors.update(built, y=next(iter(labels.values())))
+
+    def _variant(self, weighted: bool) -> dict[str, Any]:
+        """The compiled tensors without or with sample weights (the weighted ones built on first use)."""
+        if not weighted:
+            return self._tensors
+        w = self._tensors.get("weighted")
+        if w is None:
+            if self._loaded is not None:
+                raise FailedPreconditionError(f"model '{self.name}': sample weights need the weighted loss, which "
+                                              "the saved model lacks (fit or evaluate it with sample_weight before "
+                                              "save)")
+            w = build_compiled(self.graph, self._compiled["spec"], self._tensors["train_outputs"],
+                               self._tensors["outputs"], labels=self._tensors["labels"], weighted=True)
+            self._tensors["weighted"] = w
+        return w
 
     @property
     def compiled(self) -> bool:
@@ -315,40 +349,6 @@ class Model:
         if self._compiled is not None and not self.compiled:
             self._compile_graph()
 
-    def _inputs_feed(self, x: Any) -> list[np.ndarray]:
-        arrays = _flat(x)
-        phs = self._tensors["inputs"]
-        if len(arrays) != len(phs):
-            raise InvalidArgumentError(f"model '{self.name}': expected {len(phs)} input array(s) "
-                                       f"{[p.name for p in phs]}; got {len(arrays)}")
-        out = []
-        for a, p in zip(arrays, phs):
-            a = np.asarray(a)
-            if a.ndim != len(p.shape) or any(d is not None and d != s for d, s in zip(p.shape[1:], a.shape[1:])):
-                raise ShapeError(f"model '{self.name}': input '{p.name}' expects shape {format_shape(p.shape)}; got "
-                                 f"{format_shape(a.shape)}")
-            out.append(a.astype(p.dtype, copy=False))
-        return out
-
-    def _labels(self, y: Any, n: int) -> np.ndarray:
-        yt = self._tensors["y"]
-        a = np.asarray(y)
-        if a.shape[:1] != (n,):
-            raise InvalidArgumentError(f"model '{self.name}': x has {n} rows but y has shape {format_shape(a.shape)}")
-        if yt.dtype.startswith("int") and a.dtype.kind == "f":
-            if not np.all(a == np.round(a)):
-                raise InvalidArgumentError(f"model '{self.name}': the loss expects integer class labels; got "
-                                           f"non-integer floats")
-        if yt.ndim != a.ndim:
-            if a.ndim == yt.ndim + 1 and a.shape[-1] == 1:
-                a = a[..., 0]
-            elif a.ndim + 1 == yt.ndim and yt.shape[-1] == 1:
-                a = a[..., None]
-            else:
-                raise ShapeError(f"model '{self.name}': labels for the loss must have shape "
-                                 f"{format_shape(yt.shape)}; got {format_shape(a.shape)}")
-        return a.astype(yt.dtype, copy=False)
-
     # ----------------------------------------------------------------- training and inference
     def fit(self, x: Any = None, y: Any = None, **kwargs: Any) -> Any:
         """Train as a job on the runtime; see `kernelflow.nn.fitting.fit` for the arguments.
@@ -361,48 +361,22 @@ class Model:
 
         return fit(self, x, y, **kwargs)
 
-    def predict(self, x: Any, batch_size: int = 256, verbose: Any = 0) -> Any:
-        """Outputs of the inference pass for ``x``, in batches of ``batch_size`` rows run on the runtime."""
-        self._ensure_built(x)
-        feeds = self._inputs_feed(x)
-        n = feeds[0].shape[0]
-        outs = self._tensors["outputs"]
-        step = self.graph.make_callable(outs, feed_list=self._tensors["inputs"])
-        parts: list[list[np.ndarray]] = [[] for _ in outs]
-        for lo in range(0, max(n, 1), batch_size):
-            vals = step(*[f[lo:lo + batch_size] for f in feeds])
-            for p, v in zip(parts, vals):
-                p.append(np.asarray(v))
-        res = [np.concatenate(p) for p in parts]
-        return res if len(res) > 1 else res[0]
-
-    def evaluate(self, x: Any, y: Any, batch_size: int = 256, verbose: Any = 0, return_dict: bool = False) -> Any:
-        """Loss and metrics of the inference pass over ``(x, y)`` (means over rows).
-
-        Returns:
-            The loss (a float) without metrics, else ``[loss, *metrics]``; with ``return_dict``,
-            ``{"loss": ..., "accuracy": ...}``.
-        """
-        self._require_compiled("evaluate")
-        self._ensure_built(x)
-        feeds = self._inputs_feed(x)
-        n = feeds[0].shape[0]
-        labels = self._labels(y, n)
-        val = self._tensors["val_metrics"]
-        names = [k[4:] for k in val]
-        step = self.graph.make_callable(list(val.values()), feed_list=[*self._tensors["inputs"], self._tensors["y"]])
-        sums = np.zeros(len(val))
-        for lo in range(0, n, batch_size):
-            vals = step(*[f[lo:lo + batch_size] for f in feeds], labels[lo:lo + batch_size])
-            sums += np.array([float(v) for v in vals]) * min(batch_size, n - lo)
-        res = dict(zip(names, (float(v) for v in sums / max(n, 1))))
-        if return_dict:
-            return res
-        return res["loss"] if len(res) == 1 else list(res.values())
-
     def __call__(self, inputs: Any, training: Any = None) -> Any:
-        """Apply the model's layers to graph tensors (or symbolic ones: a model nests as a layer)."""
-        raise InvalidArgumentError("calling a model on tensors is not supported yet; call its layers instead")
+        """Use the model as a layer: on ``kf.Input`` tensors (a functional model nesting it) or graph tensors.
+
+        Every call goes through one `kernelflow.nn.nesting.ModelLayer`, so calls share its
+        variables within a graph. See `kernelflow.nn.nesting` for what the outer model gets.
+        """
+        return self.as_layer()(inputs, training=training)
+
+    def as_layer(self) -> ModelLayer:
+        """The `kernelflow.nn.nesting.ModelLayer` through which this model is a layer of others."""
+        if self._loaded is not None:
+            raise FailedPreconditionError(f"model '{self.name}' was loaded: its layers are described, not rebuilt, "
+                                          "so it cannot be nested in another model")
+        if self._as_layer is None:
+            self._as_layer = ModelLayer(self)
+        return self._as_layer
 
     # ----------------------------------------------------------------- weights
     def get_weights(self) -> list[np.ndarray]:
@@ -427,7 +401,11 @@ class Model:
         self._need_built("get_weights")
         return [v for layer in self._layers for v in layer.variables(self.graph)]
 
+    def _ensure_built_spec(self) -> None:
+        """Build now if the input shape is known (a `Sequential` led by ``kf.Input``); functional models are built."""
+
     def _need_built(self, what: str) -> None:
+        self._ensure_built_spec()
         if not self.built:
             raise FailedPreconditionError(f"{what}: model '{self.name}' is not built yet: its input shape is unknown "
                                           "until the first fit/predict, or give kf.Input / input_shape")
@@ -444,7 +422,8 @@ class Model:
             trainable = sum(int(np.prod(v.shape)) for v in vs if v.trainable)
             total = sum(int(np.prod(v.shape)) for v in vs)
             shape = layer.output_shape
-            rows.append([layer.name, type(layer).__name__, _shape_text(shape), total, trainable,
+            cls = getattr(layer, "class_name", type(layer).__name__)
+            rows.append([layer.name, cls, _shape_text(shape), total, trainable,
                          [v.name for v in vs]])
         return rows
 
@@ -489,11 +468,12 @@ class Model:
             "layers": [{"name": r[0], "class": r[1], "output_shape": r[2], "params": r[3], "trainable": r[4],
                         "weights": r[5]} for r in self._summary()],
         }
+        cfg["output_names"] = self.output_names
         if self.compiled:
-            cfg["compiled"] = {"y": t["y"].name, "train_op": t["train_op"].name,
-                               "metrics": {k: v.name for k, v in t["metrics"].items()},
-                               "val_metrics": {k: v.name for k, v in t["val_metrics"].items()},
-                               "learning_rate": self._lr_var.name if self._lr_var is not None else None}
+            cfg["compiled"] = _variant_config(t)
+            cfg["compiled"]["learning_rate"] = self._lr_var.name if self._lr_var is not None else None
+            if "weighted" in t:
+                cfg["compiled"]["weighted"] = _variant_config(t["weighted"])
         return cfg
 
     def save(self, tag: str | None = None) -> dict:
@@ -559,6 +539,25 @@ class Model:
     def __repr__(self) -> str:
         where = f" graph='{self.graph.name}'" if self.graph is not None else " (not built)"
         return f"<kf.{type(self).__name__} '{self.name}'{where}>"
+
+
+def _live_variables(layer: Layer, g: Any) -> list:
+    """The variables of ``layer`` in ``g`` that training updates now: trainable ones of layers not frozen."""
+    if not layer.trainable:
+        return []
+    if isinstance(layer, ModelLayer):
+        return [v for inner in layer.model._layers for v in _live_variables(inner, g)]
+    return [v for v in layer.variables(g) if v.trainable]
+
+
+def _variant_config(t: dict) -> dict:
+    """Node names of one compiled variant, for the saved description."""
+    return {"labels": {str(i): p.name for i, p in t["labels"].items()}, "train_op": t["train_op"].name,
+            "metrics": {k: v.name for k, v in t["metrics"].items()},
+            "val_metrics": {k: v.name for k, v in t["val_metrics"].items()},
+            "sample_weight": t["sample_weight"].name if t.get("sample_weight") is not None else None,
+            "weight_sum": t["weight_sum"].name if t.get("weight_sum") is not None else None,
+            "weighted_names": list(t.get("weighted_names", []))}
 
 
 def _float_or(dtype: Any) -> str:

@@ -40,6 +40,7 @@ class BatchNormalization(Layer):
     """
 
     uses_training = True
+    inference_when_frozen = True
 
     def __init__(self, axis: int = -1, momentum: float = 0.99, epsilon: float = 1e-3, center: bool = True,
                  scale: bool = True, **kwargs: Any):

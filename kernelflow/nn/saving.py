@@ -27,11 +27,23 @@ class _LoadedModel(Model):
         self._tensors = {"inputs": [g[n] for n in cfg["inputs"]], "outputs": [g[n] for n in cfg["outputs"]]}
         c = cfg.get("compiled")
         if c:
-            self._tensors.update(y=g[c["y"]], train_op=g[c["train_op"]],
-                                 metrics={k: g[v] for k, v in c["metrics"].items()},
-                                 val_metrics={k: g[v] for k, v in c["val_metrics"].items()})
+            self._tensors.update(_variant(g, c))
+            self._tensors["y"] = next(iter(self._tensors["labels"].values()))
+            if c.get("weighted"):
+                self._tensors["weighted"] = _variant(g, c["weighted"], self._tensors["labels"])
             self._lr_var = g[c["learning_rate"]] if c.get("learning_rate") else None
             self._compiled = {"loaded": True}
+
+
+def _variant(g: Any, c: dict, labels: dict | None = None) -> dict:
+    """One compiled variant's tensors from their saved node names (format 1 saved a single label ``y``)."""
+    if labels is None:
+        labels = {int(i): g[n] for i, n in c["labels"].items()} if "labels" in c else {0: g[c["y"]]}
+    return {"labels": labels, "train_op": g[c["train_op"]], "metrics": {k: g[v] for k, v in c["metrics"].items()},
+            "val_metrics": {k: g[v] for k, v in c["val_metrics"].items()},
+            "sample_weight": g[c["sample_weight"]] if c.get("sample_weight") else None,
+            "weight_sum": g[c["weight_sum"]] if c.get("weight_sum") else None,
+            "weighted_names": list(c.get("weighted_names", []))}
 
 
 def load(name: str, rt: Any = None) -> Model:

@@ -52,8 +52,13 @@ class Sequential(Model):
                 raise InvalidArgumentError("Sequential: a kf.Input may only come first")
             self._input_spec = (layer.shape[1:], layer.dtype)
             return
+        if isinstance(layer, Model):
+            layer = layer.as_layer()
+            spec = layer.model._input_spec_for_nesting()
+            if not self._layers and self._input_spec is None and spec is not None:
+                self._input_spec = (tuple(spec[0]), spec[1])
         if not isinstance(layer, Layer):
-            raise InvalidArgumentError(f"Sequential: expected a kf.nn layer; got {type(layer).__name__}")
+            raise InvalidArgumentError(f"Sequential: expected a kf.nn layer or a model; got {type(layer).__name__}")
         if not self._layers and self._input_spec is None and layer.input_shape is not None:
             self._input_spec = (tuple(layer.input_shape), layer.dtype or "float32")
         self._layers.append(layer)
@@ -64,6 +69,19 @@ class Sequential(Model):
 
     def _input_names(self) -> list[str]:
         return ["x"]
+
+    def _n_inputs(self) -> int | None:
+        return 1
+
+    def _input_spec_for_nesting(self) -> tuple[tuple, str] | None:
+        return self._input_spec
+
+    @property
+    def output_names(self) -> list[str]:
+        """The one output's name: the last layer's."""
+        if self._loaded is not None or not self._layers:
+            return super().output_names if self._loaded is not None else ["output"]
+        return [self._layers[-1].name]
 
     def _forward(self, inputs: list[Tensor], training: bool) -> list[Tensor]:
         h = inputs[0]

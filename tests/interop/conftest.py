@@ -43,3 +43,23 @@ def onnx_matches_run(g: kf.Graph, path: Path, inputs: dict, outputs: dict, feeds
             else:
                 np.testing.assert_array_equal(got[k], w, err_msg=k)
     return model
+
+
+def onnx_round_trip(rt, g: kf.Graph, path: Path, inputs: dict, outputs: dict, feeds: list[dict],
+                    rtol: float = 1e-5, atol: float = 1e-6) -> object:
+    """Export, `kf.import_onnx` into a fresh graph, and assert that graph's outputs equal ``g.run``'s on
+    each of ``feeds``. Returns the `ImportedModel`."""
+    g.export_onnx(path, inputs=inputs, outputs=outputs)
+    m = kf.import_onnx(path, rt.graph(f"{g.name}_imported"))
+    assert list(m.inputs) == list(inputs) and list(m.outputs) == list(outputs)
+    for feed in feeds:
+        want = g.run(outputs, feed={inputs[k]: v for k, v in feed.items()})
+        got = m.graph.run(m.outputs, feed={m.inputs[k]: v for k, v in feed.items()})
+        for k in outputs:
+            w, o = np.asarray(want[k]), np.asarray(got[k])
+            assert (o.dtype, o.shape) == (w.dtype, w.shape), (k, o.dtype, o.shape, w.dtype, w.shape)
+            if w.dtype.kind == "f":
+                np.testing.assert_allclose(o, w, rtol=rtol, atol=atol, err_msg=k)
+            else:
+                np.testing.assert_array_equal(o, w, err_msg=k)
+    return m

@@ -113,17 +113,29 @@ def test_grid_search_and_cross_val_score_on_digits(digits):
     assert scores.shape == (3,) and scores.min() > 0.85
 
 
+def _most_at_once(jobs) -> int:
+    """The most jobs running at one time, from their started/finished times on the server."""
+    events = sorted([(j["started"], 1) for j in jobs] + [(j["finished"], -1) for j in jobs])  # ends first on ties
+    running = most = 0
+    for _, d in events:
+        running += d
+        most = max(most, running)
+    return most
+
+
 def test_grid_search_on_a_real_server_runs_server_jobs(server, digits):
     X_train, X_test, y_train, y_test = digits
     url = f"{server.url}?token={server.token}"
     rt = kf.connect(url)
-    jobs_before = len(rt.jobs())
+    before = {j["id"] for j in rt.jobs()}
     search = GridSearchCV(KFClassifier(epochs=5, learning_rate=1e-2, random_state=0, runtime=url),
                           {"hidden_layers": [(16,), (48,)]}, cv=2, n_jobs=2)
     with parallel_backend("threading"):  # two fits at a time as server jobs, without spawning processes
         search.fit(X_train, y_train)
     assert search.score(X_test, y_test) > 0.9
-    assert len(rt.jobs()) - jobs_before >= 5  # 2 params x 2 folds + the refit, each a job on the server
+    new = [j for j in rt.jobs() if j["id"] not in before]
+    assert len(new) == 5  # 2 params x 2 folds + the refit, each a job on the server
+    assert _most_at_once(new) == 2  # n_jobs=2: two fits trained at the same time on the server
     scores = cross_val_score(KFClassifier(epochs=5, learning_rate=1e-2, random_state=0, runtime=url),
                              X_train[:600], y_train[:600], cv=2)
     assert scores.min() > 0.85

@@ -242,6 +242,7 @@ def test_image_history_on_a_live_connection_fetches_pixels_the_stream_left_out(r
     try:
         wait_for(lambda: any(r["kind"] == "images" and r["images"] is None for r in list(seen)),
                  "a notification with several records of one name (older ones without pixels)")
+        wait_for(lambda: job.progress["step"] >= 60, "more steps than image_keep")
     finally:
         assert job.stop() == "stopped"
     job.unsubscribe()
