@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from .rpc import MAX_NAME_CHARS
 
 IMAGE_KEEP_DEFAULT = 100
 
@@ -183,6 +184,11 @@ class JobSpec:
         k = s.keep_checkpoints
         _want(k is None or (_is_int(k) and k >= 1), "keep_checkpoints", "an integer >= 1", k)
         _want(s.name is None or isinstance(s.name, str), "name", "a string", s.name)
+        for k in ("graph", "data", "validation_data", "name"):
+            v = getattr(s, k)
+            if isinstance(v, str) and len(v) > MAX_NAME_CHARS:
+                raise InvalidArgumentError(f"job.start: {k} is a name of at most {MAX_NAME_CHARS} characters; got "
+                                           f"one of {len(v)} characters")
         r = s.replicas
         _want(r is None or r == "all" or (_is_int(r) and r >= 1), "replicas", "'all' or an integer >= 1", r)
         s.shuffle, s.stop_on_nan, s.drop_remainder = bool(s.shuffle), bool(s.stop_on_nan), bool(s.drop_remainder)

@@ -24,6 +24,7 @@ from .codec import encode
 
 REQUEST, RESPONSE, NOTIFICATION = 0, 1, 2
 MAX_MSGID = 0xFFFFFFFF  # msgpack-RPC msgids are 32-bit unsigned
+MAX_NAME_CHARS = 256  # graph, variable, dataset, job and model names, checkpoint tags
 
 
 class Request(NamedTuple):

@@ -92,7 +92,12 @@ class GraphStore:
         """Delete a graph and its variables."""
         with self.lock:
             s = self.session(name)
-            with s.lock:  # waits for a run or extend in flight
+        # Wait for a run or extend in flight without the table's lock: `info` and `graph.list`
+        # (on the IO loop) and every other graph need it meanwhile (issue #15).
+        with s.lock:
+            with self.lock:
+                if self.graphs.get(name) is not s:  # deleted (and maybe reopened) meanwhile
+                    raise NotFoundError(f"graph.delete: graph '{name}' was deleted meanwhile")
                 if self.state is not None:
                     self.state.delete_graph(name)
                 s.persist = _deleted_graph

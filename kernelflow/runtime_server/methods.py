@@ -14,7 +14,12 @@ error id and no traceback, and the traceback is logged with that id.
 server answers them itself; they are listed here (`TRANSPORT_METHODS`) so that this file names
 every method of docs/protocol.md.
 
-Contents: Method, MethodTable, TRANSPORT_METHODS, ParamType, build_method_table.
+Names (graph, variable, dataset, job, model names, checkpoint tags, upload ids: the params
+`NAME_PARAMS` lists) are strings of at most `MAX_NAME_CHARS` characters: a longer one answers
+InvalidArgumentError naming the param, the limit and the length that came, before the method
+runs (nothing reaches the state dir).
+
+Contents: Method, MethodTable, TRANSPORT_METHODS, NAME_PARAMS, Name, ParamType, build_method_table.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ..errors import InternalError, InvalidArgumentError, KernelflowError, NotFoundError, ResourceExhaustedError
+from ..protocol.rpc import MAX_NAME_CHARS
 
 if TYPE_CHECKING:
     from .engine.runs import RunRegistry
@@ -42,21 +48,54 @@ Policy = Literal["loop", "timed", "pool"]
 
 log = logging.getLogger("kernelflow.server")
 
+NAME_PARAMS = frozenset({"name", "graph", "var", "tag", "job_id", "upload_id", "column"})
+"""Params that name something: a ``str`` annotation on one of them means `Name`."""
+
+
+class Name(str):
+    """The annotation of a name param: a string of at most `MAX_NAME_CHARS` characters."""
+
+    __slots__ = ()
+
 
 class ParamType:
     """A declared parameter type, compiled from an annotation: ``str``, ``int``, ``float``,
     ``bool``, ``list``, ``list[str]``, ``dict``, ``np.ndarray``, ``Any`` and ``X | None``.
 
-    ``int`` takes no bool, ``float`` takes ints too; ``list[X]`` checks every element.
+    ``int`` takes no bool, ``float`` takes ints too; ``list[X]`` checks every element; `Name`
+    is a string of at most `MAX_NAME_CHARS` characters (``max_chars``; its text says ``string``).
     """
 
-    __slots__ = ("check", "text")
+    __slots__ = ("check", "text", "max_chars")
 
     def __init__(self, annotation: Any):
         self.check, self.text = _compile(annotation)
+        self.max_chars = MAX_NAME_CHARS if _mentions_name(annotation) else None
 
     def __repr__(self) -> str:
         return f"ParamType({self.text})"
+
+    def too_long(self, v: Any) -> int | None:
+        """The length of a name in ``v`` (a string, or a list's element) over ``max_chars``, else None."""
+        if self.max_chars is None:
+            return None
+        for x in (v if type(v) is list else (v,)):
+            if type(x) is str and len(x) > self.max_chars:
+                return len(x)
+        return None
+
+
+def _mentions_name(a: Any) -> bool:
+    return a is Name or any(_mentions_name(x) for x in typing.get_args(a))
+
+
+def _as_name(a: Any) -> Any:
+    """``str`` -> `Name` in an annotation of a name param (``str | None`` too)."""
+    if a is str:
+        return Name
+    if typing.get_origin(a) in (typing.Union, _types.UnionType) and str in typing.get_args(a):
+        return Name | None if set(typing.get_args(a)) == {str, type(None)} else a
+    return a
 
 
 def _compile(a: Any) -> tuple[Callable[[Any], bool] | None, str]:
@@ -82,6 +121,8 @@ def _compile(a: Any) -> tuple[Callable[[Any], bool] | None, str]:
         return (lambda v: type(v) is dict), "map"
     if a is list:
         return (lambda v: type(v) is list), "array"
+    if a is Name:
+        return (lambda v: type(v) is str and len(v) <= MAX_NAME_CHARS), "string"
     if a is str:
         return (lambda v: type(v) is str), "string"
     if a is bool:
@@ -153,6 +194,9 @@ class Method:
         unknown = set(self.types or ()) - set(sig.parameters)
         if unknown:
             raise ValueError(f"method table: {self.name}: types for unknown params {sorted(unknown)}")
+        for p in sig.parameters.values():
+            if p.name in NAME_PARAMS and p.name not in (self.types or {}):
+                hints[p.name] = _as_name(hints.get(p.name, Any))
         params = list(sig.parameters.values())
         if any(p.kind is p.KEYWORD_ONLY and p.default is p.empty for p in params):
             raise ValueError(f"method table: {self.name}: a required keyword-only param cannot come over the wire")
@@ -199,6 +243,10 @@ class Method:
         """InvalidArgumentError naming the first param whose value is not of its declared type."""
         for (pname, ptype), v in zip(self.param_types, params):
             if ptype.check is not None and not ptype.check(v):
+                n = ptype.too_long(v)
+                if n is not None:
+                    raise InvalidArgumentError(f"{self.name}: param '{pname}' is a name of at most {ptype.max_chars} "
+                                               f"characters; got one of {n} characters")
                 raise InvalidArgumentError(f"{self.name}: param '{pname}' must be {ptype.text}; got "
                                            f"{describe_value(v)}")
 
@@ -324,7 +372,7 @@ def build_method_table(service: RuntimeService) -> MethodTable:
         Method("dataset.info", d.info),
         Method("dataset.list", d.list),
         Method("dataset.delete", d.delete),
-        Method("dataset.split", d.split, types={"names": list[str] | None}),
+        Method("dataset.split", d.split, types={"names": list[Name] | None}),
         Method("dataset.read", d.read),
         Method("job.start", j.start),
         Method("job.list", j.list),

@@ -81,3 +81,46 @@ def test_method_peer_argument_not_counted_as_param():
     assert m.describe() == "[x]"
     assert m.call([3], peer="P") == 3
     assert seen == [(3, "P")]
+
+
+def _state_files(root: pathlib.Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+            if p.is_file() and p.name != "lock" and "trash" not in p.relative_to(root).parts}
+
+
+def test_no_call_the_io_loop_may_run_inline_writes_the_state_dir(tmp_path):
+    """Issue #15 item 10: ``graph.open`` ran on the IO loop, its disk syncs (16 MiB for a 16 MiB
+    name) stalling every client. A call the TCP server may answer on the loop (policy ``loop``, or
+    ``timed`` with a timing key) must not write the state dir; the calls of a session that do
+    write it are found by looking at the dir around each call."""
+    import numpy as np
+
+    state = tmp_path / "state"
+    svc = RuntimeService(state_dir=str(state))
+    node = {"name": "w", "op": "variable", "inputs": [], "attrs": {"initial": np.ones(3, "float32")}}
+    calls = [("info", []), ("graph.list", []), ("graph.open", ["fresh"]), ("graph.open", ["fresh"]),
+             ("graph.extend", ["fresh", 0, [node]]), ("graph.get", ["fresh", 0]),
+             ("variable.assign", ["fresh", "w", np.full(3, 2.0, "float32")]), ("variable.read", ["fresh", "w"]),
+             ("graph.save", ["fresh"]), ("graph.checkpoints", ["fresh"]), ("run.list", []),
+             ("run.cancel", ["fresh"]), ("dataset.begin", ["d", {"x": {"dtype": "<f4", "shape": [4]}}]),
+             ("dataset.put", [None, "x", 0, np.arange(4, dtype="float32")]), ("dataset.commit", [None]),
+             ("dataset.list", []), ("dataset.delete", ["d"]), ("graph.delete", ["fresh"])]
+    writers, inline = set(), set()
+    upload = None
+    try:
+        for name, params in calls:
+            params = [upload if p is None else p for p in params]
+            m = svc.methods.lookup(name)
+            if m.policy == "loop" or (m.policy == "timed" and m.timing_key(params) is not None):
+                inline.add(name)
+            before = _state_files(state)
+            out = svc.call(name, params)
+            if name == "dataset.begin":
+                upload = out["upload"]
+            if _state_files(state) != before:
+                writers.add(name)
+        assert {"graph.open", "graph.extend", "graph.save", "dataset.commit", "graph.delete"} <= writers
+        assert {"info", "graph.list", "run.list", "run.cancel", "variable.read"} <= inline
+        assert not writers & inline, sorted(writers & inline)
+    finally:
+        svc.shutdown()

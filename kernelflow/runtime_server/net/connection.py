@@ -388,14 +388,29 @@ class SocketConnection(ConnectionState):
 
 
 class StreamConnection(ConnectionState):
-    """A connection over a tornado IOStream (TLS), served by the `serve` coroutine."""
+    """A connection over a tornado IOStream (TLS), served by the `serve` coroutine.
 
-    __slots__ = ("stream", "_last_write")
+    While a call runs no read is pending; the stream's close callback makes tornado listen for
+    the peer anyway (bytes that come are buffered for the next read, and the listening stops
+    while any are buffered, as `SocketConnection` stops at pipelined bytes), so a client that
+    hangs up (its deadline passed, it was interrupted) is noticed at once and its runs are
+    cancelled, as on plain TCP.
+    """
+
+    __slots__ = ("stream", "_last_write", "_gone")
 
     def __init__(self, server: ConnectionDelegate, stream: IOStream, address: Any):
         super().__init__(server, address)
         self.stream = stream
         self._last_write: Any = None
+        self._gone = False
+        stream.set_close_callback(self._stream_closed)
+
+    def _stream_closed(self) -> None:
+        if not self._gone:
+            self._gone = True
+            log.debug("connection %s closed", self.address)
+            self.server.connection_closed(self)  # the service cancels the peer's runs
 
     @property
     def closed(self) -> bool:
@@ -459,4 +474,4 @@ class StreamConnection(ConnectionState):
         finally:
             stream.close()
             self._release()
-            self.server.connection_closed(self)
+            self._stream_closed()  # at once (tornado calls it later too: once is all it does)

@@ -44,6 +44,7 @@ import shutil
 import struct
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ from .records import (
     fs_name,
     fsync_dir,
     mkdirs,
+    read_span,
     sha256_file,
     tmp_path,
     write_atomic,
@@ -505,8 +507,10 @@ class StateDir:
                 self._spec_digests[job_id] = digest
             write_atomic(d / "status.msgpack", encode(status))
 
-    def append_job_records(self, job_id: str, records: list[dict[str, Any]], keep_images: int | None = None) -> None:
-        """Append logged records (metrics, histograms, images) to a job's history (durable on return).
+    def append_job_records(self, job_id: str, records: list[dict[str, Any]],
+                           keep_images: int | None = None) -> list[int]:
+        """Append logged records (metrics, histograms, images) to a job's history (durable on return);
+        returns the byte offset of each record in ``history.log`` (for `read_job_records`).
 
         The pixels of an image record go to ``images.log`` (``history.log`` gets the record with
         ``"images": None``, so the history keeps its order); once a name has more than
@@ -514,7 +518,7 @@ class StateDir:
         per name, so it stays bounded.
         """
         if not records:
-            return
+            return []
         heads, pixels = [], []
         for r in records:
             key = MEDIA.get(r.get("kind"))  # audio records' samples go to images.log too
@@ -524,15 +528,46 @@ class StateDir:
             heads.append(r)
         with self._key_lock("job", job_id):
             d = self._job_dir(job_id)
-            self._append_or_create(d / "history.log", heads)
+            offsets = self._append_or_create(d / "history.log", heads)
             if pixels:
                 self._append_images(d / "images.log", pixels, keep_images)
+            return offsets
 
-    def _append_or_create(self, path: Path, records: list[Any]) -> None:
+    def read_job_records(self, job_id: str, offset: int, count: int) -> list[dict[str, Any]]:
+        """``count`` records of a job's history from byte ``offset`` of history.log (an offset
+        `append_job_records` or `scan_job_history` gave); image and audio records without payload.
+
+        Raises:
+            NotFoundError: the job's history is gone (deleted).
+            InternalError: the log holds fewer records there.
+        """
+        path = self._job_dir(job_id) / "history.log"
+        try:
+            return read_span(path, offset, count)
+        except FileNotFoundError:
+            raise NotFoundError(f"job {job_id!r}: its history is gone from the state dir (deleted)") from None
+
+    def scan_job_history(self, job_id: str, visit: Callable[[int, dict[str, Any]], None]) -> int:
+        """Stream a job's history to ``visit(offset, record)`` in order (a torn tail cut off), holding
+        none of it; image and audio records come without payload (`job_media` has the kept ones).
+        Returns the record count."""
+        with self._key_lock("job", job_id):
+            path = self._job_dir(job_id) / "history.log"
+            return self.logs.scan(path, visit) if path.exists() else 0
+
+    def job_media(self, job_id: str) -> dict[tuple[str, Any], Any]:
+        """The payloads images.log still holds: ``{(media_key, step): pixels or samples}``."""
+        with self._key_lock("job", job_id):
+            pix = self._job_dir(job_id) / "images.log"
+            if not pix.exists():
+                return {}
+            return {(media_key(r), r.get("step")): r.get(MEDIA.get(r.get("kind"), "images"))
+                    for r in self.logs.load(pix) if isinstance(r, dict)}
+
+    def _append_or_create(self, path: Path, records: list[Any]) -> list[int]:
         if not path.exists():
-            self.logs.create(path, list(records))
-        else:
-            self.logs.append(path, records)
+            return self.logs.create(path, list(records))
+        return self.logs.append(path, records)
 
     def _append_images(self, path: Path, records: list[dict[str, Any]], keep: int | None) -> None:
         counts = self._image_counts.get(path)
@@ -565,10 +600,9 @@ class StateDir:
             self._spec_digests.pop(job_id, None)
             self._discard(d)
 
-    def load_jobs(self) -> list[tuple[str, dict[str, Any], dict[str, Any], list[dict[str, Any]]]]:
-        """Every persisted job as (id, spec, status, records in order), torn last record dropped;
-        oldest job first. Image records get their pixels back from images.log where it still has
-        them (else they stay ``"images": None``)."""
+    def load_jobs(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """Every persisted job as (id, spec, status), oldest job first; its history is read with
+        `scan_job_history` and `job_media`, its records on demand with `read_job_records`."""
         out = []
         base = self.root / "jobs"
         for d in base.iterdir() if base.is_dir() else ():
@@ -583,19 +617,8 @@ class StateDir:
             except (OSError, KernelflowError) as e:
                 log.error("state dir: job in %s cannot be loaded: %s", d, e)
                 continue
-            hist = d / "history.log"
-            with self._key_lock("job", head["id"]):
-                records = self.logs.load(hist) if hist.exists() else []
-                pix = d / "images.log"
-                if pix.exists():
-                    found = {(media_key(r), r.get("step")): r.get(MEDIA.get(r.get("kind"), "images"))
-                             for r in self.logs.load(pix) if isinstance(r, dict)}
-                    records = [{**r, MEDIA[r["kind"]]: found[media_key(r), r.get("step")]}
-                               if isinstance(r, dict) and r.get("kind") in MEDIA
-                               and r.get(MEDIA[r["kind"]]) is None
-                               and (media_key(r), r.get("step")) in found else r for r in records]
-            out.append((float(head.get("created") or 0.0), head["id"], head["spec"], status, records))
-        return [(i, spec, status, records) for _, i, spec, status, records in sorted(out, key=lambda t: t[0])]
+            out.append((float(head.get("created") or 0.0), head["id"], head["spec"], status))
+        return [(i, spec, status) for _, i, spec, status in sorted(out, key=lambda t: t[0])]
 
     def models_dir(self) -> Path:
         """The base path of exported models (created now if missing)."""

@@ -6,6 +6,8 @@ at once. Logged records (scalars, histograms, images, audio, text) are appended 
 flusher thread pushes them to subscribed connections as ``job.records`` notifications at
 most every 100 ms (records in between go together, none dropped; of the image records in one
 notification only the newest per name keeps its pixels) and appends them to the state dir.
+The history in memory is bounded (`history.History`): the newest records and the kept image
+records; older ones are read back from the job's record log when a client asks for them.
 Only the newest ``image_keep`` image records per name keep their pixels, in memory and in the
 state dir; older ones stay in the history as stubs (``"images": None``) so indices hold.
 Audio records (``"audio"``: 16-bit PCM) follow the same rule, counted apart from images.
@@ -28,8 +30,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError
-from ...protocol.jobspec import MEDIA, JobSpec, KeptImages, has_media, media_key, media_stub
+from ...protocol.jobspec import JobSpec, has_media, media_key, media_stub
 from .fit_loop import Bound, FitLoop, Halt, bind
+from .history import TAIL_RECORDS, History, StateLog, TempLog
 from .tb_events import EventWriter
 
 if TYPE_CHECKING:
@@ -66,8 +69,9 @@ class Job:
         self.status = "queued"
         self.error: dict | None = None
         self.request: str | None = None       # "pause", "stop" or "interrupt", seen at the next step boundary
-        self.records: list[dict] = []
-        self._kept = KeptImages(spec.image_keep)      # which image records keep their pixels
+        self.history = (History(self.cond, spec.image_keep, StateLog(self.state, job_id, spec.image_keep))
+                        if self.state is not None else
+                        History(self.cond, spec.image_keep, make_log=lambda: TempLog(job_id)))
         self.subscribers: dict[Any, _Subscription] = {}
         self.version = 0
         self.step = 0
@@ -84,7 +88,6 @@ class Job:
         self.last_checkpoint: dict | None = None
         self.tensorboard_dir: str | None = None
         self.logged_upto = 0                   # records at or below this step exist already (resume)
-        self.persisted = 0
         self._persist_lock = threading.Lock()
         self.deleted = False                   # set under _persist_lock: nothing is written for it again
         self.thread: threading.Thread | None = None
@@ -104,7 +107,7 @@ class Job:
                 "error": self.error, "step": step, "epoch": step // spe if spe else 0,
                 "epochs": self.spec.epochs, "total_steps": total, "steps_per_epoch": spe,
                 "steps_per_s": rate, "examples_per_s": rate * self.batch_size if rate else None,
-                "elapsed_s": elapsed, "eta_s": eta, "metrics": dict(self.latest), "records": len(self.records),
+                "elapsed_s": elapsed, "eta_s": eta, "metrics": dict(self.latest), "records": self.history.n,
                 "data": self.spec.data, "created": self.created, "started": self.started,
                 "finished": self.finished, "checkpoint": self.last_checkpoint,
                 "tensorboard_dir": self.tensorboard_dir, "image_keep": self.spec.image_keep}
@@ -178,19 +181,25 @@ class Job:
                 return
 
     # ----------------------------------------------------------------- records
+    @property
+    def records(self) -> list[dict]:
+        """The whole history as a list (read back from the log; for tests and tools, not the RPCs)."""
+        return self.history.read(0)
+
     def add_record(self, rec: dict) -> bool:
         """Append a logged record; False (dropped) for a step logged before a restart."""
         with self.cond:
             if rec["step"] <= self.logged_upto:
                 return False
-            self.records.append(rec)
+            self.history.append(rec)
             if rec["kind"] == "scalars":
                 self.latest.update(rec["values"])
-            elif rec["kind"] in MEDIA:
-                self._keep_images(len(self.records) - 1)
             self.version += 1
+            behind = self.history.n - self.history.persisted > 4 * TAIL_RECORDS
         if self.tensorboard_dir is not None:
             self.manager.events.write(self.id, rec)
+        if behind:  # logging faster than the flusher writes: bound memory here, on the job's thread
+            self.persist_records()
         return True
 
     def profiled(self, step: int, times: list) -> None:
@@ -202,24 +211,13 @@ class Job:
         self.manager.events.run_metadata(self.id, f"step {step}",
                                          run_metadata((n.name, dev, t0, t1) for n, dev, t0, t1 in times))
 
-    def _keep_images(self, i: int) -> None:
-        """Record ``i`` is an image (or audio) record with its payload: stub out the oldest beyond ``image_keep``."""
-        for j in self._kept.add(media_key(self.records[i]), i):
-            self.records[j] = media_stub(self.records[j])  # a new dict: readers of the old one keep theirs
-
     def persist_records(self) -> None:
-        state = self.state
-        if state is None:
-            return
+        """Append the records not yet in the job's log (the state dir's, else a temp one once the
+        in-memory tail overflows) and drop the oldest from memory."""
         with self._persist_lock:
             if self.deleted:
                 return
-            with self.cond:
-                n = len(self.records)
-                recs = self.records[self.persisted:n]
-            if recs:
-                state.append_job_records(self.id, recs, keep_images=self.spec.image_keep)
-                self.persisted = n
+            self.history.spill()
 
     def persist_status(self) -> None:
         state = self.state
@@ -287,7 +285,7 @@ class Job:
             if resume:
                 with b.session.lock:
                     self.restore_checkpoint()
-                self.logged_upto = max((r["step"] for r in self.records), default=0)
+                self.logged_upto = self.history.max_step
             tb = self.manager.open_tensorboard(self, b)
             self.set_status("running")
             self.checkpoint("start")
@@ -410,7 +408,8 @@ class JobManager:
         if not isinstance(since, int) or since < 0:
             raise InvalidArgumentError(f"job.records: since must be an integer >= 0; got {since!r}")
         with job.cond:
-            return {"start": since, "records": job.records[since:], "status": job._status_map_locked()}
+            n, status = job.history.n, job._status_map_locked()
+        return {"start": since, "records": job.history.read(since, n), "status": status}
 
     def pause(self, job_id: str) -> dict:
         """Ask a running job to pause at its next step boundary."""
@@ -466,6 +465,7 @@ class JobManager:
             self.jobs.pop(job_id, None)
         with job._persist_lock:  # waits for a status or history write in flight, then forbids more
             job.deleted = True
+            job.history.close()
             if self.state is not None:
                 self.state.delete_job(job_id)
         if job.tensorboard_dir in self._temp_logdirs:
@@ -480,11 +480,11 @@ class JobManager:
         if peer is None or not hasattr(peer, "notify"):
             raise FailedPreconditionError("job.subscribe: this connection cannot receive notifications")
         with job.cond:
-            n = len(job.records)
+            n = job.history.n
             job.subscribers[peer] = _Subscription(n, job.version, job.step)
-            out = {"start": 0, "records": job.records[:n], "status": job._status_map_locked()}
+            status = job._status_map_locked()
         self._ensure_flusher()
-        return out
+        return {"start": 0, "records": job.history.read(0, n), "status": status}
 
     def unsubscribe(self, job_id: str, *, peer: Any = None) -> bool:
         """Stop streaming the job to the caller."""
@@ -557,17 +557,20 @@ class JobManager:
         with job.cond:
             if not job.subscribers:
                 return
-            n, status = len(job.records), None
+            n, status = job.history.n, None
             for peer, sub in list(job.subscribers.items()):
                 if getattr(peer, "closed", False):
                     del job.subscribers[peer]
                     continue
                 if sub.next < n or sub.version != job.version or sub.step != job.step:
                     status = status or job._status_map_locked()
-                    sends.append((peer, sub.next, newest_images_only(job.records[sub.next:n])))
+                    sends.append((peer, sub.next))
                     sub.next, sub.version, sub.step = n, job.version, job.step
-        for peer, start, recs in sends:
-            peer.notify("job.records", [job.id, start, recs, status])
+        read: dict[int, list[dict]] = {}  # subscribers at the same place share one read
+        for peer, start in sends:
+            if start not in read:
+                read[start] = newest_images_only(job.history.read(start, n))
+            peer.notify("job.records", [job.id, start, read[start], status])
 
     def open_tensorboard(self, job: Job, b: Bound) -> bool:
         """Start the job's TensorBoard event files (under the state dir, else in a temp dir), the
@@ -595,17 +598,14 @@ class JobManager:
         state = self.state
         if state is None:
             return
-        for job_id, spec_map, st, records in state.load_jobs():
+        for job_id, spec_map, st in state.load_jobs():
             try:
                 job = Job(self, job_id, JobSpec.from_map(spec_map), float(st.get("created") or time.time()))
             except KernelflowError as e:
                 log.error("state dir: job %s has a bad spec (%s); skipped", job_id, e)
                 continue
-            job.records = list(records)
-            job.persisted = len(records)
-            for i, r in enumerate(job.records):
-                if has_media(r):
-                    job._keep_images(i)
+            job.history, latest = History.load(job.cond, job.spec.image_keep, state, job_id)
+            job.latest.update(latest)
             job.status = st.get("status") if st.get("status") in STATUSES else "interrupted"
             job.error = st.get("error")
             job.step = int(st.get("step") or 0)
@@ -614,9 +614,6 @@ class JobManager:
             job.started, job.finished = st.get("started"), st.get("finished")
             job.last_checkpoint = st.get("checkpoint")
             job.tensorboard_dir = st.get("tensorboard_dir")
-            for r in records:
-                if r.get("kind") == "scalars":
-                    job.latest.update(r.get("values") or {})
             with self._cond:
                 self.jobs[job_id] = job
             if job.status in ACTIVE:
@@ -653,6 +650,9 @@ class JobManager:
                     log.error("job %s did not reach a step boundary within %.0f s", job.id, wait_s)
         self.flush()
         self.events.shutdown()
+        for job in jobs:
+            if self.state is None:
+                job.history.close()  # a temp log: nothing keeps it
         for logdir in list(self._temp_logdirs):
             self._remove_temp_logdir(logdir)
 

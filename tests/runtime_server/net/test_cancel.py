@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import _thread
 import signal
+import ssl
 import threading
 import time
 
+import msgpack
 import numpy as np
 import pytest
 
 import kernelflow as kf
-from tests.support.server import ServerProcess
+from tests.support.certs import self_signed_cert
+from tests.support.server import ServerProcess, raw_exchange
 
 # A run of many quick kernels: minutes if it ran to the end, one kernel's time once cancelled.
 CHAIN = 3000
@@ -45,8 +48,9 @@ def _runs_on(rt: kf.Runtime, graph: str) -> list[dict]:
 
 
 def test_client_deadline_cancels_server_run_and_frees_graph(server):
-    with server.connect(timeout=0.5) as rt, server.connect() as watcher:
+    with server.connect() as rt, server.connect() as watcher:
         g, w, total = _long_chain(rt, "cancel-deadline")
+        rt._transport.timeout = 0.5  # after the sync of 3000 nodes, which may take longer on a loaded machine
         with pytest.raises(kf.errors.DeadlineExceededError):
             g.run(total)
         _wait_for(lambda: not _runs_on(watcher, "cancel-deadline"), "the server to cancel the run")
@@ -199,3 +203,54 @@ def test_rt_cancel_stops_a_loop_inside_one_control_flow_kernel(server):
         t.join(WAIT_S)
         assert len(got) == 1 and isinstance(got[0], kf.errors.CancelledError), got
         assert g.run(v + 1.0) == pytest.approx(1.0)
+
+
+def test_tls_client_deadline_cancels_server_run_and_frees_graph(tmp_path):
+    """A TLS connection watches for the client hanging up while its call runs, as plain TCP does."""
+    cert, key = self_signed_cert(tmp_path)
+    srv = ServerProcess(tmp_path, "--certfile", str(cert), "--keyfile", str(key)).wait_listening()
+    try:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        with srv.connect(ssl_context=ctx, timeout=0.5) as rt, srv.connect(ssl_context=ctx) as watcher:
+            g = rt.graph("cancel-tls")
+            v = g.variable(np.float32(0.0), name="v")
+            endless = kf.fori_loop(0, 10**9, lambda i, x: x + 1.0, v)  # hours if nothing cancels it
+            g.sync()
+            with pytest.raises(kf.errors.DeadlineExceededError):
+                g.run(endless)
+            # Before, only run.cancel stopped it: the TLS connection did not notice the hang-up.
+            _wait_for(lambda: not _runs_on(watcher, "cancel-tls"), "the server to cancel the TLS client's run")
+            rt._transport.timeout = WAIT_S
+            assert g.run(v + 1.0) == pytest.approx(1.0)
+    finally:
+        srv.stop()
+
+
+def test_io_loop_and_graph_open_not_held_up_while_a_delete_waits_for_a_busy_graph(server):
+    """``graph.delete`` waits for the run in flight on its graph. Meanwhile every other client is
+    answered: ``info`` and ``graph.list`` on the IO loop, ``graph.open`` of another graph (issue #15
+    item 10: ``graph.open`` used to run on the IO loop, and the delete held the lock of the graph
+    table while it waited, so the loop stalled until the run ended)."""
+    with server.connect() as rt, server.connect(timeout=20.0) as other:
+        g = rt.graph("del-busy")
+        v = g.variable(np.float32(0.0), name="v")
+        endless = kf.fori_loop(0, 10**9, lambda i, x: x + 1.0, v)
+        g.sync()
+        got: list[BaseException] = []
+        threading.Thread(target=lambda: _swallow(lambda: g.run(endless), got), daemon=True).start()
+        _wait_for(lambda: _runs_on(other, "del-busy"), "the run to start")
+        deleter = server.raw()
+        replies, _ = raw_exchange(deleter, [0, 0, "auth", [server.token]])
+        assert replies[0][2] is None
+        deleter.sendall(msgpack.packb([0, 1, "graph.delete", ["del-busy"]]))
+        for _ in range(50):  # the delete is waiting for the run by now; these are answered all the same
+            assert other.call("info", [])["version"] == kf.__version__
+            assert "del-busy" in [d["name"] for d in other.call("graph.list", [])]
+        assert other.call("graph.open", ["opened-meanwhile"])["created"]
+        assert other.call("run.cancel", ["del-busy"]) == 1
+        replies, _ = raw_exchange(deleter, n_replies=1, timeout_s=WAIT_S)
+        assert replies[0][1:] == [1, None, True]
+        deleter.close()
+        assert [d["name"] for d in other.call("graph.list", []) if d["name"] == "del-busy"] == []
+        _wait_for(lambda: got, "the run to be answered")
+        assert isinstance(got[0], kf.errors.CancelledError), got

@@ -11,7 +11,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import socket
 import ssl
 import stat
@@ -19,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -28,6 +26,7 @@ import pytest
 import kernelflow as kf
 from kernelflow.client.tcp import TcpTransport
 from kernelflow.protocol.codec import MessageReader
+from tests.support.certs import self_signed_cert
 from tests.support.server import ROOT, START_TIMEOUT_S, TOKEN, ServerProcess, free_port, raw_exchange  # noqa: F401
 
 
@@ -202,40 +201,8 @@ def test_non_loopback_host_without_tls_refused(tmp_path):
     assert "without TLS" in p.stderr and "--allow-insecure" in p.stderr
 
 
-def _self_signed_cert(tmp: Path) -> tuple[Path, Path]:
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    try:
-        import datetime
-
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-    except ImportError:
-        if shutil.which("openssl") is None:
-            pytest.skip("neither the cryptography package nor openssl is available")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                        "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out",
-                        str(cert)], check=True, capture_output=True, timeout=60)
-        return cert, key
-    import ipaddress
-
-    k = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    c = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(k.public_key())
-         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-         .not_valid_after(now + datetime.timedelta(days=1))
-         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-         .sign(k, hashes.SHA256()))
-    cert.write_bytes(c.public_bytes(serialization.Encoding.PEM))
-    key.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()))
-    return cert, key
-
-
-def test_tls_server_with_self_signed_cert(tmp_path):
-    cert, key = _self_signed_cert(tmp_path)
+def test_tls_server_withself_signed_cert(tmp_path):
+    cert, key = self_signed_cert(tmp_path)
     srv = ServerProcess(tmp_path, "--certfile", str(cert), "--keyfile", str(key)).wait_listening()
     try:
         assert srv.url.startswith("kfs://")

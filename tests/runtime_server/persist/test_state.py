@@ -198,10 +198,19 @@ def test_job_spec_status_and_history_survive_torn_last_record(tmp_path):
     st.write_job("job-1", {"graph": "g", "feed": {"x": "x"}, "perm": np.arange(4)}, {"status": "paused"})
     path = tmp_path / "jobs" / "job-1" / "history.log"
     path.write_bytes(path.read_bytes()[:-3])
-    [(job_id, spec, status, records)] = StateDir(tmp_path).load_jobs()
+    again = StateDir(tmp_path)
+    [(job_id, spec, status)] = again.load_jobs()
+    seen: list[tuple[int, dict]] = []
+    assert again.scan_job_history("job-1", lambda off, r: seen.append((off, r))) == 2
+    records = [r for _, r in seen]
     assert (job_id, status, records) == ("job-1", {"status": "paused"}, [{"step": 10, "loss": 0.5},
                                                                          {"step": 20, "loss": 0.25}])
     np.testing.assert_array_equal(spec["perm"], np.arange(4))
+    # the torn tail is cut off; records are read back by offset, and appends go on after them
+    assert again.read_job_records("job-1", seen[1][0], 1) == [{"step": 20, "loss": 0.25}]
+    [off] = again.append_job_records("job-1", [{"step": 40, "loss": 0.0625}])
+    assert again.read_job_records("job-1", seen[0][0], 3)[2] == {"step": 40, "loss": 0.0625}
+    assert again.read_job_records("job-1", off, 1) == [{"step": 40, "loss": 0.0625}]
 
 
 def test_default_state_dir_under_jupyter_data_dir(monkeypatch, tmp_path):
