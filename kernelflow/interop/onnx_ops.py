@@ -512,6 +512,7 @@ NO_ONNX: dict[str, str] = {
                                           "random_shuffle", "random_uniform", "random_uniform_like")},
     "lstm_cell_grad": _GRAD,
     "lstm_sequence_grad": _GRAD,
+    "gru_sequence_grad": _GRAD,
     "loop_grad": _GRAD,
     "gather_tree": "beam-search backtracking: no ONNX op; would be a Loop over the steps (not written)",
     "group": "yields no value: it only orders other ops (control edges are not exported)",
