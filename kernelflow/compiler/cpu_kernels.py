@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..graph.ops import conv as C
+from ..graph.ops import nn as N
 from ..graph.ops import training as T
 from ..kernels.registry import KernelEntry, get_kernel
 from .numba_backend import digest
@@ -189,6 +190,58 @@ def adam(var, m, v, g, lr_t, b1, c1, b2, c2, eps):
         m[k] = mk
         v[k] = vk
         var[k] -= (mk / (np.sqrt(vk) + eps)) * lr_t
+
+
+@numba.njit(**JIT)
+def softmax_xent(z, labels, loss):
+    # loss[i] = -(z[i, y] - max - log(sum(exp(z[i] - max)))); returns the first bad label's row, else -1
+    n, c = z.shape
+    for i in range(n):
+        y = labels[i]
+        if y < 0 or y >= c:
+            return i
+    for i in prange(n):
+        m = z[i, 0]
+        for j in range(1, c):
+            x = z[i, j]
+            if m == m and (x > m or x != x):
+                m = x
+        acc = 0.0
+        for j in range(c):
+            acc += np.exp(z[i, j] - m)
+        loss[i] = acc  # rounded to z's dtype, as numpy's sum gives it
+        lse = np.log(loss[i])
+        loss[i] = -((z[i, labels[i]] - m) - lse)
+    return -1
+
+
+@numba.njit(**JIT)
+def softmax_xent_grad(g, z, labels, dz):
+    # dz[i] = (softmax(z[i]) - onehot(y[i])) * g[i]; returns the first bad label's row, else -1
+    n, c = z.shape
+    for i in range(n):
+        y = labels[i]
+        if y < 0 or y >= c:
+            return i
+    for i in prange(n):
+        m = z[i, 0]
+        for j in range(1, c):
+            x = z[i, j]
+            if m == m and (x > m or x != x):
+                m = x
+        acc = 0.0
+        for j in range(c):
+            acc += np.exp(z[i, j] - m)
+        dz[i, 0] = acc  # rounded to z's dtype, as numpy's sum gives it
+        lse = np.log(dz[i, 0])
+        gi = g[i]
+        y = labels[i]
+        for j in range(c):
+            dz[i, j] = np.exp((z[i, j] - m) - lse)
+            if j == y:
+                dz[i, j] -= 1
+            dz[i, j] *= gi
+    return -1
 '''
 
 PARALLEL_MIN = 1 << 15
@@ -256,6 +309,27 @@ def _call(mod: _Module, name: str, args: tuple, size: int) -> bool:
         mod.cache.recompile(src, args)
         return False
     return True
+
+
+def _xent_rows(logits: Any, labels: Any) -> tuple | None:
+    """(logits as rows x classes, labels as one row each) when the compiled kernels take them, else None."""
+    if not (_fits(logits) and isinstance(labels, np.ndarray) and labels.dtype.kind in "iu"
+            and logits.ndim >= 1 and logits.shape[:-1] == labels.shape and logits.shape[-1] > 0
+            and logits.flags.c_contiguous and labels.flags.c_contiguous):
+        return None
+    return logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+
+
+def _call_checked(mod: _Module, name: str, args: tuple, size: int) -> bool:
+    """`_call` of a kernel that returns -1, or the row of a bad label (then the numpy kernel runs and raises)."""
+    fn, src = mod.get(name, args, size)
+    if fn is None:
+        return False
+    try:
+        return fn(*args) < 0
+    except TypeError:
+        mod.cache.recompile(src, args)
+        return False
 
 
 def overrides(cache: Any, threads: int) -> dict:
@@ -338,6 +412,25 @@ def overrides(cache: Any, threads: int) -> dict:
                 return dx
         return fallback(C.conv2d_backprop_input_op)(xp, dy, filters, x_like, strides, padding, dilations)
 
+    def softmax_cross_entropy(xp: Any, logits: Any, labels: Any) -> Any:
+        rows = _xent_rows(logits, labels)
+        if rows is not None:
+            z, y = rows
+            loss = np.empty(z.shape[0], logits.dtype)
+            if _call_checked(mod, "softmax_xent", (z, y, loss), z.size):
+                return loss.reshape(labels.shape)
+        return fallback(N.softmax_cross_entropy_op)(xp, logits, labels)
+
+    def softmax_cross_entropy_grad(xp: Any, g: Any, logits: Any, labels: Any) -> Any:
+        rows = _xent_rows(logits, labels)
+        if rows is not None and isinstance(g, np.ndarray) and g.dtype == logits.dtype \
+                and g.shape == labels.shape + (1,):
+            z, y = rows
+            dz = np.empty(z.shape, logits.dtype)
+            if _call_checked(mod, "softmax_xent_grad", (g.reshape(-1), z, y, dz), z.size):
+                return dz.reshape(logits.shape)
+        return fallback(N.softmax_cross_entropy_grad_op)(xp, g, logits, labels)
+
     def apply_adam(ctx: Any, xp: Any, var: Any, m: Any, v: Any, grad: Any, lr_t: Any, beta1: float, beta2: float,
                    epsilon: float) -> Any:
         ins = ctx.node.inputs
@@ -354,7 +447,9 @@ def overrides(cache: Any, threads: int) -> dict:
     entries = {C.max_pool2d_op: max_pool2d, C.max_pool2d_grad_op: max_pool2d_grad, C.avg_pool2d_op: avg_pool2d,
                C.avg_pool2d_grad_op: avg_pool2d_grad, C.conv2d_op: conv2d,
                C.conv2d_backprop_filter_op: conv2d_backprop_filter,
-               C.conv2d_backprop_input_op: conv2d_backprop_input}
+               C.conv2d_backprop_input_op: conv2d_backprop_input,
+               N.softmax_cross_entropy_op: softmax_cross_entropy,
+               N.softmax_cross_entropy_grad_op: softmax_cross_entropy_grad}
     out = {op: KernelEntry(fn) for op, fn in entries.items()}
     out[T.apply_adam_op] = KernelEntry(apply_adam, needs_ctx=True)
     return out

@@ -41,7 +41,8 @@ REUSE_MIN = 1 << 18
 
 FUSE_MIN = 4096
 """Elements below which a group runs its numpy kernels: a kernel call's fixed cost (shape checks,
-numba dispatch) exceeds what fusing saves on tiny arrays. ``$KERNELFLOW_FUSE_MIN_ELEMENTS`` overrides."""
+numba dispatch) exceeds what fusing saves on tiny arrays. ``$KERNELFLOW_FUSE_MIN_ELEMENTS`` overrides.
+One-element groups of 3 ops or more are compiled regardless."""
 
 
 def fuse_min_from_env() -> int:
@@ -58,7 +59,9 @@ def _body(program: Program, scalars: tuple[bool, ...], index: str, indent: str) 
     lines = []
     used = {a[1] for ins in program.instrs for a in ins.args if a[0] == "in"}
     for k in sorted(used):
-        if not scalars[k]:  # scalars are loaded once, before the loops (see `_preamble`)
+        if scalars[k] == "r":  # a row vector broadcast over the rows of a "2d" loop
+            lines.append(f"{indent}x{k} = a{k}[j]")
+        elif not scalars[k]:  # scalars are loaded once, before the loops (see `_preamble`)
             lines.append(f"{indent}x{k} = a{k}[{index}]")
     for j, ins in enumerate(program.instrs):
         args = []
@@ -75,7 +78,7 @@ def _body(program: Program, scalars: tuple[bool, ...], index: str, indent: str) 
 
 def _preamble(program: Program, scalars: tuple[bool, ...]) -> list[str]:
     used = {a[1] for ins in program.instrs for a in ins.args if a[0] == "in"}
-    return [f"    x{k} = a{k}[0]" for k in sorted(used) if scalars[k]]
+    return [f"    x{k} = a{k}[0]" for k in sorted(used) if scalars[k] is True]
 
 
 def _const_dtype(ins: Any, pos: int) -> str:
@@ -89,7 +92,8 @@ def source(program: Program, mode: str, scalars: tuple[bool, ...], parallel: boo
         program: what the fused node computes.
         mode: "flat" (1-D elementwise), "2d" (rows x cols elementwise), "all" (sum of everything),
             "rows" (sum of each row), "cols" (sum of each column).
-        scalars: per external input, whether it is passed as a 1-element array.
+        scalars: per external input, True when it is passed as a 1-element array, "r" when (mode
+            "2d") it is a row vector of ``nc`` elements broadcast over the rows, else False.
         parallel: ``prange`` over the outer loop (numba ``parallel=True``).
     """
     n = len(program.in_dtypes)
@@ -304,6 +308,32 @@ def _reduced_axes(program: Program, shape: tuple, like: Any) -> tuple[tuple, tup
     return axes, out
 
 
+def _as_one(a: np.ndarray) -> np.ndarray:
+    return a.reshape(1)
+
+
+def _as_row(a: np.ndarray) -> np.ndarray:
+    return a.reshape(-1)
+
+
+class _Broadcast:
+    """An input as rows x columns of the iteration shape; a broadcast view is kept while the
+    same array comes again (a bias: the variable's storage, updated in place)."""
+
+    def __init__(self, shape: tuple, rc: tuple):
+        self.shape, self.rc = shape, rc
+        self.last: Any = None
+        self.view: Any = None
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        if a.shape == self.shape:
+            return a.reshape(self.rc)
+        if a is not self.last:
+            self.view = np.broadcast_to(a, self.shape).reshape(self.rc)
+            self.last = a
+        return self.view
+
+
 class FusedKernel:
     """The callable of one fused node on the CPU: picks a variant per call, runs unfused until it is compiled.
 
@@ -322,6 +352,7 @@ class FusedKernel:
         self.fused_calls = 0
         self.unfused_calls = 0
         self._last: Any = None
+        self._replays: dict[tuple, Callable] = {}
 
     def _variant(self, mode: str, scalars: tuple, par: bool) -> tuple[str, str]:
         key = (mode, scalars, par)
@@ -332,24 +363,43 @@ class FusedKernel:
         return v
 
     def __call__(self, *ins: Any) -> Any:
+        # Fast path: a call whose inputs have the shapes, strides and dtypes of an earlier call
+        # replays what that call worked out (a run's fused nodes see the same signature each step).
+        try:
+            key = tuple([(a.shape, a.strides, a.dtype) for a in ins])
+        except AttributeError:  # a Python scalar
+            key = None
+        else:
+            replay = self._replays.get(key)
+            if replay is not None:
+                out = replay(ins)
+                if out is not None:
+                    return out
+        return self._call(ins, key)
+
+    def _call(self, ins: tuple, key: tuple | None) -> Any:
         prog = self.program
         like = ins[prog.like_input] if prog.like_input is not None else None
         arrs = [np.asarray(a) for a in ins]
         shape = np.broadcast_shapes(*[a.shape for k, a in enumerate(arrs) if k != prog.like_input])
         size = math.prod(shape)
-        if size == 0 or size < self.min_elements:
+        # One-element groups (a learning rate's schedule, a mean's gradient scale) are compiled
+        # whatever the threshold: a kernel call (~3 us) is cheaper than one numpy call per member.
+        if size == 0 or size < self.min_elements and (size != 1 or len(prog.instrs) < 3):
+            if key is not None:
+                self._replays[key] = self._unfused
             return self._unfused(ins)
         par = self.parallel_ok and size >= PARALLEL_MIN
         scalars = tuple(a.size == 1 and k != prog.like_input for k, a in enumerate(arrs))
         if prog.reduce is None:
-            return self._elementwise(ins, arrs, shape, size, scalars, par)
+            return self._elementwise(ins, arrs, shape, size, scalars, par, key)
         red = _reduced_axes(prog, shape, like)
         axes, out_shape = red
         nd = len(shape)
         if not axes:
             if prog.reduce[0].name != "sum_to":
                 return self._unfused(ins)
-            out = self._elementwise(ins, arrs, shape, size, scalars, par)
+            out = self._elementwise(ins, arrs, shape, size, scalars, par, None)
             return out.reshape(out_shape)
         if len(axes) == nd:
             mode, nr, nc = "all", 1, size
@@ -379,23 +429,25 @@ class FusedKernel:
         self.fused_calls += 1
         return res.astype(prog.out_dtype).reshape(out_shape)
 
-    def _elementwise(self, ins: tuple, arrs: list, shape: tuple, size: int, scalars: tuple, par: bool) -> Any:
+    def _elementwise(self, ins: tuple, arrs: list, shape: tuple, size: int, scalars: tuple, par: bool,
+                     key: tuple | None) -> Any:
         prog = self.program
-        out = self._last
-        # Reuse the previous call's output when nothing but this kernel holds it any more (no
-        # caller, consumer or view): big fresh arrays cost page faults on every run.
-        if out is None or out.shape != shape or sys.getrefcount(out) > 3:  # self._last, out, the argument
-            out = np.empty(shape, prog.out_dtype)
-        self._last = out if size >= REUSE_MIN else None
         flat = all(s or k == prog.like_input or (a.shape == shape and a.flags.c_contiguous)
                    for k, (a, s) in enumerate(zip(arrs, scalars)))
         if flat or len(shape) < 2:
-            mode = "flat"
-            call = (out.reshape(-1), size, *self._args(arrs, shape, scalars, None))
+            mode, rc = "flat", None
+            call = (size, *self._args(arrs, shape, scalars, None))
         else:
             mode = "2d"
-            nr, nc = math.prod(shape[:-1]), shape[-1]
-            call = (out.reshape(nr, nc), nr, nc, *self._args(arrs, shape, scalars, (nr, nc)))
+            rc = (math.prod(shape[:-1]), shape[-1])
+            # Row vectors (a bias) are indexed [j] in one contiguous array, not through a
+            # broadcast view: the inner loop then reads contiguous memory only and vectorises.
+            scalars = tuple("r" if not s and k != prog.like_input and a.ndim >= 1 and a.shape[-1] == rc[1]
+                            and a.size == rc[1] and a.flags.c_contiguous else s
+                            for k, (a, s) in enumerate(zip(arrs, scalars)))
+            call = (*rc, *self._args(arrs, shape, scalars, rc))
+        out = self._output(shape, size)
+        call = (out.reshape(-1 if rc is None else rc), *call)
         fn, src = self._kernel(mode, scalars, par, call)
         if fn is None:
             return self._unfused(ins)
@@ -405,12 +457,55 @@ class FusedKernel:
             self.cache.recompile(src, call)
             return self._unfused(ins)
         self.fused_calls += 1
+        if key is not None and all(isinstance(a, np.ndarray) for a in ins):
+            self._replays[key] = self._replay(fn, shape, size, rc, scalars, call[len(call) - len(ins):])
         return out
+
+    def _output(self, shape: tuple, size: int) -> np.ndarray:
+        out = self._last
+        # Reuse the previous call's output when nothing but this kernel holds it any more (no
+        # caller, consumer or view): big fresh arrays cost page faults on every run.
+        if out is None or out.shape != shape or sys.getrefcount(out) > 3:  # self._last, out, the argument
+            out = np.empty(shape, self.program.out_dtype)
+        self._last = out if size >= REUSE_MIN else None
+        return out
+
+    def _replay(self, fn: Callable, shape: tuple, size: int, rc: tuple | None, scalars: tuple,
+                args: tuple) -> Callable:
+        """What an elementwise call with this signature does again, without working it out: each
+        input's conversion (``args``: the converted inputs of the first call), then the kernel
+        (None when the kernel rejects the types)."""
+        prog = self.program
+        convs: list[Callable] = []
+        for k, arg in enumerate(args):
+            if k == prog.like_input:
+                convs.append(lambda a, d=arg: d)  # a dummy: only sum_to's target shape is read
+            elif scalars[k] == "r":
+                convs.append(_as_row)
+            elif scalars[k]:
+                convs.append(_as_one)
+            else:
+                convs.append(_Broadcast(shape, (size,) if rc is None else rc))
+        head = (size,) if rc is None else rc
+        out_shape = -1 if rc is None else rc
+
+        def replay(ins: tuple) -> Any:
+            out = self._output(shape, size)
+            try:
+                fn(out.reshape(out_shape), *head, *[c(a) for c, a in zip(convs, ins)])
+            except TypeError:
+                return None  # the full path compiles the new types
+            self.fused_calls += 1
+            return out
+
+        return replay
 
     def _args(self, arrs: list, shape: tuple, scalars: tuple, rc: tuple | None) -> list:
         out = []
         for k, (a, s) in enumerate(zip(arrs, scalars)):
-            if k == self.program.like_input or s:
+            if s == "r":
+                out.append(a.reshape(-1))
+            elif k == self.program.like_input or s:
                 out.append(a.reshape(1) if s else np.zeros(1, a.dtype if a.dtype.kind in "fb" else np.float64))
             elif rc is None:
                 out.append(a.reshape(-1) if a.shape == shape else np.broadcast_to(a, shape).reshape(-1))
