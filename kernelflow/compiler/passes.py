@@ -20,6 +20,7 @@ import numpy as np
 
 from ..graph.ir import Tensor, Variable
 from ..graph.ops import elementwise as E
+from ..graph.ops import movement as M
 from ..graph.ops import reduce as R
 from ..graph.ops import state as S
 from ..kernels.registry import get_kernel
@@ -127,6 +128,10 @@ class Rewriter:
         op = n.op
         if not n.inputs or op.stateful or op.mutates or n.control_inputs or n.dtype is None:
             return None
+        if op is M.size_op and _static(n.inputs[0].shape):  # known from the static shape alone
+            self.stats["folded"] += 1
+            value = np.array(int(np.prod(n.inputs[0].shape, dtype=np.int64)), dtype=n.dtype)
+            return rebuild(n, (), (), op=S.constant_op, attrs={"value": value})
         values = [_const_value(i) for i in n.inputs]
         if any(v is None for v in values):
             return None
