@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from ..graph.ops import conv as C
+from ..graph.ops import elementwise as E
 from ..graph.ops import nn as N
+from ..graph.ops import reduce as R
 from ..graph.ops import training as T
 from ..kernels.registry import KernelEntry, get_kernel
 from .numba_backend import digest
@@ -242,6 +244,34 @@ def softmax_xent_grad(g, z, labels, dz):
                 dz[i, j] -= 1
             dz[i, j] *= gi
     return -1
+
+
+@numba.njit(**JIT)
+def relu_grad(g, out, dx):
+    # numpy's g * (out > 0): the zero keeps its sign and inf/NaN gradients give NaN
+    for k in prange(g.shape[0]):
+        dx[k] = g[k] if out[k] > 0 else g[k] * 0
+
+
+@numba.njit(**JIT)
+def relu_grad_2d(g, out, dx):
+    # the same over rows x columns of any layout (a gradient from matmul's swapped form is column-major)
+    n, c = dx.shape
+    for i in prange(n):
+        for j in range(c):
+            dx[i, j] = g[i, j] if out[i, j] > 0 else g[i, j] * 0
+
+
+@numba.njit(**JIT)
+def sum_rows(x, out):
+    # out[j] = sum over i of x[i, j] (a bias gradient), accumulated in float64 and rounded once
+    n, c = x.shape
+    acc = np.zeros(c)
+    for i in range(n):
+        for j in range(c):
+            acc[j] += x[i, j]
+    for j in range(c):
+        out[j] = acc[j]
 '''
 
 PARALLEL_MIN = 1 << 15
@@ -431,6 +461,26 @@ def overrides(cache: Any, threads: int) -> dict:
                 return dz.reshape(logits.shape)
         return fallback(N.softmax_cross_entropy_grad_op)(xp, g, logits, labels)
 
+    def relu_grad(xp: Any, g: Any, out: Any) -> Any:
+        if _fits(g, out) and g.shape == out.shape:
+            dx = np.empty(g.shape, g.dtype)
+            if g.flags.c_contiguous and out.flags.c_contiguous:
+                if _call(mod, "relu_grad", (g.reshape(-1), out.reshape(-1), dx.reshape(-1)), g.size):
+                    return dx
+            elif g.ndim == 2 and _call(mod, "relu_grad_2d", (g, out, dx), g.size):
+                return dx
+        return fallback(E.relu_grad_op)(xp, g, out)
+
+    def sum_to(xp: Any, x: Any, like: Any) -> Any:
+        # The leading-axes sums (bias gradients); other shapes go to the numpy kernel.
+        k = x.ndim - like.ndim
+        if k > 0 and x.shape[k:] == like.shape and _fits(x) and x.flags.c_contiguous and x.size:
+            out = np.empty(like.shape, x.dtype)
+            rows = x.reshape(-1, out.size)
+            if _call(mod, "sum_rows", (rows, out.reshape(-1)), x.size):
+                return out
+        return fallback(R.sum_to_op)(xp, x, like)
+
     def apply_adam(ctx: Any, xp: Any, var: Any, m: Any, v: Any, grad: Any, lr_t: Any, beta1: float, beta2: float,
                    epsilon: float) -> Any:
         ins = ctx.node.inputs
@@ -449,7 +499,8 @@ def overrides(cache: Any, threads: int) -> dict:
                C.conv2d_backprop_filter_op: conv2d_backprop_filter,
                C.conv2d_backprop_input_op: conv2d_backprop_input,
                N.softmax_cross_entropy_op: softmax_cross_entropy,
-               N.softmax_cross_entropy_grad_op: softmax_cross_entropy_grad}
+               N.softmax_cross_entropy_grad_op: softmax_cross_entropy_grad,
+               E.relu_grad_op: relu_grad, R.sum_to_op: sum_to}
     out = {op: KernelEntry(fn) for op, fn in entries.items()}
     out[T.apply_adam_op] = KernelEntry(apply_adam, needs_ctx=True)
     return out
