@@ -1,4 +1,5 @@
-"""Compiled CPU conv/pool/Adam kernels equal the registered numpy kernels and float64 references."""
+"""Compiled CPU kernels (conv, pool, Adam, softmax cross-entropy, ReLU gradient, bias sums) equal the
+registered numpy kernels and float64 references."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import pytest
 
 from kernelflow.compiler.cpu_kernels import overrides
 from kernelflow.graph.ops import conv as C
+from kernelflow.graph.ops import elementwise as E
+from kernelflow.graph.ops import nn as N
+from kernelflow.graph.ops import reduce as R
 from kernelflow.kernels.registry import get_kernel
 
 pytest.importorskip("numba")
@@ -119,3 +123,68 @@ def test_adam_update_equals_numpy_kernel_over_steps(rng):
         rt.close()
     assert not np.array_equal(results["off"], w0)
     np.testing.assert_allclose(results["sync"], results["off"], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softmax_cross_entropy_and_gradient_match_numpy_and_float64(ov, rng, dtype):
+    z = (rng.standard_normal((4, 3, 7)) * 4).astype(dtype)
+    y = rng.integers(0, 7, (4, 3))
+    z[0, 0, 2] = np.nan  # a NaN logit makes its row's loss NaN, as numpy's max does
+    got = _call(ov[N.softmax_cross_entropy_op], z, y)
+    ref = _ref(N.softmax_cross_entropy_op)(np, z, y)
+    assert got.dtype == z.dtype and got.shape == y.shape
+    assert np.isnan(got[0, 0]) and np.isnan(ref[0, 0])
+    z64 = z.astype(np.float64)
+    lse = np.log(np.exp(z64 - z64.max(-1, keepdims=True)).sum(-1)) + z64.max(-1)
+    exact = lse - np.take_along_axis(z64, y[..., None], -1)[..., 0]
+    tol = 2e-6 if dtype == "float32" else 1e-13
+    np.testing.assert_allclose(got[1:], exact[1:], rtol=tol, atol=tol)
+    np.testing.assert_allclose(got[1:], ref[1:], rtol=tol, atol=tol)
+    g = rng.standard_normal((4, 3, 1)).astype(dtype)
+    dz = _call(ov[N.softmax_cross_entropy_grad_op], g, z, y)
+    p = np.exp(z64 - lse[..., None]) - (y[..., None] == np.arange(7))
+    np.testing.assert_allclose(dz[1:], (p * g)[1:], rtol=tol, atol=tol)
+    np.testing.assert_allclose(dz[1:], _ref(N.softmax_cross_entropy_grad_op)(np, g, z, y)[1:], rtol=tol, atol=tol)
+    # a broadcast gradient (a mean's: one value per row, as a stride-0 view) takes the same path
+    gb = np.broadcast_to(np.float32(0.25).astype(dtype), (4, 3))[..., None]
+    np.testing.assert_allclose(_call(ov[N.softmax_cross_entropy_grad_op], gb, z, y)[1:], (p * 0.25)[1:],
+                               rtol=tol, atol=tol)
+
+
+def test_softmax_cross_entropy_bad_label_raises_the_numpy_kernels_error(ov, rng):
+    from kernelflow.errors import InvalidArgumentError
+
+    z = rng.standard_normal((3, 5)).astype(np.float32)
+    for op, args in ((N.softmax_cross_entropy_op, (z, np.array([0, 5, 1]))),
+                     (N.softmax_cross_entropy_grad_op, (np.ones((3, 1), np.float32), z, np.array([0, -1, 1])))):
+        with pytest.raises(InvalidArgumentError, match=r"labels must be in \[0, 5\)"):
+            _call(ov[op], *args)
+
+
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_relu_grad_matches_numpy_with_signed_zeros_and_nan(ov, rng, layout):
+    g = rng.standard_normal((6, 300)).astype(np.float32)
+    out = np.maximum(rng.standard_normal((6, 300)).astype(np.float32), 0)
+    g[0, :3] = (np.inf, np.nan, -2.0)
+    out[0, :3] = 0.0
+    if layout == "F":  # what matmul's swapped form hands on
+        g = np.asfortranarray(g)
+    got = _call(ov[E.relu_grad_op], g, out)
+    with np.errstate(invalid="ignore"):
+        ref = _ref(E.relu_grad_op)(np, g, out)
+    np.testing.assert_array_equal(got, ref)
+    assert np.signbit(got[0, 2]) and np.isnan(got[0, 0]) and np.isnan(got[0, 1])
+    np.testing.assert_array_equal(got[1:], np.where(out[1:] > 0, g[1:], 0))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sum_to_of_leading_axes_matches_float64_sum(ov, rng, dtype):
+    x = rng.standard_normal((5, 64, 33)).astype(dtype)
+    got = _call(ov[R.sum_to_op], x, np.zeros((33,)))
+    exact = x.astype(np.float64).sum(axis=(0, 1))
+    assert got.dtype == x.dtype and got.shape == (33,)
+    np.testing.assert_allclose(got, exact, rtol=1e-6 if dtype == "float32" else 1e-13, atol=1e-5)
+    np.testing.assert_allclose(got, _ref(R.sum_to_op)(np, x, np.zeros((33,))), rtol=1e-5, atol=1e-4)
+    # a target with a kept dim of 1 is the numpy kernel's case
+    kept = _call(ov[R.sum_to_op], x, np.zeros((64, 1)))
+    np.testing.assert_array_equal(kept, _ref(R.sum_to_op)(np, x, np.zeros((64, 1))))

@@ -229,3 +229,42 @@ def test_big_output_is_reused_only_when_nobody_holds_it(kcache, graph):
     third = fk(xv, two)  # nobody holds the last output: its buffer is reused
     assert third.__array_interface__["data"][0] == addr
     np.testing.assert_allclose(third, np.exp(xv) * 2, rtol=1e-6)
+
+
+def test_replayed_calls_follow_new_values_shapes_and_a_rebound_bias(kcache, graph, rng):
+    x = graph.placeholder((None, 300), "float32", name="x")
+    b = graph.placeholder((300,), "float32", name="b")
+    _, made = _fused([kf.relu(x * 2.0 + b)], [x, b])
+    node = made[0]
+    fk = FusedKernel(node.op.program, kcache, threads=1)
+    two = node.inputs[1].attrs["value"]
+
+    def ref(xv, bv):
+        return np.maximum(xv * 2 + bv, 0)
+
+    bias = rng.standard_normal(300).astype(np.float32)
+    for rows in (32, 32, 20, 32):  # the second call replays the first's signature; 20 rows is a new one
+        xv = rng.standard_normal((rows, 300)).astype(np.float32)
+        np.testing.assert_allclose(fk(xv, two, bias), ref(xv, bias), rtol=1e-6)
+    bias += 1.0  # updated in place (a variable's storage): the kept row view sees it
+    np.testing.assert_allclose(fk(xv, two, bias), ref(xv, bias), rtol=1e-6)
+    other = rng.standard_normal(300).astype(np.float32)  # another array with the same signature
+    np.testing.assert_allclose(fk(xv, two, other), ref(xv, other), rtol=1e-6)
+    assert fk.fused_calls == 6 and fk.unfused_calls == 0 and len(fk._replays) == 2
+    xf = np.asfortranarray(xv)  # another layout: another signature (compiled for it on first sight)
+    for _ in range(3):
+        np.testing.assert_allclose(fk(xf, two, other), ref(xv, other), rtol=1e-6)
+    assert fk.fused_calls >= 8 and len(fk._replays) == 3
+    # the bias is read as a row vector ([j]), not through a broadcast view
+    assert any(key[0] == "2d" and "r" in key[1] for key in fk._sources)
+
+
+def test_one_element_group_of_three_ops_is_compiled_below_the_threshold(kcache, graph):
+    t = graph.placeholder((), "float64", name="t")
+    lr = kf.sqrt(1.0 - 0.999 ** (t + 1.0)) / (1.0 - 0.9 ** (t + 1.0)) * 0.001
+    _, made = _fused([lr], [t])
+    fk = FusedKernel(made[0].op.program, kcache, threads=1)  # the default threshold (4096)
+    args = [np.float64(4.0) if i.op.name == "placeholder" else i.attrs["value"] for i in made[0].inputs]
+    got = fk(*[np.asarray(a) for a in args])
+    assert fk.fused_calls == 1
+    np.testing.assert_allclose(got, np.sqrt(1 - 0.999 ** 5) / (1 - 0.9 ** 5) * 0.001, rtol=1e-14)

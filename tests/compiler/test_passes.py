@@ -128,3 +128,17 @@ def test_sum_to_removal_keeps_a_broadcasting_sum(graph):
     order, fed = plan_of([out], [x, y])
     rw = run_passes(order, fed, [out])
     assert any(n.op.name == "sum_to" for n in rw.order)
+
+
+def test_size_of_a_static_shape_folds_and_its_input_dies(graph):
+    x = graph.placeholder((None, 4), "float32", name="x")
+    s = kf.sum(x, axis=0)  # static shape (4,)
+    out = x * kf.cast(kf.size(s), "float32")
+    order, fed = plan_of([out], [x])
+    rw = run_passes(order, fed, [out])
+    ops = [n.op.name for n in rw.order]
+    assert "size" not in ops and "sum" not in ops
+    assert rw.stats["folded"] >= 1
+    dyn = kf.size(x)  # unknown batch: stays a run-time size
+    order, fed = plan_of([dyn], [x])
+    assert [n.op.name for n in run_passes(order, fed, [dyn]).order] == ["placeholder", "size"]

@@ -197,3 +197,23 @@ def test_einsum_gradient_of_int_operand_is_none(g):
     assert gm is None
     got = g.run(gx, {x: np.ones((3, 4)), m: np.arange(4)})
     np.testing.assert_array_equal(got, np.tile(np.arange(4.0), (3, 1)))
+
+
+@pytest.mark.parametrize("rows", [1, 32, 128, 129])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_matmul_with_a_transposed_weight_matches_float64(rows, dtype, rng):
+    # a @ W.T with few rows runs in the swapped form (W @ a.T).T on numpy: same values, any layout
+    from kernelflow.graph.ops import linalg as L
+    from kernelflow.kernels.registry import get_kernel
+
+    a = rng.standard_normal((rows, 256)).astype(dtype)
+    w = rng.standard_normal((384, 256)).astype(dtype)
+    got = get_kernel(L.matmul_op, "numpy").fn(np, a, w.T)
+    exact = a.astype(np.float64) @ w.T.astype(np.float64)
+    assert got.shape == (rows, 384) and got.dtype == a.dtype
+    swapped = 1 < rows <= 128  # the swapped form's result is column-major
+    assert got.flags.f_contiguous == swapped or rows == 1 and got.flags.c_contiguous
+    tol = 2e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(got, exact, rtol=tol, atol=tol * 16)
+    np.testing.assert_allclose(get_kernel(L.matmul_op, "numpy").fn(np, a, np.ascontiguousarray(w.T)), exact,
+                               rtol=tol, atol=tol * 16)
