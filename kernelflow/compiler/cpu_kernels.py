@@ -481,15 +481,22 @@ def overrides(cache: Any, threads: int) -> dict:
                 return out
         return fallback(R.sum_to_op)(xp, x, like)
 
+    consts: dict[tuple, tuple] = {}  # (dtype, beta1, beta2, epsilon) -> the kernel's constants in that dtype
+
     def apply_adam(ctx: Any, xp: Any, var: Any, m: Any, v: Any, grad: Any, lr_t: Any, beta1: float, beta2: float,
                    epsilon: float) -> Any:
         ins = ctx.node.inputs
-        var_s, m_s, v_s = (ctx.storage(ins[i]) for i in range(3))
-        if _fits(var_s, m_s, v_s, grad) and var_s.flags.c_contiguous and m_s.flags.c_contiguous \
-                and v_s.flags.c_contiguous and grad.shape == var_s.shape:
-            t = var_s.dtype.type
+        var_s, m_s, v_s = ctx.storage(ins[0]), ctx.storage(ins[1]), ctx.storage(ins[2])
+        t = var_s.dtype.type
+        if t in _FLOATS and m_s.dtype.type is t and v_s.dtype.type is t and isinstance(grad, np.ndarray) \
+                and grad.dtype.type is t and grad.shape == var_s.shape and var_s.flags.c_contiguous \
+                and m_s.flags.c_contiguous and v_s.flags.c_contiguous:
+            key = (t, beta1, beta2, epsilon)
+            c = consts.get(key)
+            if c is None:
+                c = consts[key] = (t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(epsilon))
             args = (var_s.reshape(-1), m_s.reshape(-1), v_s.reshape(-1), np.ascontiguousarray(grad).reshape(-1),
-                    t(lr_t), t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(epsilon))
+                    t(lr_t), *c)
             if _call(mod, "adam", args, var_s.size):
                 return var_s
         return get_kernel(T.apply_adam_op, "numpy").fn(ctx, xp, var, m, v, grad, lr_t, beta1, beta2, epsilon)
