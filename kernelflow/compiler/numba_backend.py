@@ -52,6 +52,9 @@ def fuse_min_from_env() -> int:
 
 _COLS_BLOCK = 256
 
+MAX_REPLAYS = 64
+"""Call signatures a fused kernel remembers (a training step has one; varying batch sizes add more)."""
+
 
 # --------------------------------------------------------------------------- source generation
 def _body(program: Program, scalars: tuple[bool, ...], index: str, indent: str) -> tuple[list[str], str]:
@@ -458,6 +461,8 @@ class FusedKernel:
             return self._unfused(ins)
         self.fused_calls += 1
         if key is not None and all(isinstance(a, np.ndarray) for a in ins):
+            if len(self._replays) >= MAX_REPLAYS:  # shapes that keep changing: start over
+                self._replays.clear()
             self._replays[key] = self._replay(fn, shape, size, rc, scalars, call[len(call) - len(ins):])
         return out
 
