@@ -100,14 +100,16 @@ class SubRunner:
         plan: the sub-graph's plan (constants hoisted).
     """
 
-    __slots__ = ("plan",)
+    __slots__ = ("plan", "steps")
 
     def __init__(self, plan: Plan):
         self.plan = plan
+        self.steps = [(fn, ins, out, free or None) for fn, ins, out, free in plan.steps]  # None: nothing to free
 
     def __call__(self, values: Sequence[Any]) -> list:
         """The output values for input values ``values`` (device arrays, as the kernels made them)."""
-        return self.bind()(values)
+        plan = self.plan
+        return _kernels(plan, self.steps, plan.template, plan.feed_slots, current_run() or _UNTRACKED)(values)
 
     def bind(self, fixed: Sequence[Any] = (), start: int | None = None) -> Run:
         """``run(other input values) -> output values``, with inputs ``start, start + 1, ...`` fixed to
@@ -127,7 +129,7 @@ class SubRunner:
             run = _one_kernel(plan, base, heads, ctl)
             if run is not None:
                 return run
-        return _kernels(plan, base, heads, ctl)
+        return _kernels(plan, self.steps, base, heads, ctl)
 
 
 class _Untracked:
@@ -141,9 +143,8 @@ class _Untracked:
 _UNTRACKED = _Untracked()
 
 
-def _kernels(plan: Plan, base: list, heads: list[int], ctl: Any) -> Run:
+def _kernels(plan: Plan, steps: list[tuple], base: list, heads: list[int], ctl: Any) -> Run:
     """The general lean run: `Plan.execute` without its per-call set-up."""
-    steps = [(fn, ins, out, free or None) for fn, ins, out, free in plan.steps]
     fetches = plan.fetch_slots
     one = fetches[0] if len(fetches) == 1 else None
 
