@@ -97,6 +97,18 @@ def test_loop_without_kernels_runs_its_trip_count(g, paths):
     assert paths[:2] == ["_kernels", "_kernels"]
 
 
+@pytest.mark.parametrize("draw", [lambda g: lambda x: kf.random_uniform(like=x, dtype="float64"),
+                                  lambda g: lambda x: kf.random_uniform((4,), dtype="float64", graph=x.graph)],
+                         ids=["like the carry", "no inputs"])
+def test_random_body_of_one_kernel_draws_at_every_run(g, paths, draw):
+    """The one-kernel path with a kernel that needs its context (an RNG), of one input and of none."""
+    x = kf.while_loop(lambda x: True, draw(g), [g.constant(np.zeros(4))], maximum_iterations=2)[0]
+    a, b = g.run(x), g.run(x)
+    assert np.all((a >= 0.0) & (a < 1.0)) and np.all((b >= 0.0) & (b < 1.0))
+    assert not np.array_equal(a, b)  # the kernel ran again: nothing was evaluated once and kept
+    assert paths[1::2] == ["_one_kernel", "_one_kernel"]
+
+
 @pytest.mark.parametrize("body", [lambda m: lambda x: x @ m, lambda m: lambda x: (x @ m) + 1.0],
                          ids=["one kernel", "general"])
 def test_failing_body_kernel_is_named_with_its_inputs_and_changes_nothing(g, body):
