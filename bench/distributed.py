@@ -38,6 +38,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,21 @@ def _start(ranks: int, threads: int, tmp: Path, extra: tuple[str, ...] = ()) -> 
             break
     p.terminate()
     raise RuntimeError("server did not start")
+
+
+@contextmanager
+def _runtime(ranks: int, threads: int, tmp: Path, extra: tuple[str, ...] = ()) -> Iterator[Any]:
+    """A client of a fresh `_start` world; the world is terminated on exit."""
+    import kernelflow as kf
+
+    p, url = _start(ranks, threads, tmp, extra)
+    try:
+        rt = kf.connect(url, token=TOKEN, timeout=600)
+        yield rt
+        rt.close()
+    finally:
+        p.terminate()
+        p.wait(timeout=60)
 
 
 def _mlp(rt: Any, name: str) -> tuple[Any, dict, Any]:
@@ -133,7 +150,6 @@ def _job(rt: Any, model: str, steps: int, replicas: str | None, k: int) -> dict:
 
 
 def bench_train(args: argparse.Namespace) -> dict:
-    import kernelflow as kf
 
     setups = [("1 process, 2 threads", 0, 2, None), ("1 process, 1 thread", 0, 1, None),
               ("2 ranks x 1 thread", 2, 1, "all")]
@@ -141,17 +157,11 @@ def bench_train(args: argparse.Namespace) -> dict:
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"kf-bench-dist-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
     for label, ranks, threads, replicas in setups:
-        p, url = _start(ranks, threads, tmp)
-        try:
-            rt = kf.connect(url, token=TOKEN, timeout=600)
+        with _runtime(ranks, threads, tmp) as rt:
             for model in args.models:
                 runs = [_job(rt, model, args.steps, replicas, k) for k in range(args.rounds)]
                 out.setdefault(model, {})[label] = runs
                 print(f"  {model} / {label}: {[round(r['steps_per_s'], 1) for r in runs]} steps/s", flush=True)
-            rt.close()
-        finally:
-            p.terminate()
-            p.wait(timeout=60)
     return out
 
 
@@ -178,24 +188,17 @@ def report_train(res: dict) -> None:
 
 # --------------------------------------------------------------------------- part 3: overlap
 def bench_overlap(args: argparse.Namespace) -> dict:
-    import kernelflow as kf
 
     out: dict[str, dict] = {}
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"kf-bench-overlap-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
     for fb in [16 << 20, *[f for f in args.fusion if f != 16 << 20]]:
-        p, url = _start(2, 1, tmp, ("--fusion-bytes", str(fb)))
-        try:
-            rt = kf.connect(url, token=TOKEN, timeout=600)
+        with _runtime(2, 1, tmp, ("--fusion-bytes", str(fb))) as rt:
             for model in args.models:
                 _job(rt, model, 10, "all", 99)  # warm-up: plans, compiled kernels (the first server fills the cache)
                 runs = [_job(rt, model, args.steps, "all", k) for k in range(args.rounds)]
                 out.setdefault(model, {})[fb] = runs
                 print(f"  {model} / fusion {fb} B: {[round(r['steps_per_s'], 1) for r in runs]} steps/s", flush=True)
-            rt.close()
-        finally:
-            p.terminate()
-            p.wait(timeout=60)
     return out
 
 

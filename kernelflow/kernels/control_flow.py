@@ -2,7 +2,8 @@
 
 They run their sub-graphs through ``ctx.subgraph(sub)``: a function of the sub-graph's
 input values returning its output values, compiled once per plan by the executor with the
-same plan machinery and the node's device. A loop saves its per-iteration carries (device
+same plan machinery and the node's device; a loop ``bind``s its captured values once and calls
+the bound function with the per-iteration values (engine/subgraphs.py). A loop saves its per-iteration carries (device
 arrays, in a list: shapes may change) only when a ``loop_grad`` node of the same run
 consumes it; the saved list rides as the hidden last element of the loop's value.
 """
@@ -92,27 +93,30 @@ def case_kernel(ctx, xp, index, *args, branches, what):
 
 @kernel(cf.while_op, needs_ctx=True)
 def while_kernel(ctx, xp, max_iters, *args, cond, body, n_vars, saved_limit, checkpoint):
-    run_cond = ctx.subgraph(cond)
-    run_body = ctx.subgraph(body)
+    caps = args[n_vars:]
+    run_cond = ctx.subgraph(cond).bind(caps)
+    run_body = ctx.subgraph(body).bind(caps)
     vals = list(args[:n_vars])
-    caps = list(args[n_vars:])
     limit = int(max_iters)
     saver = _Saver(ctx, saved_limit, checkpoint) if _saves(ctx) else None
-    i = 0
-    while (limit < 0 or i < limit) and run_cond(vals + caps)[0]:
-        if saver is not None:
-            saver.add(i, vals)
-        vals = run_body(vals + caps)
-        i += 1
+    if limit < 0 and saver is None:  # the common loop, kept lean: each run_cond call checks cancellation
+        while run_cond(vals)[0]:
+            vals = run_body(vals)
+    else:
+        i = 0
+        while (limit < 0 or i < limit) and run_cond(vals)[0]:
+            if saver is not None:
+                saver.add(i, vals)
+            vals = run_body(vals)
+            i += 1
     return (*_fresh(vals, args), saver.saved if saver is not None else None)
 
 
 @kernel(cf.scan_op, needs_ctx=True)
 def scan_kernel(ctx, xp, *args, fn, n_carry, n_xs, length, reverse, saved_limit, checkpoint):
-    run = ctx.subgraph(fn)
     carry = list(args[:n_carry])
     xs = args[n_carry:n_carry + n_xs]
-    caps = list(args[n_carry + n_xs:])
+    run = ctx.subgraph(fn).bind(args[n_carry + n_xs:])
     steps = int(xs[0].shape[0]) if n_xs else int(length)
     for x in xs:
         if int(x.shape[0]) != steps:
@@ -125,7 +129,7 @@ def scan_kernel(ctx, xp, *args, fn, n_carry, n_xs, length, reverse, saved_limit,
         t = steps - 1 - k if reverse else k
         if saver is not None:
             saver.add(k, carry)
-        outs = run(carry + [x[t] for x in xs] + caps)
+        outs = run(carry + [x[t] for x in xs])
         carry = outs[:n_carry]
         for j in range(n_ys):
             ys[j].append(outs[n_carry + j])
@@ -147,12 +151,12 @@ def loop_grad_kernel(ctx, xp, fwd, *args, fn, fwd_fn, n_carry, float_carry, floa
     saved = fwd[-1]
     if saved is None:  # the forward loop ran in another plan: cannot happen within one run
         raise InvalidArgumentError(f"loop_grad '{ctx.node.name}': the forward loop saved nothing", node=ctx.node.name)
-    run = ctx.subgraph(fn)
     k_c, k_y, n_x = sum(float_carry), sum(float_ys), len(float_xs)
     ct_carry = list(args[:k_c])
     ct_ys = args[k_c:k_c + k_y]
     xs = args[k_c + k_y:k_c + k_y + n_x]
     caps = list(args[k_c + k_y + n_x:])
+    run = ctx.subgraph(fn).bind(caps, start=n_carry + n_x)  # inputs: carry, xs, caps, ct_carry, ct_ys
     fx = [i for i, f in enumerate(float_xs) if f]
     fk = [i for i, f in enumerate(float_caps) if f]
     ct_xs = [xp.zeros_like(xs[i]) for i in fx]
@@ -162,7 +166,7 @@ def loop_grad_kernel(ctx, xp, fwd, *args, fn, fwd_fn, n_carry, float_carry, floa
     def back(k: int, carry: list) -> None:  # the vjp of iteration k, from the carry it started with
         nonlocal ct_carry
         t = steps - 1 - k if reverse else k
-        outs = run(list(carry) + [x[t] for x in xs] + caps + ct_carry + [c[t] for c in ct_ys])
+        outs = run(list(carry) + [x[t] for x in xs] + ct_carry + [c[t] for c in ct_ys])
         ct_carry = outs[:k_c]
         for j in range(len(fx)):
             ct_xs[j][t] = outs[k_c + j]
@@ -172,14 +176,14 @@ def loop_grad_kernel(ctx, xp, fwd, *args, fn, fwd_fn, n_carry, float_carry, floa
 
     if isinstance(saved, Checkpoints):
         # Recompute each segment's carries forward from its checkpoint, then go back through it.
-        run_fwd = ctx.subgraph(fwd_fn)
+        run_fwd = ctx.subgraph(fwd_fn).bind(caps)
         stride = saved.stride
         for seg in reversed(range(len(saved.carries))):
             start = seg * stride
             carries = [saved.carries[seg]]
             for k in range(start, min(start + stride, steps) - 1):
                 t = steps - 1 - k if reverse else k
-                carries.append(run_fwd(list(carries[-1]) + [x[t] for x in xs] + caps)[:n_carry])
+                carries.append(run_fwd(list(carries[-1]) + [x[t] for x in xs])[:n_carry])
             for k in reversed(range(start, start + len(carries))):
                 back(k, carries[k - start])
     else:

@@ -101,15 +101,21 @@ def _seq_dims(op: str, x: Any, h0: Any, c0: Any, rk: Any, bias: Any, mask: tuple
         raise ShapeError(f"{op}: the last dim of x, recurrent_kernel and bias must be 4 * units; got "
                          f"x{format_shape(x.shape)}, recurrent_kernel{format_shape(rk.shape)}, "
                          f"bias{format_shape(bias.shape)}")
+    m = _sequence_mask(op, mask)
+    t = _dim(op, "the time dims (x, mask)", x.shape[0], *(m.shape[:1] if m is not None else ()))
+    b = _dim(op, "the batch dims (x, h0, c0, mask)", x.shape[1], h0.shape[0], c0.shape[0],
+             *(m.shape[1:] if m is not None else ()))
+    return t, b, None if u is None else int(u)
+
+
+def _sequence_mask(op: str, mask: tuple) -> Any:
+    """The optional (time, batch) bool mask of a sequence op, or None."""
     if len(mask) > 1:
         raise InvalidArgumentError(f"{op}: at most one mask; got {len(mask)}")
     m = mask[0] if mask else None
     if m is not None and (m.dtype != "bool" or m.ndim != 2):
         raise ShapeError(f"{op}: the mask must be a (time, batch) bool tensor; got {m}")
-    t = _dim(op, "the time dims (x, mask)", x.shape[0], *(m.shape[:1] if m is not None else ()))
-    b = _dim(op, "the batch dims (x, h0, c0, mask)", x.shape[1], h0.shape[0], c0.shape[0],
-             *(m.shape[1:] if m is not None else ()))
-    return t, b, None if u is None else int(u)
+    return m
 
 
 def _seq_parts(x: Any, h0: Any, c0: Any, rk: Any, bias: Any, *mask: Any) -> tuple:
@@ -204,11 +210,7 @@ def _gru_dims(op: str, x: Any, h0: Any, rk: Any, bias: Any, mask: tuple) -> tupl
     if u is not None and u != int(u):
         raise ShapeError(f"{op}: the last dim of x, recurrent_kernel and bias must be 3 * units; got "
                          f"x{format_shape(x.shape)}, recurrent_kernel{format_shape(rk.shape)}")
-    if len(mask) > 1:
-        raise InvalidArgumentError(f"{op}: at most one mask; got {len(mask)}")
-    m = mask[0] if mask else None
-    if m is not None and (m.dtype != "bool" or m.ndim != 2):
-        raise ShapeError(f"{op}: the mask must be a (time, batch) bool tensor; got {m}")
+    m = _sequence_mask(op, mask)
     t = _dim(op, "the time dims (x, mask)", x.shape[0], *(m.shape[:1] if m is not None else ()))
     b = _dim(op, "the batch dims (x, h0, mask)", x.shape[1], h0.shape[0], *(m.shape[1:] if m is not None else ()))
     return t, b, None if u is None else int(u)

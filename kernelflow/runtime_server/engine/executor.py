@@ -322,24 +322,33 @@ class Plan:
                 for f in free:
                     vals[f] = None
         except KernelflowError as e:
-            node = self.step_nodes[k]
+            self.step_error(e, k, vals)  # names the node on the error itself
+            raise
+        except Exception as e:  # a kernel failed: name the node and the input shapes
+            raise self.step_error(e, k, vals) from e
+        return [vals[s] for s in self.fetch_slots]
+
+    def step_error(self, e: Exception, k: int, vals: list[Any]) -> Exception:
+        """What a run raises when step ``k`` raised ``e`` (slot values ``vals``): ``e`` itself if it is a
+        KernelflowError (now naming the node), else a typed error naming the node and its input shapes.
+
+        `execute` and the lean sub-plan path (engine/subgraphs.py) raise it.
+        """
+        node = self.step_nodes[k]
+        if isinstance(e, KernelflowError):
             e.node = e.node or node.name
             e.source = e.source or node.source
-            raise
-        except MemoryError as e:
-            node = self.step_nodes[k]
-            raise ResourceExhaustedError(f"{node.name} ({node.op.name}): out of memory: {e}", node=node.name,
-                                         source=node.source) from e
-        except Exception as e:  # a kernel failed: name the node and the input shapes
-            node = self.step_nodes[k]
-            fn, ins, out, free = self.steps[k]
-            shapes = ", ".join(f"{i.name}: {_describe(vals[s])}" for i, s in zip(node.inputs, ins))
-            cls = InvalidArgumentError if isinstance(e, (ValueError, IndexError, TypeError)) else InternalError
-            if type(e).__name__ == "OutOfMemoryError":
-                cls = ResourceExhaustedError
-            raise cls(f"{node.name} ({node.op.name}) failed at run time: {type(e).__name__}: {e}; inputs: "
-                      f"{shapes or 'none'}", node=node.name, source=node.source) from e
-        return [vals[s] for s in self.fetch_slots]
+            return e
+        if isinstance(e, MemoryError):
+            return ResourceExhaustedError(f"{node.name} ({node.op.name}): out of memory: {e}", node=node.name,
+                                          source=node.source)
+        ins = self.steps[k][1]
+        shapes = ", ".join(f"{i.name}: {_describe(vals[s])}" for i, s in zip(node.inputs, ins))
+        cls = InvalidArgumentError if isinstance(e, (ValueError, IndexError, TypeError)) else InternalError
+        if type(e).__name__ == "OutOfMemoryError":
+            cls = ResourceExhaustedError
+        return cls(f"{node.name} ({node.op.name}) failed at run time: {type(e).__name__}: {e}; inputs: "
+                   f"{shapes or 'none'}", node=node.name, source=node.source)
 
     def ready_steps(self, fetches: Sequence[int]) -> list[int]:
         """For each fetch position: the index of the step that makes its value (-1: fed or made by none)."""

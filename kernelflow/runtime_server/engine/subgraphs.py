@@ -6,12 +6,18 @@ device manager, random generators (keyed by the control-flow node, so a loop bod
 draws new numbers each iteration) and the log. Sub-graphs hold no variables: those are
 captured as inputs of the control-flow node.
 
-Contents: SubSession, subgraph_runner.
+A sub-graph runs many times inside one kernel (a loop body: every iteration), so its plan runs
+the lean way (`SubRunner`): the loop binds its captured values and the run control once, and each
+call copies the start values, runs the kernels and checks cancellation before each kernel (and
+once in a call with no kernels, so every loop iteration is a cancellation point, issue #15). A plan
+of one kernel (``i < n``, ``i + 1``) calls that kernel directly.
+
+Contents: SubSession, SubRunner, subgraph_runner.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +26,7 @@ from ...graph.ir import Graph, Tensor
 from ...graph.ops.state import constant_op
 from .devices import Placement
 from .executor import NodeContext, Plan
+from .runs import current_run
 
 
 class SubSession:
@@ -72,12 +79,160 @@ class _Named:
         self.index = node.index
 
 
-def subgraph_runner(ctx: NodeContext, sub: Any) -> Callable[[list], list]:
-    """``run(input values) -> output values`` for sub-graph ``sub`` of the node of ``ctx``."""
+def subgraph_runner(ctx: NodeContext, sub: Any) -> SubRunner:
+    """The runner of sub-graph ``sub`` of the node of ``ctx`` (planned once per plan node)."""
     session = SubSession(ctx.session, ctx.node, ctx.place, sub.graph)
     plan = Plan(session, sub.outputs, sub.inputs)  # type: ignore[arg-type]
     _hoist_constants(plan)
-    return plan.execute
+    return SubRunner(plan)
+
+
+Run = Callable[[Sequence[Any]], list]
+
+
+class SubRunner:
+    """A sub-graph's plan, run lean from inside its control-flow node's kernel.
+
+    Call it with all input values, or `bind` the values that stay fixed (a loop's captures) once
+    and call the result with the others, each iteration.
+
+    Args:
+        plan: the sub-graph's plan (constants hoisted).
+    """
+
+    __slots__ = ("plan", "steps")
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.steps = [(fn, ins, out, free or None) for fn, ins, out, free in plan.steps]  # None: nothing to free
+
+    def __call__(self, values: Sequence[Any]) -> list:
+        """The output values for input values ``values`` (device arrays, as the kernels made them)."""
+        plan = self.plan
+        return _kernels(plan, self.steps, plan.template, plan.feed_slots, current_run() or _UNTRACKED)(values)
+
+    def bind(self, fixed: Sequence[Any] = (), start: int | None = None) -> Run:
+        """``run(other input values) -> output values``, with inputs ``start, start + 1, ...`` fixed to
+        ``fixed`` (default: the last ``len(fixed)`` inputs) and the run this thread serves (looked up
+        now) checked for cancellation before each kernel of each call."""
+        plan = self.plan
+        feeds = plan.feed_slots
+        if start is None:
+            start = len(feeds) - len(fixed)
+        end = start + len(fixed)
+        base = plan.template.copy()
+        for s, v in zip(feeds[start:end], fixed):
+            base[s] = v
+        heads = feeds[:start] + feeds[end:]
+        ctl = current_run() or _UNTRACKED
+        if len(plan.steps) == 1:
+            run = _one_kernel(plan, base, heads, ctl)
+            if run is not None:
+                return run
+        return _kernels(plan, self.steps, base, heads, ctl)
+
+
+class _Untracked:
+    """The run control of a thread that serves no tracked run: never cancelled."""
+
+    __slots__ = ()
+    reason = None
+    deadline = None
+
+
+_UNTRACKED = _Untracked()
+
+
+def _kernels(plan: Plan, steps: list[tuple], base: list, heads: list[int], ctl: Any) -> Run:
+    """The general lean run: `Plan.execute` without its per-call set-up."""
+    fetches = plan.fetch_slots
+    one = fetches[0] if len(fetches) == 1 else None
+
+    def run(values: Sequence[Any]) -> list:
+        vals = base.copy()
+        for s, v in zip(heads, values):
+            vals[s] = v
+        if not steps and (ctl.reason is not None or ctl.deadline is not None):
+            ctl.check()
+        k = 0
+        try:
+            for k, (fn, ins, out, free) in enumerate(steps):  # noqa: B007
+                if ctl.reason is not None or ctl.deadline is not None:
+                    ctl.check()  # cancellation point (issue #15)
+                if len(ins) == 1:
+                    vals[out] = fn(vals[ins[0]])
+                elif len(ins) == 2:
+                    vals[out] = fn(vals[ins[0]], vals[ins[1]])
+                else:
+                    vals[out] = fn(*[vals[i] for i in ins])
+                if free:
+                    for f in free:
+                        vals[f] = None
+        except Exception as e:
+            _raise(plan, e, k, vals)
+        if one is not None:
+            return [vals[one]]
+        return [vals[s] for s in fetches]
+
+    return run
+
+
+def _one_kernel(plan: Plan, base: list, heads: list[int], ctl: Any) -> Run | None:
+    """The run of a plan of one kernel of at most two inputs fetching its result, calling it directly
+    with each input taken from the call's values or fixed; None for other plans."""
+    ((fn, ins, out, _),) = plan.steps
+    if plan.fetch_slots != [out] or len(ins) > 2:
+        return None
+    pos = {s: p for p, s in enumerate(heads)}
+    src = [pos.get(i) for i in ins]
+    fix = [base[i] for i in ins]
+    if len(ins) == 0:
+        def call(v: Sequence[Any]) -> Any:
+            return fn()
+    elif len(ins) == 1:
+        a, ca = src[0], fix[0]
+        if a is None:
+            def call(v: Sequence[Any]) -> Any:
+                return fn(ca)
+        else:
+            def call(v: Sequence[Any]) -> Any:
+                return fn(v[a])
+    else:
+        (a, b), (ca, cb) = src, fix
+        if a is not None and b is not None:
+            def call(v: Sequence[Any]) -> Any:
+                return fn(v[a], v[b])
+        elif a is not None:
+            def call(v: Sequence[Any]) -> Any:
+                return fn(v[a], cb)
+        elif b is not None:
+            def call(v: Sequence[Any]) -> Any:
+                return fn(ca, v[b])
+        else:
+            def call(v: Sequence[Any]) -> Any:
+                return fn(ca, cb)
+
+    def run(values: Sequence[Any]) -> list:
+        try:
+            if ctl.reason is not None or ctl.deadline is not None:
+                ctl.check()  # cancellation point (issue #15)
+            return [call(values)]
+        except Exception as e:
+            vals = base.copy()
+            for s, v in zip(heads, values):
+                vals[s] = v
+            _raise(plan, e, 0, vals)
+            raise  # unreachable: _raise raises
+
+    return run
+
+
+def _raise(plan: Plan, e: Exception, k: int, vals: list) -> None:
+    """Raise what `Plan.execute` raises when its step ``k`` raised ``e``."""
+    err = plan.step_error(e, k, vals)
+    if err is e:
+        raise e
+    raise err from e
 
 
 def _hoist_constants(plan: Plan) -> None:

@@ -17,23 +17,18 @@ from kernelflow.runtime_server.training.history import MARK_STRIDE, TAIL_RECORDS
 from tests.support.server import ServerProcess
 from tests.support.waiting import WAIT_S
 
+from .test_job_images import BATCH, ROWS, X, build
 from .test_jobs import state_runtime
 
-ROWS, BATCH, KEEP = 48, 8, 3
-X = (np.arange(ROWS * 16, dtype="float32").reshape(ROWS, 16) % 97) / 96.0
+KEEP = 3
 PER_STEP = 4  # scalars, an image, an audio clip and a text record every step
 
 
 def _fit(rt: kf.Runtime, name: str, steps: int) -> kf.Job:
-    ds = rt.dataset(f"{name}-data", {"x": X}, overwrite=True)
-    g = rt.graph(name)
-    x = g.placeholder((None, 16), "float32", name="x")
-    w = g.variable(np.ones(16, "float32"), name="w")
-    loss = kf.mean(x * w)
-    train = kf.optim.SGD(0.01).minimize(loss)
+    ds, g, x, train, loss, images = build(rt, name)
     codes = kf.cast(x * 25.0 + 65.0, "int32")  # letters A..Z: text of the step's batch
     job = g.fit(train, data=ds, feed={x: "x"}, batch_size=BATCH, steps=steps, shuffle=False,
-                metrics={"loss": loss}, log_every=1, images={"gray": kf.reshape(x, (-1, 4, 4))},
+                metrics={"loss": loss}, log_every=1, images={"gray": images["gray"]},
                 audio={"wave": x * 0.5}, text={"codes": codes}, image_every=1, image_max=1, audio_max=1,
                 image_keep=KEEP, checkpoint_every_s=None)
     assert job.wait(timeout=WAIT_S * 4) == "completed", job.error
