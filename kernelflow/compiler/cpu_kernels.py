@@ -2,7 +2,8 @@
 
 max/avg pooling forward and backward in one pass each; conv2d forward and both gradients as
 im2col/col2im loops into a reused per-thread buffer plus one BLAS matmul; Adam's update in
-one pass over the variable and its slots. Each kernel's source goes through the same
+one pass over the variable and its slots; softmax cross-entropy and its gradient in one pass
+per row; the ReLU gradient; bias gradients (``sum_to`` over leading axes). Each kernel's source goes through the same
 `KernelCache` as fused kernels (disk cache, background compile): until it is ready, or for
 dtypes and layouts it does not cover, the registered numpy kernel runs.
 
