@@ -3,7 +3,8 @@
 max/avg pooling forward and backward in one pass each; conv2d forward and both gradients as
 im2col/col2im loops into a reused per-thread buffer plus one BLAS matmul; Adam's update in
 one pass over the variable and its slots; softmax cross-entropy and its gradient in one pass
-per row; the ReLU gradient; bias gradients (``sum_to`` over leading axes). Each kernel's source goes through the same
+per row (numpy's exp and sums, the label check and the finish compiled); the ReLU
+gradient; bias gradients (``sum_to`` over leading axes). Each kernel's source goes through the same
 `KernelCache` as fused kernels (disk cache, background compile): until it is ready, or for
 dtypes and layouts it does not cover, the registered numpy kernel runs.
 
@@ -196,54 +197,31 @@ def adam(var, m, v, g, lr_t, b1, c1, b2, c2, eps):
 
 
 @numba.njit(**JIT)
-def softmax_xent(z, labels, loss):
-    # loss[i] = -(z[i, y] - max - log(sum(exp(z[i] - max)))); returns the first bad label's row, else -1
-    n, c = z.shape
+def xent_pick(shifted, lse, labels, loss):
+    # loss[i] = -(shifted[i, y] - lse[i]); returns the first bad label's row, else -1
+    n, c = shifted.shape
     for i in range(n):
         y = labels[i]
         if y < 0 or y >= c:
             return i
-    for i in prange(n):
-        m = z[i, 0]
-        for j in range(1, c):
-            x = z[i, j]
-            if m == m and (x > m or x != x):
-                m = x
-        acc = 0.0
-        for j in range(c):
-            acc += np.exp(z[i, j] - m)
-        loss[i] = acc  # rounded to z's dtype, as numpy's sum gives it
-        lse = np.log(loss[i])
-        loss[i] = -((z[i, labels[i]] - m) - lse)
+    for i in range(n):
+        loss[i] = -(shifted[i, labels[i]] - lse[i])
     return -1
 
 
 @numba.njit(**JIT)
-def softmax_xent_grad(g, z, labels, dz):
-    # dz[i] = (softmax(z[i]) - onehot(y[i])) * g[i]; returns the first bad label's row, else -1
-    n, c = z.shape
+def xent_grad_finish(p, labels, g):
+    # p[i] = (p[i] - onehot(y[i])) * g[i] in place; returns the first bad label's row, else -1
+    n, c = p.shape
     for i in range(n):
         y = labels[i]
         if y < 0 or y >= c:
             return i
-    for i in prange(n):
-        m = z[i, 0]
-        for j in range(1, c):
-            x = z[i, j]
-            if m == m and (x > m or x != x):
-                m = x
-        acc = 0.0
-        for j in range(c):
-            acc += np.exp(z[i, j] - m)
-        dz[i, 0] = acc  # rounded to z's dtype, as numpy's sum gives it
-        lse = np.log(dz[i, 0])
+    for i in range(n):
+        p[i, labels[i]] -= 1
         gi = g[i]
-        y = labels[i]
         for j in range(c):
-            dz[i, j] = np.exp((z[i, j] - m) - lse)
-            if j == y:
-                dz[i, j] -= 1
-            dz[i, j] *= gi
+            p[i, j] *= gi
     return -1
 
 
@@ -265,14 +243,14 @@ def relu_grad_2d(g, out, dx):
 
 @numba.njit(**JIT)
 def sum_rows(x, out):
-    # out[j] = sum over i of x[i, j] (a bias gradient), accumulated in float64 and rounded once
+    # out[j] = sum over i of x[i, j] (a bias gradient), row after row in x's dtype: numpy's own
+    # order for a leading-axes sum, so the result is bitwise the registered kernel's
     n, c = x.shape
-    acc = np.zeros(c)
-    for i in range(n):
-        for j in range(c):
-            acc[j] += x[i, j]
     for j in range(c):
-        out[j] = acc[j]
+        out[j] = x[0, j]
+    for i in range(1, n):
+        for j in range(c):
+            out[j] += x[i, j]
 '''
 
 PARALLEL_MIN = 1 << 15
@@ -443,12 +421,21 @@ def overrides(cache: Any, threads: int) -> dict:
                 return dx
         return fallback(C.conv2d_backprop_input_op)(xp, dy, filters, x_like, strides, padding, dilations)
 
+    # Softmax cross-entropy: numpy computes the log-sum-exp exactly as the registered kernel does
+    # (numpy's exp and pairwise sum), one compiled pass checks the labels and finishes: the results
+    # are bitwise the registered kernel's, so a run that switches to it midway (mode "on") stays
+    # on the same trajectory.
+    def _lse(z: Any) -> tuple[Any, Any]:
+        shifted = z - np.max(z, axis=-1, keepdims=True)
+        return shifted, np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
     def softmax_cross_entropy(xp: Any, logits: Any, labels: Any) -> Any:
         rows = _xent_rows(logits, labels)
         if rows is not None:
             z, y = rows
+            shifted, lse = _lse(z)
             loss = np.empty(z.shape[0], logits.dtype)
-            if _call_checked(mod, "softmax_xent", (z, y, loss), z.size):
+            if _call_checked(mod, "xent_pick", (shifted, lse.reshape(-1), y, loss), z.size):
                 return loss.reshape(labels.shape)
         return fallback(N.softmax_cross_entropy_op)(xp, logits, labels)
 
@@ -457,9 +444,11 @@ def overrides(cache: Any, threads: int) -> dict:
         if rows is not None and isinstance(g, np.ndarray) and g.dtype == logits.dtype \
                 and g.shape == labels.shape + (1,):
             z, y = rows
-            dz = np.empty(z.shape, logits.dtype)
-            if _call_checked(mod, "softmax_xent_grad", (g.reshape(-1), z, y, dz), z.size):
-                return dz.reshape(logits.shape)
+            shifted, lse = _lse(z)
+            shifted -= lse
+            p = np.exp(shifted)
+            if _call_checked(mod, "xent_grad_finish", (p, y, g.reshape(-1)), z.size):
+                return p.reshape(logits.shape)
         return fallback(N.softmax_cross_entropy_grad_op)(xp, g, logits, labels)
 
     def relu_grad(xp: Any, g: Any, out: Any) -> Any:
