@@ -146,8 +146,8 @@ def lstm_sequence_grad_kernel(xp, h0, c0, rk, hs, res, dhs, dc_last, *mask):
     dzc = xp.empty((4, b, u), hs.dtype)  # dz gate-major (Keras's order), copied into dx in one pass
     db = xp.zeros((4, b, u), hs.dtype)  # the bias's gradient, summed over batch at the end
     keep = mask[0][:, :, None].astype(hs.dtype) if mask else None  # 1 where a step counts, 0 where it is padding
-    rt4 = xp.ascontiguousarray(rk.reshape(u, 4, u).transpose(1, 2, 0))  # per gate k: rk_k.T
-    dhg = xp.empty((4, b, u), hs.dtype)
+    rkt = xp.ascontiguousarray(rk.T)  # (4 units, units): dh = dz @ rk.T, one product per step
+    dhg = xp.empty((b, u), hs.dtype)
     for t in range(n_t - 1, -1, -1):
         r = res[t]
         dh += dhs[t]
@@ -175,13 +175,13 @@ def lstm_sequence_grad_kernel(xp, h0, c0, rk, hs, res, dhs, dc_last, *mask):
         db += dzc
         dz = dx[t]
         _gate_major(dz, u)[...] = dzc
-        xp.matmul(dzc, rt4, out=dhg)  # dh = sum_k dz_k @ rk_k.T, one batched product
         if keep is not None:
             dc += dcc * r[_F]
-            dh += dhg.sum(axis=0)
+            xp.matmul(dz, rkt, out=dhg)
+            dh += dhg
         else:
             xp.multiply(dcc, r[_F], out=dc)
-            xp.sum(dhg, axis=0, out=dh)
+            xp.matmul(dz, rkt, out=dh)
     if n_t:
         # The recurrent kernel's gradient, one product over all steps: sum_t h_{t-1}^T dz_t.
         drk = xp.matmul(h0.T, dx[0])
