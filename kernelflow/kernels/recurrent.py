@@ -141,15 +141,24 @@ def lstm_sequence_grad_kernel(xp, h0, c0, rk, hs, res, dhs, dc_last, *mask):
     dh = xp.zeros((b, u), hs.dtype)  # the cotangents carried back into the previous step
     dc = dc_last.astype(hs.dtype, copy=True)
     dcc = xp.empty((b, u), hs.dtype)  # of the step's new c before masking
-    ds = xp.empty((3, b, u), hs.dtype)  # of the sigmoid gates' pre-activations, over the cotangent
-    dg = xp.empty((b, u), hs.dtype)  # of the candidate's, likewise
+    # What does not depend on the carried cotangents, for every step at once (a few big array
+    # operations instead of a dozen small ones per step): the sigmoid gates' s (1 - s) times g,
+    # c_prev, tanh(c') for i, f, o; the candidate's (1 - g^2) i; and o (1 - tanh(c')^2).
+    sg = res[:, :_G]
+    ds_all = 1 - sg
+    ds_all *= sg
+    ds_all *= res[:, _G:]
+    dg_all = xp.multiply(res[:, _G], res[:, _G])
+    xp.subtract(1, dg_all, out=dg_all)
+    dg_all *= res[:, _I]
+    do_all = xp.multiply(res[:, _TC], res[:, _TC])
+    xp.subtract(1, do_all, out=do_all)
+    do_all *= res[:, _O]
     dzc = xp.empty((4, b, u), hs.dtype)  # dz gate-major (Keras's order), copied into dx in one pass
-    db = xp.zeros((4, b, u), hs.dtype)  # the bias's gradient, summed over batch at the end
     keep = mask[0][:, :, None].astype(hs.dtype) if mask else None  # 1 where a step counts, 0 where it is padding
     rkt = xp.ascontiguousarray(rk.T)  # (4 units, units): dh = dz @ rk.T, one product per step
     dhg = xp.empty((b, u), hs.dtype)
     for t in range(n_t - 1, -1, -1):
-        r = res[t]
         dh += dhs[t]
         if keep is not None:
             m = keep[t]
@@ -158,29 +167,20 @@ def lstm_sequence_grad_kernel(xp, h0, c0, rk, hs, res, dhs, dc_last, *mask):
             dc -= dcn
         else:
             dhn, dcn = dh, dc
-        xp.multiply(r[_TC], r[_TC], out=dcc)  # dc' = dcn + dhn * o * (1 - tanh(c')^2)
-        xp.subtract(1, dcc, out=dcc)
-        dcc *= r[_O]
-        dcc *= dhn
+        xp.multiply(do_all[t], dhn, out=dcc)  # dc' = dcn + dhn * o * (1 - tanh(c')^2)
         dcc += dcn
-        xp.subtract(1, r[:_G], out=ds)  # i, f, o: s (1 - s) times g, c_prev, tanh(c') respectively
-        ds *= r[:_G]
-        ds *= r[_G:]
-        xp.multiply(r[_G], r[_G], out=dg)  # g: (1 - g^2) times i
-        xp.subtract(1, dg, out=dg)
-        dg *= r[_I]
+        ds = ds_all[t]
         xp.multiply(ds[:2], dcc, out=dzc[:2])
-        xp.multiply(dg, dcc, out=dzc[2])
+        xp.multiply(dg_all[t], dcc, out=dzc[2])
         xp.multiply(ds[2], dhn, out=dzc[3])
-        db += dzc
         dz = dx[t]
         _gate_major(dz, u)[...] = dzc
         if keep is not None:
-            dc += dcc * r[_F]
+            dc += dcc * res[t, _F]
             xp.matmul(dz, rkt, out=dhg)
             dh += dhg
         else:
-            xp.multiply(dcc, r[_F], out=dc)
+            xp.multiply(dcc, res[t, _F], out=dc)
             xp.matmul(dz, rkt, out=dh)
     if n_t:
         # The recurrent kernel's gradient, one product over all steps: sum_t h_{t-1}^T dz_t.
@@ -189,7 +189,7 @@ def lstm_sequence_grad_kernel(xp, h0, c0, rk, hs, res, dhs, dc_last, *mask):
             drk += xp.matmul(hs[:-1].reshape(-1, u).T, dx[1:].reshape(-1, g4))
     else:
         drk = xp.zeros_like(rk)
-    return dx, dh, dc, drk, db.sum(axis=1).reshape(g4)
+    return dx, dh, dc, drk, dx.reshape(-1, g4).sum(axis=0)
 
 
 # --------------------------------------------------------------------------- whole-sequence GRU
