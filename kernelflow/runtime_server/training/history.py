@@ -19,8 +19,6 @@ Contents: TAIL_RECORDS, MARK_STRIDE, History, StateLog, TempLog.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -65,11 +63,11 @@ class StateLog:
 
 
 class TempLog:
-    """A record log in a private temp dir, for a runtime without a state dir (nothing to keep)."""
+    """A record log in the job's private temp dir, for a runtime without a state dir (nothing to
+    keep; the job removes the dir)."""
 
-    def __init__(self, job_id: str):
-        self.dir = Path(tempfile.mkdtemp(prefix=f"kf-{job_id}-history-"))
-        self.path = self.dir / "history.log"
+    def __init__(self, scratch_dir: str):
+        self.path = Path(scratch_dir) / "history.log"
         self.logs = RecordLogs()
         self._lock = threading.Lock()
 
@@ -84,7 +82,8 @@ class TempLog:
         return read_span(self.path, offset, count)
 
     def close(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        with self._lock:
+            self.path.unlink(missing_ok=True)
 
 
 class History:

@@ -71,7 +71,7 @@ class Job:
         self.request: str | None = None       # "pause", "stop" or "interrupt", seen at the next step boundary
         self.history = (History(self.cond, spec.image_keep, StateLog(self.state, job_id, spec.image_keep))
                         if self.state is not None else
-                        History(self.cond, spec.image_keep, make_log=lambda: TempLog(job_id)))
+                        History(self.cond, spec.image_keep, make_log=lambda: TempLog(self.scratch_dir())))
         self.subscribers: dict[Any, _Subscription] = {}
         self.version = 0
         self.step = 0
@@ -89,6 +89,8 @@ class Job:
         self.tensorboard_dir: str | None = None
         self.logged_upto = 0                   # records at or below this step exist already (resume)
         self._persist_lock = threading.Lock()
+        self._scratch: str | None = None  # see scratch_dir
+        self._scratch_lock = threading.Lock()
         self.deleted = False                   # set under _persist_lock: nothing is written for it again
         self.thread: threading.Thread | None = None
         self.bound: Bound | None = None
@@ -210,6 +212,21 @@ class Job:
 
         self.manager.events.run_metadata(self.id, f"step {step}",
                                          run_metadata((n.name, dev, t0, t1) for n, dev, t0, t1 in times))
+
+    def scratch_dir(self) -> str:
+        """The job's private temp dir on a runtime without a state dir: its TensorBoard event files
+        and its spilled history go there; removed with the job or at shutdown (`remove_scratch`)."""
+        with self._scratch_lock:
+            if self._scratch is None:
+                self._scratch = tempfile.mkdtemp(prefix=f"kf-{self.id}-")
+            return self._scratch
+
+    def remove_scratch(self) -> None:
+        """Remove `scratch_dir`, if one was made."""
+        with self._scratch_lock:
+            if self._scratch is not None:
+                shutil.rmtree(self._scratch, ignore_errors=True)
+                self._scratch = None
 
     def persist_records(self) -> None:
         """Append the records not yet in the job's log (the state dir's, else a temp one once the
@@ -346,7 +363,6 @@ class JobManager:
         self._queues: dict[str, list[Job]] = {}
         self._active: dict[str, Job] = {}
         self._closed = threading.Event()
-        self._temp_logdirs: set[str] = set()  # TensorBoard dirs of an in-memory runtime
         self._flusher: threading.Thread | None = None
         self.events = EventWriter()
         # Data-parallel jobs (``replicas``, issue #18): the service hands in the world's
@@ -468,9 +484,9 @@ class JobManager:
             job.history.close()
             if self.state is not None:
                 self.state.delete_job(job_id)
-        if job.tensorboard_dir in self._temp_logdirs:
+        if self.state is None:
             self.events.close(job_id)
-            self._remove_temp_logdir(job.tensorboard_dir)
+            job.remove_scratch()
         log.info("job %s deleted", job_id)
         return True
 
@@ -578,11 +594,7 @@ class JobManager:
         from ...interop.graphdef import graph_def  # lazily: only jobs write GraphDefs
 
         state = self.state
-        if state is not None:
-            logdir = str(state.tensorboard_dir(job.id))
-        else:  # an in-memory runtime: removed with the job or when the runtime shuts down
-            logdir = tempfile.mkdtemp(prefix=f"kf-{job.id}-")
-            self._temp_logdirs.add(logdir)
+        logdir = str(state.tensorboard_dir(job.id)) if state is not None else job.scratch_dir()
         job.tensorboard_dir = logdir
         self.events.open(job.id, logdir)
         with b.session.lock:
@@ -650,12 +662,7 @@ class JobManager:
                     log.error("job %s did not reach a step boundary within %.0f s", job.id, wait_s)
         self.flush()
         self.events.shutdown()
-        for job in jobs:
-            if self.state is None:
-                job.history.close()  # a temp log: nothing keeps it
-        for logdir in list(self._temp_logdirs):
-            self._remove_temp_logdir(logdir)
-
-    def _remove_temp_logdir(self, logdir: str) -> None:
-        self._temp_logdirs.discard(logdir)
-        shutil.rmtree(logdir, ignore_errors=True)
+        if self.state is None:  # a memory-only runtime keeps nothing
+            for job in jobs:
+                job.history.close()
+                job.remove_scratch()

@@ -111,8 +111,10 @@ def test_without_a_state_dir_the_history_spills_to_a_temp_log_removed_with_the_j
         job = _fit(rt, "hist_mem", steps)
         h, held = _held(rt, job.id)
         assert held <= TAIL_RECORDS + 2 * KEEP and h.n == PER_STEP * steps
-        spill_dir = h.log.dir
-        assert (spill_dir / "history.log").exists()
+        spill_dir = h.log.path.parent
+        assert h.log.path.exists()
+        # one private dir per job: the spilled history beside the TensorBoard event files
+        assert str(spill_dir) == rt.job(job.id).refresh()["tensorboard_dir"]
         full = rt.call("job.records", [job.id, 0])["records"]
         _check_history(full, steps)
         _same(rt.call("job.records", [job.id, 300])["records"], full[300:])
