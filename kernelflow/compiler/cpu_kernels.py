@@ -197,13 +197,22 @@ def adam(var, m, v, g, lr_t, b1, c1, b2, c2, eps):
 
 
 @numba.njit(**JIT)
-def xent_pick(shifted, lse, labels, loss):
-    # loss[i] = -(shifted[i, y] - lse[i]); returns the first bad label's row, else -1
-    n, c = shifted.shape
-    for i in range(n):
+def _bad_label(labels, c):
+    # the first row whose label is outside [0, c), else -1
+    for i in range(labels.shape[0]):
         y = labels[i]
         if y < 0 or y >= c:
             return i
+    return -1
+
+
+@numba.njit(**JIT)
+def xent_pick(shifted, lse, labels, loss):
+    # loss[i] = -(shifted[i, y] - lse[i]); returns the first bad label's row, else -1
+    n, c = shifted.shape
+    bad = _bad_label(labels, c)
+    if bad >= 0:
+        return bad
     for i in range(n):
         loss[i] = -(shifted[i, labels[i]] - lse[i])
     return -1
@@ -213,10 +222,9 @@ def xent_pick(shifted, lse, labels, loss):
 def xent_grad_finish(p, labels, g):
     # p[i] = (p[i] - onehot(y[i])) * g[i] in place; returns the first bad label's row, else -1
     n, c = p.shape
-    for i in range(n):
-        y = labels[i]
-        if y < 0 or y >= c:
-            return i
+    bad = _bad_label(labels, c)
+    if bad >= 0:
+        return bad
     for i in range(n):
         p[i, labels[i]] -= 1
         gi = g[i]
