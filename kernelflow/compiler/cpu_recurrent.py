@@ -151,6 +151,122 @@ def lstm_bwd_step(r, dhs, t, bm, keep, masked, dh, dc, dcc, dhn, dx_t, dzc, one)
     else:
         for k in range(n):
             c[k] = cc[k] * f[k]
+
+
+@numba.njit(**JIT)
+def gru_fwd_in(r, inner, x_t, bias, xc):
+    # inner = h @ rk per gate (z, r, h); xc = x + input bias, inner += recurrent bias, then the
+    # sigmoid gates' -(x + inner) into r[:2] and the candidate's recurrent part into r[3]
+    b, u = r.shape[1], r.shape[2]
+    n = b * u
+    for q in range(3):
+        o = q * u
+        for j in range(b):
+            for k in range(u):
+                xc[q, j, k] = x_t[j, o + k] + bias[0, o + k]
+        for j in range(b):
+            for k in range(u):
+                inner[q, j, k] = inner[q, j, k] + bias[1, o + k]
+    s = r[:2].reshape(2 * n)
+    xs = xc[:2].reshape(2 * n)
+    ins = inner[:2].reshape(2 * n)
+    for k in range(2 * n):
+        s[k] = -(xs[k] + ins[k])
+    ih = r[3].reshape(n)
+    i2 = inner[2].reshape(n)
+    for k in range(n):
+        ih[k] = i2[k]
+
+
+@numba.njit(**JIT)
+def gru_fwd_cell(r, xc, one):
+    # after exp(r[:2]): z, r = 1 / (exp(-v) + 1); the candidate's pre-activation r * inner_h + x_h
+    b, u = r.shape[1], r.shape[2]
+    n = b * u
+    s = r[:2].reshape(2 * n)
+    for k in range(2 * n):
+        s[k] = one / (s[k] + one)
+    rr = r[1].reshape(n)
+    hh = r[2].reshape(n)
+    ih = r[3].reshape(n)
+    xh = xc[2].reshape(n)
+    for k in range(n):
+        hh[k] = rr[k] * ih[k] + xh[k]
+
+
+@numba.njit(**JIT)
+def gru_fwd_out(r, hn, h, keep, masked, one):
+    # after tanh(r[2]): h' = z h + (1 - z) hh; a padded row (keep False) keeps its h
+    b, u = hn.shape
+    n = b * u
+    z = r[0].reshape(n)
+    hh = r[2].reshape(n)
+    out = hn.reshape(n)
+    hp = h.reshape(n)
+    for k in range(n):
+        out[k] = z[k] * hp[k] + (one - z[k]) * hh[k]
+    if masked:
+        for j in range(b):
+            if not keep[j]:
+                for k in range(u):
+                    hn[j, k] = h[j, k]
+
+
+@numba.njit(**JIT)
+def gru_bwd_step(r, hp, dhs, t, bm, keep, masked, dh, dhn, dxc, dic, direct, dx_t, di_t, one):
+    # One step back (step t; dhs as in lstm_bwd_step): dh carries the cotangent of this step's h.
+    # Writes the cotangents of the input pre-activations (dxc, dx_t) and of the recurrent ones
+    # (dic, di_t), and the direct path z * dh' (direct); leaves in dh what skips the step
+    # (masked rows) for the caller, who adds dic @ rk.T and direct.
+    b, u = dh.shape
+    n = b * u
+    for j in range(b):
+        if bm:
+            for k in range(u):
+                dhn[j, k] = dh[j, k] + dhs[j, t, k]
+        else:
+            for k in range(u):
+                dhn[j, k] = dh[j, k] + dhs[t, j, k]
+    if masked:
+        for j in range(b):
+            m = keep[j]
+            for k in range(u):
+                v = dhn[j, k]
+                w = v * m
+                dhn[j, k] = w
+                dh[j, k] = v - w
+    z = r[0].reshape(n)
+    rr = r[1].reshape(n)
+    hh = r[2].reshape(n)
+    ih = r[3].reshape(n)
+    h = hp.reshape(n)
+    w = dhn.reshape(n)
+    x0 = dxc[0].reshape(n)
+    x1 = dxc[1].reshape(n)
+    x2 = dxc[2].reshape(n)
+    i2 = dic[2].reshape(n)
+    d = direct.reshape(n)
+    i0 = dic[0].reshape(n)
+    i1 = dic[1].reshape(n)
+    for k in range(n):
+        x0[k] = ((h[k] - hh[k]) * w[k]) * ((one - z[k]) * z[k])
+        i0[k] = x0[k]
+    for k in range(n):
+        x2[k] = ((one - z[k]) * w[k]) * (one - hh[k] * hh[k])
+    for k in range(n):
+        x1[k] = (x2[k] * ih[k]) * ((one - rr[k]) * rr[k])
+        i1[k] = x1[k]
+    for k in range(n):
+        i2[k] = x2[k] * rr[k]
+    for k in range(n):
+        d[k] = w[k] * z[k]
+    for q in range(3):
+        for j in range(b):
+            for k in range(u):
+                dx_t[j, q * u + k] = dxc[q, j, k]
+        for j in range(b):
+            for k in range(u):
+                di_t[j, q * u + k] = dic[q, j, k]
 '''
 
 _FLOATS = (np.float32, np.float64)
@@ -161,66 +277,77 @@ def _floats(*arrays: Any) -> bool:
     return all(isinstance(a, np.ndarray) and a.dtype == t for a in arrays) and t.type in _FLOATS
 
 
-def overrides(cache: Any) -> dict:
-    """{OpDef: numpy-backend KernelEntry} of the compiled LSTM kernels (``cache``: the compiler's
-    `KernelCache`), each running the registered numpy kernel until its loops are compiled, or for
-    inputs they do not take."""
-    mod = _Module(cache, 1, SOURCE)
+class _Loops:
+    """The compiled loops one kernel call uses, each one's first call checked: a call whose types
+    have no compiled variant answers False (the loop wrote nothing; the caller hands the whole
+    call to the numpy kernel) and has that variant compiled for next time."""
 
-    def kernels(names: tuple, args: tuple) -> list | None:
-        fns = [mod.get(n, a, 0)[0] for n, a in zip(names, args)]
-        return None if any(f is None for f in fns) else fns
+    def __init__(self, mod: Any, calls: dict):
+        self.mod = mod
+        self.fns = {name: mod.get(name, args, 0)[0] for name, args in calls.items()}
+        self.ready = all(fn is not None for fn in self.fns.values())
+        self._checked: set[str] = set()
 
-    def call_first(fn: Any, name: str, args: tuple) -> bool:
-        """The first step's call: False (nothing written) when its types need another overload."""
+    def __call__(self, name: str, *args: Any) -> bool:
+        fn = self.fns[name]
+        if name in self._checked:
+            fn(*args)
+            return True
         try:
             fn(*args)
         except TypeError:
-            mod.cache.recompile(mod.source(name, False)[0], args)
+            self.mod.cache.recompile(self.mod.source(name, False)[0], args)
             return False
+        self._checked.add(name)
         return True
 
-    numpy_fwd = get_kernel(R.lstm_sequence_op, "numpy").fn
-    numpy_bwd = get_kernel(R.lstm_sequence_grad_op, "numpy").fn
+
+def _cotangents(dhs: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(the outputs' cotangents C-ordered, whether batch-major): the transpose a batch-first
+    layer feeds is taken as it is, anything else strided is copied once."""
+    bm = not dhs.flags.c_contiguous and dhs.transpose(1, 0, 2).flags.c_contiguous
+    return (dhs.transpose(1, 0, 2), True) if bm else (np.ascontiguousarray(dhs), False)
+
+
+def overrides(cache: Any) -> dict:
+    """{OpDef: numpy-backend KernelEntry} of the compiled LSTM and GRU kernels (``cache``: the
+    compiler's `KernelCache`), each running the registered numpy kernel until its loops are
+    compiled, or for inputs they do not take."""
+    mod = _Module(cache, 1, SOURCE)
+    numpy_lstm = get_kernel(R.lstm_sequence_op, "numpy").fn
+    numpy_lstm_grad = get_kernel(R.lstm_sequence_grad_op, "numpy").fn
+    numpy_gru = get_kernel(R.gru_sequence_op, "numpy").fn
+    numpy_gru_grad = get_kernel(R.gru_sequence_grad_op, "numpy").fn
 
     def lstm_sequence(ctx: Any, xp: Any, x: Any, h0: Any, c0: Any, rk: Any, bias: Any, *mask: Any) -> Any:
         if not (_floats(x, h0, c0, rk, bias) and x.ndim == 3 and x.shape[0] and x.flags.c_contiguous
                 and bias.flags.c_contiguous):
-            return numpy_fwd(ctx, xp, x, h0, c0, rk, bias, *mask)
+            return numpy_lstm(ctx, xp, x, h0, c0, rk, bias, *mask)
         f = K.LstmForward(ctx, xp, x, h0, c0, rk)
         n_t, b, u = f.hs.shape
         keep = mask[0] if mask else np.ones((n_t, b), bool)
+        masked = bool(mask)
         one = x.dtype.type(1)
         r, cn = f.step_blocks(0)
         h = np.ascontiguousarray(h0)  # every step's h C-ordered: one compiled variant for all steps
-        names = ("lstm_fwd_in", "lstm_fwd_cell", "lstm_fwd_out")
-        masked = bool(mask)
-        fns = kernels(names, ((r, x[0], bias), (r, cn, one), (r, cn, f.hs[0], h, keep[0], masked)))
-        if fns is None:
-            return numpy_fwd(ctx, xp, x, h0, c0, rk, bias, *mask)
-        fin, fcell, fout = fns
-
-        def run(fn: Any, name: str, args: tuple, first: bool) -> bool:
-            # the first step checks each loop's types; no input is written, so the numpy kernel can take over
-            if first:
-                return call_first(fn, name, args)
-            fn(*args)
-            return True
-
+        loops = _Loops(mod, {"lstm_fwd_in": (r, x[0], bias), "lstm_fwd_cell": (r, cn, one),
+                             "lstm_fwd_out": (r, cn, f.hs[0], h, keep[0], masked)})
+        if not loops.ready:
+            return numpy_lstm(ctx, xp, x, h0, c0, rk, bias, *mask)
         with K._quiet(xp):
             for t in range(n_t):
                 r, cn = f.step_blocks(t)
                 hn = f.hs[t]
                 np.matmul(h, f.nr4, out=r[:4])
-                if not run(fin, names[0], (r, x[t], bias), t == 0):
-                    return numpy_fwd(ctx, xp, x, h0, c0, rk, bias, *mask)
+                if not loops("lstm_fwd_in", r, x[t], bias):
+                    return numpy_lstm(ctx, xp, x, h0, c0, rk, bias, *mask)
                 np.exp(r[:3], out=r[:3])
                 np.tanh(r[3], out=r[3])
-                if not run(fcell, names[1], (r, cn, one), t == 0):
-                    return numpy_fwd(ctx, xp, x, h0, c0, rk, bias, *mask)
+                if not loops("lstm_fwd_cell", r, cn, one):
+                    return numpy_lstm(ctx, xp, x, h0, c0, rk, bias, *mask)
                 np.tanh(cn, out=r[5])
-                if not run(fout, names[2], (r, cn, hn, h, keep[t], masked), t == 0):
-                    return numpy_fwd(ctx, xp, x, h0, c0, rk, bias, *mask)
+                if not loops("lstm_fwd_out", r, cn, hn, h, keep[t], masked):
+                    return numpy_lstm(ctx, xp, x, h0, c0, rk, bias, *mask)
                 h = hn
         return f.outputs()
 
@@ -228,7 +355,7 @@ def overrides(cache: Any) -> dict:
                            *mask: Any) -> Any:
         n_t = hs.shape[0]
         if not (n_t and _floats(hs, res, dhs, rk) and res.flags.c_contiguous and dhs.shape == hs.shape):
-            return numpy_bwd(xp, h0, c0, rk, hs, res, dhs, dc_last, *mask)
+            return numpy_lstm_grad(xp, h0, c0, rk, hs, res, dhs, dc_last, *mask)
         _, b, u = hs.shape
         dt = hs.dtype
         dx = np.empty((n_t, b, 4 * u), dt)
@@ -240,14 +367,13 @@ def overrides(cache: Any) -> dict:
         masked = bool(mask)
         one = dt.type(1)
         rt4 = K.lstm_rt4(np, rk)
-        bm = not dhs.flags.c_contiguous and dhs.transpose(1, 0, 2).flags.c_contiguous
-        d3 = dhs.transpose(1, 0, 2) if bm else np.ascontiguousarray(dhs)
+        d3, bm = _cotangents(dhs)
         t = n_t - 1
-        first = (res[t], d3, t, bm, keep[t], masked, dh, dc, dcc, dhn, dx[t], dzc, one)
-        fns = kernels(("lstm_bwd_step",), (first,))
-        if fns is None or not call_first(fns[0], "lstm_bwd_step", first):
-            return numpy_bwd(xp, h0, c0, rk, hs, res, dhs, dc_last, *mask)
-        step = fns[0]
+        args = (res[t], d3, t, bm, keep[t], masked, dh, dc, dcc, dhn, dx[t], dzc, one)
+        loops = _Loops(mod, {"lstm_bwd_step": args})
+        if not (loops.ready and loops("lstm_bwd_step", *args)):
+            return numpy_lstm_grad(xp, h0, c0, rk, hs, res, dhs, dc_last, *mask)
+        step = loops.fns["lstm_bwd_step"]
         while True:
             if masked:
                 K.lstm_dh(np, dzc, rt4, dhg4, dhg)
@@ -260,5 +386,77 @@ def overrides(cache: Any) -> dict:
             step(res[t], d3, t, bm, keep[t], masked, dh, dc, dcc, dhn, dx[t], dzc, one)
         return K.lstm_grad_outputs(xp, h0, rk, hs, dx, dh, dc)
 
+    def gru_sequence(ctx: Any, xp: Any, x: Any, h0: Any, rk: Any, bias: Any, *mask: Any) -> Any:
+        if not (_floats(x, h0, rk, bias) and x.ndim == 3 and x.shape[0] and x.flags.c_contiguous
+                and bias.flags.c_contiguous and bias.ndim == 2):
+            return numpy_gru(ctx, xp, x, h0, rk, bias, *mask)
+        hs, res, saving, r3 = K.gru_setup(ctx, xp, x, rk)
+        n_t, b, u = hs.shape
+        keep = mask[0] if mask else np.ones((n_t, b), bool)
+        masked = bool(mask)
+        one = x.dtype.type(1)
+        xc, inner = np.empty((3, b, u), x.dtype), np.empty((3, b, u), x.dtype)
+        h = np.ascontiguousarray(h0)
+        r = res[0]
+        loops = _Loops(mod, {"gru_fwd_in": (r, inner, x[0], bias, xc), "gru_fwd_cell": (r, xc, one),
+                             "gru_fwd_out": (r, hs[0], h, keep[0], masked, one)})
+        if not loops.ready:
+            return numpy_gru(ctx, xp, x, h0, rk, bias, *mask)
+        with K._quiet(xp):
+            for t in range(n_t):
+                r = res[t if saving else t % 2]
+                hn = hs[t]
+                np.matmul(h, r3, out=inner)
+                if not loops("gru_fwd_in", r, inner, x[t], bias, xc):
+                    return numpy_gru(ctx, xp, x, h0, rk, bias, *mask)
+                np.exp(r[:2], out=r[:2])
+                if not loops("gru_fwd_cell", r, xc, one):
+                    return numpy_gru(ctx, xp, x, h0, rk, bias, *mask)
+                np.tanh(r[2], out=r[2])
+                if not loops("gru_fwd_out", r, hn, h, keep[t], masked, one):
+                    return numpy_gru(ctx, xp, x, h0, rk, bias, *mask)
+                h = hn
+        return hs, res if saving else None
+
+    def gru_sequence_grad(xp: Any, h0: Any, rk: Any, hs: Any, res: Any, dhs: Any, *mask: Any) -> Any:
+        n_t = hs.shape[0]
+        if not (n_t and _floats(hs, res, dhs, rk) and res.flags.c_contiguous and dhs.shape == hs.shape):
+            return numpy_gru_grad(xp, h0, rk, hs, res, dhs, *mask)
+        _, b, u = hs.shape
+        dt = hs.dtype
+        dx, di = np.empty((n_t, b, 3 * u), dt), np.empty((n_t, b, 3 * u), dt)
+        dh = np.zeros((b, u), dt)
+        dhn, direct = np.empty((b, u), dt), np.empty((b, u), dt)
+        dxc, dic, dhg = (np.empty((3, b, u), dt) for _ in range(3))
+        keep = mask[0].astype(dt) if mask else np.ones((n_t, b), dt)
+        masked = bool(mask)
+        one = dt.type(1)
+        rt3 = K.gru_rt3(np, rk)
+        h0c = np.ascontiguousarray(h0, dtype=dt)
+        d3, bm = _cotangents(dhs)
+        t = n_t - 1
+        args = (res[t], hs[t - 1] if t else h0c, d3, t, bm, keep[t], masked, dh, dhn, dxc, dic, direct, dx[t],
+                di[t], one)
+        loops = _Loops(mod, {"gru_bwd_step": args})
+        if not (loops.ready and loops("gru_bwd_step", *args)):
+            return numpy_gru_grad(xp, h0, rk, hs, res, dhs, *mask)
+        step = loops.fns["gru_bwd_step"]
+        while True:
+            np.matmul(dic, rt3, out=dhg)
+            if masked:
+                dh += direct
+                dh += dhg.sum(axis=0)
+            else:
+                np.sum(dhg, axis=0, out=dh)
+                dh += direct
+            t -= 1
+            if t < 0:
+                break
+            step(res[t], hs[t - 1] if t else h0c, d3, t, bm, keep[t], masked, dh, dhn, dxc, dic, direct, dx[t],
+                 di[t], one)
+        return K.gru_grad_outputs(xp, h0, rk, hs, dx, di, dh)
+
     return {R.lstm_sequence_op: KernelEntry(lstm_sequence, needs_ctx=True),
-            R.lstm_sequence_grad_op: KernelEntry(lstm_sequence_grad)}
+            R.lstm_sequence_grad_op: KernelEntry(lstm_sequence_grad),
+            R.gru_sequence_op: KernelEntry(gru_sequence, needs_ctx=True),
+            R.gru_sequence_grad_op: KernelEntry(gru_sequence_grad)}

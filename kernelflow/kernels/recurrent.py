@@ -247,15 +247,23 @@ def _gates3(a, u):
     return a.reshape(a.shape[0], 3, u).transpose(1, 0, 2)
 
 
-@kernel(R.gru_sequence_op, needs_ctx=True)
-def gru_sequence_kernel(ctx, xp, x, h0, rk, bias, *mask):
+def gru_setup(ctx, xp, x, rk):
+    """(outputs, reserve, whether it is saved, the recurrent kernel per gate (3, units, units)):
+    what the numpy kernel and the compiled one (compiler/cpu_recurrent.py) set up alike."""
     n_t, b, g3 = x.shape
     u = g3 // 3
     hs = xp.empty((n_t, b, u), x.dtype)
+    res, saving = (xp.empty((0, 4, b, u), x.dtype), True) if n_t == 0 else \
+        _reserve(ctx, xp, n_t, b, u, x.dtype, blocks=4, index=1, what="gru_sequence")
+    return hs, res, saving, xp.ascontiguousarray(rk.reshape(u, 3, u).transpose(1, 0, 2))
+
+
+@kernel(R.gru_sequence_op, needs_ctx=True)
+def gru_sequence_kernel(ctx, xp, x, h0, rk, bias, *mask):
+    hs, res, saving, r3 = gru_setup(ctx, xp, x, rk)
+    n_t, b, u = hs.shape
     if n_t == 0:
-        return hs, xp.empty((0, 4, b, u), x.dtype)
-    res, saving = _reserve(ctx, xp, n_t, b, u, x.dtype, blocks=4, index=1, what="gru_sequence")
-    r3 = xp.ascontiguousarray(rk.reshape(u, 3, u).transpose(1, 0, 2))  # per gate k: rk_k
+        return hs, res
     bx = xp.empty((3, b, u), x.dtype)  # the biases per gate and row (a broadcast add is 2x slower)
     bx[...] = bias[0].reshape(3, 1, u)
     bi = xp.empty((3, b, u), x.dtype)
@@ -300,7 +308,7 @@ def gru_sequence_grad_kernel(xp, h0, rk, hs, res, dhs, *mask):
     dx = xp.empty((n_t, b, g3), hs.dtype)
     di = xp.empty((n_t, b, g3), hs.dtype)  # of the recurrent pre-activations h @ rk + bias[1]
     dh = xp.zeros((b, u), hs.dtype)
-    rt3 = xp.ascontiguousarray(rk.reshape(u, 3, u).transpose(1, 2, 0))  # per gate k: rk_k.T
+    rt3 = gru_rt3(xp, rk)
     dxc = xp.empty((3, b, u), hs.dtype)
     dic = xp.empty((3, b, u), hs.dtype)
     dhg = xp.empty((3, b, u), hs.dtype)
@@ -344,6 +352,20 @@ def gru_sequence_grad_kernel(xp, h0, rk, hs, res, dhs, *mask):
         else:
             xp.sum(dhg, axis=0, out=dh)
             dh += direct
+    return gru_grad_outputs(xp, h0, rk, hs, dx, di, dh)
+
+
+def gru_rt3(xp, rk):
+    """The recurrent kernel per gate, transposed: (3, units, units), [k] = rk[:, k u:(k + 1) u].T."""
+    u = rk.shape[0]
+    return xp.ascontiguousarray(rk.reshape(u, 3, u).transpose(1, 2, 0))
+
+
+def gru_grad_outputs(xp, h0, rk, hs, dx, di, dh):
+    """The gradient op's outputs once the step loop has made dx, di (the recurrent pre-activations'
+    cotangents) and the carried dh: adds the recurrent kernel's gradient and the biases'."""
+    n_t, _, u = hs.shape
+    g3 = 3 * u
     drk = xp.matmul(h0.T, di[0]) if n_t else xp.zeros_like(rk)
     if n_t > 1:
         drk += xp.matmul(hs[:-1].reshape(-1, u).T, di[1:].reshape(-1, g3))

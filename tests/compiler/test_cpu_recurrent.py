@@ -1,5 +1,5 @@
-"""The compiled LSTM kernels (compiler/cpu_recurrent.py) are bitwise the numpy kernels, for every
-layout the driver takes, and fall back to them for what they do not take."""
+"""The compiled LSTM and GRU kernels (compiler/cpu_recurrent.py) are bitwise the numpy kernels, for
+every layout the drivers take, and fall back to them for what they do not take."""
 
 from __future__ import annotations
 
@@ -47,6 +47,31 @@ def _layouts(rng, dtype):
     wide = np.zeros((T, B, 2 * U), dtype)
     wide[..., ::2] = tm
     return {"time-major": tm, "batch-major": bm, "strided": wide[..., ::2]}
+
+
+def _gru_inputs(rng, dtype, masked):
+    x, h0, _, _, _, mask = _inputs(rng, dtype, masked)
+    x = x[..., :3 * U].copy()
+    rk = (rng.standard_normal((U, 3 * U)) * 0.5).astype(dtype)
+    bias = rng.standard_normal((2, 3 * U)).astype(dtype)
+    return x, h0, rk, bias, mask
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gru_forward_and_gradient_are_bitwise_the_numpy_kernels(ov, rng, dtype, masked):
+    x, h0, rk, bias, mask = _gru_inputs(rng, dtype, masked)
+    want = _numpy(R.gru_sequence_op)(None, np, x, h0, rk, bias, *mask)
+    got = ov[R.gru_sequence_op].fn(None, np, x, h0, rk, bias, *mask)
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(g, w)
+    hs, res = want
+    for name, dhs in _layouts(rng, dtype).items():
+        gw = _numpy(R.gru_sequence_grad_op)(np, h0, rk, hs, res, dhs, *mask)
+        gg = ov[R.gru_sequence_grad_op].fn(np, h0, rk, hs, res, dhs, *mask)
+        for w, g in zip(gw, gg):
+            np.testing.assert_array_equal(g, w, err_msg=name)
+        assert np.abs(gg[2]).max() > 0.01  # the recurrent kernel's gradient: not a test on zeros
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
@@ -115,9 +140,10 @@ def test_read_only_cotangents_fall_back_then_get_their_own_variant(kcache, rng):
     assert len(fn.signatures) >= 2
 
 
-def test_lstm_training_with_the_compiler_equals_without_and_uses_the_compiled_loops(rng):
-    """kf.nn.LSTM (batch-first, masked by sequence_length) trained a few Adam steps: the weights
-    are bitwise the same with the compiler on and off, and the compiled loops did run."""
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_training_with_the_compiler_equals_without_and_uses_the_compiled_loops(rng, cell):
+    """kf.nn.LSTM / GRU (batch-first, masked by sequence_length) trained a few Adam steps: the
+    weights are bitwise the same with the compiler on and off, and the compiled loops did run."""
     xv = rng.standard_normal((4, 9, 3)).astype(np.float32)
     lengths = np.array([9, 4, 7, 1], np.int32)
     yv = rng.standard_normal((4, 5)).astype(np.float32)
@@ -128,7 +154,7 @@ def test_lstm_training_with_the_compiler_equals_without_and_uses_the_compiled_lo
         x = g.placeholder((None, 9, 3), "float32", name="x")
         n = g.placeholder((None,), "int32", name="n")
         y = g.placeholder((None, 5), "float32", name="y")
-        layer = kf.nn.LSTM(5, seed=3)
+        layer = getattr(kf.nn, cell)(5, seed=3)
         loss = kf.mean(kf.square(layer(x, sequence_length=n) - y))
         train = kf.optim.Adam(lr=0.05).minimize(loss)
         for _ in range(3):
@@ -137,8 +163,9 @@ def test_lstm_training_with_the_compiler_equals_without_and_uses_the_compiled_lo
         if mode == "sync":
             cache = rt._transport.service.compiler.cache
             src = _Module(cache, 1, cpu_recurrent.SOURCE).source
+            p = cell.lower()
             assert all(cache._ready.get(digest(src(k, False)[0])) is not None
-                       for k in ("lstm_fwd_in", "lstm_fwd_cell", "lstm_fwd_out", "lstm_bwd_step"))
+                       for k in (f"{p}_fwd_in", f"{p}_fwd_cell", f"{p}_fwd_out", f"{p}_bwd_step"))
         rt.close()
     for on, off in zip(weights["sync"], weights["off"]):
         np.testing.assert_array_equal(on, off)
