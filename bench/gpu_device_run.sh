@@ -2,7 +2,7 @@
 # The one script to run when a GPU machine is lent (docs/gpu.md): GPU tests and the GPU bench,
 # every result under $OUT. Runs as it is on a box with numpy, CuPy, msgpack, safetensors and
 # pytest (hypothesis, which the op tables import, travels in .gpu-deps: `pip install --target
-# .gpu-deps hypothesis` here, then carry it). About 6 minutes; each part has its own time limit
+# .gpu-deps hypothesis==6.112.0` here, a pure-Python release that runs on any Python 3, then carry it). About 6 minutes; each part has its own time limit
 # so a slow part cannot eat the others.
 set -u
 OUT=${OUT:-/tmp/kf-gpu-out}
@@ -52,7 +52,8 @@ timeout 60 $PT tests/runtime_server/distributed/test_nccl.py \
   > "$OUT/gpu-misc.txt" 2>&1
 tail -n 8 "$OUT/gpu-misc.txt"
 
-# Phase B, speed, alone on the machine.
+# Phase B, speed, alone on the machine (KF_GPU_BENCH=0 leaves it out).
+[ "${KF_GPU_BENCH:-1}" = 0 ] && { date -u; exit 0; }
 timeout 170 $PY bench/gpu_steps.py --rounds 5 --block 0.3 > "$OUT/gpu-bench.txt" 2> "$OUT/gpu-bench.log"
 cat "$OUT/gpu-bench.txt"; tail -n 5 "$OUT/gpu-bench.log"
 date -u

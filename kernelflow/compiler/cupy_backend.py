@@ -36,10 +36,18 @@ def _lines(program: Program) -> tuple[list[str], str]:
     return lines, f"t{len(program.instrs) - 1}"
 
 
-def _in_params(program: Program) -> str:
-    used = {a[1] for ins in program.instrs for a in ins.args if a[0] == "in"}
+def _used(program: Program) -> list[int]:
+    """The inputs the program's instructions read, in order."""
+    return sorted({a[1] for ins in program.instrs for a in ins.args if a[0] == "in"})
+
+
+def _in_params(program: Program, unused: bool = True) -> str:
+    """The kernel's input parameters; inputs no instruction reads are ``raw`` (elementwise) or left
+    out (``unused=False``: a ReductionKernel with a raw parameter cannot reduce a non-leading axis,
+    CuPy's "Illegal conditions")."""
+    used = set(_used(program))
     return ", ".join(f"{_TYPES.get(d, 'float64')} x{k}" if k in used else f"raw {_TYPES.get(d, 'float64')} x{k}"
-                     for k, d in enumerate(program.in_dtypes))
+                     for k, d in enumerate(program.in_dtypes) if unused or k in used)
 
 
 def elementwise_source(program: Program) -> dict[str, str]:
@@ -55,7 +63,7 @@ def reduction_source(program: Program) -> dict[str, str]:
     # The map expression of a ReductionKernel is one expression: wrap the statements in a lambda.
     body = " ".join(lines)
     post = "a / _in_ind.size() * _out_ind.size()" if program.reduce[0].name == "mean" else "a"
-    return {"in_params": _in_params(program), "out_params": f"{_TYPES[program.out_dtype]} y",
+    return {"in_params": _in_params(program, unused=False), "out_params": f"{_TYPES[program.out_dtype]} y",
             "map_expr": f"[&]() -> double {{ {body} return (double){res}; }}()", "reduce_expr": "a + b",
             "post_map_expr": f"y = ({_CTYPES[program.out_dtype]})({post})", "identity": "0",
             "name": f"kf_fused_red_{program.digest()}", "reduce_type": "double"}
@@ -105,11 +113,10 @@ class CupyFusedKernel:
             return self._kernel(*ins)
         from .numba_backend import _reduced_axes
 
-        args = [a for k, a in enumerate(ins) if k != prog.like_input]
-        shape = xp.broadcast(*args).shape
+        shape = xp.broadcast(*[a for k, a in enumerate(ins) if k != prog.like_input]).shape
         axes, out_shape = _reduced_axes(prog, shape, ins[prog.like_input] if prog.like_input is not None else None)
-        full = [xp.broadcast_to(a, shape) for a in args]
-        if prog.like_input is not None:
-            full.insert(prog.like_input, ins[prog.like_input])
-        out = self._kernel(*full, axis=axes) if axes else prog.run_unfused(*ins, xp=xp)
+        used = _used(prog)
+        if not axes or not used:
+            return prog.run_unfused(*ins, xp=xp)
+        out = self._kernel(*[xp.broadcast_to(ins[k], shape) for k in used], axis=axes)
         return out.reshape(out_shape)
