@@ -38,7 +38,7 @@ cat "$OUT/env.txt"
 # Phase A, correctness, three processes at once (NVRTC compiles are CPU-bound; the GPU is shared):
 # the model-level tests and the op table in two shards.
 PT="$PY -m pytest -p no:cacheprovider -m gpu -q -rfEs"
-timeout 240 $PT tests/gpu/test_cupy_models.py tests/compiler/test_controls.py \
+timeout 240 $PT tests/gpu/test_cupy_models.py tests/gpu/test_cuda_graphs.py tests/compiler/test_controls.py \
   --junitxml="$OUT/gpu-models.xml" > "$OUT/gpu-models.txt" 2>&1 &
 KF_GPU_SHARD=0/2 timeout 240 $PT tests/gpu/test_cupy.py --junitxml="$OUT/gpu-ops-0.xml" > "$OUT/gpu-ops-0.txt" 2>&1 &
 KF_GPU_SHARD=1/2 timeout 240 $PT tests/gpu/test_cupy.py --junitxml="$OUT/gpu-ops-1.xml" > "$OUT/gpu-ops-1.txt" 2>&1 &

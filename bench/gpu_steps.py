@@ -1,6 +1,7 @@
 """GPU training-step benchmark (issue #16's GPU part): the MLP of bench/train_mlp.py and the CNN of
 bench/train_cnn.py on a CUDA GPU through kernelflow's CuPy path, compiler on and off, beside PyTorch
-CUDA eager and ``torch.compile`` when torch is installed, and kernelflow on the CPU for scale.
+CUDA eager and ``torch.compile`` when torch is installed, and kernelflow on the CPU for scale; also
+kernelflow with each step captured once as a CUDA graph and replayed (``cuda_graphs=True``).
 
 Same models, weights and batches as the CPU benches (float32, Adam). Each step feeds a host
 batch (numpy) and fetches the loss, so a step ends synchronised and includes the host-to-device
@@ -66,11 +67,11 @@ def _kf_graph(g: Any, model: str) -> tuple[Any, Any, Any, Any]:
     return x, y, loss, train
 
 
-def build_kf(model: str, device: str, compile: bool) -> Callable[[np.ndarray, np.ndarray], float]:
+def build_kf(model: str, device: str, compile: bool, graphs: bool = False) -> Callable[[np.ndarray, np.ndarray], float]:
     import kernelflow as kf
 
-    rt = kf.connect("inproc", device=device, compile="sync" if compile else "off")
-    g = rt.graph(f"{model}_{device}_{compile}")
+    rt = kf.connect("inproc", device=device, compile="sync" if compile else "off", cuda_graphs=graphs)
+    g = rt.graph(f"{model}_{device}_{compile}_{graphs}")
     x, y, loss, train = _kf_graph(g, model)
     step = g.make_callable([train, loss], feed_list=[x, y])
     build_kf.runtimes = [*getattr(build_kf, "runtimes", []), rt]
@@ -158,6 +159,7 @@ def contenders(model: str, cpu: bool) -> list[Contender]:
         out.append(Contender(name, one))
 
     add("kf gpu, compiler on", build_kf(model, "gpu", True))
+    add("kf gpu, compiler on, CUDA graphs", build_kf(model, "gpu", True, graphs=True))
     add("kf gpu, compiler off", build_kf(model, "gpu", False))
     if importlib.util.find_spec("torch") is not None:
         import torch

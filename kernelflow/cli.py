@@ -108,6 +108,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "through an ssh tunnel to 127.0.0.1, or pass --allow-insecure on a network you trust.",
               file=sys.stderr)
         return 2
+    if args.cuda_graphs:
+        os.environ["KERNELFLOW_CUDA_GRAPHS"] = "1"  # read by the runtime's DeviceManager
     return serve(ServeOptions(host=args.host, port=args.port, token=token, token_given=user_token, ssl_context=ctx,
                               device=args.device, state_dir=args.state_dir, max_message_bytes=args.max_message_bytes,
                               compile="off" if args.no_compile else None,
@@ -346,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(--distributed) each follower keeps one shard of every dataset instead of a replica; "
                         "data-parallel jobs then draw each rank's rows from its shard (other batches than one "
                         "rank's; docs/distributed.md)")
+    s.add_argument("--cuda-graphs", action="store_true",
+                   help="capture each GPU plan as a CUDA graph after its first run and replay it (docs/gpu.md; "
+                        "default: $KERNELFLOW_CUDA_GRAPHS)")
     s.add_argument("--no-compile", action="store_true",
                    help="run plans as built: no graph compiler passes or fused kernels (default: "
                         "$KERNELFLOW_COMPILE, else on)")

@@ -28,16 +28,19 @@ class InprocTransport(Transport):
         soft_placement: run nodes asking for a missing GPU on the CPU.
         state_dir: keep graphs, checkpoints, datasets, job histories and models in this dir,
             as `kernelflow serve --state-dir` does (None: memory only).
+        compile: the graph compiler's mode (see `kernelflow.connect`).
+        cuda_graphs: capture GPU plans as CUDA graphs (see `kernelflow.connect`).
     """
 
     url = "inproc"
 
     def __init__(self, device: str = "cpu", soft_placement: bool = False, state_dir: str | None = None,
-                 compile: str | None = None):
+                 compile: str | None = None, cuda_graphs: bool | None = None):
         from ..runtime_server.service import RuntimeService  # lazily: a client machine may lack kernels
 
         self.service = RuntimeService(device=device, soft_placement=soft_placement,
-                                      state_dir=str(state_dir) if state_dir is not None else None, compile=compile)
+                                      state_dir=str(state_dir) if state_dir is not None else None, compile=compile,
+                                      cuda_graphs=cuda_graphs)
         self._call = self.service.call
         self._handlers: dict[str, list[Callable[[list], Any]]] = {}
         self._queue: queue.SimpleQueue = queue.SimpleQueue()

@@ -222,7 +222,7 @@ class Runtime:
 
 def connect(url: str | None = None, *, token: str | None = None, timeout: float | None = None,
             device: str = "cpu", soft_placement: bool = False, ssl_context: Any = None,
-            state_dir: str | None = None, compile: str | None = None) -> Runtime:
+            state_dir: str | None = None, compile: str | None = None, cuda_graphs: bool | None = None) -> Runtime:
     """Connect to a kernelflow runtime.
 
     Args:
@@ -244,6 +244,8 @@ def connect(url: str | None = None, *, token: str | None = None, timeout: float 
         compile: for ``"inproc"``: the graph compiler's mode: "on" (fused kernels compile in the
             background; runs meanwhile are unfused), "sync" (compile before running), "off"
             (None: ``$KERNELFLOW_COMPILE``, else "on"). A server's is `kernelflow serve --no-compile`.
+        cuda_graphs: for ``"inproc"``: capture each GPU plan as a CUDA graph and replay it (None:
+            ``$KERNELFLOW_CUDA_GRAPHS`` = 1; docs/gpu.md). A server's is `kernelflow serve --cuda-graphs`.
 
     Returns:
         A `Runtime`.
@@ -274,7 +276,7 @@ def connect(url: str | None = None, *, token: str | None = None, timeout: float 
         from .inproc import InprocTransport
 
         return Runtime(InprocTransport(device=device, soft_placement=soft_placement, state_dir=state_dir,
-                                       compile=compile))
+                                       compile=compile, cuda_graphs=cuda_graphs))
     if isinstance(url, str) and url.startswith(("kf://", "kfs://")):
         from .tcp import TcpTransport
 

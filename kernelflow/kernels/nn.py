@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import InvalidArgumentError
 from ..graph.ops import nn as N
-from .registry import kernel
+from .registry import defer_check, kernel
 
 
 def _log_softmax(xp, logits):
@@ -17,6 +17,8 @@ def _log_softmax(xp, logits):
 
 def _check_ids(op, ids, n, what):
     # Explicit, because numpy would wrap negative ids and cupy clips or wraps silently.
+    if defer_check(ids, lambda a: _check_ids(op, a, n, what)):
+        return
     if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= n):
         raise InvalidArgumentError(f"{op}: {what} must be in [0, {n}); got values in "
                                    f"[{int(ids.min())}, {int(ids.max())}]")

@@ -12,7 +12,9 @@ Contents: KernelEntry, kernel, xp_kernel, get_kernel, has_kernel, array_module, 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -121,3 +123,28 @@ def _load_all() -> None:
     for family in FAMILIES:
         importlib.import_module(f"{__package__}.{family}")
     _loaded = True
+
+
+# --------------------------------------------------------------------------- checks deferred by a capture
+_deferred = threading.local()
+
+
+@contextlib.contextmanager
+def deferred_checks():
+    """While a CUDA graph is captured on this thread: kernels do not read device values back to
+    check them (a capture cannot sync); `defer_check` collects ``(array, check)`` pairs instead,
+    which the capture's owner runs on the inputs before each launch (engine/cuda_graphs.py)."""
+    _deferred.checks = []
+    try:
+        yield _deferred.checks
+    finally:
+        _deferred.checks = None
+
+
+def defer_check(array: Any, check: Callable[[Any], None]) -> bool:
+    """True when a capture collects ``check(array)`` for later (the kernel skips it now)."""
+    checks = getattr(_deferred, "checks", None)
+    if checks is None:
+        return False
+    checks.append((array, check))
+    return True

@@ -35,6 +35,11 @@ def _scratch(xp: Any, like: Any, k: int = 0) -> Any:
     return buf[:n].reshape(like.shape)
 
 
+def scratch_arrays() -> list:
+    """This thread's scratch arrays (a CUDA graph captured here holds them, so none is freed under it)."""
+    return list(getattr(_local, "bufs", {}).values())
+
+
 def _live(ctx: Any, count: int) -> list:
     """Live storage of the first ``count`` inputs (the variable and its slots)."""
     inputs = ctx.node.inputs

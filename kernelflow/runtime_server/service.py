@@ -65,6 +65,8 @@ class RuntimeService:
         compile: the graph compiler: "on" (plans optimised, fused kernels compile in the background),
             "sync" (kernels compile before the run that needs them), "off"; None: ``$KERNELFLOW_COMPILE``,
             default "on".
+        cuda_graphs: capture GPU plans as CUDA graphs (engine/cuda_graphs.py; None:
+            ``$KERNELFLOW_CUDA_GRAPHS`` = 1).
 
     Raises:
         FailedPreconditionError: another live server holds ``state_dir``.
@@ -73,11 +75,11 @@ class RuntimeService:
     def __init__(self, device: str = "cpu", soft_placement: bool = False, state_dir: str | None = None,
                  max_run_seconds: float | None = None, world: World | None = None,
                  collective_timeout_s: float = DEFAULT_TIMEOUT_S, fusion_bytes: int = DEFAULT_BUCKET_BYTES,
-                 compile: str | None = None):
+                 compile: str | None = None, cuda_graphs: bool | None = None):
         if max_run_seconds is not None and not max_run_seconds > 0:
             raise InvalidArgumentError(f"RuntimeService: max_run_seconds must be > 0 or None; got {max_run_seconds}")
         logsafe.install()  # names from clients are logged escaped (issue #15)
-        self.devices = DeviceManager(device, soft_placement)
+        self.devices = DeviceManager(device, soft_placement, cuda_graphs)
         self.compiler = make_compiler(compile)
         self.state: StateDir | None = StateDir(state_dir) if state_dir else None
         self.runs = RunRegistry(max_run_seconds)

@@ -9,6 +9,7 @@ Contents: Placement, DeviceManager.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +42,14 @@ class DeviceManager:
     Args:
         default: device for nodes with none: "cpu", "gpu", "gpu:N" or "auto" (GPU if present).
         soft_placement: fall back to the CPU when a requested GPU is missing.
+        cuda_graphs: capture GPU plans as CUDA graphs (None: ``$KERNELFLOW_CUDA_GRAPHS`` = 1).
     """
 
-    def __init__(self, default: str = "cpu", soft_placement: bool = False):
+    def __init__(self, default: str = "cpu", soft_placement: bool = False, cuda_graphs: bool | None = None):
         self.soft_placement = soft_placement
+        if cuda_graphs is None:
+            cuda_graphs = os.environ.get("KERNELFLOW_CUDA_GRAPHS", "") in ("1", "on", "true")
+        self.cuda_graphs = bool(cuda_graphs)  # capture GPU plans as CUDA graphs (engine/cuda_graphs.py)
         self._gpu_count: int | None = None
         self._warned: set[str] = set()
         if default == "auto":

@@ -266,6 +266,11 @@ class Plan:
             self.steps.append((fn, ins, slot[id(n)], tuple(frees.get(k, ()))))
         self.template: list[Any] = [None] * self.nslots  # slot values at the start of a run
         self.gpu = any(p.backend != "numpy" for p in place_of.values())
+        self.cuda_graphs: Any = None
+        if self.gpu and getattr(session.devices, "cuda_graphs", False):
+            from .cuda_graphs import CudaGraphs
+
+            self.cuda_graphs = CudaGraphs(self)
         memo: dict[int, bool] = {}
         self.copy_fetch = [_storage_alias(t, memo) for t in self.fetches]
 
@@ -279,7 +284,11 @@ class Plan:
         (`run_profiled` wraps them). ``ready`` watches fetches as they are made (see `Ready`).
         """
         with np.errstate(all="ignore"):  # NaN and Inf are values, not crashes
-            vals = self.execute(feed_values, control, steps, ready)
+            vals = None
+            if self.cuda_graphs is not None and steps is None and ready is None:
+                vals = self.cuda_graphs.run(feed_values, control)
+            if vals is None:
+                vals = self.execute(feed_values, control, steps, ready)
         out_vals = []
         for v, copy in zip(vals, self.copy_fetch):
             if v is not None:

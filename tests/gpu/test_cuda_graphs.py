@@ -1,0 +1,110 @@
+"""CUDA graph capture of GPU plans (engine/cuda_graphs.py): a training step replayed as one graph
+gives the kernel-by-kernel numbers, checks its label feed before each launch, captures afresh
+when a variable's storage is replaced, keeps one graph per feed shape, and leaves plans with
+random ops alone. Skipped without CuPy and a CUDA GPU (CI has neither)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kernelflow as kf
+
+pytestmark = pytest.mark.gpu
+cupy = pytest.importorskip("cupy")
+if not cupy.cuda.is_available():
+    pytest.skip("no CUDA GPU", allow_module_level=True)
+
+
+def _mlp(rt, dropout=False):
+    g = rt.graph("mlp")
+    x = g.placeholder((None, 20), "float32", name="x")
+    y = g.placeholder((None,), "int64", name="y")
+    h = kf.layers.dense(x, 32, activation=kf.relu, name="d1", seed=0)
+    if dropout:
+        h = kf.dropout(h, 0.3, seed=5)
+    logits = kf.layers.dense(h, 4, name="d2", seed=1)
+    loss = kf.mean(kf.softmax_cross_entropy(logits, y))
+    train = kf.optim.Adam(lr=1e-2).minimize(loss)
+    return g, x, y, loss, train
+
+
+def _graphs(rt, g, fetches, feeds):
+    session = rt._transport.service.graphs.session(g.name)  # the plan's CudaGraphs (test only)
+    return session.plan([t.name for t in fetches], [t.name for t in feeds]).cuda_graphs
+
+
+def _batches(sizes=(64, 64, 64)):
+    rng = np.random.default_rng(0)
+    return [(rng.standard_normal((n, 20)).astype(np.float32), rng.integers(0, 4, n)) for n in sizes]
+
+
+def _train(graphs, batches, steps, assign_at=None):
+    rt = kf.connect("inproc", device="gpu", cuda_graphs=graphs)
+    g, x, y, loss, train = _mlp(rt)
+    losses = []
+    for k in range(steps):
+        if k == assign_at:
+            g["d1/w"].set(np.full((20, 32), 0.01, np.float32))
+        xb, yb = batches[k % len(batches)]
+        losses.append(float(g.run([train, loss], {x: xb, y: yb})[1]))
+    cg = _graphs(rt, g, [train, loss], [x, y])
+    w = g["d1/w"].value()
+    rt.close()
+    return losses, w, cg
+
+
+def test_replayed_training_step_equals_kernel_by_kernel():
+    batches = _batches()
+    on, w_on, cg = _train(True, batches, 8)
+    off, w_off, none = _train(False, batches, 8)
+    assert none is None
+    assert cg.reason is None and cg.declined == []
+    assert cg.launches == 7  # run 1 plain, run 2 captured and launched, runs 3-8 replayed
+    assert off[-1] < off[0]
+    np.testing.assert_allclose(on, off, rtol=1e-5)
+    np.testing.assert_allclose(w_on, w_off, rtol=1e-5, atol=1e-6)
+
+
+def test_a_bad_label_is_refused_before_the_launch_and_changes_nothing():
+    rt = kf.connect("inproc", device="gpu", cuda_graphs=True)
+    g, x, y, loss, train = _mlp(rt)
+    xb, yb = _batches()[0]
+    for _ in range(3):
+        g.run([train, loss], {x: xb, y: yb})
+    before = g["d1/w"].value()
+    bad = yb.copy()
+    bad[5] = 7
+    with pytest.raises(kf.errors.InvalidArgumentError, match="labels must be in"):
+        g.run([train, loss], {x: xb, y: bad})
+    np.testing.assert_array_equal(g["d1/w"].value(), before)
+    assert _graphs(rt, g, [train, loss], [x, y]).launches == 2
+    rt.close()
+
+
+def test_assigning_a_variable_captures_afresh():
+    batches = _batches()
+    on, w_on, cg = _train(True, batches, 8, assign_at=4)
+    off, w_off, _ = _train(False, batches, 8, assign_at=4)
+    np.testing.assert_allclose(on, off, rtol=1e-5)
+    np.testing.assert_allclose(w_on, w_off, rtol=1e-5, atol=1e-6)
+    assert cg.launches == 6  # steps 2-4 launched, step 5 plain after the assign, 6-8 launched again
+
+
+def test_one_graph_per_batch_shape():
+    batches = _batches((64, 17))
+    on, _, cg = _train(True, batches, 8)
+    off, _, _ = _train(False, batches, 8)
+    np.testing.assert_allclose(on, off, rtol=1e-5)
+    assert cg.launches == 6  # each shape: one plain run, then captured and replayed
+
+
+def test_plans_with_random_ops_are_not_captured():
+    rt = kf.connect("inproc", device="gpu", cuda_graphs=True)
+    g, x, y, loss, train = _mlp(rt, dropout=True)
+    xb, yb = _batches()[0]
+    losses = [float(g.run([train, loss], {x: xb, y: yb})[1]) for _ in range(4)]
+    cg = _graphs(rt, g, [train, loss], [x, y])
+    assert "random" in cg.reason and cg.launches == 0
+    assert len(set(losses)) == 4
+    rt.close()
