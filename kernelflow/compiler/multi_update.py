@@ -309,9 +309,12 @@ class CpuUpdateGroup(UpdateGroupKernel):
                 args = (self.work(sizes, p),) + args[1:]
             try:
                 fn(*args)
-            except TypeError:  # types it was not compiled for (another member count): compile those too
+            except TypeError:  # types it was not compiled for (another member count or dtype): compile those
                 self.cache.recompile(src, args)
-                return False
+                fn = self.cache.get(src, args, key)  # compiled now in mode "sync"; None while in the background
+                if fn is None:
+                    return False
+                fn(*args)
             return True
         return False
 
