@@ -155,12 +155,12 @@ class CupyUpdateGroup(UpdateGroupKernel):
                 return None
         return tuple(arr.reshape(-1) for arr in storage)
 
-    def flat_grad(self, grad: Any, like: Any) -> Any:
-        if not isinstance(grad, type(like)) or grad.dtype != like.dtype or grad.shape != like.shape:
+    def flat_grad(self, grad: Any, shape: tuple, dtype: Any) -> Any:
+        if not isinstance(grad, self.xp.ndarray) or grad.shape != shape or grad.dtype != dtype:
             return None
         return self.xp.ascontiguousarray(grad).reshape(-1)
 
-    def launch(self, t: Any, cols: list[list], scalars: tuple) -> bool:
+    def launch(self, t: Any, cols: list, scalars: tuple) -> bool:
         if self._broken:
             return False
         xp = self.xp

@@ -120,9 +120,13 @@ def kernel_source(f: Formula, parallel: bool) -> str:
         f"def kernel(work, {', '.join(tuples + list(f.scalars))}):",
         "    for w in prange(work.shape[0]):",
         "        i = work[w, 0]",
+        "        lo = work[w, 1]",
+        "        hi = work[w, 2]",
     ]
-    lines += [f"        {a} = {a}_all[i]" for a in f.arrays]
-    lines.append("        for k in range(work[w, 1], work[w, 2]):")
+    # Sliced views indexed from 0: with k from range(lo, hi) numba cannot prove k >= 0, checks for
+    # negative indices on every access and the loop does not vectorise (7x slower).
+    lines += [f"        {a} = {a}_all[i][lo:hi]" for a in f.arrays]
+    lines.append("        for k in range(hi - lo):")
     lines += [f"            {t} = {e}" for _, t, e in f.body]
     return "\n".join(lines) + "\n"
 
@@ -154,8 +158,23 @@ def _member_error(member: Tensor, e: Exception) -> KernelflowError:
                node=member.name, source=member.source)
 
 
+@dataclass
+class _Prepared:
+    """What a call works out from the variables' storage, kept while the storage stays the same."""
+
+    storage: list  # every member's state arrays, in member order
+    fast: list[int]  # members the kernel takes (given gradients of their shape and dtype)
+    own: list[int]  # members that run their own kernels
+    state_cols: list[tuple]  # per state array: the fast members' 1-D views
+    shapes: list[tuple]  # the fast members' variable shapes
+    t: Any  # their dtype
+
+
 class UpdateGroupKernel:
     """A group node's kernel: members the backend's kernel takes go in one call, others run their own.
+
+    A call compares the members' storage with the last call's (the same arrays, step after step)
+    and reuses what it worked out from them; only the gradients are checked each time.
 
     Args:
         group: what the node updates.
@@ -169,70 +188,113 @@ class UpdateGroupKernel:
         self.member_entry = member_entry
         self.xp = xp
         self._own: tuple[Any, list] | None = None  # (ctx, the members' own bound kernels)
-        self._views: list[Any] = [None] * len(group.members)  # per member: (storage, flat views or None)
+        self._state_nodes = [m.inputs[j] for m in group.members for j in range(group.n_state)]
+        self._prep: _Prepared | None = None
+        self._consts: dict = {}
 
     # -- backend hooks
     def flat_state(self, storage: tuple) -> tuple | None:
         """The state arrays as 1-D views when the kernel takes them, else None."""
         raise NotImplementedError
 
-    def flat_grad(self, grad: Any, like: Any) -> Any:
-        """The gradient as a 1-D array matching ``like`` (the variable), else None."""
+    def flat_grad(self, grad: Any, shape: tuple, dtype: Any) -> Any:
+        """The gradient as a 1-D array when it has ``shape`` and ``dtype`` (the variable's), else None."""
         raise NotImplementedError
 
-    def launch(self, t: Any, cols: list[list], scalars: tuple) -> bool:
-        """Run the kernel over the members' arrays ``cols`` (one list per formula array); False: not run."""
+    def launch(self, t: Any, cols: list, scalars: tuple) -> bool:
+        """Run the kernel over the fast members' 1-D arrays ``cols`` (one tuple per formula array);
+        False: it did not run (not compiled yet)."""
         raise NotImplementedError
 
     # -- the call
     def __call__(self, ctx: Any, xp: Any, *ins: Any) -> Any:
         g = self.group
         n_state, w = g.n_state, g.width
-        members = g.members
-        scalars_in = ins[len(ins) - g.n_scalars:]
-        cols: list[list] = [[] for _ in range(w)]
-        fast: list[int] = []
-        own: list[int] = []
-        t = None
-        for k, m in enumerate(members):
-            inputs = m.inputs
-            storage = tuple(ctx.storage(inputs[j]) for j in range(n_state))
-            cached = self._views[k]
-            if cached is None or any(a is not b for a, b in zip(cached[0], storage)):
-                cached = self._views[k] = (storage, self.flat_state(storage))
-            flat = cached[1]
-            grad = self.flat_grad(ins[k * w + n_state], storage[0]) if flat is not None else None
-            if grad is None or t is not None and storage[0].dtype != t:
+        st = ctx.storage
+        storage = [st(v) for v in self._state_nodes]
+        p = self._prep
+        if p is None or any(a is not b for a, b in zip(storage, p.storage)):
+            p = self._prep = self._prepare(storage)
+        own = p.own
+        grads = []
+        if p.fast:
+            fg, t = self.flat_grad, p.t
+            for k, shape in zip(p.fast, p.shapes):
+                gr = fg(ins[k * w + n_state], shape, t)
+                if gr is None:  # a gradient the kernel does not take: `_split` sorts the members out
+                    break
+                grads.append(gr)
+        if len(grads) == len(p.fast) and grads:
+            scalars_in = ins[len(ins) - g.n_scalars:]
+            ok = all(getattr(s, "dtype", None) == t and getattr(s, "ndim", 1) == 0 for s in scalars_in)
+            if not (ok and self.launch(t, p.state_cols + [tuple(grads)], self._scalars(t, scalars_in))):
+                own = list(range(len(g.members)))
+        elif p.fast:
+            own = self._split(p, ins)
+        if own:
+            self._run_own(ctx, ins, own)
+        return storage[len(storage) - n_state]
+
+    def _prepare(self, storage: list) -> _Prepared:
+        n_state = self.group.n_state
+        fast, own, t = [], [], None
+        flats = []
+        for k in range(len(self.group.members)):
+            flat = self.flat_state(tuple(storage[k * n_state:(k + 1) * n_state]))
+            if flat is None or t is not None and flat[0].dtype != t:
                 own.append(k)
                 continue
-            t = storage[0].dtype
+            t = flat[0].dtype
             fast.append(k)
-            for j in range(n_state):
-                cols[j].append(flat[j])
-            cols[n_state].append(grad)
-        if fast and not all(getattr(s, "dtype", None) == t and getattr(s, "ndim", 1) == 0 for s in scalars_in):
-            own, fast = sorted(own + fast), []
-        if fast:
-            scalars = scalar_values(g.op, g.attrs, t.type, scalars_in)
-            if not self.launch(t, cols, scalars):
-                own, fast = sorted(own + fast), []
-        if own:
-            fns = self._own_kernels(ctx)
-            for k in own:
-                try:
-                    fns[k](*g.member_inputs(ins, k))
-                except Exception as e:
-                    raise _member_error(members[k], e) from e
-        return ctx.storage(members[-1].inputs[0])
+            flats.append(flat)
+        cols = [tuple(f[j] for f in flats) for j in range(n_state)]
+        shapes = [storage[k * n_state].shape for k in fast]
+        return _Prepared(storage, fast, own, cols, shapes, t)
 
-    def _own_kernels(self, ctx: Any) -> list:
+    def _split(self, p: _Prepared, ins: Sequence) -> list[int]:
+        """A call whose gradients some fast members' do not match: those run their own kernels."""
+        g = self.group
+        fast, own, grads = [], list(p.own), []
+        for k, shape in zip(p.fast, p.shapes):
+            gr = self.flat_grad(ins[k * g.width + g.n_state], shape, p.t)
+            if gr is None:
+                own.append(k)
+            else:
+                fast.append(k)
+                grads.append(gr)
+        if fast:
+            pos = [p.fast.index(k) for k in fast]
+            cols = [tuple(c[i] for i in pos) for c in p.state_cols] + [tuple(grads)]
+            scalars_in = ins[len(ins) - g.n_scalars:]
+            t = p.t
+            ok = all(getattr(s, "dtype", None) == t and getattr(s, "ndim", 1) == 0 for s in scalars_in)
+            if not (ok and self.launch(t, cols, self._scalars(t, scalars_in))):
+                own += fast
+        return sorted(own)
+
+    def _scalars(self, t: Any, scalars_in: Sequence) -> tuple:
+        g = self.group
+        if g.op is T.apply_adam_op:  # the common case, without the general path's conversions
+            c = self._consts.get(t)
+            if c is None:
+                c = self._consts[t] = scalar_values(g.op, g.attrs, t.type, [np.zeros((), t)])[1:]
+            return (t.type(scalars_in[0]),) + c
+        return scalar_values(g.op, g.attrs, t.type, scalars_in)
+
+    def _run_own(self, ctx: Any, ins: Sequence, own: list[int]) -> None:
+        g = self.group
         if self._own is None or self._own[0] is not ctx:
             fns = []
-            for m in self.group.members:
+            for m in g.members:
                 entry = self.member_entry(m)
                 fns.append(entry.bind(self.xp, m.attrs, _MemberContext(ctx, m) if entry.needs_ctx else None))
             self._own = (ctx, fns)
-        return self._own[1]
+        fns = self._own[1]
+        for k in own:
+            try:
+                fns[k](*g.member_inputs(ins, k))
+            except Exception as e:
+                raise _member_error(g.members[k], e) from e
 
 
 class CpuUpdateGroup(UpdateGroupKernel):
@@ -263,11 +325,15 @@ class CpuUpdateGroup(UpdateGroupKernel):
                 return None
         return tuple(a.reshape(-1) for a in storage)
 
-    def flat_grad(self, grad: Any, like: Any) -> Any:
-        if not isinstance(grad, np.ndarray) or grad.dtype != like.dtype or grad.shape != like.shape:
+    def flat_grad(self, grad: Any, shape: tuple, dtype: Any) -> Any:
+        if grad.__class__ is not np.ndarray or grad.shape != shape or grad.dtype != dtype:
             return None
-        grad = np.ascontiguousarray(grad).reshape(-1)  # as the per-variable kernel: a copy when strided
-        return grad if grad.flags.aligned else None
+        flags = grad.flags
+        if not flags.c_contiguous:
+            grad = np.ascontiguousarray(grad)  # as the per-variable kernel: a copy when strided
+        elif not flags.aligned:
+            return None
+        return grad.reshape(-1)
 
     def source(self, parallel: bool) -> tuple[str, str]:
         """(module text, cache key) of the serial or parallel variant."""
@@ -293,13 +359,13 @@ class CpuUpdateGroup(UpdateGroupKernel):
             self._work[key] = items
         return items
 
-    def launch(self, t: Any, cols: list[list], scalars: tuple) -> bool:
+    def launch(self, t: Any, cols: list, scalars: tuple) -> bool:
         grads = cols[-1]
         if not all(a.flags.writeable for a in grads):  # one array type for the whole tuple
-            cols[-1] = grads = [_readonly(a) for a in grads]
+            cols[-1] = grads = tuple(_readonly(a) for a in grads)
         sizes = tuple(a.size for a in grads)
         parallel = self.threads > 1 and sum(sizes) >= PARALLEL_MIN
-        args = (self.work(sizes, parallel), *[tuple(c) for c in cols], *scalars)
+        args = (self.work(sizes, parallel), *cols, *scalars)
         for p in ((True, False) if parallel else (False,)):
             src, key = self.source(p)
             fn = self.cache.get(src, args, key)

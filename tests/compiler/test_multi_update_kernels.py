@@ -304,3 +304,23 @@ def test_cuda_source_run_as_cpp_is_bitwise_the_numpy_kernels(graph, rng, tmp_pat
     _own(node, own, grads, scalars, dtype)
     for k, v in values.items():
         np.testing.assert_array_equal(v, own[k], err_msg=k)
+
+
+def test_storage_replaced_between_calls_is_the_one_updated(graph, rng, compiler, monkeypatch):
+    # A restore or write_variable puts a new array in the storage: the next call must update that one.
+    node, scalars = _build(graph, "adam", "float32")
+    values, grads = _state(node, rng, "float32")
+    kernel = compiler.kernel_for(node, "numpy").fn
+    calls = _launches(monkeypatch)
+    kernel(Store(node, values), np, *_inputs(node, grads, scalars, values, "float32"))
+    old = values["w1"]
+    values["w1"] = rng.standard_normal(old.shape).astype("float32")
+    values["w4"] = np.asfortranarray(values["w4"])  # and one the kernel no longer takes
+    own = {k: v.copy(order="K") for k, v in values.items()}
+    before = old.copy()
+    kernel(Store(node, values), np, *_inputs(node, grads, scalars, values, "float32"))
+    _own(node, own, grads, scalars, "float32")
+    assert calls == [(True, 5), (True, 4)]
+    np.testing.assert_array_equal(old, before)  # the replaced array is left alone
+    for k, v in values.items():
+        np.testing.assert_array_equal(v, own[k], err_msg=k)
