@@ -269,9 +269,10 @@ _local = threading.local()
 class _Module:
     """The compiled kernels module (serial and parallel variants), via a `KernelCache`."""
 
-    def __init__(self, cache: Any, threads: int):
+    def __init__(self, cache: Any, threads: int, text: str = SOURCE):
         self.cache = cache
         self.threads = threads
+        self.text = text  # the module's source, ``PARALLEL`` standing for the variant's flag
         self._sources: dict[tuple, tuple[str, str]] = {}
 
     def get(self, name: str, args: tuple, size: int) -> tuple[Callable | None, str]:
@@ -289,7 +290,7 @@ class _Module:
         """(module text, cache key) of kernel ``name``'s variant."""
         v = self._sources.get((name, parallel))
         if v is None:
-            src = SOURCE.replace("PARALLEL", str(parallel)) + f"\nkernel = {name}\n"
+            src = self.text.replace("PARALLEL", str(parallel)) + f"\nkernel = {name}\n"
             v = self._sources[(name, parallel)] = (src, digest(src))
         return v
 

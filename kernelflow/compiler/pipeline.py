@@ -137,9 +137,10 @@ class Compiler:
     def _overrides(self) -> dict:
         with self._lock:
             if self._cpu is None:
+                from . import cpu_recurrent
                 from .cpu_kernels import overrides
 
-                self._cpu = overrides(self.cache, self.threads)
+                self._cpu = {**overrides(self.cache, self.threads), **cpu_recurrent.overrides(self.cache)}
             return self._cpu
 
     def prewarm(self) -> None:
