@@ -85,6 +85,26 @@ def formula(op: Any, attrs: dict) -> Formula:
         return Formula(("var", "m", "v", "grad"), ("lr_t", "eps_t", "b1", "c1", "b2", "c2") + (
             ("decay",) if wd else ()), ((True, "xk", "var[k] * decay" if wd else "var[k]"),) + _ADAM_MOMENTS + (
             (False, "var[k]", "xk - (mk / (sqrt(vk) + eps_t)) * lr_t"),))
+    if op is T.apply_rmsprop_op or op is T.apply_centered_rmsprop_op:
+        centered = op is T.apply_centered_rmsprop_op
+        mom = bool(attrs["momentum"])
+        body = [(True, "gk", "grad[k]"), (True, "sk", "ms[k] * rho + (gk * gk) * c"), (False, "ms[k]", "sk")]
+        if centered:  # numpy: tmp = mg * mg; tmp = ms - tmp; tmp += eps
+            body += [(True, "gm", "mg[k] * rho + gk * c"), (False, "mg[k]", "gm"),
+                     (True, "dk", "(sk - gm * gm) + eps")]
+        else:
+            body.append((True, "dk", "sk + eps"))
+        body.append((True, "uk", "(gk / sqrt(dk)) * lr"))
+        if mom:  # numpy: mom *= momentum; mom += step; var -= mom (the slot is left alone without momentum)
+            body += [(True, "pk", "mom[k] * mo + uk"), (False, "mom[k]", "pk"), (False, "var[k]", "var[k] - pk")]
+        else:
+            body.append((False, "var[k]", "var[k] - uk"))
+        arrays = ("var", "mg", "ms", "mom", "grad") if centered else ("var", "ms", "mom", "grad")
+        return Formula(arrays, ("lr", "rho", "c", "eps") + (("mo",) if mom else ()), tuple(body))
+    if op is T.apply_adagrad_op:  # numpy: accum += g*g; tmp = sqrt(accum) + eps; var -= (g / tmp) * lr
+        return Formula(("var", "accum", "grad"), ("lr", "eps"), (
+            (True, "gk", "grad[k]"), (True, "ak", "accum[k] + gk * gk"), (False, "accum[k]", "ak"),
+            (False, "var[k]", "var[k] - (gk / (sqrt(ak) + eps)) * lr")))
     raise InternalError(f"multi-variable update: no formula for op '{op.name}'")
 
 
@@ -97,6 +117,12 @@ def scalar_values(op: Any, attrs: dict, t: Any, scalars: Sequence[Any]) -> tuple
     if op is T.apply_momentum_op:
         out = (t(scalars[0]), t(attrs["momentum"]))
         return out + (t(attrs["weight_decay"]),) if attrs["weight_decay"] else out
+    if op is T.apply_rmsprop_op or op is T.apply_centered_rmsprop_op:
+        rho = attrs["rho"]
+        out = (t(scalars[0]), t(rho), t(1.0 - rho), t(attrs["epsilon"]))
+        return out + (t(attrs["momentum"]),) if attrs["momentum"] else out
+    if op is T.apply_adagrad_op:
+        return (t(scalars[0]), t(attrs["epsilon"]))
     b1, b2 = attrs["beta1"], attrs["beta2"]
     moments = (t(b1), t(1.0 - b1), t(b2), t(1.0 - b2))
     if op is T.apply_adam_op:

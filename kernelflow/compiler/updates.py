@@ -33,6 +33,9 @@ ELEMENTWISE: dict[OpDef, tuple[str, ...]] = {
     T.apply_momentum_op: ("momentum", "nesterov", "weight_decay"),
     T.apply_adam_op: ("beta1", "beta2", "epsilon"),
     T.apply_adamw_op: ("beta1", "beta2", "weight_decay"),
+    T.apply_rmsprop_op: ("rho", "momentum", "epsilon"),
+    T.apply_centered_rmsprop_op: ("rho", "momentum", "epsilon"),
+    T.apply_adagrad_op: ("epsilon",),
 }
 """Update ops that have a multi-variable kernel, with the attrs a group's members share."""
 

@@ -33,7 +33,14 @@ OPTIMISERS = {  # name -> (op builder, slots, scalar values, attrs)
     "adam": (kf.apply_adam, 2, (0.01,), {"beta1": 0.9, "beta2": 0.999, "epsilon": 1e-7}),
     "adamw": (kf.apply_adamw, 2, (0.01, 0.02, 3e-7), {"weight_decay": 0.01}),
     "adamw_nowd": (kf.apply_adamw, 2, (0.01, 0.02, 3e-7), {"weight_decay": 0.0}),
+    "rmsprop": (kf.apply_rmsprop, 2, (0.01,), {"rho": 0.9}),
+    "rmsprop_mom": (kf.apply_rmsprop, 2, (0.01,), {"rho": 0.8, "momentum": 0.9, "epsilon": 1e-6}),
+    "centered_mom": (kf.apply_centered_rmsprop, 3, (0.01,), {"rho": 0.9, "momentum": 0.5}),
+    "adagrad": (kf.apply_adagrad, 1, (0.1,), {"epsilon": 1e-6}),
 }
+NONNEG = {T.apply_adam_op: 2, T.apply_adamw_op: 2, T.apply_rmsprop_op: 1, T.apply_centered_rmsprop_op: 2,
+          T.apply_adagrad_op: 1}
+"""The slot that holds a mean square (non-negative) of each op."""
 
 
 class Store:
@@ -71,8 +78,12 @@ def _state(node, rng, dtype):
     values, grads = {}, []
     for m in grp.members:
         for j in range(grp.n_state):
-            a = rng.standard_normal(m.inputs[j].shape).astype(dtype)
-            values[m.inputs[j].name] = np.abs(a) if j == 2 else a
+            a = rng.standard_normal(m.inputs[j].shape)
+            if j == NONNEG.get(m.op):
+                a = np.abs(a) + (0.5 if m.op is T.apply_centered_rmsprop_op else 0)
+            elif j == 1 and m.op is T.apply_centered_rmsprop_op:
+                a = a * 0.1  # the mean gradient: its square stays below the mean square
+            values[m.inputs[j].name] = a.astype(dtype)
         grads.append(rng.standard_normal(m.inputs[0].shape).astype(dtype) * 3)
     return values, grads
 
@@ -110,6 +121,23 @@ def _ref64(name, values, grads, scalars, node):
             step = g + attrs["momentum"] * acc if attrs.get("nesterov") else acc
             var = var - scalars[0] * step
             st[1] = acc
+        elif m.op is T.apply_adagrad_op:
+            st[1] = st[1] + g * g
+            var = var - scalars[0] * g / (np.sqrt(st[1]) + attrs["epsilon"])
+        elif m.op in (T.apply_rmsprop_op, T.apply_centered_rmsprop_op):
+            rho, mo, eps = m.attrs["rho"], m.attrs["momentum"], m.attrs["epsilon"]
+            c = m.op is T.apply_centered_rmsprop_op
+            ms = rho * st[1 + c] + (1 - rho) * g * g
+            denom = ms
+            if c:
+                st[1] = rho * st[1] + (1 - rho) * g
+                denom = ms - st[1] ** 2
+            step = scalars[0] * g / np.sqrt(denom + eps)
+            if mo:
+                st[2 + c] = mo * st[2 + c] + step
+                step = st[2 + c]
+            var = var - step
+            st[1 + c] = ms
         else:
             b1, b2 = m.attrs["beta1"], m.attrs["beta2"]
             if m.op is T.apply_adamw_op:
@@ -171,7 +199,8 @@ def test_group_kernel_is_bitwise_the_members_kernels_and_near_float64(graph, rng
     assert calls and all(ok and n == len(SHAPES) for ok, n in calls)  # one kernel call for all members
     assert out is values[node.op.group.members[-1].inputs[0].name]
     for k, v in values.items():
-        assert not np.array_equal(v, start[k]) or k.endswith("slot0") and name.startswith("sgd"), k
+        untouched = name == "rmsprop" and k.endswith("slot1")  # the momentum slot, without momentum
+        assert np.array_equal(v, start[k]) == untouched, k
         np.testing.assert_array_equal(v, own[k], err_msg=k)
 
 

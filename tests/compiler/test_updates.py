@@ -21,6 +21,9 @@ OPTIMISERS = {
     "sgd": lambda: kf.optim.SGD(lr=0.1),
     "momentum": lambda: kf.optim.SGD(lr=0.05, momentum=0.9),
     "nesterov_wd": lambda: kf.optim.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+    "rmsprop": lambda: kf.optim.RMSProp(lr=0.01),
+    "centered_mom": lambda: kf.optim.RMSProp(lr=0.01, momentum=0.9, centered=True),
+    "adagrad": lambda: kf.optim.Adagrad(lr=0.1),
 }
 
 
