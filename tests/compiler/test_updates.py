@@ -207,3 +207,27 @@ def test_a_job_resumed_with_the_compiler_off_continues_the_same_trajectory(monke
         np.testing.assert_array_equal(g.read_variable(v), whole[v.name], err_msg=v.name)
     assert int(g.read_variable(g["global_step"])) == 8
     rt.close()
+
+
+def test_parallel_kernel_on_two_threads_is_bitwise_too(monkeypatch):
+    # 60K elements: the parallel variant, its work items split over the threads
+    monkeypatch.setenv("KERNELFLOW_COMPILE_THREADS", "2")
+    rng = np.random.default_rng(8)
+    w0 = [rng.standard_normal(s).astype(np.float32) for s in ((200, 250), (10_000,), (7,))]
+    out = {}
+    for mode in ("sync", "off"):
+        rt = _connect(monkeypatch, mode)
+        g = rt.graph("par")
+        ws = [g.variable(w, name=f"p{i}") for i, w in enumerate(w0)]
+        loss = sum(kf.sum(kf.square(kf.tanh(w))) for w in ws)
+        train = kf.optim.AdamW(lr=0.01).minimize(loss)
+        if mode == "sync":
+            assert [grp["members"] for grp in g.fused_groups(train) if grp["ops"][0] == "apply_adamw"] == [
+                ["AdamW/update_p0", "AdamW/update_p1", "AdamW/update_p2"]]
+        for _ in range(3):
+            g.run(train)
+        out[mode] = [g.read_variable(w) for w in ws]
+        rt.close()
+    for a, b, w in zip(out["sync"], out["off"], w0):
+        assert not np.array_equal(a, w)
+        np.testing.assert_array_equal(a, b)
