@@ -9,7 +9,7 @@ same trajectory. The CPU kernel is one numba call over all members: a loop over 
 about equal size that ``prange`` spreads over the threads) reading each member's raveled arrays
 out of tuples. The CUDA version is in cupy_backend.py.
 
-Contents: Formula, formula, kernel_source, UpdateGroupKernel, CpuUpdateGroup.
+Contents: Formula, formula, scalar_values, kernel_source, UpdateGroupKernel, CpuUpdateGroup.
 """
 
 from __future__ import annotations
