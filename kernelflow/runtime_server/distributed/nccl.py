@@ -49,11 +49,16 @@ class NCCLCommunicator(Communicator):
         self.device = int(device)
         uid = np.zeros(128, np.int8)
         if host.rank == 0:
-            uid[:] = np.array(nccl.get_unique_id(), np.int64).astype(np.int8)
+            raw = nccl.get_unique_id()  # a tuple of 128 signed chars, or (CuPy 14) 128 bytes
+            uid[:] = np.frombuffer(bytes(raw), np.int8) if isinstance(raw, (bytes, bytearray)) \
+                else np.array(raw, np.int64).astype(np.int8)
         host.broadcast(uid, 0, "nccl: unique id")
         with cupy.cuda.Device(self.device):
             self.stream = cupy.cuda.Stream(non_blocking=True)
-            self.comm = nccl.NcclCommunicator(host.size, tuple(int(v) for v in uid), host.rank)
+            try:
+                self.comm = nccl.NcclCommunicator(host.size, tuple(int(v) for v in uid), host.rank)
+            except (TypeError, ValueError):  # CuPy 14 takes the id as bytes, as get_unique_id gives it
+                self.comm = nccl.NcclCommunicator(host.size, uid.tobytes(), host.rank)
 
     def _dtype(self, buf: Any) -> int:
         name = _NCCL_DTYPES.get(str(buf.dtype))
