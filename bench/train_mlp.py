@@ -33,7 +33,7 @@ from _common import Contender, machine_facts, median, print_facts, print_table, 
 SIZES = (784, 512, 512, 10)
 LR, BETA1, BETA2, EPS = 1e-3, 0.9, 0.999, 1e-7
 IMPLS = ("kf", "numpy", "tf1", "torch")
-EXTRA_IMPLS = ("kf-unfused", "kf-nocompile")
+EXTRA_IMPLS = ("kf-unfused", "kf-nocompile", "kf-nogroup")
 
 
 # --------------------------------------------------------------------------- data and weights
@@ -85,18 +85,28 @@ def build_kf_graph(rt: Any, name: str, weights: list, fused_adam: bool = True) -
     return {"g": g, "x": x, "y": y, "loss": loss, "train": train}
 
 
-def build_kf(weights: list, threads: int, fused_adam: bool = True, compile: bool = True
-             ) -> Callable[[np.ndarray, np.ndarray], Any]:
+def build_kf(weights: list, threads: int, fused_adam: bool = True, compile: bool = True,
+             group_updates: bool = True) -> Callable[[np.ndarray, np.ndarray], Any]:
     """kernelflow in-process runtime: placeholders, autodiff, kf.optim.Adam, one callable per step.
 
     With ``fused_adam=False`` the update is built from kf.gradients and assign ops instead of
     the optimiser's fused in-place kernel (the ``kf-unfused`` contender); with ``compile=False``
-    the graph compiler is off for its runs (the ``kf-nocompile`` contender).
+    the graph compiler is off for its runs (the ``kf-nocompile`` contender); with
+    ``group_updates=False`` the compiler leaves each variable's Adam update a kernel call of its
+    own instead of one call for all (``$KERNELFLOW_GROUP_UPDATES=0``, the ``kf-nogroup`` contender).
     """
     import kernelflow as kf
 
-    rt = kf.connect("inproc")
-    m = build_kf_graph(rt, f"mlp_{id(weights)}_{compile}", weights, fused_adam)
+    saved = os.environ.get("KERNELFLOW_GROUP_UPDATES")
+    os.environ["KERNELFLOW_GROUP_UPDATES"] = "1" if group_updates else "0"
+    try:
+        rt = kf.connect("inproc")
+    finally:
+        if saved is None:
+            del os.environ["KERNELFLOW_GROUP_UPDATES"]
+        else:
+            os.environ["KERNELFLOW_GROUP_UPDATES"] = saved
+    m = build_kf_graph(rt, f"mlp_{id(weights)}_{compile}_{group_updates}", weights, fused_adam)
     g, x, y, loss, train = m["g"], m["x"], m["y"], m["loss"], m["train"]
     step = g.make_callable([train, loss], feed_list=[x, y], compile=compile)
     build_kf.runtimes = [*getattr(build_kf, "runtimes", []), rt]
@@ -222,7 +232,8 @@ def build_torch(weights: list, threads: int) -> Callable[[np.ndarray, np.ndarray
 
 BUILDERS = {"kf": build_kf, "numpy": build_numpy, "tf1": build_tf1, "torch": build_torch,
             "kf-unfused": lambda w, t: build_kf(w, t, fused_adam=False),
-            "kf-nocompile": lambda w, t: build_kf(w, t, compile=False)}
+            "kf-nocompile": lambda w, t: build_kf(w, t, compile=False),
+            "kf-nogroup": lambda w, t: build_kf(w, t, group_updates=False)}
 
 
 def wait_for_kernels() -> None:

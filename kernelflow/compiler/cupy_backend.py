@@ -4,7 +4,10 @@ The source text is generated here without CuPy (unit-tested on machines with no 
 is imported only when a kernel is first built, on a GPU node. CuPy caches the compiled
 binaries on disk itself (``~/.cupy/kernel_cache``).
 
-Contents: elementwise_source, reduction_source, CupyFusedKernel.
+A group of optimiser updates (compiler/updates.py) becomes one ``RawKernel`` over all its
+variables (`update_source`).
+
+Contents: elementwise_source, reduction_source, CupyFusedKernel, update_source, CupyUpdateGroup.
 """
 
 from __future__ import annotations
@@ -12,8 +15,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
+
 from .exprs import cu_const, cu_instr
 from .fusion import Program
+from .multi_update import Formula, UpdateGroupKernel
+from .updates import UpdateGroup
 
 log = logging.getLogger("kernelflow.compiler")
 
@@ -120,3 +127,91 @@ class CupyFusedKernel:
             return prog.run_unfused(*ins, xp=xp)
         out = self._kernel(*[xp.broadcast_to(ins[k], shape) for k in used], axis=axes)
         return out.reshape(out_shape)
+
+
+# --------------------------------------------------------------------------- multi-variable updates
+UPDATE_THREADS = 256
+UPDATE_OPTIONS = ("--fmad=false",)
+"""No fused multiply-add: each operation rounds on its own, as the per-variable CuPy ufuncs do."""
+
+
+def update_source(f: Formula, dtype: str, name: str) -> str:
+    """CUDA C++ of a multi-variable update: one grid-stride loop over all members' elements.
+
+    ``ptrs`` holds each member's array addresses (the formula's arrays, in order), ``offsets``
+    the running element counts (``offsets[i]`` is member i's first element, ``offsets[n]`` the
+    total); an element finds its member by binary search over ``offsets``.
+    """
+    ctype = _CTYPES[dtype]
+    a = len(f.arrays)
+    params = ", ".join(f"T {s}" for s in f.scalars)
+    lines = [
+        f"typedef {ctype} T;",
+        f'extern "C" __global__ void {name}(const unsigned long long* ptrs, const long long* offsets, int n, '
+        f"{params}) {{",
+        "  const long long total = offsets[n];",
+        "  const long long stride = (long long)gridDim.x * blockDim.x;",
+        "  for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += stride) {",
+        "    int lo = 0, hi = n - 1;",
+        "    while (lo < hi) {",
+        "      int mid = (lo + hi + 1) >> 1;",
+        "      if (offsets[mid] <= idx) lo = mid; else hi = mid - 1;",
+        "    }",
+        "    const long long k = idx - offsets[lo];",
+    ]
+    lines += [f"    T* {arr} = (T*)ptrs[(long long)lo * {a} + {j}];" for j, arr in enumerate(f.arrays)]
+    lines += [f"    {'T ' if decl else ''}{t} = {e};" for decl, t, e in f.body]
+    lines += ["  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def update_launch(sizes: list[int]) -> tuple[np.ndarray, int]:
+    """(offsets, blocks) of a launch over members of ``sizes`` elements."""
+    offsets = np.zeros(len(sizes) + 1, np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    total = int(offsets[-1])
+    return offsets, max(1, min(-(-total // UPDATE_THREADS), 8192))
+
+
+class CupyUpdateGroup(UpdateGroupKernel):
+    """The GPU kernel of a group node: one ``RawKernel`` launch per dtype over every member."""
+
+    def __init__(self, group: UpdateGroup, member_entry: Any, xp: Any):
+        super().__init__(group, member_entry, xp)
+        self._kernels: dict[str, Any] = {}
+        self._broken = False
+
+    def flat_state(self, storage: tuple) -> tuple | None:
+        s0 = storage[0]
+        if getattr(s0, "dtype", None) is None or s0.dtype.name not in _CTYPES:
+            return None
+        for arr in storage:
+            if not (isinstance(arr, type(s0)) and arr.dtype == s0.dtype and arr.shape == s0.shape
+                    and arr.flags.c_contiguous):
+                return None
+        return tuple(arr.reshape(-1) for arr in storage)
+
+    def flat_grad(self, grad: Any, shape: tuple, dtype: Any) -> Any:
+        if not isinstance(grad, self.xp.ndarray) or grad.shape != shape or grad.dtype != dtype:
+            return None
+        return self.xp.ascontiguousarray(grad).reshape(-1)
+
+    def launch(self, t: Any, cols: list, scalars: tuple) -> bool:
+        if self._broken:
+            return False
+        xp = self.xp
+        kernel = self._kernels.get(t.name)
+        if kernel is None:
+            name = f"kf_update_{self.group.op.name}_{t.name}"
+            try:
+                kernel = xp.RawKernel(update_source(self.formula, t.name, name), name, options=UPDATE_OPTIONS)
+                kernel.compile()
+            except Exception:  # a compiler that refuses the source: the members run their own kernels
+                self._broken = True
+                return False
+            self._kernels[t.name] = kernel
+        n = len(cols[0])
+        ptrs = np.array([c[i].data.ptr for i in range(n) for c in cols], np.uint64)
+        offsets, blocks = update_launch([a.size for a in cols[0]])
+        kernel((blocks,), (UPDATE_THREADS,), (xp.asarray(ptrs), xp.asarray(offsets), np.int32(n), *scalars))
+        return True

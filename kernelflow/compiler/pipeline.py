@@ -15,9 +15,10 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..graph.ir import Tensor
-from ..kernels.registry import KernelEntry, get_kernel
+from ..kernels.registry import KernelEntry, array_module, get_kernel
 from .fusion import FusedOp, fuse
 from .passes import rebuild, run_passes
+from .updates import UpdateGroupOp, group_updates
 
 MODES = ("on", "sync", "off")
 
@@ -66,6 +67,8 @@ class Compiler:
         self.threads = threads or (int(env) if env.isdigit() and int(env) > 0 else 1)
         self._lock = threading.Lock()
         self._cpu: dict | None = None
+        # One kernel for the optimiser updates of all variables; $KERNELFLOW_GROUP_UPDATES=0 turns it off.
+        self.group_updates = os.environ.get("KERNELFLOW_GROUP_UPDATES", "1").strip() not in ("0", "false", "off")
 
     def optimize(self, order: list[Tensor], fed: set[int], fetches: Sequence[Tensor],
                  placement: Callable[[Tensor], Any]) -> OptimizedPlan:
@@ -77,39 +80,43 @@ class Compiler:
             return backend == "cupy" or backend == "numpy" and self.has_numba
 
         new_order, fused_for, made = fuse(rw.order, fed, [rw.resolve(f) for f in fetches], device_ok)
-        if fused_for:  # consumers of a group's root now read the fused node
-            subst: dict[int, Tensor] = dict(fused_for)
+        subst: dict[int, Tensor] = dict(fused_for)
+        new_order = _settle(new_order, subst)  # consumers of a group's root now read the fused node
 
-            def res(t: Tensor) -> Tensor:
-                while id(t) in subst:
-                    t = subst[id(t)]
-                return t
-
-            settled = []
-            for n in new_order:
-                ins = [res(i) for i in n.inputs]
-                ctl = [res(i) for i in n.control_inputs]
-                if any(a is not b for a, b in zip(ins, n.inputs)) or any(
-                        a is not b for a, b in zip(ctl, n.control_inputs)):
-                    new = rebuild(n, ins, ctl, op=n.op, attrs=n.attrs)
-                    subst[id(n)] = new
-                    n = new
-                settled.append(n)
-            new_order = settled
-        else:
-            subst = {}
-        out_fetches = []
-        for f in fetches:
-            t = rw.resolve(f)
+        def res(t: Tensor) -> Tensor:
             while id(t) in subst:
                 t = subst[id(t)]
-            out_fetches.append(t)
+            return t
+
+        out_fetches = [res(rw.resolve(f)) for f in fetches]
+        grouped: list[Tensor] = []
+        if self.group_updates:
+            new_order, members_of, grouped = group_updates(new_order, fed, out_fetches, device_ok)
+            if grouped:  # consumers of a member now depend on its group node
+                subst.update(members_of)
+                new_order = _settle(new_order, subst)
+                out_fetches = [res(t) for t in out_fetches]
         stats = dict(rw.stats, fused_groups=len(made), fused_ops=sum(len(m.op.program.members) for m in made))
+        if grouped:
+            stats.update(update_groups=len(grouped), grouped_updates=sum(len(m.op.group.members) for m in grouped))
+        made = made + grouped
         return OptimizedPlan(new_order, out_fetches, made, stats)
 
     def kernel_for(self, node: Tensor, backend: str) -> KernelEntry:
-        """The kernel of a plan node: a fused kernel for a fused node, else the registered one."""
+        """The kernel of a plan node: a fused kernel for a fused node, one multi-variable kernel for
+        an update group, else the registered one (or its compiled CPU version)."""
         op = node.op
+        if isinstance(op, UpdateGroupOp):
+            def member_entry(m: Tensor) -> KernelEntry:
+                return self.kernel_for(m, backend)
+
+            if backend == "numpy":
+                from .multi_update import CpuUpdateGroup
+
+                return KernelEntry(CpuUpdateGroup(op.group, member_entry, self.cache, self.threads), needs_ctx=True)
+            from .cupy_backend import CupyUpdateGroup
+
+            return KernelEntry(CupyUpdateGroup(op.group, member_entry, array_module(backend)), needs_ctx=True)
         if not isinstance(op, FusedOp):
             if backend == "numpy" and self.has_numba:
                 entry = self._overrides().get(op)
@@ -149,6 +156,34 @@ class Compiler:
         return self.cache.wait_idle(timeout_s)
 
 
+def _settle(order: list[Tensor], subst: dict[int, Tensor]) -> list[Tensor]:
+    """``order`` with each node whose inputs or control inputs were substituted rebuilt (``subst``:
+    old id -> new node, extended with the rebuilt ones)."""
+    if not subst:
+        return order
+
+    def res(t: Tensor) -> Tensor:
+        while id(t) in subst:
+            t = subst[id(t)]
+        return t
+
+    settled = []
+    for n in order:
+        ins = [res(i) for i in n.inputs]
+        ctl = []
+        for c in n.control_inputs:  # a group node stands in for several members: once
+            c = res(c)
+            if all(c is not x for x in ctl):
+                ctl.append(c)
+        if any(a is not b for a, b in zip(ins, n.inputs)) or len(ctl) != len(n.control_inputs) or any(
+                a is not b for a, b in zip(ctl, n.control_inputs)):
+            new = rebuild(n, ins, ctl, op=n.op, attrs=n.attrs)
+            subst[id(n)] = new
+            n = new
+        settled.append(n)
+    return settled
+
+
 def format_plan(order: Sequence[Tensor], fed: set[int], stats: dict | None = None) -> str:
     """The plan as text, one node a line, fused groups with their members (as XLA's HLO dumps)."""
     lines = []
@@ -163,6 +198,13 @@ def format_plan(order: Sequence[Tensor], fed: set[int], stats: dict | None = Non
             for m in prog.members:
                 lines.append(f"    | {m.name} = {m.op.name}({', '.join(i.name for i in m.inputs)})")
             continue
+        if isinstance(n.op, UpdateGroupOp):
+            grp = n.op.group
+            lines.append(f"{n.name} = update_group[{grp.op.name} x{len(grp.members)}] : {n.aval}")
+            for m in grp.members:
+                ctl = f" after {', '.join(c.name for c in m.control_inputs)}" if m.control_inputs else ""
+                lines.append(f"    | {m.name} = {m.op.name}({', '.join(i.name for i in m.inputs)}){ctl}")
+            continue
         if n.op.name == "constant":
             v = np.asarray(n.attrs["value"])
             shown = repr(v.item()) if v.size == 1 else f"<{v.size} values>"
@@ -176,8 +218,16 @@ def format_plan(order: Sequence[Tensor], fed: set[int], stats: dict | None = Non
 
 
 def fused_groups(order: Sequence[Tensor]) -> list[dict]:
-    """The fused nodes of a plan, in plan order: ``{"name": the fused node (its root's name),
-    "members": [node names], "ops": [op names]}``, members in the order they compute."""
-    return [{"name": n.name, "members": [m.name for m in n.op.program.members],
-             "ops": [m.op.name for m in n.op.program.members]}
-            for n in order if isinstance(n.op, FusedOp)]
+    """The fused nodes of a plan, in plan order: ``{"name": the fused node (its root's name, or for an
+    update group its last member's), "members": [node names], "ops": [op names]}``, members in the
+    order they compute (an update group's members in plan order)."""
+    out = []
+    for n in order:
+        if isinstance(n.op, FusedOp):
+            members = n.op.program.members
+        elif isinstance(n.op, UpdateGroupOp):
+            members = n.op.group.members
+        else:
+            continue
+        out.append({"name": n.name, "members": [m.name for m in members], "ops": [m.op.name for m in members]})
+    return out

@@ -34,7 +34,7 @@ def _printed_groups(text: str) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     root = None
     for line in text.splitlines():
-        m = re.match(r"(\S+) = fused\[", line)
+        m = re.match(r"(\S+) = (?:fused|update_group)\[", line)  # update groups are outlined too
         if m:
             root = m.group(1)
             groups[root] = []

@@ -239,11 +239,12 @@ class DataParallelLoop(FitLoop):
         grad_names = [t.name for t in self.split.grads]
         with s.lock:
             try:
-                self.apply_plan = Plan(s, [s.graph[self.job.spec.train_op]], self.split.grads)
+                # with the runtime's compiler: the updates of all variables are one kernel call (update groups)
+                self.apply_plan = Plan(s, [s.graph[self.job.spec.train_op]], self.split.grads, compiler=s.compiler)
                 self.apply_feeds_batch = False
             except InvalidArgumentError:  # the update also reads the batch (e.g. batch-norm statistics)
                 feeds = self.split.grads + [s.graph[n] for n in b.feed_names]
-                self.apply_plan = Plan(s, [s.graph[self.job.spec.train_op]], feeds)
+                self.apply_plan = Plan(s, [s.graph[self.job.spec.train_op]], feeds, compiler=s.compiler)
                 self.apply_feeds_batch = True
             grad_plan = s.plan(grad_names, b.feed_names)
         self.grad_names = grad_names
