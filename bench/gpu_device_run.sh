@@ -38,7 +38,8 @@ cat "$OUT/env.txt"
 # Phase A, correctness, three processes at once (NVRTC compiles are CPU-bound; the GPU is shared):
 # the model-level tests and the op table in two shards.
 PT="$PY -m pytest -p no:cacheprovider -m gpu -q -rfEs"
-timeout 240 $PT tests/gpu/test_cupy_models.py tests/gpu/test_cuda_graphs.py tests/compiler/test_controls.py \
+timeout 240 $PT tests/gpu/test_cupy_models.py tests/gpu/test_cuda_graphs.py tests/gpu/test_multi_update_gpu.py \
+  tests/compiler/test_controls.py \
   --junitxml="$OUT/gpu-models.xml" > "$OUT/gpu-models.txt" 2>&1 &
 KF_GPU_SHARD=0/2 timeout 240 $PT tests/gpu/test_cupy.py --junitxml="$OUT/gpu-ops-0.xml" > "$OUT/gpu-ops-0.txt" 2>&1 &
 KF_GPU_SHARD=1/2 timeout 240 $PT tests/gpu/test_cupy.py --junitxml="$OUT/gpu-ops-1.xml" > "$OUT/gpu-ops-1.txt" 2>&1 &
@@ -54,6 +55,6 @@ tail -n 8 "$OUT/gpu-misc.txt"
 
 # Phase B, speed, alone on the machine (KF_GPU_BENCH=0 leaves it out).
 [ "${KF_GPU_BENCH:-1}" = 0 ] && { date -u; exit 0; }
-timeout 170 $PY bench/gpu_steps.py --rounds 5 --block 0.3 > "$OUT/gpu-bench.txt" 2> "$OUT/gpu-bench.log"
+timeout 170 $PY bench/gpu_steps.py ${KF_GPU_BENCH_ARGS:---rounds 5 --block 0.3} > "$OUT/gpu-bench.txt" 2> "$OUT/gpu-bench.log"
 cat "$OUT/gpu-bench.txt"; tail -n 5 "$OUT/gpu-bench.log"
 date -u

@@ -1,7 +1,9 @@
 """CUDA graph capture of GPU plans (engine/cuda_graphs.py): a training step replayed as one graph
 gives the kernel-by-kernel numbers, checks its label feed before each launch, captures afresh
 when a variable's storage is replaced, keeps one graph per feed shape, and leaves plans with
-random ops alone. Skipped without CuPy and a CUDA GPU (CI has neither)."""
+random ops alone. CuPy refuses cuBLAS calls during a capture, so the replayed models here have
+no matrix product (a per-feature scale and shift); a plan with one is declined and runs as
+before. Skipped without CuPy and a CUDA GPU (CI has neither)."""
 
 from __future__ import annotations
 
@@ -29,27 +31,40 @@ def _mlp(rt, dropout=False):
     return g, x, y, loss, train
 
 
+def _scaled(rt):
+    """Softmax regression without a matrix product: logits = tanh(x * w + b) * 3, per class."""
+    g = rt.graph("scaled")
+    x = g.placeholder((None, 4), "float32", name="x")
+    y = g.placeholder((None,), "int64", name="y")
+    w = g.variable(np.linspace(0.5, 1.5, 4).astype(np.float32), name="w")
+    b = g.variable(np.zeros(4, np.float32), name="b")
+    logits = kf.tanh(x * w + b) * 3.0
+    loss = kf.mean(kf.softmax_cross_entropy(logits, y))
+    train = kf.optim.Adam(lr=5e-2).minimize(loss)
+    return g, x, y, loss, train
+
+
 def _graphs(rt, g, fetches, feeds):
     session = rt._transport.service.graphs.session(g.name)  # the plan's CudaGraphs (test only)
     return session.plan([t.name for t in fetches], [t.name for t in feeds]).cuda_graphs
 
 
-def _batches(sizes=(64, 64, 64)):
+def _batches(sizes=(64, 64, 64), features=4):
     rng = np.random.default_rng(0)
-    return [(rng.standard_normal((n, 20)).astype(np.float32), rng.integers(0, 4, n)) for n in sizes]
+    return [(rng.standard_normal((n, features)).astype(np.float32), rng.integers(0, 4, n)) for n in sizes]
 
 
-def _train(graphs, batches, steps, assign_at=None):
+def _train(graphs, batches, steps, assign_at=None, model=_scaled, var="w"):
     rt = kf.connect("inproc", device="gpu", cuda_graphs=graphs)
-    g, x, y, loss, train = _mlp(rt)
+    g, x, y, loss, train = model(rt)
     losses = []
     for k in range(steps):
         if k == assign_at:
-            g["d1/w"].set(np.full((20, 32), 0.01, np.float32))
+            g[var].set(np.full(g[var].shape, 0.25, np.float32))
         xb, yb = batches[k % len(batches)]
         losses.append(float(g.run([train, loss], {x: xb, y: yb})[1]))
     cg = _graphs(rt, g, [train, loss], [x, y])
-    w = g["d1/w"].value()
+    w = g[var].value()
     rt.close()
     return losses, w, cg
 
@@ -68,18 +83,27 @@ def test_replayed_training_step_equals_kernel_by_kernel():
 
 def test_a_bad_label_is_refused_before_the_launch_and_changes_nothing():
     rt = kf.connect("inproc", device="gpu", cuda_graphs=True)
-    g, x, y, loss, train = _mlp(rt)
+    g, x, y, loss, train = _scaled(rt)
     xb, yb = _batches()[0]
     for _ in range(3):
         g.run([train, loss], {x: xb, y: yb})
-    before = g["d1/w"].value()
+    before = g["w"].value()
     bad = yb.copy()
     bad[5] = 7
     with pytest.raises(kf.errors.InvalidArgumentError, match="labels must be in"):
         g.run([train, loss], {x: xb, y: bad})
-    np.testing.assert_array_equal(g["d1/w"].value(), before)
+    np.testing.assert_array_equal(g["w"].value(), before)
     assert _graphs(rt, g, [train, loss], [x, y]).launches == 2
     rt.close()
+
+
+def test_plans_with_a_matrix_product_are_declined_and_still_right():
+    batches = _batches(features=20)
+    on, w_on, cg = _train(True, batches, 5, model=_mlp, var="d1/w")
+    off, w_off, _ = _train(False, batches, 5, model=_mlp, var="d1/w")
+    assert "cuBLAS" in cg.reason and cg.launches == 0
+    np.testing.assert_allclose(on, off, rtol=1e-6)
+    np.testing.assert_allclose(w_on, w_off, rtol=1e-6, atol=1e-7)
 
 
 def test_assigning_a_variable_captures_afresh():
@@ -102,7 +126,7 @@ def test_one_graph_per_batch_shape():
 def test_plans_with_random_ops_are_not_captured():
     rt = kf.connect("inproc", device="gpu", cuda_graphs=True)
     g, x, y, loss, train = _mlp(rt, dropout=True)
-    xb, yb = _batches()[0]
+    xb, yb = _batches(features=20)[0]
     losses = [float(g.run([train, loss], {x: xb, y: yb})[1]) for _ in range(4)]
     cg = _graphs(rt, g, [train, loss], [x, y])
     assert "random" in cg.reason and cg.launches == 0
