@@ -300,6 +300,7 @@ class UpdateGroupKernel:
 
     def _scalars(self, t: Any, scalars_in: Sequence) -> tuple:
         g = self.group
+        scalars_in = [s.get() if type(s).__module__.startswith("cupy") else s for s in scalars_in]  # host values
         if g.op is T.apply_adam_op:  # the common case, without the general path's conversions
             c = self._consts.get(t)
             if c is None:

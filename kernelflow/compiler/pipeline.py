@@ -91,7 +91,10 @@ class Compiler:
         out_fetches = [res(rw.resolve(f)) for f in fetches]
         grouped: list[Tensor] = []
         if self.group_updates:
-            new_order, members_of, grouped = group_updates(new_order, fed, out_fetches, device_ok)
+            # CPU only: the CuPy multi-update kernel failed on the first GPU run (docs/gpu.md), so
+            # GPU updates keep their own kernels until it passes there.
+            new_order, members_of, grouped = group_updates(
+                new_order, fed, out_fetches, lambda n: placement(n).backend == "numpy" and self.has_numba)
             if grouped:  # consumers of a member now depend on its group node
                 subst.update(members_of)
                 new_order = _settle(new_order, subst)

@@ -11,7 +11,10 @@ from kernelflow.compiler.pipeline import Compiler
 from kernelflow.kernels.registry import get_kernel
 from tests.compiler.test_multi_update_kernels import OPTIMISERS, Store, _build, _inputs, _state
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.xfail(
+    reason="the CuPy multi-update kernel is not enabled: on the first H200 run (2026-12-04) it raised on device "
+           "scalars and left an optimiser slot unchanged; GPU updates keep their own kernels (docs/gpu.md)",
+    strict=False)]
 cupy = pytest.importorskip("cupy")
 if not cupy.cuda.is_available():
     pytest.skip("no CUDA GPU", allow_module_level=True)
