@@ -87,6 +87,28 @@ def lstm_fwd_out(r, cn, hn, h, keep, masked):
 
 
 @numba.njit(**JIT)
+def _take_dh(dh, dhs, t, bm, keep, masked, dhn):
+    # dhn = the carried dh plus step t's output cotangent (dhs time- or batch-major, units
+    # contiguous either way); masked: dhn keeps the part that reaches the step, dh what skips it
+    b, u = dh.shape
+    for j in range(b):
+        if bm:
+            for k in range(u):
+                dhn[j, k] = dh[j, k] + dhs[j, t, k]
+        else:
+            for k in range(u):
+                dhn[j, k] = dh[j, k] + dhs[t, j, k]
+    if masked:
+        for j in range(b):
+            m = keep[j]
+            for k in range(u):
+                v = dhn[j, k]
+                w = v * m
+                dhn[j, k] = w
+                dh[j, k] = v - w
+
+
+@numba.njit(**JIT)
 def lstm_bwd_step(r, dhs, t, bm, keep, masked, dh, dc, dcc, dhn, dx_t, dzc, one):
     # One step back (step t): dh, dc carry the cotangents of this step's (h, c) from later steps;
     # dhs holds the outputs' cotangents, (time, batch, units), or batch-major (bm) as the
@@ -105,25 +127,14 @@ def lstm_bwd_step(r, dhs, t, bm, keep, masked, dh, dc, dcc, dhn, dx_t, dzc, one)
     c = dc.reshape(n)
     cc = dcc.reshape(n)
     hn = dhn.reshape(n)
-    for j in range(b):
-        # this step's output cotangent row, added to the carried dh (units contiguous either way)
-        if bm:
-            for k in range(u):
-                dhn[j, k] = dh[j, k] + dhs[j, t, k]
-        else:
-            for k in range(u):
-                dhn[j, k] = dh[j, k] + dhs[t, j, k]
+    _take_dh(dh, dhs, t, bm, keep, masked, dhn)
     if masked:
         for j in range(b):
             m = keep[j]
             for k in range(u):
-                v = dhn[j, k]
-                w = v * m
-                dhn[j, k] = w
-                dh[j, k] = v - w
                 cv = dc[j, k]
                 cm = cv * m
-                dcc[j, k] = ((one - r[5, j, k] * r[5, j, k]) * r[2, j, k]) * w + cm
+                dcc[j, k] = ((one - r[5, j, k] * r[5, j, k]) * r[2, j, k]) * dhn[j, k] + cm
                 dc[j, k] = cv - cm
     else:
         for j in range(b):
@@ -220,21 +231,7 @@ def gru_bwd_step(r, hp, dhs, t, bm, keep, masked, dh, dhn, dxc, dic, direct, dx_
     # (masked rows) for the caller, who adds dic @ rk.T and direct.
     b, u = dh.shape
     n = b * u
-    for j in range(b):
-        if bm:
-            for k in range(u):
-                dhn[j, k] = dh[j, k] + dhs[j, t, k]
-        else:
-            for k in range(u):
-                dhn[j, k] = dh[j, k] + dhs[t, j, k]
-    if masked:
-        for j in range(b):
-            m = keep[j]
-            for k in range(u):
-                v = dhn[j, k]
-                w = v * m
-                dhn[j, k] = w
-                dh[j, k] = v - w
+    _take_dh(dh, dhs, t, bm, keep, masked, dhn)
     z = r[0].reshape(n)
     rr = r[1].reshape(n)
     hh = r[2].reshape(n)
