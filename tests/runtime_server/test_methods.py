@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import re
 
@@ -84,8 +85,21 @@ def test_method_peer_argument_not_counted_as_param():
 
 
 def _state_files(root: pathlib.Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
-            if p.is_file() and p.name != "lock" and "trash" not in p.relative_to(root).parts}
+    """Size and mtime of every file in the state dir, its trash left out: the runtime empties the
+    trash on a thread of its own, so a walk into it races the deletes (os.walk skips what vanished)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != "trash"]
+        for f in filenames:
+            if f == "lock":
+                continue
+            p = pathlib.Path(dirpath, f)
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return out
 
 
 def test_no_call_the_io_loop_may_run_inline_writes_the_state_dir(tmp_path):
