@@ -49,6 +49,7 @@ class Mirror:
         with self.lock:
             if index > self.n and not self.callbacks:
                 self.records, self.base = [], index
+                self._stubs = set()
                 self._pending = {s: r for s, r in self._pending.items() if s + len(r) > index}
 
     def apply(self, start: int, records: list[dict]) -> None:
