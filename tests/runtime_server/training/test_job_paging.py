@@ -171,3 +171,25 @@ def test_client_mirror_bounded_while_old_records_read_back(rt, monkeypatch):
         job.records(-1)
     with pytest.raises(InvalidArgumentError, match="mirror_records must be an integer >= 1; got 0"):
         job.mirror_records = 0
+
+
+def test_reattached_handle_mirrors_only_the_newest_and_reads_the_rest_back(server, done_job, monkeypatch):
+    import kernelflow.client.mirror as client_mirror
+
+    job_id, full = done_job
+    monkeypatch.setattr(client_job, "PAGE_RECORDS", 200)
+    monkeypatch.setattr(client_mirror, "MIRROR_RECORDS", 100)
+    with server.connect() as rt:
+        old = rt.call("job.subscribe", [job_id])  # a client from before paging: one answer, the default page
+        assert len(old["records"]) == RECORDS and old["more"] is False and old["next"] == RECORDS
+        rt.call("job.unsubscribe", [job_id])
+        job = rt.job(job_id)
+        assert job.mirror_records == 100
+        assert _steps(job.records(RECORDS - 10)) == _steps(full[RECORDS - 10:])
+        assert job.mirrored == 100 and job._m.base == RECORDS - 100  # the catch-up started at the bound
+        assert _steps(job.records(3, 700)) == _steps(full[3:700]) and job.mirrored == 100
+        np.testing.assert_array_equal(job.history["loss"]["step"], np.arange(1, STEPS + 1))
+        seen: list[dict] = []
+        job.subscribe(seen.extend)
+        assert _steps(seen) == _steps(full)
+        job.unsubscribe()
