@@ -13,6 +13,7 @@ outer value by name, as ONNX scoping allows. A multi-output node writes its outp
 - ``scan``: Scan over the elems (``reverse``: both directions reversed, so the stacked
   outputs keep the elems' order); without elems, a Loop of ``length`` trips.
 - ``lstm_cell``: Split into the four gates (Keras's order i, f, c, o), Sigmoid / Tanh, Mul, Add.
+- ``gather_tree``: a Loop backwards over the steps, GatherElements on the parent pointers.
 
 The whole-sequence ``lstm_sequence`` and ``gru_sequence``: `onnx_recurrent`.
 
@@ -158,3 +159,46 @@ def _lstm_step(b: OnnxBuilder, z: str, c: str, outs: tuple = (None, None)) -> tu
        "Sigmoid(i) * Tanh(g), h' = Sigmoid(o) * Tanh(c')")
 def _lstm_cell(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
     _lstm_step(b, xs[0], xs[1], tuple(_parts(n, out)))
+
+
+# --------------------------------------------------------------------------- gather_tree -> Loop
+@_conv("gather_tree", form="Loop over the steps from the last one back (trip count T), each step GatherElements "
+       "of its ids and parents at the current parent pointers (a step at or past a row's max length gives the "
+       "end token and keeps the pointers), the stacked steps reversed by a Slice; then every token at or after "
+       "a beam's first end token (ArgMax of Equal(ids, end) over time) becomes it")
+def _gather_tree(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
+    step_ids, parents, lengths = xs
+    dt = n.dtype
+    parents = b.cast(parents, n.inputs[1].dtype, "int64")
+    lengths = b.cast(lengths, n.inputs[2].dtype, "int64")
+    end = b.const(np.asarray(n.attrs["end_token"], dt))
+
+    def i64(v: int) -> str:
+        return b.const(np.asarray(v, np.int64))
+
+    shape = b.op("Shape", [step_ids])
+    steps = b.op("Gather", [shape, i64(0)], axis=0)
+    beams = b.op("Range", [i64(0), b.op("Gather", [shape, i64(2)], axis=0), i64(1)])
+    pointer0 = b.op("Expand", [beams, b.op("Slice", [shape, b.ints([1]), b.ints([3])])])  # (batch, beam): k
+    lengths = b.op("Unsqueeze", [b.op("Min", [lengths, steps]), b.ints([1])])  # (batch, 1)
+    c = b.child()
+    it, keep, heads = _loop_heads(c, f"{n.name}/back")
+    ptr = c.unique(f"{n.name}/back::parent")
+    t = c.op("Sub", [c.op("Sub", [steps, it]), c.const(np.asarray(1, np.int64))])  # T - 1 - i
+    live = c.op("Less", [t, lengths])
+    ids_t = c.op("GatherElements", [c.op("Gather", [step_ids, t], axis=0), ptr], axis=1)
+    par_t = c.op("GatherElements", [c.op("Gather", [parents, t], axis=0), ptr], axis=1)
+    tok = c.op("Where", [live, ids_t, end])
+    new_ptr = c.op("Where", [live, par_t, ptr])
+    bb = Aval(n.shape[1:], "int64")
+    g = c.graph(f"{n.name}/back", heads + [c.value_info(ptr, bb)],
+                [(keep, _SCALAR_BOOL), (new_ptr, bb), (tok, Aval(n.shape[1:], dt))])
+    _, rev = b.ops("Loop", [steps, b.const(np.asarray(True)), pointer0], [None, None], body=g)
+    toks = b.op("Slice", [rev, b.ints([-1]), b.ints([INT64_MIN]), b.ints([0]), b.ints([-1])])  # back in time order
+    # at or after the first end token of a beam: t >= ArgMax(is_end) (the first maximum) where any is_end
+    is_end = b.cast(b.op("Equal", [toks, end]), "bool", "int32")
+    first = b.op("ArgMax", [is_end], axis=0, keepdims=1)
+    any_end = b.op("Greater", [b.op("ReduceMax", [is_end, b.ints([0])], keepdims=1), b.const(np.asarray(0, np.int32))])
+    times = b.op("Unsqueeze", [b.op("Range", [i64(0), steps, i64(1)]), b.ints([1, 2])])
+    ended = b.op("And", [any_end, b.op("GreaterOrEqual", [times, first])])
+    b.op("Where", [ended, end, toks], out)
