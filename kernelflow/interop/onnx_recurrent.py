@@ -17,7 +17,7 @@ A layer's ``lstm_sequence`` / ``gru_sequence`` node becomes ONNX's own ``LSTM`` 
   clipped to [0, T]); ONNX zeroes the outputs past a row's length where kernelflow repeats
   the last state, so the outputs are ``Where(mask, Y, final state)``, and a row of length 0
   keeps its initial state. Any other mask keeps the `Scan` of the step, whose steps keep the
-  state where the mask is False.
+  state where the mask is False. So does a float64 op: onnxruntime runs LSTM and GRU in float32 only.
 
 Contents: the two converters (registered in `kernelflow.interop.onnx_ops.CONVERTERS` on import).
 """
@@ -101,7 +101,7 @@ def _fused(b: OnnxBuilder, n: Tensor, xs: list, out: str, gates: int) -> bool:
     units, dt = n.inputs[rk_at].shape[0], n.inputs[0].dtype
     has_mask = len(xs) == rk_at + 3
     lengths = _prefix_lengths(b, n.inputs[-1]) if has_mask else None
-    if units is None or dt not in ("float32", "float64") or (has_mask and lengths is None):
+    if units is None or dt != "float32" or (has_mask and lengths is None):  # onnxruntime: float32 only
         return False
     u = int(units)
     order = _gate_order(u, gates)

@@ -109,6 +109,20 @@ def test_other_masks_and_inputs_keep_their_forms(rt, tmp_path):
     onnx_round_trip(rt, g, tmp_path / "forms.onnx", ins, outs, feeds, rtol=1e-5, atol=1e-5)
 
 
+def test_float64_layers_keep_the_scan(rt, tmp_path):
+    """onnxruntime runs LSTM and GRU in float32 only: float64 layers export as Scans, equal to g.run in float64."""
+    g = rt.graph("onnx_rnn_f64")
+    x = g.placeholder((None, None, 3), "float64", name="x")
+    lengths = g.placeholder((None,), "int64", name="lengths")
+    outs = {k: cls(4, return_sequences=True, name=k, seed=2, dtype="float64")(x, sequence_length=lengths)
+            for k, cls in (("gru", kf.nn.GRU), ("lstm", kf.nn.LSTM))}
+    feeds = [{"x": R.standard_normal((3, 5, 3)), "lengths": np.array([5, 0, 2])}]
+    model = onnx_matches_run(g, tmp_path / "f64.onnx", {"x": x, "lengths": lengths}, outs, feeds,
+                             rtol=1e-12, atol=1e-12)
+    ops = _ops(model.graph)
+    assert ops.count("Scan") == 2 and "LSTM" not in ops and "GRU" not in ops
+
+
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 def test_hand_made_onnx_op_imports_equal_to_onnxruntime(rt, kind):
     """ONNX's op with biases, initial states and sequence_lens (0, inside, full): kernelflow's import
