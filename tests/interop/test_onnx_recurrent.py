@@ -97,12 +97,15 @@ def test_other_masks_and_inputs_keep_their_forms(rt, tmp_path):
     m = g.placeholder((None, None), "bool", name="m")
     rk = g.constant(_f(2, 8) * 0.5, name="rk")
     bias = g.constant(_f(8) * 0.5, name="bias")
-    hs, c = kf.lstm_sequence(z, h0, h0 * 0.5, rk, bias)
+    rk_in = g.placeholder((2, 8), "float32", name="rk_in")  # weights fed at run time: R and B become ops
+    bias_in = g.placeholder((8,), "float32", name="bias_in")
+    hs, c = kf.lstm_sequence(z, h0, h0 * 0.5, rk_in, bias_in)
     hs_m, c_m = kf.lstm_sequence(z, h0, h0 * 0.5, rk, bias, mask=m)
-    ins = {"x": x, "lengths": lengths, "z": z, "h0": h0, "m": m}
+    ins = {"x": x, "lengths": lengths, "z": z, "h0": h0, "m": m, "rk_in": rk_in, "bias_in": bias_in}
     outs = {"back": back, "hs": hs, "c": c, "hs_m": hs_m, "c_m": c_m}
     feeds = [{"x": _f(n, t, 3), "lengths": R.integers(0, t + 2, n).astype("int64"), "z": _f(t, n, 8),
-              "h0": _f(n, 2), "m": R.random((t, n)) < 0.6} for n, t in ((3, 5), (1, 2))]
+              "h0": _f(n, 2), "m": R.random((t, n)) < 0.6, "rk_in": _f(2, 8) * 0.5, "bias_in": _f(8)}
+             for n, t in ((3, 5), (1, 2))]
     model = onnx_matches_run(g, tmp_path / "forms.onnx", ins, outs, feeds, rtol=1e-5, atol=1e-5)
     ops = _ops(model.graph)
     assert ops.count("Scan") == 2 and ops.count("LSTM") == 1 and "GRU" not in ops, ops
