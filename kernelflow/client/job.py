@@ -2,23 +2,25 @@
 `attach_job` re-attaches to one by id (``rt.job``) from any client, with its full history.
 
 The client keeps one mirror of each job's history per connection, filled by ``job.records``
-calls and by ``job.records`` notifications once subscribed. Both carry the index of their
-first record, so the mirror takes each record once whatever order they arrive in. Like the
-runtime, the mirror keeps the pixels of only the newest ``image_keep`` image records per name.
+calls and by ``job.records`` notifications once subscribed, a page (`PAGE_RECORDS`) at a time.
+Both carry the index of their first record, so the mirror takes each record once whatever order
+they arrive in. The mirror holds only the newest `MIRROR_RECORDS` records (``job.mirror_records``);
+whatever reads older ones (``job.records(start, stop)``, ``job.history``, a new subscriber's
+history so far) asks the runtime for them again, page by page. Like the runtime, the mirror
+keeps the pixels of only the newest ``image_keep`` image records per name.
 
-Contents: Job, fit, attach_job.
+Contents: Job, fit, attach_job (the mirror: `kernelflow.client.mirror`).
 """
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import inspect
 import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,14 +29,9 @@ from ..errors import DeadlineExceededError, InvalidArgumentError, KernelflowErro
 from ..graph.ir import Tensor
 from ..protocol.jobspec import (
     FIT_OPTIONS,
-    IMAGE_KEEP_DEFAULT,
-    MEDIA,
     JobSpec,
-    KeptImages,
-    has_media,
-    media_key,
-    media_stub,
 )
+from .mirror import PAGE_RECORDS, Mirror
 from .notebook import live_sleep
 
 if TYPE_CHECKING:
@@ -48,101 +45,20 @@ _PROGRESS_KEYS = ("step", "epoch", "epochs", "total_steps", "steps_per_epoch", "
                   "elapsed_s", "eta_s")
 
 
-class _Mirror:
-    """A job's records as this connection knows them, and the callbacks subscribed to them."""
-
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self.records: list[dict] = []
-        self.status: dict = {}
-        self.callbacks: list[Callable[[list[dict]], Any]] = []
-        self.subscribed = False
-        self._pending: dict[int, list[dict]] = {}
-        self._kept: KeptImages | None = None             # which image records keep pixels (made on first image)
-        self._names_idx: dict[str, list[int]] = {}     # per name: every image record, in order
-        self._stubs: set[int] = set()                  # image records that came without pixels, not asked for
-
-    def apply(self, start: int, records: list[dict]) -> None:
-        """Take ``records`` that begin at history index ``start``; callbacks get the new ones, in order."""
-        with self.lock:
-            if len(records) >= len(self._pending.get(start, ())):
-                self._pending[start] = records
-            new: list[dict] = []
-            while True:
-                ready = [s for s in self._pending if s <= len(self.records)]
-                if not ready:
-                    break
-                for s in sorted(ready):
-                    recs = self._pending.pop(s)
-                    fresh = recs[len(self.records) - s:]
-                    first = len(self.records)
-                    self.records.extend(fresh)
-                    new.extend(fresh)
-                    for i, r in enumerate(fresh, first):
-                        if r.get("kind") in MEDIA:
-                            self._names_idx.setdefault(media_key(r), []).append(i)
-                            if has_media(r):
-                                self._keep_image(i)
-                            else:
-                                self._stubs.add(i)
-            if new:
-                for cb in list(self.callbacks):
-                    cb(new)
-
-    def _keep_image(self, i: int) -> None:
-        if self._kept is None:
-            self._kept = KeptImages(self.status.get("image_keep") or IMAGE_KEEP_DEFAULT)
-        for j in self._kept.add(media_key(self.records[i]), i):
-            self.records[j] = media_stub(self.records[j])
-
-    def missing_images(self) -> int | None:
-        """Index of the oldest image record among the newest ``image_keep`` per name that came
-        without pixels (a notification sends only the newest of a name) and was not asked for yet."""
-        keep = self.status.get("image_keep") or IMAGE_KEEP_DEFAULT
-        with self.lock:
-            if not self._stubs:  # the usual case, checked on every history access: no scan
-                return None
-            wanted = []
-            for i in self._stubs:
-                idx = self._names_idx[media_key(self.records[i])]
-                newer = len(idx) - bisect.bisect_right(idx, i)
-                if newer < keep:  # the runtime still keeps its pixels
-                    wanted.append(i)
-            self._stubs = set(wanted)  # the others' pixels are gone on the runtime too
-            return min(wanted) if wanted else None
-
-    def fill_images(self, start: int, records: list[dict]) -> list[dict]:
-        """Put the payloads of ``records`` (history from ``start``) into image and audio records that
-        lack them; returns the records that got theirs."""
-        filled = []
-        with self.lock:
-            for i, r in enumerate(records, start):
-                if i >= len(self.records):
-                    break
-                if r.get("kind") not in MEDIA:
-                    continue
-                self._stubs.discard(i)  # asked for once: the runtime had the payload or dropped it
-                if has_media(r) and not has_media(self.records[i]):
-                    self.records[i] = r
-                    self._keep_image(i)
-                    filled.append(r)
-        return filled
-
-
 class _Streams:
     """The mirrors of one connection, and its ``job.records`` notification handler."""
 
     def __init__(self, runtime: Runtime):
         self.transport = runtime._transport
-        self.mirrors: dict[str, _Mirror] = {}
+        self.mirrors: dict[str, Mirror] = {}
         self.lock = threading.Lock()
         self.listening = False
 
-    def mirror(self, job_id: str) -> _Mirror:
+    def mirror(self, job_id: str) -> Mirror:
         with self.lock:
             m = self.mirrors.get(job_id)
             if m is None:
-                m = self.mirrors[job_id] = _Mirror()
+                m = self.mirrors[job_id] = Mirror()
             return m
 
     def listen(self) -> None:
@@ -157,18 +73,19 @@ class _Streams:
     def _resubscribe(self) -> None:
         """Subscriptions live on a connection: after a reconnect, ask again for every subscribed job.
 
-        The answer carries the whole history; the mirror takes only the records it lacks.
+        The stream starts where the mirror ends: the answer carries the first page of what it
+        lacks, notifications the rest.
         """
         with self.lock:
             mirrors = [(job_id, m) for job_id, m in self.mirrors.items() if m.subscribed]
         for job_id, m in mirrors:
             try:
-                r = self.transport.call("job.subscribe", [job_id])
+                r = self.transport.call("job.subscribe", [job_id, m.n, PAGE_RECORDS])
             except KernelflowError as e:
                 log.warning("re-subscribing to job %s after a reconnect failed: %s", job_id, e)
                 continue
             m.status = r["status"]
-            m.apply(0, list(r["records"]))
+            m.apply(int(r["start"]), list(r["records"]))
 
     def _on_records(self, params: list) -> None:
         job_id, start, records, status = params
@@ -286,11 +203,83 @@ class Job:
         return dict(self.refresh()["metrics"])
 
     # ----------------------------------------------------------------- history
-    def _catch_up(self) -> list[dict]:
-        r = self.runtime.call("job.records", [self.id, len(self._m.records)])
-        self._m.status = r["status"]
-        self._m.apply(int(r["start"]), list(r["records"]))
-        return self._m.records
+    def _pages(self, start: int, stop: int | None = None) -> Iterator[dict]:
+        """``job.records`` answers from ``start``, a page each, up to ``stop`` (None: the newest)."""
+        while stop is None or start < stop:
+            limit = PAGE_RECORDS if stop is None else min(PAGE_RECORDS, stop - start)
+            r = self.runtime.call("job.records", [self.id, start, limit])
+            self._m.status = r["status"]
+            yield r
+            nxt = int(r.get("next", int(r["start"]) + len(r["records"])))
+            if not r.get("more") or nxt <= start:
+                return
+            start = nxt
+
+    def _catch_up(self) -> None:
+        """Bring the mirror up to the runtime's newest record, page by page (a mirror nobody
+        subscribed to starts at its bound below the newest)."""
+        m = self._m
+        known = int(m.status.get("records") or 0)
+        m.skip_to(known - m.max_records)
+        for r in self._pages(m.n):
+            m.apply(int(r["start"]), list(r["records"]))
+
+    def _chunks(self, start: int = 0, stop: int | None = None) -> Iterator[list[dict]]:
+        """Records ``[start, stop)`` in order, in chunks: those below the mirror read back from the
+        runtime, the others from the mirror."""
+        m = self._m
+        pos = start
+        while True:
+            with m.lock:
+                end = m.n if stop is None else min(stop, m.n)
+                if pos >= end:
+                    return
+                if pos >= m.base:
+                    yield m.records[pos - m.base:end - m.base]
+                    return
+                below = min(end, m.base)
+            for r in self._pages(pos, below):
+                recs = list(r["records"])[:below - pos]
+                if not recs:
+                    return
+                yield recs
+                pos += len(recs)
+
+    def records(self, start: int = 0, stop: int | None = None) -> list[dict]:
+        """The job's records ``[start, stop)`` (history indices; stop None: the newest), in order.
+
+        The client mirrors only the newest ``mirror_records`` records of a job; older ones are read
+        back from the runtime (page by page) for this call and not kept.
+
+        Raises:
+            InvalidArgumentError: ``start`` or ``stop`` not an integer >= 0.
+        """
+        for what, v in (("start", start), ("stop", stop)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise InvalidArgumentError(f"job.records: {what} must be an integer >= 0; got {v!r}")
+        self._catch_up()
+        out: list[dict] = []
+        for chunk in self._chunks(start, stop):
+            out.extend(chunk)
+        return out
+
+    @property
+    def mirror_records(self) -> int:
+        """How many of the newest records this client keeps in memory for the job (default
+        `MIRROR_RECORDS`); setting it trims the mirror. Older records are read back when asked for."""
+        return self._m.max_records
+
+    @mirror_records.setter
+    def mirror_records(self, n: int) -> None:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise InvalidArgumentError(f"job.mirror_records must be an integer >= 1; got {n!r}")
+        self._m.max_records = n
+        self._m.trim()
+
+    @property
+    def mirrored(self) -> int:
+        """How many records the client holds in memory for the job now (at most ``mirror_records``)."""
+        return len(self._m.records)
 
     def fill_media(self) -> list[dict]:
         """Fetch the payloads that notifications left out and the runtime still keeps; returns the image
@@ -303,31 +292,34 @@ class Job:
         gap = self._m.missing_images()
         if gap is None:
             return []
-        r = self.runtime.call("job.records", [self.id, gap])
-        filled = self._m.fill_images(int(r["start"]), list(r["records"]))
+        filled = []
+        for r in self._pages(gap, self._m.n):
+            filled += self._m.fill_images(int(r["start"]), list(r["records"]))
         self._hist_cache = None
         return filled
 
     def _built(self) -> tuple[dict, dict, dict]:
-        records = self._catch_up()
+        self._catch_up()
         self.fill_media()
-        n = len(records)
+        n = self._m.n
         if self._hist_cache is not None and self._hist_cache[0] == n:
             return self._hist_cache[1:]
         cols: dict[str, tuple[list, list, list]] = {}
         hists: dict[str, list] = {}
         images: dict[str, list] = {}
-        for r in records[:n]:
-            if r.get("kind") == "scalars":
-                for k, v in r["values"].items():
-                    c = cols.setdefault(k, ([], [], []))
-                    c[0].append(r["step"])
-                    c[1].append(r["wall_time"])
-                    c[2].append(v)
-            elif r.get("kind") == "histogram":
-                hists.setdefault(r["name"], []).append((r["step"], np.asarray(r["edges"]), np.asarray(r["counts"])))
-            elif r.get("kind") == "images" and r.get("images") is not None:
-                images.setdefault(r["name"], []).append((r["step"], np.asarray(r["images"])))
+        for chunk in self._chunks(0, n):
+            for r in chunk:
+                if r.get("kind") == "scalars":
+                    for k, v in r["values"].items():
+                        c = cols.setdefault(k, ([], [], []))
+                        c[0].append(r["step"])
+                        c[1].append(r["wall_time"])
+                        c[2].append(v)
+                elif r.get("kind") == "histogram":
+                    hists.setdefault(r["name"], []).append((r["step"], np.asarray(r["edges"]),
+                                                            np.asarray(r["counts"])))
+                elif r.get("kind") == "images" and r.get("images") is not None:
+                    images.setdefault(r["name"], []).append((r["step"], np.asarray(r["images"])))
         history = {k: {"step": np.array(s, np.int64), "wall_time": np.array(w, np.float64),
                        "value": np.array(v, np.float64)} for k, (s, w, v) in cols.items()}
         self._hist_cache = (n, history, hists, images)
@@ -358,7 +350,7 @@ class Job:
         """The newest logged audio of every name: ``{name: (step, int16 PCM (clips, frames, channels),
         sample_rate)}``."""
         out = {}
-        for r in self._catch_up():
+        for r in self.records():
             if r.get("kind") == "audio" and r.get("audio") is not None:
                 out[r["name"]] = (int(r["step"]), np.asarray(r["audio"]), float(r["sample_rate"]))
         return out
@@ -370,7 +362,7 @@ class Job:
         self._catch_up()
         self.fill_media()
         out: dict[str, list[tuple[int, np.ndarray, float]]] = {}
-        for r in self._m.records:
+        for r in (r for chunk in self._chunks() for r in chunk):
             if r.get("kind") == "audio" and r.get("audio") is not None:
                 out.setdefault(r["name"], []).append((int(r["step"]), np.asarray(r["audio"]), float(r["sample_rate"])))
         return out
@@ -379,7 +371,7 @@ class Job:
     def text(self) -> dict[str, list[tuple[int, list[str]]]]:
         """Every logged text record: ``{name: [(step, [row strings]), ...]}``, in step order."""
         out: dict[str, list[tuple[int, list[str]]]] = {}
-        for r in self._catch_up():
+        for r in self.records():
             if r.get("kind") == "text":
                 out.setdefault(r["name"], []).append((int(r["step"]), list(r["text"])))
         return out
@@ -505,8 +497,9 @@ class Job:
 
     # ----------------------------------------------------------------- streaming
     def subscribe(self, callback: Callable[[list[dict]], Any]) -> None:
-        """Call ``callback(records)`` with the history so far, then with each batch of new records
-        (at most every 100 ms), each record once.
+        """Call ``callback(records)`` with the history so far (in pages of at most `PAGE_RECORDS`
+        records when it is long; those older than the mirror are read back from the runtime), then
+        with each batch of new records (at most every 100 ms), each record once, in order.
 
         A record is ``{"kind": "scalars", "step", "epoch", "wall_time", "values": {name: float}}`` or
         ``{"kind": "histogram", "step", "wall_time", "name", "edges", "counts"}`` or
@@ -522,18 +515,30 @@ class Job:
             m.subscribed = True
         if need:
             try:
-                r = self.runtime.call("job.subscribe", [self.id])
+                self._catch_up()  # page by page; the subscription starts where the mirror ends
+                r = self.runtime.call("job.subscribe", [self.id, m.n, PAGE_RECORDS])
             except BaseException:
                 m.subscribed = False
                 raise
             m.status = r["status"]
-            m.apply(0, list(r["records"]))
+            m.apply(int(r["start"]), list(r["records"]))  # more: in notifications, a page each
         self.fill_media()  # the history handed over has the kept pixels, also on a live connection
-        with m.lock:
-            if m.records:
-                callback(list(m.records))
-            m.callbacks.append(callback)
-            self._mine.append(callback)
+        pos = 0  # the history so far: what is older than the mirror from the runtime, then the mirror
+        while True:
+            with m.lock:
+                if pos >= m.base:
+                    if m.records[pos - m.base:]:
+                        callback(list(m.records[pos - m.base:]))
+                    m.callbacks.append(callback)
+                    self._mine.append(callback)
+                    return
+                below = m.base
+            before = pos
+            for chunk in self._chunks(pos, below):
+                callback(chunk)
+                pos += len(chunk)
+            if pos == before:  # the runtime has none of them any more (the job was deleted)
+                pos = below
 
     def unsubscribe(self, callback: Callable[[list[dict]], Any] | None = None) -> None:
         """Stop calling ``callback`` (None: every callback this handle subscribed)."""

@@ -11,11 +11,14 @@ records; older ones are read back from the job's record log when a client asks f
 Only the newest ``image_keep`` image records per name keep their pixels, in memory and in the
 state dir; older ones stay in the history as stubs (``"images": None``) so indices hold.
 Audio records (``"audio"``: 16-bit PCM) follow the same rule, counted apart from images.
-A subscriber gets the history in the answer to ``job.subscribe`` and the stream
-from there on: both are cut at the same record index under the job's lock, and every
-notification carries the index of its first record, so a client sees each record once.
+A subscriber gets the history from the index it asks for in pages (``limit`` records, default
+`PAGE_RECORDS`): the first in the answer to ``job.subscribe``, the rest in notifications of at
+most a page each (one page per subscriber per flush), then the stream of new records. Answer
+and stream are cut at the same record index under the job's lock, and every notification
+carries the index of its first record, so a client sees each record once. ``job.records``
+answers one page too, with ``next`` and ``more`` to ask for the following one.
 
-Contents: STATUSES, Job, JobManager.
+Contents: STATUSES, PAGE_RECORDS, MAX_PAGE_RECORDS, Job, JobManager.
 """
 
 from __future__ import annotations
@@ -46,6 +49,19 @@ STATUSES = ("queued", "running", "paused", "completed", "stopped", "failed", "in
 ACTIVE = frozenset({"queued", "running", "paused"})
 FLUSH_INTERVAL_S = 0.1
 SHUTDOWN_WAIT_S = 60.0
+PAGE_RECORDS = 10_000
+"""Records in one answer of ``job.records`` / ``job.subscribe`` (and in one notification) by default."""
+MAX_PAGE_RECORDS = 1_000_000
+"""The largest ``limit`` those methods take."""
+
+
+def _check_page(method: str, since: int, limit: int) -> None:
+    """``since`` an index >= 0, ``limit`` a page size in [1, MAX_PAGE_RECORDS] (typed error naming each)."""
+    if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+        raise InvalidArgumentError(f"{method}: since must be an integer >= 0; got {since!r}")
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE_RECORDS:
+        raise InvalidArgumentError(f"{method}: limit must be an integer from 1 to {MAX_PAGE_RECORDS:,} "
+                                   f"(records per page); got {limit!r}")
 
 
 @dataclass
@@ -53,6 +69,7 @@ class _Subscription:
     next: int      # index of the first record not yet sent
     version: int   # job.version last sent
     step: int      # job.step last sent
+    limit: int = 0  # records per notification at most (0: no limit)
 
 
 class Job:
@@ -418,14 +435,16 @@ class JobManager:
         """A job's status map (status, error, step, epoch, rates, latest metrics...)."""
         return self.get(job_id).status_map()
 
-    def records(self, job_id: str, since: int = 0) -> dict:
-        """``{"start": since, "records": history[since:], "status": ...}``."""
+    def records(self, job_id: str, since: int = 0, limit: int = PAGE_RECORDS) -> dict:
+        """A page of the history: ``{"start": since, "records": history[since:since + limit],
+        "next": index after the page, "more": whether records from ``next`` exist, "status": ...}``."""
         job = self.get(job_id)
-        if not isinstance(since, int) or since < 0:
-            raise InvalidArgumentError(f"job.records: since must be an integer >= 0; got {since!r}")
+        _check_page("job.records", since, limit)
         with job.cond:
             n, status = job.history.n, job._status_map_locked()
-        return {"start": since, "records": job.history.read(since, n), "status": status}
+        stop = min(n, since + limit)
+        return {"start": since, "records": job.history.read(since, stop), "next": max(since, stop),
+                "more": stop < n, "status": status}
 
     def pause(self, job_id: str) -> dict:
         """Ask a running job to pause at its next step boundary."""
@@ -490,17 +509,22 @@ class JobManager:
         log.info("job %s deleted", job_id)
         return True
 
-    def subscribe(self, job_id: str, *, peer: Any = None) -> dict:
-        """Stream the job's records to the caller; returns the history so far (the stream starts after it)."""
+    def subscribe(self, job_id: str, since: int = 0, limit: int = PAGE_RECORDS, *, peer: Any = None) -> dict:
+        """Stream the job's records to the caller from index ``since``: the answer holds the first
+        page (at most ``limit`` records; ``more`` says whether the history goes on), the
+        ``job.records`` notifications carry the rest, each at most ``limit`` records."""
         job = self.get(job_id)
+        _check_page("job.subscribe", since, limit)
         if peer is None or not hasattr(peer, "notify"):
             raise FailedPreconditionError("job.subscribe: this connection cannot receive notifications")
         with job.cond:
             n = job.history.n
-            job.subscribers[peer] = _Subscription(n, job.version, job.step)
+            stop = min(n, since + limit)
+            job.subscribers[peer] = _Subscription(max(since, stop), job.version, job.step, limit)
             status = job._status_map_locked()
         self._ensure_flusher()
-        return {"start": 0, "records": job.history.read(0, n), "status": status}
+        return {"start": since, "records": job.history.read(since, stop), "next": max(since, stop),
+                "more": stop < n, "status": status}
 
     def unsubscribe(self, job_id: str, *, peer: Any = None) -> bool:
         """Stop streaming the job to the caller."""
@@ -580,13 +604,14 @@ class JobManager:
                     continue
                 if sub.next < n or sub.version != job.version or sub.step != job.step:
                     status = status or job._status_map_locked()
-                    sends.append((peer, sub.next))
-                    sub.next, sub.version, sub.step = n, job.version, job.step
-        read: dict[int, list[dict]] = {}  # subscribers at the same place share one read
-        for peer, start in sends:
-            if start not in read:
-                read[start] = newest_images_only(job.history.read(start, n))
-            peer.notify("job.records", [job.id, start, read[start], status])
+                    stop = min(n, sub.next + sub.limit) if sub.limit else n  # a subscriber far behind: one page
+                    sends.append((peer, sub.next, stop))
+                    sub.next, sub.version, sub.step = max(sub.next, stop), job.version, job.step
+        read: dict[tuple[int, int], list[dict]] = {}  # subscribers at the same place share one read
+        for peer, start, stop in sends:
+            if (start, stop) not in read:
+                read[start, stop] = newest_images_only(job.history.read(start, stop))
+            peer.notify("job.records", [job.id, start, read[start, stop], status])
 
     def open_tensorboard(self, job: Job, b: Bound) -> bool:
         """Start the job's TensorBoard event files (under the state dir, else in a temp dir), the

@@ -297,9 +297,9 @@ def test_image_records_reach_the_tensorboard_event_files_as_image_summaries(tmp_
 
 
 def test_mirror_asks_only_for_stubs_the_runtime_still_keeps_each_once():
-    from kernelflow.client.job import _Mirror
+    from kernelflow.client.mirror import Mirror
 
-    m = _Mirror()
+    m = Mirror()
     m.status = {"image_keep": 2}
     px = np.zeros((1, 2, 2, 1), np.uint8)
     recs = [{"kind": "scalars", "step": s, "wall_time": 0.0, "values": {"loss": 1.0}} for s in range(1000)]
@@ -312,3 +312,27 @@ def test_mirror_asks_only_for_stubs_the_runtime_still_keeps_each_once():
     m.fill_images(1001, [{"kind": "images", "step": 1, "wall_time": 0.0, "name": "a", "images": px + 1}])
     assert m.records[1001]["images"] is not None and m.records[1001]["images"][0, 0, 0, 0] == 1
     assert m.missing_images() is None  # asked once; nothing else is missing
+
+
+def test_bounded_mirror_indexes_by_history_index_and_forgets_stubs_it_dropped():
+    from kernelflow.client.mirror import Mirror
+
+    m = Mirror(max_records=4)
+    m.status = {"image_keep": 2}
+    px = np.zeros((1, 2, 2, 1), np.uint8)
+    got: list[dict] = []
+    m.callbacks.append(got.extend)
+    m.apply(0, [{"kind": "scalars", "step": s, "wall_time": 0.0, "values": {"loss": float(s)}} for s in range(6)])
+    assert m.base == 2 and m.n == 6 and [r["step"] for r in m.records] == [2, 3, 4, 5]
+    assert [r["step"] for r in got] == list(range(6))  # callbacks get every record, the mirror keeps 4
+    m.apply(6, [{"kind": "images", "step": s, "wall_time": 0.0, "name": "a", "images": None} for s in (6, 7)]
+            + [{"kind": "images", "step": 8, "wall_time": 0.0, "name": "a", "images": px}])
+    assert m.base == 5 and m.missing_images() == 7  # 6: older than the newest 2 of "a"
+    m.apply(6, [{"kind": "scalars", "step": 99, "wall_time": 0.0, "values": {}}])  # already seen: ignored
+    assert m.n == 9 and len(got) == 9
+    m.fill_images(7, [{"kind": "images", "step": 7, "wall_time": 0.0, "name": "a", "images": px + 1}])
+    assert m.records[7 - m.base]["images"][0, 0, 0, 0] == 1 and m.missing_images() is None
+    m.apply(9, [{"kind": "scalars", "step": s, "wall_time": 0.0, "values": {}} for s in range(9, 13)])
+    assert m.base == 9 and m.missing_images() is None  # the stubs below the mirror are forgotten
+    m.fill_images(7, [{"kind": "images", "step": 7, "wall_time": 0.0, "name": "a", "images": px}])  # below: no-op
+    assert len(m.records) == 4

@@ -1,0 +1,133 @@
+"""A job's records as one connection knows them: the newest `MIRROR_RECORDS`, with their callbacks.
+
+Contents: MIRROR_RECORDS, PAGE_RECORDS, Mirror.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..protocol.jobspec import IMAGE_KEEP_DEFAULT, MEDIA, KeptImages, has_media, media_key, media_stub
+
+MIRROR_RECORDS = 100_000
+"""Records a job's mirror keeps in memory by default (the newest; older ones are read back from
+the runtime when asked for). ``job.mirror_records`` changes it for one job."""
+PAGE_RECORDS = 10_000
+"""Records asked for in one ``job.records`` / ``job.subscribe`` call."""
+
+
+class Mirror:
+    """The newest records of a job as this connection knows them (``records[k]`` is history index
+    ``base + k``), and the callbacks subscribed to them."""
+
+    def __init__(self, max_records: int | None = None) -> None:
+        self.lock = threading.RLock()
+        self.records: list[dict] = []
+        self.base = 0                                   # history index of records[0]
+        self.max_records = MIRROR_RECORDS if max_records is None else max_records
+        self.status: dict = {}
+        self.callbacks: list[Callable[[list[dict]], Any]] = []
+        self.subscribed = False
+        self._pending: dict[int, list[dict]] = {}
+        self._kept: KeptImages | None = None             # which image records keep pixels (made on first image)
+        self._names_idx: dict[str, list[int]] = {}     # per name: the newest image records (at least image_keep)
+        self._stubs: set[int] = set()                  # image records that came without pixels, not asked for
+
+    @property
+    def n(self) -> int:
+        """History index after the newest record mirrored (the records this connection has seen)."""
+        return self.base + len(self.records)
+
+    def _keep(self) -> int:
+        return self.status.get("image_keep") or IMAGE_KEEP_DEFAULT
+
+    def skip_to(self, index: int) -> None:
+        """Start the mirror at ``index`` (no callbacks yet: nobody needs the records before it)."""
+        with self.lock:
+            if index > self.n and not self.callbacks:
+                self.records, self.base = [], index
+                self._stubs = set()
+                self._pending = {s: r for s, r in self._pending.items() if s + len(r) > index}
+
+    def apply(self, start: int, records: list[dict]) -> None:
+        """Take ``records`` that begin at history index ``start``; callbacks get the new ones, in order."""
+        with self.lock:
+            if len(records) >= len(self._pending.get(start, ())):
+                self._pending[start] = records
+            new: list[dict] = []
+            while True:
+                ready = [s for s in self._pending if s <= self.n]
+                if not ready:
+                    break
+                for s in sorted(ready):
+                    recs = self._pending.pop(s)
+                    fresh = recs[self.n - s:]
+                    first = self.n
+                    self.records.extend(fresh)
+                    new.extend(fresh)
+                    for i, r in enumerate(fresh, first):
+                        if r.get("kind") in MEDIA:
+                            idx = self._names_idx.setdefault(media_key(r), [])
+                            idx.append(i)
+                            if len(idx) > 2 * self._keep():
+                                del idx[:-self._keep()]
+                            if has_media(r):
+                                self._keep_image(i)
+                            else:
+                                self._stubs.add(i)
+            self.trim()
+            if new:
+                for cb in list(self.callbacks):
+                    cb(new)
+
+    def trim(self) -> None:
+        """Drop the oldest records beyond ``max_records``."""
+        with self.lock:
+            drop = len(self.records) - self.max_records
+            if drop > 0:
+                del self.records[:drop]
+                self.base += drop
+                self._stubs = {i for i in self._stubs if i >= self.base}
+
+    def _keep_image(self, i: int) -> None:
+        if self._kept is None:
+            self._kept = KeptImages(self._keep())
+        for j in self._kept.add(media_key(self.records[i - self.base]), i):
+            if j >= self.base:
+                self.records[j - self.base] = media_stub(self.records[j - self.base])
+
+    def missing_images(self) -> int | None:
+        """Index of the oldest image record among the newest ``image_keep`` per name that came
+        without pixels (a notification sends only the newest of a name) and was not asked for yet."""
+        keep = self._keep()
+        with self.lock:
+            if not self._stubs:  # the usual case, checked on every history access: no scan
+                return None
+            wanted = []
+            for i in self._stubs:
+                idx = self._names_idx[media_key(self.records[i - self.base])]
+                newer = len(idx) - bisect.bisect_right(idx, i)
+                if newer < keep:  # the runtime still keeps its pixels
+                    wanted.append(i)
+            self._stubs = set(wanted)  # the others' pixels are gone on the runtime too
+            return min(wanted) if wanted else None
+
+    def fill_images(self, start: int, records: list[dict]) -> list[dict]:
+        """Put the payloads of ``records`` (history from ``start``) into image and audio records that
+        lack them; returns the records that got theirs."""
+        filled = []
+        with self.lock:
+            for i, r in enumerate(records, start):
+                if i >= self.n:
+                    break
+                if i < self.base or r.get("kind") not in MEDIA:
+                    continue
+                self._stubs.discard(i)  # asked for once: the runtime had the payload or dropped it
+                if has_media(r) and not has_media(self.records[i - self.base]):
+                    self.records[i - self.base] = r
+                    self._keep_image(i)
+                    filled.append(r)
+        return filled
