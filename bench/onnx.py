@@ -5,7 +5,8 @@ Three models, each exported with ``g.export_onnx`` and run on the same inputs:
 - the digits MLP of tests/serving (64 -> 32 -> 10, softmax),
 - the CNN of tests/interop (16x16x3 input; conv 3x3x8, max pool, conv 3x3x16 stride 2, avg pool,
   dense 10, softmax), and
-- an LSTM classifier (20 steps of 8 features; kf.nn.LSTM(32), dense 4, softmax): a Scan in ONNX.
+- an LSTM classifier (20 steps of 8 features; kf.nn.LSTM(32), dense 4, softmax): ONNX's LSTM op
+  (the input projection folded into its W), and the same with kf.nn.GRU(32): ONNX's GRU op.
 
 For batch 1 and 64, contenders run interleaved in rounds (`_common.run_interleaved`), so drift
 of the machine hits all alike:
@@ -71,12 +72,21 @@ def build_lstm(rt):
     return g, x, kf.softmax(logits), (20, 8)
 
 
+def build_gru(rt):
+    import kernelflow as kf
+
+    g = rt.graph("bench_gru")
+    x = g.placeholder((None, 20, 8), "float32", name="x")
+    logits = kf.nn.Dense(4, name="fc", seed=2)(kf.nn.GRU(32, name="gru", seed=1)(x))
+    return g, x, kf.softmax(logits), (20, 8)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--block-s", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)")
-    ap.add_argument("--models", default="mlp,cnn,lstm", help="comma-separated subset of mlp, cnn, lstm")
+    ap.add_argument("--models", default="mlp,cnn,lstm,gru", help="comma-separated subset of mlp, cnn, lstm, gru")
     args = ap.parse_args()
 
     import onnxruntime as ort
@@ -90,7 +100,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         models = {"mlp": ("digits MLP", build_mlp), "cnn": ("CNN 16x16x3", build_cnn),
-                  "lstm": ("LSTM 20x8 -> 32", build_lstm)}
+                  "lstm": ("LSTM 20x8 -> 32", build_lstm), "gru": ("GRU 20x8 -> 32", build_gru)}
         for name, build in (models[m] for m in args.models.split(",")):
             g, x, probs, shape = build(rt)
             path = Path(tmp) / f"{g.name}.onnx"

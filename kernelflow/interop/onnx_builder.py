@@ -8,7 +8,7 @@ names and its set of used value names, so every value name is unique in the whol
 into ONNX nodes through the table of `kernelflow.interop.onnx_ops`; `OnnxBuilder.inline`
 does it for every node a kernelflow `Subgraph` needs, with its inputs bound to given values.
 
-Contents: OnnxExportError, OnnxBuilder, part.
+Contents: OnnxExportError, OnnxBuilder, part, prune.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ class _Shared:
         self.initializers: list = []
         self.used: set[str] = set()
         self.count = 0
+        self.values: dict[str, np.ndarray] = {}  # initializer name -> value
+        self.alias: dict[str, str] = {}  # Identity output -> its input
+        self.derived: dict[str, str] = {}  # initializer -> the initializer it was computed from
 
 
 class OnnxBuilder:
@@ -55,6 +58,7 @@ class OnnxBuilder:
         self.shared = shared or _Shared()
         self.nodes: list = []
         self.scope = ""
+        self.names: dict[int, str] = {}  # id(kernelflow node) -> ONNX value name, in the graph being emitted
 
     @property
     def initializers(self) -> list:
@@ -85,6 +89,8 @@ class OnnxBuilder:
     def op(self, op_type: str, inputs: list, out: str | None = None, **attrs: Any) -> str:
         """Append one ONNX node; returns its output value name (``out``, or a fresh one)."""
         out = out or self._fresh(op_type)
+        if op_type == "Identity":
+            self.shared.alias[out] = inputs[0]
         self.nodes.append(self.onnx.helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
         return out
 
@@ -97,8 +103,24 @@ class OnnxBuilder:
 
     def initializer(self, name: str, value: np.ndarray) -> str:
         """Add an initializer of the given name (a 0-d value stays 0-d: not np.ascontiguousarray)."""
-        self.initializers.append(self.onnx.numpy_helper.from_array(np.array(value, order="C"), name))
+        value = np.array(value, order="C")
+        self.initializers.append(self.onnx.numpy_helper.from_array(value, name))
+        self.shared.values[name] = value
         return name
+
+    def derived_initializer(self, base: str, value: np.ndarray) -> str:
+        """A fresh initializer computed from initializer ``base`` (a kernel in ONNX's layout): it takes
+        ``base``'s name in the model when nothing reads ``base`` itself any more (see `prune`)."""
+        name = self.initializer(self.unique(f"{base}:onnx"), value)
+        self.shared.derived[name] = base
+        return name
+
+    def value_of(self, name: str) -> tuple[str, np.ndarray] | None:
+        """(initializer name, value) of ``name`` when it is an initializer or Identities of one, else None."""
+        while name in self.shared.alias:
+            name = self.shared.alias[name]
+        v = self.shared.values.get(name)
+        return None if v is None else (name, v)
 
     def const(self, value: Any) -> str:
         """A fresh initializer holding ``value`` (an array or scalar with its dtype)."""
@@ -159,10 +181,14 @@ class OnnxBuilder:
             if id(t) not in needed and id(t) not in names:
                 needed.add(id(t))
                 stack.extend(t.inputs)
-        for n in sub.graph.nodes():
-            if id(n) in needed:
-                names[id(n)] = self.unique(f"{label}::{n.name}")
-                self.emit(n, [names[id(i)] for i in n.inputs], names[id(n)])
+        outer, self.names = self.names, names
+        try:
+            for n in sub.graph.nodes():
+                if id(n) in needed:
+                    names[id(n)] = self.unique(f"{label}::{n.name}")
+                    self.emit(n, [names[id(i)] for i in n.inputs], names[id(n)])
+        finally:
+            self.names = outer
         return [names[id(o)] for o in sub.outputs]
 
     def graph(self, name: str, inputs: list, outputs: list[tuple[str, Aval]]) -> Any:
@@ -173,3 +199,45 @@ class OnnxBuilder:
             out = self.op("Identity", [value], self.unique(f"{value}:out"))
             outs.append(self.value_info(out, aval))
         return self.onnx.helper.make_graph(self.nodes, name, inputs, outs)
+
+
+def _reads(nodes: Sequence) -> set[str]:
+    """The value names ``nodes`` read, their bodies' reads (outer values, by name) included."""
+    out: set[str] = set()
+    for nd in nodes:
+        out.update(nd.input)
+        for a in nd.attribute:
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                out |= _reads(g.node) | {o.name for o in g.output}
+    return out
+
+
+def _rename(nodes: Sequence, names: dict[str, str]) -> None:
+    """Rename the values ``nodes`` (and their bodies) read, in place."""
+    for nd in nodes:
+        for k, v in enumerate(nd.input):
+            if v in names:
+                nd.input[k] = names[v]
+        for a in nd.attribute:
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                _rename(g.node, names)
+
+
+def prune(b: OnnxBuilder, outputs: Sequence[str]) -> tuple[list, list]:
+    """Root builder ``b``'s nodes and initializers that ``outputs`` need (a converter that folds
+    nodes into one ONNX op, as a recurrent layer's input projection, leaves them unread); a
+    derived initializer whose base is no longer read takes the base's name."""
+    need, kept = set(outputs), []
+    for nd in reversed(b.nodes):  # topological order: a reader comes after what it reads
+        if any(o in need for o in nd.output):
+            kept.append(nd)
+            need |= _reads([nd])
+    inits = [i for i in b.initializers if i.name in need]
+    derived = b.shared.derived
+    names = {i.name: derived[i.name] for i in inits if i.name in derived and derived[i.name] not in need}
+    if len(set(names.values())) != len(names):  # two derived from one base: keep their own names
+        names = {}
+    _rename(kept, names)
+    for i in inits:
+        i.name = names.get(i.name, i.name)
+    return kept[::-1], inits

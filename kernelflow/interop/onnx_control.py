@@ -13,6 +13,9 @@ outer value by name, as ONNX scoping allows. A multi-output node writes its outp
 - ``scan``: Scan over the elems (``reverse``: both directions reversed, so the stacked
   outputs keep the elems' order); without elems, a Loop of ``length`` trips.
 - ``lstm_cell``: Split into the four gates (Keras's order i, f, c, o), Sigmoid / Tanh, Mul, Add.
+- ``gather_tree``: a Loop backwards over the steps, GatherElements on the parent pointers.
+
+The whole-sequence ``lstm_sequence`` and ``gru_sequence``: `onnx_recurrent`.
 
 The table is `kernelflow.interop.onnx_ops.CONVERTERS`: a new op is one more ``@_conv`` here.
 
@@ -158,66 +161,44 @@ def _lstm_cell(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
     _lstm_step(b, xs[0], xs[1], tuple(_parts(n, out)))
 
 
-def _gate_order(units: int) -> np.ndarray:
-    """Column indices taking Keras's gate blocks (i, f, c, o) to ONNX LSTM's (i, o, f, c)."""
-    return np.concatenate([np.arange(units) + k * units for k in (0, 3, 1, 2)]).astype(np.int64)
+# --------------------------------------------------------------------------- gather_tree -> Loop
+@_conv("gather_tree", form="Loop over the steps from the last one back (trip count T), each step GatherElements "
+       "of its ids and parents at the current parent pointers (a step at or past a row's max length gives the "
+       "end token and keeps the pointers), the stacked steps reversed by a Slice; then every token at or after "
+       "a beam's first end token (ArgMax of Equal(ids, end) over time) becomes it")
+def _gather_tree(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
+    step_ids, parents, lengths = xs
+    dt = n.dtype
+    parents = b.cast(parents, n.inputs[1].dtype, "int64")
+    lengths = b.cast(lengths, n.inputs[2].dtype, "int64")
+    end = b.const(np.asarray(n.attrs["end_token"], dt))
 
+    def i64(v: int) -> str:
+        return b.const(np.asarray(v, np.int64))
 
-@_conv("lstm_sequence", form="ONNX LSTM (x as its input through a gate-reordering identity W, R the recurrent "
-       "kernel's columns reordered to ONNX's i, o, f, c and transposed); with a mask, a Scan of the lstm_cell "
-       "form whose steps keep (h, c) where the mask is False")
-def _lstm_sequence(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
-    hs_out, c_out = _parts(n, out)[:2]  # part 2 (the gradient's reserve) is never read by inference
-    units = n.inputs[3].shape[0]
-    if len(xs) == 5 and units is not None:
-        order = _gate_order(int(units))
-        w = b.const(np.eye(4 * units, dtype=n.inputs[0].dtype)[order][None])
-        r = b.op("Unsqueeze", [b.op("Transpose", [b.op("Gather", [xs[3], b.ints(order)], axis=1)]), b.ints([0])])
-        zeros = b.const(np.zeros(4 * units, n.inputs[0].dtype))
-        bias = b.op("Unsqueeze", [b.op("Concat", [b.op("Gather", [xs[4], b.ints(order)]), zeros], axis=0),
-                                  b.ints([0])])
-        h0, c0 = (b.op("Unsqueeze", [x, b.ints([0])]) for x in xs[1:3])
-        y, _, y_c = b.ops("LSTM", [xs[0], w, r, bias, "", h0, c0], [None, None, None], hidden_size=int(units))
-        b.op("Squeeze", [y, b.ints([1])], hs_out)
-        b.op("Squeeze", [y_c, b.ints([0])], c_out)
-        return
+    shape = b.op("Shape", [step_ids])
+    steps = b.op("Gather", [shape, i64(0)], axis=0)
+    beams = b.op("Range", [i64(0), b.op("Gather", [shape, i64(2)], axis=0), i64(1)])
+    pointer0 = b.op("Expand", [beams, b.op("Slice", [shape, b.ints([1]), b.ints([3])])])  # (batch, beam): k
+    lengths = b.op("Unsqueeze", [b.op("Min", [lengths, steps]), b.ints([1])])  # (batch, 1)
     c = b.child()
-    h, cc, x_t = (c.unique(f"{n.name}/step::{k}") for k in ("h", "c", "x"))
-    ins = [c.value_info(h, n.inputs[1].aval), c.value_info(cc, n.inputs[2].aval),
-           c.value_info(x_t, Aval(n.inputs[0].shape[1:], n.inputs[0].dtype))]
-    h2, c2 = _lstm_step(c, c.op("Add", [x_t, c.op("MatMul", [h, xs[3]])]), cc)
-    if len(xs) == 6:
-        m = c.unique(f"{n.name}/step::mask")
-        ins.append(c.value_info(m, Aval(n.inputs[5].shape[1:], "bool")))
-        keep = c.op("Unsqueeze", [m, c.ints([1])])
-        h2, c2 = c.op("Where", [keep, h2, h]), c.op("Where", [keep, c2, cc])
-    aval = n.inputs[1].aval
-    g = c.graph(f"{n.name}/step", ins, [(h2, aval), (c2, aval), (h2, aval)])
-    xb = b.op("Add", [xs[0], xs[4]])  # the bias, once for all steps
-    b.ops("Scan", [xs[1], xs[2], xb, *xs[5:]], [None, c_out, hs_out], body=g, num_scan_inputs=len(xs) - 4)
-
-
-@_conv("gru_sequence", form="a Scan of the GRU step (Keras's reset_after form, gates z, r, h): z, r = Sigmoid(x + b0 "
-       "+ h R + b1), hh = Tanh(xh + r * (h Rh + b1h)), h' = z h + (1 - z) hh; with a mask, steps keep h where it is "
-       "False")
-def _gru_sequence(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
-    hs_out = _parts(n, out)[0]  # part 1 (the gradient's reserve) is never read by inference
-    dt = n.inputs[0].dtype
-    c = b.child()
-    h, x_t = (c.unique(f"{n.name}/step::{k}") for k in ("h", "x"))
-    ins = [c.value_info(h, n.inputs[1].aval), c.value_info(x_t, Aval(n.inputs[0].shape[1:], dt))]
-    b1 = b.op("Gather", [xs[3], b.ints([1])], axis=0)
-    xz, xr, xh = c.ops("Split", [x_t], [None] * 3, axis=1, num_outputs=3)
-    iz, ir, ih = c.ops("Split", [c.op("Add", [c.op("MatMul", [h, xs[2]]), b1])], [None] * 3, axis=1, num_outputs=3)
-    z, r = c.op("Sigmoid", [c.op("Add", [xz, iz])]), c.op("Sigmoid", [c.op("Add", [xr, ir])])
-    hh = c.op("Tanh", [c.op("Add", [xh, c.op("Mul", [r, ih])])])
-    one = c.const(np.asarray(1, dt))
-    h2 = c.op("Add", [c.op("Mul", [z, h]), c.op("Mul", [c.op("Sub", [one, z]), hh])])
-    if len(xs) == 5:
-        m = c.unique(f"{n.name}/step::mask")
-        ins.append(c.value_info(m, Aval(n.inputs[4].shape[1:], "bool")))
-        h2 = c.op("Where", [c.op("Unsqueeze", [m, c.ints([1])]), h2, h])
-    aval = n.inputs[1].aval
-    g = c.graph(f"{n.name}/step", ins, [(h2, aval), (h2, aval)])
-    xb = b.op("Add", [xs[0], b.op("Gather", [xs[3], b.ints([0])], axis=0)])  # the input bias, once for all steps
-    b.ops("Scan", [xs[1], xb, *xs[4:]], [None, hs_out], body=g, num_scan_inputs=len(xs) - 3)
+    it, keep, heads = _loop_heads(c, f"{n.name}/back")
+    ptr = c.unique(f"{n.name}/back::parent")
+    t = c.op("Sub", [c.op("Sub", [steps, it]), c.const(np.asarray(1, np.int64))])  # T - 1 - i
+    live = c.op("Less", [t, lengths])
+    ids_t = c.op("GatherElements", [c.op("Gather", [step_ids, t], axis=0), ptr], axis=1)
+    par_t = c.op("GatherElements", [c.op("Gather", [parents, t], axis=0), ptr], axis=1)
+    tok = c.op("Where", [live, ids_t, end])
+    new_ptr = c.op("Where", [live, par_t, ptr])
+    bb = Aval(n.shape[1:], "int64")
+    g = c.graph(f"{n.name}/back", heads + [c.value_info(ptr, bb)],
+                [(keep, _SCALAR_BOOL), (new_ptr, bb), (tok, Aval(n.shape[1:], dt))])
+    _, rev = b.ops("Loop", [steps, b.const(np.asarray(True)), pointer0], [None, None], body=g)
+    toks = b.op("Slice", [rev, b.ints([-1]), b.ints([INT64_MIN]), b.ints([0]), b.ints([-1])])  # back in time order
+    # at or after the first end token of a beam: t >= ArgMax(is_end) (the first maximum) where any is_end
+    is_end = b.cast(b.op("Equal", [toks, end]), "bool", "int32")
+    first = b.op("ArgMax", [is_end], axis=0, keepdims=1)
+    any_end = b.op("Greater", [b.op("ReduceMax", [is_end, b.ints([0])], keepdims=1), b.const(np.asarray(0, np.int32))])
+    times = b.op("Unsqueeze", [b.op("Range", [i64(0), steps, i64(1)]), b.ints([1, 2])])
+    ended = b.op("And", [any_end, b.op("GreaterOrEqual", [times, first])])
+    b.op("Where", [ended, end, toks], out)

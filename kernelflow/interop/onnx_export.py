@@ -24,8 +24,8 @@ import numpy as np
 from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..graph.inference import InferenceNode, inference_nodes
 from ..graph.ir import Graph, Tensor
-from . import onnx_control  # noqa: F401  (registers the control-flow converters in the table)
-from .onnx_builder import OnnxBuilder, OnnxExportError
+from . import onnx_control, onnx_recurrent  # noqa: F401  (register their converters in the table)
+from .onnx_builder import OnnxBuilder, OnnxExportError, prune
 
 DEFAULT_OPSET = 18
 """ONNX opset of the exports: every op we use has its current form there (Reduce* take axes
@@ -79,6 +79,7 @@ def _emit_plan(b: OnnxBuilder, plan: list[InferenceNode], ins: dict, keys: set,
         n = item.node
         names[id(n)] = input_key.get(id(n)) or (n.name if n.name not in keys else f"{n.name}:kf")
     b.reserve(list(names.values()) + list(keys))
+    b.names = names
     graph_inputs = []
     for item in plan:
         n, name = item.node, names[id(item.node)]
@@ -129,8 +130,9 @@ def to_onnx(graph: Graph, inputs: Mapping[str, Any], outputs: Mapping[str, Any],
         b.op("Identity", [names[id(t)]], key)
         dims = [d if d is not None else ("batch" if i == 0 and batch_free else None) for i, d in enumerate(t.shape)]
         graph_outputs.append(onnx.helper.make_tensor_value_info(key, b.onnx_dtype(t.dtype), dims))
-    return _checked_model(onnx, onnx.helper.make_graph(b.nodes, graph.name, graph_inputs, graph_outputs,
-                                                       initializer=b.initializers), graph.name, opset)
+    nodes, inits = prune(b, list(outs))
+    return _checked_model(onnx, onnx.helper.make_graph(nodes, graph.name, graph_inputs, graph_outputs,
+                                                       initializer=inits), graph.name, opset)
 
 
 def _checked_model(onnx: Any, g: Any, name: str, opset: int) -> Any:

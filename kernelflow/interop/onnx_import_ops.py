@@ -469,33 +469,54 @@ def _scan(env: Env, node: Any, args: list, attrs: dict) -> list:
     return [tuple_get(scan_node, i) for i in range(nc + ny)]
 
 
-@_imp("LSTM")
-def _lstm(env: Env, node: Any, args: list, attrs: dict) -> list:
-    """ONNX LSTM (forward, default activations) as a scan of kernelflow's lstm_cell, gates back in Keras's order."""
-    from ..graph.ops.recurrent import lstm_cell
+def _recurrent(env: Env, args: list, attrs: dict, gates: int) -> list:
+    """ONNX LSTM (gates 4) or GRU (3) as kernelflow's lstm_sequence / gru_sequence over ``X @ kernel``."""
+    from ..graph.ops.recurrent import gru_sequence, lstm_sequence
 
-    plain = {"hidden_size", "direction", "layout"}
+    kind = "LSTM" if gates == 4 else "GRU"
+    plain = {"hidden_size", "direction", "layout"} | ({"linear_before_reset"} if gates == 3 else set())
     if set(attrs) - plain or attrs.get("direction", b"forward") not in (b"forward", "forward") \
-            or attrs.get("layout", 0) or (len(args) > 4 and args[4] is not None):
-        raise env.fail("only a forward LSTM with default activations, layout 0 and no sequence_lens, clip or "
-                       f"input_forget is imported; got attributes {sorted(attrs)}")
+            or attrs.get("layout", 0) or (gates == 3 and attrs.get("linear_before_reset", 0) != 1):
+        raise env.fail(f"only a forward {kind} with default activations and layout 0 (a GRU with "
+                       f"linear_before_reset=1, Keras's reset_after), no clip or input_forget, is imported; "
+                       f"got attributes {sorted(attrs)}")
     x, w, r = _ts(env, args[:3])
     u = int(attrs["hidden_size"])
-    back = np.concatenate([np.arange(u) + k * u for k in (0, 2, 3, 1)]).astype(np.int64)  # i,o,f,c -> i,f,c,o
-    kernel = K.transpose(K.take(K.reshape(w, (4 * u, -1)), back, axis=0))  # (input, 4u), Keras's layout
-    recurrent = K.transpose(K.take(K.reshape(r, (4 * u, u)), back, axis=0))  # (u, 4u)
+    blocks = (0, 2, 3, 1) if gates == 4 else (0, 1, 2)  # ONNX's i, o, f, c -> Keras's i, f, c, o; GRU: z, r, h
+    back = np.concatenate([np.arange(u) + k * u for k in blocks]).astype(np.int64)
+    kernel = K.transpose(K.take(K.reshape(w, (gates * u, -1)), back, axis=0))  # (input, gates * u), Keras's layout
+    recurrent = K.transpose(K.take(K.reshape(r, (gates * u, u)), back, axis=0))  # (u, gates * u)
     xk = K.matmul(x, kernel)
-    if len(args) > 3 and args[3] is not None:
-        bias = K.reshape(env.tensor(args[3]), (2, 4 * u))
-        xk = xk + K.take(bias[0] + bias[1], back)
+    given = [len(args) > i and args[i] is not None for i in range(7)]
+    bias = None
+    if given[3]:
+        bb = K.reshape(env.tensor(args[3]), (2, gates * u))
+        bias = K.take(bb[0] + bb[1], back) if gates == 4 else bb  # GRU: [Wb, Rb] is kernelflow's (2, 3u) bias
     zero = K.broadcast_like(env.tensor(np.zeros((), x.dtype)), xk[0][:, :u])
-    h0, c0 = (K.reshape(env.tensor(args[i]), (-1, u)) if len(args) > i and args[i] is not None else zero
-              for i in (5, 6))
+    h0, c0 = (K.reshape(env.tensor(args[i]), (-1, u)) if given[i] else zero for i in (5, 6))
+    mask = lens = None
+    if given[4]:  # row b runs its first sequence_lens[b] steps; Y is 0 after them
+        lens = K.cast(env.tensor(args[4]), "int64")
+        mask = K.less(K.expand_dims(K.arange(K.size(x[:, 0, 0])), 1), K.expand_dims(lens, 0))
+    if gates == 4:
+        hs, c = lstm_sequence(xk, h0, c0, recurrent, bias, mask)
+    else:
+        hs, c = gru_sequence(xk, h0, recurrent, bias, mask), None
+    finals = [hs[-1]] + ([c] if c is not None else [])
+    if mask is not None:  # as onnxruntime: Y zero past a row's length, the final states zero for a length 0
+        hs = K.where(K.expand_dims(mask, 2), hs, 0)
+        ran = K.expand_dims(K.greater(lens, 0), 1)
+        finals = [K.where(ran, f, 0) for f in finals]
+    return [K.expand_dims(hs, 1)] + [K.expand_dims(f, 0) for f in finals]
 
-    def fn2(carry: Any, x_t: Any) -> tuple:
-        h, c = lstm_cell(x_t[0] + K.matmul(carry[0], recurrent), carry[1])
-        return (h, c), (h,)
 
-    node_, *_ = cf._scan("scan", fn2, (h0, c0), (xk,), False, None, "(h, c)")
-    h_last, c_last, hs = (tuple_get(node_, i) for i in range(3))
-    return [K.expand_dims(hs, 1), K.expand_dims(h_last, 0), K.expand_dims(c_last, 0)]
+@_imp("LSTM")
+def _lstm(env: Env, node: Any, args: list, attrs: dict) -> list:
+    """ONNX LSTM (forward, default activations) as kernelflow's lstm_sequence, gates back in Keras's order."""
+    return _recurrent(env, args, attrs, 4)
+
+
+@_imp("GRU")
+def _gru(env: Env, node: Any, args: list, attrs: dict) -> list:
+    """ONNX GRU (forward, default activations, linear_before_reset=1) as kernelflow's gru_sequence."""
+    return _recurrent(env, args, attrs, 3)

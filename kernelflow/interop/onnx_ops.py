@@ -514,7 +514,6 @@ NO_ONNX: dict[str, str] = {
     "lstm_sequence_grad": _GRAD,
     "gru_sequence_grad": _GRAD,
     "loop_grad": _GRAD,
-    "gather_tree": "beam-search backtracking: no ONNX op; would be a Loop over the steps (not written)",
     "group": "yields no value: it only orders other ops (control edges are not exported)",
     "no_op": "yields no value: a target for control dependencies (not exported)",
 }

@@ -346,21 +346,24 @@ class RNN(Layer):
         cell._bind(g)
         fused = cell.fuses()
         # One matmul for all steps, outside the loop (a fused op adds the bias itself, per step).
-        xk = cell.input_projection(M.transpose(inputs, (1, 0, 2)), with_bias=not fused)
+        xt = M.transpose(inputs, (1, 0, 2))
+        xk = cell.input_projection(xt, with_bias=not fused)
         if initial_state is not None:
             states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
             if len(states) != cell.n_states:
                 raise InvalidArgumentError(f"{self.name}: initial_state needs {cell.n_states} tensor(s); got "
                                            f"{len(states)}")
         else:
-            zero = M.broadcast_like(g.constant(0, dtype=xk.dtype), xk[0][:, :cell.units])
+            # Shapes from the inputs, not the projection: an ONNX export folds the projection into its
+            # LSTM / GRU op only where nothing else reads it.
+            zero = M.broadcast_like(g.constant(np.zeros((1, cell.units), xk.dtype)), xt[0][:, :1])
             states = [zero] * cell.n_states
         masked = sequence_length is not None
         if masked:
             lengths = sequence_length if isinstance(sequence_length, Tensor) else g.constant(
                 np.asarray(sequence_length, "int64"))
             lengths = E.cast(lengths, "int64")
-            steps = M.size(xk[:, 0, 0], dtype="int64")
+            steps = M.size(xt[:, 0, 0], dtype="int64")
             t0 = steps - 1 if self.go_backwards else steps * 0
         dt = -1 if self.go_backwards else 1
 

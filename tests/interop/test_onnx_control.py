@@ -251,3 +251,47 @@ def test_cli_exports_an_lstm_model_directory_to_onnx(tmp_path):
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (got,) = sess.run(None, feeds[1])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32"])
+def test_gather_tree_becomes_a_loop_backwards_over_the_steps(rt, tmp_path, dtype):
+    """Random ids and parent pointers, max lengths 0, inside, equal to and past the steps, end tokens
+    in the middle of beams: onnxruntime's Loop equals kernelflow's gather_tree."""
+    g = rt.graph(f"onnx_gather_tree_{dtype}")
+    ids = g.placeholder((None, None, 3), dtype, name="ids")
+    parents = g.placeholder((None, None, 3), dtype, name="parents")
+    lengths = g.placeholder((None,), "int32", name="lengths")
+    out = kf.nn.gather_tree(ids, parents, lengths, end_token=2)
+    feeds = [{"ids": R.integers(0, 6, (t, n, 3)).astype(dtype), "parents": R.integers(0, 3, (t, n, 3)).astype(dtype),
+              "lengths": np.array([t, 0, t // 2 + 1, t + 4][:n], "int32")} for t, n in ((7, 4), (1, 2))]
+    model = onnx_matches_run(g, tmp_path / "tree.onnx", {"ids": ids, "parents": parents, "lengths": lengths},
+                             {"tree": out}, feeds)
+    assert "Loop" in _ops(model.graph) and "GatherElements" in _ops(model.graph)
+    got = g.run(out, feed={ids: feeds[0]["ids"], parents: feeds[0]["parents"], lengths: feeds[0]["lengths"]})
+    assert (got != 2).sum() > 5 and (got[:, 1] == 2).all()  # real tokens traced; length 0: end tokens only
+
+
+def beam_program(rt, name="onnx_beam"):
+    """Beam search with an LSTM cell: a while_loop, then gather_tree over the stacked steps."""
+    g = rt.graph(name)
+    h0 = g.placeholder((None, 8), "float32", name="h0")
+    start = g.placeholder((None,), "int64", name="start")
+    emb = g.variable(_f(12, 8), name="emb")
+    proj = g.variable(_f(8, 12) * 2, name="proj")
+    cell = kf.nn.LSTMCell(8, name="cell", seed=1)
+
+    def step(tokens, state, t):
+        out, new = cell(kf.embedding(emb, tokens), list(state))
+        return kf.log_softmax(out @ proj), tuple(new)
+
+    ids, scores, lengths = kf.nn.beam_search(step, (h0, h0 * 0.0), start, end_token=0, beam_width=3, max_length=6)
+    feeds = [{"h0": _f(n, 8), "start": R.integers(1, 12, n).astype("int64")} for n in (1, 4)]
+    return g, {"h0": h0, "start": start}, {"ids": ids, "scores": scores, "lengths": lengths}, feeds
+
+
+def test_beam_search_exports(rt, tmp_path):
+    g, ins, outs, feeds = beam_program(rt)
+    model = onnx_matches_run(g, tmp_path / "beam.onnx", ins, outs, feeds, rtol=1e-5, atol=1e-5)
+    assert _ops(model.graph).count("Loop") >= 2  # the search's while_loop and gather_tree's
+    got = g.run(outs["ids"], feed={ins[k]: v for k, v in feeds[1].items()})
+    assert got.shape[:2] == (4, 3) and got.shape[2] >= 2 and len(np.unique(got)) > 2

@@ -32,8 +32,8 @@ def test_control_flow_programs_round_trip(rt, tmp_path, program):
     g, ins, outs, feeds = getattr(control, f"{program}_program")(rt, name=f"rt_{program}")
     m = onnx_round_trip(rt, g, tmp_path / f"{program}.onnx", ins, outs, feeds, rtol=1e-4, atol=1e-5)
     ops = {n.op.name for n in m.graph.nodes()}
-    want = {"lstm": "scan", "gru": "scan", "while": "while", "cond": "case", "scan": "scan", "decode": "while",
-            "length_scan": "scan"}[program]
+    want = {"lstm": "lstm_sequence", "gru": "gru_sequence", "while": "while", "cond": "case", "scan": "scan",
+            "decode": "while", "length_scan": "scan"}[program]
     assert want in ops  # a loop stays a loop (any sequence length), a branch a branch
 
 
@@ -142,7 +142,7 @@ def test_every_onnx_op_the_exporter_writes_is_imported():
     from kernelflow.interop.onnx_import_ops import IMPORTERS
 
     src = "".join((Path(onnx_ops.__file__).parent / f).read_text()
-                  for f in ("onnx_ops.py", "onnx_control.py", "onnx_builder.py"))
+                  for f in ("onnx_ops.py", "onnx_control.py", "onnx_recurrent.py", "onnx_builder.py"))
     written = set(re.findall(r'\b[bc]\.ops?\("([A-Za-z]+)"', src))
     for table in (onnx_ops._SIMPLE_BINARY, onnx_ops._COMPARE, onnx_ops._UNARY, onnx_ops._REDUCE):
         written |= set(table.values())
@@ -150,7 +150,7 @@ def test_every_onnx_op_the_exporter_writes_is_imported():
     assert written <= set(IMPORTERS), written - set(IMPORTERS)
 
 
-def test_onnx_lstm_op_imports_as_a_scan_equal_to_onnxruntime(rt):
+def test_onnx_lstm_op_imports_as_lstm_sequence_equal_to_onnxruntime(rt):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -165,7 +165,7 @@ def test_onnx_lstm_op_imports_as_a_scan_equal_to_onnxruntime(rt):
                    [helper.make_tensor_value_info(k, TensorProto.FLOAT, None) for k in ("Y", "Y_h", "Y_c")], inits)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     m = kf.import_onnx(model, rt.graph("rt_onnx_lstm"))
-    assert "scan" in {n.op.name for n in m.graph.nodes()}
+    assert "lstm_sequence" in {n.op.name for n in m.graph.nodes()}
     for t, n in ((6, 2), (1, 4)):
         feed = {"X": R.standard_normal((t, n, i)).astype("float32"),
                 "h0": R.standard_normal((1, n, u)).astype("float32"),
