@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from tests.support.waiting import wait_for
 from tests.widgets.jupyterlab import CHROMIUM, CHROMIUM_ARGS, lab_process, require_browser
 from tests.widgets.test_browser import _run_all
 
@@ -69,7 +70,9 @@ def test_monitor_badge_disconnected_when_server_stops_and_back_when_it_restarts(
                 assert root.locator("button.kf-stop").is_disabled()
                 srv2 = ServerProcess(tmp_path / "again", "--state-dir", str(state), port=srv.port).wait_listening()
                 root.locator(".kf-badge-interrupted").wait_for(timeout=60_000)
-                assert "lost the runtime" not in root.inner_text()
+                # the badge and the message are separate widget updates: wait for the message to clear too
+                wait_for(lambda: "lost the runtime" not in root.inner_text(), "the lost-runtime message to clear",
+                         timeout_s=60, every_s=0.2)
                 root.locator("button.kf-resume").click()
                 root.locator(".kf-badge-running").wait_for(timeout=60_000)
                 with srv2.connect() as rt:
