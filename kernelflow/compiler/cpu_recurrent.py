@@ -35,6 +35,23 @@ JIT = dict(cache=True, error_model="numpy", nogil=True)
 
 
 @numba.njit(**JIT)
+def _sigmoid_of_exp(s, one):
+    # s holds exp(-v) of sigmoid gates (flat): 1 / (exp(-v) + 1), TensorFlow's formula
+    for k in range(s.size):
+        s[k] = one / (s[k] + one)
+
+
+@numba.njit(**JIT)
+def _keep_rows(dst, src, keep):
+    # a padded row (keep False) keeps its previous value
+    b, u = dst.shape
+    for j in range(b):
+        if not keep[j]:
+            for k in range(u):
+                dst[j, k] = src[j, k]
+
+
+@numba.njit(**JIT)
 def lstm_fwd_in(r, x_t, bias):
     # r[:4] holds -(h @ rk) for the sigmoid gates i, f, o and h @ rk for the candidate g:
     # subtract / add x + bias, Keras's gate order i, f, c, o in x_t's rows. One gate at a time
@@ -56,9 +73,7 @@ def lstm_fwd_in(r, x_t, bias):
 def lstm_fwd_cell(r, cn, one):
     # after exp(r[:3]) and tanh(r[3]): the sigmoid gates 1 / (exp(-v) + 1), then c' = f c + i g
     n = cn.size
-    s = r[:3].reshape(3 * n)
-    for k in range(3 * n):
-        s[k] = one / (s[k] + one)
+    _sigmoid_of_exp(r[:3].reshape(3 * n), one)
     i = r[0].reshape(n)
     f = r[1].reshape(n)
     g = r[3].reshape(n)
@@ -78,12 +93,8 @@ def lstm_fwd_out(r, cn, hn, h, keep, masked):
     for k in range(n):
         out[k] = o[k] * tc[k]
     if masked:
-        b, u = hn.shape
-        for j in range(b):
-            if not keep[j]:
-                for k in range(u):
-                    hn[j, k] = h[j, k]
-                    cn[j, k] = r[4, j, k]
+        _keep_rows(hn, h, keep)
+        _keep_rows(cn, r[4], keep)
 
 
 @numba.njit(**JIT)
@@ -194,9 +205,7 @@ def gru_fwd_cell(r, xc, one):
     # after exp(r[:2]): z, r = 1 / (exp(-v) + 1); the candidate's pre-activation r * inner_h + x_h
     b, u = r.shape[1], r.shape[2]
     n = b * u
-    s = r[:2].reshape(2 * n)
-    for k in range(2 * n):
-        s[k] = one / (s[k] + one)
+    _sigmoid_of_exp(r[:2].reshape(2 * n), one)
     rr = r[1].reshape(n)
     hh = r[2].reshape(n)
     ih = r[3].reshape(n)
@@ -208,8 +217,7 @@ def gru_fwd_cell(r, xc, one):
 @numba.njit(**JIT)
 def gru_fwd_out(r, hn, h, keep, masked, one):
     # after tanh(r[2]): h' = z h + (1 - z) hh; a padded row (keep False) keeps its h
-    b, u = hn.shape
-    n = b * u
+    n = hn.size
     z = r[0].reshape(n)
     hh = r[2].reshape(n)
     out = hn.reshape(n)
@@ -217,10 +225,7 @@ def gru_fwd_out(r, hn, h, keep, masked, one):
     for k in range(n):
         out[k] = z[k] * hp[k] + (one - z[k]) * hh[k]
     if masked:
-        for j in range(b):
-            if not keep[j]:
-                for k in range(u):
-                    hn[j, k] = h[j, k]
+        _keep_rows(hn, h, keep)
 
 
 @numba.njit(**JIT)
