@@ -29,9 +29,10 @@ from ..errors import DeadlineExceededError, InvalidArgumentError, KernelflowErro
 from ..graph.ir import Tensor
 from ..protocol.jobspec import (
     FIT_OPTIONS,
+    PAGE_RECORDS,
     JobSpec,
 )
-from .mirror import PAGE_RECORDS, Mirror
+from .mirror import Mirror
 from .notebook import live_sleep
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """A job's records as one connection knows them: the newest `MIRROR_RECORDS`, with their callbacks.
 
-Contents: MIRROR_RECORDS, PAGE_RECORDS, Mirror.
+Contents: MIRROR_RECORDS, Mirror.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from ..protocol.jobspec import IMAGE_KEEP_DEFAULT, MEDIA, KeptImages, has_media,
 MIRROR_RECORDS = 100_000
 """Records a job's mirror keeps in memory by default (the newest; older ones are read back from
 the runtime when asked for). ``job.mirror_records`` changes it for one job."""
-PAGE_RECORDS = 10_000
-"""Records asked for in one ``job.records`` / ``job.subscribe`` call."""
 
 
 class Mirror:

@@ -24,17 +24,12 @@ import numpy as np
 from ..errors import InternalError, InvalidArgumentError, KernelflowError
 from ..graph.ir import Tensor
 from ..graph.ops import training as T
+from .cpu_kernels import _FLOATS, PARALLEL_MIN
 from .numba_backend import digest
 from .updates import UpdateGroup
 
-PARALLEL_MIN = 1 << 15
-"""Total elements from which the parallel variant runs (with more than one compile thread)."""
-
 CHUNK_MIN = 1 << 14
 """Smallest work item of the parallel variant."""
-
-_FLOATS = (np.float32, np.float64)
-
 
 @dataclass(frozen=True)
 class Formula:

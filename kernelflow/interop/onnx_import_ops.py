@@ -480,6 +480,8 @@ def _recurrent(env: Env, args: list, attrs: dict, gates: int) -> list:
         raise env.fail(f"only a forward {kind} with default activations and layout 0 (a GRU with "
                        f"linear_before_reset=1, Keras's reset_after), no clip or input_forget, is imported; "
                        f"got attributes {sorted(attrs)}")
+    if gates == 4 and len(args) > 7 and args[7] is not None:
+        raise env.fail("an LSTM with peephole weights (input P) is not imported: kernelflow's LSTM has none")
     x, w, r = _ts(env, args[:3])
     u = int(attrs["hidden_size"])
     blocks = (0, 2, 3, 1) if gates == 4 else (0, 1, 2)  # ONNX's i, o, f, c -> Keras's i, f, c, o; GRU: z, r, h

@@ -20,6 +20,8 @@ import numpy as np
 from ..errors import InvalidArgumentError
 from .rpc import MAX_NAME_CHARS
 
+PAGE_RECORDS = 10_000
+"""Records in one page of a job's history (``job.records`` / ``job.subscribe``'s default limit)."""
 IMAGE_KEEP_DEFAULT = 100
 
 

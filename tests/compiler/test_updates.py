@@ -166,7 +166,9 @@ def test_a_node_that_depends_on_an_update_ends_the_group_and_sees_the_update(mon
 
 @pytest.mark.parametrize("opt", sorted(OPTIMISERS))
 def test_training_with_groups_is_bitwise_without_them_and_without_the_compiler(monkeypatch, opt):
+    calls = _launches(monkeypatch)
     grouped = _train(monkeypatch, opt, "sync")
+    assert calls and all(calls)  # the group kernel itself ran (a fallback to the members gives the same bits)
     alone = _train(monkeypatch, opt, "sync", group=False)
     off = _train(monkeypatch, opt, "off")
     w0 = _weights()
@@ -177,7 +179,9 @@ def test_training_with_groups_is_bitwise_without_them_and_without_the_compiler(m
 
 
 def test_float64_training_with_groups_is_bitwise_without_the_compiler(monkeypatch):
+    calls = _launches(monkeypatch)
     grouped = _train(monkeypatch, "adam", "sync", dtype="float64")
+    assert calls and all(calls)
     off = _train(monkeypatch, "adam", "off", dtype="float64")
     for k in off:
         np.testing.assert_array_equal(grouped[k], off[k], err_msg=k)
@@ -186,8 +190,11 @@ def test_float64_training_with_groups_is_bitwise_without_the_compiler(monkeypatc
 def test_background_compilation_switches_midway_without_changing_the_trajectory(monkeypatch, tmp_path):
     # Mode "on": the group runs its members' own kernels until its kernel is compiled, then the kernel.
     monkeypatch.setenv("KERNELFLOW_CACHE_DIR", str(tmp_path))
+    calls = _launches(monkeypatch)
     on = _train(monkeypatch, "adamw", "on", steps=16)
     off = _train(monkeypatch, "adamw", "off", steps=16)
+    # the members' own kernels while the group kernel compiles (a cold cache), then only the kernel
+    assert len(calls) == 16 and not calls[0] and calls == sorted(calls)
     for k in off:
         np.testing.assert_array_equal(on[k], off[k], err_msg=k)
 
@@ -231,3 +238,19 @@ def test_parallel_kernel_on_two_threads_is_bitwise_too(monkeypatch):
     for a, b, w in zip(out["sync"], out["off"], w0):
         assert not np.array_equal(a, w)
         np.testing.assert_array_equal(a, b)
+
+
+def _launches(monkeypatch):
+    """The group kernel's launches (True: it ran) from now on in this test."""
+    from kernelflow.compiler import multi_update as MU
+
+    calls = []
+    orig = MU.CpuUpdateGroup.launch
+
+    def launch(self, t, cols, scalars):
+        ok = orig(self, t, cols, scalars)
+        calls.append(ok)
+        return ok
+
+    monkeypatch.setattr(MU.CpuUpdateGroup, "launch", launch)
+    return calls

@@ -174,3 +174,21 @@ def test_gru_without_linear_before_reset_is_refused(rt):
         opset_imports=[helper.make_opsetid("", 18)])
     with pytest.raises(OnnxImportError, match=r"node 'g0' \(GRU\): only a forward GRU .*linear_before_reset=1"):
         kf.import_onnx(model, rt.graph("rt_onnx_gru_lbr0"))
+
+
+def test_lstm_with_peepholes_is_refused(rt):
+    """Input P (peephole weights) has no kernelflow form: refused, not silently dropped."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from kernelflow.interop import OnnxImportError
+
+    u = 2
+    inits = [numpy_helper.from_array(_f(1, 4 * u, 3), "W"), numpy_helper.from_array(_f(1, 4 * u, u), "R"),
+             numpy_helper.from_array(_f(1, 3 * u), "P")]
+    node = helper.make_node("LSTM", ["X", "W", "R", "", "", "", "", "P"], ["Y"], name="p0", hidden_size=u)
+    model = helper.make_model(helper.make_graph(
+        [node], "hand", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "N", 3])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=inits),
+        opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(OnnxImportError, match=r"node 'p0' \(LSTM\): an LSTM with peephole weights"):
+        kf.import_onnx(model, rt.graph("rt_onnx_lstm_peephole"))

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...errors import FailedPreconditionError, InvalidArgumentError, KernelflowError, NotFoundError
-from ...protocol.jobspec import JobSpec, has_media, media_key, media_stub
+from ...protocol.jobspec import PAGE_RECORDS, JobSpec, has_media, media_key, media_stub
 from .fit_loop import Bound, FitLoop, Halt, bind
 from .history import TAIL_RECORDS, History, StateLog, TempLog
 from .tb_events import EventWriter
@@ -49,8 +49,6 @@ STATUSES = ("queued", "running", "paused", "completed", "stopped", "failed", "in
 ACTIVE = frozenset({"queued", "running", "paused"})
 FLUSH_INTERVAL_S = 0.1
 SHUTDOWN_WAIT_S = 60.0
-PAGE_RECORDS = 10_000
-"""Records in one answer of ``job.records`` / ``job.subscribe`` (and in one notification) by default."""
 MAX_PAGE_RECORDS = 1_000_000
 """The largest ``limit`` those methods take."""
 

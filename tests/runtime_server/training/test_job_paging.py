@@ -146,9 +146,9 @@ def test_client_mirror_bounded_while_old_records_read_back(rt, monkeypatch):
     assert job.wait(timeout=WAIT_S * 4) == "completed", job.error
     wait_for(lambda: len(seen) >= RECORDS, what="every record through the subscription")
     assert _steps(seen) == _expected()  # each record once, in order
-    assert job.mirrored <= 150
+    assert job.mirrored == 150  # full: exactly its bound
     full = job.records()
-    assert _steps(full) == _expected() and job.mirrored <= 150
+    assert _steps(full) == _expected() and job.mirrored == 150
     assert _steps(job.records(10, 40)) == _expected()[10:40]
     assert _steps(job.records(RECORDS - 30)) == _expected()[RECORDS - 30:]
     for a, b in zip(full, seen):
@@ -162,7 +162,7 @@ def test_client_mirror_bounded_while_old_records_read_back(rt, monkeypatch):
     late: list[int] = []  # a second subscriber gets the whole history: old pages from the runtime
     job.subscribe(lambda recs: late.append(len(recs)) if recs else None)
     assert sum(late) == RECORDS and max(late) <= 200
-    assert job.mirrored <= 150
+    assert job.mirrored == 150  # full: exactly its bound
     job.unsubscribe()
 
     other = rt.job(job.id)  # another handle on the same connection shares the mirror
