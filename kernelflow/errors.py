@@ -9,6 +9,8 @@ Contents: KernelflowError and the canonical types, ShapeError, ProtocolError, er
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class KernelflowError(Exception):
     """Base of every kernelflow error.
@@ -115,8 +117,28 @@ def error_class(type_name: str) -> type[KernelflowError]:
     return _CANONICAL.get(type_name, InternalError)
 
 
+def kernel_error(node: str, op: str, source: str | None, e: Exception,
+                 inputs: Any = None) -> KernelflowError:
+    """What a run raises when a node's kernel raised ``e``: ``e`` itself if it is a KernelflowError
+    (now naming the node), else a typed error naming the node (and, given ``inputs()``, the
+    description of its inputs): out of memory -> ResourceExhaustedError, a bad value, index or type
+    -> InvalidArgumentError, anything else -> InternalError."""
+    if isinstance(e, KernelflowError):
+        e.node = e.node or node
+        e.source = e.source or source
+        return e
+    if isinstance(e, MemoryError):
+        return ResourceExhaustedError(f"{node} ({op}): out of memory: {e}", node=node, source=source)
+    cls: type[KernelflowError] = InvalidArgumentError if isinstance(e, (ValueError, IndexError, TypeError)) \
+        else InternalError
+    if type(e).__name__ == "OutOfMemoryError":  # CuPy's
+        cls = ResourceExhaustedError
+    tail = "" if inputs is None else f"; inputs: {inputs() or 'none'}"
+    return cls(f"{node} ({op}) failed at run time: {type(e).__name__}: {e}{tail}", node=node, source=source)
+
+
 def _rebuild(type_name: str, message: str, node: str | None, source: str | None) -> KernelflowError:
     return error_class(type_name)(message, node=node, source=source)
 
 
-__all__ = [name for name in _CANONICAL] + ["error_class"]
+__all__ = [name for name in _CANONICAL] + ["error_class", "kernel_error"]

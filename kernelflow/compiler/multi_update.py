@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InternalError, InvalidArgumentError, KernelflowError
+from ..errors import InternalError, kernel_error
 from ..graph.ir import Tensor
 from ..graph.ops import training as T
 from .cpu_kernels import _FLOATS, PARALLEL_MIN
@@ -168,17 +168,6 @@ class _MemberContext:
         return getattr(self._ctx, name)
 
 
-def _member_error(member: Tensor, e: Exception) -> KernelflowError:
-    """What a failing member raises: the error naming the member (as the executor names a node)."""
-    if isinstance(e, KernelflowError):
-        e.node = e.node or member.name
-        e.source = e.source or member.source
-        return e
-    cls = InvalidArgumentError if isinstance(e, (ValueError, IndexError, TypeError)) else InternalError
-    return cls(f"{member.name} ({member.op.name}) failed at run time: {type(e).__name__}: {e}",
-               node=member.name, source=member.source)
-
-
 @dataclass
 class _Prepared:
     """What a call works out from the variables' storage, kept while the storage stays the same."""
@@ -316,7 +305,8 @@ class UpdateGroupKernel:
             try:
                 fns[k](*g.member_inputs(ins, k))
             except Exception as e:
-                raise _member_error(g.members[k], e) from e
+                m = g.members[k]
+                raise kernel_error(m.name, m.op.name, m.source, e) from e
 
 
 class CpuUpdateGroup(UpdateGroupKernel):

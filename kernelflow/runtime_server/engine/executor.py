@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...errors import InternalError, InvalidArgumentError, KernelflowError, ResourceExhaustedError
+from ...errors import InternalError, InvalidArgumentError, KernelflowError, kernel_error
 from ...graph.ir import Tensor
 from ...graph.ops.state import placeholder_op, read_variable_op, variable_op
 from ...graph.shapes import format_shape
@@ -344,20 +344,9 @@ class Plan:
         `execute` and the lean sub-plan path (engine/subgraphs.py) raise it.
         """
         node = self.step_nodes[k]
-        if isinstance(e, KernelflowError):
-            e.node = e.node or node.name
-            e.source = e.source or node.source
-            return e
-        if isinstance(e, MemoryError):
-            return ResourceExhaustedError(f"{node.name} ({node.op.name}): out of memory: {e}", node=node.name,
-                                          source=node.source)
         ins = self.steps[k][1]
-        shapes = ", ".join(f"{i.name}: {_describe(vals[s])}" for i, s in zip(node.inputs, ins))
-        cls = InvalidArgumentError if isinstance(e, (ValueError, IndexError, TypeError)) else InternalError
-        if type(e).__name__ == "OutOfMemoryError":
-            cls = ResourceExhaustedError
-        return cls(f"{node.name} ({node.op.name}) failed at run time: {type(e).__name__}: {e}; inputs: "
-                   f"{shapes or 'none'}", node=node.name, source=node.source)
+        return kernel_error(node.name, node.op.name, node.source, e,
+                            lambda: ", ".join(f"{i.name}: {_describe(vals[s])}" for i, s in zip(node.inputs, ins)))
 
     def ready_steps(self, fetches: Sequence[int]) -> list[int]:
         """For each fetch position: the index of the step that makes its value (-1: fed or made by none)."""
