@@ -424,9 +424,11 @@ class ModelManager:
             raise UnavailableError(f"model '{name}': the model server is shutting down")
         if not self.watching:
             self.poll(only=name, wait=True)
-        with self._lock:
+        with self._lock:  # one consistent look: a load may finish while this request is refused
             vs = dict(self._models.get(name, {}))
-        avail = [v for v, sv in vs.items() if sv.state == AVAILABLE]
+            states = {v: sv.state for v, sv in vs.items()}
+            errors = {v: sv.error for v, sv in vs.items() if sv.error is not None}
+        avail = [v for v, st in states.items() if st == AVAILABLE]
         if avail and (version is None or version in avail):  # the hot path: no disk access
             return vs[max(avail) if version is None else version]
         on_disk = versions_on_disk(self.base / name) if self.base is not None else []
@@ -434,20 +436,23 @@ class ModelManager:
             raise NotFoundError(f"no model named '{name}'; models: {self.names()}")
         policy = self._settings(name).policy
         if version is None:
-            loading = sorted(v for v, sv in vs.items() if sv.state in (START, LOADING))
+            loading = sorted(v for v, st in states.items() if st in (START, LOADING))
             if loading:
                 raise UnavailableError(f"model '{name}' has no AVAILABLE version yet: version {loading[-1]} is "
-                                       f"{vs[loading[-1]].state}; retry shortly")
-            failed = [sv for _, sv in sorted(vs.items()) if sv.error is not None]
-            why = f": version {failed[-1].version} failed to load: {failed[-1].error}" if failed else ""
+                                       f"{states[loading[-1]]}; retry shortly")
+            if errors:
+                v = max(errors)
+                why = f": version {v} failed to load: {errors[v]}"
+            else:
+                seen = ", ".join(f"{v} {st}" for v, st in sorted(states.items())) or "none"
+                why = f" (versions: {seen}; complete on disk: {on_disk})"
             raise NotFoundError(f"model '{name}' has no AVAILABLE version{why}")
-        sv = vs.get(version)
-        if sv is not None and sv.state in (START, LOADING):
-            raise UnavailableError(f"model '{name}' version {version} is {sv.state}; retry shortly")
+        state = states.get(version)
+        if state in (START, LOADING):
+            raise UnavailableError(f"model '{name}' version {version} is {state}; retry shortly")
         if version not in on_disk:
             raise NotFoundError(f"model '{name}' has no version {version}; versions: {on_disk}")
-        why = f"failed to load: {sv.error}" if sv is not None and sv.error is not None else \
-            f"is {sv.state if sv is not None else 'not loaded'}"
+        why = f"failed to load: {errors[version]}" if version in errors else f"is {state or 'not loaded'}"
         raise NotFoundError(f"model '{name}' version {version} {why}; the version policy "
                             f"'{policy.describe()}' serves {policy.choose(on_disk)}")
 

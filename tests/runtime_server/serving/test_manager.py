@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import kernelflow as kf
-from kernelflow.runtime_server.serving.manager import ModelManager, parse_model_config
+from kernelflow.runtime_server.serving.manager import ModelManager, ServedVersion, parse_model_config
 
 from .conftest import drop_held_version, drop_version, wait_for
 
@@ -129,6 +129,43 @@ def test_manager_request_outliving_unload_gets_unavailable(small, tmp_path):
                     mgr.loaded(sv)  # what the REST handler reads the model with
         finally:
             mgr.close()
+
+
+class _LoadsWhileLookedAt(ServedVersion):
+    """A version whose load finishes the moment a request has looked at its state once: the first
+    read of ``state`` says LOADING, every later one AVAILABLE (what a loader thread does to a request
+    that reads the state twice)."""
+
+    reads = 0
+
+    @property
+    def state(self) -> str:
+        self.reads += 1
+        return "LOADING" if self.reads == 1 else "AVAILABLE"
+
+    @state.setter
+    def state(self, value: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize("version", [None, 1])
+def test_manager_request_racing_a_finishing_load_gets_unavailable(small, tmp_path, version):
+    """A request that meets a load finishing gets "retry" (503), never "no AVAILABLE version" (404):
+    the CI flake of test_serve_answers_rpc_while_its_models_load."""
+    drop_version(small, tmp_path / "base", "small", 1)
+    mgr = ModelManager(tmp_path / "base")
+    try:
+        mgr.start(poll_wait_s=3600)  # watching (a request does not poll first); its next pass is an hour off
+        sv = mgr._models["small"][1]
+        assert sv.state == "AVAILABLE"
+        sv.__class__ = _LoadsWhileLookedAt
+        with pytest.raises(kf.errors.UnavailableError, match="LOADING; retry"):
+            mgr._served("small", version)
+        assert sv.reads == 1  # one consistent look at the states
+        assert mgr._served("small", version) is sv  # the next request is served
+    finally:
+        sv.__class__ = ServedVersion
+        mgr.close()
 
 
 @pytest.mark.parametrize("error,status", [
