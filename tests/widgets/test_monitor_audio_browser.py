@@ -38,6 +38,7 @@ AUDIO_JS = """() => [...document.querySelectorAll('.kf-monitor .kf-monitor-audio
 
 def test_monitor_plays_audio_and_shows_text_in_jupyterlab(tmp_path):
     require_browser()
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     nb_dir = tmp_path / "nb"
@@ -67,11 +68,15 @@ def test_monitor_plays_audio_and_shows_text_in_jupyterlab(tmp_path):
             page.locator(".lm-Menu-itemLabel:text-is('Run All Cells')").click()
             root = page.locator(".jp-OutputArea .kf-monitor").first
             root.wait_for(timeout=120_000)
-            page.wait_for_function(f"({AUDIO_JS})().length === 2 && ({AUDIO_JS})().every(a => a.duration > 0)",
-                                   timeout=60_000)
-            players = page.evaluate(AUDIO_JS)
-            assert all(a["src"] for a in players), players
-            assert all(abs(a["duration"] - 0.5) < 0.01 for a in players), players  # 4000 frames at 8 kHz
+            # The panel may draw an earlier step's clips first and then swap the sources (a swapped
+            # <audio> has no duration until chromium decodes it): wait for the settled state.
+            settled = (f"({AUDIO_JS})().length === 2 && ({AUDIO_JS})().every(a => a.src && "
+                       "Math.abs(a.duration - 0.5) < 0.01)")  # 4000 frames at 8 kHz
+            try:
+                page.wait_for_function(settled, timeout=60_000)
+            except PlaywrightTimeout:
+                raise AssertionError(f"the monitor's audio players never held two 0.5 s clips: "
+                                     f"{page.evaluate(AUDIO_JS)}") from None
             assert "step" in root.locator(".kf-monitor-audio .kf-audio-step").inner_text()
             rows = root.locator(".kf-monitor-text-rows li")
             rows.first.wait_for(timeout=30_000)
