@@ -29,7 +29,7 @@ class Digest:
     def __init__(self) -> None:
         self.lock = threading.Lock()  # held while one reader brings it up to date (paging included)
         self.n = 0
-        self._cols: dict[str, tuple[list, list, list]] = {}
+        self._cols: dict[str, _Column] = {}
         self._hists: dict[str, list] = {}
         self._text: dict[str, list] = {}
         self._media: dict[str, deque] = {}  # media_key -> deque of [index, kind, name, entry or None]
@@ -44,10 +44,10 @@ class Digest:
             kind = r.get("kind")
             if kind == "scalars":
                 for k, v in r["values"].items():
-                    c = self._cols.setdefault(k, ([], [], []))
-                    c[0].append(r["step"])
-                    c[1].append(r["wall_time"])
-                    c[2].append(v)
+                    c = self._cols.get(k)
+                    if c is None:
+                        c = self._cols[k] = _Column()
+                    c.add(r["step"], r["wall_time"], v)
             elif kind == "histogram":
                 self._hists.setdefault(r["name"], []).append((r["step"], np.asarray(r["edges"]),
                                                               np.asarray(r["counts"])))
@@ -76,8 +76,7 @@ class Digest:
         them, built again only when records came since the last call."""
         if self._view is not None and self._view[0] == self.n:
             return self._view[1]
-        history = {k: {"step": np.array(s, np.int64), "wall_time": np.array(w, np.float64),
-                       "value": np.array(v, np.float64)} for k, (s, w, v) in self._cols.items()}
+        history = {k: c.arrays() for k, c in self._cols.items()}
         media: dict[str, dict[str, list]] = {k: {} for k in MEDIA}
         for q in self._media.values():
             for _, kind, name, entry in q:
@@ -87,6 +86,28 @@ class Digest:
                {k: list(v) for k, v in self._text.items()})
         self._view = (self.n, out)
         return out
+
+
+class _Column:
+    """One metric's (step, wall_time, value) columns: numpy arrays (8 bytes a number, not a Python
+    float's 32), with the points added since they were last read in lists until then."""
+
+    def __init__(self) -> None:
+        self._arrays = {"step": np.zeros(0, np.int64), "wall_time": np.zeros(0), "value": np.zeros(0)}
+        self._new: tuple[list, list, list] = ([], [], [])
+
+    def add(self, step: int, wall_time: float, value: float) -> None:
+        self._new[0].append(step)
+        self._new[1].append(wall_time)
+        self._new[2].append(value)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``{"step", "wall_time", "value"}``: new arrays whenever points came since the last call."""
+        if self._new[0]:
+            self._arrays = {k: np.concatenate([a, np.asarray(new, a.dtype)])
+                            for (k, a), new in zip(self._arrays.items(), self._new)}
+            self._new = ([], [], [])
+        return dict(self._arrays)
 
 
 def _entry(r: dict) -> Any:

@@ -306,3 +306,28 @@ def test_history_views_page_the_history_older_than_the_mirror_once(server, monke
         assert sum(n for _, n in pages) == read
         assert len(pages) > asked and all(since == total for since, _ in pages[asked:])  # from the newest only
         assert job.records(0, 5)[0]["step"] == 1 and sum(n for _, n in pages) > read  # records() still reads back
+
+
+def test_digest_takes_each_record_once_and_the_payloads_filled_later():
+    from kernelflow.client.mirror import Mirror
+
+    m = Mirror(max_records=4)
+    m.status = {"image_keep": 2}
+    px = np.zeros((1, 2, 2, 1), np.uint8)
+    img = [{"kind": "images", "step": s, "wall_time": 0.0, "name": "a", "images": None} for s in (1, 2)]
+    m.apply(0, [{"kind": "scalars", "step": 0, "wall_time": 0.5, "values": {"loss": 2.0}}, *img,
+                {"kind": "images", "step": 3, "wall_time": 0.0, "name": "a", "images": px}])
+    d = m.digest
+    d.take(0, m.records[:], m.keep())
+    d.take(2, m.records[2:], m.keep())  # records it has: ignored
+    history, _, images, _, _ = d.views()
+    assert d.n == 4 and history["loss"]["value"].tolist() == [2.0] and history["loss"]["step"].dtype == np.int64
+    assert [s for s, _ in images["a"]] == [3]  # 2 came as a stub; 1 is past the newest 2 of "a"
+    m.fill_images(2, [{"kind": "images", "step": 2, "wall_time": 0.0, "name": "a", "images": px + 1}])
+    d.refill(m.record)
+    assert [(s, int(a[0, 0, 0, 0])) for s, a in d.views()[2]["a"]] == [(2, 1), (3, 0)]
+    m.apply(4, [{"kind": "scalars", "step": 4, "wall_time": 1.5, "values": {"loss": 1.0}},
+                {"kind": "text", "step": 4, "wall_time": 1.5, "name": "t", "text": ["hi"]}])
+    d.take(4, m.records[-2:], m.keep())
+    history, _, _, _, text = d.views()
+    assert history["loss"]["step"].tolist() == [0, 4] and text == {"t": [(4, ["hi"])]}
