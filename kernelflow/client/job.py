@@ -5,9 +5,11 @@ The client keeps one mirror of each job's history per connection, filled by ``jo
 calls and by ``job.records`` notifications once subscribed, a page (`PAGE_RECORDS`) at a time.
 Both carry the index of their first record, so the mirror takes each record once whatever order
 they arrive in. The mirror holds only the newest `MIRROR_RECORDS` records (``job.mirror_records``);
-whatever reads older ones (``job.records(start, stop)``, ``job.history``, a new subscriber's
-history so far) asks the runtime for them again, page by page. Like the runtime, the mirror
-keeps the pixels of only the newest ``image_keep`` image records per name.
+``job.records(start, stop)`` and a new subscriber's history so far ask the runtime for older ones
+again, page by page. ``job.history``, ``histograms``, ``image_history``, ``audio`` and ``text``
+read each record once, into the mirror's `kernelflow.client.digest.Digest`: a second access pages
+nothing again. Like the runtime, the mirror keeps the pixels of only the newest ``image_keep``
+image records per name.
 
 Contents: Job, fit, attach_job (the mirror: `kernelflow.client.mirror`).
 """
@@ -136,7 +138,6 @@ class Job:
         self._m = self._streams.mirror(self.id)
         self._m.status = status
         self._mine: list[Callable] = []
-        self._hist_cache: tuple[int, dict, dict] | None = None
 
     def __repr__(self) -> str:
         st = self._m.status
@@ -296,35 +297,24 @@ class Job:
         filled = []
         for r in self._pages(gap, self._m.n):
             filled += self._m.fill_images(int(r["start"]), list(r["records"]))
-        self._hist_cache = None
+        if filled:
+            with self._m.digest.lock:
+                self._m.digest.refill(self._m.record)
         return filled
 
-    def _built(self) -> tuple[dict, dict, dict]:
+    def _built(self) -> tuple[dict, dict, dict, dict, dict]:
+        """(history, histograms, image_history, audio_history, text), from the mirror's `Digest`: the
+        records it has not taken yet are read once (those older than the mirror from the runtime)."""
         self._catch_up()
         self.fill_media()
-        n = self._m.n
-        if self._hist_cache is not None and self._hist_cache[0] == n:
-            return self._hist_cache[1:]
-        cols: dict[str, tuple[list, list, list]] = {}
-        hists: dict[str, list] = {}
-        images: dict[str, list] = {}
-        for chunk in self._chunks(0, n):
-            for r in chunk:
-                if r.get("kind") == "scalars":
-                    for k, v in r["values"].items():
-                        c = cols.setdefault(k, ([], [], []))
-                        c[0].append(r["step"])
-                        c[1].append(r["wall_time"])
-                        c[2].append(v)
-                elif r.get("kind") == "histogram":
-                    hists.setdefault(r["name"], []).append((r["step"], np.asarray(r["edges"]),
-                                                            np.asarray(r["counts"])))
-                elif r.get("kind") == "images" and r.get("images") is not None:
-                    images.setdefault(r["name"], []).append((r["step"], np.asarray(r["images"])))
-        history = {k: {"step": np.array(s, np.int64), "wall_time": np.array(w, np.float64),
-                       "value": np.array(v, np.float64)} for k, (s, w, v) in cols.items()}
-        self._hist_cache = (n, history, hists, images)
-        return history, hists, images
+        m = self._m
+        d = m.digest
+        with d.lock:
+            n = m.n
+            if d.n < n:
+                for chunk in self._chunks(d.n, n):
+                    d.take(d.n, chunk, m.keep())
+            return d.views()
 
     @property
     def history(self) -> dict[str, dict[str, np.ndarray]]:
@@ -350,32 +340,18 @@ class Job:
     def audio(self) -> dict[str, tuple[int, np.ndarray, float]]:
         """The newest logged audio of every name: ``{name: (step, int16 PCM (clips, frames, channels),
         sample_rate)}``."""
-        out = {}
-        for r in self.records():
-            if r.get("kind") == "audio" and r.get("audio") is not None:
-                out[r["name"]] = (int(r["step"]), np.asarray(r["audio"]), float(r["sample_rate"]))
-        return out
+        return {k: v[-1] for k, v in self._built()[3].items()}
 
     @property
     def audio_history(self) -> dict[str, list[tuple[int, np.ndarray, float]]]:
         """Every audio record still kept (the newest ``image_keep`` per name): ``{name: [(step, int16 PCM,
         sample_rate), ...]}``, in step order."""
-        self._catch_up()
-        self.fill_media()
-        out: dict[str, list[tuple[int, np.ndarray, float]]] = {}
-        for r in (r for chunk in self._chunks() for r in chunk):
-            if r.get("kind") == "audio" and r.get("audio") is not None:
-                out.setdefault(r["name"], []).append((int(r["step"]), np.asarray(r["audio"]), float(r["sample_rate"])))
-        return out
+        return self._built()[3]
 
     @property
     def text(self) -> dict[str, list[tuple[int, list[str]]]]:
         """Every logged text record: ``{name: [(step, [row strings]), ...]}``, in step order."""
-        out: dict[str, list[tuple[int, list[str]]]] = {}
-        for r in self.records():
-            if r.get("kind") == "text":
-                out.setdefault(r["name"], []).append((int(r["step"]), list(r["text"])))
-        return out
+        return self._built()[4]
 
     def history_frame(self) -> Any:
         """The history as a pandas DataFrame: one row per logged step (index ``step``), one column per

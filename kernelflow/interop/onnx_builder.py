@@ -8,7 +8,7 @@ names and its set of used value names, so every value name is unique in the whol
 into ONNX nodes through the table of `kernelflow.interop.onnx_ops`; `OnnxBuilder.inline`
 does it for every node a kernelflow `Subgraph` needs, with its inputs bound to given values.
 
-Contents: OnnxExportError, OnnxBuilder, part, prune.
+Contents: OnnxExportError, OnnxBuilder, part, prune, move_initializers.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ class _Shared:
     """What a root builder and its children share."""
 
     def __init__(self) -> None:
-        self.initializers: list = []
+        self.initializers: list = []  # TensorProtos: each value's one copy the builder holds
         self.used: set[str] = set()
         self.count = 0
-        self.values: dict[str, np.ndarray] = {}  # initializer name -> value
+        self.tensors: dict[str, Any] = {}  # initializer name -> its TensorProto
         self.alias: dict[str, str] = {}  # Identity output -> its input
         self.derived: dict[str, str] = {}  # initializer -> the initializer it was computed from
 
@@ -102,10 +102,11 @@ class OnnxBuilder:
         return outs
 
     def initializer(self, name: str, value: np.ndarray) -> str:
-        """Add an initializer of the given name (a 0-d value stays 0-d: not np.ascontiguousarray)."""
-        value = np.array(value, order="C")
-        self.initializers.append(self.onnx.numpy_helper.from_array(value, name))
-        self.shared.values[name] = value
+        """Add an initializer of the given name (a 0-d value stays 0-d). It is converted to a
+        TensorProto at once and the builder keeps no numpy copy: a big variable is held once."""
+        t = self.onnx.numpy_helper.from_array(np.asarray(value), name)
+        self.initializers.append(t)
+        self.shared.tensors[name] = t
         return name
 
     def derived_initializer(self, base: str, value: np.ndarray) -> str:
@@ -116,11 +117,12 @@ class OnnxBuilder:
         return name
 
     def value_of(self, name: str) -> tuple[str, np.ndarray] | None:
-        """(initializer name, value) of ``name`` when it is an initializer or Identities of one, else None."""
+        """(initializer name, value) of ``name`` when it is an initializer or Identities of one, else None
+        (the value read back from its TensorProto: a copy the caller drops when done)."""
         while name in self.shared.alias:
             name = self.shared.alias[name]
-        v = self.shared.values.get(name)
-        return None if v is None else (name, v)
+        t = self.shared.tensors.get(name)
+        return None if t is None else (name, self.onnx.numpy_helper.to_array(t))
 
     def const(self, value: Any) -> str:
         """A fresh initializer holding ``value`` (an array or scalar with its dtype)."""
@@ -226,7 +228,8 @@ def _rename(nodes: Sequence, names: dict[str, str]) -> None:
 def prune(b: OnnxBuilder, outputs: Sequence[str]) -> tuple[list, list]:
     """Root builder ``b``'s nodes and initializers that ``outputs`` need (a converter that folds
     nodes into one ONNX op, as a recurrent layer's input projection, leaves them unread); a
-    derived initializer whose base is no longer read takes the base's name."""
+    derived initializer whose base is no longer read takes the base's name. ``b`` lets go of its
+    initializers: the returned list holds the only references to them (see `move_initializers`)."""
     need, kept = set(outputs), []
     for nd in reversed(b.nodes):  # topological order: a reader comes after what it reads
         if any(o in need for o in nd.output):
@@ -240,4 +243,14 @@ def prune(b: OnnxBuilder, outputs: Sequence[str]) -> tuple[list, list]:
     _rename(kept, names)
     for i in inits:
         i.name = names.get(i.name, i.name)
+    b.shared.initializers, b.shared.tensors = [], {}
     return kept[::-1], inits
+
+
+def move_initializers(graph: Any, inits: list) -> None:
+    """Append the TensorProtos ``inits`` to GraphProto ``graph``, emptying ``inits`` as it goes:
+    protobuf copies each one in, and the copy it came from is freed at once, so a model's
+    weights are held once plus the largest of them (not twice, as ``make_graph(initializer=)``)."""
+    inits.reverse()
+    while inits:
+        graph.initializer.append(inits.pop())

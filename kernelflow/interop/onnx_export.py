@@ -25,7 +25,7 @@ from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..graph.inference import InferenceNode, inference_nodes
 from ..graph.ir import Graph, Tensor
 from . import onnx_control, onnx_recurrent  # noqa: F401  (register their converters in the table)
-from .onnx_builder import OnnxBuilder, OnnxExportError, prune
+from .onnx_builder import OnnxBuilder, OnnxExportError, move_initializers, prune
 
 DEFAULT_OPSET = 18
 """ONNX opset of the exports: every op we use has its current form there (Reduce* take axes
@@ -121,6 +121,17 @@ def to_onnx(graph: Graph, inputs: Mapping[str, Any], outputs: Mapping[str, Any],
             input, a random op or a variable update on the path; a missing variable value.
     """
     onnx = _onnx()
+    model = _model(onnx, graph, inputs, outputs, variables, opset)
+    _check(onnx, model, graph.name)
+    return model
+
+
+def _model(onnx: Any, graph: Graph, inputs: Mapping[str, Any], outputs: Mapping[str, Any],
+           variables: Mapping[str, np.ndarray] | None, opset: int) -> Any:
+    """`to_onnx`'s model, not checked yet. Each value is held once: the builder converts it to a
+    TensorProto as it comes (no numpy copy kept), and the model takes them over one at a time."""
+    from .._version import __version__
+
     ins, outs, plan = _signature(graph, inputs, outputs)
     b = OnnxBuilder(onnx)
     graph_inputs, names = _emit_plan(b, plan, ins, set(ins) | set(outs), variables)
@@ -131,43 +142,46 @@ def to_onnx(graph: Graph, inputs: Mapping[str, Any], outputs: Mapping[str, Any],
         dims = [d if d is not None else ("batch" if i == 0 and batch_free else None) for i, d in enumerate(t.shape)]
         graph_outputs.append(onnx.helper.make_tensor_value_info(key, b.onnx_dtype(t.dtype), dims))
     nodes, inits = prune(b, list(outs))
-    return _checked_model(onnx, onnx.helper.make_graph(nodes, graph.name, graph_inputs, graph_outputs,
-                                                       initializer=inits), graph.name, opset)
-
-
-def _checked_model(onnx: Any, g: Any, name: str, opset: int) -> Any:
-    from .._version import __version__
-
-    model = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", int(opset))],
+    model = onnx.helper.make_model(onnx.helper.make_graph(nodes, graph.name, graph_inputs, graph_outputs),
+                                   opset_imports=[onnx.helper.make_opsetid("", int(opset))],
                                    producer_name="kernelflow", producer_version=__version__)
+    move_initializers(model.graph, inits)  # into the model itself: make_graph and make_model copy theirs
     model.ir_version = min(model.ir_version, 9)  # readable by onnxruntime releases of the last two years
+    return model
+
+
+def _check(onnx: Any, model: Any, name: str) -> None:
+    """``onnx.checker`` with shape inference on ``model`` (a ModelProto, or the path of a file)."""
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise OnnxExportError(f"export_onnx: the ONNX model of graph '{name}' fails onnx.checker: {e}") from e
-    return model
 
 
 def export_onnx(graph: Graph, path: str | os.PathLike, inputs: Mapping[str, Any], outputs: Mapping[str, Any],
                 variables: Mapping[str, np.ndarray] | None = None, opset: int = DEFAULT_OPSET) -> dict:
     """Write the inference subgraph as an ONNX file; see `to_onnx` for the arguments.
 
-    The file is written to a temp name next to ``path`` and renamed, only after the model
-    passed the checker: a failed export leaves nothing behind.
+    The file is written to a temp name next to ``path`` and renamed, only after the file
+    passed the checker: a failed export leaves nothing behind. The model is serialised once and
+    dropped before the checker reads the file, so a big model's weights are not held twice over.
 
     Returns:
         ``{"path", "opset", "inputs", "outputs", "nodes", "initializers"}``.
     """
-    model = to_onnx(graph, inputs, outputs, variables, opset)
     onnx = _onnx()
+    model = _model(onnx, graph, inputs, outputs, variables, opset)
+    info = {"opset": int(opset), "inputs": [i.name for i in model.graph.input],
+            "outputs": [o.name for o in model.graph.output], "nodes": len(model.graph.node),
+            "initializers": len(model.graph.initializer)}
     dest = Path(path)
     tmp = dest.parent / f".{dest.name}.tmp-{secrets.token_hex(4)}"
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save_model(model, str(tmp))
+        tmp.write_bytes(model.SerializeToString())
+        del model  # the checker reads the file: neither the model nor its bytes are held meanwhile
+        _check(onnx, str(tmp), graph.name)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"path": str(dest), "opset": int(opset), "inputs": [i.name for i in model.graph.input],
-            "outputs": [o.name for o in model.graph.output], "nodes": len(model.graph.node),
-            "initializers": len(model.graph.initializer)}
+    return {"path": str(dest), **info}

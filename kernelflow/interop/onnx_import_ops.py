@@ -23,6 +23,7 @@ from ..graph.ops.control_flow import tuple_get
 from ..graph.ops.conv import window_geometry
 from ..graph.ops.movement import reshape_like
 from .onnx_import import ShapeOf
+from .onnx_recurrent import gate_order
 
 if TYPE_CHECKING:
     from .onnx_import import Env
@@ -484,8 +485,7 @@ def _recurrent(env: Env, args: list, attrs: dict, gates: int) -> list:
         raise env.fail("an LSTM with peephole weights (input P) is not imported: kernelflow's LSTM has none")
     x, w, r = _ts(env, args[:3])
     u = int(attrs["hidden_size"])
-    blocks = (0, 2, 3, 1) if gates == 4 else (0, 1, 2)  # ONNX's i, o, f, c -> Keras's i, f, c, o; GRU: z, r, h
-    back = np.concatenate([np.arange(u) + k * u for k in blocks]).astype(np.int64)
+    back = np.argsort(gate_order(u, gates))  # ONNX's i, o, f, c -> Keras's i, f, c, o; GRU: z, r, h
     kernel = K.transpose(K.take(K.reshape(w, (gates * u, -1)), back, axis=0))  # (input, gates * u), Keras's layout
     recurrent = K.transpose(K.take(K.reshape(r, (gates * u, u)), back, axis=0))  # (u, gates * u)
     xk = K.matmul(x, kernel)

@@ -19,11 +19,13 @@ A layer's ``lstm_sequence`` / ``gru_sequence`` node becomes ONNX's own ``LSTM`` 
   keeps its initial state. Any other mask keeps the `Scan` of the step, whose steps keep the
   state where the mask is False. So does a float64 op: onnxruntime runs LSTM and GRU in float32 only.
 
-Contents: the two converters (registered in `kernelflow.interop.onnx_ops.CONVERTERS` on import).
+Contents: gate_order (the importer's too), the two converters (registered in
+`kernelflow.interop.onnx_ops.CONVERTERS` on import).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,8 +38,9 @@ if TYPE_CHECKING:
     from .onnx_builder import OnnxBuilder
 
 
-def _gate_order(units: int, gates: int) -> np.ndarray:
-    """Column indices taking Keras's gate blocks to ONNX's: LSTM (i, f, c, o) -> (i, o, f, c); GRU: as is."""
+def gate_order(units: int, gates: int) -> np.ndarray:
+    """Column indices taking Keras's gate blocks to ONNX's: LSTM (i, f, c, o) -> (i, o, f, c); GRU: as is.
+    ``np.argsort`` of it takes ONNX's back to Keras's (the importer's direction)."""
     blocks = (0, 3, 1, 2) if gates == 4 else tuple(range(gates))
     return np.concatenate([np.arange(units) + k * units for k in blocks]).astype(np.int64)
 
@@ -104,7 +107,7 @@ def _fused(b: OnnxBuilder, n: Tensor, xs: list, out: str, gates: int) -> bool:
     if units is None or dt != "float32" or (has_mask and lengths is None):  # onnxruntime: float32 only
         return False
     u = int(units)
-    order = _gate_order(u, gates)
+    order = gate_order(u, gates)
     proj = _projection(b, n.inputs[0])
     if proj is not None:
         x, w = proj[0], _matrix(b, b.names[id(proj[1])], order, dt)
@@ -131,16 +134,36 @@ def _fused(b: OnnxBuilder, n: Tensor, xs: list, out: str, gates: int) -> bool:
     hs, finals = b.op("Squeeze", [ys[0], b.ints([1])]), [b.op("Squeeze", [y, b.ints([0])]) for y in ys[1:]]
     if lengths is None:
         b.op("Identity", [hs], outs[0])
-        if gates == 4:
-            b.op("Identity", [finals[1]], outs[1])
-        return True
-    # ONNX zeroes Y past a row's length and its final states for a length of 0; kernelflow keeps the state
-    ran = b.op("Unsqueeze", [b.op("Greater", [clipped, b.const(np.asarray(0, np.int64))]), b.ints([1])])
-    finals = [b.op("Where", [ran, f, s]) for f, s in zip(finals, xs[1:1 + n_states])]
-    b.op("Where", [b.op("Unsqueeze", [xs[-1], b.ints([2])]), hs, finals[0]], outs[0])
+    else:  # ONNX zeroes Y past a row's length and its final states for a length of 0; kernelflow keeps the state
+        ran = b.op("Unsqueeze", [b.op("Greater", [clipped, b.const(np.asarray(0, np.int64))]), b.ints([1])])
+        finals = [b.op("Where", [ran, f, s]) for f, s in zip(finals, xs[1:1 + n_states])]
+        b.op("Where", [b.op("Unsqueeze", [xs[-1], b.ints([2])]), hs, finals[0]], outs[0])
     if gates == 4:
         b.op("Identity", [finals[1]], outs[1])
     return True
+
+
+def _scan(b: OnnxBuilder, n: Tensor, xs: list, out: str, n_states: int, x_bias: str,
+          step: Callable[[OnnxBuilder, str, list[str]], list[str]]) -> None:
+    """``n`` (inputs: x, the ``n_states`` initial states, the recurrent kernel, the bias[, the mask])
+    as a Scan over time of ``step(body, x_t, states) -> new states`` (the first is h), with
+    ``x + x_bias`` as the scanned input; a mask keeps every state where it is False at a step."""
+    c = b.child()
+    *states, x_t = (c.unique(f"{n.name}/step::{k}") for k in ("h", "c")[:n_states] + ("x",))
+    aval = n.inputs[1].aval
+    ins = [c.value_info(s, aval) for s in states] + [c.value_info(x_t, Aval(n.inputs[0].shape[1:], n.inputs[0].dtype))]
+    new = step(c, x_t, states)
+    scanned = 3 + n_states  # xs[scanned:]: the mask, scanned with x
+    if len(xs) > scanned:
+        m = c.unique(f"{n.name}/step::mask")
+        ins.append(c.value_info(m, Aval(n.inputs[scanned].shape[1:], "bool")))
+        keep = c.op("Unsqueeze", [m, c.ints([1])])
+        new = [c.op("Where", [keep, s2, s]) for s2, s in zip(new, states)]
+    g = c.graph(f"{n.name}/step", ins, [(s, aval) for s in new] + [(new[0], aval)])
+    xb = b.op("Add", [xs[0], x_bias])  # the bias, once for all steps
+    parts = _parts(n, out)  # hs, then the final states after h (the last part, the gradient's reserve: unread)
+    b.ops("Scan", [*xs[1:1 + n_states], xb, *xs[scanned:]], [None, *parts[1:n_states], parts[0]], body=g,
+          num_scan_inputs=len(xs) - scanned + 1)
 
 
 @_conv("lstm_sequence", form="ONNX LSTM: X the layer's input and W its kernel when the op reads the projection "
@@ -150,21 +173,12 @@ def _fused(b: OnnxBuilder, n: Tensor, xs: list, out: str, gates: int) -> bool:
 def _lstm_sequence(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
     if _fused(b, n, xs, out, 4):
         return
-    hs_out, c_out = _parts(n, out)[:2]
-    c = b.child()
-    h, cc, x_t = (c.unique(f"{n.name}/step::{k}") for k in ("h", "c", "x"))
-    ins = [c.value_info(h, n.inputs[1].aval), c.value_info(cc, n.inputs[2].aval),
-           c.value_info(x_t, Aval(n.inputs[0].shape[1:], n.inputs[0].dtype))]
-    h2, c2 = _lstm_step(c, c.op("Add", [x_t, c.op("MatMul", [h, xs[3]])]), cc)
-    if len(xs) == 6:
-        m = c.unique(f"{n.name}/step::mask")
-        ins.append(c.value_info(m, Aval(n.inputs[5].shape[1:], "bool")))
-        keep = c.op("Unsqueeze", [m, c.ints([1])])
-        h2, c2 = c.op("Where", [keep, h2, h]), c.op("Where", [keep, c2, cc])
-    aval = n.inputs[1].aval
-    g = c.graph(f"{n.name}/step", ins, [(h2, aval), (c2, aval), (h2, aval)])
-    xb = b.op("Add", [xs[0], xs[4]])  # the bias, once for all steps
-    b.ops("Scan", [xs[1], xs[2], xb, *xs[5:]], [None, c_out, hs_out], body=g, num_scan_inputs=len(xs) - 4)
+
+    def step(c: OnnxBuilder, x_t: str, states: list[str]) -> list[str]:
+        h, cc = states
+        return list(_lstm_step(c, c.op("Add", [x_t, c.op("MatMul", [h, xs[3]])]), cc))
+
+    _scan(b, n, xs, out, 2, xs[4], step)
 
 
 @_conv("gru_sequence", form="ONNX GRU (linear_before_reset=1; gates z, r, h in both), W and X as for lstm_sequence, "
@@ -174,23 +188,16 @@ def _lstm_sequence(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
 def _gru_sequence(b: OnnxBuilder, n: Tensor, xs: list, out: str) -> None:
     if _fused(b, n, xs, out, 3):
         return
-    hs_out = _parts(n, out)[0]
-    dt = n.inputs[0].dtype
-    c = b.child()
-    h, x_t = (c.unique(f"{n.name}/step::{k}") for k in ("h", "x"))
-    ins = [c.value_info(h, n.inputs[1].aval), c.value_info(x_t, Aval(n.inputs[0].shape[1:], dt))]
     b1 = b.op("Gather", [xs[3], b.ints([1])], axis=0)
-    xz, xr, xh = c.ops("Split", [x_t], [None] * 3, axis=1, num_outputs=3)
-    iz, ir, ih = c.ops("Split", [c.op("Add", [c.op("MatMul", [h, xs[2]]), b1])], [None] * 3, axis=1, num_outputs=3)
-    z, r = c.op("Sigmoid", [c.op("Add", [xz, iz])]), c.op("Sigmoid", [c.op("Add", [xr, ir])])
-    hh = c.op("Tanh", [c.op("Add", [xh, c.op("Mul", [r, ih])])])
-    one = c.const(np.asarray(1, dt))
-    h2 = c.op("Add", [c.op("Mul", [z, h]), c.op("Mul", [c.op("Sub", [one, z]), hh])])
-    if len(xs) == 5:
-        m = c.unique(f"{n.name}/step::mask")
-        ins.append(c.value_info(m, Aval(n.inputs[4].shape[1:], "bool")))
-        h2 = c.op("Where", [c.op("Unsqueeze", [m, c.ints([1])]), h2, h])
-    aval = n.inputs[1].aval
-    g = c.graph(f"{n.name}/step", ins, [(h2, aval), (h2, aval)])
-    xb = b.op("Add", [xs[0], b.op("Gather", [xs[3], b.ints([0])], axis=0)])  # the input bias, once for all steps
-    b.ops("Scan", [xs[1], xb, *xs[4:]], [None, hs_out], body=g, num_scan_inputs=len(xs) - 3)
+
+    def step(c: OnnxBuilder, x_t: str, states: list[str]) -> list[str]:
+        (h,) = states
+        xz, xr, xh = c.ops("Split", [x_t], [None] * 3, axis=1, num_outputs=3)
+        iz, ir, ih = c.ops("Split", [c.op("Add", [c.op("MatMul", [h, xs[2]]), b1])], [None] * 3, axis=1,
+                           num_outputs=3)
+        z, r = c.op("Sigmoid", [c.op("Add", [xz, iz])]), c.op("Sigmoid", [c.op("Add", [xr, ir])])
+        hh = c.op("Tanh", [c.op("Add", [xh, c.op("Mul", [r, ih])])])
+        one = c.const(np.asarray(1, n.inputs[0].dtype))
+        return [c.op("Add", [c.op("Mul", [z, h]), c.op("Mul", [c.op("Sub", [one, z]), hh])])]
+
+    _scan(b, n, xs, out, 1, b.op("Gather", [xs[3], b.ints([0])], axis=0), step)  # the input bias

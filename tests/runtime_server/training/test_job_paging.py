@@ -21,7 +21,7 @@ from kernelflow.errors import InvalidArgumentError
 from kernelflow.runtime_server.training.jobs import MAX_PAGE_RECORDS, PAGE_RECORDS
 from tests.support.waiting import WAIT_S, wait_for
 
-from .test_job_images import BATCH, build
+from .test_job_images import BATCH, X, build
 
 STEPS = 1200
 IMAGE_EVERY = 50
@@ -193,3 +193,141 @@ def test_reattached_handle_mirrors_only_the_newest_and_reads_the_rest_back(serve
         job.subscribe(seen.extend)
         assert _steps(seen) == _steps(full)
         job.unsubscribe()
+
+
+# ----------------------------------------------------------------- past the default page size
+TEXT_NAMES = 50
+BIG_STEPS = 220
+BIG_RECORDS = BIG_STEPS * (1 + TEXT_NAMES)  # a scalars record and 50 text records every step: past PAGE_RECORDS
+
+
+def _fit_big(rt: kf.Runtime, name: str) -> kf.Job:
+    ds, g, x, train, loss, _ = build(rt, name)
+    codes = kf.cast(x * 25.0 + 65.0, "int32")  # letters: the text of the step's batch
+    return g.fit(train, data=ds, feed={x: "x"}, batch_size=BATCH, steps=BIG_STEPS, shuffle=False,
+                 metrics={"loss": loss}, log_every=1, text={f"t{k:02d}": codes for k in range(TEXT_NAMES)},
+                 image_every=1, image_max=1, checkpoint_every_s=None)
+
+
+def _big_expected() -> list[tuple[str, int]]:
+    return [(kind, s) for s in range(1, BIG_STEPS + 1) for kind in ["scalars"] + ["text"] * TEXT_NAMES]
+
+
+def _count_pages(monkeypatch, rt: kf.Runtime) -> list[tuple[int, int]]:
+    """(since, records answered) of every ``job.records`` call the client makes through ``rt``."""
+    pages: list[tuple[int, int]] = []
+    call = rt.call
+
+    def counting(method, params, *a, **kw):
+        r = call(method, params, *a, **kw)
+        if method == "job.records":
+            pages.append((params[1], len(r["records"])))
+        return r
+
+    monkeypatch.setattr(rt, "call", counting)
+    return pages
+
+
+def test_client_pages_past_the_default_page_size_with_a_full_mirror(server, monkeypatch):
+    assert BIG_RECORDS > PAGE_RECORDS
+    with server.connect() as rt:
+        job = _fit_big(rt, "paged_big")
+        job.mirror_records = 500
+        seen: list[dict] = []
+        job.subscribe(seen.extend)  # while the job runs: at the bound, the mirror drops records every batch
+        assert job.wait(timeout=WAIT_S * 4) == "completed", job.error
+        wait_for(lambda: len(seen) >= BIG_RECORDS, what="every record through the subscription")
+        assert _steps(seen) == _big_expected()  # each record once, in order
+        m = job._m
+        assert job.mirrored == 500 and m.base == BIG_RECORDS - 500  # full: exactly its bound
+        # trimming is amortised O(1) a record: shifting the whole mirror on each notification batch
+        # would move about 500 records per batch; the window moves each record at most once
+        assert m.records.moved <= BIG_RECORDS
+        job.unsubscribe()
+
+    with server.connect() as rt:  # a fresh connection: a mirror of 500, the rest in default pages
+        job = rt.job(job.id)
+        job.mirror_records = 500
+        pages = _count_pages(monkeypatch, rt)
+        full = job.records()
+        assert _steps(full) == _big_expected() and job.mirrored == 500
+        old = [p for p in pages if p[0] < BIG_RECORDS - 500]  # read back from below the mirror
+        assert old == [(0, PAGE_RECORDS), (PAGE_RECORDS, BIG_RECORDS - 500 - PAGE_RECORDS)]
+        for r, s in zip(full, seen):
+            assert r.get("values", r.get("text")) == s.get("values", s.get("text"))
+        chunks: list[int] = []
+        later: list[dict] = []
+        job.subscribe(lambda recs: (chunks.append(len(recs)), later.extend(recs)))
+        assert _steps(later) == _big_expected() and max(chunks) <= PAGE_RECORDS and len(chunks) >= 3
+        job.unsubscribe()
+
+
+def test_mirror_trims_in_amortised_constant_time_and_keeps_exactly_its_bound():
+    from kernelflow.client.mirror import Mirror
+
+    m = Mirror(max_records=1000)
+    batches, per = 400, 25
+    for k in range(batches):
+        m.apply(k * per, [{"kind": "scalars", "step": k * per + j, "values": {}} for j in range(per)])
+        n = (k + 1) * per
+        assert len(m.records) == min(n, 1000) and m.base == max(0, n - 1000)
+        assert m.records[0]["step"] == m.base and m.records[-1]["step"] == n - 1
+        assert [r["step"] for r in m.records[10:13]] == [m.base + 10, m.base + 11, m.base + 12]
+    # a list shifted on every batch moves ~1000 records per batch past the bound (~360,000 here)
+    assert m.records.moved <= batches * per
+
+
+def test_history_views_page_the_history_older_than_the_mirror_once(server, monkeypatch):
+    with server.connect() as rt:
+        ds, g, x, train, loss, images = build(rt, "paged_views")
+        codes = kf.cast(x * 25.0 + 65.0, "int32")
+        job = g.fit(train, data=ds, feed={x: "x"}, batch_size=BATCH, steps=60, shuffle=False,
+                    metrics={"loss": loss}, log_every=1, images={"gray": images["gray"]}, audio={"wave": x * 0.5},
+                    text={"codes": codes}, image_every=1, image_max=1, audio_max=1, image_keep=3,
+                    checkpoint_every_s=None)
+        assert job.wait(timeout=WAIT_S * 4) == "completed", job.error
+        total = 60 * 4  # scalars, an image, an audio clip and a text record every step
+    with server.connect() as rt:
+        job = rt.job(job.id)
+        job.mirror_records = 20  # the other 220 records live only on the runtime
+        pages = _count_pages(monkeypatch, rt)
+        text, audio = job.text, job.audio
+        read, asked = sum(n for _, n in pages), len(pages)
+        assert read >= total  # the first access read the history below the mirror
+        assert [s for s, _ in text["codes"]] == list(range(1, 61)) and text["codes"][0][1][0] == "".join(
+            chr(int(c)) for c in (X[0] * 25.0 + 65.0).astype("int32"))
+        assert audio["wave"][0] == 60 and audio["wave"][1].dtype == np.int16
+        assert [s for s, *_ in job.audio_history["wave"]] == [58, 59, 60]  # the newest image_keep
+        assert [s for s, _ in job.image_history["gray"]] == [58, 59, 60]
+        np.testing.assert_array_equal(job.history["loss"]["step"], np.arange(1, 61))
+        for _ in range(3):  # again: only the check for new records, which answers none
+            assert job.text == text and job.audio.keys() == audio.keys()
+            job.history, job.audio_history  # noqa: B018
+        assert sum(n for _, n in pages) == read
+        assert len(pages) > asked and all(since == total for since, _ in pages[asked:])  # from the newest only
+        assert job.records(0, 5)[0]["step"] == 1 and sum(n for _, n in pages) > read  # records() still reads back
+
+
+def test_digest_takes_each_record_once_and_the_payloads_filled_later():
+    from kernelflow.client.mirror import Mirror
+
+    m = Mirror(max_records=4)
+    m.status = {"image_keep": 2}
+    px = np.zeros((1, 2, 2, 1), np.uint8)
+    img = [{"kind": "images", "step": s, "wall_time": 0.0, "name": "a", "images": None} for s in (1, 2)]
+    m.apply(0, [{"kind": "scalars", "step": 0, "wall_time": 0.5, "values": {"loss": 2.0}}, *img,
+                {"kind": "images", "step": 3, "wall_time": 0.0, "name": "a", "images": px}])
+    d = m.digest
+    d.take(0, m.records[:], m.keep())
+    d.take(2, m.records[2:], m.keep())  # records it has: ignored
+    history, _, images, _, _ = d.views()
+    assert d.n == 4 and history["loss"]["value"].tolist() == [2.0] and history["loss"]["step"].dtype == np.int64
+    assert [s for s, _ in images["a"]] == [3]  # 2 came as a stub; 1 is past the newest 2 of "a"
+    m.fill_images(2, [{"kind": "images", "step": 2, "wall_time": 0.0, "name": "a", "images": px + 1}])
+    d.refill(m.record)
+    assert [(s, int(a[0, 0, 0, 0])) for s, a in d.views()[2]["a"]] == [(2, 1), (3, 0)]
+    m.apply(4, [{"kind": "scalars", "step": 4, "wall_time": 1.5, "values": {"loss": 1.0}},
+                {"kind": "text", "step": 4, "wall_time": 1.5, "name": "t", "text": ["hi"]}])
+    d.take(4, m.records[-2:], m.keep())
+    history, _, _, _, text = d.views()
+    assert history["loss"]["step"].tolist() == [0, 4] and text == {"t": [(4, ["hi"])]}
