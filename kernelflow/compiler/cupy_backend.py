@@ -198,57 +198,70 @@ def update_constants(op: Any, attrs: dict, t: Any, n_inputs: int) -> tuple:
     return out
 
 
-_TABLES_MAX = 8  # gradient pointer tables kept per launch (eager runs); those made in a capture stay
+_TABLES_MAX = 8  # gradient pointer tables kept per launch for eager runs (those a capture used stay)
+
+
+class _DeviceTable:
+    """A small host array (pointers, offsets) and its copy on the device, made on first use.
+
+    Outside a stream capture it is copied once, from pageable memory. During a capture (which
+    cannot copy from pageable memory) the copy is captured from a pinned buffer kept here, so
+    each launch of the graph repeats it; a table first made in a capture that was then abandoned
+    is copied again by the next eager use.
+    """
+
+    __slots__ = ("host", "dev", "pinned", "filled")
+
+    def __init__(self, host: np.ndarray):
+        self.host = host
+        self.dev: Any = None
+        self.pinned: Any = None
+        self.filled = False  # copied outside a capture
+
+    def get(self, xp: Any) -> Any:
+        stream = xp.cuda.get_current_stream()
+        capturing = getattr(stream, "is_capturing", lambda: False)()
+        if self.dev is None:
+            self.dev = xp.empty(self.host.shape, self.host.dtype)
+        elif self.filled:
+            return self.dev
+        if capturing:
+            if self.pinned is None:
+                import cupyx
+
+                self.pinned = cupyx.empty_pinned(self.host.shape, self.host.dtype)
+                self.pinned[...] = self.host
+            self.dev.set(self.pinned, stream=stream)
+        else:
+            self.dev.set(self.host, stream=stream)
+            self.filled = True
+        return self.dev
 
 
 class _GpuLaunch:
-    """What a GPU launch works out once for its members' storage: the state pointer table and
-    offsets on the device, and the gradient pointer tables by gradient addresses."""
+    """What a GPU launch works out once for its members' storage: the state pointer table and the
+    offsets, and the gradient pointer tables by gradient addresses."""
 
-    def __init__(self, xp: Any, cols: list):
+    def __init__(self, cols: list):
         n = len(cols[0])
-        sptrs = np.array([c[i].data.ptr for i in range(n) for c in cols[:-1]], np.uint64)
         offsets, self.blocks = update_launch([a.size for a in cols[0]])
         self.n = np.int32(n)
-        self.sptrs, self._keep = _to_device(xp, sptrs)
-        self.offsets, keep = _to_device(xp, offsets)
-        self._keep = [self._keep, keep]
-        self.tables: dict[tuple, Any] = {}  # gradient addresses -> device table, made outside a capture
-        self.captured: dict[tuple, tuple] = {}  # and those made during a capture (a graph reads them)
-        self.uploads = 0
+        self.sptrs = _DeviceTable(np.array([c[i].data.ptr for i in range(n) for c in cols[:-1]], np.uint64))
+        self.offsets = _DeviceTable(offsets)
+        self.tables: dict[tuple, _DeviceTable] = {}  # gradient addresses -> table, for eager runs
+        self.captured: dict[tuple, _DeviceTable] = {}  # those a capture used: a graph reads them, they stay
 
     def grad_table(self, xp: Any, grads: tuple) -> Any:
         key = tuple(g.data.ptr for g in grads)
-        table = self.tables.get(key)
+        table = self.tables.get(key) or self.captured.get(key)
         if table is None:
-            kept = self.captured.get(key)
-            if kept is not None:
-                return kept[0]
-            self.uploads += 1
-            table, pinned = _to_device(xp, np.array(key, np.uint64))
-            if pinned is not None:
-                self.captured[key] = (table, pinned)
-                return table
+            table = _DeviceTable(np.array(key, np.uint64))
             if len(self.tables) >= _TABLES_MAX:
                 self.tables.clear()
             self.tables[key] = table
-        return table
-
-
-def _to_device(xp: Any, host: np.ndarray) -> tuple[Any, Any]:
-    """(``host`` on the device, what must stay alive with it). Copied on the current stream; during
-    a stream capture (which cannot copy from pageable memory) through a pinned buffer that the
-    graph copies from at each launch, so it is returned to be kept."""
-    stream = xp.cuda.get_current_stream()
-    if not getattr(stream, "is_capturing", lambda: False)():
-        return xp.asarray(host), None
-    import cupyx
-
-    pinned = cupyx.empty_pinned(host.shape, host.dtype)
-    pinned[...] = host
-    dev = xp.empty(host.shape, host.dtype)
-    dev.set(pinned, stream=stream)
-    return dev, pinned
+        if key not in self.captured and getattr(xp.cuda.get_current_stream(), "is_capturing", lambda: False)():
+            self.captured[key] = table
+        return table.get(xp)
 
 
 class CupyUpdateGroup(UpdateGroupKernel):
@@ -309,9 +322,10 @@ class CupyUpdateGroup(UpdateGroupKernel):
             consts = self._consts[("gpu", t)] = update_constants(g.op, g.attrs, t, g.n_scalars)
         plan = memo.get("gpu")
         if plan is None:
-            plan = memo["gpu"] = _GpuLaunch(xp, cols)
+            plan = memo["gpu"] = _GpuLaunch(cols)
         gtable = plan.grad_table(xp, cols[-1])
         scalars = [s if isinstance(s, xp.ndarray) else xp.asarray(s) for s in scalars_in]
-        kernel((plan.blocks,), (UPDATE_THREADS,), (plan.sptrs, gtable, plan.offsets, plan.n, *scalars, *consts))
+        kernel((plan.blocks,), (UPDATE_THREADS,),
+               (plan.sptrs.get(xp), gtable, plan.offsets.get(xp), plan.n, *scalars, *consts))
         self.launches += 1
         return True

@@ -304,9 +304,7 @@ class UpdateGroupKernel:
             cols = [tuple(c[i] for i in pos) for c in p.state_cols] + [tuple(grads)]
             key = tuple(fast)
             memo = p.memos.get(key)
-            if memo is None:
-                if len(p.memos) > 8:
-                    p.memos = {k: v for k, v in p.memos.items() if k == ()}
+            if memo is None:  # (kept: a CUDA graph may read what a GPU launch put there)
                 memo = p.memos[key] = {}
             if not self._launch(p.t, cols, ins, memo):
                 own += fast
