@@ -247,8 +247,8 @@ def _launches(monkeypatch):
     calls = []
     orig = MU.CpuUpdateGroup.launch
 
-    def launch(self, t, cols, scalars):
-        ok = orig(self, t, cols, scalars)
+    def launch(self, t, cols, scalars_in, memo):
+        ok = orig(self, t, cols, scalars_in, memo)
         calls.append(ok)
         return ok
 
