@@ -457,3 +457,137 @@ def test_the_parallel_variant_runs_over_the_threshold_with_threads(graph, rng, c
     assert k.parallel_calls == 0 and k.launch_plans == 1  # under the threshold: serial even with threads
     for key, v in values.items():
         np.testing.assert_array_equal(v, own[key], err_msg=key)
+
+
+# --------------------------------------------------------------------------- the CuPy group kernel, on the CPU
+class _Ptr:
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+
+class FakeDeviceArray(np.ndarray):
+    """A host array posing as a CuPy one: ``.data.ptr``, ``.set``; sets are counted."""
+
+    sets = 0
+
+    @property
+    def data(self):
+        return _Ptr(self.ctypes.data)
+
+    def set(self, host, stream=None):
+        FakeDeviceArray.sets += 1
+        np.copyto(self, host)
+
+
+def _dev(a):
+    a = np.asarray(a)  # (0-d stays 0-d)
+    return (a if a.flags.c_contiguous else a.copy()).view(FakeDeviceArray)
+
+
+class _Stream:
+    capturing = False
+
+    def is_capturing(self):
+        return _Stream.capturing
+
+
+class FakeRawKernel:
+    """``cupy.RawKernel`` on the CPU: the source compiled by g++ with the one-thread shim and a
+    launcher that walks every (block, thread) of the grid, the arguments passed as CuPy passes
+    them (arrays as pointers, numpy scalars by their exact C type)."""
+
+    tmp = None
+
+    def __init__(self, src, name, options=()):
+        import re
+
+        self.src, self.name = src, name
+        assert options == UPDATE_OPTIONS
+        params = re.search(rf"void {name}\((.*?)\) {{", src).group(1)
+        names = [p.split()[-1] for p in params.split(", ")]
+        self.launcher = (f'extern "C" void kf_launch(unsigned grid, unsigned block, {params}) {{\n'
+                         "  for (unsigned b = 0; b < grid; ++b) for (unsigned t = 0; t < block; ++t) {\n"
+                         f"    kf_grid(grid, block, b, t); {name}({', '.join(names)});\n  }}\n}}\n")
+        self.fn = None
+
+    def compile(self):
+        path = FakeRawKernel.tmp / f"{self.name}.cpp"
+        path.write_text(_SHIM + self.src + self.launcher)
+        lib = path.with_suffix(".so")
+        subprocess.run(["g++", "-O2", "-ffp-contract=off", "-shared", "-fPIC", "-o", str(lib), str(path)],
+                       check=True, capture_output=True)
+        self.fn = ctypes.CDLL(str(lib)).kf_launch
+
+    def __call__(self, grid, block, args):
+        conv, types = [], [ctypes.c_uint, ctypes.c_uint]
+        for a in args:
+            if isinstance(a, FakeDeviceArray):
+                conv.append(a.ctypes.data)
+                types.append(ctypes.c_void_p)
+            else:  # CuPy takes a numpy scalar as exactly its C type
+                ctype = {np.int32: ctypes.c_int, np.float32: ctypes.c_float, np.float64: ctypes.c_double}[type(a)]
+                conv.append(ctype(a))
+                types.append(ctype)
+        self.fn.argtypes = types
+        self.fn(grid[0], block[0], *conv)
+
+
+def _fake_cupy():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        ndarray=FakeDeviceArray, RawKernel=FakeRawKernel, asarray=_dev,
+        ascontiguousarray=lambda a: a if a.flags.c_contiguous else _dev(a),
+        empty=lambda shape, dtype: np.empty(shape, dtype).view(FakeDeviceArray),
+        cuda=SimpleNamespace(get_current_stream=_Stream))
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+@pytest.mark.parametrize("name", ["adamw", "rmsprop", "centered_mom", "nesterov_wd", "sgd"])
+def test_cupy_group_launch_run_as_cpp_is_bitwise_the_numpy_kernels(graph, rng, tmp_path, name):
+    # CupyUpdateGroup itself (pointer tables, device scalars, constants, the launch's argument
+    # tuple) over the kernel text compiled as C++: what the GPU would run, short of the GPU.
+    from kernelflow.compiler.cupy_backend import CupyUpdateGroup
+
+    FakeRawKernel.tmp = tmp_path
+    dtype = "float32"
+    node, scalars = _build(graph, name, dtype)
+    values, grads = _state(node, rng, dtype)
+    start = {k: v.copy() for k, v in values.items()}
+    own = {k: v.copy() for k, v in values.items()}
+    dev = {k: _dev(v) for k, v in values.items()}
+    dgrads = [_dev(g) for g in grads]
+    xp = _fake_cupy()
+    kernel = CupyUpdateGroup(node.op.group, None, xp)
+    FakeDeviceArray.sets = 0
+    for _ in range(3):
+        ins = _inputs(node, dgrads, scalars, dev, dtype)
+        ins = ins[:len(ins) - len(scalars)] + [_dev(np.asarray(s, dtype)) for s in scalars]  # 0-d "device" arrays
+        kernel(Store(node, dev), xp, *ins)
+        _own(node, own, grads, scalars, dtype)
+    assert kernel.launches == 3 and not kernel._broken and kernel.prepares == 1
+    assert FakeDeviceArray.sets == 3  # state pointers, offsets, gradient pointers: once each, not per step
+    for k, v in dev.items():
+        assert np.array_equal(v, start[k]) == np.array_equal(own[k], start[k]), k
+        np.testing.assert_array_equal(np.asarray(v), own[k], err_msg=k)
+
+
+def test_device_table_made_in_a_capture_is_copied_from_pinned_memory_and_refilled_after(monkeypatch):
+    import sys
+    from types import SimpleNamespace
+
+    from kernelflow.compiler.cupy_backend import _DeviceTable
+
+    monkeypatch.setitem(sys.modules, "cupyx", SimpleNamespace(empty_pinned=lambda shape, dtype: np.empty(shape, dtype)))
+    xp = _fake_cupy()
+    table = _DeviceTable(np.array([3, 5, 8], np.uint64))
+    FakeDeviceArray.sets = 0
+    monkeypatch.setattr(_Stream, "capturing", True)
+    dev = table.get(xp)
+    assert table.pinned is not None and not table.filled  # the graph copies from the pinned buffer
+    assert table.pinned.tolist() == [3, 5, 8] and FakeDeviceArray.sets == 1
+    assert table.get(xp) is dev and FakeDeviceArray.sets == 2  # another capture copies again
+    monkeypatch.setattr(_Stream, "capturing", False)
+    dev[...] = 0  # as if the capture was abandoned: the graph never ran the copy
+    assert table.get(xp) is dev and dev.tolist() == [3, 5, 8] and table.filled
+    assert table.get(xp) is dev and FakeDeviceArray.sets == 3  # filled: no copy any more
