@@ -1,7 +1,9 @@
 """GPU training-step benchmark (issue #16's GPU part): the MLP of bench/train_mlp.py and the CNN of
 bench/train_cnn.py on a CUDA GPU through kernelflow's CuPy path, compiler on and off, beside PyTorch
 CUDA eager and ``torch.compile`` when torch is installed, and kernelflow on the CPU for scale; also
-kernelflow with each step captured once as a CUDA graph and replayed (``cuda_graphs=True``).
+kernelflow with each step captured as CUDA graphs between its cuBLAS calls and replayed
+(``cuda_graphs=True``), without and with the GPU update groups ($KERNELFLOW_GPU_UPDATE_GROUPS);
+after each model's table, what those captured (pieces, eager nodes, refusals).
 
 Same models, weights and batches as the CPU benches (float32, Adam). Each step feeds a host
 batch (numpy) and fetches the loss, so a step ends synchronised and includes the host-to-device
@@ -67,15 +69,49 @@ def _kf_graph(g: Any, model: str) -> tuple[Any, Any, Any, Any]:
     return x, y, loss, train
 
 
-def build_kf(model: str, device: str, compile: bool, graphs: bool = False) -> Callable[[np.ndarray, np.ndarray], float]:
+def build_kf(model: str, device: str, compile: bool, graphs: bool = False,
+             groups: bool = False) -> Callable[[np.ndarray, np.ndarray], float]:
+    """A kernelflow step; ``groups``: GPU update groups ($KERNELFLOW_GPU_UPDATE_GROUPS=1 while the plan
+    is made, by a first step here)."""
     import kernelflow as kf
 
     rt = kf.connect("inproc", device=device, compile="sync" if compile else "off", cuda_graphs=graphs)
-    g = rt.graph(f"{model}_{device}_{compile}_{graphs}")
+    g = rt.graph(f"{model}_{device}_{compile}_{graphs}_{groups}")
     x, y, loss, train = _kf_graph(g, model)
     step = g.make_callable([train, loss], feed_list=[x, y])
     build_kf.runtimes = [*getattr(build_kf, "runtimes", []), rt]
+    if groups:
+        old = os.environ.get("KERNELFLOW_GPU_UPDATE_GROUPS")
+        os.environ["KERNELFLOW_GPU_UPDATE_GROUPS"] = "1"
+        try:
+            step(*_batches(model)[0])  # the plan is made (and cached) now, with the switch on
+        finally:
+            if old is None:
+                os.environ.pop("KERNELFLOW_GPU_UPDATE_GROUPS", None)
+            else:
+                os.environ["KERNELFLOW_GPU_UPDATE_GROUPS"] = old
+    if graphs:
+        build_kf.graphs = [*getattr(build_kf, "graphs", []), (model, groups, rt, g, [train, loss], [x, y])]
     return lambda xb, yb: float(step(xb, yb)[1])
+
+
+def graphs_report(model: str) -> list[str]:
+    """What the CUDA graph contenders of ``model`` captured: pieces, eager nodes, refusals."""
+    lines = []
+    for m, groups, rt, g, fetches, feeds in getattr(build_kf, "graphs", []):
+        if m != model:
+            continue
+        session = rt._transport.service.graphs.session(g.name)  # bench only
+        cg = session.plan([t.name for t in fetches], [t.name for t in feeds]).cuda_graphs
+        if cg is None:
+            lines.append(f"{model} (update groups {groups}): no CudaGraphs on the plan")
+            continue
+        pieces = [s for s in cg.segments if s[0] == "graph"]
+        lines.append(f"{model} (update groups {groups}): {len(cg.plan.steps)} steps, {len(pieces)} graphs "
+                     f"{[(lo, hi) for _, lo, hi in pieces]}, eager {cg.eager_nodes()}, runs by graphs "
+                     f"{cg.launches}, graph launches {cg.graph_launches}, refused {cg.refused}, "
+                     f"declined {cg.declined}, reason {cg.reason}")
+    return lines
 
 
 def build_torch(model: str, compiled: bool) -> Callable[[np.ndarray, np.ndarray], float]:
@@ -160,6 +196,7 @@ def contenders(model: str, cpu: bool) -> list[Contender]:
 
     add("kf gpu, compiler on", build_kf(model, "gpu", True))
     add("kf gpu, compiler on, CUDA graphs", build_kf(model, "gpu", True, graphs=True))
+    add("kf gpu, CUDA graphs + update groups", build_kf(model, "gpu", True, graphs=True, groups=True))
     add("kf gpu, compiler off", build_kf(model, "gpu", False))
     if importlib.util.find_spec("torch") is not None:
         import torch
@@ -196,12 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models:
         cs = contenders(model, not args.no_cpu)
         run_interleaved(cs, rounds=args.rounds, block_s=args.block, log=lambda s: print(s, file=sys.stderr))
-        ref = next((c for c in cs if c.name.startswith("PyTorch CUDA eager")), cs[1])
+        ref = next((c for c in cs if c.name.startswith("PyTorch CUDA eager")),
+                   next(c for c in cs if c.name == "kf gpu, compiler off"))
         base = median(ref.rates)
         print(f"\n### {model}: steps/s (median of {args.rounds} rounds; ratio to {ref.name})\n")
         print_table(("implementation", "median steps/s", "best", f"vs {ref.name}"),
                     [(c.name, f"{median(c.rates):,.1f}", f"{max(c.rates):,.1f}", f"{median(c.rates) / base:.2f}x")
                      for c in cs])
+        print("\nCUDA graphs (piecewise):")
+        for line in graphs_report(model):
+            print(f"- {line}")
         sys.stdout.flush()
     return 0
 

@@ -7,19 +7,21 @@ binaries on disk itself (``~/.cupy/kernel_cache``).
 A group of optimiser updates (compiler/updates.py) becomes one ``RawKernel`` over all its
 variables (`update_source`).
 
-Contents: elementwise_source, reduction_source, CupyFusedKernel, update_source, CupyUpdateGroup.
+Contents: elementwise_source, reduction_source, CupyFusedKernel, update_source, update_launch, update_constants,
+CupyUpdateGroup.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from .exprs import cu_const, cu_instr
 from .fusion import Program
-from .multi_update import Formula, UpdateGroupKernel
+from .multi_update import Formula, UpdateGroupKernel, formula, input_scalars, scalar_values
 from .updates import UpdateGroup
 
 log = logging.getLogger("kernelflow.compiler")
@@ -135,20 +137,31 @@ UPDATE_OPTIONS = ("--fmad=false",)
 """No fused multiply-add: each operation rounds on its own, as the per-variable CuPy ufuncs do."""
 
 
-def update_source(f: Formula, dtype: str, name: str) -> str:
+def update_source(f: Formula, dtype: str, name: str, inputs: dict[str, str], n_inputs: int) -> str:
     """CUDA C++ of a multi-variable update: one grid-stride loop over all members' elements.
 
-    ``ptrs`` holds each member's array addresses (the formula's arrays, in order), ``offsets``
-    the running element counts (``offsets[i]`` is member i's first element, ``offsets[n]`` the
-    total); an element finds its member by binary search over ``offsets``.
+    ``sptrs`` holds each member's state array addresses (the formula's arrays but the gradient, in
+    order), ``gptrs`` each member's gradient address, ``offsets`` the running element counts
+    (``offsets[i]`` is member i's first element, ``offsets[n]`` the total); an element finds its
+    member by binary search over ``offsets``. The group's ``n_inputs`` scalar inputs come as
+    device pointers (``s0_p``, ...: read once per thread, never copied to the host); the
+    formula's scalars in ``inputs`` (`multi_update.input_scalars`) are computed from them, the
+    others are constants passed by value, then ``wd`` when an input expression uses it.
     """
     ctype = _CTYPES[dtype]
-    a = len(f.arrays)
-    params = ", ".join(f"T {s}" for s in f.scalars)
+    states = f.arrays[:-1]
+    consts = [s for s in f.scalars if s not in inputs]
+    params = [f"const T* __restrict__ s{j}_p" for j in range(n_inputs)] + [f"T {s}" for s in consts]
+    if any("wd" in e for e in inputs.values()):
+        params.append("T wd")
     lines = [
         f"typedef {ctype} T;",
-        f'extern "C" __global__ void {name}(const unsigned long long* ptrs, const long long* offsets, int n, '
-        f"{params}) {{",
+        f'extern "C" __global__ void {name}(const unsigned long long* sptrs, const unsigned long long* gptrs, '
+        f"const long long* offsets, int n, {', '.join(params)}) {{",
+    ]
+    lines += [f"  const T s{j} = *s{j}_p;" for j in range(n_inputs)]
+    lines += [f"  const T {s} = {inputs[s]};" for s in f.scalars if s in inputs]
+    lines += [
         "  const long long total = offsets[n];",
         "  const long long stride = (long long)gridDim.x * blockDim.x;",
         "  for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += stride) {",
@@ -159,7 +172,8 @@ def update_source(f: Formula, dtype: str, name: str) -> str:
         "    }",
         "    const long long k = idx - offsets[lo];",
     ]
-    lines += [f"    T* {arr} = (T*)ptrs[(long long)lo * {a} + {j}];" for j, arr in enumerate(f.arrays)]
+    lines += [f"    T* {arr} = (T*)sptrs[(long long)lo * {len(states)} + {j}];" for j, arr in enumerate(states)]
+    lines.append(f"    const T* {f.arrays[-1]} = (const T*)gptrs[lo];")
     lines += [f"    {'T ' if decl else ''}{t} = {e};" for decl, t, e in f.body]
     lines += ["  }", "}"]
     return "\n".join(lines) + "\n"
@@ -173,13 +187,96 @@ def update_launch(sizes: list[int]) -> tuple[np.ndarray, int]:
     return offsets, max(1, min(-(-total // UPDATE_THREADS), 8192))
 
 
+def update_constants(op: Any, attrs: dict, t: Any, n_inputs: int) -> tuple:
+    """The values (numpy scalars of dtype ``t``) of `update_source`'s by-value parameters, in order."""
+    f = formula(op, attrs)
+    inputs = input_scalars(op, attrs)
+    values = scalar_values(op, attrs, t.type, [np.zeros((), t)] * n_inputs)
+    out = tuple(v for s, v in zip(f.scalars, values) if s not in inputs)
+    if any("wd" in e for e in inputs.values()):
+        out += (t.type(attrs["weight_decay"]),)
+    return out
+
+
+_TABLES_MAX = 8  # gradient pointer tables kept per launch for eager runs (those a capture used stay)
+
+
+class _DeviceTable:
+    """A small host array (pointers, offsets) and its copy on the device, made on first use.
+
+    Outside a stream capture it is copied once, from pageable memory. During a capture (which
+    cannot copy from pageable memory) the copy is captured from a pinned buffer kept here, so
+    each launch of the graph repeats it; a table first made in a capture that was then abandoned
+    is copied again by the next eager use.
+    """
+
+    __slots__ = ("host", "dev", "pinned", "filled")
+
+    def __init__(self, host: np.ndarray):
+        self.host = host
+        self.dev: Any = None
+        self.pinned: Any = None
+        self.filled = False  # copied outside a capture
+
+    def get(self, xp: Any) -> Any:
+        stream = xp.cuda.get_current_stream()
+        capturing = getattr(stream, "is_capturing", lambda: False)()
+        if self.dev is None:
+            self.dev = xp.empty(self.host.shape, self.host.dtype)
+        elif self.filled:
+            return self.dev
+        if capturing:
+            if self.pinned is None:
+                import cupyx
+
+                self.pinned = cupyx.empty_pinned(self.host.shape, self.host.dtype)
+                self.pinned[...] = self.host
+            self.dev.set(self.pinned, stream=stream)
+        else:
+            self.dev.set(self.host, stream=stream)
+            self.filled = True
+        return self.dev
+
+
+class _GpuLaunch:
+    """What a GPU launch works out once for its members' storage: the state pointer table and the
+    offsets, and the gradient pointer tables by gradient addresses."""
+
+    def __init__(self, cols: list):
+        n = len(cols[0])
+        offsets, self.blocks = update_launch([a.size for a in cols[0]])
+        self.n = np.int32(n)
+        self.sptrs = _DeviceTable(np.array([c[i].data.ptr for i in range(n) for c in cols[:-1]], np.uint64))
+        self.offsets = _DeviceTable(offsets)
+        self.tables: dict[tuple, _DeviceTable] = {}  # gradient addresses -> table, for eager runs
+        self.captured: dict[tuple, _DeviceTable] = {}  # those a capture used: a graph reads them, they stay
+
+    def grad_table(self, xp: Any, grads: tuple) -> Any:
+        key = tuple(g.data.ptr for g in grads)
+        table = self.tables.get(key) or self.captured.get(key)
+        if table is None:
+            table = _DeviceTable(np.array(key, np.uint64))
+            if len(self.tables) >= _TABLES_MAX:
+                self.tables.clear()
+            self.tables[key] = table
+        if key not in self.captured and getattr(xp.cuda.get_current_stream(), "is_capturing", lambda: False)():
+            self.captured[key] = table
+        return table.get(xp)
+
+
 class CupyUpdateGroup(UpdateGroupKernel):
-    """The GPU kernel of a group node: one ``RawKernel`` launch per dtype over every member."""
+    """The GPU kernel of a group node: one ``RawKernel`` launch over every member it takes.
+
+    Nothing in a step waits for the device or copies to the host: the learning rates are read by
+    the kernel from device memory; the pointer tables are uploaded once per storage (and per
+    gradient addresses), so a step captured in a CUDA graph replays it as is.
+    """
 
     def __init__(self, group: UpdateGroup, member_entry: Any, xp: Any):
         super().__init__(group, member_entry, xp)
         self._kernels: dict[str, Any] = {}
         self._broken = False
+        self.launches = 0
 
     def flat_state(self, storage: tuple) -> tuple | None:
         s0 = storage[0]
@@ -196,22 +293,39 @@ class CupyUpdateGroup(UpdateGroupKernel):
             return None
         return self.xp.ascontiguousarray(grad).reshape(-1)
 
-    def launch(self, t: Any, cols: list, scalars: tuple) -> bool:
+    def source(self, t: Any) -> str:
+        """The kernel's CUDA source for dtype ``t``."""
+        g = self.group
+        return update_source(self.formula, t.name, self._name(t), input_scalars(g.op, g.attrs), g.n_scalars)
+
+    def _name(self, t: Any) -> str:
+        return f"kf_update_{self.group.op.name}_{t.name}"
+
+    def launch(self, t: Any, cols: list, scalars_in: Sequence, memo: dict) -> bool:
         if self._broken:
             return False
         xp = self.xp
         kernel = self._kernels.get(t.name)
         if kernel is None:
-            name = f"kf_update_{self.group.op.name}_{t.name}"
             try:
-                kernel = xp.RawKernel(update_source(self.formula, t.name, name), name, options=UPDATE_OPTIONS)
+                kernel = xp.RawKernel(self.source(t), self._name(t), options=UPDATE_OPTIONS)
                 kernel.compile()
-            except Exception:  # a compiler that refuses the source: the members run their own kernels
+            except Exception as e:  # a compiler that refuses the source: the members run their own kernels
+                log.warning("compiler: CuPy update kernel %s failed (%s: %s); its members run their own kernels",
+                            self._name(t), type(e).__name__, e)
                 self._broken = True
                 return False
             self._kernels[t.name] = kernel
-        n = len(cols[0])
-        ptrs = np.array([c[i].data.ptr for i in range(n) for c in cols], np.uint64)
-        offsets, blocks = update_launch([a.size for a in cols[0]])
-        kernel((blocks,), (UPDATE_THREADS,), (xp.asarray(ptrs), xp.asarray(offsets), np.int32(n), *scalars))
+        g = self.group
+        consts = self._consts.get(("gpu", t))
+        if consts is None:
+            consts = self._consts[("gpu", t)] = update_constants(g.op, g.attrs, t, g.n_scalars)
+        plan = memo.get("gpu")
+        if plan is None:
+            plan = memo["gpu"] = _GpuLaunch(cols)
+        gtable = plan.grad_table(xp, cols[-1])
+        scalars = [s if isinstance(s, xp.ndarray) else xp.asarray(s) for s in scalars_in]
+        kernel((plan.blocks,), (UPDATE_THREADS,),
+               (plan.sptrs.get(xp), gtable, plan.offsets.get(xp), plan.n, *scalars, *consts))
+        self.launches += 1
         return True

@@ -91,10 +91,11 @@ class Compiler:
         out_fetches = [res(rw.resolve(f)) for f in fetches]
         grouped: list[Tensor] = []
         if self.group_updates:
-            # CPU only: the CuPy multi-update kernel failed on the first GPU run (docs/gpu.md), so
-            # GPU updates keep their own kernels until it passes there.
-            new_order, members_of, grouped = group_updates(
-                new_order, fed, out_fetches, lambda n: placement(n).backend == "numpy" and self.has_numba)
+            # GPU plans only with $KERNELFLOW_GPU_UPDATE_GROUPS=1: the CuPy multi-update kernel is not
+            # yet proven on a GPU (docs/gpu.md); without it GPU updates keep their own kernels.
+            gpu = os.environ.get("KERNELFLOW_GPU_UPDATE_GROUPS", "0").strip().lower() in ("1", "true", "on")
+            new_order, members_of, grouped = group_updates(new_order, fed, out_fetches, lambda n: (
+                placement(n).backend == "numpy" and self.has_numba or gpu and placement(n).backend == "cupy"))
             if grouped:  # consumers of a member now depend on its group node
                 subst.update(members_of)
                 new_order = _settle(new_order, subst)

@@ -45,4 +45,5 @@ def scatter_add_kernel(xp, updates, indices, like, axis):
 @kernel(I.one_hot_op)
 def one_hot_kernel(xp, indices, depth, dtype, on_value, off_value):
     hot = xp.expand_dims(indices, -1) == xp.arange(depth, dtype=indices.dtype)
-    return xp.where(hot, xp.asarray(on_value, dtype=dtype), xp.asarray(off_value, dtype=dtype))
+    # (fills, not host copies: a CUDA graph may hold the kernels)
+    return xp.where(hot, xp.full((), on_value, dtype=dtype), xp.full((), off_value, dtype=dtype))

@@ -51,7 +51,7 @@ def broadcast_like_kernel(xp, x, like):
 
 @kernel(M.size_op)
 def size_kernel(xp, x, dtype):
-    return xp.asarray(x.size, dtype=dtype)
+    return xp.full((), x.size, dtype=dtype)  # a fill kernel on a GPU: no host copy, a CUDA graph may hold it
 
 
 @kernel(M.concat_op)

@@ -247,10 +247,32 @@ def _launches(monkeypatch):
     calls = []
     orig = MU.CpuUpdateGroup.launch
 
-    def launch(self, t, cols, scalars):
-        ok = orig(self, t, cols, scalars)
+    def launch(self, t, cols, scalars_in, memo):
+        ok = orig(self, t, cols, scalars_in, memo)
         calls.append(ok)
         return ok
 
     monkeypatch.setattr(MU.CpuUpdateGroup, "launch", launch)
     return calls
+
+
+@pytest.mark.parametrize("switch", [None, "0", "1"])
+def test_gpu_plans_group_updates_only_with_the_gpu_switch(monkeypatch, graph, tmp_path, switch):
+    # The CuPy group kernel is not yet proven on a GPU: $KERNELFLOW_GPU_UPDATE_GROUPS=1 turns it on.
+    from types import SimpleNamespace
+
+    from kernelflow.compiler.pipeline import Compiler
+
+    from .conftest import plan_of
+
+    if switch is None:
+        monkeypatch.delenv("KERNELFLOW_GPU_UPDATE_GROUPS", raising=False)
+    else:
+        monkeypatch.setenv("KERNELFLOW_GPU_UPDATE_GROUPS", switch)
+    x, y, train, params = _mlp(graph, "adam")
+    order, fed = plan_of([train], [x, y])
+    comp = Compiler(mode="sync", cache_dir=str(tmp_path))
+    for backend, expect in (("cupy", switch == "1"), ("numpy", True)):
+        place = SimpleNamespace(backend=backend, index=0)
+        opt = comp.optimize(order, fed, [train], lambda n, p=place: p)
+        assert opt.stats.get("update_groups", 0) == (1 if expect else 0), backend
