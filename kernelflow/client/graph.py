@@ -371,8 +371,8 @@ class RemoteGraph(Graph):
         Args:
             plan: fetches (e.g. the train op) whose compiled plan to show: the nodes the compiler
                 fuses into one kernel in a run of them are outlined, one colour per kernel.
-                ``"auto"`` (the default): the step of the graph's training job (an active one, else
-                the newest), else this client's last run of it (`last_run`), else none; None: none.
+                ``"auto"`` (the default): the step of the graph's training job (the running or
+                paused one, else the newest), else this client's last run of it (`last_run`), else none; None: none.
             feeds: the tensors that run feeds (default: every placeholder ``plan`` needs).
             expanded: scopes to open (default: TensorBoard's first view; see `GraphInspector`).
             collapse_above: node count above which it opens with every top-level scope closed (default 60).

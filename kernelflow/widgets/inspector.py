@@ -16,8 +16,8 @@ It asks the runtime which nodes its compiler fuses into one kernel in a run of s
 (``g.fused_groups``) and outlines each fused group's boxes, and the edges inside it, in a colour of
 its own; a closed scope holding members of fused groups carries a badge with their count and a strip
 of their colours. Which fetches: ``plan=fetches`` (or `show_plan`), or by default (``plan="auto"``)
-the step of the graph's training job (an active one, else the newest), else this client's last
-compiled run of the graph (``g.last_run``), else none. `plan_source` says which plan is shown.
+the step of the graph's training job (the running or paused one, else the newest), else this
+client's last compiled run of the graph (``g.last_run``), else none. `plan_source` says which plan is shown.
 
 Everything the front end can do has a Python twin (`click`, `expand`, `collapse`, `search`,
 `trace_inputs`, `compute_summary`, `refresh`), which is how tests drive it.
@@ -48,7 +48,7 @@ _FAMILIES = ("elementwise", "reduce", "movement", "indexing", "linalg", "nn", "c
 _family_of: dict[str, str] = {}
 _GRADIENT_SCOPE = re.compile(r"gradients(_\d+)?")
 AUTO = "auto"  # plan=AUTO: the plan of the graph's training job, else of its last run (see GraphInspector)
-_ACTIVE_JOB = ("queued", "running", "paused")
+_TRAINING = ("running", "paused")  # the job holding its graph's turn (one at a time; the others queue)
 # outline colours of fused groups, group i gets FUSED_COLORS[i % 8]: Tableau 10 without its blue and
 # red, which the front end uses for the selection and the search highlight
 FUSED_COLORS = ("#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#9c755f", "#ff9da7", "#b6992d", "#79706e")
@@ -133,8 +133,8 @@ class GraphInspector(anywidget.AnyWidget):
         plan: fetches (a tensor, a name, or a list of them) whose compiled plan to show: the nodes
             the runtime's compiler fuses into one kernel in a run of them are outlined, one colour per
             kernel (needs a graph held by a runtime; see `show_plan`). ``"auto"`` (the default): the
-            step of the graph's training job (``g.jobs()``: an active one, else the newest; its train
-            op fed what the job feeds), else this client's last compiled run of the graph
+            step of the graph's training job (``g.jobs()``: the running or paused one, else the newest;
+            its train op fed what the job feeds), else this client's last compiled run of the graph
             (``g.last_run``), else none; picked again by `refresh`. None: no plan. (For a node
             named ``auto``, pass the tensor.)
         feeds: the tensors that run feeds (default: every placeholder ``plan`` needs; not used
@@ -279,8 +279,9 @@ class GraphInspector(anywidget.AnyWidget):
         self._plan_text = f"a run of {_run_text(_fetch_names(fetches), fed)}"
 
     def _pick_plan(self) -> None:
-        """``plan="auto"``: the step of the graph's training job (an active one, else the newest)
-        whose train op and fed placeholders the graph holds, else this client's last compiled run."""
+        """``plan="auto"``: the step of the graph's training job (the running or paused one, else the
+        newest, queued or ended) whose train op and fed placeholders the graph holds, else this client's
+        last compiled run."""
         self._plan, self._plan_text = None, ""
         g = self.graph
         if not hasattr(g, "fused_groups"):
@@ -292,9 +293,9 @@ class GraphInspector(anywidget.AnyWidget):
             self.status = f"the graph's jobs could not be listed: {e}"
             jobs = []
         usable = [st for st in jobs if st.get("train_op") in names and set(st.get("feed") or {}) <= names]
-        active = [st for st in usable if st.get("status") in _ACTIVE_JOB]
+        training = [st for st in usable if st.get("status") in _TRAINING]
         if usable:
-            st = (active or usable)[-1]  # job.list is oldest first
+            st = (training or usable)[-1]  # job.list is oldest first
             feeds = list(st.get("feed") or {})
             self._plan = (st["train_op"], feeds)
             self._plan_text = (f"job '{st.get('name') or st.get('id')}' ({st.get('status')}), one step: "
