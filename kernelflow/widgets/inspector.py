@@ -145,7 +145,7 @@ class GraphInspector(anywidget.AnyWidget):
         >>> w.click("conv1/")                  # expand the conv1 scope
         >>> w.click("conv1/w")["summary"]["mean"]
         >>> kf.widgets.GraphInspector(g, plan=train_op).fused[0]["ops"]   # ['add', 'relu']
-        >>> g.fit(train_op, ...); kf.widgets.GraphInspector(g).plan_source   # "job 'j1' (running) ..."
+        >>> g.fit(train_op, ...); GraphInspector(g).plan_source   # "fused kernels of job 'j1' (running), ..."
 
     .. versionchanged:: issue #16
         ``plan`` defaults to ``"auto"`` (it was None, which still means no plan).
