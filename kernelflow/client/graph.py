@@ -69,6 +69,7 @@ class RemoteGraph(Graph):
         super().__init__(name, seed=seed)
         self.runtime = runtime
         self._synced = 0
+        self._last_run: tuple[tuple[str, ...], tuple[str, ...]] | None = None
 
     def __repr__(self) -> str:
         return (f"<kf.Graph '{self.name}' nodes={len(self)} variables={len(self.variables())} "
@@ -99,6 +100,16 @@ class RemoteGraph(Graph):
         self.extend_from_dicts(info["nodes"])
         self._synced = self.version
 
+    @property
+    def last_run(self) -> dict | None:
+        """What this client's most recent compiled run of the graph fetched and fed (`run`, or a
+        `make_callable` function; runs with ``compile=False`` are not counted):
+        ``{"fetches": [node names], "feeds": [node names]}``, or None before the first. Other
+        clients' runs and the runtime's jobs are not seen here (``g.jobs()`` lists the jobs)."""
+        if self._last_run is None:
+            return None
+        return {"fetches": list(self._last_run[0]), "feeds": list(self._last_run[1])}
+
     # ----------------------------------------------------------------- running
     def run(self, fetches: Any, feed: dict | None = None, compile: bool = True) -> Any:
         """Run ``fetches`` with ``feed`` ({tensor or name: value}); numpy results in the same structure.
@@ -114,11 +125,14 @@ class RemoteGraph(Graph):
         feed_names, feed_values = self._feed(feed)
         since, nodes = self._pending()
         version = self.version
-        params = [self.name, since, nodes, [t.name for t in flat], feed_names, feed_values]
+        fetch_names = [t.name for t in flat]
+        params = [self.name, since, nodes, fetch_names, feed_names, feed_values]
         if not compile:
             params.append({"compile": False})
         vals = self.runtime.call("graph.run", params)
         self._synced = max(self._synced, version)
+        if compile:
+            self._last_run = (tuple(fetch_names), tuple(feed_names))
         return rebuild(vals)
 
     def _feed(self, feed: dict | None) -> tuple[list[str], list[Any]]:
@@ -152,6 +166,7 @@ class RemoteGraph(Graph):
         name = self.name
         n_feeds = len(feed_names)
         extra = [] if compile else [{"compile": False}]
+        last_run = (tuple(fetch_names), tuple(feed_names)) if compile else None
 
         def run_callable(*values: Any) -> Any:
             __tracebackhide__ = True  # noqa: F841
@@ -162,6 +177,8 @@ class RemoteGraph(Graph):
             vals = call("graph.run", [name, since, nodes, fetch_names, feed_names, list(values), *extra])
             if nodes:
                 self._synced = max(self._synced, version)
+            if last_run is not None:
+                self._last_run = last_run
             return rebuild(vals)
 
         return run_callable
@@ -347,19 +364,24 @@ class RemoteGraph(Graph):
 
         return write_graph(self, logdir)
 
-    def inspect(self, plan: Any = None, feeds: Sequence[Tensor | str] | None = None,
+    def inspect(self, plan: Any = "auto", feeds: Sequence[Tensor | str] | None = None,
                 expanded: Sequence[str] | None = None, collapse_above: int | None = None) -> Any:
         """A `kernelflow.widgets.GraphInspector` of this graph (in a notebook, it displays itself).
 
         Args:
             plan: fetches (e.g. the train op) whose compiled plan to show: the nodes the compiler
                 fuses into one kernel in a run of them are outlined, one colour per kernel.
+                ``"auto"`` (the default): the step of the graph's training job (the running or
+                paused one, else the newest), else this client's last run of it (`last_run`), else none; None: none.
             feeds: the tensors that run feeds (default: every placeholder ``plan`` needs).
             expanded: scopes to open (default: TensorBoard's first view; see `GraphInspector`).
             collapse_above: node count above which it opens with every top-level scope closed (default 60).
 
         Example:
             >>> g.inspect(plan=train_op)
+
+        .. versionchanged:: issue #16
+            ``plan`` defaults to ``"auto"`` (it was None).
         """
         from ..widgets import GraphInspector  # lazily: the widget layer sits above the client
 

@@ -12,9 +12,12 @@ node is added to the graph, and the tensor itself is not transferred. The front 
 small anywidget ES module shipped with the package (``static/inspector.js``): nothing is
 fetched at run time.
 
-Given ``plan=fetches`` (or `show_plan`), it asks the runtime which nodes its compiler fuses into
-one kernel in a run of those fetches (``g.fused_groups``) and outlines each fused group's boxes, and
-the edges inside it, in a colour of its own.
+It asks the runtime which nodes its compiler fuses into one kernel in a run of some fetches
+(``g.fused_groups``) and outlines each fused group's boxes, and the edges inside it, in a colour of
+its own; a closed scope holding members of fused groups carries a badge with their count and a strip
+of their colours. Which fetches: ``plan=fetches`` (or `show_plan`), or by default (``plan="auto"``)
+the step of the graph's training job (the running or paused one, else the newest), else this
+client's last compiled run of the graph (``g.last_run``), else none. `plan_source` says which plan is shown.
 
 Everything the front end can do has a Python twin (`click`, `expand`, `collapse`, `search`,
 `trace_inputs`, `compute_summary`, `refresh`), which is how tests drive it.
@@ -44,6 +47,8 @@ _OWN_CATEGORY = {"variable": "variable", "placeholder": "placeholder", "constant
 _FAMILIES = ("elementwise", "reduce", "movement", "indexing", "linalg", "nn", "conv", "state", "random", "training")
 _family_of: dict[str, str] = {}
 _GRADIENT_SCOPE = re.compile(r"gradients(_\d+)?")
+AUTO = "auto"  # plan=AUTO: the plan of the graph's training job, else of its last run (see GraphInspector)
+_TRAINING = ("running", "paused")  # the job holding its graph's turn (one at a time; the others queue)
 # outline colours of fused groups, group i gets FUSED_COLORS[i % 8]: Tableau 10 without its blue and
 # red, which the front end uses for the selection and the search highlight
 FUSED_COLORS = ("#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#9c755f", "#ff9da7", "#b6992d", "#79706e")
@@ -86,6 +91,28 @@ def _edge_label(t: Tensor) -> str:
     return format_shape(t.shape) + ("" if t.dtype == "float32" else f" {t.dtype}")
 
 
+def _is_auto(plan: Any) -> bool:
+    return isinstance(plan, str) and plan == AUTO  # not `plan == AUTO`: a Tensor's == may build a node
+
+
+def _fetch_names(fetches: Any) -> list[str]:
+    """The node names in ``fetches`` (a tensor, a name, or a list/tuple/dict nesting of them)."""
+    if isinstance(fetches, Tensor):
+        return [fetches.name]
+    if isinstance(fetches, str):
+        return [fetches]
+    if isinstance(fetches, dict):
+        fetches = list(fetches.values())
+    if isinstance(fetches, (list, tuple)):
+        return [n for f in fetches for n in _fetch_names(f)]
+    return [repr(fetches)]
+
+
+def _run_text(fetches: list[str], feeds: list[str] | None) -> str:
+    fed = "" if feeds is None else (" fed " + ", ".join(feeds) if feeds else ", nothing fed")
+    return ", ".join(fetches) + fed
+
+
 def _attr_text(v: Any) -> str:
     if isinstance(v, np.ndarray):
         if v.size <= 8:
@@ -105,14 +132,23 @@ class GraphInspector(anywidget.AnyWidget):
         collapse_above: node count above which the graph opens with its top-level scopes collapsed.
         plan: fetches (a tensor, a name, or a list of them) whose compiled plan to show: the nodes
             the runtime's compiler fuses into one kernel in a run of them are outlined, one colour per
-            kernel (needs a graph held by a runtime; see `show_plan`).
-        feeds: the tensors that run feeds (default: every placeholder ``plan`` needs).
+            kernel (needs a graph held by a runtime; see `show_plan`). ``"auto"`` (the default): the
+            step of the graph's training job (``g.jobs()``: the running or paused one, else the newest;
+            its train op fed what the job feeds), else this client's last compiled run of the graph
+            (``g.last_run``), else none; picked again by `refresh`. None: no plan. (For a node
+            named ``auto``, pass the tensor.)
+        feeds: the tensors that run feeds (default: every placeholder ``plan`` needs; not used
+            with ``"auto"``).
 
     Example:
         >>> w = kf.widgets.GraphInspector(g)   # or %kf inspect NAME
         >>> w.click("conv1/")                  # expand the conv1 scope
         >>> w.click("conv1/w")["summary"]["mean"]
         >>> kf.widgets.GraphInspector(g, plan=train_op).fused[0]["ops"]   # ['add', 'relu']
+        >>> g.fit(train_op, ...); GraphInspector(g).plan_source   # "fused kernels of job 'j1' (running), ..."
+
+    .. versionchanged:: issue #16
+        ``plan`` defaults to ``"auto"`` (it was None, which still means no plan).
     """
 
     _esm = _STATIC / "inspector.js"
@@ -139,9 +175,12 @@ class GraphInspector(anywidget.AnyWidget):
     query = traitlets.Unicode("", help="search text; matching nodes and scopes are highlighted").tag(sync=True)
     color_by = traitlets.Unicode("op", help="box colours: 'op' (op family) or 'device'").tag(sync=True)
     status = traitlets.Unicode("", help="a one-line message (errors, what a click did)").tag(sync=True)
+    plan_source = traitlets.Unicode("", help="which plan's fused groups are outlined, e.g. \"fused kernels of "
+                                             "job 'digits' (running), one step: Adam/train fed x, y\"; '' for "
+                                             "no plan").tag(sync=True)
 
     def __init__(self, graph: Graph, expanded: Any = None, collapse_above: int = COLLAPSE_ABOVE,
-                 plan: Any = None, feeds: Any = None, **kwargs: Any):
+                 plan: Any = AUTO, feeds: Any = None, **kwargs: Any):
         super().__init__(**kwargs)
         if not isinstance(graph, Graph):
             raise TypeError(f"GraphInspector: expected a kernelflow graph; got {type(graph).__name__}")
@@ -156,13 +195,15 @@ class GraphInspector(anywidget.AnyWidget):
         self._feed: dict | None = None
         self._trace: list[str] | None = None  # names highlighted by trace_inputs (None: the search's)
         self._plan: tuple[Any, Any] | None = None
+        self._plan_text = ""                    # what the plan is, for plan_source
+        self._auto = _is_auto(plan)             # pick the plan again at each refresh
         self.fused: list[dict] = []             # the compiler's fused groups of the plan shown
         self._fused_of: dict[str, int] = {}     # node name -> index in `fused`
-        if plan is not None:
+        if plan is not None and not self._auto:
             if not hasattr(graph, "fused_groups"):
                 raise InvalidArgumentError(f"GraphInspector: plan= needs a graph held by a runtime "
                                            f"(rt.graph('{graph.name}')); '{graph.name}' is a local kf.Graph")
-            self._plan = (plan, feeds)
+            self._set_plan(plan, feeds)
         self.on_msg(self._on_front_end_msg)
         self.observe(self._on_query, names=["query"])
         self.refresh()
@@ -201,7 +242,9 @@ class GraphInspector(anywidget.AnyWidget):
         """Outline what the runtime's compiler fuses into one kernel in a run of ``fetches``.
 
         Args:
-            fetches: a tensor, a node name or a list of them; None clears the marking.
+            fetches: a tensor, a node name or a list of them; None clears the marking; ``"auto"``
+                picks the plan as the constructor's default does (a training job's step, else the
+                last run, else none).
             feeds: the tensors the run feeds (default: every placeholder ``fetches`` need).
 
         Returns:
@@ -211,29 +254,76 @@ class GraphInspector(anywidget.AnyWidget):
             InvalidArgumentError: a local graph (no runtime, no compiler), or fetches the runtime
                 cannot plan (a placeholder left unfed, named).
         """
-        if fetches is not None and not hasattr(self.graph, "fused_groups"):
+        auto = _is_auto(fetches)
+        if fetches is not None and not auto and not hasattr(self.graph, "fused_groups"):
             raise InvalidArgumentError(f"GraphInspector.show_plan: graph '{self.graph.name}' is a local "
                                        "kf.Graph; fused groups come from a runtime's compiler")
-        old, self._plan = self._plan, None if fetches is None else (fetches, feeds)
+        old = self._plan, self._plan_text, self._auto
+        self._auto = auto
+        if auto or fetches is None:
+            self._plan, self._plan_text = None, ""
+        else:
+            self._set_plan(fetches, feeds)
         try:
             self._load_plan(raise_errors=True)
         except KernelflowError:
-            self._plan = old  # the marking on show stays what it was
+            self._plan, self._plan_text, self._auto = old  # the marking on show stays what it was
             self._load_plan()
             raise
         self._relayout(set(self.expanded))
         return self.fused
 
+    def _set_plan(self, fetches: Any, feeds: Any) -> None:
+        self._plan = (fetches, feeds)
+        fed = None if feeds is None else _fetch_names(list(feeds))
+        self._plan_text = f"a run of {_run_text(_fetch_names(fetches), fed)}"
+
+    def _pick_plan(self) -> None:
+        """``plan="auto"``: the step of the graph's training job (the running or paused one, else the
+        newest, queued or ended) whose train op and fed placeholders the graph holds, else this client's
+        last compiled run."""
+        self._plan, self._plan_text = None, ""
+        g = self.graph
+        if not hasattr(g, "fused_groups"):
+            return  # a local kf.Graph: no compiler, nothing to pick
+        names = {n.name for n in self._nodes}
+        try:
+            jobs = [j.last_status for j in g.jobs()] if hasattr(g, "jobs") else []
+        except KernelflowError as e:
+            self.status = f"the graph's jobs could not be listed: {e}"
+            jobs = []
+        usable = [st for st in jobs if st.get("train_op") in names and set(st.get("feed") or {}) <= names]
+        training = [st for st in usable if st.get("status") in _TRAINING]
+        if usable:
+            st = (training or usable)[-1]  # job.list is oldest first
+            feeds = list(st.get("feed") or {})
+            self._plan = (st["train_op"], feeds)
+            self._plan_text = (f"job '{st.get('name') or st.get('id')}' ({st.get('status')}), one step: "
+                               f"{_run_text([st['train_op']], feeds)}")
+            return
+        last = getattr(g, "last_run", None)
+        if last and set(last["fetches"]) | set(last["feeds"]) <= names:
+            self._plan = (last["fetches"], last["feeds"])
+            self._plan_text = f"the last g.run: {_run_text(last['fetches'], last['feeds'])}"
+
     def _load_plan(self, raise_errors: bool = False) -> None:
+        """Read the fused groups of the plan (picking it first with ``plan="auto"``); a bad explicit
+        plan raises with ``raise_errors``, anything else that fails goes to `status`."""
         self.fused, self._fused_of = [], {}
+        if self._auto:
+            self._pick_plan()
         if self._plan is None:
+            self.plan_source = (f"no plan: graph '{self.graph.name}' has no training job and no run from this "
+                                "client yet (show_plan(fetches) shows one)"
+                                if self._auto and hasattr(self.graph, "fused_groups") else "")
             return
         try:
             groups = self.graph.fused_groups(*self._plan)  # type: ignore[attr-defined]
         except KernelflowError as e:
-            if raise_errors:
+            if raise_errors and not self._auto:
                 raise
             self.status = f"the compiled plan could not be read: {e}"
+            self.plan_source = f"fused kernels of {self._plan_text}: unknown (see the status line)"
             return
         known = {n.name for n in self._nodes}
         for i, grp in enumerate(groups):
@@ -241,6 +331,17 @@ class GraphInspector(anywidget.AnyWidget):
             for m in grp["members"]:
                 if m in known:
                     self._fused_of[m] = i
+        count = f"{len(groups)} fused kernel{'' if len(groups) == 1 else 's'}" if groups else "nothing fused"
+        self.plan_source = f"fused kernels of {self._plan_text} ({count})"
+
+    def _scope_fused(self, expanded: set[str]) -> dict[str, list[int]]:
+        """Closed scope box -> indices (in `fused`) of the groups with a member inside it, in plan order."""
+        out: dict[str, set[int]] = {}
+        for m, i in self._fused_of.items():
+            box = self._box_of(m, expanded)
+            if box.endswith("/"):
+                out.setdefault(box, set()).add(i)
+        return {k: sorted(v) for k, v in out.items()}
 
     def _layout_nodes(self) -> list[LayoutNode]:
         return [LayoutNode(n.name, tuple(i.name for i in n.inputs), tuple(c.name for c in n.control_inputs),
@@ -259,6 +360,7 @@ class GraphInspector(anywidget.AnyWidget):
         offsets = np.zeros(len(lay.edges) + 1, np.int32)
         np.cumsum([len(e.points) for e in lay.edges], out=offsets[1:])
         points = np.array([p for e in lay.edges for p in e.points], np.float32).reshape(-1, 2)
+        scope_fused = self._scope_fused(expanded)
         with self.hold_sync():
             self.expanded = sorted(expanded)
             self.meta = {
@@ -269,6 +371,7 @@ class GraphInspector(anywidget.AnyWidget):
                 "scopes": len(self._scope_sizes),
                 "fused": [{"name": f["name"], "ops": " ".join(f["ops"]), "members": len(f["members"]),
                            "color": f["color"]} for f in self.fused],
+                "scope_fused": scope_fused,
             }
             self.box_fused = np.array([self._fused_of.get(b.id, -1) if b.kind == "node" else -1
                                        for b in lay.boxes], np.int32).tobytes()
@@ -398,9 +501,9 @@ class GraphInspector(anywidget.AnyWidget):
                 "color": f["color"]}
 
     # ----------------------------------------------------------------- highlighting
-    def _box_of(self, name: str) -> str:
+    def _box_of(self, name: str, expanded: set[str] | None = None) -> str:
         """The visible box standing for node ``name`` (itself, or its outermost collapsed scope)."""
-        expanded = set(self.expanded)
+        expanded = set(self.expanded) if expanded is None else expanded
         for s in scope_chain(name):
             if s not in expanded:
                 return s + "/"

@@ -4,7 +4,9 @@ scope closed, gradients/ and Adam/ one box each, at a zoom where every visible l
 10 px high (font size times the drawing's scale, as the browser renders it), with no two edge
 labels overprinting and none over a box. A second inspector of the same graph, opened with its
 model scopes and the compiled plan of the train op (issue #16), outlines each fused kernel's boxes in
-its colour, and an edge label that did not fit shows while the pointer is on its edge.
+its colour, marks the closed gradients/ and Adam/ scopes with a badge counting the fused kernels
+inside and a strip of their colours, says which plan it shows, and an edge label that did not fit
+shows while the pointer is on its edge.
 Saves docs/img/inspector.png and inspector_fused.png with KF_SAVE_SCREENSHOTS=1.
 """
 
@@ -26,6 +28,7 @@ SCREENSHOT = ROOT / "docs" / "img" / "inspector.png"
 
 CNN_NB = {
     "cells": [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": (
+        "import json\n"
         "import kernelflow as kf\n"
         "from kernelflow.widgets import GraphInspector\n"
         "rt = kf.connect()\n"
@@ -40,10 +43,13 @@ CNN_NB = {
         "accuracy = kf.mean(kf.cast(kf.equal(kf.argmax(logits, axis=1), y), 'float32'))\n"
         "train = kf.optim.Adam(1e-2).minimize(loss)\n"
         "assert len(g) > 100, len(g)\n"
-        "GraphInspector(g)")},
+        "GraphInspector(g)  # no job, no run yet: no plan")},
         {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": (
             "w2 = g.inspect(plan=train, expanded=['conv1', 'conv2', 'hidden', 'dense'])\n"
             "assert [f['name'] for f in w2.fused][:3] == ['conv1/relu', 'conv2/relu', 'hidden/relu'], w2.fused\n"
+            "inside = {k: [w2.fused[i]['color'] for i in v] for k, v in w2.meta['scope_fused'].items()}\n"
+            "assert set(inside) == {'gradients/', 'Adam/'}, inside\n"
+            "print('SCOPE_FUSED', json.dumps(inside))\n"
             "w2")}],
     "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
     "nbformat": 4, "nbformat_minor": 5}
@@ -115,6 +121,8 @@ def test_inspector_first_view_of_a_big_cnn_is_closed_and_readable(lab, tmp_path)
             page.wait_for_function("document.querySelector('.kf-inspector .kf-scene')"
                                    "?.getAttribute('transform')?.includes('scale')", timeout=30_000)
             assert root.locator(".kf-group").count() == 0  # every scope closed
+            assert root.locator(".kf-plan").text_content().startswith("no plan: graph 'cnn122' has no training job")
+            assert root.locator(".kf-has-fused").count() == 0
             for scope in ("conv1/", "conv2/", "hidden/", "dense/", "gradients/", "Adam/"):
                 assert root.locator(f".kf-box.kf-scope[data-id='{scope}']").count() == 1, scope
             shot = SCREENSHOT if os.environ.get("KF_SAVE_SCREENSHOTS") == "1" else tmp_path / "inspector.png"
@@ -141,6 +149,27 @@ def test_inspector_first_view_of_a_big_cnn_is_closed_and_readable(lab, tmp_path)
             browser.close()
 
 
+def _check_closed_scope_badges(page, w2) -> None:
+    """The closed scopes holding fused members carry a badge with their count and a strip with each
+    kernel's colour, as the kernel computed them (the notebook printed them)."""
+    out = page.locator(".jp-OutputArea-output", has_text="SCOPE_FUSED").first.text_content()
+    want = json.loads(out.split("SCOPE_FUSED", 1)[1].strip().splitlines()[0])
+    got = page.evaluate("""(root) => Object.fromEntries([...root.querySelectorAll('.kf-box.kf-has-fused')].map(b => [
+        b.getAttribute('data-id'), {count: b.getAttribute('data-fused-count'),
+          badge: b.querySelector('.kf-fused-count').textContent,
+          strip: [...b.querySelectorAll('.kf-fused-strip')].map(r => getComputedStyle(r).fill),
+          badgeBox: (() => { const r = b.querySelector('.kf-fused-badge-rect').getBoundingClientRect();
+                             return [r.width, r.height]; })()}]))""", w2.element_handle())
+    assert set(got) == set(want), (got, want)
+    for scope, colors in want.items():
+        g = got[scope]
+        assert g["count"] == g["badge"] == str(len(colors)), (scope, g)
+        rgb = ["rgb({}, {}, {})".format(*(int(c[i:i + 2], 16) for i in (1, 3, 5))) for c in colors]
+        assert g["strip"] == rgb, (scope, g["strip"], rgb)
+        assert g["badgeBox"][0] > 5 and g["badgeBox"][1] > 5, g  # drawn, not an empty element
+    assert w2.locator(".kf-box.kf-has-fused[data-id='conv1/']").count() == 0  # open: its boxes are outlined
+
+
 def _check_fused_outlines_and_hover_label(page, shot: pathlib.Path) -> None:
     w2 = page.locator(".jp-OutputArea .kf-inspector").nth(1)
     w2.locator(".kf-box.kf-fused[data-id='conv1/relu']").wait_for(timeout=90_000)
@@ -155,10 +184,12 @@ def _check_fused_outlines_and_hover_label(page, shot: pathlib.Path) -> None:
         "b => getComputedStyle(b.querySelector('.kf-box-rect')).stroke") == "rgb(89, 161, 79)"  # #59a14f
     assert w2.locator(".kf-edge.kf-fused-edge").count() >= 3
     assert "fused kernels outlined" in w2.locator(".kf-info").text_content()
+    assert w2.locator(".kf-plan").text_content().startswith("fused kernels of a run of Adam/train (")
+    _check_closed_scope_badges(page, w2)
     w2.locator(".kf-box[data-id='conv1/add']").dispatch_event("click")  # its details name the kernel
     w2.locator(".kf-fused-tag").first.wait_for(timeout=30_000)
     details = w2.locator(".kf-details").text_content()
-    assert "add relu" in details and "Cell In[1], line 7" in details  # issue #14 item 8: no temp file path
+    assert "add relu" in details and "Cell In[1], line 8" in details  # issue #14 item 8: no temp file path
     w2.evaluate("e => e.scrollIntoView({block: 'start'})")
     w2.screenshot(path=str(shot))
     # an edge label hidden for lack of room shows while the pointer is on its edge, and goes after

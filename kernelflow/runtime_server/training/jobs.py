@@ -127,7 +127,8 @@ class Job:
                 "elapsed_s": elapsed, "eta_s": eta, "metrics": dict(self.latest), "records": self.history.n,
                 "data": self.spec.data, "created": self.created, "started": self.started,
                 "finished": self.finished, "checkpoint": self.last_checkpoint,
-                "tensorboard_dir": self.tensorboard_dir, "image_keep": self.spec.image_keep}
+                "tensorboard_dir": self.tensorboard_dir, "image_keep": self.spec.image_keep,
+                "train_op": self.spec.train_op, "feed": dict(self.spec.feed)}
 
     def set_status(self, status: str, error: dict | None = None) -> None:
         with self.cond:

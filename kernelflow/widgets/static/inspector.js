@@ -16,6 +16,7 @@ const MAX_FIRST_SCALE = 1.25;   // and its largest, for a small graph
 const LABEL_CHAR_W = 6.2;       // a 10 px label's advance per character (generous: no overlap)
 const LABEL_H = 11;
 const MIN_CANVAS_H = 420, MAX_CANVAS_H = 900;
+const BADGE_H = 14;             // a closed scope's fused-kernel count badge, on its top right corner
 
 function el(tag, attrs = {}, parent = null, ns = null) {
   const node = ns ? document.createElementNS(ns, tag) : document.createElement(tag);
@@ -52,6 +53,7 @@ function render({ model, el: root }) {
   const btnCollapse = el("button", { class: "kf-collapse-all", text: "Collapse all" }, bar);
   const btnRefresh = el("button", { class: "kf-refresh", text: "Refresh" }, bar);
   const info = el("span", { class: "kf-info" }, bar);
+  const planLine = el("div", { class: "kf-plan" }, root);
   const status = el("div", { class: "kf-status" }, root);
   const main = el("div", { class: "kf-main" }, root);
   const canvas = el("div", { class: "kf-canvas" }, main);
@@ -137,6 +139,8 @@ function render({ model, el: root }) {
     const fusedOf = view(model.get("box_fused"), Int32Array);
     const fused = meta.fused || [];
     const groupOf = (i) => (i < fusedOf.length && fusedOf[i] >= 0 ? fused[fusedOf[i]] : null);
+    const scopeFused = meta.scope_fused || {};  // closed scope id -> indices into fused
+    const badges = [];                          // their rectangles, kept free of edge labels
     scene.textContent = "";
     const gGroups = svg("g", {}, scene), gEdges = svg("g", {}, scene), gNodes = svg("g", {}, scene);
     const deviceIndex = new Map();
@@ -166,7 +170,30 @@ function render({ model, el: root }) {
       svg("text", { x: x + w / 2, y: y + 15, class: "kf-title", "text-anchor": "middle", text: t1 }, g);
       svg("text", { x: x + w / 2, y: y + 28, class: "kf-sub", "text-anchor": "middle", text: meta.subtitles[i] }, g);
       const fusedNote = fg ? `\nfused kernel '${fg.name}': ${fg.ops} (${fg.members} nodes, one kernel)` : "";
-      svg("title", { text: kind === "scope" ? `${id} (click to expand)` : `${id}\n${meta.subtitles[i]}${fusedNote}` }, g);
+      const inside = kind === "scope" ? (scopeFused[id] || []).map((k) => fused[k]).filter(Boolean) : [];
+      let scopeNote = "";
+      if (inside.length) {
+        // a closed scope holding members of fused kernels: a strip of their colours along its
+        // bottom and a badge with their count, so the plan shows without opening it
+        g.classList.add("kf-has-fused");
+        g.setAttribute("data-fused-count", String(inside.length));
+        const sw = (w - 8) / inside.length;
+        inside.forEach((f, k) => {
+          const seg = svg("rect", { x: x + 4 + k * sw, y: y + h - 6, width: sw, height: 4, class: "kf-fused-strip" }, g);
+          seg.style.setProperty("--kf-fused", f.color);
+        });
+        const text = String(inside.length), bw = 8 + 6.5 * text.length;
+        const bx = x + w - bw - 3, by = y - BADGE_H / 2;
+        const badge = svg("g", { class: "kf-fused-badge" }, g);
+        badge.style.setProperty("--kf-fused", inside[0].color);
+        svg("rect", { x: bx, y: by, width: bw, height: BADGE_H, rx: BADGE_H / 2, class: "kf-fused-badge-rect" }, badge);
+        svg("text", { x: bx + bw / 2, y: by + 10.5, "text-anchor": "middle", class: "kf-fused-count", text }, badge);
+        badges.push([bx, by, bw, BADGE_H]);
+        const names = inside.slice(0, 8).map((f) => `${f.name} (${f.ops})`).join(", ");
+        scopeNote = `\n${inside.length} fused kernel${inside.length > 1 ? "s" : ""} with members inside: ${names}` +
+          (inside.length > 8 ? ", ..." : "");
+      }
+      svg("title", { text: kind === "scope" ? `${id} (click to expand)${scopeNote}` : `${id}\n${meta.subtitles[i]}${fusedNote}` }, g);
       g.addEventListener("click", (ev) => { ev.stopPropagation(); model.send({ type: "click", id }); });
       boxEls[i] = g;
     }
@@ -180,6 +207,7 @@ function render({ model, el: root }) {
       if (meta.kinds[i] !== "group") taken.push([xywh[4 * i], xywh[4 * i + 1], xywh[4 * i + 2], xywh[4 * i + 3]]);
       else taken.push([xywh[4 * i], xywh[4 * i + 1], xywh[4 * i + 2], 22]);  // a group's header
     }
+    taken.push(...badges);
     const free = (r) => r[0] >= 0 && r[0] + r[2] <= meta.width && !taken.some((t) => r[0] < t[0] + t[2] && t[0] < r[0] + r[2] && r[1] < t[1] + t[3] && t[1] < r[1] + r[3]);
     for (let e = 0; e < nEdges; e++) {
       // A back edge (it closes a cycle of boxes) is two downward stubs, points 0-1 out of its
@@ -228,6 +256,7 @@ function render({ model, el: root }) {
     }
     info.textContent = `${model.get("graph_name")}: ${meta.nodes} nodes, ${meta.scopes} scopes, ` +
       `${meta.ids.length} boxes drawn` + (fused.length ? `, ${fused.length} fused kernels outlined` : "");
+    planLine.textContent = model.get("plan_source") || "";
     if (!fitted) { firstView(); fitted = true; }
     decorate();
   }
@@ -351,6 +380,7 @@ function render({ model, el: root }) {
   model.on("change:selected", decorate);
   model.on("change:details", drawDetails);
   model.on("change:status", () => { status.textContent = model.get("status"); });
+  model.on("change:plan_source", () => { planLine.textContent = model.get("plan_source") || ""; });
   let timer = null;
   search.addEventListener("input", () => {
     clearTimeout(timer);
