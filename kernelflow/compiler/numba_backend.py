@@ -134,14 +134,20 @@ def source(program: Program, mode: str, scalars: tuple[bool, ...], parallel: boo
         code = [f"def kernel(out, {outs}nr, nc, {params}):", *pre, f"    for i in {loop}(nr):", "        acc = 0.0",
                 "        for j in range(nc):", *body, f"            acc += np.float64({res})",
                 *stores("i, j", " " * 12), "        out[i] = acc"]
-    elif mode == "cols":
+    elif mode == "cols" and not parallel:
         # ``out`` (the value's dtype) comes zeroed: numpy's sum adds the rows to its identity in turn,
-        # so the result is bitwise numpy's (signed zeros included) whenever nc > 1.
+        # so the result is bitwise numpy's (signed zeros included) whenever nc > 1. A plain rows x
+        # columns loop: LLVM vectorises it (a loop over a block of columns it does not, ~8x slower).
+        body, res = _body(program, scalars, "i, j", " " * 12)
+        code = [f"def kernel(out, {outs}nr, nc, {params}):", *pre, "    for i in range(nr):",
+                "        for j in range(nc):", *body, f"            out[j] += {res}", *stores("i, j", " " * 12)]
+    elif mode == "cols":
+        # the threads take blocks of columns; each column is still summed row after row
         body, res = _body(program, scalars, "i, j", " " * 16)
         code = [f"def kernel(out, {outs}nr, nc, {params}):", *pre,
                 f"    nb = (nc + {_COLS_BLOCK - 1}) // {_COLS_BLOCK}", f"    for jb in {loop}(nb):",
-                f"        j0 = jb * {_COLS_BLOCK}", f"        j1 = min(nc, j0 + {_COLS_BLOCK})",
-                "        for i in range(nr):", "            for j in range(j0, j1):", *body,
+                f"        j0 = jb * {_COLS_BLOCK}", f"        w = min(nc - j0, {_COLS_BLOCK})",
+                "        for i in range(nr):", "            for jj in range(w):", "                j = j0 + jj", *body,
                 f"                out[j] += {res}", *stores("i, j", " " * 16)]
     else:
         raise ValueError(f"unknown kernel mode {mode!r}")
@@ -440,28 +446,41 @@ class FusedKernel:
             return self._remember(key, ins, self._unfused)
         mode, rc, scalars, finish = layout
         par = self.parallel_ok and size >= PARALLEL_MIN
-        convs: list[Callable] = []
         target = (size,) if rc is None else rc
+        # Each input's conversion to what the kernel takes; a replay (same shapes and strides) only
+        # applies the ones that do something.
+        fixes: list[tuple[int, Callable]] = []
         for k, (a, sc) in enumerate(zip(arrs, scalars)):
             if k == li:
-                convs.append(_dummy(np.zeros(1, a.dtype if a.dtype.kind in "fb" else np.float64)))
+                fixes.append((k, _dummy(np.zeros(1, a.dtype if a.dtype.kind in "fb" else np.float64))))
             elif sc == "r":
-                convs.append(_as_row)
+                if a.ndim != 1:
+                    fixes.append((k, _as_row))
             elif sc:
-                convs.append(_as_one)
-            else:
-                convs.append(_Broadcast(shape, target))
+                if a.shape != (1,):
+                    fixes.append((k, _as_one))
+            elif a.shape != target:
+                fixes.append((k, _Broadcast(shape, target)))
         head = (size,) if rc is None else rc
-        dtypes = [prog.instrs[j].dtype for j in prog.outputs]
-        value_dtype = prog.instrs[-1].dtype
+        dtypes = [np.dtype(prog.instrs[j].dtype) for j in prog.outputs]
+        value_dtype = np.dtype(prog.instrs[-1].dtype)
+        out_dtype = np.dtype(prog.out_dtype)
+        same = target == shape  # arrays of the iteration shape go to the kernel as they are
+        big = size >= REUSE_MIN
+        elementwise = mode in ("flat", "2d")
 
         def call_args(ins: tuple) -> tuple[tuple, Any, list]:
-            extras = [self._output(k + 1, shape, size, dt) for k, dt in enumerate(dtypes)]
-            views = [e.reshape(target) for e in extras]
-            args = [c(a) for c, a in zip(convs, ins)]
-            if mode in ("flat", "2d"):
-                main = self._output(0, shape, size, prog.out_dtype)
-                return (main.reshape(target), *views, *head, *args), main, extras
+            args = list(ins)
+            for k, conv in fixes:
+                args[k] = conv(ins[k])
+            if big:
+                extras = [self._output(k + 1, shape, size, dt) for k, dt in enumerate(dtypes)]
+            else:
+                extras = [np.empty(shape, dt) for dt in dtypes]
+            views = extras if same else [e.reshape(target) for e in extras]
+            if elementwise:
+                main = self._output(0, shape, size, out_dtype) if big else np.empty(shape, out_dtype)
+                return (main if same else main.reshape(target), *views, *head, *args), main, extras
             if mode == "all":
                 return (*views, *head, *args), None, extras
             main = np.zeros(rc[0], np.float64) if mode == "rows" else np.zeros(rc[1], value_dtype)
@@ -479,7 +498,7 @@ class FusedKernel:
             except TypeError:  # types it was not compiled for (e.g. a read-only input)
                 return None
             self.fused_calls += 1
-            value = finish(res if main is None else main)
+            value = (res if main is None else main) if finish is None else finish(res if main is None else main)
             return (value, *extras) if extras else value
 
         out = run(ins, first)
@@ -490,8 +509,8 @@ class FusedKernel:
         return out
 
     def _layout(self, arrs: list, shape: tuple, size: int) -> tuple | None:
-        """(mode, rows x cols or None, per-input scalar flags, finish: raw result -> the root's value)
-        of a call, or None when no kernel variant fits (the group runs unfused)."""
+        """(mode, rows x cols or None, per-input scalar flags, finish: raw result -> the root's value, or
+        None when the raw result is it) of a call, or None when no kernel variant fits (unfused)."""
         prog = self.program
         li = prog.like_input
         scalars: tuple = tuple(a.size == 1 and k != li for k, a in enumerate(arrs))
@@ -523,14 +542,15 @@ class FusedKernel:
                     np.true_divide(res, np.intp(count), out=res, casting="unsafe")
                 return res.astype(out_dtype, copy=False).reshape(out_shape)
 
-            return "cols", (math.prod(shape[:len(axes)]), nc), scalars, from_cols
+            plain = not mean and out_dtype == prog.instrs[-1].dtype and out_shape == (nc,)  # a bias gradient
+            return "cols", (math.prod(shape[:len(axes)]), nc), scalars, None if plain else from_cols
         if axes == tuple(range(nd - len(axes), nd)):
             return "rows", (math.prod(shape[:nd - len(axes)]), math.prod(shape[nd - len(axes):])), scalars, from_f64
         return None
 
     def _elementwise_layout(self, arrs: list, shape: tuple, scalars: tuple, reshape: tuple | None) -> tuple:
         li = self.program.like_input
-        finish = (lambda v: v) if reshape is None else (lambda v: v.reshape(reshape))
+        finish = None if reshape is None else (lambda v: v.reshape(reshape))
         flat = all(s or k == li or (a.shape == shape and a.flags.c_contiguous)
                    for k, (a, s) in enumerate(zip(arrs, scalars)))
         if flat or len(shape) < 2:
