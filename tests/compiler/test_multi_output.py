@@ -396,3 +396,20 @@ def test_multi_output_groups_can_be_turned_off(monkeypatch):
     assert groups and all(grp["outputs"] == [grp["name"]] for grp in groups if grp["ops"][0] != "apply_adam")
     assert "multi_output" not in g.plan(train, feeds=[x, y])
     rt.close()
+
+
+def test_parallel_leading_axes_sum_is_bitwise_numpy_too(kcache, graph, rng):
+    # 153,600 elements: the parallel variant (threads take blocks of columns, each summed row after row)
+    g_ = graph.placeholder((512, 300), "float32", name="g")
+    h = graph.placeholder((512, 300), "float32", name="h")
+    d = E.relu_grad(g_, h)
+    _, _, (node,) = _fuse([kf.sum(d, axis=0), d], [g_, h])
+    fk = FusedKernel(node.op.program, kcache, threads=2)
+    vals = {"g": rng.standard_normal((512, 300)).astype(np.float32),
+            "h": rng.standard_normal((512, 300)).astype(np.float32)}
+    got_s, got_d = fk(*_args(node, vals))
+    ref_s, ref_d = node.op.program.run_unfused(*_args(node, vals))
+    assert fk.fused_calls == 1 and any(k == ("cols", (False, False), True) for k in fk._sources)
+    np.testing.assert_array_equal(got_d, ref_d)
+    np.testing.assert_array_equal(got_s, ref_s)
+    np.testing.assert_allclose(got_s, (vals["g"].astype(np.float64) * (vals["h"] > 0)).sum(0), rtol=1e-4, atol=1e-4)
