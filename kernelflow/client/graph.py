@@ -202,7 +202,8 @@ class RemoteGraph(Graph):
 
         Returns:
             ``[{"name": the fused node (named after its last member), "members": [node names],
-            "ops": [op names]}]`` in plan order; ``[]`` when the runtime's compiler is off.
+            "ops": [op names], "outputs": [the members whose values leave the group]}]`` in plan
+            order; ``[]`` when the runtime's compiler is off.
 
         Example:
             >>> [grp["ops"] for grp in g.fused_groups(train_op)]

@@ -59,8 +59,14 @@ def _in_params(program: Program, unused: bool = True) -> str:
                      for k, d in enumerate(program.in_dtypes) if unused or k in used)
 
 
+def _single(program: Program) -> None:
+    if program.outputs:
+        raise NotImplementedError("a fused group with several outputs has no CuPy kernel (CPU plans only)")
+
+
 def elementwise_source(program: Program) -> dict[str, str]:
     """``ElementwiseKernel`` arguments: in_params, out_params, operation, name."""
+    _single(program)
     lines, res = _lines(program)
     return {"in_params": _in_params(program), "out_params": f"{_TYPES[program.out_dtype]} y",
             "operation": "\n".join(lines + [f"y = {res};"]), "name": f"kf_fused_{program.digest()}"}
@@ -68,6 +74,7 @@ def elementwise_source(program: Program) -> dict[str, str]:
 
 def reduction_source(program: Program) -> dict[str, str]:
     """``ReductionKernel`` arguments (sum in double, divided by the count for a mean)."""
+    _single(program)
     lines, res = _lines(program)
     # The map expression of a ReductionKernel is one expression: wrap the statements in a lambda.
     body = " ".join(lines)
@@ -84,6 +91,9 @@ class CupyFusedKernel:
     A kernel CuPy cannot build or launch (an NVRTC error in the generated source, say) logs a
     warning, is listed in ``CupyFusedKernel.fallbacks`` (name, error) and runs its group's ops
     unfused from then on: slower, never wrong. The GPU tests assert the list stays empty.
+
+    A group with several outputs (``program.outputs``) has no CuPy kernel: the compiler forms
+    such groups for CPU plans only, and one that reaches a GPU runs its ops unfused.
     """
 
     fallbacks: list[tuple[str, str]] = []
@@ -91,7 +101,7 @@ class CupyFusedKernel:
     def __init__(self, program: Program):
         self.program = program
         self._kernel: Any = None
-        self._unfused = False
+        self._unfused = bool(program.outputs)
         self._checked = False
 
     def __call__(self, xp: Any, *ins: Any) -> Any:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..graph.ir import Tensor
+from ..graph.ops.control_flow import tuple_get_op
 from ..kernels.registry import KernelEntry, array_module, get_kernel
 from .fusion import FusedOp, fuse
 from .passes import rebuild, run_passes
@@ -69,6 +70,8 @@ class Compiler:
         self._cpu: dict | None = None
         # One kernel for the optimiser updates of all variables; $KERNELFLOW_GROUP_UPDATES=0 turns it off.
         self.group_updates = os.environ.get("KERNELFLOW_GROUP_UPDATES", "1").strip() not in ("0", "false", "off")
+        # Fused groups with several outputs (CPU); $KERNELFLOW_FUSE_MULTI_OUTPUT=0 turns them off.
+        self.multi_output = os.environ.get("KERNELFLOW_FUSE_MULTI_OUTPUT", "1").strip() not in ("0", "false", "off")
 
     def optimize(self, order: list[Tensor], fed: set[int], fetches: Sequence[Tensor],
                  placement: Callable[[Tensor], Any]) -> OptimizedPlan:
@@ -79,7 +82,12 @@ class Compiler:
             backend = placement(n).backend
             return backend == "cupy" or backend == "numpy" and self.has_numba
 
-        new_order, fused_for, made = fuse(rw.order, fed, [rw.resolve(f) for f in fetches], device_ok)
+        def multi_ok(n: Tensor) -> bool:
+            # CPU only: the CuPy backend has no kernel with several outputs (GPU plans fuse as before).
+            return self.multi_output and placement(n).backend == "numpy"
+
+        new_order, fused_for, made = fuse(rw.order, fed, [rw.resolve(f) for f in fetches], device_ok,
+                                          multi_ok=multi_ok)
         subst: dict[int, Tensor] = dict(fused_for)
         new_order = _settle(new_order, subst)  # consumers of a group's root now read the fused node
 
@@ -101,6 +109,9 @@ class Compiler:
                 new_order = _settle(new_order, subst)
                 out_fetches = [res(t) for t in out_fetches]
         stats = dict(rw.stats, fused_groups=len(made), fused_ops=sum(len(m.op.program.members) for m in made))
+        extra = sum(len(m.op.program.outputs) for m in made)
+        if extra:
+            stats.update(multi_output_groups=sum(bool(m.op.program.outputs) for m in made), extra_outputs=extra)
         if grouped:
             stats.update(update_groups=len(grouped), grouped_updates=sum(len(m.op.group.members) for m in grouped))
         made = made + grouped
@@ -193,14 +204,19 @@ def format_plan(order: Sequence[Tensor], fed: set[int], stats: dict | None = Non
     lines = []
     for n in order:
         ins = ", ".join(i.name for i in n.inputs)
+        if n.op is tuple_get_op and isinstance(n.inputs[0].op, FusedOp):
+            continue  # an output of the fused node above: its line lists them
         if id(n) in fed:
             lines.append(f"{n.name} = feed : {n.aval}")
             continue
         if isinstance(n.op, FusedOp):
             prog = n.op.program
-            lines.append(f"{n.name} = fused[{' '.join(m.op.name for m in prog.members)}]({ins}) : {n.aval}")
-            for m in prog.members:
-                lines.append(f"    | {m.name} = {m.op.name}({', '.join(i.name for i in m.inputs)})")
+            shown = ", ".join(str(p) for p in n.aval.parts) if n.aval.parts else str(n.aval)
+            lines.append(f"{n.name} = fused[{' '.join(m.op.name for m in prog.members)}]({ins}) : {shown}")
+            out_of = {j: k + 1 for k, j in enumerate(prog.outputs)}
+            for j, m in enumerate(prog.members):
+                mark = f"  [output {out_of[j]}]" if j in out_of else ""
+                lines.append(f"    | {m.name} = {m.op.name}({', '.join(i.name for i in m.inputs)}){mark}")
             continue
         if isinstance(n.op, UpdateGroupOp):
             grp = n.op.group
@@ -223,15 +239,19 @@ def format_plan(order: Sequence[Tensor], fed: set[int], stats: dict | None = Non
 
 def fused_groups(order: Sequence[Tensor]) -> list[dict]:
     """The fused nodes of a plan, in plan order: ``{"name": the fused node (its root's name, or for an
-    update group its last member's), "members": [node names], "ops": [op names]}``, members in the
-    order they compute (an update group's members in plan order)."""
+    update group its last member's), "members": [node names], "ops": [op names], "outputs": [node
+    names]}``, members in the order they compute (an update group's members in plan order);
+    ``outputs``: the members whose values the node hands on (a fused group's root, then any other
+    member read outside the group or fetched; every member of an update group)."""
     out = []
     for n in order:
         if isinstance(n.op, FusedOp):
             members = n.op.program.members
+            outputs = [members[-1], *[members[j] for j in n.op.program.outputs]]
         elif isinstance(n.op, UpdateGroupOp):
-            members = n.op.group.members
+            members = outputs = n.op.group.members
         else:
             continue
-        out.append({"name": n.name, "members": [m.name for m in members], "ops": [m.op.name for m in members]})
+        out.append({"name": n.name, "members": [m.name for m in members], "ops": [m.op.name for m in members],
+                    "outputs": [m.name for m in outputs]})
     return out

@@ -25,8 +25,10 @@ def test_plan_text_shows_fused_groups_and_compile_false_does_not(rt):
     x, h, s = _mlp_bits(g)
     on = g.plan([h, s], feeds=[x])
     off = g.plan([h, s], feeds=[x], compile=False)
-    assert "fused[multiply add relu](x, const, b)" in on and "fused_groups 2" in on
-    assert "| relu = relu(add)" in on
+    # h is fetched and read by h * h: one kernel computes it and the sum, and hands out both
+    assert "sum = fused[multiply add relu multiply sum](x, const, b) : float32(8,), float32(None, 8)" in on
+    assert "fused_groups 1, fused_ops 5, multi_output_groups 1, extra_outputs 1" in on
+    assert "    | relu = relu(add)  [output 1]\n" in on and "tuple_get" not in on
     assert "fused" not in off and "relu = relu(add)" in off and off.startswith("# plan (compiler off)")
 
 
@@ -34,8 +36,8 @@ def test_plan_groups_format_lists_the_fused_nodes_and_a_bad_format_raises(rt):
     g = rt.graph("plan-groups")
     x, h, s = _mlp_bits(g)
     assert g.fused_groups([h, s], feeds=[x]) == [
-        {"name": "relu", "members": ["multiply", "add", "relu"], "ops": ["multiply", "add", "relu"]},
-        {"name": "sum", "members": ["multiply_1", "sum"], "ops": ["multiply", "sum"]}]
+        {"name": "sum", "members": ["multiply", "add", "relu", "multiply_1", "sum"],
+         "ops": ["multiply", "add", "relu", "multiply", "sum"], "outputs": ["sum", "relu"]}]
     assert g.fused_groups([h, s]) == g.fused_groups([h, s], feeds=[x])  # feeds default to the placeholders
     off = rt.call("graph.plan", ["plan-groups", g.version, [], [h.name], [x.name], {"format": "groups",
                                                                                    "compile": False}])

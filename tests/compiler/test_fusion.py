@@ -20,10 +20,11 @@ from tests.compiler.conftest import plan_of
 pytest.importorskip("numba")
 
 
-def _fused(fetches, feeds):
+def _fused(fetches, feeds, multi=True):
     order, fed = plan_of(fetches, feeds)
     rw = run_passes(order, fed, fetches)
-    new, _, made = fuse(rw.order, fed, [rw.resolve(f) for f in fetches], lambda n: True)
+    new, _, made = fuse(rw.order, fed, [rw.resolve(f) for f in fetches], lambda n: True,
+                        multi_ok=lambda n: multi)
     return new, made
 
 
@@ -51,21 +52,22 @@ def test_chain_becomes_one_group_with_its_members(graph):
     assert isinstance(new[-1].op, FusedOp) and new[-1].name == out.name
 
 
-def test_node_with_two_consumers_ends_a_group(graph):
+def test_node_with_two_consumers_ends_a_group_without_multi_output(graph):
     x = graph.placeholder((4,), "float32", name="x")
     e = kf.exp(x * 3.0)
     out1 = kf.tanh(e) + 1.0
     out2 = kf.sqrt(e) - 1.0
-    _, made = _fused([out1, out2], [x])
+    _, made = _fused([out1, out2], [x], multi=False)
     members = sorted(tuple(m.op.name for m in f.op.program.members) for f in made)
     assert members == [("multiply", "exp"), ("sqrt", "subtract"), ("tanh", "add")]
+    assert not any(f.op.program.outputs for f in made)
 
 
-def test_fetched_inner_node_is_not_swallowed(graph):
+def test_fetched_inner_node_is_not_swallowed_without_multi_output(graph):
     x = graph.placeholder((4,), "float32", name="x")
     e = kf.exp(x)
     out = kf.log1p(e) * 2.0
-    _, made = _fused([out, e], [x])
+    _, made = _fused([out, e], [x], multi=False)
     assert [m.op.name for m in made[0].op.program.members] == ["log1p", "multiply"]
 
 

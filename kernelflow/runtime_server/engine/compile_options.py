@@ -61,7 +61,7 @@ class PlanMethods:
         """Extend with piggy-backed ``nodes``, build (or find) the plan, and print it.
 
         ``options`` takes ``graph.run``'s plus ``"format"``: ``"text"`` (the default) or ``"groups"``,
-        which answers ``{"compiled": bool, "groups": [{"name", "members", "ops"}]}`` (`fused_groups`).
+        which answers ``{"compiled": bool, "groups": [{"name", "members", "ops", "outputs"}]}`` (`fused_groups`).
         """
         s = self._session(name)
         if nodes:
