@@ -35,6 +35,7 @@ Contents: CUBLAS_NAMES, calls_cublas, cublas_ops, kernel_count, plan_segments, p
 from __future__ import annotations
 
 import contextlib
+import dis
 import logging
 import types
 from collections.abc import Callable, Iterator, Sequence
@@ -78,7 +79,7 @@ def calls_cublas(fn: Any, _seen: set | None = None) -> bool:
     stack = [code]
     while stack:
         c = stack.pop()
-        if CUBLAS_NAMES.intersection(c.co_names):
+        if CUBLAS_NAMES.intersection(c.co_names) or _has_matmul_operator(c):
             return True
         stack += [k for k in c.co_consts if isinstance(k, types.CodeType)]
         for name in c.co_names:
@@ -87,6 +88,13 @@ def calls_cublas(fn: Any, _seen: set | None = None) -> bool:
                     and calls_cublas(g, seen):
                 return True
     return False
+
+
+def _has_matmul_operator(code: types.CodeType) -> bool:
+    """Whether ``code`` uses the ``@`` operator (an instruction, not a name)."""
+    return any(ins.opname == "BINARY_OP" and ins.argrepr in ("@", "@=")
+               or ins.opname in ("BINARY_MATRIX_MULTIPLY", "INPLACE_MATRIX_MULTIPLY")
+               for ins in dis.get_instructions(code))
 
 
 _cublas_ops: frozenset[str] | None = None

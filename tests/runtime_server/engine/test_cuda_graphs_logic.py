@@ -78,8 +78,16 @@ def test_cublas_ops_are_derived_from_the_gpu_kernels():
     def nested(xp, a):
         return (lambda b: xp.linalg.inv(b))(a)
 
+    def operator(xp, a, b):
+        return a @ b
+
+    def in_place(xp, a, b):
+        a @= b
+        return a
+
     assert not CG.calls_cublas(direct)
     assert CG.calls_cublas(nested)  # a function nested in the kernel
+    assert CG.calls_cublas(operator) and CG.calls_cublas(in_place)  # `@` is an instruction, not a name
     assert not CG.calls_cublas(helper.__call__)  # not a Python function: nothing to read
 
 
