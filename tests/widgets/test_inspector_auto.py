@@ -17,17 +17,7 @@ pytest.importorskip("anywidget")
 pytest.importorskip("igraph")
 
 from kernelflow.widgets import GraphInspector  # noqa: E402
-
-
-def _cnn(rt, name):
-    g = rt.graph(name, seed=1)
-    x = g.placeholder((None, 8, 8, 1), name="x")
-    y = g.placeholder((None,), "int64", name="y")
-    h = kf.layers.conv2d(x, 4, 3, activation=kf.relu, name="conv1")
-    h = kf.layers.dense(kf.flatten(h), 16, activation=kf.relu, name="hidden")
-    logits = kf.layers.dense(h, 10, name="dense")
-    loss = kf.mean(kf.softmax_cross_entropy(logits, y))
-    return g, x, y, loss
+from tests.widgets.test_inspector_fused import small_cnn  # noqa: E402
 
 
 def _data(rt, name, rows=64):
@@ -46,7 +36,7 @@ def _batch():
 
 
 def test_inspector_default_plan_is_the_fit_jobs_step_not_a_later_run(rt):
-    g, x, y, loss = _cnn(rt, "auto-fit")
+    g, x, y, loss = small_cnn(rt, "auto-fit")
     train = kf.optim.Adam(1e-2).minimize(loss)
     job = g.fit(train, data=_data(rt, "auto-fit-data"), feed={x: "x", y: "y"}, steps=3, name="auto-fit-job",
                 metrics={"loss": loss}, log_every=2)
@@ -68,7 +58,7 @@ def test_inspector_default_plan_is_the_fit_jobs_step_not_a_later_run(rt):
 
 
 def test_inspector_default_plan_prefers_the_training_job_and_follows_refresh(rt):
-    g, x, y, loss = _cnn(rt, "auto-two-jobs")
+    g, x, y, loss = small_cnn(rt, "auto-two-jobs")
     adam = kf.optim.Adam(1e-2).minimize(loss)
     sgd = kf.optim.SGD(1e-2).minimize(loss)
     data = _data(rt, "auto-two-jobs-data")
@@ -92,7 +82,7 @@ def test_inspector_default_plan_prefers_the_training_job_and_follows_refresh(rt)
 
 
 def test_inspector_default_plan_without_a_job_is_the_last_compiled_run(rt):
-    g, x, y, loss = _cnn(rt, "auto-run")
+    g, x, y, loss = small_cnn(rt, "auto-run")
     train = kf.optim.SGD(1e-2).minimize(loss)
     w = GraphInspector(g)
     assert w.fused == [] and g.last_run is None
@@ -140,7 +130,7 @@ def _want_scope_fused(w) -> dict[str, list[int]]:
 
 
 def test_inspector_closed_scope_lists_the_fused_groups_inside(rt):
-    g, x, y, loss = _cnn(rt, "auto-closed")
+    g, x, y, loss = small_cnn(rt, "auto-closed")
     train = kf.optim.Adam(1e-2).minimize(loss)
     w = g.inspect(plan=train, expanded=[])  # every scope closed
     assert w.expanded == [] and len(w.fused) >= 4

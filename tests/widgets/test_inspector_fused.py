@@ -18,7 +18,8 @@ from kernelflow.widgets.inspector import FUSED_COLORS  # noqa: E402
 from kernelflow.widgets.layout import scope_sizes  # noqa: E402
 
 
-def _cnn_train(rt, name):
+def small_cnn(rt, name):
+    """(graph, x, y, loss) of a small conv net (also the auto-plan tests' model)."""
     g = rt.graph(name, seed=1)
     x = g.placeholder((None, 8, 8, 1), name="x")
     y = g.placeholder((None,), "int64", name="y")
@@ -26,6 +27,11 @@ def _cnn_train(rt, name):
     h = kf.layers.dense(kf.flatten(h), 16, activation=kf.relu, name="hidden")
     logits = kf.layers.dense(h, 10, name="dense")
     loss = kf.mean(kf.softmax_cross_entropy(logits, y))
+    return g, x, y, loss
+
+
+def _cnn_train(rt, name):
+    g, x, y, loss = small_cnn(rt, name)
     return g, x, y, loss, kf.optim.Adam(1e-2).minimize(loss)
 
 
