@@ -461,7 +461,6 @@ class FusedKernel:
                     fixes.append((k, _as_one))
             elif a.shape != target:
                 fixes.append((k, _Broadcast(shape, target)))
-        head = (size,) if rc is None else rc
         dtypes = [np.dtype(prog.instrs[j].dtype) for j in prog.outputs]
         value_dtype = np.dtype(prog.instrs[-1].dtype)
         out_dtype = np.dtype(prog.out_dtype)
@@ -480,11 +479,11 @@ class FusedKernel:
             views = extras if same else [e.reshape(target) for e in extras]
             if elementwise:
                 main = self._output(0, shape, size, out_dtype) if big else np.empty(shape, out_dtype)
-                return (main if same else main.reshape(target), *views, *head, *args), main, extras
+                return (main if same else main.reshape(target), *views, *target, *args), main, extras
             if mode == "all":
-                return (*views, *head, *args), None, extras
+                return (*views, *target, *args), None, extras
             main = np.zeros(rc[0], np.float64) if mode == "rows" else np.zeros(rc[1], value_dtype)
-            return (main, *views, *head, *args), main, extras
+            return (main, *views, *target, *args), main, extras
 
         call, _, _ = first = call_args(ins)
         fn, src = self._kernel(mode, scalars, par, call)
