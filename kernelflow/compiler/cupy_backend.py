@@ -211,6 +211,11 @@ def update_constants(op: Any, attrs: dict, t: Any, n_inputs: int) -> tuple:
 _TABLES_MAX = 8  # gradient pointer tables kept per launch for eager runs (those a capture used stay)
 
 
+def _capturing(stream: Any) -> bool:
+    """Whether ``stream`` is being captured into a CUDA graph (False where CuPy cannot tell)."""
+    return bool(getattr(stream, "is_capturing", lambda: False)())
+
+
 class _DeviceTable:
     """A small host array (pointers, offsets) and its copy on the device, made on first use.
 
@@ -230,7 +235,7 @@ class _DeviceTable:
 
     def get(self, xp: Any) -> Any:
         stream = xp.cuda.get_current_stream()
-        capturing = getattr(stream, "is_capturing", lambda: False)()
+        capturing = _capturing(stream)
         if self.dev is None:
             self.dev = xp.empty(self.host.shape, self.host.dtype)
         elif self.filled:
@@ -269,7 +274,7 @@ class _GpuLaunch:
             if len(self.tables) >= _TABLES_MAX:
                 self.tables.clear()
             self.tables[key] = table
-        if key not in self.captured and getattr(xp.cuda.get_current_stream(), "is_capturing", lambda: False)():
+        if key not in self.captured and _capturing(xp.cuda.get_current_stream()):
             self.captured[key] = table
         return table.get(xp)
 
