@@ -38,6 +38,7 @@ import traitlets
 from ..errors import InvalidArgumentError, KernelflowError
 from ..graph.ir import Graph, Tensor, Variable, toposort
 from ..graph.shapes import format_shape
+from ..graph.subgraph import flatten
 from .layout import COLLAPSE_ABOVE, Layout, LayoutNode, compute_layout, default_expanded, scope_chain, scope_sizes
 from .summary import summary_status, value_summary
 
@@ -96,16 +97,8 @@ def _is_auto(plan: Any) -> bool:
 
 
 def _fetch_names(fetches: Any) -> list[str]:
-    """The node names in ``fetches`` (a tensor, a name, or a list/tuple/dict nesting of them)."""
-    if isinstance(fetches, Tensor):
-        return [fetches.name]
-    if isinstance(fetches, str):
-        return [fetches]
-    if isinstance(fetches, dict):
-        fetches = list(fetches.values())
-    if isinstance(fetches, (list, tuple)):
-        return [n for f in fetches for n in _fetch_names(f)]
-    return [repr(fetches)]
+    """The node names in ``fetches`` (a tensor, a name, or a nest of them)."""
+    return [f.name if isinstance(f, Tensor) else f if isinstance(f, str) else repr(f) for f in flatten(fetches)[0]]
 
 
 def _run_text(fetches: list[str], feeds: list[str] | None) -> str:
