@@ -126,14 +126,21 @@ class _Ipykernel7Pump:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            # A first look without the content does not enter the signature in the session's
+            # replay history: a held message deserialized with its content here would be refused
+            # as a "Duplicate Signature" when the kernel handles it after this cell (the cell lost).
             try:
                 idents, rest = k.session.feed_identities(frames, copy=False)
-                msg = k.session.deserialize(rest, content=True, copy=False)
+                kind = k.session.deserialize(rest, content=False, copy=False)["header"]["msg_type"]
             except Exception:
                 self.held.append(frames)  # the kernel's handler will say what is wrong with it
                 continue
-            kind = msg["header"]["msg_type"]
             if kind not in ("comm_open", "comm_msg", "comm_close"):
+                self.held.append(frames)
+                continue
+            try:
+                msg = k.session.deserialize(rest, content=True, copy=False)
+            except Exception:
                 self.held.append(frames)
                 continue
             saved = (k._get_shell_context_var(k._shell_parent_ident), k.get_parent("shell"))
