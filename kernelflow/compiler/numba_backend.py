@@ -53,6 +53,10 @@ def fuse_min_from_env() -> int:
 _COLS_BLOCK = 256
 
 MAX_REPLAYS = 64
+
+COMPILE_THREAD_IDLE_S = 10.0
+"""A kernel cache's compile thread ends after this long with nothing to do (the next compile starts
+one again), so a closed runtime's cache, and its compiled kernels, are not kept alive by it."""
 """Call signatures a fused kernel remembers (a training step has one; varying batch sizes add more)."""
 
 
@@ -208,14 +212,14 @@ class KernelCache:
         if not self.background:
             self._compile(key, src, args)
             return self._ready.get(key)
-        with self._lock:
+        with self._lock:  # (the queue too: the thread decides to end under this lock)
             if key in self._pending:
                 return None
             self._pending.add(key)
+            self._queue.put((key, src, args))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="kf-compiler", daemon=True)
                 self._thread.start()
-        self._queue.put((key, src, args))
         return None
 
     def recompile(self, src: str, args: tuple) -> None:
@@ -239,7 +243,14 @@ class KernelCache:
 
     def _loop(self) -> None:
         while True:
-            key, src, args = self._queue.get()
+            try:
+                key, src, args = self._queue.get(timeout=COMPILE_THREAD_IDLE_S)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
             try:
                 self._compile(key, src, args)
             finally:

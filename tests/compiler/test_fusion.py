@@ -270,3 +270,47 @@ def test_one_element_group_of_three_ops_is_compiled_below_the_threshold(kcache, 
     got = fk(*[np.asarray(a) for a in args])
     assert fk.fused_calls == 1
     np.testing.assert_allclose(got, np.sqrt(1 - 0.999 ** 5) / (1 - 0.9 ** 5) * 0.001, rtol=1e-14)
+
+
+def test_background_compile_thread_ends_when_idle_and_a_later_compile_starts_another(tmp_path, graph, monkeypatch):
+    """The compile thread holds its cache (and every kernel in it): it must not outlive its work."""
+    import threading
+    import time
+    import weakref
+
+    from kernelflow.compiler import numba_backend
+
+    monkeypatch.setattr(numba_backend, "COMPILE_THREAD_IDLE_S", 0.05, raising=False)
+    x = graph.placeholder((4,), "float32", name="x")
+    cache = KernelCache(str(tmp_path), background=True)
+    xv, one = np.arange(4, dtype=np.float32) - 1.5, np.ones((), np.float32)
+
+    def compiled(cache, expr, want):
+        _, made = _fused([expr], [x])
+        fk = FusedKernel(made[0].op.program, cache, threads=1)
+        fk.min_elements = 0
+        np.testing.assert_allclose(fk(xv, one), want, rtol=1e-6)  # unfused while it compiles
+        assert cache.wait_idle(120)
+        fk(xv, one)
+        assert fk.fused_calls == 1, "the kernel compiled in the background did not run"
+
+    def wait_thread_ended(cache) -> None:
+        end = time.monotonic() + 30
+        while cache._thread is not None:
+            assert time.monotonic() < end, "the compile thread did not end when idle"
+            time.sleep(0.01)
+
+    compiled(cache, kf.exp(x) + 1.0, np.exp(xv) + 1)
+    first = cache._thread
+    assert isinstance(first, threading.Thread)
+    wait_thread_ended(cache)
+    first.join(30)
+    assert not first.is_alive()
+    compiled(cache, kf.tanh(x) * 1.0, np.tanh(xv))  # a new thread compiles the next kernel
+    wait_thread_ended(cache)
+    ref = weakref.ref(cache)
+    del cache
+    import gc
+
+    gc.collect()
+    assert ref() is None, "something still holds the idle cache"
