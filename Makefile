@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m ruff check kernelflow tests bench examples
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --maxprocesses=4 --dist loadfile tests
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
