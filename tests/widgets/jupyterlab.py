@@ -106,3 +106,21 @@ def jupyterlab(tmp_path: pathlib.Path, nb_dir: pathlib.Path) -> Iterator[tuple[s
             yield base, srv
     finally:
         srv.stop()
+
+
+def run_all(page, lab: str, notebook: str) -> None:
+    """Open ``notebook`` in JupyterLab (``page``: a Playwright page; ``lab``: its base URL) and run
+    all its cells once its kernel is connected."""
+    page.goto(f"{lab}/lab/tree/{notebook}?token={TOKEN}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    deadline = time.monotonic() + 60
+    while True:  # "Run All" before the kernel is connected silently runs nothing
+        kernels = get_json(f"{lab}/api/kernels?token={TOKEN}") or []
+        if kernels and kernels[0]["execution_state"] == "idle" and kernels[0]["connections"] >= 1:
+            break
+        if page.locator(".jp-Dialog .jp-mod-accept").count():
+            page.locator(".jp-Dialog .jp-mod-accept").first.click()
+        assert time.monotonic() < deadline, kernels
+        time.sleep(0.3)  # polling JupyterLab's REST API, with a deadline
+    page.locator(".lm-MenuBar-itemLabel:text-is('Run')").click()
+    page.locator(".lm-Menu-itemLabel:text-is('Run All Cells')").click()

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import pathlib
 import shutil
-import time
 
 import pytest
 
-from tests.widgets.jupyterlab import CHROMIUM, CHROMIUM_ARGS, TOKEN, get_json, jupyterlab, require_browser
+from tests.widgets.jupyterlab import CHROMIUM, CHROMIUM_ARGS, jupyterlab, require_browser, run_all
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -32,23 +31,6 @@ def lab(tmp_path):
         yield base
 
 
-def _run_all(page, lab: str, notebook: str) -> None:
-    """Open ``notebook`` in JupyterLab and run all its cells once its kernel is connected."""
-    page.goto(f"{lab}/lab/tree/{notebook}?token={TOKEN}")
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-    deadline = time.monotonic() + 60
-    while True:  # "Run All" before the kernel is connected silently runs nothing
-        kernels = get_json(f"{lab}/api/kernels?token={TOKEN}") or []
-        if kernels and kernels[0]["execution_state"] == "idle" and kernels[0]["connections"] >= 1:
-            break
-        if page.locator(".jp-Dialog .jp-mod-accept").count():
-            page.locator(".jp-Dialog .jp-mod-accept").first.click()
-        assert time.monotonic() < deadline, kernels
-        time.sleep(0.3)  # polling JupyterLab's REST API, with a deadline
-    page.locator(".lm-MenuBar-itemLabel:text-is('Run')").click()
-    page.locator(".lm-Menu-itemLabel:text-is('Run All Cells')").click()
-
-
 def test_inspector_renders_and_reacts_to_clicks_in_jupyterlab(lab, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -56,7 +38,7 @@ def test_inspector_renders_and_reacts_to_clicks_in_jupyterlab(lab, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            _run_all(page, lab, "inspect_cnn.ipynb")
+            run_all(page, lab, "inspect_cnn.ipynb")
             root = page.locator(".jp-OutputArea .kf-inspector").first
             root.wait_for(timeout=90_000)
             # the graph opened with its scopes closed; the last cell opened conv1/ and selected conv2/relu
@@ -127,7 +109,7 @@ def test_inspector_draws_scope_cycle_back_edge_as_two_downward_stubs(lab, tmp_pa
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
-            _run_all(page, lab, "cycle.ipynb")
+            run_all(page, lab, "cycle.ipynb")
             back = page.locator(".kf-inspector .kf-edge.kf-back")
             back.first.wait_for(state="attached", timeout=90_000)
             assert back.count() == 1

@@ -19,8 +19,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.widgets.jupyterlab import CHROMIUM, CHROMIUM_ARGS, jupyterlab, require_browser
-from tests.widgets.test_browser import _run_all
+from tests.widgets.jupyterlab import CHROMIUM, CHROMIUM_ARGS, jupyterlab, require_browser, run_all
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -144,7 +143,7 @@ def test_log_scale_and_outlier_toggles_in_three_orders_show_matching_tick_labels
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
             console: list[str] = []
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-            _run_all(page, base, "monitor.ipynb")
+            run_all(page, base, "monitor.ipynb")
             root = page.locator(".jp-OutputArea .kf-monitor").first
             root.wait_for(timeout=90_000)
             _wait_last_cell(page)

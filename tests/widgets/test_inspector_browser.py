@@ -18,8 +18,7 @@ import pathlib
 
 import pytest
 
-from tests.widgets.jupyterlab import CHROMIUM, CHROMIUM_ARGS, jupyterlab, require_browser
-from tests.widgets.test_browser import _run_all
+from tests.widgets.jupyterlab import CHROMIUM, CHROMIUM_ARGS, jupyterlab, require_browser, run_all
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -114,7 +113,7 @@ def test_inspector_first_view_of_a_big_cnn_is_closed_and_readable(lab, tmp_path)
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            _run_all(page, lab, "cnn.ipynb")
+            run_all(page, lab, "cnn.ipynb")
             root = page.locator(".jp-OutputArea .kf-inspector").first
             root.wait_for(timeout=90_000)
             page.wait_for_selector(".kf-inspector .kf-box[data-id='Adam/']", timeout=90_000)

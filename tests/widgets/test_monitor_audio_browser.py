@@ -6,11 +6,10 @@ duration (decoded from the WAV by chromium) is the clip's, and the text rows."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
-from tests.widgets.jupyterlab import CHROMIUM, CHROMIUM_ARGS, TOKEN, get_json, jupyterlab, require_browser
+from tests.widgets.jupyterlab import CHROMIUM, CHROMIUM_ARGS, jupyterlab, require_browser, run_all
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -53,19 +52,7 @@ def test_monitor_plays_audio_and_shows_text_in_jupyterlab(tmp_path):
                                     args=[*CHROMIUM_ARGS, "--autoplay-policy=no-user-gesture-required"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1400})
-            page.goto(f"{base}/lab/tree/audio.ipynb?token={TOKEN}")
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-            deadline = time.monotonic() + 60
-            while True:  # "Run All" before the kernel is connected silently runs nothing
-                kernels = get_json(f"{base}/api/kernels?token={TOKEN}")
-                if kernels and kernels[0]["execution_state"] == "idle" and kernels[0]["connections"] >= 1:
-                    break
-                if page.locator(".jp-Dialog .jp-mod-accept").count():
-                    page.locator(".jp-Dialog .jp-mod-accept").first.click()
-                assert time.monotonic() < deadline, kernels
-                time.sleep(0.3)
-            page.locator(".lm-MenuBar-itemLabel:text-is('Run')").click()
-            page.locator(".lm-Menu-itemLabel:text-is('Run All Cells')").click()
+            run_all(page, base, "audio.ipynb")
             root = page.locator(".jp-OutputArea .kf-monitor").first
             root.wait_for(timeout=120_000)
             # The panel may draw an earlier step's clips first and then swap the sources (a swapped

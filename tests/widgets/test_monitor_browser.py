@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.widgets.jupyterlab import CHROMIUM, CHROMIUM_ARGS, TOKEN, get_json, jupyterlab, require_browser
+from tests.widgets.jupyterlab import CHROMIUM, CHROMIUM_ARGS, jupyterlab, require_browser, run_all
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -60,19 +60,7 @@ def test_monitor_live_chart_grows_and_stop_button_stops_job_in_jupyterlab(lab, t
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            page.goto(f"{base}/lab/tree/monitor.ipynb?token={TOKEN}")
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-            deadline = time.monotonic() + 60
-            while True:  # "Run All" before the kernel is connected silently runs nothing
-                kernels = get_json(f"{base}/api/kernels?token={TOKEN}")
-                if kernels and kernels[0]["execution_state"] == "idle" and kernels[0]["connections"] >= 1:
-                    break
-                if page.locator(".jp-Dialog .jp-mod-accept").count():
-                    page.locator(".jp-Dialog .jp-mod-accept").first.click()
-                assert time.monotonic() < deadline, kernels
-                time.sleep(0.3)
-            page.locator(".lm-MenuBar-itemLabel:text-is('Run')").click()
-            page.locator(".lm-Menu-itemLabel:text-is('Run All Cells')").click()
+            run_all(page, base, "monitor.ipynb")
             root = page.locator(".jp-OutputArea .kf-monitor").first
             root.wait_for(timeout=90_000)
             root.locator(".kf-badge-running").wait_for(timeout=60_000)

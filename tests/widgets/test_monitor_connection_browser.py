@@ -14,8 +14,7 @@ import time
 import pytest
 
 from tests.support.waiting import wait_for
-from tests.widgets.jupyterlab import CHROMIUM, CHROMIUM_ARGS, lab_process, require_browser
-from tests.widgets.test_browser import _run_all
+from tests.widgets.jupyterlab import CHROMIUM, CHROMIUM_ARGS, lab_process, require_browser, run_all
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -59,7 +58,7 @@ def test_monitor_badge_disconnected_when_server_stops_and_back_when_it_restarts(
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1200})
-                _run_all(page, base, "conn.ipynb")
+                run_all(page, base, "conn.ipynb")
                 root = page.locator(".jp-OutputArea .kf-monitor").first
                 root.locator(".kf-badge-running").wait_for(timeout=120_000)
                 srv.stop()

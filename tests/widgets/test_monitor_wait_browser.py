@@ -11,8 +11,7 @@ import json
 
 import pytest
 
-from tests.widgets.jupyterlab import CHROMIUM, CHROMIUM_ARGS, jupyterlab, require_browser
-from tests.widgets.test_browser import _run_all
+from tests.widgets.jupyterlab import CHROMIUM, CHROMIUM_ARGS, jupyterlab, require_browser, run_all
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -59,7 +58,7 @@ def test_pause_click_reaches_the_kernel_while_the_cell_waits_for_the_job(lab):
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1200})
-            _run_all(page, base, "wait.ipynb")
+            run_all(page, base, "wait.ipynb")
             root = page.locator(".jp-OutputArea .kf-monitor").first
             root.locator(".kf-badge-running").wait_for(timeout=120_000)
             # the second cell runs (its prompt reads [*]) and the first has finished: the wait is on
