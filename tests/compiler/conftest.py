@@ -29,6 +29,17 @@ def plan_of(fetches, feeds=()):
     return order, {id(f) for f in feeds}
 
 
+def fused_plan(fetches, feeds, multi=True):
+    """(new order, fused_for, made groups) of fusing every node of ``fetches``' plan after the
+    passes; ``multi``: groups may have several outputs."""
+    from kernelflow.compiler.fusion import fuse
+    from kernelflow.compiler.passes import run_passes
+
+    order, fed = plan_of(fetches, feeds)
+    rw = run_passes(order, fed, fetches)
+    return fuse(rw.order, fed, [rw.resolve(f) for f in fetches], lambda n: True, multi_ok=lambda n: multi)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(7)

@@ -15,16 +15,13 @@ from kernelflow.compiler.fusion import FusedOp, fuse
 from kernelflow.compiler.numba_backend import FusedKernel, KernelCache, source
 from kernelflow.compiler.passes import run_passes
 from kernelflow.graph.ops import elementwise as E
-from tests.compiler.conftest import plan_of
+from tests.compiler.conftest import fused_plan, plan_of
 
 pytest.importorskip("numba")
 
 
 def _fused(fetches, feeds, multi=True):
-    order, fed = plan_of(fetches, feeds)
-    rw = run_passes(order, fed, fetches)
-    new, _, made = fuse(rw.order, fed, [rw.resolve(f) for f in fetches], lambda n: True,
-                        multi_ok=lambda n: multi)
+    new, _, made = fused_plan(fetches, feeds, multi)
     return new, made
 
 

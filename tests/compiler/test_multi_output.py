@@ -16,17 +16,9 @@ from kernelflow.compiler.pipeline import Compiler
 from kernelflow.graph.ops import elementwise as E
 from kernelflow.runtime_server.engine.devices import Placement
 
-from .conftest import plan_of
+from .conftest import fused_plan, plan_of
 
 pytest.importorskip("numba")
-
-
-def _fuse(fetches, feeds, multi=True):
-    order, fed = plan_of(fetches, feeds)
-    rw = run_passes(order, fed, fetches)
-    new, fused_for, made = fuse(rw.order, fed, [rw.resolve(f) for f in fetches], lambda n: True,
-                                multi_ok=lambda n: multi)
-    return new, fused_for, made
 
 
 def _groups(made):
@@ -54,7 +46,7 @@ def test_a_value_read_by_two_consumers_outside_is_an_output_of_one_group(graph):
     s = kf.sum(e + 1.0, axis=0)  # the root
     mm = e @ w  # read outside, after the root
     t = kf.tanh(e) - 1.0  # and by another group
-    new, fused_for, made = _fuse([s, mm, t], [x, w])
+    new, fused_for, made = fused_plan([s, mm, t], [x, w])
     assert _groups(made) == [(("multiply", "exp", "add", "sum"), ("exp",)), (("tanh", "subtract"), ())]
     one = next(f for f in made if f.op.program.outputs)
     assert one.aval.parts == (s.aval, e.aval) and isinstance(one.op, FusedOp)
@@ -71,7 +63,7 @@ def test_without_multi_output_the_shared_value_ends_the_group(graph):
     e = kf.exp(x * 0.5)
     s = kf.sum(e + 1.0, axis=0)
     t = kf.tanh(e) - 1.0
-    _, _, made = _fuse([s, t], [x], multi=False)
+    _, _, made = fused_plan([s, t], [x], multi=False)
     assert _groups(made) == [(("add", "sum"), ()), (("multiply", "exp"), ()), (("tanh", "subtract"), ())]
 
 
@@ -79,7 +71,7 @@ def test_a_fetched_member_used_inside_the_group_is_an_output(graph):
     x = graph.placeholder((50,), "float32", name="x")
     e = kf.exp(x)
     out = kf.log1p(e) * 2.0
-    new, _, made = _fuse([out, e], [x])
+    new, _, made = fused_plan([out, e], [x])
     assert _groups(made) == [(("exp", "log1p", "multiply"), ("exp",))]
 
 
@@ -89,7 +81,7 @@ def test_a_reader_before_the_root_keeps_the_value_out_of_the_group(graph):
     e = kf.exp(x)
     mm = e @ w  # created (and scheduled) before the root: the group's kernel would run too late
     s = kf.sum(e * mm, axis=0)
-    _, _, made = _fuse([s], [x, w])
+    _, _, made = fused_plan([s], [x, w])
     assert _groups(made) == [(("multiply", "sum"), ())]
 
 
@@ -98,7 +90,7 @@ def test_an_output_must_have_the_iteration_shape(graph):
     b = graph.placeholder((8,), "float32", name="b")
     b2 = b * 2.0  # fetched, but (8,) in a (None, 8) loop
     out = kf.relu(x + b2)
-    _, _, made = _fuse([out, b2], [x, b])
+    _, _, made = fused_plan([out, b2], [x, b])
     assert _groups(made) == [(("add", "relu"), ())]
 
 
@@ -108,7 +100,7 @@ def test_a_control_input_is_never_an_output(graph):
     s = kf.sum(e * 2.0)
     with graph.control_dependencies([e]):
         after = kf.identity(x)
-    _, _, made = _fuse([s, after, e], [x])
+    _, _, made = fused_plan([s, after, e], [x])
     assert _groups(made) == [(("multiply", "sum"), ())]
 
 
@@ -143,7 +135,7 @@ def test_gpu_plans_get_no_group_with_several_outputs():
 def test_cupy_refuses_a_multi_output_program_cleanly(graph, rng):
     x = graph.placeholder((64,), "float32", name="x")
     e = kf.exp(x)
-    _, _, (node,) = _fuse([kf.log1p(e) * 2.0, e], [x])
+    _, _, (node,) = fused_plan([kf.log1p(e) * 2.0, e], [x])
     with pytest.raises(NotImplementedError, match="several outputs"):
         elementwise_source(node.op.program)
     with pytest.raises(NotImplementedError, match="several outputs"):
@@ -173,7 +165,7 @@ def test_elementwise_kernel_hands_out_inner_values(kcache, graph, rng, dtype, la
     y = kf.exp(-h) * x
     pos = kf.greater(y, 0.1)  # a bool output
     out = kf.where(pos, y, h)
-    _, _, (node,) = _fuse([out, h, y, pos], [x, b])
+    _, _, (node,) = fused_plan([out, h, y, pos], [x, b])
     assert [node.op.program.members[j].name for j in node.op.program.outputs] == [h.name, y.name, pos.name]
     fk = _kernel(kcache, node)
     for _ in range(3):  # the first call works the signature out; the others replay it
@@ -221,7 +213,7 @@ def test_reduction_kernel_hands_out_the_value_it_reduces(kcache, graph, rng, kin
     else:
         red = getattr(kf, op)(d, **attrs)
         feeds = [g_, h]
-    _, _, (node,) = _fuse([red, d], feeds)
+    _, _, (node,) = fused_plan([red, d], feeds)
     assert node.op.program.reduce is not None and len(node.op.program.outputs) == 1
     fk = _kernel(kcache, node)
     for step in range(3):
@@ -256,7 +248,7 @@ def test_an_output_of_another_shape_at_run_time_runs_unfused(kcache, graph, rng)
     y = graph.placeholder((None, 8), "float32", name="y")
     e = kf.exp(y) * 2.0  # (None, 8) statically; fed one row below, it broadcasts
     s = kf.sum(x + e, axis=0)
-    _, _, (node,) = _fuse([s, e], [x, y])
+    _, _, (node,) = fused_plan([s, e], [x, y])
     assert node.op.program.outputs
     fk = _kernel(kcache, node)
     xv = rng.standard_normal((600, 8)).astype(np.float32)
@@ -274,7 +266,7 @@ def test_an_output_of_another_shape_at_run_time_runs_unfused(kcache, graph, rng)
 def test_big_outputs_are_reused_only_when_nobody_holds_them(kcache, graph):
     x = graph.placeholder((None,), "float32", name="x")
     e = kf.exp(x)
-    _, _, (node,) = _fuse([e * 2.0, e], [x])
+    _, _, (node,) = fused_plan([e * 2.0, e], [x])
     fk = _kernel(kcache, node)
     xv = np.linspace(-1, 1, 1 << 18, dtype=np.float32)
     args = _args(node, {"x": xv})
@@ -403,7 +395,7 @@ def test_parallel_leading_axes_sum_is_bitwise_numpy_too(kcache, graph, rng):
     g_ = graph.placeholder((512, 300), "float32", name="g")
     h = graph.placeholder((512, 300), "float32", name="h")
     d = E.relu_grad(g_, h)
-    _, _, (node,) = _fuse([kf.sum(d, axis=0), d], [g_, h])
+    _, _, (node,) = fused_plan([kf.sum(d, axis=0), d], [g_, h])
     fk = FusedKernel(node.op.program, kcache, threads=2)
     vals = {"g": rng.standard_normal((512, 300)).astype(np.float32),
             "h": rng.standard_normal((512, 300)).astype(np.float32)}
