@@ -53,11 +53,11 @@ def fuse_min_from_env() -> int:
 _COLS_BLOCK = 256
 
 MAX_REPLAYS = 64
+"""Call signatures a fused kernel remembers (a training step has one; varying batch sizes add more)."""
 
 COMPILE_THREAD_IDLE_S = 10.0
 """A kernel cache's compile thread ends after this long with nothing to do (the next compile starts
 one again), so a closed runtime's cache, and its compiled kernels, are not kept alive by it."""
-"""Call signatures a fused kernel remembers (a training step has one; varying batch sizes add more)."""
 
 
 # --------------------------------------------------------------------------- source generation
@@ -508,7 +508,8 @@ class FusedKernel:
             except TypeError:  # types it was not compiled for (e.g. a read-only input)
                 return None
             self.fused_calls += 1
-            value = (res if main is None else main) if finish is None else finish(res if main is None else main)
+            raw = res if main is None else main
+            value = raw if finish is None else finish(raw)
             return (value, *extras) if extras else value
 
         out = run(ins, first)

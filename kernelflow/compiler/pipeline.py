@@ -33,6 +33,12 @@ def compile_mode_from_env(default: str = "on") -> str:
     return mode
 
 
+def switch_from_env(name: str, default: bool) -> bool:
+    """A compiler switch: ``$name`` set to 1/true/on or 0/false/off (any case), else ``default``."""
+    value = os.environ.get(name, "").strip().lower()
+    return default if value not in ("1", "true", "on", "0", "false", "off") else value in ("1", "true", "on")
+
+
 @dataclass
 class OptimizedPlan:
     """What `Compiler.optimize` returns."""
@@ -69,9 +75,12 @@ class Compiler:
         self._lock = threading.Lock()
         self._cpu: dict | None = None
         # One kernel for the optimiser updates of all variables; $KERNELFLOW_GROUP_UPDATES=0 turns it off.
-        self.group_updates = os.environ.get("KERNELFLOW_GROUP_UPDATES", "1").strip() not in ("0", "false", "off")
+        self.group_updates = switch_from_env("KERNELFLOW_GROUP_UPDATES", True)
+        # GPU plans only with $KERNELFLOW_GPU_UPDATE_GROUPS=1: the CuPy multi-update kernel is not
+        # yet proven on a GPU (docs/gpu.md); without it GPU updates keep their own kernels.
+        self.gpu_update_groups = switch_from_env("KERNELFLOW_GPU_UPDATE_GROUPS", False)
         # Fused groups with several outputs (CPU); $KERNELFLOW_FUSE_MULTI_OUTPUT=0 turns them off.
-        self.multi_output = os.environ.get("KERNELFLOW_FUSE_MULTI_OUTPUT", "1").strip() not in ("0", "false", "off")
+        self.multi_output = switch_from_env("KERNELFLOW_FUSE_MULTI_OUTPUT", True)
 
     def optimize(self, order: list[Tensor], fed: set[int], fetches: Sequence[Tensor],
                  placement: Callable[[Tensor], Any]) -> OptimizedPlan:
@@ -99,9 +108,7 @@ class Compiler:
         out_fetches = [res(rw.resolve(f)) for f in fetches]
         grouped: list[Tensor] = []
         if self.group_updates:
-            # GPU plans only with $KERNELFLOW_GPU_UPDATE_GROUPS=1: the CuPy multi-update kernel is not
-            # yet proven on a GPU (docs/gpu.md); without it GPU updates keep their own kernels.
-            gpu = os.environ.get("KERNELFLOW_GPU_UPDATE_GROUPS", "0").strip().lower() in ("1", "true", "on")
+            gpu = self.gpu_update_groups
             new_order, members_of, grouped = group_updates(new_order, fed, out_fetches, lambda n: (
                 placement(n).backend == "numpy" and self.has_numba or gpu and placement(n).backend == "cupy"))
             if grouped:  # consumers of a member now depend on its group node
