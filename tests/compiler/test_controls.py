@@ -143,3 +143,20 @@ def test_without_numba_plans_get_the_passes_and_run_numpy_kernels():
         "print(np.array_equal(a, b), 'fused[' in plan, 'numba' in sys.modules and sys.modules['numba'] is not None)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False", "False"], out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("value, default, want", [
+    (None, True, True), (None, False, False), ("0", True, False), ("OFF", True, False), (" False ", True, False),
+    ("1", False, True), ("On", False, True), ("TRUE", False, True), ("maybe", True, True), ("maybe", False, False),
+])
+def test_compiler_switches_read_any_case_and_keep_the_default_otherwise(monkeypatch, tmp_path, value, default,
+                                                                        want):
+    from kernelflow.compiler.pipeline import Compiler, switch_from_env
+
+    if value is None:
+        monkeypatch.delenv("KERNELFLOW_FUSE_MULTI_OUTPUT", raising=False)
+    else:
+        monkeypatch.setenv("KERNELFLOW_FUSE_MULTI_OUTPUT", value)
+    assert switch_from_env("KERNELFLOW_FUSE_MULTI_OUTPUT", default) is want
+    if default:  # the compiler's own reading of the switch
+        assert Compiler("sync", cache_dir=str(tmp_path)).multi_output is want
